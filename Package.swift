@@ -1,0 +1,45 @@
+// swift-tools-version:6.0
+// seqpar: exact softmax attention over sequences sharded across MPI ranks.
+//
+// Modules are split by dependency so the numeric core is testable in one process:
+//   CMPI, CBLAS        C shims (system libraries, static inline accessors only)
+//   AttentionCore      tensors, masks, reference + fused local kernel, merge, .npy (BLAS, no MPI)
+//   SequenceParallel   Communicator and the distributed strategies (MPI)
+//   seqpar             the command-line tool
+import PackageDescription
+
+let package = Package(
+    name: "seqpar",
+    products: [
+        .executable(name: "seqpar", targets: ["seqpar"]),
+        .library(name: "AttentionCore", targets: ["AttentionCore"]),
+        .library(name: "SequenceParallel", targets: ["SequenceParallel"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]
+        ),
+        .systemLibrary(
+            name: "CBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        .target(name: "AttentionCore", dependencies: ["CBLAS"]),
+        .target(name: "SequenceParallel", dependencies: ["AttentionCore", "CMPI", "CBLAS"]),
+        .executableTarget(
+            name: "seqpar",
+            dependencies: [
+                "AttentionCore",
+                "SequenceParallel",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
+        .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar"]),
+    ]
+)

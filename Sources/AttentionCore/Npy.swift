@@ -1,0 +1,318 @@
+// NumPy .npy files (format 1.0, 2.0 and 3.0 headers), float32 little-endian, C order: what
+// researchers already have and what NumPy, PyTorch and JAX read and write. Reading and writing
+// are positioned (pread/pwrite), so each rank touches only its own rows of a shared file.
+// Every failure names the file and says what was expected.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public enum NpyError: Error, Equatable, CustomStringConvertible {
+    case cannotOpen(path: String, reason: String)
+    case notNpy(path: String)
+    case unsupportedVersion(path: String, major: Int, minor: Int)
+    case malformedHeader(path: String, detail: String)
+    case wrongDType(path: String, found: String)
+    case fortranOrder(path: String)
+    case wrongRank(path: String, expected: Int, shape: [Int])
+    case truncated(path: String, expectedBytes: Int, actualBytes: Int)
+    case io(path: String, operation: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .cannotOpen(path, reason):
+            return "\(path): cannot open (\(reason))"
+        case let .notNpy(path):
+            return "\(path): not a .npy file (it does not start with the \\x93NUMPY magic)"
+        case let .unsupportedVersion(path, major, minor):
+            return "\(path): .npy format version \(major).\(minor) is not supported (expected 1.0, 2.0 or 3.0)"
+        case let .malformedHeader(path, detail):
+            return "\(path): malformed .npy header (\(detail))"
+        case let .wrongDType(path, found):
+            return "\(path): dtype is '\(found)', expected '<f4' (little-endian float32); convert with arr.astype('<f4')"
+        case let .fortranOrder(path):
+            return "\(path): array is in Fortran order, expected C order; save np.ascontiguousarray(arr)"
+        case let .wrongRank(path, expected, shape):
+            return "\(path): shape \(NpyHeader.format(shape)) has \(shape.count) dimensions, expected \(expected)"
+        case let .truncated(path, expectedBytes, actualBytes):
+            return "\(path): truncated: the header promises \(expectedBytes) bytes of data, the file holds \(actualBytes)"
+        case let .io(path, operation, reason):
+            return "\(path): \(operation) failed (\(reason))"
+        }
+    }
+}
+
+/// What a .npy header says about the array.
+public struct NpyHeader: Equatable, Sendable {
+    public let shape: [Int]
+    /// Byte offset of the first element.
+    public let dataOffset: Int
+
+    public var elementCount: Int { shape.reduce(1, *) }
+
+    static func format(_ shape: [Int]) -> String {
+        "(" + shape.map(String.init).joined(separator: ", ") + (shape.count == 1 ? ",)" : ")")
+    }
+
+    /// The bytes of a version 1.0 header (2.0 when the dict is too long for 1.0), padded so the
+    /// data starts on a 64-byte boundary as NumPy does.
+    public static func encode(shape: [Int]) -> [UInt8] {
+        let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': \(format(shape)), }"
+        for (major, lengthBytes) in [(1, 2), (2, 4)] {
+            let preamble = 6 + 2 + lengthBytes
+            let total = (preamble + dict.utf8.count + 1 + 63) / 64 * 64
+            let headerLength = total - preamble
+            if lengthBytes == 2 && headerLength > Int(UInt16.max) { continue }
+            var bytes: [UInt8] = [0x93] + Array("NUMPY".utf8) + [UInt8(major), 0]
+            for i in 0 ..< lengthBytes { bytes.append(UInt8((headerLength >> (8 * i)) & 0xFF)) }
+            bytes += Array(dict.utf8)
+            bytes += [UInt8](repeating: 0x20, count: headerLength - dict.utf8.count - 1) + [0x0A]
+            return bytes
+        }
+        fatalError("unreachable: a 2.0 header holds any shape")
+    }
+
+    /// Parses and checks a header: `<f4`, C order, and a file long enough for its data.
+    /// - Parameter prefix: the first bytes of the file (at least the whole header).
+    static func parse(_ prefix: [UInt8], fileSize: Int, path: String) throws -> NpyHeader {
+        guard prefix.count >= 10, prefix[0] == 0x93, Array(prefix[1 ..< 6]) == Array("NUMPY".utf8) else {
+            throw NpyError.notNpy(path: path)
+        }
+        let major = Int(prefix[6]), minor = Int(prefix[7])
+        let lengthBytes: Int
+        switch (major, minor) {
+        case (1, 0): lengthBytes = 2
+        case (2, 0), (3, 0): lengthBytes = 4
+        default: throw NpyError.unsupportedVersion(path: path, major: major, minor: minor)
+        }
+        guard prefix.count >= 8 + lengthBytes else { throw NpyError.malformedHeader(path: path, detail: "file ends inside the header") }
+        var headerLength = 0
+        for i in 0 ..< lengthBytes { headerLength |= Int(prefix[8 + i]) << (8 * i) }
+        let start = 8 + lengthBytes
+        guard prefix.count >= start + headerLength else {
+            throw NpyError.malformedHeader(path: path, detail: "header length \(headerLength) runs past the end of the file")
+        }
+        guard let text = String(validating: prefix[start ..< start + headerLength], as: UTF8.self) else {
+            throw NpyError.malformedHeader(path: path, detail: "header is not text")
+        }
+        var parser = HeaderDictParser(text: text)
+        let dict: [String: HeaderDictParser.Value]
+        do { dict = try parser.parseDict() } catch let message as HeaderDictParser.Failure {
+            throw NpyError.malformedHeader(path: path, detail: message.detail)
+        }
+        guard case let .string(descr)? = dict["descr"] else {
+            throw NpyError.malformedHeader(path: path, detail: "no 'descr' string")
+        }
+        guard case let .bool(fortran)? = dict["fortran_order"] else {
+            throw NpyError.malformedHeader(path: path, detail: "no 'fortran_order' flag")
+        }
+        guard case let .tuple(shape)? = dict["shape"] else {
+            throw NpyError.malformedHeader(path: path, detail: "no 'shape' tuple")
+        }
+        guard descr == "<f4" else { throw NpyError.wrongDType(path: path, found: descr) }
+        guard !fortran else { throw NpyError.fortranOrder(path: path) }
+        let header = NpyHeader(shape: shape, dataOffset: start + headerLength)
+        let expected = header.elementCount * MemoryLayout<Float>.size
+        let actual = fileSize - header.dataOffset
+        guard actual >= expected else { throw NpyError.truncated(path: path, expectedBytes: expected, actualBytes: max(0, actual)) }
+        return header
+    }
+}
+
+/// Just enough of Python's literal syntax for .npy headers: a dict of strings, booleans and
+/// tuples of integers.
+struct HeaderDictParser {
+    enum Value: Equatable { case string(String), bool(Bool), tuple([Int]) }
+    struct Failure: Error { let detail: String }
+
+    let chars: [Character]
+    var at = 0
+
+    init(text: String) { chars = Array(text) }
+
+    mutating func skipSpace() { while at < chars.count, chars[at].isWhitespace { at += 1 } }
+
+    mutating func expect(_ c: Character) throws {
+        skipSpace()
+        guard at < chars.count, chars[at] == c else { throw Failure(detail: "expected '\(c)' at character \(at)") }
+        at += 1
+    }
+
+    mutating func peek() -> Character? {
+        skipSpace()
+        return at < chars.count ? chars[at] : nil
+    }
+
+    mutating func parseString() throws -> String {
+        skipSpace()
+        guard at < chars.count, chars[at] == "'" || chars[at] == "\"" else { throw Failure(detail: "expected a string at character \(at)") }
+        let quote = chars[at]
+        at += 1
+        let begin = at
+        while at < chars.count, chars[at] != quote { at += 1 }
+        guard at < chars.count else { throw Failure(detail: "unterminated string") }
+        defer { at += 1 }
+        return String(chars[begin ..< at])
+    }
+
+    mutating func parseInt() throws -> Int {
+        skipSpace()
+        let begin = at
+        while at < chars.count, chars[at].isNumber { at += 1 }
+        guard at > begin, let value = Int(String(chars[begin ..< at])) else { throw Failure(detail: "expected an integer at character \(begin)") }
+        if at < chars.count, chars[at] == "L" { at += 1 }       // Python 2 longs
+        return value
+    }
+
+    mutating func parseValue() throws -> Value {
+        switch peek() {
+        case "'", "\"":
+            return .string(try parseString())
+        case "(":
+            at += 1
+            var items: [Int] = []
+            while peek() != ")" {
+                items.append(try parseInt())
+                if peek() == "," { at += 1 } else { break }
+            }
+            try expect(")")
+            return .tuple(items)
+        default:
+            for (word, value) in [("True", true), ("False", false)] where chars[at...].starts(with: word) {
+                at += word.count
+                return .bool(value)
+            }
+            throw Failure(detail: "unexpected value at character \(at)")
+        }
+    }
+
+    mutating func parseDict() throws -> [String: Value] {
+        try expect("{")
+        var dict: [String: Value] = [:]
+        while peek() != "}" {
+            let key = try parseString()
+            try expect(":")
+            dict[key] = try parseValue()
+            if peek() == "," { at += 1 } else { break }
+        }
+        try expect("}")
+        return dict
+    }
+}
+
+/// An open .npy file for positioned reads or writes of float32 elements.
+public final class NpyFile {
+    public let path: String
+    public let header: NpyHeader
+    private let descriptor: Int32
+
+    private init(path: String, header: NpyHeader, descriptor: Int32) {
+        self.path = path
+        self.header = header
+        self.descriptor = descriptor
+    }
+
+    deinit { close(descriptor) }
+
+    private static func errnoText() -> String { String(cString: strerror(errno)) }
+
+    /// Opens an existing .npy for reading and checks its header against the file's size.
+    public static func open(reading path: String) throws -> NpyFile {
+        let fd = Glibc.open(path, O_RDONLY)
+        guard fd >= 0 else { throw NpyError.cannotOpen(path: path, reason: errnoText()) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            close(fd)
+            throw NpyError.io(path: path, operation: "stat", reason: errnoText())
+        }
+        var prefix = [UInt8](repeating: 0, count: min(Int(info.st_size), 1 << 16))
+        let got = prefix.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        guard got == prefix.count else {
+            close(fd)
+            throw NpyError.io(path: path, operation: "read header", reason: errnoText())
+        }
+        do {
+            return NpyFile(path: path, header: try NpyHeader.parse(prefix, fileSize: Int(info.st_size), path: path), descriptor: fd)
+        } catch {
+            close(fd)
+            throw error
+        }
+    }
+
+    /// Creates (or truncates) `path` with a header for `shape` and room for all its data.
+    /// One process creates the file; writers then open it with `open(writing:)`.
+    @discardableResult
+    public static func create(_ path: String, shape: [Int]) throws -> NpyHeader {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { throw NpyError.cannotOpen(path: path, reason: errnoText()) }
+        defer { close(fd) }
+        let bytes = NpyHeader.encode(shape: shape)
+        let header = NpyHeader(shape: shape, dataOffset: bytes.count)
+        let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        guard written == bytes.count else { throw NpyError.io(path: path, operation: "write header", reason: errnoText()) }
+        guard ftruncate(fd, off_t(header.dataOffset + header.elementCount * 4)) == 0 else {
+            throw NpyError.io(path: path, operation: "resize", reason: errnoText())
+        }
+        return header
+    }
+
+    /// Opens a file made by `create` for positioned writes.
+    public static func open(writing path: String) throws -> NpyFile {
+        let reader = try open(reading: path)
+        let fd = Glibc.open(path, O_WRONLY)
+        guard fd >= 0 else { throw NpyError.cannotOpen(path: path, reason: errnoText()) }
+        return NpyFile(path: path, header: reader.header, descriptor: fd)
+    }
+
+    /// Reads `count` elements starting at element `offset`.
+    public func read(into buffer: UnsafeMutablePointer<Float>, elementOffset offset: Int, count: Int) throws {
+        try transfer(UnsafeMutableRawPointer(buffer), offset: offset, count: count, operation: "read") {
+            pread(descriptor, $0, $1, $2)
+        }
+    }
+
+    /// Writes `count` elements starting at element `offset`.
+    public func write(from buffer: UnsafePointer<Float>, elementOffset offset: Int, count: Int) throws {
+        try transfer(UnsafeMutableRawPointer(mutating: buffer), offset: offset, count: count, operation: "write") {
+            pwrite(descriptor, $0, $1, $2)
+        }
+    }
+
+    /// Loops until every byte moved: pread/pwrite may move less than asked.
+    private func transfer(_ base: UnsafeMutableRawPointer, offset: Int, count: Int, operation: String,
+                          _ call: (UnsafeMutableRawPointer, Int, off_t) -> Int) throws {
+        precondition(offset >= 0 && offset + count <= header.elementCount, "element range outside \(path)")
+        var done = 0
+        let bytes = count * 4
+        while done < bytes {
+            let n = call(base + done, bytes - done, off_t(header.dataOffset + offset * 4 + done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw NpyError.io(path: path, operation: operation, reason: n == 0 ? "unexpected end of file" : Self.errnoText()) }
+            done += n
+        }
+    }
+}
+
+extension NpyFile {
+    /// A whole file as a shape and values (small files: tests and tools).
+    public static func load(_ path: String) throws -> (shape: [Int], values: [Float]) {
+        let file = try open(reading: path)
+        var values = [Float](repeating: 0, count: file.header.elementCount)
+        try values.withUnsafeMutableBufferPointer { buffer in
+            if let base = buffer.baseAddress { try file.read(into: base, elementOffset: 0, count: buffer.count) }
+        }
+        return (file.header.shape, values)
+    }
+
+    /// Writes a whole array.
+    public static func save(_ path: String, shape: [Int], values: [Float]) throws {
+        precondition(shape.reduce(1, *) == values.count, "shape does not match value count")
+        try create(path, shape: shape)
+        let file = try open(writing: path)
+        try values.withUnsafeBufferPointer { buffer in
+            if let base = buffer.baseAddress { try file.write(from: base, elementOffset: 0, count: buffer.count) }
+        }
+    }
+}

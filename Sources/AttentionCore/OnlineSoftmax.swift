@@ -1,0 +1,157 @@
+// Partial attention results (O, lse) and their exact merge (ENGINE.md):
+//     M = max(l1, l2);  l = M + log1p(exp(min - M));  O = exp(l1 - l)·O1 + exp(l2 - l)·O2
+// (O = 0, lse = -inf) is the identity, and no path computes -inf - -inf.
+// Within a kernel the same algebra runs unnormalised (running max, running sum), which
+// `AttentionAccumulator` holds; `PartialResult` is the normalised form that crosses ranks.
+
+import Foundation
+
+public enum OnlineSoftmax {
+    /// The log-sum-exp of two log-sum-exps; -inf only when both are.
+    @inlinable
+    public static func combinedLSE(_ l1: Float, _ l2: Float) -> Float {
+        let hi = max(l1, l2)
+        if hi == -.infinity { return -.infinity }
+        let lo = min(l1, l2)
+        return hi + log1p(exp(lo - hi))
+    }
+
+    /// Merges the partial `(o2, l2)` into `(o1, l1)` for one row of `count` values.
+    @inlinable
+    public static func merge(into o1: UnsafeMutablePointer<Float>, lse l1: inout Float,
+                             from o2: UnsafePointer<Float>, lse l2: Float, count: Int) {
+        let l = combinedLSE(l1, l2)
+        if l == -.infinity { return }            // both empty: (0, -inf) stays
+        let w1 = l1 == -.infinity ? 0 : exp(l1 - l)
+        let w2 = l2 == -.infinity ? 0 : exp(l2 - l)
+        for i in 0 ..< count { o1[i] = w1 * o1[i] + w2 * o2[i] }
+        l1 = l
+    }
+}
+
+/// Attention output for some query rows over some set of keys, normalised over those keys.
+public struct PartialResult: Equatable, Sendable {
+    public let rows: Int
+    public let heads: Int
+    public let headDim: Int
+    /// [rows, heads, headDim]
+    public var output: [Float]
+    /// [heads, rows]
+    public var lse: [Float]
+
+    /// The merge identity: output 0, lse -inf (no keys seen).
+    public init(emptyRows rows: Int, heads: Int, headDim: Int) {
+        self.rows = rows
+        self.heads = heads
+        self.headDim = headDim
+        output = [Float](repeating: 0, count: rows * heads * headDim)
+        lse = [Float](repeating: -.infinity, count: heads * rows)
+    }
+
+    public init(rows: Int, heads: Int, headDim: Int, output: [Float], lse: [Float]) {
+        precondition(output.count == rows * heads * headDim && lse.count == heads * rows)
+        self.rows = rows
+        self.heads = heads
+        self.headDim = headDim
+        self.output = output
+        self.lse = lse
+    }
+
+    /// Folds `other` (the same rows, over a disjoint key set) into this result.
+    public mutating func merge(_ other: PartialResult) {
+        precondition(rows == other.rows && heads == other.heads && headDim == other.headDim)
+        let (rows, heads, d) = (self.rows, self.heads, self.headDim)
+        output.withUnsafeMutableBufferPointer { o1 in
+            lse.withUnsafeMutableBufferPointer { l1 in
+                other.output.withUnsafeBufferPointer { o2 in
+                    other.lse.withUnsafeBufferPointer { l2 in
+                        for r in 0 ..< rows {
+                            for h in 0 ..< heads {
+                                let at = (r * heads + h) * d
+                                OnlineSoftmax.merge(into: o1.baseAddress! + at, lse: &l1[h * rows + r],
+                                                    from: o2.baseAddress! + at, lse: l2[h * rows + r], count: d)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    public func merged(with other: PartialResult) -> PartialResult {
+        var result = self
+        result.merge(other)
+        return result
+    }
+}
+
+/// The running, unnormalised online-softmax state of `rows` query rows for every head:
+/// `sum` holds Σ exp(s - max)·v, `rowMax` the running max, `rowSum` Σ exp(s - max).
+/// Storage is allocated once; a kernel folds key blocks in, `finish` normalises.
+public final class AttentionAccumulator {
+    public let rows: Int
+    public let heads: Int
+    public let headDim: Int
+    /// [rows, heads, headDim], the layout of O, so P·V accumulates in place.
+    public let sum: UnsafeMutableBufferPointer<Float>
+    /// [heads, rows]
+    public let rowMax: UnsafeMutableBufferPointer<Float>
+    /// [heads, rows]
+    public let rowSum: UnsafeMutableBufferPointer<Float>
+
+    public init(rows: Int, heads: Int, headDim: Int) {
+        self.rows = rows
+        self.heads = heads
+        self.headDim = headDim
+        sum = .allocate(capacity: max(1, rows * heads * headDim))
+        rowMax = .allocate(capacity: max(1, heads * rows))
+        rowSum = .allocate(capacity: max(1, heads * rows))
+        reset()
+    }
+
+    deinit {
+        sum.deallocate()
+        rowMax.deallocate()
+        rowSum.deallocate()
+    }
+
+    /// Back to "no keys seen".
+    public func reset() {
+        sum.update(repeating: 0)
+        rowMax.update(repeating: -.infinity)
+        rowSum.update(repeating: 0)
+    }
+
+    /// Writes the normalised output ([rows, heads, headDim]) and lse ([heads, rows] with row
+    /// stride `lseStride`, so a shard can write into a whole-sequence LSE). Rows that saw no key
+    /// get O = 0 and lse = -inf.
+    public func finish(output: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, lseStride: Int? = nil) {
+        let stride = lseStride ?? rows
+        let d = headDim
+        for h in 0 ..< heads {
+            for r in 0 ..< rows {
+                let l = rowSum[h * rows + r]
+                let o = output + (r * heads + h) * d
+                if l > 0 {
+                    let inv = 1 / l
+                    let s = sum.baseAddress! + (r * heads + h) * d
+                    for i in 0 ..< d { o[i] = s[i] * inv }
+                    lse[h * stride + r] = rowMax[h * rows + r] + log(l)
+                } else {
+                    o.update(repeating: 0, count: d)
+                    lse[h * stride + r] = -.infinity
+                }
+            }
+        }
+    }
+
+    /// The normalised result as a value.
+    public func result() -> PartialResult {
+        var output = [Float](repeating: 0, count: rows * heads * headDim)
+        var lse = [Float](repeating: 0, count: heads * rows)
+        output.withUnsafeMutableBufferPointer { o in
+            lse.withUnsafeMutableBufferPointer { l in finish(output: o.baseAddress!, lse: l.baseAddress!) }
+        }
+        return PartialResult(rows: rows, heads: heads, headDim: headDim, output: output, lse: lse)
+    }
+}

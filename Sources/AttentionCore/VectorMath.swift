@@ -1,0 +1,44 @@
+// Vectorised exp for the softmax. Swift's exp on a SIMD vector is a libm call per lane; this is
+// Cephes' expf (range reduction by ln 2, degree-6 polynomial, 2^n built from the exponent bits),
+// about 1 ulp, all lanes at once. Inputs below -87.3 (including -inf) give exactly 0.
+
+public typealias FloatVector = SIMD16<Float>
+
+@inlinable @inline(__always)
+public func vectorExp(_ x: FloatVector) -> FloatVector {
+    // Compare-and-select, not clamped()/pointwiseMin: those stay generic calls per vector.
+    let underflow = x .< -87.33
+    let clamped = x.replacing(with: -87.33, where: underflow).replacing(with: 88.37, where: x .> 88.37)
+    // n = round(x / ln2) by the 1.5·2^23 trick: the integer lands in the low mantissa bits.
+    let shifter = FloatVector(repeating: 12_582_912)
+    let shifted = clamped * 1.442_695_04 + shifter
+    let n = shifted - shifter
+    var r = clamped - n * 0.693_359_375
+    r = r - n * -2.121_944_4e-4
+    var p = FloatVector(repeating: 1.987_569_15e-4)
+    p = p * r + 1.398_199_950_7e-3
+    p = p * r + 8.333_451_907_3e-3
+    p = p * r + 4.166_579_589_4e-2
+    p = p * r + 1.666_666_545_9e-1
+    p = p * r + 5.000_000_120_1e-1
+    p = p * (r * r) + r + 1
+    let bits = unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- 0x4B40_0000   // n as an integer
+    let twoToN = unsafeBitCast((bits &+ 127) &<< 23, to: FloatVector.self)
+    return (p * twoToN).replacing(with: 0, where: underflow)
+}
+
+/// Lane-wise maximum, as one compare and one select.
+@inlinable @inline(__always)
+public func vectorMax(_ a: FloatVector, _ b: FloatVector) -> FloatVector {
+    a.replacing(with: b, where: b .> a)
+}
+
+@inlinable @inline(__always)
+func loadVector(_ p: UnsafePointer<Float>) -> FloatVector {
+    UnsafeRawPointer(p).loadUnaligned(as: FloatVector.self)
+}
+
+@inlinable @inline(__always)
+func storeVector(_ v: FloatVector, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: FloatVector.self)
+}

@@ -1,0 +1,204 @@
+// A typed MPI communicator: point-to-point (blocking and not), the collectives the strategies
+// need, and split. Buffers are Swift buffer pointers of `MPIScalar` elements; counts are checked
+// against MPI's Int32 limit rather than silently truncated.
+
+import CMPI
+
+/// Element types with an MPI datatype.
+public protocol MPIScalar { static var mpiDatatype: MPI_Datatype { get } }
+extension Float: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_float() } }
+extension Double: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_double() } }
+extension Int32: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_int32() } }
+extension Int64: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_int64() } }
+extension UInt8: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_uint8() } }
+
+public enum ReduceOperation: Sendable {
+    case sum, max, min
+
+    var handle: MPI_Op {
+        switch self {
+        case .sum: return seqpar_op_sum()
+        case .max: return seqpar_op_max()
+        case .min: return seqpar_op_min()
+        }
+    }
+}
+
+/// An outstanding non-blocking operation. Its buffer must stay alive until it completes.
+public struct Request {
+    var handle: MPI_Request? = seqpar_request_null()
+    public var isDone: Bool { handle == seqpar_request_null() }
+}
+
+/// Checks that `count` fits MPI's Int32 counts.
+@inline(__always)
+func mpiCount(_ count: Int, _ call: String) throws(MPIError) -> Int32 {
+    guard count <= Int(Int32.max) else {
+        throw MPIError(call: call, code: -1, message: "\(count) elements exceed MPI's 32-bit count limit; use more ranks")
+    }
+    return Int32(count)
+}
+
+public final class Communicator {
+    let handle: MPI_Comm
+    public let rank: Int
+    public let size: Int
+    private let owned: Bool
+
+    init(handle: MPI_Comm, owned: Bool) throws(MPIError) {
+        self.handle = handle
+        self.owned = owned
+        var rank: Int32 = 0, size: Int32 = 0
+        try check(MPI_Comm_rank(handle, &rank), "MPI_Comm_rank")
+        try check(MPI_Comm_size(handle, &size), "MPI_Comm_size")
+        self.rank = Int(rank)
+        self.size = Int(size)
+    }
+
+    deinit {
+        if owned && MPIRuntime.isStarted {
+            var h: MPI_Comm? = handle
+            MPI_Comm_free(&h)
+        }
+    }
+
+    /// All processes of the job.
+    public static func world() throws(MPIError) -> Communicator {
+        try Communicator(handle: seqpar_comm_world(), owned: false)
+    }
+
+    /// The rank `offset` steps along the ring (negative: backwards).
+    @inlinable public func neighbour(_ offset: Int) -> Int { ((rank + offset) % size + size) % size }
+
+    /// Sub-communicators: ranks with the same `color` end up together, ordered by `key`.
+    public func split(color: Int, key: Int) throws(MPIError) -> Communicator {
+        var sub: MPI_Comm? = nil
+        try check(MPI_Comm_split(handle, Int32(color), Int32(key), &sub), "MPI_Comm_split")
+        return try Communicator(handle: sub!, owned: true)
+    }
+
+    public func barrier() throws(MPIError) {
+        try check(MPI_Barrier(handle), "MPI_Barrier")
+    }
+
+    // MARK: point to point
+
+    public func isend<T: MPIScalar>(_ buffer: UnsafeBufferPointer<T>, to destination: Int, tag: Int = 0) throws(MPIError) -> Request {
+        var request = Request()
+        let count = try mpiCount(buffer.count, "MPI_Isend")
+        try check(MPI_Isend(buffer.baseAddress, count, T.mpiDatatype, Int32(destination), Int32(tag), handle, &request.handle),
+                  "MPI_Isend to rank \(destination)")
+        return request
+    }
+
+    public func irecv<T: MPIScalar>(_ buffer: UnsafeMutableBufferPointer<T>, from source: Int, tag: Int = 0) throws(MPIError) -> Request {
+        var request = Request()
+        let count = try mpiCount(buffer.count, "MPI_Irecv")
+        try check(MPI_Irecv(buffer.baseAddress, count, T.mpiDatatype, Int32(source), Int32(tag), handle, &request.handle),
+                  "MPI_Irecv from rank \(source)")
+        return request
+    }
+
+    public func wait(_ request: inout Request) throws(MPIError) {
+        try check(MPI_Wait(&request.handle, seqpar_status_ignore()), "MPI_Wait")
+    }
+
+    public func waitAll(_ requests: inout [Request]) throws(MPIError) {
+        for i in requests.indices { try wait(&requests[i]) }
+    }
+
+    /// Lets MPI progress `request`; true once it has completed.
+    @discardableResult
+    public func test(_ request: inout Request) throws(MPIError) -> Bool {
+        if request.isDone { return true }
+        var flag: Int32 = 0
+        try check(MPI_Test(&request.handle, &flag, seqpar_status_ignore()), "MPI_Test")
+        return flag != 0
+    }
+
+    public func sendrecv<T: MPIScalar>(_ send: UnsafeBufferPointer<T>, to destination: Int,
+                                       _ receive: UnsafeMutableBufferPointer<T>, from source: Int, tag: Int = 0) throws(MPIError) {
+        let sendCount = try mpiCount(send.count, "MPI_Sendrecv")
+        let receiveCount = try mpiCount(receive.count, "MPI_Sendrecv")
+        try check(MPI_Sendrecv(send.baseAddress, sendCount, T.mpiDatatype, Int32(destination), Int32(tag),
+                               receive.baseAddress, receiveCount, T.mpiDatatype, Int32(source), Int32(tag),
+                               handle, seqpar_status_ignore()), "MPI_Sendrecv")
+    }
+
+    // MARK: collectives
+
+    /// Element-wise reduction of `values` over all ranks; every rank gets the result.
+    public func allreduce<T: MPIScalar>(_ values: [T], _ operation: ReduceOperation) throws(MPIError) -> [T] {
+        var result = values
+        let count = try mpiCount(values.count, "MPI_Allreduce")
+        let code = values.withUnsafeBufferPointer { send in
+            result.withUnsafeMutableBufferPointer { receive in
+                MPI_Allreduce(send.baseAddress, receive.baseAddress, count, T.mpiDatatype, operation.handle, handle)
+            }
+        }
+        try check(code, "MPI_Allreduce")
+        return result
+    }
+
+    public func allreduce<T: MPIScalar>(_ value: T, _ operation: ReduceOperation) throws(MPIError) -> T {
+        try allreduce([value], operation)[0]
+    }
+
+    /// One value from every rank, indexed by rank.
+    public func allgather<T: MPIScalar>(_ value: T) throws(MPIError) -> [T] {
+        var result = [T](repeating: value, count: size)
+        var mine = value
+        let code = result.withUnsafeMutableBufferPointer { receive in
+            MPI_Allgather(&mine, 1, T.mpiDatatype, receive.baseAddress, 1, T.mpiDatatype, handle)
+        }
+        try check(code, "MPI_Allgather")
+        return result
+    }
+
+    /// Variable-length arrays from every rank, indexed by rank.
+    public func allgatherv<T: MPIScalar>(_ values: [T]) throws(MPIError) -> [[T]] {
+        let counts = try allgather(Int32(try mpiCount(values.count, "MPI_Allgatherv")))
+        var displacements = [Int32](repeating: 0, count: size)
+        for r in 1 ..< max(1, size) { displacements[r] = displacements[r - 1] + counts[r - 1] }
+        let total = Int(counts.reduce(0, +))
+        let receive = UnsafeMutableBufferPointer<T>.allocate(capacity: max(1, total))
+        defer { receive.deallocate() }
+        let code = values.withUnsafeBufferPointer { send in
+            MPI_Allgatherv(send.baseAddress, counts[rank], T.mpiDatatype, receive.baseAddress, counts, displacements, T.mpiDatatype, handle)
+        }
+        try check(code, "MPI_Allgatherv")
+        return (0 ..< size).map { Array(receive[Int(displacements[$0]) ..< Int(displacements[$0] + counts[$0])]) }
+    }
+
+    /// Strings from every rank (host names, error messages), indexed by rank.
+    public func allgather(_ text: String) throws(MPIError) -> [String] {
+        try allgatherv(Array(text.utf8)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// `send` holds `count` elements for each rank in rank order; returns theirs for this rank.
+    public func alltoall<T: MPIScalar>(_ send: UnsafeBufferPointer<T>, _ receive: UnsafeMutableBufferPointer<T>, countPerRank: Int) throws(MPIError) {
+        precondition(send.count >= countPerRank * size && receive.count >= countPerRank * size)
+        let count = try mpiCount(countPerRank, "MPI_Alltoall")
+        try check(MPI_Alltoall(send.baseAddress, count, T.mpiDatatype, receive.baseAddress, count, T.mpiDatatype, handle), "MPI_Alltoall")
+    }
+
+    /// Variable counts per peer: element counts and offsets, in rank order, for both sides.
+    public func alltoallv<T: MPIScalar>(_ send: UnsafeBufferPointer<T>, sendCounts: [Int], sendOffsets: [Int],
+                                        _ receive: UnsafeMutableBufferPointer<T>, receiveCounts: [Int], receiveOffsets: [Int]) throws(MPIError) {
+        precondition([sendCounts, sendOffsets, receiveCounts, receiveOffsets].allSatisfy { $0.count == size })
+        func int32s(_ values: [Int]) throws(MPIError) -> [Int32] {
+            var out = [Int32]()
+            for v in values { out.append(try mpiCount(v, "MPI_Alltoallv")) }
+            return out
+        }
+        let sc = try int32s(sendCounts), so = try int32s(sendOffsets)
+        let rc = try int32s(receiveCounts), ro = try int32s(receiveOffsets)
+        try check(MPI_Alltoallv(send.baseAddress, sc, so, T.mpiDatatype, receive.baseAddress, rc, ro, T.mpiDatatype, handle), "MPI_Alltoallv")
+    }
+
+    /// Copies `buffer` from `root` to every rank.
+    public func broadcast<T: MPIScalar>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws(MPIError) {
+        let count = try mpiCount(buffer.count, "MPI_Bcast")
+        try check(MPI_Bcast(buffer.baseAddress, count, T.mpiDatatype, Int32(root), handle), "MPI_Bcast")
+    }
+}

@@ -1,0 +1,117 @@
+// Comparing a distributed result with the single-rank result and the float64 reference, shard by
+// shard. Each rank recomputes its own rows as one process would (the same kernel over the whole
+// sequence, key blocks aligned at position 0 exactly as in a one-rank run) so the check is
+// spread over the ranks, and each rank reports its largest errors with where they are.
+
+import AttentionCore
+
+/// The largest error between two arrays and where it is.
+public struct ErrorStats: Sendable, Equatable {
+    public var maxAbs: Double = 0
+    /// max |a - b| over max |b|: error relative to the reference's scale.
+    public var maxRel: Double = 0
+    /// Global token and head of the largest absolute error (-1 when none).
+    public var token = -1
+    public var head = -1
+
+    public init() {}
+
+    /// Folds another shard's stats in (keeping the location of the larger error).
+    public mutating func absorb(_ other: ErrorStats) {
+        if other.maxAbs > maxAbs || token < 0 { (maxAbs, token, head) = (other.maxAbs, other.token, other.head) }
+        maxRel = max(maxRel, other.maxRel)
+    }
+
+    var packed: [Double] { [maxAbs, maxRel, Double(token), Double(head)] }
+    init(packed p: ArraySlice<Double>) {
+        let p = Array(p)
+        (maxAbs, maxRel, token, head) = (p[0], p[1], Int(p[2]), Int(p[3]))
+    }
+}
+
+/// Errors of O and LSE over some rows.
+public struct ResultErrors: Sendable, Equatable {
+    public var output = ErrorStats()
+    public var lse = ErrorStats()
+    public var rows = 0
+
+    public init() {}
+
+    /// Compares `actual` with `expected` on the rows `rows` (local row indices) whose global
+    /// positions are `positions`. `expected` rows are indexed 0..<rows.count.
+    public static func compare(actualOutput: [Float], actualLSE: [Float], actualRows: Int, rows: [Int], positions: [Int],
+                               expectedOutput: (Int) -> Double, expectedLSE: (Int) -> Double, heads: Int, headDim: Int) -> ResultErrors {
+        var errors = ResultErrors()
+        errors.rows = rows.count
+        var outputScale = 0.0, lseScale = 0.0
+        for (i, row) in rows.enumerated() {
+            for h in 0 ..< heads {
+                for x in 0 ..< headDim {
+                    let e = expectedOutput((i * heads + h) * headDim + x)
+                    let diff = abs(Double(actualOutput[(row * heads + h) * headDim + x]) - e)
+                    outputScale = max(outputScale, abs(e))
+                    if diff > errors.output.maxAbs || errors.output.token < 0 { (errors.output.maxAbs, errors.output.token, errors.output.head) = (diff, positions[i], h) }
+                }
+                let e = expectedLSE(h * rows.count + i), a = Double(actualLSE[h * actualRows + row])
+                let diff = a == e ? 0 : abs(a - e)           // both -inf: no error; one -inf: infinite
+                if e.isFinite { lseScale = max(lseScale, abs(e)) }
+                if diff > errors.lse.maxAbs || errors.lse.token < 0 { (errors.lse.maxAbs, errors.lse.token, errors.lse.head) = (diff, positions[i], h) }
+            }
+        }
+        errors.output.maxRel = outputScale > 0 ? errors.output.maxAbs / outputScale : errors.output.maxAbs
+        errors.lse.maxRel = lseScale > 0 ? errors.lse.maxAbs / lseScale : errors.lse.maxAbs
+        return errors
+    }
+
+    public var packed: [Double] { output.packed + lse.packed + [Double(rows)] }
+    public init(packed p: [Double]) {
+        output = ErrorStats(packed: p[0 ..< 4])
+        lse = ErrorStats(packed: p[4 ..< 8])
+        rows = Int(p[8])
+    }
+}
+
+public enum Verification {
+    /// This rank's rows as a one-rank run computes them: the same kernel over keys 0..<tokens.
+    public static func singleRank(_ shard: LocalShard, k: TokenTensor, v: TokenTensor, job: AttentionJob) -> LocalResult {
+        let accumulator = AttentionAccumulator(rows: shard.rows, heads: job.shape.heads, headDim: job.shape.headDim)
+        let whole = ShardSegment(positions: 0 ..< shard.tokens, localRow: 0)
+        k.values.withUnsafeBufferPointer { kb in
+            v.values.withUnsafeBufferPointer { vb in
+                for segment in shard.segments {
+                    job.kernel.accumulate(queries: shard.queries.baseAddress!, querySegment: segment,
+                                          keys: kb.baseAddress!, values: vb.baseAddress!, keySegment: whole, into: accumulator)
+                }
+            }
+        }
+        return LocalResult(accumulator: accumulator, shape: job.shape)
+    }
+
+    /// Local rows checked against float64: all of them, or an even sample of `sample` rows
+    /// (always including each segment's first and last row).
+    public static func referenceRows(_ shard: LocalShard, sample: Int?) -> [Int] {
+        guard let sample, sample < shard.rows else { return Array(0 ..< shard.rows) }
+        var rows = Set<Int>()
+        for s in shard.segments { rows.formUnion([s.localRow, s.localRow + s.positions.count - 1]) }
+        let step = max(1, shard.rows / max(1, sample))
+        rows.formUnion(stride(from: 0, to: shard.rows, by: step))
+        return rows.sorted()
+    }
+
+    /// Global position of each local row.
+    public static func positions(_ shard: LocalShard) -> [Int] {
+        shard.segments.flatMap { Array($0.positions) }
+    }
+
+    /// The float64 reference for the local rows `rows`.
+    public static func reference(_ shard: LocalShard, rows: [Int], k: TokenTensor, v: TokenTensor, job: AttentionJob) -> ReferenceAttention.Result {
+        let shape = job.shape
+        let all = positions(shard)
+        var q = [Float]()
+        q.reserveCapacity(rows.count * shape.queryRowWidth)
+        for row in rows { q += UnsafeBufferPointer(rebasing: shard.queries[row * shape.queryRowWidth ..< (row + 1) * shape.queryRowWidth]) }
+        return ReferenceAttention.compute(q: TokenTensor(tokens: rows.count, heads: shape.heads, headDim: shape.headDim, values: q),
+                                          queryPositions: rows.map { all[$0] }, k: k, v: v,
+                                          keyPositions: Array(0 ..< shard.tokens), shape: shape, mask: job.mask)
+    }
+}

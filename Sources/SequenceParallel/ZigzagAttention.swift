@@ -1,0 +1,17 @@
+// Zigzag ring attention: the ring loop over a load-balanced layout. The sequence is cut into 2P
+// chunks and rank r holds chunks r and 2P-1-r, an early one and a late one, so under a causal
+// mask every rank has the same number of visible (query, key) pairs. The exchange and the loop
+// are the ring's; only the layout differs, and the kernel skips the hidden chunk pairs.
+
+import AttentionCore
+
+public struct ZigzagAttention: SequenceParallelStrategy {
+    public var inputLayout: TokenLayout { .zigzag }
+
+    public init() {}
+
+    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> AttentionAccumulator {
+        precondition(shard.partition.layout == .zigzag, "zigzag needs a zigzag-sharded input")
+        return try RingAttention(layout: .zigzag).attend(shard, job: job, communicator: communicator)
+    }
+}

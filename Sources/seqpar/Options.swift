@@ -1,0 +1,83 @@
+// Options shared by the subcommands, as ParsableArguments groups.
+
+import ArgumentParser
+import AttentionCore
+import SequenceParallel
+
+extension StrategyName: ExpressibleByArgument {
+    public static var allValueStrings: [String] { allCases.map(\.rawValue) }
+}
+
+/// The attention problem: inputs (synthetic or .npy), shape and mask.
+struct ProblemOptions: ParsableArguments {
+    @Option(help: "Sequence length of the synthetic inputs (default 4099: not divisible by common rank counts).")
+    var tokens: Int?
+    @Option(help: "Query heads (default 8).")
+    var heads: Int?
+    @Option(name: .customLong("kv-heads"), help: "Key/value heads; heads must be a multiple (default 2: GQA).")
+    var kvHeads: Int?
+    @Option(name: .customLong("head-dim"), help: "Head dimension (default 64).")
+    var headDim: Int?
+    @Option(help: "Seed of the synthetic inputs; every world size sees the same values.")
+    var seed: UInt64 = 1
+    @Option(help: "Q as .npy, [tokens, heads, headDim] float32 (with --k and --v instead of synthetic inputs).")
+    var q: String?
+    @Option(help: "K as .npy, [tokens, kvHeads, headDim] float32.")
+    var k: String?
+    @Option(help: "V as .npy, [tokens, kvHeads, headDim] float32.")
+    var v: String?
+    @Flag(help: "Causal mask: query i sees keys j <= i (global positions).")
+    var causal = false
+    @Option(help: "Softmax scale (default 1/sqrt(head-dim)).")
+    var scale: Float?
+
+    func validate() throws {
+        let files = [q, k, v].compactMap { $0 }
+        if !files.isEmpty {
+            guard files.count == 3 else { throw ValidationError("--q, --k and --v go together: give all three .npy files, or none for synthetic inputs.") }
+            guard tokens == nil, heads == nil, kvHeads == nil, headDim == nil else {
+                throw ValidationError("--tokens, --heads, --kv-heads and --head-dim describe synthetic inputs; with --q/--k/--v the shapes come from the files.")
+            }
+        }
+        if let tokens, tokens < 1 { throw ValidationError("--tokens must be at least 1 (got \(tokens)).") }
+        if let scale, !(scale.isFinite && scale > 0) { throw ValidationError("--scale must be a positive number (got \(scale)).") }
+        if files.isEmpty {
+            do { _ = try syntheticShape() } catch { throw ValidationError("\(error).") }
+        }
+    }
+
+    func syntheticShape() throws -> AttentionShape {
+        try AttentionShape(heads: heads ?? 8, kvHeads: kvHeads ?? 2, headDim: headDim ?? 64, scale: scale)
+    }
+
+    var mask: AttentionMask { causal ? .causal : .none }
+
+    var source: InputSource {
+        if let q, let k, let v { return .files(q: q, k: k, v: v, scale: scale) }
+        return .synthetic(seed: seed, tokens: tokens ?? 4099, shape: try! syntheticShape())   // validated
+    }
+}
+
+/// How each rank computes.
+struct ComputeOptions: ParsableArguments {
+    @Option(help: "How the work is split: \(StrategyName.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: "; ")).")
+    var strategy: StrategyName = .zigzag
+    @Option(help: "Compute threads per rank, each with one-thread BLAS calls.")
+    var threads: Int = 1
+    @Option(name: .customLong("query-tile"), help: "Query rows per kernel tile.")
+    var queryTile: Int = 256
+    @Option(name: .customLong("key-block"), help: "Keys per kernel block.")
+    var keyBlock: Int = 512
+
+    func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1 (got \(threads)).") }
+        guard queryTile >= 1, keyBlock >= 1 else { throw ValidationError("--query-tile and --key-block must be at least 1.") }
+    }
+
+    var tiling: KernelTiling { KernelTiling(queryTile: queryTile, keyBlock: keyBlock) }
+}
+
+struct OutputOptions: ParsableArguments {
+    @Flag(help: "Print the figures as one JSON object (rank 0), for scripts.")
+    var json = false
+}

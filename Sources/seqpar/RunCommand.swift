@@ -1,0 +1,85 @@
+import ArgumentParser
+import AttentionCore
+import Foundation
+import SequenceParallel
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Compute attention and write O and LSE; print time, GFLOP/s and peak memory per rank.",
+        discussion: "Each rank reads only its own rows of --q/--k/--v and writes only its own rows of --out/--lse."
+    )
+
+    @OptionGroup var problem: ProblemOptions
+    @OptionGroup var compute: ComputeOptions
+    @Option(help: "Write O here as .npy, [tokens, heads, headDim].")
+    var out: String?
+    @Option(help: "Write LSE here as .npy, [heads, tokens] (natural log; -inf where a query sees no key).")
+    var lse: String?
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        try Session.run { world in
+            let (run, _) = try DistributedRun.execute(problem.source, strategy: compute.strategy, mask: problem.mask,
+                                                      compute: compute, communicator: world)
+            if out != nil || lse != nil {
+                try run.result.write(output: out, lse: lse, segments: run.shard.segments, tokens: run.shard.tokens, communicator: world)
+            }
+            let memory = try world.allgather(Int64(peakResidentBytes())).map(Double.init)
+            let flops = problem.mask.flops(tokens: run.shard.tokens, shape: run.shard.shape)
+            let gflops = flops / run.seconds / 1e9
+            if output.json {
+                Session.say(world, Format.json([
+                    "command": "run", "strategy": compute.strategy.rawValue, "ranks": world.size, "threads": compute.threads,
+                    "tokens": run.shard.tokens, "heads": run.shard.shape.heads, "kv_heads": run.shard.shape.kvHeads,
+                    "head_dim": run.shard.shape.headDim, "mask": problem.mask.description,
+                    "seconds": run.seconds, "flops": flops, "gflops": gflops, "peak_memory_bytes": memory,
+                ]))
+            } else {
+                Session.say(world, """
+                seqpar run: \(compute.strategy.rawValue), \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(run.shard, mask: problem.mask))
+                time \(String(format: "%.4f", run.seconds)) s, \(String(format: "%.1f", gflops)) GFLOP/s
+                peak memory per rank: \(memory.map(Format.bytes).joined(separator: ", "))
+                """)
+                if let out { Session.say(world, "wrote O to \(out)") }
+                if let lse { Session.say(world, "wrote LSE to \(lse)") }
+            }
+        }
+    }
+}
+
+struct InfoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "info",
+        abstract: "MPI library, world size, host of each rank, BLAS threads and measured sgemm GFLOP/s per rank.",
+        discussion: "All ranks measure sgemm at the same time, as they would compute: ranks that share cores show it."
+    )
+
+    @Option(help: "Threads per rank for the sgemm measurement (as run --threads).")
+    var threads: Int = 1
+    @Option(name: .customLong("sgemm-size"), help: "Matrix size n of the n x n x n sgemm.")
+    var sgemmSize: Int = 1024
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        try Session.run { world in
+            let hosts = try world.allgather(MPIRuntime.processorName())
+            let blasThreads = try world.allgather(Int32(BlasPeak.blasThreads))
+            try world.barrier()
+            let peaks = try world.allgather(BlasPeak.measure(n: sgemmSize, threads: threads))
+            if output.json {
+                Session.say(world, Format.json([
+                    "mpi_library": MPIRuntime.libraryVersion(), "world_size": world.size, "threads": threads,
+                    "ranks": (0 ..< world.size).map { ["rank": $0, "host": hosts[$0], "blas_threads": Int(blasThreads[$0]), "sgemm_gflops": peaks[$0]] },
+                ]))
+                return
+            }
+            var lines = ["MPI library: \(MPIRuntime.libraryVersion())", "world size: \(world.size)",
+                         "rank  host                  blas threads  sgemm GFLOP/s (n=\(sgemmSize), \(threads) thread(s))"]
+            for r in 0 ..< world.size {
+                lines.append(String(format: "%4d  %@  %12d  %8.1f", r, hosts[r].padding(toLength: 20, withPad: " ", startingAt: 0), blasThreads[r], peaks[r]))
+            }
+            Session.say(world, lines.joined(separator: "\n"))
+        }
+    }
+}

@@ -1,0 +1,43 @@
+// The seqpar command: one executable that mpirun starts on every rank. Argument errors and help
+// are printed by rank 0 only (the others exit with the same status quietly), so a 4-rank job
+// shows one message, not four.
+
+import ArgumentParser
+import Foundation
+
+struct Seqpar: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "seqpar",
+        abstract: "Exact softmax attention over sequences sharded across MPI ranks.",
+        discussion: """
+        Start it on every rank with mpirun (Launch/local N runs N ranks on this machine):
+          Launch/local 4 verify --causal
+          Launch/local 2 run --tokens 8192 --causal --strategy zigzag --out O.npy --lse LSE.npy
+        Layout: Q and O are [tokens, heads, headDim], K and V [tokens, kvHeads, headDim],
+        LSE [heads, tokens]; all float32 .npy in C order.
+        """,
+        subcommands: [RunCommand.self, VerifyCommand.self, BenchCommand.self, InfoCommand.self]
+    )
+}
+
+@main
+enum Main {
+    static func main() {
+        do {
+            var command = try Seqpar.parseAsRoot()
+            try command.run()
+        } catch {
+            if launchRank == 0 { Seqpar.exit(withError: error) }
+            exit(Seqpar.exitCode(for: error).rawValue)
+        }
+    }
+
+    /// This process's rank as the launcher set it in the environment, before MPI starts.
+    static var launchRank: Int {
+        let environment = ProcessInfo.processInfo.environment
+        for name in ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"] {
+            if let value = environment[name], let rank = Int(value) { return rank }
+        }
+        return 0
+    }
+}

@@ -1,0 +1,94 @@
+// Running a command on every rank: start MPI, set BLAS to one thread unless the environment says
+// otherwise, run, and end every rank with the same status. A failure all ranks agreed on
+// (CollectiveFailure) is printed once by rank 0; anything else on a single rank aborts the job
+// with the rank named, so no rank waits forever.
+
+import ArgumentParser
+import AttentionCore
+import Foundation
+import SequenceParallel
+
+enum Session {
+    static func run(_ body: (Communicator) throws -> Void) throws {
+        do {
+            try MPIRuntime.start()
+        } catch {
+            FileHandle.standardError.write(Data("seqpar: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        if ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"] == nil { BlasPeak.setBlasThreads(1) }
+        var rank = 0
+        do {
+            let world = try Communicator.world()
+            rank = world.rank
+            try body(world)
+            try world.barrier()
+            MPIRuntime.finish()
+        } catch let failure as CollectiveFailure {
+            if rank == 0 { FileHandle.standardError.write(Data("seqpar: error: \(failure)\n".utf8)) }
+            MPIRuntime.finish()
+            throw ExitCode.failure
+        } catch let exit as ExitCode {
+            MPIRuntime.finish()
+            throw exit
+        } catch {
+            FileHandle.standardError.write(Data("seqpar: rank \(rank): error: \(error)\n".utf8))
+            MPIRuntime.abort(code: 1)
+        }
+    }
+
+    /// Prints on rank 0 only.
+    static func say(_ communicator: Communicator, _ text: String) {
+        if communicator.rank == 0 {
+            FileHandle.standardOutput.write(Data((text + "\n").utf8))
+        }
+    }
+}
+
+/// One distributed attention run on this rank.
+struct DistributedRun {
+    let shard: LocalShard
+    let result: LocalResult
+    /// Seconds from a common barrier to the last rank's finish.
+    let seconds: Double
+
+    static func execute(_ source: InputSource, strategy: StrategyName, mask: AttentionMask, compute: ComputeOptions,
+                        communicator: Communicator) throws -> (run: DistributedRun, job: AttentionJob) {
+        let chosen = strategy.make()
+        let shard = try communicator.together {
+            try LocalShard.load(source, layout: chosen.inputLayout, rank: communicator.rank, ranks: communicator.size)
+        }
+        let job = AttentionJob(shape: shard.shape, mask: mask, tiling: compute.tiling, threads: compute.threads)
+        let (result, seconds) = try timed(communicator) {
+            LocalResult(accumulator: try chosen.attend(shard, job: job, communicator: communicator), shape: shard.shape)
+        }
+        return (DistributedRun(shard: shard, result: result, seconds: seconds), job)
+    }
+
+    /// Runs `body` from a common start and returns the slowest rank's time.
+    static func timed<R>(_ communicator: Communicator, _ body: () throws -> R) throws -> (R, Double) {
+        try communicator.barrier()
+        let start = MPIRuntime.now()
+        let result = try body()
+        let mine = MPIRuntime.now() - start
+        return (result, try communicator.allreduce(mine, .max))
+    }
+}
+
+enum Format {
+    static func bytes(_ n: Double) -> String {
+        n >= 1_073_741_824 ? String(format: "%.2f GiB", n / 1_073_741_824) : String(format: "%.1f MiB", n / 1_048_576)
+    }
+
+    static func sci(_ x: Double) -> String { x == 0 ? "0" : String(format: "%.2e", x) }
+
+    static func json(_ object: [String: Any]) -> String {
+        let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    static func problem(_ shard: LocalShard, mask: AttentionMask) -> String {
+        let s = shard.shape
+        return "tokens \(shard.tokens), heads \(s.heads), kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(mask)"
+    }
+}

@@ -1,0 +1,133 @@
+import ArgumentParser
+import AttentionCore
+import Foundation
+import SequenceParallel
+
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check the distributed result against the single-rank result (and float64), shard by shard.",
+        discussion: """
+        Runs the chosen strategy, then each rank recomputes its own rows exactly as a one-rank run does
+        (the same kernel over the whole sequence) and, in float64, the plain reference. Prints the max
+        abs and max rel error of O and LSE per rank (rel = max |error| / max |expected|) and exits
+        non-zero when O's max abs error or LSE's max rel error exceeds the tolerance, naming the rank,
+        token and head of the largest error.
+        """
+    )
+
+    @OptionGroup var problem: ProblemOptions
+    @OptionGroup var compute: ComputeOptions
+    @Option(help: "Tolerance against the single-rank result.")
+    var tolerance: Double = 1e-5
+    @Option(name: .customLong("reference-tolerance"), help: "Tolerance against the float64 reference.")
+    var referenceTolerance: Double = 1e-4
+    @Option(name: .customLong("reference-rows"),
+            help: "Rows per rank checked against float64 when the problem is large (tokens^2*heads*headDim > 2^31); every row when small. 0 turns the float64 check off.")
+    var referenceRows: Int = 64
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        try Session.run { world in
+            let (run, job) = try DistributedRun.execute(problem.source, strategy: compute.strategy, mask: problem.mask,
+                                                        compute: compute, communicator: world)
+            let shard = run.shard, shape = shard.shape
+            let (k, v) = try world.together { try InputFiles.loadWhole(problem.source, shape: shape, tokens: shard.tokens) }
+            let rows = Array(0 ..< shard.rows), positions = Verification.positions(shard)
+
+            let single = Verification.singleRank(shard, k: k, v: v, job: job)
+            let singleErrors = ResultErrors.compare(
+                actualOutput: run.result.output, actualLSE: run.result.lse, actualRows: shard.rows, rows: rows, positions: positions,
+                expectedOutput: { Double(single.output[$0]) }, expectedLSE: { Double(single.lse[$0]) }, heads: shape.heads, headDim: shape.headDim)
+
+            let small = Double(shard.tokens) * Double(shard.tokens) * Double(shape.heads * shape.headDim) <= Double(1 << 31)
+            var referenceErrors = ResultErrors()
+            if referenceRows > 0 || small {
+                let checked = Verification.referenceRows(shard, sample: small ? nil : referenceRows)
+                let reference = Verification.reference(shard, rows: checked, k: k, v: v, job: job)
+                referenceErrors = ResultErrors.compare(
+                    actualOutput: run.result.output, actualLSE: run.result.lse, actualRows: shard.rows, rows: checked,
+                    positions: checked.map { positions[$0] }, expectedOutput: { reference.output[$0] }, expectedLSE: { reference.lse[$0] },
+                    heads: shape.heads, headDim: shape.headDim)
+            }
+
+            let all = try world.allgatherv(singleErrors.packed + referenceErrors.packed)
+            let perRank = all.map { (single: ResultErrors(packed: Array($0[0 ..< 9])), reference: ResultErrors(packed: Array($0[9 ..< 18]))) }
+            let report = VerifyReport(perRank: perRank, tolerance: tolerance, referenceTolerance: referenceTolerance)
+            if output.json {
+                Session.say(world, Format.json(report.json(strategy: compute.strategy, shard: shard, mask: problem.mask, seconds: run.seconds, ranks: world.size)))
+            } else {
+                Session.say(world, "seqpar verify: \(compute.strategy.rawValue), \(world.size) rank(s), \(Format.problem(shard, mask: problem.mask)); distributed run \(String(format: "%.4f", run.seconds)) s")
+                Session.say(world, report.table())
+            }
+            if !report.passed { throw ExitCode.failure }
+        }
+    }
+}
+
+/// Errors of every rank, judged against the tolerances.
+struct VerifyReport {
+    let perRank: [(single: ResultErrors, reference: ResultErrors)]
+    let tolerance: Double
+    let referenceTolerance: Double
+
+    func total(_ pick: ((single: ResultErrors, reference: ResultErrors)) -> ResultErrors) -> (errors: ResultErrors, rank: Int) {
+        var total = ResultErrors(), worstRank = 0
+        for (r, entry) in perRank.enumerated() {
+            let e = pick(entry)
+            if e.output.maxAbs > total.output.maxAbs || r == 0 { worstRank = r }
+            total.output.absorb(e.output)
+            total.lse.absorb(e.lse)
+            total.rows += e.rows
+        }
+        return (total, worstRank)
+    }
+
+    var single: (errors: ResultErrors, rank: Int) { total { $0.single } }
+    var reference: (errors: ResultErrors, rank: Int) { total { $0.reference } }
+
+    static func within(_ e: ResultErrors, _ tolerance: Double) -> Bool {
+        e.output.maxAbs <= tolerance && e.lse.maxRel <= tolerance
+    }
+
+    var passed: Bool { Self.within(single.errors, tolerance) && (reference.errors.rows == 0 || Self.within(reference.errors, referenceTolerance)) }
+
+    func table() -> String {
+        var lines = ["rank   rows | single-rank: O abs    O rel     lse abs   lse rel | float64: rows  O abs     O rel     lse abs   lse rel"]
+        for (r, e) in perRank.enumerated() {
+            let s = e.single, f = e.reference
+            lines.append(String(format: "%4d %6d |              %@  %@  %@  %@ |        %5d  %@  %@  %@  %@", r, s.rows,
+                                cell(s.output.maxAbs), cell(s.output.maxRel), cell(s.lse.maxAbs), cell(s.lse.maxRel), f.rows,
+                                cell(f.output.maxAbs), cell(f.output.maxRel), cell(f.lse.maxAbs), cell(f.lse.maxRel)))
+        }
+        lines.append(sentence("single-rank result", single, tolerance))
+        if reference.errors.rows > 0 {
+            lines.append(sentence("float64 reference (\(reference.errors.rows) rows)", reference, referenceTolerance))
+        } else {
+            lines.append("float64 reference: not checked (--reference-rows 0)")
+        }
+        lines.append(passed ? "PASS" : "FAIL")
+        return lines.joined(separator: "\n")
+    }
+
+    private func cell(_ x: Double) -> String { Format.sci(x).padding(toLength: 8, withPad: " ", startingAt: 0) }
+
+    private func sentence(_ what: String, _ t: (errors: ResultErrors, rank: Int), _ tolerance: Double) -> String {
+        let o = t.errors.output, l = t.errors.lse
+        let verdict = Self.within(t.errors, tolerance) ? "within" : "ABOVE"
+        return "against the \(what): O max abs error \(Format.sci(o.maxAbs)) (rank \(t.rank), token \(o.token), head \(o.head)), "
+            + "LSE max rel error \(Format.sci(l.maxRel)) (token \(l.token), head \(l.head)); \(verdict) tolerance \(Format.sci(tolerance))"
+    }
+
+    func json(strategy: StrategyName, shard: LocalShard, mask: AttentionMask, seconds: Double, ranks: Int) -> [String: Any] {
+        func errors(_ e: ResultErrors) -> [String: Any] {
+            ["rows": e.rows, "o_max_abs": e.output.maxAbs, "o_max_rel": e.output.maxRel, "o_worst_token": e.output.token, "o_worst_head": e.output.head,
+             "lse_max_abs": e.lse.maxAbs, "lse_max_rel": e.lse.maxRel]
+        }
+        return ["command": "verify", "strategy": strategy.rawValue, "ranks": ranks, "tokens": shard.tokens,
+                "heads": shard.shape.heads, "kv_heads": shard.shape.kvHeads, "head_dim": shard.shape.headDim, "mask": mask.description,
+                "seconds": seconds, "passed": passed, "tolerance": tolerance, "reference_tolerance": referenceTolerance,
+                "single_rank": errors(single.errors), "worst_rank": single.rank, "reference": errors(reference.errors),
+                "per_rank": perRank.map { ["single_rank": errors($0.single), "reference": errors($0.reference)] }]
+    }
+}
