@@ -40,6 +40,6 @@ let package = Package(
             ]
         ),
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
-        .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar"]),
+        .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar", "AttentionCore"]),
     ]
 )

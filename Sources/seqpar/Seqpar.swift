@@ -27,8 +27,16 @@ enum Main {
             var command = try Seqpar.parseAsRoot()
             try command.run()
         } catch {
-            if launchRank == 0 { Seqpar.exit(withError: error) }
-            exit(Seqpar.exitCode(for: error).rawValue)
+            // One write of the whole message: ArgumentParser's own printing goes out byte by byte,
+            // and mpirun's notices about the exiting ranks would land in the middle of it.
+            let code = Seqpar.exitCode(for: error)
+            if launchRank == 0 {
+                let message = Seqpar.fullMessage(for: error)
+                if !message.isEmpty {
+                    (code == .success ? FileHandle.standardOutput : FileHandle.standardError).write(Data((message + "\n").utf8))
+                }
+            }
+            exit(code.rawValue)
         }
     }
 

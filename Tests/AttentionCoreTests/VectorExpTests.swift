@@ -1,0 +1,85 @@
+// vectorExp, the softmax's exp, against libm's exp in float64: a few ulp over the whole range the
+// softmax uses (scores minus the running max, so [-87.3, 0]), exactly 0 below float's range
+// (including -inf, which is how masked scores arrive), and exactly 1 at 0.
+
+import AttentionCore
+import Foundation
+import Testing
+
+@Suite("vectorExp")
+struct VectorExpTests {
+    /// Error of `y` against exp(x) in units of the float32 spacing at exp(x).
+    static func ulps(_ y: Float, _ x: Float) -> Double {
+        let exact = exp(Double(x))
+        return abs(Double(y) - exact) / Double(Float(exact).ulp)
+    }
+
+    /// Cephes' expf is about 1 ulp (measured worst 0.95 over the sweep); allow 2.
+    static let maxUlps = 2.0
+
+    static func evaluate(_ inputs: [Float]) -> [Float] {
+        var outputs: [Float] = []
+        outputs.reserveCapacity(inputs.count)
+        var at = 0
+        while at < inputs.count {
+            var lanes = FloatVector(repeating: 0)
+            let n = min(FloatVector.scalarCount, inputs.count - at)
+            for i in 0 ..< n { lanes[i] = inputs[at + i] }
+            let result = vectorExp(lanes)
+            for i in 0 ..< n { outputs.append(result[i]) }
+            at += n
+        }
+        return outputs
+    }
+
+    @Test("within a few ulp of exp over [-87.3, 0]")
+    func sweep() {
+        let count = 1 << 20
+        let inputs = (0 ... count).map { -87.3 * Float($0) / Float(count) }
+        let outputs = Self.evaluate(inputs)
+        var worst = (ulps: 0.0, x: Float(0))
+        for (x, y) in zip(inputs, outputs) {
+            let error = Self.ulps(y, x)
+            if !(error <= worst.ulps) { worst = (error, x) }   // NaN counts as worst
+        }
+        #expect(worst.ulps <= Self.maxUlps, "worst \(worst.ulps) ulp at x = \(worst.x)")
+        // Also against Foundation's float exp: relative difference a few ulp.
+        let relative = zip(inputs, outputs).map { x, y in Double(abs(y - Foundation.exp(x)) / Foundation.exp(x)) }.max() ?? .nan
+        #expect(relative <= 2 * Self.maxUlps * Double(Float.ulpOfOne), "max relative difference to expf \(relative)")
+    }
+
+    @Test("within a few ulp for positive inputs", arguments: [Float(1e-6), 0.5, 1, 2, 7.25, 10, 33.3, 50, 80, 88])
+    func positives(_ x: Float) {
+        let y = Self.evaluate([x])[0]
+        #expect(Self.ulps(y, x) <= Self.maxUlps, "exp(\(x)) = \(y), \(Self.ulps(y, x)) ulp off")
+    }
+
+    @Test("exactly 0 below float's range and for -inf")
+    func underflow() {
+        let inputs: [Float] = [-.infinity, -.greatestFiniteMagnitude, -1e30, -1000, -104, -88, -87.5, -87.34, (-87.33 as Float).nextDown]
+        let outputs = Self.evaluate(inputs)
+        for (x, y) in zip(inputs, outputs) {
+            #expect(y == 0 && y.sign == .plus, "exp(\(x)) gave \(y)")
+        }
+    }
+
+    @Test("exp(0) is exactly 1, in every lane")
+    func zero() {
+        #expect(vectorExp(FloatVector(repeating: 0)) == FloatVector(repeating: 1))
+        #expect(vectorExp(FloatVector(repeating: -0.0)) == FloatVector(repeating: 1))
+    }
+
+    @Test("lanes are independent: -inf beside finite inputs")
+    func mixedLanes() {
+        var lanes = FloatVector(repeating: -.infinity)
+        for i in stride(from: 0, to: FloatVector.scalarCount, by: 2) { lanes[i] = -Float(i) / 3 }
+        let result = vectorExp(lanes)
+        for i in 0 ..< FloatVector.scalarCount {
+            if i % 2 == 0 {
+                #expect(Self.ulps(result[i], lanes[i]) <= Self.maxUlps)
+            } else {
+                #expect(result[i] == 0)
+            }
+        }
+    }
+}

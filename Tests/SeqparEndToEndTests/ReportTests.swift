@@ -1,0 +1,126 @@
+// The figures seqpar reports (info, run, bench as JSON) and what they say about memory: per-rank
+// peak memory must grow with tokens / ranks, never with tokens^2 (ENGINE.md, "Limits that matter").
+
+import Foundation
+import Testing
+
+extension EndToEnd {
+    @Suite("reports and memory")
+    struct Reports {
+        @Test("info --json describes every rank")
+        func info() async throws {
+            let result = try await launch(ranks: 2, arguments: ["info", "--json", "--sgemm-size", "256"])
+            try #require(result.status == 0, "\(result)")
+            let json = try result.json()
+            #expect(number(json, "world_size") == 2)
+            #expect((json["mpi_library"] as? String)?.isEmpty == false, "no MPI library version")
+            let ranks = try #require(array(json, "ranks"), "no ranks array\n\(result)")
+            #expect(ranks.count == 2)
+            for (i, rank) in ranks.enumerated() {
+                #expect(number(rank, "rank") == Double(i))
+                #expect((rank["host"] as? String)?.isEmpty == false, "rank \(i) has no host")
+                // Launch/local exports OPENBLAS_NUM_THREADS=1: ranks must not oversubscribe cores.
+                #expect(number(rank, "blas_threads") == 1, "rank \(i): blas_threads \(rank["blas_threads"] ?? "none")")
+                #expect((number(rank, "sgemm_gflops") ?? 0) > 0, "rank \(i): sgemm_gflops \(rank["sgemm_gflops"] ?? "none")")
+            }
+        }
+
+        @Test("run --json reports time, GFLOP/s and memory per rank")
+        func runReport() async throws {
+            let result = try await launch(ranks: 2, arguments: ["run", "--json", "--tokens", "1000", "--heads", "4", "--kv-heads", "2",
+                                                                "--head-dim", "64", "--causal", "--strategy", "zigzag"])
+            try #require(result.status == 0, "\(result)")
+            let json = try result.json()
+            #expect(number(json, "ranks") == 2)
+            #expect(number(json, "tokens") == 1000)
+            #expect(json["mask"] as? String == "causal")
+            #expect(json["strategy"] as? String == "zigzag")
+            let seconds = try #require(number(json, "seconds")), gflops = try #require(number(json, "gflops"))
+            let flops = try #require(number(json, "flops"))
+            #expect(seconds > 0 && gflops > 0)
+            // ENGINE.md's count: 4 * tokens^2 * heads * headDim, the visible half (with the diagonal) for causal.
+            let visiblePairs: Double = 1000.0 * 1001 / 2
+            #expect(flops == 4 * 64 * 4 * visiblePairs)
+            #expect(abs(gflops - flops / seconds / 1e9) <= 1e-6 * gflops, "gflops is not flops / seconds")
+            let memory = try #require(json["peak_memory_bytes"] as? [Any], "no peak_memory_bytes\n\(result)").compactMap(number)
+            #expect(memory.count == 2)
+            #expect(memory.allSatisfy { $0 > 0 }, "peak memory \(memory)")
+        }
+
+        @Test("bench --json compares both strategies against the sgemm peak")
+        func bench() async throws {
+            let result = try await launch(ranks: 2, arguments: ["bench", "--json", "--repeats", "1", "--tokens", "512", "--heads", "4",
+                                                                "--kv-heads", "2", "--head-dim", "64"])
+            try #require(result.status == 0, "\(result)")
+            let json = try result.json()
+            let peak = try #require(number(json, "sgemm_peak_gflops"))
+            #expect(peak > 0)
+            let rows = try #require(array(json, "results"), "no results\n\(result)")
+            #expect(Set(rows.compactMap { $0["strategy"] as? String }) == ["ring", "zigzag"])
+            for row in rows {
+                let gflops = number(row, "gflops") ?? 0, fraction = number(row, "fraction_of_peak") ?? 0
+                #expect(gflops > 0, "\(row)")
+                #expect(fraction > 0, "\(row)")
+                #expect(abs(fraction - gflops / peak) <= 1e-9 * max(1, fraction), "fraction_of_peak is not gflops / peak: \(row)")
+            }
+        }
+
+        /// Peak resident memory per rank (getrusage) at 2 ranks, one head of dim 64, causal:
+        /// 4096 and 16384 tokens.
+        ///
+        /// Why these bounds: a rank's O(T/P) state is a few tensors of 8192 rows x 256 bytes
+        /// (Q, K, V, O, the K/V blocks in flight, the accumulator), about 2 MiB each; MPI and the
+        /// Swift runtime add a fixed ~35 MiB. A T^2 float score matrix would be
+        /// 16384^2 x 4 B = 1 GiB (512 MiB even per rank's T/P rows), and a full-sequence buffer
+        /// per query tile (256 x T floats) another 16 MiB. So: the 16384-token peak must stay under
+        /// 200 MiB, and the growth from 4096 to 16384 tokens under 16 tensors' worth of the added
+        /// local rows (16 x 6144 rows x 256 B = 24 MiB) plus 8 MiB of slack; tokens^2 growth would
+        /// be ~480 MiB. (Measured: about 12 MiB.)
+        @Test("memory per rank grows with tokens / ranks, not tokens^2")
+        func memoryGrowsWithTokens() async throws {
+            func peak(tokens: Int) async throws -> [Double] {
+                let result = try await launch(ranks: 2, arguments: ["run", "--json", "--tokens", String(tokens), "--heads", "1", "--kv-heads", "1",
+                                                                    "--head-dim", "64", "--causal", "--strategy", "ring"])
+                try #require(result.status == 0, "\(result)")
+                let memory = try #require(try result.json()["peak_memory_bytes"] as? [Any]).compactMap(number)
+                try #require(memory.count == 2 && memory.allSatisfy { $0 > 0 }, "peak memory \(memory)")
+                return memory
+            }
+            let small = try await peak(tokens: 4096), large = try await peak(tokens: 16384)
+            let mib = 1_048_576.0
+            for (rank, bytes) in large.enumerated() {
+                #expect(bytes < 200 * mib, "rank \(rank) peaks at \(bytes / mib) MiB for 16384 tokens: a tokens^2 buffer?")
+            }
+            let addedRowBytes = Double((16384 - 4096) / 2 * 64 * 4)      // per rank, per tensor
+            let allowed = 16 * addedRowBytes + 8 * mib
+            for rank in 0 ..< 2 {
+                let growth = large[rank] - small[rank]
+                #expect(growth < allowed, "rank \(rank) grows by \(growth / mib) MiB from 4096 to 16384 tokens; linear allows \(allowed / mib) MiB")
+            }
+        }
+
+        /// The same problem on more ranks needs less memory per rank: memory is O(tokens / P),
+        /// not O(tokens). Wide rows (16 heads x 128 = 8 KiB per row per tensor, 16 MiB per
+        /// 2048-token tensor) make the per-rank state dwarf the fixed runtime cost, which is
+        /// measured at 16 tokens and subtracted. One rank holds about 5 whole tensors (Q, K, V, O
+        /// and its copy: ~80 MiB); at 4 ranks a rank holds a quarter of those plus the K/V blocks
+        /// in flight (~32 MiB, ratio ~0.4). A rank that also held all of K and V would add 32 MiB
+        /// (ratio ~0.8). The bound, 0.6, leaves room for a few more O(tokens / P) buffers.
+        @Test("memory per rank shrinks with ranks")
+        func memoryShrinksWithRanks() async throws {
+            func peak(ranks: Int, tokens: Int) async throws -> Double {
+                let result = try await launch(ranks: ranks, arguments: ["run", "--json", "--tokens", String(tokens), "--heads", "16", "--kv-heads", "16",
+                                                                        "--head-dim", "128", "--causal", "--strategy", "zigzag"])
+                try #require(result.status == 0, "\(result)")
+                let memory = try #require(try result.json()["peak_memory_bytes"] as? [Any]).compactMap(number)
+                try #require(memory.count == ranks, "peak memory \(memory)")
+                return memory.max()!
+            }
+            let one = try await peak(ranks: 1, tokens: 2048) - peak(ranks: 1, tokens: 16)
+            let four = try await peak(ranks: 4, tokens: 2048) - peak(ranks: 4, tokens: 16)
+            let mib = 1_048_576.0
+            #expect(one > 32 * mib, "one rank's state is only \(one / mib) MiB: the measurement cannot tell anything")
+            #expect(four < 0.6 * one, "per-rank state at 4 ranks is \(four / mib) MiB, at 1 rank \(one / mib) MiB: not O(tokens / P)")
+        }
+    }
+}
