@@ -1,12 +1,19 @@
 // Masks in global token positions (query i, key j), as ENGINE.md defines them.
-// Every mask here shows each query an interval of keys, so a block of the score matrix is
-// either hidden (skipped), full (no masking work) or partial (each row clipped to its interval).
+// The kernel asks three things of a mask: how a block of queries relates to a block of keys
+// (hidden: skipped; full: no masking work; partial: rows clipped), which keys of a block one
+// query sees (always an interval, given the kernel cuts key blocks at `keyBlockAlignment`), and
+// how many pairs are visible in all (for FLOP counts). `allows` is the plain definition that the
+// float64 reference tests pair by pair.
 
 public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
     /// Every query sees every key.
     case none
     /// Query i sees keys j <= i.
     case causal
+    /// Causal, and only the last `W` keys: j <= i and i - j < W.
+    case window(Int)
+    /// S2-Attention's per-head block-sparse pattern (causal).
+    case s2(S2Pattern)
 
     /// How a block of queries relates to a block of keys.
     public enum BlockRelation: Equatable, Sendable { case hidden, partial, full }
@@ -15,49 +22,167 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .none: return "none"
         case .causal: return "causal"
+        case let .window(w): return "window \(w)"
+        case let .s2(p): return "s2 (block \(p.block), local \(p.local), stride \(p.stride))"
         }
     }
 
-    /// Keys visible to query `i`, as a half-open interval of global positions (may be empty).
-    @inlinable
-    public func visibleKeys(query i: Int, head: Int) -> Range<Int> {
-        switch self {
-        case .none: return Int.min ..< Int.max
-        case .causal: return Int.min ..< i + 1
-        }
+    /// Whether the mask hides every key after the query (so causal load balancing applies).
+    public var isCausal: Bool { self != .none }
+
+    /// Key blocks must not straddle a multiple of this (global positions); nil: any cut works.
+    public var keyBlockAlignment: Int? {
+        if case let .s2(p) = self { return p.block }
+        return nil
     }
 
-    /// Whether query `i` sees key `j` (the plain definition, used by the reference).
-    @inlinable
+    /// Whether query `i` sees key `j`: the plain definition.
     public func allows(query i: Int, key j: Int, head: Int) -> Bool {
-        visibleKeys(query: i, head: head).contains(j)
+        switch self {
+        case .none: return true
+        case .causal: return j <= i
+        case let .window(w): return j <= i && i - j < w
+        case let .s2(p): return j <= i && p.isActive(queryBlock: i / p.block, keyBlock: j / p.block, head: head)
+        }
+    }
+
+    /// The keys of `keys` that query `i` sees, as an interval (possibly empty). `keys` must not
+    /// straddle a multiple of `keyBlockAlignment`.
+    @inlinable
+    public func visibleKeys(query i: Int, head: Int, within keys: Range<Int>) -> Range<Int> {
+        switch self {
+        case .none:
+            return keys
+        case .causal:
+            return keys.clamped(to: keys.lowerBound ..< max(keys.lowerBound, i + 1))
+        case let .window(w):
+            let lo = min(max(keys.lowerBound, i - w + 1), keys.upperBound)
+            return lo ..< max(lo, min(keys.upperBound, i + 1))
+        case let .s2(p):
+            guard p.isActive(queryBlock: i / p.block, keyBlock: keys.lowerBound / p.block, head: head) else {
+                return keys.lowerBound ..< keys.lowerBound
+            }
+            return keys.lowerBound ..< max(keys.lowerBound, min(keys.upperBound, i + 1))
+        }
     }
 
     /// The relation of queries `q` to keys `k` (both non-empty global ranges).
     @inlinable
     public func relation(queries q: Range<Int>, keys k: Range<Int>, head: Int) -> BlockRelation {
+        let (firstQuery, lastQuery, firstKey, lastKey) = (q.lowerBound, q.upperBound - 1, k.lowerBound, k.upperBound - 1)
         switch self {
         case .none:
             return .full
         case .causal:
-            if k.lowerBound > q.upperBound - 1 { return .hidden }   // every key after every query
-            if k.upperBound - 1 <= q.lowerBound { return .full }    // every key at or before every query
-            return .partial
+            if firstKey > lastQuery { return .hidden }
+            return lastKey <= firstQuery ? .full : .partial
+        case let .window(w):
+            if firstKey > lastQuery || firstQuery - lastKey >= w { return .hidden }
+            return lastKey <= firstQuery && lastQuery - firstKey < w ? .full : .partial
+        case let .s2(p):
+            if firstKey > lastQuery { return .hidden }
+            let keyBlock = firstKey / p.block
+            var active = 0, blocks = 0
+            for queryBlock in firstQuery / p.block ... lastQuery / p.block {
+                blocks += 1
+                if p.isActive(queryBlock: queryBlock, keyBlock: keyBlock, head: head) { active += 1 }
+            }
+            if active == 0 { return .hidden }
+            return active == blocks && lastKey <= firstQuery ? .full : .partial
         }
     }
 
-    /// Visible (query, key) pairs among `tokens` tokens: the work a FLOP count should credit.
+    /// Visible (query, key) pairs among `tokens` tokens, summed over `heads` heads.
     public func visiblePairs(tokens: Int, heads: Int = 1) -> Double {
         let t = Double(tokens)
         switch self {
-        case .none: return t * t * Double(heads)
-        case .causal: return t * (t + 1) / 2 * Double(heads)
+        case .none:
+            return t * t * Double(heads)
+        case .causal:
+            return t * (t + 1) / 2 * Double(heads)
+        case let .window(w):
+            let w = Double(w)
+            let pairs = t <= w ? t * (t + 1) / 2 : w * (w + 1) / 2 + (t - w) * w
+            return pairs * Double(heads)
+        case let .s2(p):
+            return (0 ..< heads).reduce(0) { $0 + p.visiblePairs(tokens: tokens, head: $1) }
         }
+    }
+
+    /// Visible (query, key) pairs for the queries at `queries` over keys 0..<tokens, summed over
+    /// `heads` heads, counted row by row (for a few queries, as star has).
+    public func visiblePairs(queries: Range<Int>, tokens: Int, heads: Int) -> Double {
+        var pairs = 0.0
+        for h in 0 ..< heads {
+            for i in queries {
+                switch self {
+                case .none: pairs += Double(tokens)
+                case .causal: pairs += Double(min(i + 1, tokens))
+                case let .window(w): pairs += Double(max(0, min(i + 1, tokens) - max(0, i - w + 1)))
+                case let .s2(p):
+                    var key = 0
+                    while key < min(i + 1, tokens) {
+                        let end = min(min(i + 1, tokens), (key / p.block + 1) * p.block)
+                        if p.isActive(queryBlock: i / p.block, keyBlock: key / p.block, head: h) { pairs += Double(end - key) }
+                        key = end
+                    }
+                }
+            }
+        }
+        return pairs
     }
 
     /// FLOPs of attention over `tokens` tokens: 4 per visible pair and head dimension
     /// (2 for Q·Kᵀ, 2 for P·V), ENGINE.md's convention.
     public func flops(tokens: Int, shape: AttentionShape) -> Double {
         4 * Double(shape.headDim) * visiblePairs(tokens: tokens, heads: shape.heads)
+    }
+}
+
+/// S2-Attention's pattern: tokens in blocks of `block`; query block qb sees key block kb of head
+/// h iff kb <= qb and (qb - kb < local, or (kb + h) % stride == 0); token-level causal inside the
+/// diagonal block. With at least `stride` heads the union over heads covers every block pair.
+public struct S2Pattern: Equatable, Sendable {
+    public let block: Int
+    public let local: Int
+    public let stride: Int
+
+    public enum Invalid: Error, CustomStringConvertible {
+        case nonPositive(String, Int)
+        public var description: String {
+            switch self {
+            case let .nonPositive(name, value): return "\(name) must be at least 1 (got \(value))"
+            }
+        }
+    }
+
+    public init(block: Int, local: Int, stride: Int) throws {
+        for (name, value) in [("s2-block", block), ("s2-local", local), ("s2-stride", stride)] where value < 1 {
+            throw Invalid.nonPositive(name, value)
+        }
+        self.block = block
+        self.local = local
+        self.stride = stride
+    }
+
+    @inlinable
+    public func isActive(queryBlock qb: Int, keyBlock kb: Int, head: Int) -> Bool {
+        kb <= qb && (qb - kb < local || (kb + head) % stride == 0)
+    }
+
+    /// Visible pairs of one head, by arithmetic over query blocks (no per-pair loop).
+    public func visiblePairs(tokens: Int, head: Int) -> Double {
+        let blocks = (tokens + block - 1) / block
+        let firstStrided = (stride - head % stride) % stride      // smallest kb with (kb + head) % stride == 0
+        var pairs = 0.0
+        for qb in 0 ..< blocks {
+            let rows = Double(min(block, tokens - qb * block))
+            // Off-diagonal active blocks are all full-size: only the last block is short, and it is diagonal.
+            let localBlocks = min(local, qb + 1) - 1                  // local blocks before the diagonal
+            let lastStrided = qb - max(local, 1)                      // strided blocks are those before the local band
+            let strided = lastStrided >= firstStrided ? (lastStrided - firstStrided) / stride + 1 : 0
+            pairs += rows * Double(block) * Double(localBlocks + strided) + rows * (rows + 1) / 2
+        }
+        return pairs
     }
 }

@@ -11,6 +11,22 @@
 import CBLAS
 import Dispatch
 
+/// The query heads a kernel computes (global indices, for the mask and the GQA mapping) and the
+/// kv heads they read. Q and O rows hold just these heads; K and V rows just these kv heads.
+public struct HeadSlice: Equatable, Sendable {
+    public let heads: Range<Int>
+    public let kvHeads: Range<Int>
+
+    /// Heads `heads` of `shape`, with the kv heads they read.
+    public init(_ heads: Range<Int>, of shape: AttentionShape) {
+        precondition(heads.lowerBound >= 0 && heads.upperBound <= shape.heads)
+        self.heads = heads
+        kvHeads = heads.isEmpty ? 0 ..< 0 : shape.kvHead(of: heads.lowerBound) ..< shape.kvHead(of: heads.upperBound - 1) + 1
+    }
+
+    public static func all(_ shape: AttentionShape) -> HeadSlice { HeadSlice(0 ..< shape.heads, of: shape) }
+}
+
 /// Tile sizes of the kernel. Query tiles are the unit of parallel work; key blocks bound scratch.
 public struct KernelTiling: Equatable, Sendable {
     public var queryTile: Int
@@ -27,14 +43,23 @@ public final class LocalAttention {
     public let shape: AttentionShape
     public let mask: AttentionMask
     public let tiling: KernelTiling
+    public let slice: HeadSlice
     /// Threads that run query tiles concurrently (each with one-thread BLAS calls of its own).
     public let threads: Int
 
     /// Per thread: scores [queryTile, keyBlock] and row rescale factors [queryTile].
     private let scratch: [UnsafeMutableBufferPointer<Float>]
+    /// Per thread: FLOPs of the blocks computed (4·headDim per score, masked or not).
+    private let flopCounts: UnsafeMutableBufferPointer<Double>
 
-    public init(shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling = KernelTiling(), threads: Int = 1) {
+    /// FLOPs this kernel has spent so far: the work it did, which block skipping reduces.
+    public var computedFlops: Double { flopCounts.reduce(0, +) }
+
+    /// - Parameter slice: the heads to compute; all of them by default.
+    public init(shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling = KernelTiling(), threads: Int = 1,
+                slice: HeadSlice? = nil) {
         self.shape = shape
+        self.slice = slice ?? .all(shape)
         self.mask = mask
         self.tiling = tiling
         self.threads = max(1, threads)
@@ -44,33 +69,38 @@ public final class LocalAttention {
             buffer.initialize(repeating: 0)
             return buffer
         }
+        flopCounts = .allocate(capacity: self.threads)
+        flopCounts.initialize(repeating: 0)
     }
 
-    deinit { scratch.forEach { $0.deallocate() } }
+    deinit {
+        scratch.forEach { $0.deallocate() }
+        flopCounts.deallocate()
+    }
 
     /// Folds the keys of `keySegment` into the accumulator rows of `querySegment`.
     ///
     /// - Parameters:
-    ///   - queries: row 0 of the query shard ([rows, heads, headDim]); the segment says which rows.
-    ///   - keys, values: row 0 of a K/V shard ([rows, kvHeads, headDim]).
+    ///   - queries: row 0 of the query shard ([rows, slice heads, headDim]); the segment says which rows.
+    ///   - keys, values: row 0 of a K/V shard ([rows, slice kv heads, headDim]).
     ///   - progress: called between query tiles (single-threaded runs only), so a strategy can
     ///     let MPI progress the transfers it posted before computing.
     public func accumulate(queries: UnsafePointer<Float>, querySegment: ShardSegment,
                            keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
                            into accumulator: AttentionAccumulator, progress: () -> Void = {}) {
-        precondition(accumulator.heads == shape.heads && accumulator.headDim == shape.headDim)
+        precondition(accumulator.heads == slice.heads.count && accumulator.headDim == shape.headDim)
         precondition(querySegment.localRow + querySegment.positions.count <= accumulator.rows)
         let queryCount = querySegment.positions.count
         guard queryCount > 0, !keySegment.positions.isEmpty else { return }
         let tiles = (queryCount + tiling.queryTile - 1) / tiling.queryTile
-        let items = shape.heads * tiles
+        let items = slice.heads.count * tiles
         let work = { (thread: Int, item: Int) in
-            let head = item / tiles
+            let head = item / tiles          // local index within the slice
             let first = (item % tiles) * self.tiling.queryTile
             self.foldTile(head: head, queries: queries, querySegment: querySegment,
                           tileRows: first ..< min(queryCount, first + self.tiling.queryTile),
                           keys: keys, values: values, keySegment: keySegment,
-                          accumulator: accumulator, scratch: self.scratch[thread])
+                          accumulator: accumulator, scratch: self.scratch[thread], flops: self.flopCounts.baseAddress! + thread)
         }
         if threads == 1 {
             for item in 0 ..< items {
@@ -88,15 +118,17 @@ public final class LocalAttention {
         }
     }
 
-    /// One head, one query tile (rows relative to the segment), every key block of the segment.
+    /// One head (local to the slice), one query tile (rows relative to the segment), every key
+    /// block of the segment.
     @inline(__always)
     private func foldTile(head: Int, queries: UnsafePointer<Float>, querySegment: ShardSegment, tileRows: Range<Int>,
                           keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
-                          accumulator: AttentionAccumulator, scratch: UnsafeMutableBufferPointer<Float>) {
+                          accumulator: AttentionAccumulator, scratch: UnsafeMutableBufferPointer<Float>, flops: UnsafeMutablePointer<Double>) {
         let d = shape.headDim
-        let qStride = shape.queryRowWidth
-        let kvStride = shape.kvRowWidth
-        let kvHead = shape.kvHead(of: head)
+        let qStride = slice.heads.count * d
+        let kvStride = slice.kvHeads.count * d
+        let globalHead = slice.heads.lowerBound + head
+        let kvHead = shape.kvHead(of: globalHead) - slice.kvHeads.lowerBound
         let tq = tileRows.count
         let queryPositions = (querySegment.positions.lowerBound + tileRows.lowerBound) ..< (querySegment.positions.lowerBound + tileRows.upperBound)
         let accRow = querySegment.localRow + tileRows.lowerBound
@@ -111,11 +143,14 @@ public final class LocalAttention {
         let keyCount = keySegment.positions.count
         var blockStart = 0
         while blockStart < keyCount {
-            let tk = min(tiling.keyBlock, keyCount - blockStart)
+            let firstKey = keySegment.positions.lowerBound + blockStart
+            var tk = min(tiling.keyBlock, keyCount - blockStart)
+            if let alignment = mask.keyBlockAlignment { tk = min(tk, (firstKey / alignment + 1) * alignment - firstKey) }
             defer { blockStart += tk }
-            let keyPositions = (keySegment.positions.lowerBound + blockStart) ..< (keySegment.positions.lowerBound + blockStart + tk)
-            let relation = mask.relation(queries: queryPositions, keys: keyPositions, head: head)
+            let keyPositions = firstKey ..< firstKey + tk
+            let relation = mask.relation(queries: queryPositions, keys: keyPositions, head: globalHead)
             if relation == .hidden { continue }
+            flops.pointee += Double(4 * tq * tk * d)
             let kvRow = keySegment.localRow + blockStart
             let k = keys + (kvRow * kvStride + kvHead * d)
             let v = values + (kvRow * kvStride + kvHead * d)
@@ -124,7 +159,7 @@ public final class LocalAttention {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
                         shape.scale, q, Int32(qStride), k, Int32(kvStride), 0, scores, Int32(tk))
             if relation == .partial {
-                clipRows(scores, rows: tq, columns: tk, queryPositions: queryPositions, keyPositions: keyPositions, head: head)
+                clipRows(scores, rows: tq, columns: tk, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
             }
             for r in 0 ..< tq {
                 alphas[r] = softmaxRow(scores + r * tk, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
@@ -142,7 +177,7 @@ public final class LocalAttention {
     private func clipRows(_ scores: UnsafeMutablePointer<Float>, rows: Int, columns: Int,
                           queryPositions: Range<Int>, keyPositions: Range<Int>, head: Int) {
         for r in 0 ..< rows {
-            let visible = mask.visibleKeys(query: queryPositions.lowerBound + r, head: head).clamped(to: keyPositions)
+            let visible = mask.visibleKeys(query: queryPositions.lowerBound + r, head: head, within: keyPositions)
             let row = scores + r * columns
             let lo = visible.isEmpty ? columns : visible.lowerBound - keyPositions.lowerBound
             let hi = visible.isEmpty ? columns : visible.upperBound - keyPositions.lowerBound
@@ -213,7 +248,7 @@ public final class LocalAttention {
 extension LocalAttention {
     /// Whole-sequence attention on one rank (positions are row indices): the single-rank result.
     public func attention(q: TokenTensor, k: TokenTensor, v: TokenTensor) -> PartialResult {
-        let accumulator = AttentionAccumulator(rows: q.tokens, heads: shape.heads, headDim: shape.headDim)
+        let accumulator = AttentionAccumulator(rows: q.tokens, heads: slice.heads.count, headDim: shape.headDim)
         guard q.tokens > 0, k.tokens > 0 else { return accumulator.result() }
         q.values.withUnsafeBufferPointer { qb in
             k.values.withUnsafeBufferPointer { kb in

@@ -113,8 +113,15 @@ public struct NpyHeader: Equatable, Sendable {
         }
         guard descr == "<f4" else { throw NpyError.wrongDType(path: path, found: descr) }
         guard !fortran else { throw NpyError.fortranOrder(path: path) }
+        // A corrupt shape must not overflow the size arithmetic below.
+        var bytes = MemoryLayout<Float>.size
+        for extent in shape {
+            let (product, overflow) = bytes.multipliedReportingOverflow(by: extent)
+            guard !overflow else { throw NpyError.malformedHeader(path: path, detail: "shape \(format(shape)) is too large to be a real array") }
+            bytes = product
+        }
         let header = NpyHeader(shape: shape, dataOffset: start + headerLength)
-        let expected = header.elementCount * MemoryLayout<Float>.size
+        let expected = bytes
         let actual = fileSize - header.dataOffset
         guard actual >= expected else { throw NpyError.truncated(path: path, expectedBytes: expected, actualBytes: max(0, actual)) }
         return header

@@ -20,10 +20,14 @@ public enum OnlineSoftmax {
     @inlinable
     public static func merge(into o1: UnsafeMutablePointer<Float>, lse l1: inout Float,
                              from o2: UnsafePointer<Float>, lse l2: Float, count: Int) {
+        if l2 == -.infinity { return }                // the other saw no key: nothing to add
+        if l1 == -.infinity {                          // this one saw none: take the other as it is
+            o1.update(from: o2, count: count)
+            l1 = l2
+            return
+        }
         let l = combinedLSE(l1, l2)
-        if l == -.infinity { return }            // both empty: (0, -inf) stays
-        let w1 = l1 == -.infinity ? 0 : exp(l1 - l)
-        let w2 = l2 == -.infinity ? 0 : exp(l2 - l)
+        let w1 = exp(l1 - l), w2 = exp(l2 - l)
         for i in 0 ..< count { o1[i] = w1 * o1[i] + w2 * o2[i] }
         l1 = l
     }

@@ -13,30 +13,45 @@ public struct TokenPartition: Equatable, Sendable {
     public let tokens: Int
     public let ranks: Int
     public let layout: TokenLayout
+    /// Ranks that share one position of the layout (mesh's head groups): the layout is laid over
+    /// ranks / groupSize positions, and each piece of a position's tokens is split evenly over
+    /// the group's ranks (rank r is member r % groupSize of position r / groupSize).
+    public let groupSize: Int
 
-    public init(tokens: Int, ranks: Int, layout: TokenLayout) {
-        precondition(tokens >= 0 && ranks >= 1)
+    public init(tokens: Int, ranks: Int, layout: TokenLayout, groupSize: Int = 1) {
+        precondition(tokens >= 0 && ranks >= 1 && groupSize >= 1 && ranks % groupSize == 0)
         self.tokens = tokens
         self.ranks = ranks
         self.layout = layout
+        self.groupSize = groupSize
     }
 
-    /// Chunk `c` of `count` equal-as-possible chunks.
-    @inlinable static func chunk(_ c: Int, of count: Int, tokens: Int) -> Range<Int> {
+    /// Layout positions (ring length): ranks / groupSize.
+    public var positions: Int { ranks / groupSize }
+
+    /// Chunk `c` of `count` equal-as-possible chunks of `tokens` (sizes differ by at most one).
+    @inlinable public static func chunk(_ c: Int, of count: Int, tokens: Int) -> Range<Int> {
         (c * tokens / count) ..< ((c + 1) * tokens / count)
     }
 
     /// Global token ranges held by `rank`, in the order its rows are stored (never empty ranges).
     public func segments(of rank: Int) -> [Range<Int>] {
-        let parts: [Range<Int>]
+        positionSegments(rank / groupSize).map { part in
+            let member = rank % groupSize
+            return part.lowerBound + Self.chunk(member, of: groupSize, tokens: part.count).lowerBound
+                ..< part.lowerBound + Self.chunk(member, of: groupSize, tokens: part.count).upperBound
+        }.filter { !$0.isEmpty }
+    }
+
+    /// Global token ranges of one layout position (all of its group's rows), in storage order.
+    public func positionSegments(_ position: Int) -> [Range<Int>] {
+        let n = positions
         switch layout {
         case .contiguous:
-            parts = [Self.chunk(rank, of: ranks, tokens: tokens)]
+            return [Self.chunk(position, of: n, tokens: tokens)]
         case .zigzag:
-            parts = [Self.chunk(rank, of: 2 * ranks, tokens: tokens),
-                     Self.chunk(2 * ranks - 1 - rank, of: 2 * ranks, tokens: tokens)]
+            return [Self.chunk(position, of: 2 * n, tokens: tokens), Self.chunk(2 * n - 1 - position, of: 2 * n, tokens: tokens)]
         }
-        return parts.filter { !$0.isEmpty }
     }
 
     /// Rows stored by `rank`.

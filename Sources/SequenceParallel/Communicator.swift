@@ -39,15 +39,26 @@ func mpiCount(_ count: Int, _ call: String) throws(MPIError) -> Int32 {
     return Int32(count)
 }
 
+/// Bytes of data a rank moved: point-to-point, all-to-all, broadcast and merge reductions (the
+/// small control collectives, such as agreeing on failure, are not counted). Shared by a
+/// communicator and those split from it, so the figures are per rank.
+public final class TrafficCounter {
+    public internal(set) var bytesSent = 0
+    public internal(set) var bytesReceived = 0
+    public init() {}
+}
+
 public final class Communicator {
     let handle: MPI_Comm
     public let rank: Int
     public let size: Int
+    public let traffic: TrafficCounter
     private let owned: Bool
 
-    init(handle: MPI_Comm, owned: Bool) throws(MPIError) {
+    init(handle: MPI_Comm, owned: Bool, traffic: TrafficCounter = TrafficCounter()) throws(MPIError) {
         self.handle = handle
         self.owned = owned
+        self.traffic = traffic
         var rank: Int32 = 0, size: Int32 = 0
         try check(MPI_Comm_rank(handle, &rank), "MPI_Comm_rank")
         try check(MPI_Comm_size(handle, &size), "MPI_Comm_size")
@@ -74,7 +85,12 @@ public final class Communicator {
     public func split(color: Int, key: Int) throws(MPIError) -> Communicator {
         var sub: MPI_Comm? = nil
         try check(MPI_Comm_split(handle, Int32(color), Int32(key), &sub), "MPI_Comm_split")
-        return try Communicator(handle: sub!, owned: true)
+        return try Communicator(handle: sub!, owned: true, traffic: traffic)
+    }
+
+    func countTransfer(sent: Int, received: Int) {
+        traffic.bytesSent += sent
+        traffic.bytesReceived += received
     }
 
     public func barrier() throws(MPIError) {
@@ -88,6 +104,7 @@ public final class Communicator {
         let count = try mpiCount(buffer.count, "MPI_Isend")
         try check(MPI_Isend(buffer.baseAddress, count, T.mpiDatatype, Int32(destination), Int32(tag), handle, &request.handle),
                   "MPI_Isend to rank \(destination)")
+        if destination != rank { countTransfer(sent: buffer.count * MemoryLayout<T>.stride, received: 0) }
         return request
     }
 
@@ -96,6 +113,7 @@ public final class Communicator {
         let count = try mpiCount(buffer.count, "MPI_Irecv")
         try check(MPI_Irecv(buffer.baseAddress, count, T.mpiDatatype, Int32(source), Int32(tag), handle, &request.handle),
                   "MPI_Irecv from rank \(source)")
+        if source != rank { countTransfer(sent: 0, received: buffer.count * MemoryLayout<T>.stride) }
         return request
     }
 
@@ -123,6 +141,7 @@ public final class Communicator {
         try check(MPI_Sendrecv(send.baseAddress, sendCount, T.mpiDatatype, Int32(destination), Int32(tag),
                                receive.baseAddress, receiveCount, T.mpiDatatype, Int32(source), Int32(tag),
                                handle, seqpar_status_ignore()), "MPI_Sendrecv")
+        countTransfer(sent: send.count * MemoryLayout<T>.stride, received: receive.count * MemoryLayout<T>.stride)
     }
 
     // MARK: collectives
@@ -180,6 +199,8 @@ public final class Communicator {
         precondition(send.count >= countPerRank * size && receive.count >= countPerRank * size)
         let count = try mpiCount(countPerRank, "MPI_Alltoall")
         try check(MPI_Alltoall(send.baseAddress, count, T.mpiDatatype, receive.baseAddress, count, T.mpiDatatype, handle), "MPI_Alltoall")
+        let bytes = countPerRank * (size - 1) * MemoryLayout<T>.stride
+        countTransfer(sent: bytes, received: bytes)
     }
 
     /// Variable counts per peer: element counts and offsets, in rank order, for both sides.
@@ -194,11 +215,16 @@ public final class Communicator {
         let sc = try int32s(sendCounts), so = try int32s(sendOffsets)
         let rc = try int32s(receiveCounts), ro = try int32s(receiveOffsets)
         try check(MPI_Alltoallv(send.baseAddress, sc, so, T.mpiDatatype, receive.baseAddress, rc, ro, T.mpiDatatype, handle), "MPI_Alltoallv")
+        // What stays on this rank is a copy, not traffic.
+        countTransfer(sent: (sendCounts.reduce(0, +) - sendCounts[rank]) * MemoryLayout<T>.stride,
+                      received: (receiveCounts.reduce(0, +) - receiveCounts[rank]) * MemoryLayout<T>.stride)
     }
 
     /// Copies `buffer` from `root` to every rank.
     public func broadcast<T: MPIScalar>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws(MPIError) {
         let count = try mpiCount(buffer.count, "MPI_Bcast")
         try check(MPI_Bcast(buffer.baseAddress, count, T.mpiDatatype, Int32(root), handle), "MPI_Bcast")
+        let bytes = buffer.count * MemoryLayout<T>.stride
+        if size > 1 { rank == root ? countTransfer(sent: bytes * (size - 1), received: 0) : countTransfer(sent: 0, received: bytes) }
     }
 }

@@ -1,7 +1,8 @@
 // Ring self-attention (Sequence Parallelism, RSA). Rank r holds its query rows and its K/V block;
 // the K/V blocks travel the ring, and at each step the rank folds the block in hand into its
 // running online-softmax state while the next block is in flight. Key blocks the mask hides
-// (causal: everything after the rank's last query) are skipped by the kernel before any work.
+// (causal: everything after the rank's last query) are skipped by the kernel before any work,
+// and a sliding window ends the pass once no rank sees the blocks still to come.
 
 import AttentionCore
 
@@ -10,25 +11,13 @@ public struct RingAttention: SequenceParallelStrategy {
 
     public init(layout: TokenLayout = .contiguous) { inputLayout = layout }
 
-    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> AttentionAccumulator {
-        let shape = job.shape
-        let partition = shard.partition
-        let accumulator = AttentionAccumulator(rows: shard.rows, heads: shape.heads, headDim: shape.headDim)
-        // Everything the loop needs about other ranks, worked out once before it.
-        let keySegments = (0 ..< communicator.size).map { ShardSegment.stacked(partition.segments(of: $0)) }
-        let rows = (0 ..< communicator.size).map { partition.rowCount(of: $0) }
-        let exchange = RingExchange(communicator: communicator, capacity: 2 * partition.maxRowCount * shape.kvRowWidth)
-
-        try exchange.circulate(UnsafeBufferPointer(shard.keyValues), blockSize: { 2 * rows[$0] * shape.kvRowWidth }) { source, block, progress in
-            let values = block + rows[source] * shape.kvRowWidth
-            for querySegment in shard.segments {
-                for keySegment in keySegments[source] {
-                    job.kernel.accumulate(queries: shard.queries.baseAddress!, querySegment: querySegment,
-                                          keys: block, values: values, keySegment: keySegment,
-                                          into: accumulator, progress: progress)
-                }
-            }
-        }
-        return accumulator
+    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> LocalResult {
+        let accumulator = AttentionAccumulator(rows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
+        let pass = RingPass(communicator: communicator,
+                            blockSegments: (0 ..< communicator.size).map { ShardSegment.stacked(shard.partition.segments(of: $0)) },
+                            kvRowWidth: job.shape.kvRowWidth)
+        try pass.run(queries: shard.queries.baseAddress!, querySegments: shard.querySegments,
+                     keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.kernel, mask: job.mask, into: accumulator)
+        return LocalResult(accumulator: accumulator)
     }
 }

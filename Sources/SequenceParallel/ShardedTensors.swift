@@ -12,28 +12,56 @@ public enum InputSource: Sendable {
     case files(q: String, k: String, v: String, scale: Float?)
 }
 
-/// A rank's shard: rows of Q (`[rows, heads, headDim]`) and of K and V stored back to back in one
-/// buffer (`[rows, kvHeads, headDim]` each), the form in which K/V travel between ranks.
+extension InputSource {
+    /// Query heads, read from the Q header for files (a malformed file is reported by `load`).
+    public func heads() throws -> Int {
+        switch self {
+        case let .synthetic(_, _, shape): return shape.heads
+        case let .files(q, _, _, _):
+            let shape = try NpyFile.open(reading: q).header.shape
+            return shape.count == 3 ? max(1, shape[1]) : 1
+        }
+    }
+}
+
+/// Which queries a rank holds.
+public enum QuerySelection: Equatable, Sendable {
+    /// Self-attention: the same rows as its keys.
+    case sameAsKeys
+    /// `count` query tokens at global positions `position ..< position + count`, held by rank 0
+    /// (from the sequence's own Q, or from the Q file when it holds just those rows); star
+    /// broadcasts them. `position` nil: the last `count` tokens.
+    case root(count: Int, position: Int?)
+}
+
+/// A rank's shard: rows of Q (`[queryRows, heads, headDim]`) and of K and V stored back to back
+/// in one buffer (`[keyRows, kvHeads, headDim]` each), the form in which K/V travel between ranks.
 public final class LocalShard {
     public let shape: AttentionShape
+    /// Sequence length (of the keys).
     public let tokens: Int
     public let partition: TokenPartition
     public let rank: Int
-    public let segments: [ShardSegment]
-    public var rows: Int { segments.last.map { $0.localRow + $0.positions.count } ?? 0 }
+    public let querySegments: [ShardSegment]
+    public let keySegments: [ShardSegment]
     public let queries: UnsafeMutableBufferPointer<Float>
     /// K rows then V rows.
     public let keyValues: UnsafeMutableBufferPointer<Float>
 
-    public init(shape: AttentionShape, partition: TokenPartition, rank: Int) {
+    public var queryRows: Int { Self.rows(querySegments) }
+    public var keyRows: Int { Self.rows(keySegments) }
+
+    static func rows(_ segments: [ShardSegment]) -> Int { segments.last.map { $0.localRow + $0.positions.count } ?? 0 }
+
+    public init(shape: AttentionShape, partition: TokenPartition, rank: Int, querySegments: [ShardSegment]? = nil) {
         self.shape = shape
         self.tokens = partition.tokens
         self.partition = partition
         self.rank = rank
-        self.segments = ShardSegment.stacked(partition.segments(of: rank))
-        let rows = partition.rowCount(of: rank)
-        queries = .allocate(capacity: max(1, rows * shape.queryRowWidth))
-        keyValues = .allocate(capacity: max(1, 2 * rows * shape.kvRowWidth))
+        keySegments = ShardSegment.stacked(partition.segments(of: rank))
+        self.querySegments = querySegments ?? keySegments
+        queries = .allocate(capacity: max(1, Self.rows(self.querySegments) * shape.queryRowWidth))
+        keyValues = .allocate(capacity: max(1, 2 * Self.rows(keySegments) * shape.kvRowWidth))
         queries.initialize(repeating: 0)
         keyValues.initialize(repeating: 0)
     }
@@ -44,43 +72,66 @@ public final class LocalShard {
     }
 
     public var keys: UnsafeMutablePointer<Float> { keyValues.baseAddress! }
-    public var values: UnsafeMutablePointer<Float> { keyValues.baseAddress! + rows * shape.kvRowWidth }
-
-    /// The global ranges this shard holds, in storage order.
-    public var ranges: [Range<Int>] { segments.map(\.positions) }
+    public var values: UnsafeMutablePointer<Float> { keyValues.baseAddress! + keyRows * shape.kvRowWidth }
 
     /// Loads this rank's rows. Throws (on this rank only) with a message naming the file.
-    public static func load(_ source: InputSource, layout: TokenLayout, rank: Int, ranks: Int) throws -> LocalShard {
+    public static func load(_ source: InputSource, layout: TokenLayout, rank: Int, ranks: Int, groupSize: Int = 1,
+                            queries selection: QuerySelection = .sameAsKeys) throws -> LocalShard {
         switch source {
         case let .synthetic(seed, tokens, shape):
-            let shard = LocalShard(shape: shape, partition: TokenPartition(tokens: tokens, ranks: ranks, layout: layout), rank: rank)
-            shard.fillSynthetic(seed: seed)
+            let partition = TokenPartition(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize)
+            let shard = LocalShard(shape: shape, partition: partition, rank: rank,
+                                   querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: nil))
+            shard.fillSynthetic(seed: seed, queries: rank == 0 || selection == .sameAsKeys)
             return shard
         case let .files(qPath, kPath, vPath, scale):
             let (q, k, v) = (try NpyFile.open(reading: qPath), try NpyFile.open(reading: kPath), try NpyFile.open(reading: vPath))
-            let shape = try InputFiles.shape(q: q, k: k, v: v, scale: scale)
-            let shard = LocalShard(shape: shape, partition: TokenPartition(tokens: q.header.shape[0], ranks: ranks, layout: layout), rank: rank)
-            let kvRows = shard.rows * shape.kvRowWidth
-            for segment in shard.segments {
-                let n = segment.positions.count
+            let shape = try InputFiles.shape(q: q, k: k, v: v, scale: scale, selfAttention: selection == .sameAsKeys)
+            let tokens = k.header.shape[0]
+            let partition = TokenPartition(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize)
+            let shard = LocalShard(shape: shape, partition: partition, rank: rank,
+                                   querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: q.header.shape[0]))
+            // A Q file of the whole sequence is indexed by position; a Q file of just the star
+            // queries by row.
+            let queryOrigin = q.header.shape[0] == tokens ? 0 : shard.querySegments.first?.positions.lowerBound ?? 0
+            for segment in shard.querySegments where selection == .sameAsKeys || rank == 0 {
                 try q.read(into: shard.queries.baseAddress! + segment.localRow * shape.queryRowWidth,
-                           elementOffset: segment.positions.lowerBound * shape.queryRowWidth, count: n * shape.queryRowWidth)
-                try k.read(into: shard.keys + segment.localRow * shape.kvRowWidth,
-                           elementOffset: segment.positions.lowerBound * shape.kvRowWidth, count: n * shape.kvRowWidth)
-                try v.read(into: shard.keys + kvRows + segment.localRow * shape.kvRowWidth,
-                           elementOffset: segment.positions.lowerBound * shape.kvRowWidth, count: n * shape.kvRowWidth)
+                           elementOffset: (segment.positions.lowerBound - queryOrigin) * shape.queryRowWidth,
+                           count: segment.positions.count * shape.queryRowWidth)
+            }
+            for segment in shard.keySegments {
+                let (at, from, count) = (segment.localRow * shape.kvRowWidth, segment.positions.lowerBound * shape.kvRowWidth,
+                                         segment.positions.count * shape.kvRowWidth)
+                try k.read(into: shard.keys + at, elementOffset: from, count: count)
+                try v.read(into: shard.values + at, elementOffset: from, count: count)
             }
             return shard
         }
     }
 
-    func fillSynthetic(seed: UInt64) {
-        let kvCount = rows * shape.kvRowWidth
-        SyntheticInput.fill(queries, seed: seed, tensor: .query, rowWidth: shape.queryRowWidth, rows: ranges)
+    static func querySegments(_ selection: QuerySelection, tokens: Int, rank: Int, fileRows: Int?) throws -> [ShardSegment]? {
+        guard case let .root(count, position) = selection else { return nil }
+        guard count >= 1 else { throw InputFiles.ShapeMismatch(description: "--queries must be at least 1 (got \(count))") }
+        if let fileRows, fileRows != tokens, fileRows != count {
+            throw InputFiles.ShapeMismatch(description: "the Q file holds \(fileRows) queries but \(count) were asked for")
+        }
+        let first = position ?? tokens - count
+        guard first >= 0 else {
+            throw InputFiles.ShapeMismatch(description: "\(count) queries do not fit before position \(first + count) of a \(tokens)-token sequence; ask for at most \(tokens)")
+        }
+        return [ShardSegment(positions: first ..< first + count, localRow: 0)]
+    }
+
+    func fillSynthetic(seed: UInt64, queries fillQueries: Bool) {
+        let kvCount = keyRows * shape.kvRowWidth
+        let keyRanges = keySegments.map(\.positions)
+        if fillQueries {
+            SyntheticInput.fill(queries, seed: seed, tensor: .query, rowWidth: shape.queryRowWidth, rows: querySegments.map(\.positions))
+        }
         SyntheticInput.fill(UnsafeMutableBufferPointer(rebasing: keyValues[0 ..< kvCount]), seed: seed, tensor: .key,
-                            rowWidth: shape.kvRowWidth, rows: ranges)
+                            rowWidth: shape.kvRowWidth, rows: keyRanges)
         SyntheticInput.fill(UnsafeMutableBufferPointer(rebasing: keyValues[kvCount ..< 2 * kvCount]), seed: seed, tensor: .value,
-                            rowWidth: shape.kvRowWidth, rows: ranges)
+                            rowWidth: shape.kvRowWidth, rows: keyRanges)
     }
 }
 
@@ -90,7 +141,7 @@ public enum InputFiles {
     }
 
     /// The attention shape the three files describe, or an error saying which file disagrees.
-    static func shape(q: NpyFile, k: NpyFile, v: NpyFile, scale: Float?) throws -> AttentionShape {
+    static func shape(q: NpyFile, k: NpyFile, v: NpyFile, scale: Float?, selfAttention: Bool) throws -> AttentionShape {
         for file in [q, k, v] where file.header.shape.count != 3 {
             throw NpyError.wrongRank(path: file.path, expected: 3, shape: file.header.shape)
         }
@@ -98,13 +149,13 @@ public enum InputFiles {
         guard ks == vs else {
             throw ShapeMismatch(description: "K \(k.path) has shape \(ks) but V \(v.path) has shape \(vs); they must match")
         }
-        guard qs[0] == ks[0] else {
+        guard qs[0] == ks[0] || !selfAttention else {
             throw ShapeMismatch(description: "Q \(q.path) has \(qs[0]) tokens but K \(k.path) has \(ks[0]); self-attention needs the same token count")
         }
         guard qs[2] == ks[2] else {
             throw ShapeMismatch(description: "Q \(q.path) has head dim \(qs[2]) but K \(k.path) has \(ks[2]); they must match")
         }
-        guard qs[0] > 0 else { throw ShapeMismatch(description: "Q \(q.path) has no tokens") }
+        guard ks[0] > 0 else { throw ShapeMismatch(description: "K \(k.path) has no tokens") }
         do {
             return try AttentionShape(heads: qs[1], kvHeads: ks[1], headDim: qs[2], scale: scale)
         } catch {
@@ -126,18 +177,25 @@ public enum InputFiles {
     }
 }
 
-/// A rank's rows of the result: O `[rows, heads, headDim]` and LSE `[heads, rows]`.
+/// A rank's rows of the result: O `[rows, heads, headDim]` and LSE `[heads, rows]`, for the
+/// global positions of `segments`.
 public final class LocalResult {
     public let rows: Int
-    public let shape: AttentionShape
+    public let heads: Int
+    public let headDim: Int
     public var output: [Float]
     public var lse: [Float]
 
-    public init(accumulator: AttentionAccumulator, shape: AttentionShape) {
-        rows = accumulator.rows
-        self.shape = shape
-        output = [Float](repeating: 0, count: rows * shape.queryRowWidth)
-        lse = [Float](repeating: 0, count: rows * shape.heads)
+    public init(rows: Int, heads: Int, headDim: Int) {
+        self.rows = rows
+        self.heads = heads
+        self.headDim = headDim
+        output = [Float](repeating: 0, count: rows * heads * headDim)
+        lse = [Float](repeating: -.infinity, count: rows * heads)
+    }
+
+    public convenience init(accumulator: AttentionAccumulator) {
+        self.init(rows: accumulator.rows, heads: accumulator.heads, headDim: accumulator.headDim)
         output.withUnsafeMutableBufferPointer { o in
             lse.withUnsafeMutableBufferPointer { l in
                 if rows > 0 { accumulator.finish(output: o.baseAddress!, lse: l.baseAddress!) }
@@ -145,34 +203,37 @@ public final class LocalResult {
         }
     }
 
-    /// Writes this rank's rows of O (`[tokens, heads, headDim]`) and LSE (`[heads, tokens]`).
-    /// Collective: rank 0 creates both files, then every rank writes its rows.
-    public func write(output outputPath: String?, lse lsePath: String?, segments: [ShardSegment], tokens: Int,
+    /// Writes this rank's rows of O (`[extent.count, heads, headDim]`) and LSE (`[heads, extent.count]`),
+    /// where `extent` is the range of global positions the files cover. Collective: rank 0 creates
+    /// both files, then every rank writes its rows.
+    public func write(output outputPath: String?, lse lsePath: String?, segments: [ShardSegment], extent: Range<Int>,
                       communicator: Communicator) throws {
-        let shape = self.shape
+        let (heads, d, rows, tokens) = (self.heads, self.headDim, self.rows, extent.count)
+        let rowWidth = heads * d
         try communicator.together {
             if communicator.rank == 0 {
-                if let outputPath { try NpyFile.create(outputPath, shape: [tokens, shape.heads, shape.headDim]) }
-                if let lsePath { try NpyFile.create(lsePath, shape: [shape.heads, tokens]) }
+                if let outputPath { try NpyFile.create(outputPath, shape: [tokens, heads, d]) }
+                if let lsePath { try NpyFile.create(lsePath, shape: [heads, tokens]) }
             }
         }
         try communicator.together {
+            guard rows > 0 else { return }
             try output.withUnsafeBufferPointer { o in
                 try lse.withUnsafeBufferPointer { l in
                     if let outputPath {
                         let file = try NpyFile.open(writing: outputPath)
                         for s in segments where !s.positions.isEmpty {
-                            try file.write(from: o.baseAddress! + s.localRow * shape.queryRowWidth,
-                                           elementOffset: s.positions.lowerBound * shape.queryRowWidth,
-                                           count: s.positions.count * shape.queryRowWidth)
+                            try file.write(from: o.baseAddress! + s.localRow * rowWidth,
+                                           elementOffset: (s.positions.lowerBound - extent.lowerBound) * rowWidth,
+                                           count: s.positions.count * rowWidth)
                         }
                     }
                     if let lsePath {
                         let file = try NpyFile.open(writing: lsePath)
-                        for h in 0 ..< shape.heads {
+                        for h in 0 ..< heads {
                             for s in segments where !s.positions.isEmpty {
                                 try file.write(from: l.baseAddress! + h * rows + s.localRow,
-                                               elementOffset: h * tokens + s.positions.lowerBound, count: s.positions.count)
+                                               elementOffset: h * tokens + s.positions.lowerBound - extent.lowerBound, count: s.positions.count)
                             }
                         }
                     }

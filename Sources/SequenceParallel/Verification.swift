@@ -72,41 +72,43 @@ public struct ResultErrors: Sendable, Equatable {
 }
 
 public enum Verification {
-    /// This rank's rows as a one-rank run computes them: the same kernel over keys 0..<tokens.
-    public static func singleRank(_ shard: LocalShard, k: TokenTensor, v: TokenTensor, job: AttentionJob) -> LocalResult {
-        let accumulator = AttentionAccumulator(rows: shard.rows, heads: job.shape.heads, headDim: job.shape.headDim)
+    /// The rows of `segments` (this rank's output, whose queries the shard holds) as a one-rank
+    /// run computes them: the same kernel over keys 0..<tokens.
+    public static func singleRank(_ shard: LocalShard, segments: [ShardSegment], k: TokenTensor, v: TokenTensor, job: AttentionJob) -> LocalResult {
+        let accumulator = AttentionAccumulator(rows: LocalShard.rows(segments), heads: job.shape.heads, headDim: job.shape.headDim)
         let whole = ShardSegment(positions: 0 ..< shard.tokens, localRow: 0)
         k.values.withUnsafeBufferPointer { kb in
             v.values.withUnsafeBufferPointer { vb in
-                for segment in shard.segments {
+                for segment in segments {
                     job.kernel.accumulate(queries: shard.queries.baseAddress!, querySegment: segment,
                                           keys: kb.baseAddress!, values: vb.baseAddress!, keySegment: whole, into: accumulator)
                 }
             }
         }
-        return LocalResult(accumulator: accumulator, shape: job.shape)
+        return LocalResult(accumulator: accumulator)
     }
 
     /// Local rows checked against float64: all of them, or an even sample of `sample` rows
     /// (always including each segment's first and last row).
-    public static func referenceRows(_ shard: LocalShard, sample: Int?) -> [Int] {
-        guard let sample, sample < shard.rows else { return Array(0 ..< shard.rows) }
+    public static func referenceRows(_ segments: [ShardSegment], sample: Int?) -> [Int] {
+        let count = LocalShard.rows(segments)
+        guard let sample, sample < count else { return Array(0 ..< count) }
         var rows = Set<Int>()
-        for s in shard.segments { rows.formUnion([s.localRow, s.localRow + s.positions.count - 1]) }
-        let step = max(1, shard.rows / max(1, sample))
-        rows.formUnion(stride(from: 0, to: shard.rows, by: step))
+        for s in segments { rows.formUnion([s.localRow, s.localRow + s.positions.count - 1]) }
+        let step = max(1, count / max(1, sample))
+        rows.formUnion(stride(from: 0, to: count, by: step))
         return rows.sorted()
     }
 
     /// Global position of each local row.
-    public static func positions(_ shard: LocalShard) -> [Int] {
-        shard.segments.flatMap { Array($0.positions) }
+    public static func positions(_ segments: [ShardSegment]) -> [Int] {
+        segments.flatMap { Array($0.positions) }
     }
 
-    /// The float64 reference for the local rows `rows`.
-    public static func reference(_ shard: LocalShard, rows: [Int], k: TokenTensor, v: TokenTensor, job: AttentionJob) -> ReferenceAttention.Result {
+    /// The float64 reference for the local rows `rows` of `segments`.
+    public static func reference(_ shard: LocalShard, segments: [ShardSegment], rows: [Int], k: TokenTensor, v: TokenTensor, job: AttentionJob) -> ReferenceAttention.Result {
         let shape = job.shape
-        let all = positions(shard)
+        let all = positions(segments)
         var q = [Float]()
         q.reserveCapacity(rows.count * shape.queryRowWidth)
         for row in rows { q += UnsafeBufferPointer(rebasing: shard.queries[row * shape.queryRowWidth ..< (row + 1) * shape.queryRowWidth]) }

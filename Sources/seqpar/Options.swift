@@ -28,6 +28,14 @@ struct ProblemOptions: ParsableArguments {
     var v: String?
     @Flag(help: "Causal mask: query i sees keys j <= i (global positions).")
     var causal = false
+    @Option(help: "Sliding window: causal, and query i sees only keys j with i - j < W.")
+    var window: Int?
+    @Option(name: .customLong("s2-block"), help: "S2 pattern: block size B (with --s2-local and --s2-stride; causal).")
+    var s2Block: Int?
+    @Option(name: .customLong("s2-local"), help: "S2 pattern: query block qb sees the L key blocks qb-L+1...qb.")
+    var s2Local: Int?
+    @Option(name: .customLong("s2-stride"), help: "S2 pattern: and every key block kb with (kb + head) % S == 0.")
+    var s2Stride: Int?
     @Option(help: "Softmax scale (default 1/sqrt(head-dim)).")
     var scale: Float?
 
@@ -41,6 +49,13 @@ struct ProblemOptions: ParsableArguments {
         }
         if let tokens, tokens < 1 { throw ValidationError("--tokens must be at least 1 (got \(tokens)).") }
         if let scale, !(scale.isFinite && scale > 0) { throw ValidationError("--scale must be a positive number (got \(scale)).") }
+        if let window, window < 1 { throw ValidationError("--window must be at least 1 (got \(window)).") }
+        let s2 = [s2Block, s2Local, s2Stride].compactMap { $0 }
+        if !s2.isEmpty {
+            guard s2.count == 3 else { throw ValidationError("--s2-block, --s2-local and --s2-stride go together: give all three.") }
+            guard window == nil else { throw ValidationError("--window and the S2 pattern are different masks: give one of them.") }
+            do { _ = try S2Pattern(block: s2Block!, local: s2Local!, stride: s2Stride!) } catch { throw ValidationError("\(error).") }
+        }
         if files.isEmpty {
             do { _ = try syntheticShape() } catch { throw ValidationError("\(error).") }
         }
@@ -50,7 +65,11 @@ struct ProblemOptions: ParsableArguments {
         try AttentionShape(heads: heads ?? 8, kvHeads: kvHeads ?? 2, headDim: headDim ?? 64, scale: scale)
     }
 
-    var mask: AttentionMask { causal ? .causal : .none }
+    var mask: AttentionMask {
+        if let s2Block, let s2Local, let s2Stride { return .s2(try! S2Pattern(block: s2Block, local: s2Local, stride: s2Stride)) }   // validated
+        if let window { return .window(window) }
+        return causal ? .causal : .none
+    }
 
     var source: InputSource {
         if let q, let k, let v { return .files(q: q, k: k, v: v, scale: scale) }
@@ -62,6 +81,14 @@ struct ProblemOptions: ParsableArguments {
 struct ComputeOptions: ParsableArguments {
     @Option(help: "How the work is split: \(StrategyName.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: "; ")).")
     var strategy: StrategyName = .zigzag
+    @Option(help: "mesh only: Ph x Pr with Ph * Pr = ranks (heads all-to-all inside groups of Ph, ring across Pr); default: the largest Ph <= sqrt(ranks) dividing them.")
+    var mesh: String?
+    @Option(help: "star only: how many query tokens (the last ones of the sequence, or the rows of a --q file).")
+    var queries: Int = 1
+    @Option(name: .customLong("query-position"), help: "star only: global position of the first query (default: tokens - queries).")
+    var queryPosition: Int?
+    @Flag(name: .customLong("all"), help: "star only: every rank gets the merged result (MPI_Allreduce) instead of rank 0 (MPI_Reduce).")
+    var everyRank = false
     @Option(help: "Compute threads per rank, each with one-thread BLAS calls.")
     var threads: Int = 1
     @Option(name: .customLong("query-tile"), help: "Query rows per kernel tile.")
@@ -72,6 +99,27 @@ struct ComputeOptions: ParsableArguments {
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1 (got \(threads)).") }
         guard queryTile >= 1, keyBlock >= 1 else { throw ValidationError("--query-tile and --key-block must be at least 1.") }
+        if let mesh, Self.parseMesh(mesh) == nil {
+            throw ValidationError("--mesh takes PhxPr, two positive numbers such as 2x2 (got '\(mesh)').")
+        }
+        if mesh != nil, strategy != .mesh { throw ValidationError("--mesh applies to --strategy mesh only.") }
+        guard queries >= 1 else { throw ValidationError("--queries must be at least 1 (got \(queries)).") }
+        if let queryPosition, queryPosition < 0 { throw ValidationError("--query-position must be at least 0 (got \(queryPosition)).") }
+    }
+
+    static func parseMesh(_ text: String) -> (headGroup: Int, ring: Int)? {
+        let parts = text.lowercased().split(separator: "x").compactMap { Int($0) }
+        guard parts.count == 2, parts.allSatisfy({ $0 >= 1 }) else { return nil }
+        return (parts[0], parts[1])
+    }
+
+    var strategyOptions: StrategyOptions {
+        var options = StrategyOptions()
+        options.mesh = mesh.flatMap(Self.parseMesh)
+        options.starQueries = queries
+        options.starPosition = queryPosition
+        options.starEveryRank = everyRank
+        return options
     }
 
     var tiling: KernelTiling { KernelTiling(queryTile: queryTile, keyBlock: keyBlock) }

@@ -20,26 +20,32 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         try Session.run { world in
-            let (run, _) = try DistributedRun.execute(problem.source, strategy: compute.strategy, mask: problem.mask,
-                                                      compute: compute, communicator: world)
+            let run = try DistributedRun.execute(problem.source, strategy: compute.strategy, mask: problem.mask,
+                                                 compute: compute, communicator: world)
             if out != nil || lse != nil {
-                try run.result.write(output: out, lse: lse, segments: run.shard.segments, tokens: run.shard.tokens, communicator: world)
+                try run.result.write(output: out, lse: lse, segments: run.segments, extent: run.extent, communicator: world)
             }
             let memory = try world.allgather(Int64(peakResidentBytes())).map(Double.init)
-            let flops = problem.mask.flops(tokens: run.shard.tokens, shape: run.shard.shape)
-            let gflops = flops / run.seconds / 1e9
+            let sent = try world.allgather(Int64(run.bytesSent)), received = try world.allgather(Int64(run.bytesReceived))
+            let kernelFlops = try world.allgather(run.kernelFlops)
+            let gflops = run.flops / run.seconds / 1e9
             if output.json {
                 Session.say(world, Format.json([
                     "command": "run", "strategy": compute.strategy.rawValue, "ranks": world.size, "threads": compute.threads,
-                    "tokens": run.shard.tokens, "heads": run.shard.shape.heads, "kv_heads": run.shard.shape.kvHeads,
-                    "head_dim": run.shard.shape.headDim, "mask": problem.mask.description,
-                    "seconds": run.seconds, "flops": flops, "gflops": gflops, "peak_memory_bytes": memory,
+                    "tokens": run.shard.tokens, "heads": run.job.shape.heads, "kv_heads": run.job.shape.kvHeads,
+                    "head_dim": run.job.shape.headDim, "mask": run.job.mask.description,
+                    "density": run.job.mask.visiblePairs(tokens: run.shard.tokens, heads: run.job.shape.heads)
+                        / (Double(run.shard.tokens) * Double(run.shard.tokens) * Double(run.job.shape.heads)),
+                    "seconds": run.seconds, "flops": run.flops, "gflops": gflops, "peak_memory_bytes": memory,
+                    "bytes_sent": sent, "bytes_received": received, "kernel_flops": kernelFlops,
                 ]))
             } else {
                 Session.say(world, """
-                seqpar run: \(compute.strategy.rawValue), \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(run.shard, mask: problem.mask))
+                seqpar run: \(compute.strategy.rawValue), \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(run))
                 time \(String(format: "%.4f", run.seconds)) s, \(String(format: "%.1f", gflops)) GFLOP/s
                 peak memory per rank: \(memory.map(Format.bytes).joined(separator: ", "))
+                sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
+                kernel GFLOP per rank: \(kernelFlops.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", "))
                 """)
                 if let out { Session.say(world, "wrote O to \(out)") }
                 if let lse { Session.say(world, "wrote LSE to \(lse)") }

@@ -48,21 +48,47 @@ enum Session {
 /// One distributed attention run on this rank.
 struct DistributedRun {
     let shard: LocalShard
+    let strategy: SequenceParallelStrategy
+    let job: AttentionJob
     let result: LocalResult
+    /// Global positions of `result`'s rows.
+    let segments: [ShardSegment]
     /// Seconds from a common barrier to the last rank's finish.
     let seconds: Double
+    /// This rank's data movement and kernel work during the run.
+    let bytesSent: Int
+    let bytesReceived: Int
+    let kernelFlops: Double
 
-    static func execute(_ source: InputSource, strategy: StrategyName, mask: AttentionMask, compute: ComputeOptions,
-                        communicator: Communicator) throws -> (run: DistributedRun, job: AttentionJob) {
-        let chosen = strategy.make()
+    static func execute(_ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
+                        communicator: Communicator) throws -> DistributedRun {
+        let heads = try communicator.together { try source.heads() }
+        let strategy = name.make(compute.strategyOptions, mask: mask, ranks: communicator.size, heads: heads)
+        try communicator.together { try strategy.check(heads: heads, ranks: communicator.size) }
         let shard = try communicator.together {
-            try LocalShard.load(source, layout: chosen.inputLayout, rank: communicator.rank, ranks: communicator.size)
+            try LocalShard.load(source, layout: strategy.inputLayout, rank: communicator.rank, ranks: communicator.size,
+                                groupSize: strategy.groupSize, queries: strategy.querySelection)
         }
         let job = AttentionJob(shape: shard.shape, mask: mask, tiling: compute.tiling, threads: compute.threads)
-        let (result, seconds) = try timed(communicator) {
-            LocalResult(accumulator: try chosen.attend(shard, job: job, communicator: communicator), shape: shard.shape)
+        let (sent, received) = (communicator.traffic.bytesSent, communicator.traffic.bytesReceived)
+        let (result, seconds) = try timed(communicator) { try strategy.attend(shard, job: job, communicator: communicator) }
+        return DistributedRun(shard: shard, strategy: strategy, job: job, result: result, segments: strategy.outputSegments(shard),
+                              seconds: seconds, bytesSent: communicator.traffic.bytesSent - sent,
+                              bytesReceived: communicator.traffic.bytesReceived - received, kernelFlops: job.allKernelFlops)
+    }
+
+    /// The global positions the output files cover: the whole sequence, or star's queries.
+    var extent: Range<Int> {
+        if case .root = strategy.querySelection { return shard.querySegments[0].positions }
+        return 0 ..< shard.tokens
+    }
+
+    /// FLOPs of the problem (visible pairs only): what GFLOP/s figures credit.
+    var flops: Double {
+        if case .root = strategy.querySelection {
+            return 4 * Double(job.shape.headDim) * job.mask.visiblePairs(queries: extent, tokens: shard.tokens, heads: job.shape.heads)
         }
-        return (DistributedRun(shard: shard, result: result, seconds: seconds), job)
+        return job.mask.flops(tokens: shard.tokens, shape: job.shape)
     }
 
     /// Runs `body` from a common start and returns the slowest rank's time.
@@ -87,8 +113,11 @@ enum Format {
         return String(decoding: data, as: UTF8.self)
     }
 
-    static func problem(_ shard: LocalShard, mask: AttentionMask) -> String {
-        let s = shard.shape
-        return "tokens \(shard.tokens), heads \(s.heads), kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(mask)"
+    static func problem(_ run: DistributedRun) -> String {
+        let s = run.shard.shape
+        var text = "tokens \(run.shard.tokens), heads \(s.heads), kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(run.job.mask)"
+        if case .root = run.strategy.querySelection { text += ", queries \(run.extent.lowerBound)..<\(run.extent.upperBound)" }
+        if let mesh = run.strategy as? MeshAttention { text += ", mesh \(mesh.headGroup)x\(mesh.ring)" }
+        return text
     }
 }

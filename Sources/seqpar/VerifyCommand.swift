@@ -29,24 +29,24 @@ struct VerifyCommand: ParsableCommand {
 
     func run() throws {
         try Session.run { world in
-            let (run, job) = try DistributedRun.execute(problem.source, strategy: compute.strategy, mask: problem.mask,
-                                                        compute: compute, communicator: world)
-            let shard = run.shard, shape = shard.shape
+            let run = try DistributedRun.execute(problem.source, strategy: compute.strategy, mask: problem.mask,
+                                                 compute: compute, communicator: world)
+            let shard = run.shard, shape = run.job.shape, segments = run.segments
             let (k, v) = try world.together { try InputFiles.loadWhole(problem.source, shape: shape, tokens: shard.tokens) }
-            let rows = Array(0 ..< shard.rows), positions = Verification.positions(shard)
+            let rows = Array(0 ..< run.result.rows), positions = Verification.positions(segments)
 
-            let single = Verification.singleRank(shard, k: k, v: v, job: job)
+            let single = Verification.singleRank(shard, segments: segments, k: k, v: v, job: run.job)
             let singleErrors = ResultErrors.compare(
-                actualOutput: run.result.output, actualLSE: run.result.lse, actualRows: shard.rows, rows: rows, positions: positions,
+                actualOutput: run.result.output, actualLSE: run.result.lse, actualRows: run.result.rows, rows: rows, positions: positions,
                 expectedOutput: { Double(single.output[$0]) }, expectedLSE: { Double(single.lse[$0]) }, heads: shape.heads, headDim: shape.headDim)
 
-            let small = Double(shard.tokens) * Double(shard.tokens) * Double(shape.heads * shape.headDim) <= Double(1 << 31)
+            let small = Double(run.extent.count) * Double(shard.tokens) * Double(shape.heads * shape.headDim) <= Double(1 << 31)
             var referenceErrors = ResultErrors()
             if referenceRows > 0 || small {
-                let checked = Verification.referenceRows(shard, sample: small ? nil : referenceRows)
-                let reference = Verification.reference(shard, rows: checked, k: k, v: v, job: job)
+                let checked = Verification.referenceRows(segments, sample: small ? nil : referenceRows)
+                let reference = Verification.reference(shard, segments: segments, rows: checked, k: k, v: v, job: run.job)
                 referenceErrors = ResultErrors.compare(
-                    actualOutput: run.result.output, actualLSE: run.result.lse, actualRows: shard.rows, rows: checked,
+                    actualOutput: run.result.output, actualLSE: run.result.lse, actualRows: run.result.rows, rows: checked,
                     positions: checked.map { positions[$0] }, expectedOutput: { reference.output[$0] }, expectedLSE: { reference.lse[$0] },
                     heads: shape.heads, headDim: shape.headDim)
             }
@@ -55,9 +55,9 @@ struct VerifyCommand: ParsableCommand {
             let perRank = all.map { (single: ResultErrors(packed: Array($0[0 ..< 9])), reference: ResultErrors(packed: Array($0[9 ..< 18]))) }
             let report = VerifyReport(perRank: perRank, tolerance: tolerance, referenceTolerance: referenceTolerance)
             if output.json {
-                Session.say(world, Format.json(report.json(strategy: compute.strategy, shard: shard, mask: problem.mask, seconds: run.seconds, ranks: world.size)))
+                Session.say(world, Format.json(report.json(strategy: compute.strategy, run: run, ranks: world.size)))
             } else {
-                Session.say(world, "seqpar verify: \(compute.strategy.rawValue), \(world.size) rank(s), \(Format.problem(shard, mask: problem.mask)); distributed run \(String(format: "%.4f", run.seconds)) s")
+                Session.say(world, "seqpar verify: \(compute.strategy.rawValue), \(world.size) rank(s), \(Format.problem(run)); distributed run \(String(format: "%.4f", run.seconds)) s")
                 Session.say(world, report.table())
             }
             if !report.passed { throw ExitCode.failure }
@@ -119,14 +119,15 @@ struct VerifyReport {
             + "LSE max rel error \(Format.sci(l.maxRel)) (token \(l.token), head \(l.head)); \(verdict) tolerance \(Format.sci(tolerance))"
     }
 
-    func json(strategy: StrategyName, shard: LocalShard, mask: AttentionMask, seconds: Double, ranks: Int) -> [String: Any] {
+    func json(strategy: StrategyName, run: DistributedRun, ranks: Int) -> [String: Any] {
+        let shape = run.job.shape
         func errors(_ e: ResultErrors) -> [String: Any] {
             ["rows": e.rows, "o_max_abs": e.output.maxAbs, "o_max_rel": e.output.maxRel, "o_worst_token": e.output.token, "o_worst_head": e.output.head,
              "lse_max_abs": e.lse.maxAbs, "lse_max_rel": e.lse.maxRel]
         }
-        return ["command": "verify", "strategy": strategy.rawValue, "ranks": ranks, "tokens": shard.tokens,
-                "heads": shard.shape.heads, "kv_heads": shard.shape.kvHeads, "head_dim": shard.shape.headDim, "mask": mask.description,
-                "seconds": seconds, "passed": passed, "tolerance": tolerance, "reference_tolerance": referenceTolerance,
+        return ["command": "verify", "strategy": strategy.rawValue, "ranks": ranks, "tokens": run.shard.tokens,
+                "heads": shape.heads, "kv_heads": shape.kvHeads, "head_dim": shape.headDim, "mask": run.job.mask.description,
+                "seconds": run.seconds, "passed": passed, "tolerance": tolerance, "reference_tolerance": referenceTolerance,
                 "single_rank": errors(single.errors), "worst_rank": single.rank, "reference": errors(reference.errors),
                 "per_rank": perRank.map { ["single_rank": errors($0.single), "reference": errors($0.reference)] }]
     }

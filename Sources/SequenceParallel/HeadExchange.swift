@@ -1,0 +1,133 @@
+// The all-to-all shared by the head-sharded strategies (heads, mesh). Inside a group of ranks
+// that together hold some tokens, `scatter` turns sequence shards into head shards: member m
+// gets every token of the group for its heads (an even, possibly uneven, split of the heads) and
+// the kv heads those read, which are sent to every member that needs them (kv heads below the
+// group size work). `gather` turns a head-sharded result back into sequence shards.
+// Three alltoallv calls each way (Q, K, V; O, LSE), landing straight in place where the layout allows.
+
+import AttentionCore
+
+struct HeadExchange {
+    let communicator: Communicator
+    let shape: AttentionShape
+    /// Each member's rows (global positions), in member order.
+    let memberSegments: [[ShardSegment]]
+
+    init(communicator: Communicator, shape: AttentionShape, memberRanges: [[Range<Int>]]) {
+        self.communicator = communicator
+        self.shape = shape
+        memberSegments = memberRanges.map(ShardSegment.stacked)
+    }
+
+    /// Heads of `member`: an even split, the first heads % size members taking one more.
+    static func heads(of member: Int, members: Int, heads: Int) -> Range<Int> {
+        TokenPartition.chunk(member, of: members, tokens: heads)
+    }
+
+    func slice(of member: Int) -> HeadSlice {
+        HeadSlice(Self.heads(of: member, members: communicator.size, heads: shape.heads), of: shape)
+    }
+
+    private func rows(_ member: Int) -> Int { LocalShard.rows(memberSegments[member]) }
+
+    /// The group's rows, member after member: the rows of every head shard.
+    var groupSegments: [ShardSegment] { ShardSegment.stacked(memberSegments.flatMap { $0.map(\.positions) }) }
+    var groupRows: Int { (0 ..< communicator.size).reduce(0) { $0 + rows($1) } }
+    /// First group row of each member.
+    private var firstRows: [Int] { (0 ..< communicator.size).map { m in (0 ..< m).reduce(0) { $0 + rows($1) } } }
+
+    /// This member's head shard: Q `[groupRows, slice heads, d]`, K then V `[groupRows, slice kv heads, d]`.
+    struct HeadShard {
+        let slice: HeadSlice
+        let queries: UnsafeMutableBufferPointer<Float>
+        let keyValues: UnsafeMutableBufferPointer<Float>
+
+        func deallocate() {
+            queries.deallocate()
+            keyValues.deallocate()
+        }
+    }
+
+    /// Sequence shards to head shards. `shard` holds this member's rows of every head.
+    func scatter(_ shard: LocalShard) throws -> HeadShard {
+        let (members, me, d) = (communicator.size, communicator.rank, shape.headDim)
+        let mine = slice(of: me), groupRows = self.groupRows, firstRows = self.firstRows
+        let myRows = shard.keyRows
+        let result = HeadShard(slice: mine,
+                               queries: .allocate(capacity: max(1, groupRows * mine.heads.count * d)),
+                               keyValues: .allocate(capacity: max(1, 2 * groupRows * mine.kvHeads.count * d)))
+        result.queries.initialize(repeating: 0)
+        result.keyValues.initialize(repeating: 0)
+
+        // (source tensor, its row width, the head range each member takes, where received rows land)
+        let parts: [(UnsafePointer<Float>, Int, (Int) -> Range<Int>, UnsafeMutablePointer<Float>)] = [
+            (UnsafePointer(shard.queries.baseAddress!), shape.queryRowWidth, { slice(of: $0).heads }, result.queries.baseAddress!),
+            (UnsafePointer(shard.keys), shape.kvRowWidth, { slice(of: $0).kvHeads }, result.keyValues.baseAddress!),
+            (UnsafePointer(shard.values), shape.kvRowWidth, { slice(of: $0).kvHeads }, result.keyValues.baseAddress! + groupRows * mine.kvHeads.count * d),
+        ]
+        for (source, rowWidth, headsOf, destination) in parts {
+            let sendCounts = (0 ..< members).map { myRows * headsOf($0).count * d }
+            let sendOffsets = sendCounts.indices.map { sendCounts[..<$0].reduce(0, +) }
+            let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sendCounts.reduce(0, +)))
+            defer { send.deallocate() }
+            for m in 0 ..< members {      // pack each member's heads, row by row
+                let heads = headsOf(m)
+                for row in 0 ..< myRows {
+                    (send.baseAddress! + sendOffsets[m] + row * heads.count * d)
+                        .update(from: source + row * rowWidth + heads.lowerBound * d, count: heads.count * d)
+                }
+            }
+            let width = headsOf(me).count * d
+            try communicator.alltoallv(UnsafeBufferPointer(send), sendCounts: sendCounts, sendOffsets: sendOffsets,
+                                       UnsafeMutableBufferPointer(start: destination, count: groupRows * width),
+                                       receiveCounts: (0 ..< members).map { rows($0) * width },
+                                       receiveOffsets: firstRows.map { $0 * width })
+        }
+        return result
+    }
+
+    /// Head shards back to sequence shards: `local` holds every group row for this member's
+    /// heads; the result holds this member's rows for every head.
+    func gather(_ local: LocalResult, into result: LocalResult) throws {
+        let (members, me, d) = (communicator.size, communicator.rank, shape.headDim)
+        let mine = slice(of: me).heads, firstRows = self.firstRows, myRows = result.rows
+        precondition(local.rows == groupRows && local.heads == mine.count && result.heads == shape.heads)
+
+        // O: the rows of member m are contiguous in `local`; what arrives is [myRows, heads of m, d].
+        let receiveCounts = (0 ..< members).map { myRows * slice(of: $0).heads.count * d }
+        let receiveOffsets = receiveCounts.indices.map { receiveCounts[..<$0].reduce(0, +) }
+        let received = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, receiveCounts.reduce(0, +)))
+        defer { received.deallocate() }
+        try local.output.withUnsafeBufferPointer { send in
+            try communicator.alltoallv(send, sendCounts: (0 ..< members).map { rows($0) * mine.count * d },
+                                       sendOffsets: firstRows.map { $0 * mine.count * d },
+                                       received, receiveCounts: receiveCounts, receiveOffsets: receiveOffsets)
+        }
+        result.output.withUnsafeMutableBufferPointer { out in
+            for m in 0 ..< members {
+                let heads = slice(of: m).heads
+                for row in 0 ..< myRows {
+                    (out.baseAddress! + row * shape.queryRowWidth + heads.lowerBound * d)
+                        .update(from: received.baseAddress! + receiveOffsets[m] + row * heads.count * d, count: heads.count * d)
+                }
+            }
+        }
+
+        // LSE: pack [my heads, rows of m] per member; what arrives from m is [heads of m, myRows],
+        // which is exactly its block of the [heads, myRows] result.
+        let sendCounts = (0 ..< members).map { mine.count * rows($0) }
+        let sendOffsets = sendCounts.indices.map { sendCounts[..<$0].reduce(0, +) }
+        let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sendCounts.reduce(0, +)))
+        defer { send.deallocate() }
+        for m in 0 ..< members {
+            for h in 0 ..< mine.count {
+                for row in 0 ..< rows(m) { send[sendOffsets[m] + h * rows(m) + row] = local.lse[h * local.rows + firstRows[m] + row] }
+            }
+        }
+        try result.lse.withUnsafeMutableBufferPointer { lse in
+            try communicator.alltoallv(UnsafeBufferPointer(send), sendCounts: sendCounts, sendOffsets: sendOffsets,
+                                       lse, receiveCounts: (0 ..< members).map { slice(of: $0).heads.count * myRows },
+                                       receiveOffsets: (0 ..< members).map { slice(of: $0).heads.lowerBound * myRows })
+        }
+    }
+}

@@ -1,0 +1,40 @@
+// Head-sharded attention (Ulysses-style). Inputs arrive sequence-sharded as for ring; an
+// all-to-all gives every rank the whole sequence for its heads (and the kv heads they read);
+// each rank runs full-sequence attention for its heads; an all-to-all sends each rank its rows
+// back for every head. Communication is two all-to-alls, independent of the mask.
+
+import AttentionCore
+
+public struct HeadsAttention: SequenceParallelStrategy {
+    public var inputLayout: TokenLayout { .contiguous }
+
+    public init() {}
+
+    public func check(heads: Int, ranks: Int) throws {
+        guard heads >= ranks else {
+            let mesh = MeshAttention.defaultShape(ranks: ranks, heads: heads)
+            throw StrategyRefusal(description: "the heads strategy gives each rank at least one head, but there are \(heads) heads for \(ranks) ranks: "
+                + "run it on at most \(heads) ranks, or use --strategy mesh --mesh \(mesh.headGroup)x\(mesh.ring), or ring/zigzag")
+        }
+    }
+
+    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> LocalResult {
+        let exchange = HeadExchange(communicator: communicator, shape: job.shape,
+                                    memberRanges: (0 ..< communicator.size).map { shard.partition.segments(of: $0) })
+        let heads = try exchange.scatter(shard)
+        defer { heads.deallocate() }
+        let accumulator = AttentionAccumulator(rows: exchange.groupRows, heads: heads.slice.heads.count, headDim: job.shape.headDim)
+        let keys = heads.keyValues.baseAddress!
+        let values = keys + exchange.groupRows * heads.slice.kvHeads.count * job.shape.headDim
+        let kernel = job.kernel(for: heads.slice)
+        for querySegment in exchange.groupSegments {
+            for keySegment in exchange.groupSegments {
+                kernel.accumulate(queries: heads.queries.baseAddress!, querySegment: querySegment,
+                                  keys: keys, values: values, keySegment: keySegment, into: accumulator)
+            }
+        }
+        let result = LocalResult(rows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
+        try exchange.gather(LocalResult(accumulator: accumulator), into: result)
+        return result
+    }
+}

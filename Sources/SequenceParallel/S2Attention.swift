@@ -1,0 +1,130 @@
+// S2-Attention across ranks. Queries stay where they are (zigzag shards, since the pattern is
+// causal); each rank receives, from every other rank, only the pieces (a key block's rows for one
+// kv head) that its queries' heads read under the pattern — the local band's neighbours and the
+// heads' vertical strides — point to point, rank r+s and r-s at step s, the next exchange posted
+// before the current block is computed. The kernel computes only the active block pairs, so
+// FLOPs and bytes both fall with the pattern's density.
+
+import AttentionCore
+
+public struct S2Attention: SequenceParallelStrategy {
+    public var inputLayout: TokenLayout { .zigzag }
+    public let pattern: S2Pattern?
+
+    /// - Parameter pattern: nil when the mask is not an S2 pattern, which `check` refuses.
+    public init(pattern: S2Pattern?) { self.pattern = pattern }
+
+    public func check(heads: Int, ranks: Int) throws {
+        guard pattern != nil else {
+            throw StrategyRefusal(description: "the s2 strategy computes the S2 pattern: give --s2-block, --s2-local and --s2-stride")
+        }
+    }
+
+    /// A key block's rows (local to its owner's shard) for one kv head.
+    struct Piece {
+        let rows: Range<Int>
+        let kvHead: Int
+    }
+
+    /// What `receiver` needs from `owner`'s keys, in an order both sides derive alike.
+    static func pieces(pattern: S2Pattern, shape: AttentionShape, ownerSegments: [ShardSegment], receiverSegments: [ShardSegment]) -> [Piece] {
+        let b = pattern.block
+        let queryBlocks = receiverSegments.map { ($0.positions.lowerBound / b) ... (($0.positions.upperBound - 1) / b) }
+        guard let lastQueryBlock = queryBlocks.map(\.upperBound).max() else { return [] }
+        var pieces: [Piece] = []
+        for segment in ownerSegments {
+            var position = segment.positions.lowerBound
+            while position < segment.positions.upperBound {
+                let kb = position / b
+                let end = min(segment.positions.upperBound, (kb + 1) * b)
+                defer { position = end }
+                guard kb <= lastQueryBlock else { continue }
+                let band = queryBlocks.contains { $0.lowerBound <= kb + pattern.local - 1 && $0.upperBound >= kb }
+                let rows = (segment.localRow + position - segment.positions.lowerBound) ..< (segment.localRow + end - segment.positions.lowerBound)
+                for g in 0 ..< shape.kvHeads {
+                    let strided = (g * shape.groupSize ..< (g + 1) * shape.groupSize).contains { (kb + $0) % pattern.stride == 0 }
+                    if band || strided { pieces.append(Piece(rows: rows, kvHead: g)) }
+                }
+            }
+        }
+        return pieces
+    }
+
+    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> LocalResult {
+        guard case let .s2(pattern) = job.mask else { preconditionFailure("check() refuses s2 without its pattern") }
+        let shape = job.shape, d = shape.headDim, kvWidth = shape.kvRowWidth
+        let (ranks, me) = (communicator.size, communicator.rank)
+        let segments = (0 ..< ranks).map { ShardSegment.stacked(shard.partition.segments(of: $0)) }
+        let rows = segments.map(LocalShard.rows)
+        // Everything the loop needs, derived before it: what goes to r+s and comes from r-s.
+        let sends = (0 ..< ranks).map { s in
+            s == 0 ? [] : Self.pieces(pattern: pattern, shape: shape, ownerSegments: segments[me], receiverSegments: segments[(me + s) % ranks])
+        }
+        let receives = (0 ..< ranks).map { s in
+            s == 0 ? [] : Self.pieces(pattern: pattern, shape: shape, ownerSegments: segments[(me - s + ranks) % ranks], receiverSegments: segments[me])
+        }
+        func floats(_ pieces: [Piece]) -> Int { pieces.reduce(0) { $0 + 2 * $1.rows.count * d } }
+        let sendBuffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sends.map(floats).max() ?? 0))
+        let receiveBuffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, receives.map(floats).max() ?? 0))
+        let block = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, 2 * (rows.max() ?? 0) * kvWidth))
+        block.initialize(repeating: 0)        // pieces not sent are never read: the mask hides them
+        defer {
+            sendBuffer.deallocate()
+            receiveBuffer.deallocate()
+            block.deallocate()
+        }
+
+        var send = Request(), receive = Request()
+        func post(_ step: Int) throws {
+            var at = 0
+            for piece in sends[step] {              // K rows, then V rows, of each piece
+                for (base, offset) in [(shard.keys, 0), (shard.values, piece.rows.count * d)] {
+                    for (i, row) in piece.rows.enumerated() {
+                        (sendBuffer.baseAddress! + at + offset + i * d).update(from: base + row * kvWidth + piece.kvHead * d, count: d)
+                    }
+                }
+                at += 2 * piece.rows.count * d
+            }
+            receive = try communicator.irecv(UnsafeMutableBufferPointer(rebasing: receiveBuffer[0 ..< floats(receives[step])]),
+                                             from: (me - step + ranks) % ranks, tag: step)
+            send = try communicator.isend(UnsafeBufferPointer(rebasing: sendBuffer[0 ..< at]), to: (me + step) % ranks, tag: step)
+        }
+        func unpack(_ step: Int, ownerRows: Int) {
+            var at = 0
+            let values = block.baseAddress! + ownerRows * kvWidth
+            for piece in receives[step] {
+                for (base, offset) in [(block.baseAddress!, 0), (values, piece.rows.count * d)] {
+                    for (i, row) in piece.rows.enumerated() {
+                        (base + row * kvWidth + piece.kvHead * d).update(from: receiveBuffer.baseAddress! + at + offset + i * d, count: d)
+                    }
+                }
+                at += 2 * piece.rows.count * d
+            }
+        }
+
+        let accumulator = AttentionAccumulator(rows: shard.queryRows, heads: shape.heads, headDim: d)
+        let progress = {
+            _ = try? communicator.test(&send)
+            _ = try? communicator.test(&receive)
+        }
+        func fold(keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegments: [ShardSegment]) {
+            for querySegment in shard.querySegments {
+                for keySegment in keySegments {
+                    job.kernel.accumulate(queries: shard.queries.baseAddress!, querySegment: querySegment, keys: keys, values: values,
+                                          keySegment: keySegment, into: accumulator, progress: progress)
+                }
+            }
+        }
+        if ranks > 1 { try post(1) }
+        fold(keys: shard.keys, values: shard.values, keySegments: shard.keySegments)
+        for step in 1 ..< max(1, ranks) {
+            try communicator.wait(&send)
+            try communicator.wait(&receive)
+            let owner = (me - step + ranks) % ranks
+            unpack(step, ownerRows: rows[owner])
+            if step + 1 < ranks { try post(step + 1) }
+            fold(keys: block.baseAddress!, values: block.baseAddress! + rows[owner] * kvWidth, keySegments: segments[owner])
+        }
+        return LocalResult(accumulator: accumulator)
+    }
+}

@@ -1,0 +1,58 @@
+// The online-softmax merge as an MPI reduction operator. A record is one (query, head): its lse
+// followed by its headDim output values, all float32; an MPI contiguous datatype of 1 + headDim
+// floats carries it, and the operator merges records pairwise (ENGINE.md's merge, which is
+// associative and commutative, so MPI may combine ranks in any order).
+
+import AttentionCore
+import CMPI
+
+public final class SoftmaxMergeReduction {
+    /// Floats per record: 1 + headDim.
+    public let recordWidth: Int
+    private var datatype: MPI_Datatype?
+    private var operation: MPI_Op?
+
+    public init(headDim: Int) throws(MPIError) {
+        recordWidth = 1 + headDim
+        try check(MPI_Type_contiguous(Int32(recordWidth), seqpar_float(), &datatype), "MPI_Type_contiguous")
+        try check(MPI_Type_commit(&datatype), "MPI_Type_commit")
+        try check(MPI_Op_create({ incoming, accumulated, count, type in
+            var bytes: Int32 = 0
+            MPI_Type_size(type!.pointee, &bytes)
+            SoftmaxMergeReduction.merge(records: UnsafePointer(incoming!.assumingMemoryBound(to: Float.self)),
+                                        into: accumulated!.assumingMemoryBound(to: Float.self),
+                                        count: Int(count!.pointee), width: Int(bytes) / MemoryLayout<Float>.size)
+        }, 1, &operation), "MPI_Op_create")
+    }
+
+    deinit {
+        if MPIRuntime.isStarted {
+            MPI_Op_free(&operation)
+            MPI_Type_free(&datatype)
+        }
+    }
+
+    /// Merges `count` records of `width` floats from `input` into `output` (output = input ⊕ output).
+    public static func merge(records input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, count: Int, width: Int) {
+        for i in 0 ..< count {
+            let a = input + i * width, b = output + i * width
+            OnlineSoftmax.merge(into: b + 1, lse: &b[0], from: a + 1, lse: a[0], count: width - 1)
+        }
+    }
+
+    /// Merges every rank's records into `root`'s (nil: into every rank's).
+    public func reduce(_ records: UnsafeMutableBufferPointer<Float>, root: Int?, communicator: Communicator) throws(MPIError) {
+        precondition(records.count % recordWidth == 0)
+        let count = try mpiCount(records.count / recordWidth, "MPI_Reduce")
+        if communicator.size > 1 {           // as a tree or ring would: each rank passes its records on once
+            communicator.countTransfer(sent: communicator.rank == root ? 0 : records.count * 4, received: records.count * 4)
+        }
+        if let root {
+            let inPlace = communicator.rank == root
+            try check(MPI_Reduce(inPlace ? UnsafeRawPointer(seqpar_in_place()) : UnsafeRawPointer(records.baseAddress), records.baseAddress, count,
+                                 datatype, operation, Int32(root), communicator.handle), "MPI_Reduce")
+        } else {
+            try check(MPI_Allreduce(seqpar_in_place(), records.baseAddress, count, datatype, operation, communicator.handle), "MPI_Allreduce")
+        }
+    }
+}
