@@ -40,6 +40,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
+        .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel"]),
         .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar", "AttentionCore"]),
     ]
 )

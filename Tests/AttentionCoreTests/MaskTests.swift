@@ -80,7 +80,7 @@ struct MaskTests {
                     pairs.allSatisfy { $0 } ? .full : pairs.contains(true) ? .partial : .hidden
                 #expect(mask.relation(queries: q, keys: k, head: 0) == expected, "queries \(q) keys \(k)")
                 for i in q {
-                    let visible = mask.visibleKeys(query: i, head: 0)
+                    let visible = mask.visibleKeys(query: i, head: 0, within: k)
                     #expect(k.allSatisfy { visible.contains($0) == mask.allows(query: i, key: $0, head: 0) })
                 }
             }
