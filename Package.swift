@@ -46,5 +46,6 @@ let package = Package(
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
         .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar"]),
         .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel"]),
+        .testTarget(name: "MultiHostTests", dependencies: ["seqpar"]),
     ]
 )
