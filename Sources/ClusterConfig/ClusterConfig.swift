@@ -1,0 +1,320 @@
+// A cluster config: the machines a seqpar job runs on and how Open MPI reaches them, read from one
+// file of cluster-configs/ (format: cluster-configs/README.md) and checked before anything starts.
+// Every refusal names the file, the line and what was expected there. No MPI here: the config is
+// read and the mpirun command line built (LaunchPlan) without starting anything.
+
+import Foundation
+
+public struct ClusterConfig: Equatable, Sendable {
+    public struct Host: Equatable, Sendable {
+        /// What the host is called (its name in mpirun's host list unless `address` is given).
+        public var name: String
+        /// How mpirun reaches it, when not by name.
+        public var address: String?
+        /// Ranks it may run.
+        public var slots: Int
+        public var line: Int
+
+        public init(name: String, address: String? = nil, slots: Int, line: Int = 0) {
+            (self.name, self.address, self.slots, self.line) = (name, address, slots, line)
+        }
+
+        /// The name mpirun is given.
+        public var target: String { address ?? name }
+
+        public static func == (a: Host, b: Host) -> Bool { a.name == b.name && a.address == b.address && a.slots == b.slots }
+    }
+
+    /// Open MPI settings.
+    public struct MPI: Equatable, Sendable {
+        public var mpirun = "mpirun"
+        /// Byte transfer layers, e.g. "tcp,self" or "self,vader,tcp".
+        public var btl: String?
+        /// Point-to-point messaging layer, e.g. "ob1" or "ucx".
+        public var pml: String?
+        /// Networks (interface names or CIDR subnets) for MPI traffic and Open MPI's own
+        /// out-of-band messages: btl_tcp_if_include and oob_tcp_if_include.
+        public var interfaces: String?
+        /// How mpirun starts its daemons on other hosts (plm_rsh_agent), e.g. "ssh".
+        public var rshAgent: String?
+        /// Further MCA parameters, in the order written.
+        public var mca: [MCAParameter] = []
+        /// Further mpirun arguments, as given.
+        public var arguments: [String] = []
+    }
+
+    public struct MCAParameter: Equatable, Sendable {
+        public var name: String
+        public var value: String
+
+        public init(name: String, value: String) { (self.name, self.value) = (name, value) }
+    }
+
+    /// Simulated hosts (Launch/netns-hosts): mpirun runs inside `mpirunHost` and starts its daemons
+    /// in the others with Launch/netns-rsh.
+    public struct NetworkNamespaces: Equatable, Sendable {
+        public var mpirunHost: String
+    }
+
+    /// A batch job under Slurm: the allocation names the hosts.
+    public struct Slurm: Equatable, Sendable {
+        public enum Launcher: String, Sendable, CaseIterable { case srun, mpirun }
+        public var nodes: Int
+        public var tasksPerNode: Int?
+        public var cpusPerTask: Int?
+        public var jobName = "seqpar"
+        public var partition: String?
+        public var account: String?
+        public var time: String?
+        public var launcher = Launcher.srun
+        /// srun's --mpi plugin.
+        public var srunMPI = "pmix"
+        /// More #SBATCH options, e.g. "--exclusive".
+        public var sbatch: [String] = []
+        /// Shell lines run before the launch, e.g. "module load openmpi".
+        public var prologue: [String] = []
+    }
+
+    /// The file it was read from (as given).
+    public var file: String
+    public var hosts: [Host] = []
+    public var ranksPerNode: Int?
+    public var blasThreads = 1
+    /// The --strategy given to run and verify when their arguments name none.
+    public var strategy: String?
+    /// mpirun --bind-to.
+    public var bindTo: String?
+    /// Let mpirun start more ranks than a host has slots (or cores).
+    public var oversubscribe = false
+    /// Environment forwarded to every rank: NAME (this environment's value) or NAME=value.
+    public var environment: [String] = []
+    public var mpi = MPI()
+    public var namespaces: NetworkNamespaces?
+    public var slurm: Slurm?
+
+    /// What `--strategy` accepts; a test keeps it equal to SequenceParallel's StrategyName.
+    public static let strategyNames = ["ring", "zigzag", "heads", "mesh", "s2", "star"]
+    /// What `mpirun --bind-to` accepts.
+    public static let bindings = ["none", "hwthread", "core", "l2cache", "l3cache", "socket", "numa", "board"]
+
+    public init(file: String) { self.file = file }
+
+    /// Reads and checks the config at `path`.
+    public static func load(_ path: String) throws -> ClusterConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError(file: path, line: nil, "cannot read the file (is the path right? configs live in cluster-configs/)")
+        }
+        guard let text = String(data: data, encoding: .utf8) else { throw ConfigError(file: path, line: nil, "not UTF-8 text") }
+        return try parse(text, file: path)
+    }
+
+    /// Parses and checks config text; `file` names it in errors.
+    public static func parse(_ text: String, file: String) throws -> ClusterConfig {
+        let document = try TOML.parse(text, file: file)
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
+        let lastLine = max(1, text.hasSuffix("\n") ? lines - 1 : lines)
+        return try ClusterConfig(document, file: file, lastLine: lastLine)
+    }
+
+    init(_ document: TOMLTable, file: String, lastLine: Int) throws {
+        self.file = file
+        let top = try Fields(document, "the top level", file: file,
+                             keys: ["host", "ranks_per_node", "blas_threads", "strategy", "bind_to", "oversubscribe", "env", "mpi", "netns", "slurm"])
+        for table in try top.tables("host") {
+            let fields = try Fields(table, "[[host]]", file: file, keys: ["name", "address", "slots"])
+            guard let name = try fields.string("name") else {
+                throw ConfigError(file: file, line: table.line, "[[host]] has no name; expected name = \"…\" (the host's name)")
+            }
+            guard !name.isEmpty else { throw fields.error("name", "a host name must not be empty") }
+            guard let slots = try fields.integer("slots") else {
+                throw ConfigError(file: file, line: table.line, "[[host]] '\(name)' has no slots; expected slots = N (how many ranks it may run, at least 1)")
+            }
+            guard slots >= 1 else { throw fields.error("slots", "host '\(name)' has slots = \(slots); expected at least 1") }
+            if let other = hosts.first(where: { $0.name == name }) {
+                throw ConfigError(file: file, line: table.line, "host '\(name)' is already described on line \(other.line); expected each host once")
+            }
+            hosts.append(Host(name: name, address: try fields.string("address"), slots: slots, line: table.line))
+        }
+        ranksPerNode = try top.integer("ranks_per_node", atLeast: 1)
+        blasThreads = try top.integer("blas_threads", atLeast: 1) ?? 1
+        if let strategy = try top.string("strategy") {
+            guard Self.strategyNames.contains(strategy) else {
+                throw top.error("strategy", "unknown strategy '\(strategy)'; expected one of \(Self.strategyNames.joined(separator: ", "))")
+            }
+            self.strategy = strategy
+        }
+        if let bindTo = try top.string("bind_to") {
+            guard Self.bindings.contains(bindTo) else {
+                throw top.error("bind_to", "unknown binding '\(bindTo)'; expected one of \(Self.bindings.joined(separator: ", "))")
+            }
+            self.bindTo = bindTo
+        }
+        oversubscribe = try top.bool("oversubscribe") ?? false
+        environment = try top.strings("env") ?? []
+        for item in environment {
+            let name = item.split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
+            guard let first = name.unicodeScalars.first, first == "_" || CharacterSet.letters.contains(first),
+                  name.unicodeScalars.allSatisfy({ $0 == "_" || ("a" ... "z").contains($0) || ("A" ... "Z").contains($0) || ("0" ... "9").contains($0) })
+            else { throw top.error("env", "'\(item)' is not NAME or NAME=value (NAME: letters, digits and '_')") }
+        }
+        if let table = try top.table("mpi") { mpi = try Self.mpi(table, file: file) }
+        if let table = try top.table("netns") {
+            let fields = try Fields(table, "[netns]", file: file, keys: ["mpirun_host"])
+            guard let host = try fields.string("mpirun_host") else {
+                throw ConfigError(file: file, line: table.line, "[netns] has no mpirun_host; expected mpirun_host = \"seqpar-h1\" (the simulated host mpirun runs in)")
+            }
+            guard hosts.contains(where: { $0.name == host }) else {
+                throw fields.error("mpirun_host", "mpirun_host '\(host)' is not one of the hosts; expected one of \(hosts.map(\.name).joined(separator: ", "))")
+            }
+            namespaces = NetworkNamespaces(mpirunHost: host)
+        }
+        if let table = try top.table("slurm") { slurm = try Self.slurm(table, file: file) }
+
+        if hosts.isEmpty && slurm == nil {
+            throw ConfigError(file: file, line: lastLine, "the file describes no host; expected at least one [[host]] table with name and slots (or a [slurm] table, where the allocation names the hosts)")
+        }
+        if slurm != nil, !hosts.isEmpty {
+            throw top.error("slurm", "a [slurm] config takes its hosts from the allocation; expected no [[host]] tables beside it")
+        }
+        if slurm != nil, namespaces != nil { throw top.error("netns", "[netns] describes simulated hosts on this machine; expected it without [slurm]") }
+        if let ranksPerNode, !oversubscribe, let host = hosts.first(where: { $0.slots < ranksPerNode }) {
+            throw top.error("ranks_per_node", "ranks_per_node = \(ranksPerNode) exceeds the \(host.slots) slot(s) of host '\(host.name)' (line \(host.line)); expected at most \(hosts.map(\.slots).min()!), or oversubscribe = true")
+        }
+    }
+
+    private static func mpi(_ table: TOMLTable, file: String) throws -> MPI {
+        let fields = try Fields(table, "[mpi]", file: file, keys: ["mpirun", "btl", "pml", "interfaces", "rsh_agent", "mca", "args"])
+        var mpi = MPI()
+        mpi.mpirun = try fields.string("mpirun") ?? "mpirun"
+        mpi.btl = try fields.string("btl")
+        mpi.pml = try fields.string("pml")
+        mpi.interfaces = try fields.string("interfaces")
+        mpi.rshAgent = try fields.string("rsh_agent")
+        mpi.arguments = try fields.strings("args") ?? []
+        if let mca = try fields.table("mca") {
+            // What [mpi] sets by name is not set again here: two values would leave it to Open MPI to pick one.
+            let named = ["btl": "btl", "pml": "pml", "btl_tcp_if_include": "interfaces", "oob_tcp_if_include": "interfaces", "plm_rsh_agent": "rsh_agent"]
+            for entry in mca.entries {
+                let value: String
+                switch entry.value {
+                case .string(let text): value = text
+                case .integer(let n): value = String(n)
+                case .boolean(let b): value = b ? "1" : "0"
+                default:
+                    throw ConfigError(file: file, line: entry.line, "MCA parameter '\(entry.key)' in [mpi.mca] is \(entry.value.kind); expected a string, an integer or a boolean")
+                }
+                if let key = named[entry.key] {
+                    throw ConfigError(file: file, line: entry.line, "MCA parameter '\(entry.key)' has its own key in [mpi]; expected it as \(key) = … there")
+                }
+                mpi.mca.append(MCAParameter(name: entry.key, value: value))
+            }
+        }
+        return mpi
+    }
+
+    private static func slurm(_ table: TOMLTable, file: String) throws -> Slurm {
+        let fields = try Fields(table, "[slurm]", file: file,
+                                keys: ["nodes", "ntasks_per_node", "cpus_per_task", "job_name", "partition", "account", "time", "launcher", "srun_mpi", "sbatch", "prologue"])
+        guard let nodes = try fields.integer("nodes", atLeast: 1) else {
+            throw ConfigError(file: file, line: table.line, "[slurm] has no nodes; expected nodes = N (how many nodes to allocate)")
+        }
+        var slurm = Slurm(nodes: nodes)
+        slurm.tasksPerNode = try fields.integer("ntasks_per_node", atLeast: 1)
+        slurm.cpusPerTask = try fields.integer("cpus_per_task", atLeast: 1)
+        slurm.jobName = try fields.string("job_name") ?? "seqpar"
+        slurm.partition = try fields.string("partition")
+        slurm.account = try fields.string("account")
+        slurm.time = try fields.string("time")
+        if let launcher = try fields.string("launcher") {
+            guard let known = Slurm.Launcher(rawValue: launcher) else {
+                throw fields.error("launcher", "unknown launcher '\(launcher)'; expected srun or mpirun")
+            }
+            slurm.launcher = known
+        }
+        slurm.srunMPI = try fields.string("srun_mpi") ?? "pmix"
+        slurm.sbatch = try fields.strings("sbatch") ?? []
+        slurm.prologue = try fields.strings("prologue") ?? []
+        return slurm
+    }
+}
+
+/// The keys of one table, refused when unknown or of the wrong kind.
+struct Fields {
+    let table: TOMLTable
+    let context: String
+    let file: String
+
+    init(_ table: TOMLTable, _ context: String, file: String, keys: [String]) throws {
+        (self.table, self.context, self.file) = (table, context, file)
+        for entry in table.entries where !keys.contains(entry.key) {
+            var message = "unknown key '\(entry.key)' in \(context); expected one of \(keys.joined(separator: ", "))"
+            if let near = keys.first(where: { Self.isNear($0, entry.key) }) { message += " (did you mean '\(near)'?)" }
+            throw ConfigError(file: file, line: entry.line, message)
+        }
+    }
+
+    /// Off by one edit, or a plural: likely meant.
+    static func isNear(_ a: String, _ b: String) -> Bool {
+        let (x, y) = (Array(a), Array(b))
+        if x.count == y.count { return zip(x, y).filter { $0 != $1 }.count == 1 }
+        let (short, long) = x.count < y.count ? (x, y) : (y, x)
+        guard long.count == short.count + 1 else { return false }
+        for i in 0 ... short.count where Array(long[..<i] + long[(i + 1)...]) == short { return true }
+        return false
+    }
+
+    func error(_ key: String, _ message: String) -> ConfigError { ConfigError(file: file, line: table[key]?.line ?? table.line, message) }
+
+    func wrongKind(_ entry: TOMLEntry, _ expected: String) -> ConfigError {
+        ConfigError(file: file, line: entry.line, "'\(entry.key)' in \(context) is \(entry.value.kind); expected \(expected)")
+    }
+
+    func string(_ key: String) throws -> String? {
+        guard let entry = table[key] else { return nil }
+        guard case .string(let text) = entry.value else { throw wrongKind(entry, "a string in quotes") }
+        guard !text.contains("\n") else { throw ConfigError(file: file, line: entry.line, "'\(key)' in \(context) contains a line break; expected one line") }
+        return text
+    }
+
+    func integer(_ key: String, atLeast minimum: Int? = nil) throws -> Int? {
+        guard let entry = table[key] else { return nil }
+        guard case .integer(let n) = entry.value else { throw wrongKind(entry, "an integer") }
+        if let minimum, n < minimum {
+            throw ConfigError(file: file, line: entry.line, "\(key) = \(n) in \(context); expected at least \(minimum)")
+        }
+        return n
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let entry = table[key] else { return nil }
+        guard case .boolean(let b) = entry.value else { throw wrongKind(entry, "true or false") }
+        return b
+    }
+
+    func strings(_ key: String) throws -> [String]? {
+        guard let entry = table[key] else { return nil }
+        guard case .array(let elements) = entry.value else { throw wrongKind(entry, "an array of strings, [\"…\", …]") }
+        return try elements.map { element in
+            guard case .string(let text) = element, !text.contains("\n") else {
+                throw ConfigError(file: file, line: entry.line, "'\(key)' in \(context) holds \(element.kind); expected an array of one-line strings")
+            }
+            return text
+        }
+    }
+
+    func table(_ key: String) throws -> TOMLTable? {
+        guard let entry = table[key] else { return nil }
+        guard case .table(let inner) = entry.value else { throw wrongKind(entry, "a table ([\(key)] or { … })") }
+        return inner
+    }
+
+    /// The tables of `[[key]]` headers (or of an array of inline tables).
+    func tables(_ key: String) throws -> [TOMLTable] {
+        guard let entry = table[key] else { return [] }
+        guard case .array(let elements) = entry.value else { throw wrongKind(entry, "[[\(key)]] tables") }
+        return try elements.map { element in
+            guard case .table(let inner) = element else { throw wrongKind(entry, "[[\(key)]] tables") }
+            return inner
+        }
+    }
+}
