@@ -47,7 +47,7 @@ extension EndToEnd {
             #expect(memory.allSatisfy { $0 > 0 }, "peak memory \(memory)")
         }
 
-        @Test("bench --json compares both strategies against the sgemm peak")
+        @Test("bench --json compares the self-attention strategies against the sgemm peak")
         func bench() async throws {
             let result = try await launch(ranks: 2, arguments: ["bench", "--json", "--repeats", "1", "--tokens", "512", "--heads", "4",
                                                                 "--kv-heads", "2", "--head-dim", "64"])
@@ -56,7 +56,7 @@ extension EndToEnd {
             let peak = try #require(number(json, "sgemm_peak_gflops"))
             #expect(peak > 0)
             let rows = try #require(array(json, "results"), "no results\n\(result)")
-            #expect(Set(rows.compactMap { $0["strategy"] as? String }) == ["ring", "zigzag"])
+            #expect(Set(rows.compactMap { $0["strategy"] as? String }) == ["ring", "zigzag", "heads", "mesh"])
             for row in rows {
                 let gflops = number(row, "gflops") ?? 0, fraction = number(row, "fraction_of_peak") ?? 0
                 #expect(gflops > 0, "\(row)")
