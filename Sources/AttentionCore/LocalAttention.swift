@@ -32,7 +32,7 @@ public struct KernelTiling: Equatable, Sendable {
     public var queryTile: Int
     public var keyBlock: Int
 
-    public init(queryTile: Int = 256, keyBlock: Int = 512) {
+    public init(queryTile: Int = 384, keyBlock: Int = 512) {
         precondition(queryTile > 0 && keyBlock > 0)
         self.queryTile = queryTile
         self.keyBlock = keyBlock

@@ -92,7 +92,7 @@ struct ComputeOptions: ParsableArguments {
     @Option(help: "Compute threads per rank, each with one-thread BLAS calls.")
     var threads: Int = 1
     @Option(name: .customLong("query-tile"), help: "Query rows per kernel tile.")
-    var queryTile: Int = 256
+    var queryTile: Int = 384
     @Option(name: .customLong("key-block"), help: "Keys per kernel block.")
     var keyBlock: Int = 512
 
