@@ -66,6 +66,18 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The keys of `k` that some query of `q` sees: the span a partial block can be trimmed to.
+    /// Interval masks whose bounds never decrease with the query (none, causal, window) see, over
+    /// the queries, from the first query's lower bound to the last query's upper bound; S2 blocks
+    /// are one pattern block already and stay whole.
+    @inlinable
+    public func visibleSpan(queries q: Range<Int>, keys k: Range<Int>, head: Int) -> Range<Int> {
+        if case .s2 = self { return k }
+        let first = visibleKeys(query: q.lowerBound, head: head, within: k)
+        let last = visibleKeys(query: q.upperBound - 1, head: head, within: k)
+        return first.lowerBound < last.upperBound ? first.lowerBound ..< last.upperBound : k
+    }
+
     /// The relation of queries `q` to keys `k` (both non-empty global ranges).
     @inlinable
     public func relation(queries q: Range<Int>, keys k: Range<Int>, head: Int) -> BlockRelation {

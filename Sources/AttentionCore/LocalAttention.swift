@@ -143,15 +143,19 @@ public final class LocalAttention {
         let keyCount = keySegment.positions.count
         var blockStart = 0
         while blockStart < keyCount {
-            let firstKey = keySegment.positions.lowerBound + blockStart
-            var tk = min(tiling.keyBlock, keyCount - blockStart)
-            if let alignment = mask.keyBlockAlignment { tk = min(tk, (firstKey / alignment + 1) * alignment - firstKey) }
-            defer { blockStart += tk }
-            let keyPositions = firstKey ..< firstKey + tk
+            let blockFirst = keySegment.positions.lowerBound + blockStart
+            var blockLength = min(tiling.keyBlock, keyCount - blockStart)
+            if let alignment = mask.keyBlockAlignment { blockLength = min(blockLength, (blockFirst / alignment + 1) * alignment - blockFirst) }
+            defer { blockStart += blockLength }
+            var keyPositions = blockFirst ..< blockFirst + blockLength
             let relation = mask.relation(queries: queryPositions, keys: keyPositions, head: globalHead)
             if relation == .hidden { continue }
+            if relation == .partial {     // diagonal blocks: skip the keys no row of the tile sees
+                keyPositions = mask.visibleSpan(queries: queryPositions, keys: keyPositions, head: globalHead)
+            }
+            let tk = keyPositions.count
             flops.pointee += Double(4 * tq * tk * d)
-            let kvRow = keySegment.localRow + blockStart
+            let kvRow = keySegment.localRow + keyPositions.lowerBound - keySegment.positions.lowerBound
             let k = keys + (kvRow * kvStride + kvHead * d)
             let v = values + (kvRow * kvStride + kvHead * d)
 

@@ -6,7 +6,7 @@ import AttentionCore
 import Testing
 
 let patternMasks: [AttentionMask] = [
-    .window(1), .window(5), .window(37),
+    .none, .causal, .window(1), .window(5), .window(37),
     .s2(try! S2Pattern(block: 4, local: 1, stride: 3)),
     .s2(try! S2Pattern(block: 8, local: 2, stride: 8)),
     .s2(try! S2Pattern(block: 5, local: 3, stride: 2)),
@@ -27,11 +27,13 @@ let patternMasks: [AttentionMask] = [
                         let kEnd = min(tokens, (kStart / cut + 1) * cut)
                         let keys = kStart ..< kEnd
                         var seen = 0
+                        let span = mask.visibleSpan(queries: queries, keys: keys, head: head)
                         for i in queries {
                             let interval = mask.visibleKeys(query: i, head: head, within: keys)
                             for j in keys {
                                 let allowed = mask.allows(query: i, key: j, head: head)
                                 #expect(interval.contains(j) == allowed, "\(mask) head \(head) query \(i) key \(j)")
+                                #expect(!allowed || span.contains(j), "\(mask): the trimmed span \(span) drops key \(j) of query \(i)")
                                 if allowed { seen += 1 }
                             }
                         }
