@@ -75,14 +75,18 @@ public struct S2Attention: SequenceParallelStrategy {
         }
 
         var send = Request(), receive = Request()
+        /// Copies `piece`'s rows of one kv head between a [rows, kvHeads, d] tensor and packed rows.
+        func copy(_ piece: Piece, tensor: UnsafeMutablePointer<Float>, packed: UnsafeMutablePointer<Float>, packing: Bool) {
+            for (i, row) in piece.rows.enumerated() {
+                let (t, p) = (tensor + row * kvWidth + piece.kvHead * d, packed + i * d)
+                if packing { p.update(from: t, count: d) } else { t.update(from: p, count: d) }
+            }
+        }
         func post(_ step: Int) throws {
             var at = 0
             for piece in sends[step] {              // K rows, then V rows, of each piece
-                for (base, offset) in [(shard.keys, 0), (shard.values, piece.rows.count * d)] {
-                    for (i, row) in piece.rows.enumerated() {
-                        (sendBuffer.baseAddress! + at + offset + i * d).update(from: base + row * kvWidth + piece.kvHead * d, count: d)
-                    }
-                }
+                copy(piece, tensor: shard.keys, packed: sendBuffer.baseAddress! + at, packing: true)
+                copy(piece, tensor: shard.values, packed: sendBuffer.baseAddress! + at + piece.rows.count * d, packing: true)
                 at += 2 * piece.rows.count * d
             }
             receive = try communicator.irecv(UnsafeMutableBufferPointer(rebasing: receiveBuffer[0 ..< floats(receives[step])]),
@@ -91,13 +95,9 @@ public struct S2Attention: SequenceParallelStrategy {
         }
         func unpack(_ step: Int, ownerRows: Int) {
             var at = 0
-            let values = block.baseAddress! + ownerRows * kvWidth
             for piece in receives[step] {
-                for (base, offset) in [(block.baseAddress!, 0), (values, piece.rows.count * d)] {
-                    for (i, row) in piece.rows.enumerated() {
-                        (base + row * kvWidth + piece.kvHead * d).update(from: receiveBuffer.baseAddress! + at + offset + i * d, count: d)
-                    }
-                }
+                copy(piece, tensor: block.baseAddress!, packed: receiveBuffer.baseAddress! + at, packing: false)
+                copy(piece, tensor: block.baseAddress! + ownerRows * kvWidth, packed: receiveBuffer.baseAddress! + at + piece.rows.count * d, packing: false)
                 at += 2 * piece.rows.count * d
             }
         }
