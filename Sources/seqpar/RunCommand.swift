@@ -29,19 +29,21 @@ struct RunCommand: ParsableCommand {
     static func execute(problem: ProblemOptions, compute: ComputeOptions, out: String?, lse: String?, profile: String?,
                         output: OutputOptions) throws {
         try Session.run { world in
-            let run = try DistributedRun.execute(problem.source, strategy: compute.strategy, mask: problem.mask,
-                                                 compute: compute, communicator: world, profile: profile != nil)
+            let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
+            if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
+            let run = try DistributedRun.execute(problem.source, strategy: chosen.name, mask: problem.mask,
+                                                 compute: compute, communicator: world, profile: profile != nil, mesh: chosen.mesh)
             if out != nil || lse != nil {
                 try run.result.write(output: out, lse: lse, segments: run.segments, extent: run.extent, communicator: world)
             }
-            let summary = try profile.map { try ProfileReport.write(run, strategy: compute.strategy, to: $0, communicator: world) }
+            let summary = try profile.map { try ProfileReport.write(run, strategy: chosen.name, to: $0, communicator: world) }
             let memory = try world.allgather(Int64(peakResidentBytes())).map(Double.init)
             let sent = try world.allgather(Int64(run.bytesSent)), received = try world.allgather(Int64(run.bytesReceived))
             let kernelFlops = try world.allgather(run.kernelFlops)
             let gflops = run.flops / run.seconds / 1e9
             if output.json {
                 var object: [String: Any] = [
-                    "command": "run", "strategy": compute.strategy.rawValue, "ranks": world.size, "threads": compute.threads,
+                    "command": "run", "strategy": chosen.name.rawValue, "ranks": world.size, "threads": compute.threads,
                     "tokens": run.shard.tokens, "heads": run.job.shape.heads, "kv_heads": run.job.shape.kvHeads,
                     "head_dim": run.job.shape.headDim, "mask": run.job.mask.description,
                     "density": run.job.mask.visiblePairs(tokens: run.shard.tokens, heads: run.job.shape.heads)
@@ -53,7 +55,7 @@ struct RunCommand: ParsableCommand {
                 Session.say(world, Format.json(object))
             } else {
                 Session.say(world, """
-                seqpar run: \(compute.strategy.rawValue), \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(run))
+                seqpar run: \(chosen.name.rawValue), \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(run))
                 time \(String(format: "%.4f", run.seconds)) s, \(String(format: "%.1f", gflops)) GFLOP/s
                 peak memory per rank: \(memory.map(Format.bytes).joined(separator: ", "))
                 sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))

@@ -64,9 +64,11 @@ struct DistributedRun {
     var profile: RecordedProfile?
 
     static func execute(_ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
-                        communicator: Communicator, profile: Bool = false) throws -> DistributedRun {
+                        communicator: Communicator, profile: Bool = false, mesh: (headGroup: Int, ring: Int)? = nil) throws -> DistributedRun {
         let heads = try communicator.together { try source.heads() }
-        let strategy = name.make(compute.strategyOptions, mask: mask, ranks: communicator.size, heads: heads)
+        var options = compute.strategyOptions
+        if let mesh { options.mesh = mesh }
+        let strategy = name.make(options, mask: mask, ranks: communicator.size, heads: heads)
         try communicator.together { try strategy.check(heads: heads, ranks: communicator.size) }
         let shard = try communicator.together {
             try LocalShard.load(source, layout: strategy.inputLayout, rank: communicator.rank, ranks: communicator.size,
