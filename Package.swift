@@ -4,6 +4,7 @@
 // Modules are split by dependency so the numeric core is testable in one process:
 //   CMPI, CBLAS        C shims (system libraries, static inline accessors only)
 //   AttentionCore      tensors, masks, reference + fused local kernel, merge, .npy (BLAS, no MPI)
+//   Profiling          event log, per-rank profile figures, Chrome trace, SVG timeline, cost model (no MPI)
 //   SequenceParallel   Communicator and the distributed strategies (MPI)
 //   ClusterConfig      cluster configs and the mpirun / Slurm command built from them (no MPI)
 //   seqpar             the command-line tool
@@ -15,6 +16,7 @@ let package = Package(
         .executable(name: "seqpar", targets: ["seqpar"]),
         .library(name: "AttentionCore", targets: ["AttentionCore"]),
         .library(name: "SequenceParallel", targets: ["SequenceParallel"]),
+        .library(name: "Profiling", targets: ["Profiling"]),
         .library(name: "ClusterConfig", targets: ["ClusterConfig"]),
     ],
     dependencies: [
@@ -32,20 +34,23 @@ let package = Package(
             providers: [.apt(["libopenblas-dev"])]
         ),
         .target(name: "AttentionCore", dependencies: ["CBLAS"]),
-        .target(name: "SequenceParallel", dependencies: ["AttentionCore", "CMPI", "CBLAS"]),
+        .target(name: "Profiling"),
+        .target(name: "SequenceParallel", dependencies: ["AttentionCore", "Profiling", "CMPI", "CBLAS"]),
         .target(name: "ClusterConfig"),
         .executableTarget(
             name: "seqpar",
             dependencies: [
                 "AttentionCore",
                 "SequenceParallel",
+                "Profiling",
                 "ClusterConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
+        .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel"]),
-        .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar", "AttentionCore"]),
+        .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar", "AttentionCore", "Profiling"]),
         .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel"]),
         .testTarget(name: "MultiHostTests", dependencies: ["seqpar"]),
     ]

@@ -3,6 +3,7 @@
 // against MPI's Int32 limit rather than silently truncated.
 
 import CMPI
+import Profiling
 
 /// Element types with an MPI datatype.
 public protocol MPIScalar { static var mpiDatatype: MPI_Datatype { get } }
@@ -28,6 +29,11 @@ public enum ReduceOperation: Sendable {
 public struct Request {
     var handle: MPI_Request? = seqpar_request_null()
     public var isDone: Bool { handle == seqpar_request_null() }
+    /// What a profile records on completion: the transfer, its peer (world rank), bytes, and when it was posted.
+    var kind = EventKind.send
+    var peer = -1
+    var bytes = 0
+    var posted = 0.0
 }
 
 /// Checks that `count` fits MPI's Int32 counts.
@@ -53,6 +59,11 @@ public final class Communicator {
     public let rank: Int
     public let size: Int
     public let traffic: TrafficCounter
+    /// Where communication events go while profiling (nil: not profiling). Communicators split
+    /// from this one get the same log, as they share `traffic`.
+    public var recorder: EventLog?
+    /// World rank of each rank of this communicator: events name peers in world numbering.
+    let worldRanks: [Int]
     private let owned: Bool
 
     init(handle: MPI_Comm, owned: Bool, traffic: TrafficCounter = TrafficCounter()) throws(MPIError) {
@@ -64,6 +75,21 @@ public final class Communicator {
         try check(MPI_Comm_size(handle, &size), "MPI_Comm_size")
         self.rank = Int(rank)
         self.size = Int(size)
+        worldRanks = try Self.worldRanks(of: handle, size: Int(size))
+    }
+
+    private static func worldRanks(of handle: MPI_Comm, size: Int) throws(MPIError) -> [Int] {
+        var group: MPI_Group? = nil, world: MPI_Group? = nil
+        try check(MPI_Comm_group(handle, &group), "MPI_Comm_group")
+        try check(MPI_Comm_group(seqpar_comm_world(), &world), "MPI_Comm_group")
+        defer {
+            MPI_Group_free(&group)
+            MPI_Group_free(&world)
+        }
+        var ranks = (0 ..< Int32(size)).map { $0 }
+        var translated = [Int32](repeating: 0, count: size)
+        try check(MPI_Group_translate_ranks(group, Int32(size), &ranks, world, &translated), "MPI_Group_translate_ranks")
+        return translated.map(Int.init)
     }
 
     deinit {
@@ -85,7 +111,9 @@ public final class Communicator {
     public func split(color: Int, key: Int) throws(MPIError) -> Communicator {
         var sub: MPI_Comm? = nil
         try check(MPI_Comm_split(handle, Int32(color), Int32(key), &sub), "MPI_Comm_split")
-        return try Communicator(handle: sub!, owned: true, traffic: traffic)
+        let communicator = try Communicator(handle: sub!, owned: true, traffic: traffic)
+        communicator.recorder = recorder
+        return communicator
     }
 
     func countTransfer(sent: Int, received: Int) {
@@ -105,6 +133,12 @@ public final class Communicator {
         try check(MPI_Isend(buffer.baseAddress, count, T.mpiDatatype, Int32(destination), Int32(tag), handle, &request.handle),
                   "MPI_Isend to rank \(destination)")
         if destination != rank { countTransfer(sent: buffer.count * MemoryLayout<T>.stride, received: 0) }
+        if recorder != nil {
+            request.kind = .send
+            request.peer = worldRanks[destination]
+            request.bytes = destination != rank ? buffer.count * MemoryLayout<T>.stride : 0
+            request.posted = ProfileClock.now()
+        }
         return request
     }
 
@@ -114,11 +148,40 @@ public final class Communicator {
         try check(MPI_Irecv(buffer.baseAddress, count, T.mpiDatatype, Int32(source), Int32(tag), handle, &request.handle),
                   "MPI_Irecv from rank \(source)")
         if source != rank { countTransfer(sent: 0, received: buffer.count * MemoryLayout<T>.stride) }
+        if recorder != nil {
+            request.kind = .receive
+            request.peer = worldRanks[source]
+            request.bytes = source != rank ? buffer.count * MemoryLayout<T>.stride : 0
+            request.posted = ProfileClock.now()
+        }
         return request
     }
 
     public func wait(_ request: inout Request) throws(MPIError) {
+        guard let recorder, !request.isDone else {
+            try check(MPI_Wait(&request.handle, seqpar_status_ignore()), "MPI_Wait")
+            return
+        }
+        let start = ProfileClock.now()
         try check(MPI_Wait(&request.handle, seqpar_status_ignore()), "MPI_Wait")
+        let end = ProfileClock.now()
+        recorder.record(.wait, start: start, end: end, peer: request.peer)
+        recordCompletion(request, at: end, on: recorder)
+    }
+
+    /// The transfer of a request that has just completed, from its posting to `end`.
+    private func recordCompletion(_ request: Request, at end: Double, on recorder: EventLog) {
+        recorder.record(request.kind, start: request.posted, end: end, peer: request.peer,
+                        bytesSent: request.kind == .send ? request.bytes : 0, bytesReceived: request.kind == .receive ? request.bytes : 0)
+    }
+
+    /// Runs a blocking collective, recorded as one `kind` event carrying the bytes it moved.
+    @inline(__always)
+    func collective(_ kind: EventKind, sent: Int, received: Int, _ body: () throws(MPIError) -> Void) throws(MPIError) {
+        guard let recorder else { return try body() }
+        let start = ProfileClock.now()
+        try body()
+        recorder.record(kind, start: start, end: ProfileClock.now(), bytesSent: sent, bytesReceived: received)
     }
 
     public func waitAll(_ requests: inout [Request]) throws(MPIError) {
@@ -131,6 +194,7 @@ public final class Communicator {
         if request.isDone { return true }
         var flag: Int32 = 0
         try check(MPI_Test(&request.handle, &flag, seqpar_status_ignore()), "MPI_Test")
+        if flag != 0, let recorder { recordCompletion(request, at: ProfileClock.now(), on: recorder) }
         return flag != 0
     }
 
@@ -138,10 +202,13 @@ public final class Communicator {
                                        _ receive: UnsafeMutableBufferPointer<T>, from source: Int, tag: Int = 0) throws(MPIError) {
         let sendCount = try mpiCount(send.count, "MPI_Sendrecv")
         let receiveCount = try mpiCount(receive.count, "MPI_Sendrecv")
-        try check(MPI_Sendrecv(send.baseAddress, sendCount, T.mpiDatatype, Int32(destination), Int32(tag),
-                               receive.baseAddress, receiveCount, T.mpiDatatype, Int32(source), Int32(tag),
-                               handle, seqpar_status_ignore()), "MPI_Sendrecv")
-        countTransfer(sent: send.count * MemoryLayout<T>.stride, received: receive.count * MemoryLayout<T>.stride)
+        let (sent, received) = (send.count * MemoryLayout<T>.stride, receive.count * MemoryLayout<T>.stride)
+        try collective(.sendrecv, sent: sent, received: received) { () throws(MPIError) in
+            try check(MPI_Sendrecv(send.baseAddress, sendCount, T.mpiDatatype, Int32(destination), Int32(tag),
+                                   receive.baseAddress, receiveCount, T.mpiDatatype, Int32(source), Int32(tag),
+                                   handle, seqpar_status_ignore()), "MPI_Sendrecv")
+        }
+        countTransfer(sent: sent, received: received)
     }
 
     // MARK: collectives
@@ -198,8 +265,10 @@ public final class Communicator {
     public func alltoall<T: MPIScalar>(_ send: UnsafeBufferPointer<T>, _ receive: UnsafeMutableBufferPointer<T>, countPerRank: Int) throws(MPIError) {
         precondition(send.count >= countPerRank * size && receive.count >= countPerRank * size)
         let count = try mpiCount(countPerRank, "MPI_Alltoall")
-        try check(MPI_Alltoall(send.baseAddress, count, T.mpiDatatype, receive.baseAddress, count, T.mpiDatatype, handle), "MPI_Alltoall")
         let bytes = countPerRank * (size - 1) * MemoryLayout<T>.stride
+        try collective(.alltoall, sent: bytes, received: bytes) { () throws(MPIError) in
+            try check(MPI_Alltoall(send.baseAddress, count, T.mpiDatatype, receive.baseAddress, count, T.mpiDatatype, handle), "MPI_Alltoall")
+        }
         countTransfer(sent: bytes, received: bytes)
     }
 
@@ -214,17 +283,23 @@ public final class Communicator {
         }
         let sc = try int32s(sendCounts), so = try int32s(sendOffsets)
         let rc = try int32s(receiveCounts), ro = try int32s(receiveOffsets)
-        try check(MPI_Alltoallv(send.baseAddress, sc, so, T.mpiDatatype, receive.baseAddress, rc, ro, T.mpiDatatype, handle), "MPI_Alltoallv")
         // What stays on this rank is a copy, not traffic.
-        countTransfer(sent: (sendCounts.reduce(0, +) - sendCounts[rank]) * MemoryLayout<T>.stride,
-                      received: (receiveCounts.reduce(0, +) - receiveCounts[rank]) * MemoryLayout<T>.stride)
+        let sent = (sendCounts.reduce(0, +) - sendCounts[rank]) * MemoryLayout<T>.stride
+        let received = (receiveCounts.reduce(0, +) - receiveCounts[rank]) * MemoryLayout<T>.stride
+        try collective(.alltoall, sent: sent, received: received) { () throws(MPIError) in
+            try check(MPI_Alltoallv(send.baseAddress, sc, so, T.mpiDatatype, receive.baseAddress, rc, ro, T.mpiDatatype, handle), "MPI_Alltoallv")
+        }
+        countTransfer(sent: sent, received: received)
     }
 
     /// Copies `buffer` from `root` to every rank.
     public func broadcast<T: MPIScalar>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws(MPIError) {
         let count = try mpiCount(buffer.count, "MPI_Bcast")
-        try check(MPI_Bcast(buffer.baseAddress, count, T.mpiDatatype, Int32(root), handle), "MPI_Bcast")
         let bytes = buffer.count * MemoryLayout<T>.stride
-        if size > 1 { rank == root ? countTransfer(sent: bytes * (size - 1), received: 0) : countTransfer(sent: 0, received: bytes) }
+        let (sent, received) = size == 1 ? (0, 0) : rank == root ? (bytes * (size - 1), 0) : (0, bytes)
+        try collective(.broadcast, sent: sent, received: received) { () throws(MPIError) in
+            try check(MPI_Bcast(buffer.baseAddress, count, T.mpiDatatype, Int32(root), handle), "MPI_Bcast")
+        }
+        countTransfer(sent: sent, received: received)
     }
 }

@@ -6,6 +6,7 @@
 // Three alltoallv calls each way (Q, K, V; O, LSE), landing straight in place where the layout allows.
 
 import AttentionCore
+import Profiling
 
 struct HeadExchange {
     let communicator: Communicator
@@ -70,11 +71,13 @@ struct HeadExchange {
             let sendOffsets = sendCounts.indices.map { sendCounts[..<$0].reduce(0, +) }
             let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sendCounts.reduce(0, +)))
             defer { send.deallocate() }
-            for m in 0 ..< members {      // pack each member's heads, row by row
-                let heads = headsOf(m)
-                for row in 0 ..< myRows {
-                    (send.baseAddress! + sendOffsets[m] + row * heads.count * d)
-                        .update(from: source + row * rowWidth + heads.lowerBound * d, count: heads.count * d)
+            recording(.merge, on: communicator.recorder) {
+                for m in 0 ..< members {      // pack each member's heads, row by row
+                    let heads = headsOf(m)
+                    for row in 0 ..< myRows {
+                        (send.baseAddress! + sendOffsets[m] + row * heads.count * d)
+                            .update(from: source + row * rowWidth + heads.lowerBound * d, count: heads.count * d)
+                    }
                 }
             }
             let width = headsOf(me).count * d
@@ -103,7 +106,7 @@ struct HeadExchange {
                                        sendOffsets: firstRows.map { $0 * mine.count * d },
                                        received, receiveCounts: receiveCounts, receiveOffsets: receiveOffsets)
         }
-        result.output.withUnsafeMutableBufferPointer { out in
+        recording(.merge, on: communicator.recorder) { result.output.withUnsafeMutableBufferPointer { out in
             for m in 0 ..< members {
                 let heads = slice(of: m).heads
                 for row in 0 ..< myRows {
@@ -111,7 +114,7 @@ struct HeadExchange {
                         .update(from: received.baseAddress! + receiveOffsets[m] + row * heads.count * d, count: heads.count * d)
                 }
             }
-        }
+        } }
 
         // LSE: pack [my heads, rows of m] per member; what arrives from m is [heads of m, myRows],
         // which is exactly its block of the [heads, myRows] result.
@@ -119,9 +122,11 @@ struct HeadExchange {
         let sendOffsets = sendCounts.indices.map { sendCounts[..<$0].reduce(0, +) }
         let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sendCounts.reduce(0, +)))
         defer { send.deallocate() }
-        for m in 0 ..< members {
-            for h in 0 ..< mine.count {
-                for row in 0 ..< rows(m) { send[sendOffsets[m] + h * rows(m) + row] = local.lse[h * local.rows + firstRows[m] + row] }
+        recording(.merge, on: communicator.recorder) {
+            for m in 0 ..< members {
+                for h in 0 ..< mine.count {
+                    for row in 0 ..< rows(m) { send[sendOffsets[m] + h * rows(m) + row] = local.lse[h * local.rows + firstRows[m] + row] }
+                }
             }
         }
         try result.lse.withUnsafeMutableBufferPointer { lse in

@@ -30,7 +30,7 @@ public struct HeadsAttention: SequenceParallelStrategy {
         for querySegment in exchange.groupSegments {
             for keySegment in exchange.groupSegments {
                 kernel.accumulate(queries: heads.queries.baseAddress!, querySegment: querySegment,
-                                  keys: keys, values: values, keySegment: keySegment, into: accumulator)
+                                  keys: keys, values: values, keySegment: keySegment, into: accumulator, recorder: communicator.recorder)
             }
         }
         let result = LocalResult(rows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)

@@ -93,7 +93,7 @@ struct RingPass {
             for querySegment in querySegments {
                 for keySegment in blockSegments[source] {
                     kernel.accumulate(queries: queries, querySegment: querySegment, keys: block, values: values,
-                                      keySegment: keySegment, into: accumulator, progress: progress)
+                                      keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
                 }
             }
         }

@@ -6,6 +6,7 @@
 // FLOPs and bytes both fall with the pattern's density.
 
 import AttentionCore
+import Profiling
 
 public struct S2Attention: SequenceParallelStrategy {
     public var inputLayout: TokenLayout { .zigzag }
@@ -111,7 +112,7 @@ public struct S2Attention: SequenceParallelStrategy {
             for querySegment in shard.querySegments {
                 for keySegment in keySegments {
                     job.kernel.accumulate(queries: shard.queries.baseAddress!, querySegment: querySegment, keys: keys, values: values,
-                                          keySegment: keySegment, into: accumulator, progress: progress)
+                                          keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
                 }
             }
         }
@@ -121,7 +122,7 @@ public struct S2Attention: SequenceParallelStrategy {
             try communicator.wait(&send)
             try communicator.wait(&receive)
             let owner = (me - step + ranks) % ranks
-            unpack(step, ownerRows: rows[owner])
+            recording(.merge, on: communicator.recorder) { unpack(step, ownerRows: rows[owner]) }
             if step + 1 < ranks { try post(step + 1) }
             fold(keys: block.baseAddress!, values: block.baseAddress! + rows[owner] * kvWidth, keySegments: segments[owner])
         }

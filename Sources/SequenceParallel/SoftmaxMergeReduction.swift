@@ -5,6 +5,7 @@
 
 import AttentionCore
 import CMPI
+import Profiling
 
 public final class SoftmaxMergeReduction {
     /// Floats per record: 1 + headDim.
@@ -44,15 +45,17 @@ public final class SoftmaxMergeReduction {
     public func reduce(_ records: UnsafeMutableBufferPointer<Float>, root: Int?, communicator: Communicator) throws(MPIError) {
         precondition(records.count % recordWidth == 0)
         let count = try mpiCount(records.count / recordWidth, "MPI_Reduce")
-        if communicator.size > 1 {           // as a tree or ring would: each rank passes its records on once
-            communicator.countTransfer(sent: communicator.rank == root ? 0 : records.count * 4, received: records.count * 4)
-        }
-        if let root {
-            let inPlace = communicator.rank == root
-            try check(MPI_Reduce(inPlace ? UnsafeRawPointer(seqpar_in_place()) : UnsafeRawPointer(records.baseAddress), records.baseAddress, count,
-                                 datatype, operation, Int32(root), communicator.handle), "MPI_Reduce")
-        } else {
-            try check(MPI_Allreduce(seqpar_in_place(), records.baseAddress, count, datatype, operation, communicator.handle), "MPI_Allreduce")
+        // As a tree or ring would: each rank passes its records on once.
+        let (sent, received) = communicator.size == 1 ? (0, 0) : (communicator.rank == root ? 0 : records.count * 4, records.count * 4)
+        communicator.countTransfer(sent: sent, received: received)
+        try communicator.collective(.reduce, sent: sent, received: received) { () throws(MPIError) in
+            if let root {
+                let inPlace = communicator.rank == root
+                try check(MPI_Reduce(inPlace ? UnsafeRawPointer(seqpar_in_place()) : UnsafeRawPointer(records.baseAddress), records.baseAddress, count,
+                                     datatype, operation, Int32(root), communicator.handle), "MPI_Reduce")
+            } else {
+                try check(MPI_Allreduce(seqpar_in_place(), records.baseAddress, count, datatype, operation, communicator.handle), "MPI_Allreduce")
+            }
         }
     }
 }

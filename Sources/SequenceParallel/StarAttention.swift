@@ -4,6 +4,7 @@
 // a user-defined operator (or onto every rank with MPI_Allreduce).
 
 import AttentionCore
+import Profiling
 
 public struct StarAttention: SequenceParallelStrategy {
     public let queries: Int
@@ -29,27 +30,32 @@ public struct StarAttention: SequenceParallelStrategy {
         let accumulator = AttentionAccumulator(rows: m, heads: shape.heads, headDim: d)
         for keySegment in shard.keySegments {
             job.kernel.accumulate(queries: shard.queries.baseAddress!, querySegment: shard.querySegments[0],
-                                  keys: shard.keys, values: shard.values, keySegment: keySegment, into: accumulator)
+                                  keys: shard.keys, values: shard.values, keySegment: keySegment, into: accumulator,
+                                  recorder: communicator.recorder)
         }
         let partial = LocalResult(accumulator: accumulator)
         let reduction = try SoftmaxMergeReduction(headDim: d)
         let records = UnsafeMutableBufferPointer<Float>.allocate(capacity: m * shape.heads * reduction.recordWidth)
         defer { records.deallocate() }
-        for row in 0 ..< m {
-            for h in 0 ..< shape.heads {
-                let record = records.baseAddress! + (row * shape.heads + h) * reduction.recordWidth
-                record[0] = partial.lse[h * m + row]
-                for x in 0 ..< d { record[1 + x] = partial.output[(row * shape.heads + h) * d + x] }
+        recording(.merge, on: communicator.recorder) {
+            for row in 0 ..< m {
+                for h in 0 ..< shape.heads {
+                    let record = records.baseAddress! + (row * shape.heads + h) * reduction.recordWidth
+                    record[0] = partial.lse[h * m + row]
+                    for x in 0 ..< d { record[1 + x] = partial.output[(row * shape.heads + h) * d + x] }
+                }
             }
         }
         try reduction.reduce(records, root: everyRank ? nil : 0, communicator: communicator)
         guard communicator.rank == 0 || everyRank else { return LocalResult(rows: 0, heads: shape.heads, headDim: d) }
         let result = LocalResult(rows: m, heads: shape.heads, headDim: d)
-        for row in 0 ..< m {
-            for h in 0 ..< shape.heads {
-                let record = records.baseAddress! + (row * shape.heads + h) * reduction.recordWidth
-                result.lse[h * m + row] = record[0]
-                for x in 0 ..< d { result.output[(row * shape.heads + h) * d + x] = record[1 + x] }
+        recording(.merge, on: communicator.recorder) {
+            for row in 0 ..< m {
+                for h in 0 ..< shape.heads {
+                    let record = records.baseAddress! + (row * shape.heads + h) * reduction.recordWidth
+                    result.lse[h * m + row] = record[0]
+                    for x in 0 ..< d { result.output[(row * shape.heads + h) * d + x] = record[1 + x] }
+                }
             }
         }
         return result

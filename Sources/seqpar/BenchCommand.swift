@@ -1,13 +1,19 @@
 import ArgumentParser
 import AttentionCore
 import Foundation
+import Profiling
 import SequenceParallel
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Strategies side by side: best time, GFLOP/s, and the fraction of the sgemm peak measured in the same run.",
-        discussion: "The peak is the sum over ranks of each rank's sgemm GFLOP/s, measured with all ranks busy at once."
+        discussion: """
+        The peak is the sum over ranks of each rank's sgemm GFLOP/s, measured with all ranks busy at once.
+        Each strategy's time is also predicted by the cost model (from --probe FILE, or a probe run first) and
+        printed beside the measured time with their ratio; --predict adds the predictions of every strategy
+        and mesh shape the model knows.
+        """
     )
 
     @OptionGroup var problem: ProblemOptions
@@ -16,6 +22,8 @@ struct BenchCommand: ParsableCommand {
     var strategies: String = [StrategyName.ring, .zigzag, .heads, .mesh].map(\.rawValue).joined(separator: ",")
     @Option(help: "Timed repetitions per strategy (after one warm-up); the best is reported.")
     var repeats: Int = 3
+    @Flag(help: "Also print the cost model's prediction for every strategy and mesh shape.")
+    var predict = false
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
@@ -27,6 +35,7 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         try Session.run { world in
+            let predictions = try AutoStrategy.predictions(problem, compute, communicator: world)
             try world.barrier()
             let peak = try world.allreduce(BlasPeak.measure(threads: compute.threads), .sum)
             var rows: [[String: Any]] = []
@@ -40,16 +49,30 @@ struct BenchCommand: ParsableCommand {
                     last = run
                 }
                 let gflops = last!.flops / best / 1e9
-                rows.append(["strategy": name.rawValue, "seconds": best, "gflops": gflops, "fraction_of_peak": gflops / peak])
+                let mesh = (last!.strategy as? MeshAttention).map { ($0.headGroup, $0.ring) }
+                let predicted = predictions.first { $0.strategy == name.rawValue && ($0.mesh == nil || ($0.mesh!.headGroup, $0.mesh!.ring) == mesh!) }
+                var row: [String: Any] = ["strategy": name.rawValue, "seconds": best, "gflops": gflops, "fraction_of_peak": gflops / peak]
+                if let predicted {
+                    row["predicted_seconds"] = predicted.seconds
+                    row["measured_over_predicted"] = best / predicted.seconds
+                }
+                rows.append(row)
                 if lines.isEmpty {
                     lines.append("seqpar bench: \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(last!))")
                     lines.append(String(format: "sgemm peak, all ranks at once: %.1f GFLOP/s", peak))
-                    lines.append("strategy    best s     GFLOP/s   fraction of peak")
+                    lines.append("strategy    best s     GFLOP/s   fraction of peak   predicted s   measured/predicted")
                 }
-                lines.append(String(format: "%@  %9.4f  %9.1f   %.3f", name.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0), best, gflops, gflops / peak))
+                let label = mesh.map { "mesh \($0.0)x\($0.1)" } ?? name.rawValue
+                lines.append(String(format: "%@  %9.4f  %9.1f   %.3f", label.padding(toLength: 10, withPad: " ", startingAt: 0), best, gflops, gflops / peak)
+                    + (predicted.map { String(format: "              %9.4f   %.2f", $0.seconds, best / $0.seconds) } ?? "              (no prediction)"))
+            }
+            if predict {
+                lines.append("cost model predictions (kernel efficiency \(compute.kernelEfficiency) x sgemm; fastest first):")
+                lines.append(CostModel.table(predictions))
             }
             if output.json {
-                Session.say(world, Format.json(["command": "bench", "ranks": world.size, "threads": compute.threads, "sgemm_peak_gflops": peak, "results": rows]))
+                Session.say(world, Format.json(["command": "bench", "ranks": world.size, "threads": compute.threads, "sgemm_peak_gflops": peak, "results": rows,
+                                                "predictions": predictions.map { ["strategy": $0.label, "seconds": $0.seconds] }]))
             } else {
                 Session.say(world, lines.joined(separator: "\n"))
             }

@@ -2,10 +2,24 @@
 
 import ArgumentParser
 import AttentionCore
+import Profiling
 import SequenceParallel
 
 extension StrategyName: ExpressibleByArgument {
     public static var allValueStrings: [String] { allCases.map(\.rawValue) }
+}
+
+/// --strategy: a strategy by name, or auto (the cost model's fastest prediction).
+enum StrategyChoice: String, ExpressibleByArgument, CaseIterable {
+    case ring, zigzag, heads, mesh, s2, star, auto
+
+    /// The named strategy; nil for auto, which `AutoStrategy.resolve` settles under MPI.
+    var named: StrategyName? { StrategyName(rawValue: rawValue) }
+
+    static var help: String {
+        StrategyName.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: "; ")
+            + "; auto (the fastest the cost model predicts among ring, zigzag, heads and mesh shapes: probes the machine first unless --probe gives a probe's JSON)"
+    }
 }
 
 /// The attention problem: inputs (synthetic or .npy), shape and mask.
@@ -79,8 +93,12 @@ struct ProblemOptions: ParsableArguments {
 
 /// How each rank computes.
 struct ComputeOptions: ParsableArguments {
-    @Option(help: "How the work is split: \(StrategyName.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: "; ")).")
-    var strategy: StrategyName = .zigzag
+    @Option(help: "How the work is split: \(StrategyChoice.help).")
+    var strategy: StrategyChoice = .zigzag
+    @Option(help: "Probe figures (seqpar probe --out FILE) for the cost model behind --strategy auto and bench's predictions; without it the machine is probed first.")
+    var probe: String?
+    @Option(name: .customLong("kernel-efficiency"), help: "Cost model: the kernel's GFLOP/s as a fraction of sgemm's (default \(CostModel.defaultKernelEfficiency), measured on the development machine).")
+    var kernelEfficiency: Double = CostModel.defaultKernelEfficiency
     @Option(help: "mesh only: Ph x Pr with Ph * Pr = ranks (heads all-to-all inside groups of Ph, ring across Pr); default: the largest Ph <= sqrt(ranks) dividing them.")
     var mesh: String?
     @Option(help: "star only: how many query tokens (the last ones of the sequence, or the rows of a --q file).")
@@ -97,6 +115,7 @@ struct ComputeOptions: ParsableArguments {
     var keyBlock: Int = 512
 
     func validate() throws {
+        guard kernelEfficiency > 0, kernelEfficiency <= 1 else { throw ValidationError("--kernel-efficiency is a fraction in (0, 1] (got \(kernelEfficiency)).") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1 (got \(threads)).") }
         guard queryTile >= 1, keyBlock >= 1 else { throw ValidationError("--query-tile and --key-block must be at least 1.") }
         if let mesh, Self.parseMesh(mesh) == nil {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import AttentionCore
 import Foundation
+import Profiling
 import SequenceParallel
 
 struct RunCommand: ParsableCommand {
@@ -16,32 +17,45 @@ struct RunCommand: ParsableCommand {
     var out: String?
     @Option(help: "Write LSE here as .npy, [heads, tokens] (natural log; -inf where a query sees no key).")
     var lse: String?
+    @Option(help: "Profile the run: write a Chrome trace here, an SVG timeline beside it (.svg), and print the per-rank profile table.")
+    var profile: String?
     @OptionGroup var output: OutputOptions
 
     func run() throws {
+        try Self.execute(problem: problem, compute: compute, out: out, lse: lse, profile: profile, output: output)
+    }
+
+    /// run's work, shared with `seqpar profile`.
+    static func execute(problem: ProblemOptions, compute: ComputeOptions, out: String?, lse: String?, profile: String?,
+                        output: OutputOptions) throws {
         try Session.run { world in
-            let run = try DistributedRun.execute(problem.source, strategy: compute.strategy, mask: problem.mask,
-                                                 compute: compute, communicator: world)
+            let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
+            if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
+            let run = try DistributedRun.execute(problem.source, strategy: chosen.name, mask: problem.mask,
+                                                 compute: compute, communicator: world, profile: profile != nil, mesh: chosen.mesh)
             if out != nil || lse != nil {
                 try run.result.write(output: out, lse: lse, segments: run.segments, extent: run.extent, communicator: world)
             }
+            let summary = try profile.map { try ProfileReport.write(run, strategy: chosen.name, to: $0, communicator: world) }
             let memory = try world.allgather(Int64(peakResidentBytes())).map(Double.init)
             let sent = try world.allgather(Int64(run.bytesSent)), received = try world.allgather(Int64(run.bytesReceived))
             let kernelFlops = try world.allgather(run.kernelFlops)
             let gflops = run.flops / run.seconds / 1e9
             if output.json {
-                Session.say(world, Format.json([
-                    "command": "run", "strategy": compute.strategy.rawValue, "ranks": world.size, "threads": compute.threads,
+                var object: [String: Any] = [
+                    "command": "run", "strategy": chosen.name.rawValue, "ranks": world.size, "threads": compute.threads,
                     "tokens": run.shard.tokens, "heads": run.job.shape.heads, "kv_heads": run.job.shape.kvHeads,
                     "head_dim": run.job.shape.headDim, "mask": run.job.mask.description,
                     "density": run.job.mask.visiblePairs(tokens: run.shard.tokens, heads: run.job.shape.heads)
                         / (Double(run.shard.tokens) * Double(run.shard.tokens) * Double(run.job.shape.heads)),
                     "seconds": run.seconds, "flops": run.flops, "gflops": gflops, "peak_memory_bytes": memory,
                     "bytes_sent": sent, "bytes_received": received, "kernel_flops": kernelFlops,
-                ]))
+                ]
+                if let summary, let profile { object["profile"] = ProfileReport.json(summary, trace: profile) }
+                Session.say(world, Format.json(object))
             } else {
                 Session.say(world, """
-                seqpar run: \(compute.strategy.rawValue), \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(run))
+                seqpar run: \(chosen.name.rawValue), \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(run))
                 time \(String(format: "%.4f", run.seconds)) s, \(String(format: "%.1f", gflops)) GFLOP/s
                 peak memory per rank: \(memory.map(Format.bytes).joined(separator: ", "))
                 sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
@@ -49,6 +63,10 @@ struct RunCommand: ParsableCommand {
                 """)
                 if let out { Session.say(world, "wrote O to \(out)") }
                 if let lse { Session.say(world, "wrote LSE to \(lse)") }
+                if let summary, let profile {
+                    Session.say(world, summary.table())
+                    Session.say(world, "wrote the trace to \(profile) (open in https://ui.perfetto.dev or chrome://tracing) and the timeline to \(ProfileReport.svgPath(profile))")
+                }
             }
         }
     }

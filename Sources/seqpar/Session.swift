@@ -6,6 +6,7 @@
 import ArgumentParser
 import AttentionCore
 import Foundation
+import Profiling
 import SequenceParallel
 
 enum Session {
@@ -59,22 +60,34 @@ struct DistributedRun {
     let bytesSent: Int
     let bytesReceived: Int
     let kernelFlops: Double
+    /// When profiled: this rank's events, the clock offsets to rank 0 (on rank 0), events dropped.
+    var profile: RecordedProfile?
 
     static func execute(_ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
-                        communicator: Communicator) throws -> DistributedRun {
+                        communicator: Communicator, profile: Bool = false, mesh: (headGroup: Int, ring: Int)? = nil) throws -> DistributedRun {
         let heads = try communicator.together { try source.heads() }
-        let strategy = name.make(compute.strategyOptions, mask: mask, ranks: communicator.size, heads: heads)
+        var options = compute.strategyOptions
+        if let mesh { options.mesh = mesh }
+        let strategy = name.make(options, mask: mask, ranks: communicator.size, heads: heads)
         try communicator.together { try strategy.check(heads: heads, ranks: communicator.size) }
         let shard = try communicator.together {
             try LocalShard.load(source, layout: strategy.inputLayout, rank: communicator.rank, ranks: communicator.size,
                                 groupSize: strategy.groupSize, queries: strategy.querySelection)
         }
         let job = AttentionJob(shape: shard.shape, mask: mask, tiling: compute.tiling, threads: compute.threads)
+        // Profiling: clocks aligned first (its pings are neither counted nor recorded), then a log
+        // allocated before the clock starts, so recording never allocates.
+        let offsets = profile ? try communicator.clockOffsets() : []
+        let log = profile ? EventLog(capacity: 1 << 18) : nil
         let (sent, received) = (communicator.traffic.bytesSent, communicator.traffic.bytesReceived)
+        communicator.recorder = log
+        defer { communicator.recorder = nil }
         let (result, seconds) = try timed(communicator) { try strategy.attend(shard, job: job, communicator: communicator) }
+        communicator.recorder = nil
         return DistributedRun(shard: shard, strategy: strategy, job: job, result: result, segments: strategy.outputSegments(shard),
                               seconds: seconds, bytesSent: communicator.traffic.bytesSent - sent,
-                              bytesReceived: communicator.traffic.bytesReceived - received, kernelFlops: job.allKernelFlops)
+                              bytesReceived: communicator.traffic.bytesReceived - received, kernelFlops: job.allKernelFlops,
+                              profile: log.map { RecordedProfile(events: $0.events, dropped: $0.dropped, clockOffsets: offsets) })
     }
 
     /// The global positions the output files cover: the whole sequence, or star's queries.

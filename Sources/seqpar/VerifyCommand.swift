@@ -29,8 +29,10 @@ struct VerifyCommand: ParsableCommand {
 
     func run() throws {
         try Session.run { world in
-            let run = try DistributedRun.execute(problem.source, strategy: compute.strategy, mask: problem.mask,
-                                                 compute: compute, communicator: world)
+            let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
+            if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
+            let run = try DistributedRun.execute(problem.source, strategy: chosen.name, mask: problem.mask,
+                                                 compute: compute, communicator: world, mesh: chosen.mesh)
             let shard = run.shard, shape = run.job.shape, segments = run.segments
             let (k, v) = try world.together { try InputFiles.loadWhole(problem.source, shape: shape, tokens: shard.tokens) }
             let rows = Array(0 ..< run.result.rows), positions = Verification.positions(segments)
@@ -55,9 +57,9 @@ struct VerifyCommand: ParsableCommand {
             let perRank = all.map { (single: ResultErrors(packed: Array($0[0 ..< 9])), reference: ResultErrors(packed: Array($0[9 ..< 18]))) }
             let report = VerifyReport(perRank: perRank, tolerance: tolerance, referenceTolerance: referenceTolerance)
             if output.json {
-                Session.say(world, Format.json(report.json(strategy: compute.strategy, run: run, ranks: world.size)))
+                Session.say(world, Format.json(report.json(strategy: chosen.name, run: run, ranks: world.size)))
             } else {
-                Session.say(world, "seqpar verify: \(compute.strategy.rawValue), \(world.size) rank(s), \(Format.problem(run)); distributed run \(String(format: "%.4f", run.seconds)) s")
+                Session.say(world, "seqpar verify: \(chosen.name.rawValue), \(world.size) rank(s), \(Format.problem(run)); distributed run \(String(format: "%.4f", run.seconds)) s")
                 Session.say(world, report.table())
             }
             if !report.passed { throw ExitCode.failure }

@@ -1,0 +1,177 @@
+// A cost model of the dense strategies, from probe figures: predicts the time of ring, zigzag,
+// heads and every mesh shape for one problem, so `--strategy auto` can pick and `bench` can
+// check the model against measured times.
+//
+// Compute: a rank's FLOPs / (its sgemm rate x the kernel's efficiency), where the efficiency is
+// the fused kernel's GFLOP/s over sgemm's on one rank (measured once: 0.65, see `defaultKernelEfficiency`).
+// Ring-shaped passes run in lockstep: step s costs the slowest position's max(compute of the
+// block in hand, latency + block bytes / bandwidth), so a contiguous causal ring is paid at its
+// busiest rank and zigzag's balanced work shows. Head all-to-alls are blocking: their time adds.
+// Point to point: t(b) = latency + b / bandwidth, latency from the smallest probed message and
+// bandwidth from the largest. All-to-all among m ranks: latency + (m-1) b / bandwidth, likewise.
+// Not modelled: masks other than none and causal (windows and S2 are predicted as causal),
+// packing copies, and cores shared by more ranks than they can run at once beyond what the
+// probe's all-at-once sgemm rate already shows.
+
+public struct AttentionProblem: Equatable, Sendable {
+    public var tokens: Int
+    public var heads: Int
+    public var kvHeads: Int
+    public var headDim: Int
+    public var causal: Bool
+    public var ranks: Int
+
+    public init(tokens: Int, heads: Int, kvHeads: Int, headDim: Int, causal: Bool, ranks: Int) {
+        self.tokens = tokens
+        self.heads = heads
+        self.kvHeads = kvHeads
+        self.headDim = headDim
+        self.causal = causal
+        self.ranks = ranks
+    }
+}
+
+/// One strategy's predicted time.
+public struct Prediction: Equatable, Sendable {
+    /// "ring", "zigzag", "heads" or "mesh".
+    public var strategy: String
+    /// mesh only: Ph x Pr.
+    public var mesh: (headGroup: Int, ring: Int)?
+    public var seconds: Double
+    /// The parts: compute on the busiest path, and communication not hidden behind it.
+    public var computeSeconds: Double
+    public var communicationSeconds: Double
+
+    public var label: String { mesh.map { "\(strategy) \($0.headGroup)x\($0.ring)" } ?? strategy }
+
+    public static func == (a: Prediction, b: Prediction) -> Bool {
+        a.label == b.label && a.seconds == b.seconds && a.computeSeconds == b.computeSeconds && a.communicationSeconds == b.communicationSeconds
+    }
+}
+
+public struct CostModel: Sendable {
+    /// Fused kernel GFLOP/s / sgemm GFLOP/s on one rank of the development machine
+    /// (`run --tokens 8192 --causal` at 1 rank: 57-62 GFLOP/s against sgemm's 95-99; dense: 64-68).
+    public static let defaultKernelEfficiency = 0.65
+
+    /// FLOP/s of the slowest rank's kernel.
+    public let computeRate: Double
+    public let latency: Double
+    public let bandwidth: Double
+    public let allToAllLatency: Double
+    public let allToAllBandwidth: Double
+
+    public init(figures: ProbeFigures, kernelEfficiency: Double = defaultKernelEfficiency) {
+        computeRate = (figures.sgemmGflops.min() ?? 1) * 1e9 * kernelEfficiency
+        let p2p = figures.pointToPoint.sorted { $0.bytes < $1.bytes }
+        latency = (p2p.first?.latencyMicroseconds ?? 0) * 1e-6
+        let pointToPointBandwidth = p2p.last.map { $0.bandwidthMBps * 1e6 } ?? .infinity
+        bandwidth = pointToPointBandwidth
+        let a2a = figures.allToAll.sorted { $0.bytesPerPeer < $1.bytesPerPeer }
+        allToAllLatency = (a2a.first?.microseconds ?? 0) * 1e-6
+        allToAllBandwidth = a2a.last.map { $0.bandwidthMBps > 0 ? $0.bandwidthMBps * 1e6 : pointToPointBandwidth } ?? pointToPointBandwidth
+    }
+
+    public init(computeRate: Double, latency: Double, bandwidth: Double, allToAllLatency: Double, allToAllBandwidth: Double) {
+        self.computeRate = computeRate
+        self.latency = latency
+        self.bandwidth = bandwidth
+        self.allToAllLatency = allToAllLatency
+        self.allToAllBandwidth = allToAllBandwidth
+    }
+
+    public func pointToPoint(bytes: Double) -> Double { bytes > 0 ? latency + bytes / bandwidth : 0 }
+
+    public func allToAll(bytesPerPeer: Double, members: Int) -> Double {
+        members > 1 ? allToAllLatency + Double(members - 1) * bytesPerPeer / allToAllBandwidth : 0
+    }
+
+    /// Every strategy that can split the problem, fastest first.
+    public func predictions(_ problem: AttentionProblem) -> [Prediction] {
+        let p = problem.ranks
+        var shapes: [(Int, Int)] = [(1, p)]
+        for group in 2 ... max(2, p) where p % group == 0 && group <= problem.heads && group <= p { shapes.append((group, p / group)) }
+        var out: [Prediction] = []
+        for (group, ring) in shapes {
+            if group == 1 {
+                out.append(predict(problem, headGroup: 1, zigzag: false, name: "ring"))
+                out.append(predict(problem, headGroup: 1, zigzag: true, name: "zigzag"))
+            } else if group == p {
+                out.append(predict(problem, headGroup: p, zigzag: false, name: "heads"))
+            } else {
+                var mesh = predict(problem, headGroup: group, zigzag: problem.causal, name: "mesh")
+                mesh.mesh = (group, ring)
+                out.append(mesh)
+            }
+        }
+        return out.sorted { $0.seconds < $1.seconds }
+    }
+
+    /// Ph ranks per head group, P / Ph positions on a ring (ring and zigzag: Ph = 1; heads: Ph = P).
+    func predict(_ problem: AttentionProblem, headGroup: Int, zigzag: Bool, name: String) -> Prediction {
+        let positions = problem.ranks / headGroup, d = Double(problem.headDim), t = problem.tokens
+        func segments(_ position: Int) -> [Range<Int>] {
+            zigzag ? [chunk(position, of: 2 * positions, t), chunk(2 * positions - 1 - position, of: 2 * positions, t)]
+                   : [chunk(position, of: positions, t)]
+        }
+        let rows = (0 ..< positions).map { segments($0).reduce(0) { $0 + $1.count } }
+        // The busiest member of a group: the most heads, and the most kv heads they read.
+        let group = problem.heads / problem.kvHeads
+        let memberHeads = (0 ..< headGroup).map { chunk($0, of: headGroup, problem.heads) }
+        let heads = Double(memberHeads.map(\.count).max() ?? 0)
+        let kvHeads = Double(memberHeads.map { ($0.upperBound - 1) / group - $0.lowerBound / group + 1 }.max() ?? 0)
+
+        var compute = 0.0, total = 0.0
+        for step in 0 ..< positions {
+            var slowest = 0.0, slowestCompute = 0.0
+            for position in 0 ..< positions {
+                let source = (position - step + positions) % positions
+                var pairs = 0.0
+                for q in segments(position) { for k in segments(source) { pairs += visiblePairs(queries: q, keys: k, causal: problem.causal) } }
+                let seconds = 4 * d * heads * pairs / computeRate
+                let transfer = step < positions - 1 ? pointToPoint(bytes: 2 * Double(rows[source]) * kvHeads * d * 4) : 0
+                slowest = max(slowest, max(seconds, transfer))
+                slowestCompute = max(slowestCompute, seconds)
+            }
+            total += slowest
+            compute += slowestCompute
+        }
+        if headGroup > 1 {        // scatter Q, K, V; gather O, LSE: each member's rows of the others' heads
+            let memberRows = Double(rows.max() ?? 0) / Double(headGroup)
+            let exchanges = [heads * d, kvHeads * d, kvHeads * d, heads * d, heads].map { memberRows * $0 * 4 }
+            total += exchanges.reduce(0) { $0 + allToAll(bytesPerPeer: $1, members: headGroup) }
+        }
+        return Prediction(strategy: name, mesh: nil, seconds: total, computeSeconds: compute, communicationSeconds: total - compute)
+    }
+
+    /// The predictions side by side.
+    public static func table(_ predictions: [Prediction]) -> String {
+        var lines = ["strategy     predicted s   compute s   exposed comm s"]
+        for p in predictions {
+            lines.append(p.label.padding(12) + pad(fixed(p.seconds, 4), 12) + pad(fixed(p.computeSeconds, 4), 12) + pad(fixed(p.communicationSeconds, 4), 17))
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// Chunk `c` of `count` equal-as-possible chunks of `n` (TokenPartition's split).
+func chunk(_ c: Int, of count: Int, _ n: Int) -> Range<Int> { (c * n / count) ..< ((c + 1) * n / count) }
+
+/// (query, key) pairs a mask leaves between two ranges of global positions.
+public func visiblePairs(queries q: Range<Int>, keys k: Range<Int>, causal: Bool) -> Double {
+    guard !q.isEmpty, !k.isEmpty else { return 0 }
+    guard causal else { return Double(q.count) * Double(k.count) }
+    // Query i sees min(max(i - k.lo + 1, 0), |k|) keys: zero below k, a ramp across k, all above.
+    func ramp(_ a: Int, _ b: Int) -> Double {        // sum over i in a..<b of (i - k.lo + 1)
+        guard b > a else { return 0 }
+        let first = Double(a - k.lowerBound + 1), last = Double(b - 1 - k.lowerBound + 1)
+        return (first + last) * Double(b - a) / 2
+    }
+    let rampPart = ramp(max(q.lowerBound, k.lowerBound), min(q.upperBound, k.upperBound))
+    let full = Double(max(0, q.upperBound - max(q.lowerBound, k.upperBound))) * Double(k.count)
+    return rampPart + full
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self + " " : self + String(repeating: " ", count: width - count) }
+}

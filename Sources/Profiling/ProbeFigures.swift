@@ -1,0 +1,90 @@
+// What `seqpar probe` measures and the cost model reads: point-to-point one-way time over message
+// sizes, all-to-all time over sizes, and each rank's sgemm GFLOP/s. Kept as plain Codable data
+// so a probe taken once (`--out probe.json`) can feed later predictions (`--probe probe.json`).
+
+import Foundation
+
+public struct ProbeFigures: Codable, Equatable, Sendable {
+    public struct PointToPoint: Codable, Equatable, Sendable {
+        public var bytes: Int
+        /// One-way time of a message of `bytes` (half a ping-pong round trip), microseconds.
+        public var latencyMicroseconds: Double
+        /// bytes / one-way time, in MB/s (10^6 bytes).
+        public var bandwidthMBps: Double
+
+        public init(bytes: Int, latencyMicroseconds: Double, bandwidthMBps: Double) {
+            self.bytes = bytes
+            self.latencyMicroseconds = latencyMicroseconds
+            self.bandwidthMBps = bandwidthMBps
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case bytes, latencyMicroseconds = "latency_us", bandwidthMBps = "bandwidth_mb_s"
+        }
+    }
+
+    public struct AllToAll: Codable, Equatable, Sendable {
+        /// Bytes each rank sends to each other rank.
+        public var bytesPerPeer: Int
+        /// Time of one all-to-all (slowest rank), microseconds.
+        public var microseconds: Double
+        /// Bytes each rank sends, (P-1) * bytesPerPeer, per second, in MB/s.
+        public var bandwidthMBps: Double
+
+        public init(bytesPerPeer: Int, microseconds: Double, bandwidthMBps: Double) {
+            self.bytesPerPeer = bytesPerPeer
+            self.microseconds = microseconds
+            self.bandwidthMBps = bandwidthMBps
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case bytesPerPeer = "bytes_per_peer", microseconds = "time_us", bandwidthMBps = "bandwidth_mb_s"
+        }
+    }
+
+    public var ranks: Int
+    public var pointToPoint: [PointToPoint]
+    public var allToAll: [AllToAll]
+    /// Each rank's sgemm GFLOP/s, measured with every rank busy at once.
+    public var sgemmGflops: [Double]
+    /// Where it was taken: hosts, MPI options; free text.
+    public var note: String
+
+    public init(ranks: Int, pointToPoint: [PointToPoint], allToAll: [AllToAll], sgemmGflops: [Double], note: String = "") {
+        self.ranks = ranks
+        self.pointToPoint = pointToPoint
+        self.allToAll = allToAll
+        self.sgemmGflops = sgemmGflops
+        self.note = note
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case ranks, pointToPoint = "point_to_point", allToAll = "alltoall", sgemmGflops = "sgemm_gflops", note
+    }
+
+    public static func load(_ path: String) throws -> ProbeFigures {
+        try JSONDecoder().decode(ProbeFigures.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    public func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try encoder.encode(self)
+    }
+
+    /// The probe's table.
+    public func table() -> String {
+        var lines = ["point to point, rank 0 <-> rank 1 (ping-pong):", "       bytes   one-way us        MB/s"]
+        for p in pointToPoint {
+            lines.append(pad("\(p.bytes)", 12) + pad(fixed(p.latencyMicroseconds, 2), 13) + pad(fixed(p.bandwidthMBps, 1), 12))
+        }
+        if pointToPoint.isEmpty { lines.append("  (one rank: nothing to measure)") }
+        lines.append("all-to-all, \(ranks) ranks (slowest rank):")
+        lines.append(" bytes/peer      time us   MB/s sent per rank")
+        for a in allToAll {
+            lines.append(pad("\(a.bytesPerPeer)", 11) + pad(fixed(a.microseconds, 1), 13) + pad(fixed(a.bandwidthMBps, 1), 12))
+        }
+        lines.append("sgemm GFLOP/s per rank, all ranks at once: " + sgemmGflops.map { fixed($0, 1) }.joined(separator: ", "))
+        return lines.joined(separator: "\n")
+    }
+}

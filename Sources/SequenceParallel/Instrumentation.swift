@@ -1,0 +1,23 @@
+// The one place strategies meet the profiler: a kernel call recorded as a compute event when the
+// communicator carries an event log. Communication is recorded inside Communicator itself, and
+// merges with `recording(.merge, on:)`, so no strategy repeats timing code.
+
+import AttentionCore
+import Profiling
+
+extension LocalAttention {
+    /// `accumulate`, recorded as one compute event on `recorder` when there is one and the mask
+    /// left the block any work (blocks it hides cost nothing and would only clutter the timeline).
+    @inline(__always)
+    func accumulate(queries: UnsafePointer<Float>, querySegment: ShardSegment, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                    keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}) {
+        guard let recorder else {
+            return accumulate(queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
+                              into: accumulator, progress: progress)
+        }
+        let flops = computedFlops, start = ProfileClock.now()
+        accumulate(queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
+                   into: accumulator, progress: progress)
+        if computedFlops > flops { recorder.record(.compute, start: start, end: ProfileClock.now()) }
+    }
+}

@@ -1,0 +1,75 @@
+// The cost model on made-up machines: predictions positive and finite for every strategy and
+// mesh shape, zigzag never slower than ring under a causal mask at P > 1 with equal bandwidth,
+// pair counts that match brute force, and probe figures that survive JSON.
+
+import Foundation
+import Profiling
+import Testing
+
+@Suite("cost model")
+struct CostModelTests {
+    static let figures = ProbeFigures(
+        ranks: 4,
+        pointToPoint: [.init(bytes: 8, latencyMicroseconds: 1, bandwidthMBps: 8), .init(bytes: 1 << 24, latencyMicroseconds: 8000, bandwidthMBps: 2097)],
+        allToAll: [.init(bytesPerPeer: 8, microseconds: 3, bandwidthMBps: 8), .init(bytesPerPeer: 1 << 21, microseconds: 3000, bandwidthMBps: 2097)],
+        sgemmGflops: [90, 95, 92, 94])
+
+    @Test("every prediction is positive and finite; mesh shapes divide the ranks", arguments: [1, 2, 3, 4, 8], [false, true])
+    func sane(ranks: Int, causal: Bool) {
+        let problem = AttentionProblem(tokens: 16384, heads: 8, kvHeads: 2, headDim: 64, causal: causal, ranks: ranks)
+        let predictions = CostModel(figures: Self.figures).predictions(problem)
+        #expect(predictions.count >= 2)
+        #expect(predictions.allSatisfy { $0.seconds.isFinite && $0.seconds > 0 && $0.computeSeconds > 0 && $0.communicationSeconds >= -1e-12 })
+        #expect(predictions.map(\.seconds) == predictions.map(\.seconds).sorted())
+        for p in predictions { if let mesh = p.mesh { #expect(mesh.headGroup * mesh.ring == ranks && mesh.headGroup <= 8) } }
+        #expect(Set(predictions.map(\.strategy)).isSuperset(of: ranks <= 8 && ranks > 1 ? ["ring", "zigzag", "heads"] : ["ring", "zigzag"]))
+    }
+
+    @Test("zigzag is never slower than ring for causal attention at P > 1", arguments: [2, 3, 4, 8])
+    func zigzagBeatsRing(ranks: Int) {
+        for tokens in [1000, 4099, 16384, 65536] {
+            let problem = AttentionProblem(tokens: tokens, heads: 8, kvHeads: 2, headDim: 64, causal: true, ranks: ranks)
+            let predictions = CostModel(figures: Self.figures).predictions(problem)
+            let ring = predictions.first { $0.strategy == "ring" }!, zigzag = predictions.first { $0.strategy == "zigzag" }!
+            #expect(zigzag.seconds <= ring.seconds, "\(tokens) tokens: zigzag \(zigzag.seconds), ring \(ring.seconds)")
+        }
+        // Dense attention is balanced either way: the same compute.
+        let dense = CostModel(figures: Self.figures).predictions(AttentionProblem(tokens: 8192, heads: 8, kvHeads: 2, headDim: 64, causal: false, ranks: ranks))
+        let ring = dense.first { $0.strategy == "ring" }!, zigzag = dense.first { $0.strategy == "zigzag" }!
+        #expect(abs(ring.computeSeconds - zigzag.computeSeconds) <= 1e-9 * ring.computeSeconds)
+    }
+
+    /// With free communication: one rank's time is FLOPs / rate; a contiguous causal ring at 4 ranks is
+    /// paced by its last rank (a diagonal block, then 3 full ones), zigzag and heads by an even share.
+    @Test("compute-bound figures: one rank's time is FLOPs / rate, and ring's busiest rank sets its pace")
+    func computeBound() {
+        let model = CostModel(computeRate: 1e10, latency: 0, bandwidth: .infinity, allToAllLatency: 0, allToAllBandwidth: .infinity)
+        let one = model.predictions(AttentionProblem(tokens: 4096, heads: 4, kvHeads: 4, headDim: 64, causal: false, ranks: 1))
+        #expect(abs(one[0].seconds - 4.0 * 4096 * 4096 * 4 * 64 / 1e10) < 1e-12)
+        let four = model.predictions(AttentionProblem(tokens: 4096, heads: 4, kvHeads: 4, headDim: 64, causal: true, ranks: 4))
+        let ring = four.first { $0.strategy == "ring" }!.seconds, zigzag = four.first { $0.strategy == "zigzag" }!.seconds
+        let heads = four.first { $0.strategy == "heads" }!.seconds
+        let chunk = 1024.0, perPair = 4.0 * 4 * 64 / 1e10
+        #expect(abs(ring - perPair * (chunk * (chunk + 1) / 2 + 3 * chunk * chunk)) < 1e-9)
+        #expect(abs(heads - perPair * 4096 * 4097 / 2 / 4) < 1e-9)
+        #expect(zigzag < ring && abs(zigzag - heads) / heads < 0.01)
+    }
+
+    @Test("causal pair counts between ranges match brute force")
+    func pairs() {
+        for (q, k) in [(0 ..< 10, 0 ..< 10), (5 ..< 17, 0 ..< 8), (0 ..< 8, 5 ..< 17), (3 ..< 9, 20 ..< 30), (20 ..< 30, 3 ..< 9), (0 ..< 0, 0 ..< 5)] {
+            let brute = q.reduce(0) { total, i in total + k.filter { $0 <= i }.count }
+            #expect(visiblePairs(queries: q, keys: k, causal: true) == Double(brute), "\(q) x \(k)")
+            #expect(visiblePairs(queries: q, keys: k, causal: false) == Double(q.count * k.count))
+        }
+    }
+
+    @Test("probe figures survive JSON")
+    func json() throws {
+        let data = try Self.figures.encoded()
+        let text = String(decoding: data, as: UTF8.self)
+        #expect(text.contains("\"latency_us\"") && text.contains("\"bytes_per_peer\"") && text.contains("\"sgemm_gflops\""))
+        #expect(try JSONDecoder().decode(ProbeFigures.self, from: data) == Self.figures)
+        #expect(Self.figures.table().contains("16777216"))
+    }
+}
