@@ -83,8 +83,8 @@ public final class LocalAttention {
     /// - Parameters:
     ///   - queries: row 0 of the query shard ([rows, slice heads, headDim]); the segment says which rows.
     ///   - keys, values: row 0 of a K/V shard ([rows, slice kv heads, headDim]).
-    ///   - progress: called between query tiles (single-threaded runs only), so a strategy can
-    ///     let MPI progress the transfers it posted before computing.
+    ///   - progress: called by the calling thread between its query tiles, so a strategy can let
+    ///     MPI progress the transfers it posted before computing.
     public func accumulate(queries: UnsafePointer<Float>, querySegment: ShardSegment,
                            keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
                            into accumulator: AttentionAccumulator, progress: () -> Void = {}) {
@@ -102,20 +102,25 @@ public final class LocalAttention {
                           keys: keys, values: values, keySegment: keySegment,
                           accumulator: accumulator, scratch: self.scratch[thread], flops: self.flopCounts.baseAddress! + thread)
         }
-        if threads == 1 {
-            for item in 0 ..< items {
-                work(0, item)
-                progress()
-            }
-        } else {
-            // Interleaved items even out causal tiles, whose cost grows along the sequence. Items
-            // write disjoint (head, rows) parts of the accumulator and use their thread's scratch.
+        // Interleaved items even out causal tiles, whose cost grows along the sequence. Items write
+        // disjoint (head, rows) parts of the accumulator and use their thread's scratch. The calling
+        // thread takes every threads-th item itself and calls `progress` between them, so MPI is
+        // driven from the thread that called it (MPI_THREAD_FUNNELED) however many threads compute.
+        let threads = self.threads
+        let others = DispatchGroup()
+        if threads > 1 {
             nonisolated(unsafe) let body = work
-            let threads = self.threads
-            DispatchQueue.concurrentPerform(iterations: threads) { thread in
-                for item in stride(from: thread, to: items, by: threads) { body(thread, item) }
+            DispatchQueue.global().async(group: others) {
+                DispatchQueue.concurrentPerform(iterations: threads - 1) { helper in
+                    for item in stride(from: helper + 1, to: items, by: threads) { body(helper + 1, item) }
+                }
             }
         }
+        for item in stride(from: 0, to: items, by: threads) {
+            work(0, item)
+            progress()
+        }
+        others.wait()
     }
 
     /// One head (local to the slice), one query tile (rows relative to the segment), every key

@@ -290,7 +290,10 @@ public final class NpyFile {
     /// Loops until every byte moved: pread/pwrite may move less than asked.
     private func transfer(_ base: UnsafeMutableRawPointer, offset: Int, count: Int, operation: String,
                           _ call: (UnsafeMutableRawPointer, Int, off_t) -> Int) throws {
-        precondition(offset >= 0 && offset + count <= header.elementCount, "element range outside \(path)")
+        guard offset >= 0, count >= 0, offset + count <= header.elementCount else {
+            throw NpyError.io(path: path, operation: operation,
+                              reason: "elements \(offset)..<\(offset + count) lie outside its \(header.elementCount) elements")
+        }
         var done = 0
         let bytes = count * 4
         while done < bytes {

@@ -119,6 +119,10 @@ public final class LocalShard {
         guard first >= 0 else {
             throw InputFiles.ShapeMismatch(description: "\(count) queries do not fit before position \(first + count) of a \(tokens)-token sequence; ask for at most \(tokens)")
         }
+        guard first + count <= tokens else {
+            throw InputFiles.ShapeMismatch(description: "queries at positions \(first)..<\(first + count) run past the \(tokens)-token sequence; "
+                + "--query-position can be at most \(tokens - count) for \(count) queries")
+        }
         return [ShardSegment(positions: first ..< first + count, localRow: 0)]
     }
 

@@ -17,9 +17,10 @@ public struct ErrorStats: Sendable, Equatable {
     public init() {}
 
     /// Folds another shard's stats in (keeping the location of the larger error).
+    /// (NaN counts as an infinite error: `!(x <= y)` holds for it where `x > y` would not.)
     public mutating func absorb(_ other: ErrorStats) {
-        if other.maxAbs > maxAbs || token < 0 { (maxAbs, token, head) = (other.maxAbs, other.token, other.head) }
-        maxRel = max(maxRel, other.maxRel)
+        if !(other.maxAbs <= maxAbs) || token < 0 { (maxAbs, token, head) = (other.maxAbs, other.token, other.head) }
+        if !(other.maxRel <= maxRel) { maxRel = other.maxRel }
     }
 
     var packed: [Double] { [maxAbs, maxRel, Double(token), Double(head)] }
@@ -48,12 +49,12 @@ public struct ResultErrors: Sendable, Equatable {
             for h in 0 ..< heads {
                 for x in 0 ..< headDim {
                     let e = expectedOutput((i * heads + h) * headDim + x)
-                    let diff = abs(Double(actualOutput[(row * heads + h) * headDim + x]) - e)
+                    let diff = Self.difference(Double(actualOutput[(row * heads + h) * headDim + x]), e)
                     outputScale = max(outputScale, abs(e))
                     if diff > errors.output.maxAbs || errors.output.token < 0 { (errors.output.maxAbs, errors.output.token, errors.output.head) = (diff, positions[i], h) }
                 }
                 let e = expectedLSE(h * rows.count + i), a = Double(actualLSE[h * actualRows + row])
-                let diff = a == e ? 0 : abs(a - e)           // both -inf: no error; one -inf: infinite
+                let diff = Self.difference(a, e)
                 if e.isFinite { lseScale = max(lseScale, abs(e)) }
                 if diff > errors.lse.maxAbs || errors.lse.token < 0 { (errors.lse.maxAbs, errors.lse.token, errors.lse.head) = (diff, positions[i], h) }
             }
@@ -61,6 +62,13 @@ public struct ResultErrors: Sendable, Equatable {
         errors.output.maxRel = outputScale > 0 ? errors.output.maxAbs / outputScale : errors.output.maxAbs
         errors.lse.maxRel = lseScale > 0 ? errors.lse.maxAbs / lseScale : errors.lse.maxAbs
         return errors
+    }
+
+    /// |a - b|, with two equal infinities (-inf lse: no key seen) no error, and a NaN on either
+    /// side an infinite one, so it can never pass a tolerance.
+    static func difference(_ a: Double, _ b: Double) -> Double {
+        if a.isNaN || b.isNaN { return .infinity }
+        return a == b ? 0 : abs(a - b)
     }
 
     public var packed: [Double] { output.packed + lse.packed + [Double(rows)] }

@@ -24,7 +24,9 @@ enum AutoStrategy {
         case let .files(q, k, _, _):
             let qs = try NpyFile.open(reading: q).header.shape, ks = try NpyFile.open(reading: k).header.shape
             guard qs.count == 3, ks.count == 3 else { throw AutoStrategyError(description: "--strategy auto needs 3-dimensional Q and K files") }
-            return AttentionProblem(tokens: qs[0], heads: qs[1], kvHeads: ks[1], headDim: qs[2], causal: mask.isCausal, ranks: ranks)
+            // The same checks as loading makes (positive, heads a multiple of kv heads), before the model divides by them.
+            let shape = try AttentionShape(heads: qs[1], kvHeads: ks[1], headDim: qs[2])
+            return AttentionProblem(tokens: ks[0], heads: shape.heads, kvHeads: shape.kvHeads, headDim: shape.headDim, causal: mask.isCausal, ranks: ranks)
         }
     }
 

@@ -121,7 +121,6 @@ struct ComputeOptions: ParsableArguments {
         if let mesh, Self.parseMesh(mesh) == nil {
             throw ValidationError("--mesh takes PhxPr, two positive numbers such as 2x2 (got '\(mesh)').")
         }
-        if mesh != nil, strategy != .mesh { throw ValidationError("--mesh applies to --strategy mesh only.") }
         guard queries >= 1 else { throw ValidationError("--queries must be at least 1 (got \(queries)).") }
         if let queryPosition, queryPosition < 0 { throw ValidationError("--query-position must be at least 0 (got \(queryPosition)).") }
     }

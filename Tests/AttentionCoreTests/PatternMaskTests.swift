@@ -145,3 +145,27 @@ let patternMasks: [AttentionMask] = [
         #expect(mismatches == 0, "\(mismatches) values of heads \(range) differ from the whole problem's")
     }
 }
+
+/// With several threads the calling thread still computes a share of the tiles and calls
+/// `progress` between them (that is how MPI transfers move during compute), and the result is
+/// the single-threaded one.
+@Test(arguments: [2, 3])
+func progressIsCalledWhenSeveralThreadsCompute(threads: Int) throws {
+    let problem = try Problem(tokens: 200, heads: 4, kvHeads: 2, headDim: 32, mask: .causal)
+    let tiling = KernelTiling(queryTile: 16, keyBlock: 32)
+    let kernel = LocalAttention(shape: problem.shape, mask: .causal, tiling: tiling, threads: threads)
+    let accumulator = AttentionAccumulator(rows: 200, heads: 4, headDim: 32)
+    var calls = 0
+    problem.q.values.withUnsafeBufferPointer { q in
+        problem.k.values.withUnsafeBufferPointer { k in
+            problem.v.values.withUnsafeBufferPointer { v in
+                let all = ShardSegment(positions: 0 ..< 200, localRow: 0)
+                kernel.accumulate(queries: q.baseAddress!, querySegment: all, keys: k.baseAddress!, values: v.baseAddress!,
+                                  keySegment: all, into: accumulator) { calls += 1 }
+            }
+        }
+    }
+    let items = 4 * ((200 + 15) / 16)
+    #expect(calls == (items + threads - 1) / threads)
+    #expect(bits(accumulator.result()) == bits(problem.kernel(tiling: tiling)))
+}
