@@ -153,8 +153,10 @@ public final class AttentionAccumulator {
     public func result() -> PartialResult {
         var output = [Float](repeating: 0, count: rows * heads * headDim)
         var lse = [Float](repeating: 0, count: heads * rows)
-        output.withUnsafeMutableBufferPointer { o in
-            lse.withUnsafeMutableBufferPointer { l in finish(output: o.baseAddress!, lse: l.baseAddress!) }
+        if rows > 0 && heads > 0 {
+            output.withUnsafeMutableBufferPointer { o in
+                lse.withUnsafeMutableBufferPointer { l in finish(output: o.baseAddress!, lse: l.baseAddress!) }
+            }
         }
         return PartialResult(rows: rows, heads: heads, headDim: headDim, output: output, lse: lse)
     }

@@ -54,6 +54,9 @@ public struct TokenPartition: Equatable, Sendable {
         }
     }
 
+    /// The segments of `rank`, stored back to back as its shard holds them.
+    public func stackedSegments(of rank: Int) -> [ShardSegment] { ShardSegment.stacked(segments(of: rank)) }
+
     /// Rows stored by `rank`.
     public func rowCount(of rank: Int) -> Int { segments(of: rank).reduce(0) { $0 + $1.count } }
 

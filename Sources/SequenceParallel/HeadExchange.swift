@@ -31,11 +31,17 @@ struct HeadExchange {
 
     private func rows(_ member: Int) -> Int { LocalShard.rows(memberSegments[member]) }
 
+    /// Where each part starts when parts of `counts` elements are laid back to back.
+    static func offsets(_ counts: [Int]) -> [Int] {
+        var at = 0
+        return counts.map { count in defer { at += count }; return at }
+    }
+
     /// The group's rows, member after member: the rows of every head shard.
     var groupSegments: [ShardSegment] { ShardSegment.stacked(memberSegments.flatMap { $0.map(\.positions) }) }
     var groupRows: Int { (0 ..< communicator.size).reduce(0) { $0 + rows($1) } }
     /// First group row of each member.
-    private var firstRows: [Int] { (0 ..< communicator.size).map { m in (0 ..< m).reduce(0) { $0 + rows($1) } } }
+    private var firstRows: [Int] { Self.offsets((0 ..< communicator.size).map(rows)) }
 
     /// This member's head shard: Q `[groupRows, slice heads, d]`, K then V `[groupRows, slice kv heads, d]`.
     struct HeadShard {
@@ -68,7 +74,7 @@ struct HeadExchange {
         ]
         for (source, rowWidth, headsOf, destination) in parts {
             let sendCounts = (0 ..< members).map { myRows * headsOf($0).count * d }
-            let sendOffsets = sendCounts.indices.map { sendCounts[..<$0].reduce(0, +) }
+            let sendOffsets = Self.offsets(sendCounts)
             let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sendCounts.reduce(0, +)))
             defer { send.deallocate() }
             recording(.merge, on: communicator.recorder) {
@@ -91,14 +97,14 @@ struct HeadExchange {
 
     /// Head shards back to sequence shards: `local` holds every group row for this member's
     /// heads; the result holds this member's rows for every head.
-    func gather(_ local: LocalResult, into result: LocalResult) throws {
+    func gather(_ local: PartialResult, into result: inout PartialResult) throws {
         let (members, me, d) = (communicator.size, communicator.rank, shape.headDim)
         let mine = slice(of: me).heads, firstRows = self.firstRows, myRows = result.rows
         precondition(local.rows == groupRows && local.heads == mine.count && result.heads == shape.heads)
 
         // O: the rows of member m are contiguous in `local`; what arrives is [myRows, heads of m, d].
         let receiveCounts = (0 ..< members).map { myRows * slice(of: $0).heads.count * d }
-        let receiveOffsets = receiveCounts.indices.map { receiveCounts[..<$0].reduce(0, +) }
+        let receiveOffsets = Self.offsets(receiveCounts)
         let received = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, receiveCounts.reduce(0, +)))
         defer { received.deallocate() }
         try local.output.withUnsafeBufferPointer { send in
@@ -119,7 +125,7 @@ struct HeadExchange {
         // LSE: pack [my heads, rows of m] per member; what arrives from m is [heads of m, myRows],
         // which is exactly its block of the [heads, myRows] result.
         let sendCounts = (0 ..< members).map { mine.count * rows($0) }
-        let sendOffsets = sendCounts.indices.map { sendCounts[..<$0].reduce(0, +) }
+        let sendOffsets = Self.offsets(sendCounts)
         let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sendCounts.reduce(0, +)))
         defer { send.deallocate() }
         recording(.merge, on: communicator.recorder) {

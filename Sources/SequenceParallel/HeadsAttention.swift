@@ -18,7 +18,7 @@ public struct HeadsAttention: SequenceParallelStrategy {
         }
     }
 
-    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> LocalResult {
+    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
         let exchange = HeadExchange(communicator: communicator, shape: job.shape,
                                     memberRanges: (0 ..< communicator.size).map { shard.partition.segments(of: $0) })
         let heads = try exchange.scatter(shard)
@@ -27,14 +27,15 @@ public struct HeadsAttention: SequenceParallelStrategy {
         let keys = heads.keyValues.baseAddress!
         let values = keys + exchange.groupRows * heads.slice.kvHeads.count * job.shape.headDim
         let kernel = job.kernel(for: heads.slice)
-        for querySegment in exchange.groupSegments {
-            for keySegment in exchange.groupSegments {
+        let segments = exchange.groupSegments
+        for querySegment in segments {
+            for keySegment in segments {
                 kernel.accumulate(queries: heads.queries.baseAddress!, querySegment: querySegment,
                                   keys: keys, values: values, keySegment: keySegment, into: accumulator, recorder: communicator.recorder)
             }
         }
-        let result = LocalResult(rows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
-        try exchange.gather(LocalResult(accumulator: accumulator), into: result)
+        var result = PartialResult(emptyRows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
+        try exchange.gather(accumulator.result(), into: &result)
         return result
     }
 }

@@ -25,17 +25,16 @@ public struct MeshAttention: SequenceParallelStrategy {
     }
 
     public func check(heads: Int, ranks: Int) throws {
+        let shapes = (1 ... ranks).filter { ranks % $0 == 0 && $0 <= heads }.map { "\($0)x\(ranks / $0)" }.joined(separator: ", ")
         guard headGroup * ring == ranks else {
-            throw StrategyRefusal(description: "--mesh \(headGroup)x\(ring) needs \(headGroup * ring) ranks, not \(ranks); "
-                + "choose Ph x Pr = \(ranks), e.g. " + (1 ... ranks).filter { ranks % $0 == 0 && $0 <= heads }.map { "\($0)x\(ranks / $0)" }.joined(separator: ", "))
+            throw StrategyRefusal(description: "--mesh \(headGroup)x\(ring) needs \(headGroup * ring) ranks, not \(ranks); choose Ph x Pr = \(ranks), e.g. \(shapes)")
         }
         guard headGroup <= heads else {
-            throw StrategyRefusal(description: "a head group of \(headGroup) ranks cannot split \(heads) heads; "
-                + "use Ph <= \(heads), e.g. " + (1 ... ranks).filter { ranks % $0 == 0 && $0 <= heads }.map { "\($0)x\(ranks / $0)" }.joined(separator: ", "))
+            throw StrategyRefusal(description: "a head group of \(headGroup) ranks cannot split \(heads) heads; use Ph <= \(heads), e.g. \(shapes)")
         }
     }
 
-    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> LocalResult {
+    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
         let position = communicator.rank / headGroup, member = communicator.rank % headGroup
         let group = try communicator.split(color: position, key: member)
         let ringCommunicator = try communicator.split(color: member, key: position)
@@ -51,8 +50,8 @@ public struct MeshAttention: SequenceParallelStrategy {
                             kvRowWidth: heads.slice.kvHeads.count * job.shape.headDim)
         try pass.run(queries: heads.queries.baseAddress!, querySegments: exchange.groupSegments,
                      keyValues: UnsafeBufferPointer(heads.keyValues), kernel: job.kernel(for: heads.slice), mask: job.mask, into: accumulator)
-        let result = LocalResult(rows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
-        try exchange.gather(LocalResult(accumulator: accumulator), into: result)
+        var result = PartialResult(emptyRows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
+        try exchange.gather(accumulator.result(), into: &result)
         return result
     }
 }

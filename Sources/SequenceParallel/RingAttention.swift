@@ -11,13 +11,13 @@ public struct RingAttention: SequenceParallelStrategy {
 
     public init(layout: TokenLayout = .contiguous) { inputLayout = layout }
 
-    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> LocalResult {
+    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
         let accumulator = AttentionAccumulator(rows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
         let pass = RingPass(communicator: communicator,
-                            blockSegments: (0 ..< communicator.size).map { ShardSegment.stacked(shard.partition.segments(of: $0)) },
+                            blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
                             kvRowWidth: job.shape.kvRowWidth)
         try pass.run(queries: shard.queries.baseAddress!, querySegments: shard.querySegments,
                      keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.kernel, mask: job.mask, into: accumulator)
-        return LocalResult(accumulator: accumulator)
+        return accumulator.result()
     }
 }

@@ -51,11 +51,11 @@ public struct S2Attention: SequenceParallelStrategy {
         return pieces
     }
 
-    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> LocalResult {
+    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
         guard case let .s2(pattern) = job.mask else { preconditionFailure("check() refuses s2 without its pattern") }
         let shape = job.shape, d = shape.headDim, kvWidth = shape.kvRowWidth
         let (ranks, me) = (communicator.size, communicator.rank)
-        let segments = (0 ..< ranks).map { ShardSegment.stacked(shard.partition.segments(of: $0)) }
+        let segments = (0 ..< ranks).map(shard.partition.stackedSegments)
         let rows = segments.map(LocalShard.rows)
         // Everything the loop needs, derived before it: what goes to r+s and comes from r-s.
         let sends = (0 ..< ranks).map { s in
@@ -126,6 +126,6 @@ public struct S2Attention: SequenceParallelStrategy {
             if step + 1 < ranks { try post(step + 1) }
             fold(keys: block.baseAddress!, values: block.baseAddress! + rows[owner] * kvWidth, keySegments: segments[owner])
         }
-        return LocalResult(accumulator: accumulator)
+        return accumulator.result()
     }
 }

@@ -58,7 +58,7 @@ public final class LocalShard {
         self.tokens = partition.tokens
         self.partition = partition
         self.rank = rank
-        keySegments = ShardSegment.stacked(partition.segments(of: rank))
+        keySegments = partition.stackedSegments(of: rank)
         self.querySegments = querySegments ?? keySegments
         queries = .allocate(capacity: max(1, Self.rows(self.querySegments) * shape.queryRowWidth))
         keyValues = .allocate(capacity: max(1, 2 * Self.rows(keySegments) * shape.kvRowWidth))
@@ -181,38 +181,13 @@ public enum InputFiles {
     }
 }
 
-/// A rank's rows of the result: O `[rows, heads, headDim]` and LSE `[heads, rows]`, for the
-/// global positions of `segments`.
-public final class LocalResult {
-    public let rows: Int
-    public let heads: Int
-    public let headDim: Int
-    public var output: [Float]
-    public var lse: [Float]
-
-    public init(rows: Int, heads: Int, headDim: Int) {
-        self.rows = rows
-        self.heads = heads
-        self.headDim = headDim
-        output = [Float](repeating: 0, count: rows * heads * headDim)
-        lse = [Float](repeating: -.infinity, count: rows * heads)
-    }
-
-    public convenience init(accumulator: AttentionAccumulator) {
-        self.init(rows: accumulator.rows, heads: accumulator.heads, headDim: accumulator.headDim)
-        output.withUnsafeMutableBufferPointer { o in
-            lse.withUnsafeMutableBufferPointer { l in
-                if rows > 0 { accumulator.finish(output: o.baseAddress!, lse: l.baseAddress!) }
-            }
-        }
-    }
-
+extension PartialResult {
     /// Writes this rank's rows of O (`[extent.count, heads, headDim]`) and LSE (`[heads, extent.count]`),
     /// where `extent` is the range of global positions the files cover. Collective: rank 0 creates
     /// both files, then every rank writes its rows.
     public func write(output outputPath: String?, lse lsePath: String?, segments: [ShardSegment], extent: Range<Int>,
                       communicator: Communicator) throws {
-        let (heads, d, rows, tokens) = (self.heads, self.headDim, self.rows, extent.count)
+        let (heads, d, rows, tokens, output, lse) = (self.heads, self.headDim, self.rows, extent.count, self.output, self.lse)
         let rowWidth = heads * d
         try communicator.together {
             if communicator.rank == 0 {

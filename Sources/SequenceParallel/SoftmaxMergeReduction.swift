@@ -41,6 +41,39 @@ public final class SoftmaxMergeReduction {
         }
     }
 
+    /// Merges every rank's partial result for the same rows (over its own keys) into `root`'s:
+    /// the result there (on every rank when `root` is nil), nil elsewhere.
+    public func merge(_ partial: PartialResult, root: Int?, communicator: Communicator) throws -> PartialResult? {
+        let (rows, heads, d) = (partial.rows, partial.heads, partial.headDim)
+        precondition(d + 1 == recordWidth)
+        let records = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, rows * heads * recordWidth))
+        defer { records.deallocate() }
+        recording(.merge, on: communicator.recorder) { partial.output.withUnsafeBufferPointer { output in
+            for row in 0 ..< rows {                       // one record per (row, head): lse, then O
+                for h in 0 ..< heads {
+                    let record = records.baseAddress! + (row * heads + h) * recordWidth
+                    record[0] = partial.lse[h * rows + row]
+                    (record + 1).update(from: output.baseAddress! + (row * heads + h) * d, count: d)
+                }
+            }
+        } }
+        try reduce(UnsafeMutableBufferPointer(rebasing: records[0 ..< rows * heads * recordWidth]), root: root, communicator: communicator)
+        guard root == nil || communicator.rank == root else { return nil }
+        var result = PartialResult(emptyRows: rows, heads: heads, headDim: d)
+        recording(.merge, on: communicator.recorder) {
+            result.output.withUnsafeMutableBufferPointer { output in
+                for row in 0 ..< rows {
+                    for h in 0 ..< heads {
+                        let record = records.baseAddress! + (row * heads + h) * recordWidth
+                        result.lse[h * rows + row] = record[0]
+                        (output.baseAddress! + (row * heads + h) * d).update(from: record + 1, count: d)
+                    }
+                }
+            }
+        }
+        return result
+    }
+
     /// Merges every rank's records into `root`'s (nil: into every rank's).
     public func reduce(_ records: UnsafeMutableBufferPointer<Float>, root: Int?, communicator: Communicator) throws(MPIError) {
         precondition(records.count % recordWidth == 0)

@@ -24,7 +24,7 @@ public struct StarAttention: SequenceParallelStrategy {
         shard.rank == 0 || everyRank ? shard.querySegments : []
     }
 
-    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> LocalResult {
+    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
         let shape = job.shape, d = shape.headDim, m = shard.queryRows
         try communicator.broadcast(shard.queries, root: 0)
         let accumulator = AttentionAccumulator(rows: m, heads: shape.heads, headDim: d)
@@ -33,31 +33,7 @@ public struct StarAttention: SequenceParallelStrategy {
                                   keys: shard.keys, values: shard.values, keySegment: keySegment, into: accumulator,
                                   recorder: communicator.recorder)
         }
-        let partial = LocalResult(accumulator: accumulator)
-        let reduction = try SoftmaxMergeReduction(headDim: d)
-        let records = UnsafeMutableBufferPointer<Float>.allocate(capacity: m * shape.heads * reduction.recordWidth)
-        defer { records.deallocate() }
-        recording(.merge, on: communicator.recorder) {
-            for row in 0 ..< m {
-                for h in 0 ..< shape.heads {
-                    let record = records.baseAddress! + (row * shape.heads + h) * reduction.recordWidth
-                    record[0] = partial.lse[h * m + row]
-                    for x in 0 ..< d { record[1 + x] = partial.output[(row * shape.heads + h) * d + x] }
-                }
-            }
-        }
-        try reduction.reduce(records, root: everyRank ? nil : 0, communicator: communicator)
-        guard communicator.rank == 0 || everyRank else { return LocalResult(rows: 0, heads: shape.heads, headDim: d) }
-        let result = LocalResult(rows: m, heads: shape.heads, headDim: d)
-        recording(.merge, on: communicator.recorder) {
-            for row in 0 ..< m {
-                for h in 0 ..< shape.heads {
-                    let record = records.baseAddress! + (row * shape.heads + h) * reduction.recordWidth
-                    result.lse[h * m + row] = record[0]
-                    for x in 0 ..< d { result.output[(row * shape.heads + h) * d + x] = record[1 + x] }
-                }
-            }
-        }
-        return result
+        let merged = try SoftmaxMergeReduction(headDim: d).merge(accumulator.result(), root: everyRank ? nil : 0, communicator: communicator)
+        return merged ?? PartialResult(emptyRows: 0, heads: shape.heads, headDim: d)
     }
 }

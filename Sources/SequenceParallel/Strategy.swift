@@ -50,7 +50,7 @@ public protocol SequenceParallelStrategy {
     func check(heads: Int, ranks: Int) throws
 
     /// The attention output of this rank's `outputSegments`.
-    func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> LocalResult
+    func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult
 
     /// Global positions of the rows `attend` returns, in its row order.
     func outputSegments(_ shard: LocalShard) -> [ShardSegment]

@@ -82,7 +82,7 @@ public struct ResultErrors: Sendable, Equatable {
 public enum Verification {
     /// The rows of `segments` (this rank's output, whose queries the shard holds) as a one-rank
     /// run computes them: the same kernel over keys 0..<tokens.
-    public static func singleRank(_ shard: LocalShard, segments: [ShardSegment], k: TokenTensor, v: TokenTensor, job: AttentionJob) -> LocalResult {
+    public static func singleRank(_ shard: LocalShard, segments: [ShardSegment], k: TokenTensor, v: TokenTensor, job: AttentionJob) -> PartialResult {
         let accumulator = AttentionAccumulator(rows: LocalShard.rows(segments), heads: job.shape.heads, headDim: job.shape.headDim)
         let whole = ShardSegment(positions: 0 ..< shard.tokens, localRow: 0)
         k.values.withUnsafeBufferPointer { kb in
@@ -93,7 +93,7 @@ public enum Verification {
                 }
             }
         }
-        return LocalResult(accumulator: accumulator)
+        return accumulator.result()
     }
 
     /// Local rows checked against float64: all of them, or an even sample of `sample` rows

@@ -10,7 +10,7 @@ public struct ZigzagAttention: SequenceParallelStrategy {
 
     public init() {}
 
-    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> LocalResult {
+    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
         precondition(shard.partition.layout == .zigzag, "zigzag needs a zigzag-sharded input")
         return try RingAttention(layout: .zigzag).attend(shard, job: job, communicator: communicator)
     }

@@ -51,7 +51,7 @@ struct DistributedRun {
     let shard: LocalShard
     let strategy: SequenceParallelStrategy
     let job: AttentionJob
-    let result: LocalResult
+    let result: PartialResult
     /// Global positions of `result`'s rows.
     let segments: [ShardSegment]
     /// Seconds from a common barrier to the last rank's finish.
