@@ -256,6 +256,24 @@ public final class Communicator {
         return (0 ..< size).map { Array(receive[Int(displacements[$0]) ..< Int(displacements[$0] + counts[$0])]) }
     }
 
+    /// Variable-length arrays from every rank onto `root`, indexed by rank; nil on the other ranks
+    /// (which then hold nothing of the others').
+    public func gatherv<T: MPIScalar>(_ values: [T], root: Int) throws(MPIError) -> [[T]]? {
+        let counts = try allgather(Int32(try mpiCount(values.count, "MPI_Gatherv")))
+        var displacements = [Int32](repeating: 0, count: size)
+        for r in 1 ..< max(1, size) { displacements[r] = displacements[r - 1] + counts[r - 1] }
+        let total = rank == root ? Int(counts.reduce(0, +)) : 0
+        let receive = UnsafeMutableBufferPointer<T>.allocate(capacity: max(1, total))
+        defer { receive.deallocate() }
+        let code = values.withUnsafeBufferPointer { send in
+            MPI_Gatherv(send.baseAddress, counts[rank], T.mpiDatatype, receive.baseAddress, counts, displacements, T.mpiDatatype,
+                        Int32(root), handle)
+        }
+        try check(code, "MPI_Gatherv")
+        guard rank == root else { return nil }
+        return (0 ..< size).map { Array(receive[Int(displacements[$0]) ..< Int(displacements[$0] + counts[$0])]) }
+    }
+
     /// Strings from every rank (host names, error messages), indexed by rank.
     public func allgather(_ text: String) throws(MPIError) -> [String] {
         try allgatherv(Array(text.utf8)).map { String(decoding: $0, as: UTF8.self) }

@@ -35,6 +35,16 @@ extension EndToEnd {
             #expect(occurrences(of: "seqpar: error:", in: result.seqparStderr) == 1, "\(result)")
         }
 
+        @Test("a trace that cannot be written fails every rank once, naming the file")
+        func unwritableTrace() async throws {
+            let path = "/nonexistent-\(UUID().uuidString)/trace.json"
+            let result = try await launch(ranks: 3, arguments: ["profile", "--tokens", "256", "--trace", path])
+            #expect(result.status == 1, "\(result)")
+            #expect(occurrences(of: "seqpar: error:", in: result.seqparStderr) == 1, "\(result)")
+            #expect(result.seqparStderr.contains("cannot write the trace to \(path)"), "\(result)")
+            #expect(!result.stderr.contains("MPI_ABORT"), "the job was aborted instead of failing together\n\(result)")
+        }
+
         @Test("auto refuses a malformed file as loading would, without crashing")
         func autoOnAMalformedFile() async throws {
             let folder = try ScratchDirectory()
