@@ -63,8 +63,16 @@ struct DistributedRun {
     /// When profiled: this rank's events, the clock offsets to rank 0 (on rank 0), events dropped.
     var profile: RecordedProfile?
 
-    static func execute(_ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
-                        communicator: Communicator, profile: Bool = false, mesh: (headGroup: Int, ring: Int)? = nil) throws -> DistributedRun {
+    /// What a run needs before its clock starts: the strategy (checked), this rank's shard and the job.
+    struct Prepared {
+        let strategy: SequenceParallelStrategy
+        let shard: LocalShard
+        let job: AttentionJob
+    }
+
+    /// Makes and checks the strategy and loads this rank's inputs: once, however often it runs.
+    static func prepare(_ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
+                        communicator: Communicator, mesh: (headGroup: Int, ring: Int)? = nil) throws -> Prepared {
         let heads = try communicator.together { try source.heads() }
         var options = compute.strategyOptions
         if let mesh { options.mesh = mesh }
@@ -74,19 +82,30 @@ struct DistributedRun {
             try LocalShard.load(source, layout: strategy.inputLayout, rank: communicator.rank, ranks: communicator.size,
                                 groupSize: strategy.groupSize, queries: strategy.querySelection)
         }
-        let job = AttentionJob(shape: shard.shape, mask: mask, tiling: compute.tiling, threads: compute.threads)
+        return Prepared(strategy: strategy, shard: shard, job: AttentionJob(shape: shard.shape, mask: mask, tiling: compute.tiling, threads: compute.threads))
+    }
+
+    static func execute(_ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
+                        communicator: Communicator, profile: Bool = false, mesh: (headGroup: Int, ring: Int)? = nil) throws -> DistributedRun {
+        try run(prepare(source, strategy: name, mask: mask, compute: compute, communicator: communicator, mesh: mesh),
+                communicator: communicator, profile: profile)
+    }
+
+    /// One timed run of a prepared strategy.
+    static func run(_ prepared: Prepared, communicator: Communicator, profile: Bool = false) throws -> DistributedRun {
+        let (strategy, shard, job) = (prepared.strategy, prepared.shard, prepared.job)
         // Profiling: clocks aligned first (its pings are neither counted nor recorded), then a log
         // allocated before the clock starts, so recording never allocates.
         let offsets = profile ? try communicator.clockOffsets() : []
         let log = profile ? EventLog(capacity: 1 << 18) : nil
-        let (sent, received) = (communicator.traffic.bytesSent, communicator.traffic.bytesReceived)
+        let (sent, received, flops) = (communicator.traffic.bytesSent, communicator.traffic.bytesReceived, job.allKernelFlops)
         communicator.recorder = log
         defer { communicator.recorder = nil }
         let (result, seconds) = try timed(communicator) { try strategy.attend(shard, job: job, communicator: communicator) }
         communicator.recorder = nil
         return DistributedRun(shard: shard, strategy: strategy, job: job, result: result, segments: strategy.outputSegments(shard),
                               seconds: seconds, bytesSent: communicator.traffic.bytesSent - sent,
-                              bytesReceived: communicator.traffic.bytesReceived - received, kernelFlops: job.allKernelFlops,
+                              bytesReceived: communicator.traffic.bytesReceived - received, kernelFlops: job.allKernelFlops - flops,
                               profile: log.map { RecordedProfile(events: $0.events, dropped: $0.dropped, clockOffsets: offsets) })
     }
 
