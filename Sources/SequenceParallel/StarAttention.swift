@@ -24,6 +24,11 @@ public struct StarAttention: SequenceParallelStrategy {
         shard.rank == 0 || everyRank ? shard.querySegments : []
     }
 
+    /// With --all every rank holds the merged rows; rank 0 alone writes them.
+    public func fileSegments(_ shard: LocalShard) -> [ShardSegment] {
+        shard.rank == 0 ? shard.querySegments : []
+    }
+
     public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
         let shape = job.shape, d = shape.headDim, m = shard.queryRows
         try communicator.broadcast(shard.queries, root: 0)

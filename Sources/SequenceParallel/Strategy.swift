@@ -54,6 +54,10 @@ public protocol SequenceParallelStrategy {
 
     /// Global positions of the rows `attend` returns, in its row order.
     func outputSegments(_ shard: LocalShard) -> [ShardSegment]
+
+    /// The rows this rank writes to the output files: its output rows, unless another rank
+    /// holds the same ones (each row is written once).
+    func fileSegments(_ shard: LocalShard) -> [ShardSegment]
 }
 
 extension SequenceParallelStrategy {
@@ -61,6 +65,7 @@ extension SequenceParallelStrategy {
     public var querySelection: QuerySelection { .sameAsKeys }
     public func check(heads: Int, ranks: Int) throws {}
     public func outputSegments(_ shard: LocalShard) -> [ShardSegment] { shard.querySegments }
+    public func fileSegments(_ shard: LocalShard) -> [ShardSegment] { outputSegments(shard) }
 }
 
 public struct StrategyRefusal: Error, CustomStringConvertible {

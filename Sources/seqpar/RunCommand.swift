@@ -34,7 +34,7 @@ struct RunCommand: ParsableCommand {
             let run = try DistributedRun.execute(problem.source, strategy: chosen.name, mask: problem.mask,
                                                  compute: compute, communicator: world, profile: profile != nil, mesh: chosen.mesh)
             if out != nil || lse != nil {
-                try run.result.write(output: out, lse: lse, segments: run.segments, extent: run.extent, communicator: world)
+                try run.result.write(output: out, lse: lse, segments: run.strategy.fileSegments(run.shard), extent: run.extent, communicator: world)
             }
             let summary = try profile.map { try ProfileReport.write(run, strategy: chosen.name, to: $0, communicator: world) }
             let memory = try world.allgather(Int64(peakResidentBytes())).map(Double.init)

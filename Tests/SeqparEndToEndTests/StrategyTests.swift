@@ -109,6 +109,13 @@ extension EndToEnd {
                 #expect(maxAbsDifference(outputs[ranks - 1], outputs[0]) <= 1e-6, "O at \(ranks) ranks")
                 #expect(maxAbsDifference(lses[ranks - 1], lses[0]) <= 1e-5, "LSE at \(ranks) ranks")
             }
+            // --all: every rank holds the merged rows, rank 0 alone writes them; the files are the same.
+            let (o, l) = (folder.path("o-all.npy"), folder.path("l-all.npy"))
+            let all = try await launch(ranks: 3, arguments: ["run", "--strategy", "star", "--queries", "24", "--tokens", "997", "--all",
+                                                             "--heads", "4", "--kv-heads", "2", "--head-dim", "48", "--out", o, "--lse", l])
+            #expect(all.status == 0, "\(all)")
+            #expect(maxAbsDifference(try NpyFile.load(o).values, outputs[0]) <= 1e-6)
+            #expect(maxAbsDifference(try NpyFile.load(l).values, lses[0]) <= 1e-5)
         }
 
         /// Byte counters against the analytic volumes: a ring pass sends each rank's K/V block on
