@@ -28,3 +28,46 @@ seqpar_die() {
     echo "$(basename "$0"): $*" >&2
     exit 1
 }
+
+# Runs a launcher command (mpirun, or what starts it) as a child, not with exec, so that whatever
+# becomes of it this job's leftovers are removed: SIGTERM, SIGINT and SIGHUP are passed on to it;
+# when it has ended (even by SIGKILL), seqpar's unfinished output files listed in $SEQPAR_JOB_DIR,
+# Open MPI's session directory of this mpirun (${TMPDIR:-/tmp}/ompi.HOST.UID/pid.PID) and the
+# shared-memory segments of its job (/dev/shm/vader_segment.HOST.JOBID.RANK, the job family read
+# from the session's contact.txt) are removed. Ranks whose mpirun died end by themselves (seqpar's
+# watchdog notices within a second). Returns the command's exit status.
+seqpar_run_job() {
+    SEQPAR_JOB_DIR=$(mktemp -d "${TMPDIR:-/tmp}/seqpar-job.XXXXXX")
+    export SEQPAR_JOB_DIR
+    "$@" &
+    local child=$! status=0 family=
+    trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
+    while :; do
+        wait "$child" && status=0 || status=$?
+        kill -0 "$child" 2>/dev/null || break      # a trapped signal ended the wait, not the child
+    done
+    trap - TERM INT HUP
+    if [ "$status" -ne 0 ]; then
+        sleep 1                                      # let ranks whose mpirun died notice and leave
+        local file
+        if [ -f "$SEQPAR_JOB_DIR/outputs" ]; then
+            while IFS= read -r -d '' file; do
+                case ${file##*/} in .*.seqpar-??????) rm -f -- "$file" ;; esac
+            done < "$SEQPAR_JOB_DIR/outputs"
+        fi
+        local session
+        for session in "${TMPDIR:-/tmp}"/ompi.*."$(id -u)"/pid."$child"; do
+            [ -d "$session" ] || continue
+            if [ -f "$session/contact.txt" ]; then
+                family=$(sed -n '1s/^\([0-9]*\).*/\1/p' "$session/contact.txt")
+                if [[ "$family" =~ ^[0-9]+$ ]] && [ "$family" -gt 0 ]; then
+                    family=$(printf '%x' $((family >> 16)))
+                    rm -f -- /dev/shm/vader_segment.*."$family"[0-9a-f][0-9a-f][0-9a-f][0-9a-f].*
+                fi
+            fi
+            rm -rf -- "$session"
+        done
+    fi
+    rm -rf -- "$SEQPAR_JOB_DIR"
+    return "$status"
+}

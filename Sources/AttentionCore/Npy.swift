@@ -19,6 +19,7 @@ public enum NpyError: Error, Equatable, CustomStringConvertible {
     case wrongRank(path: String, expected: Int, shape: [Int])
     case truncated(path: String, expectedBytes: Int, actualBytes: Int)
     case io(path: String, operation: String, reason: String)
+    case notRegularFile(path: String, kind: String)
 
     public var description: String {
         switch self {
@@ -40,6 +41,8 @@ public enum NpyError: Error, Equatable, CustomStringConvertible {
             return "\(path): truncated: the header promises \(expectedBytes) bytes of data, the file holds \(actualBytes)"
         case let .io(path, operation, reason):
             return "\(path): \(operation) failed (\(reason))"
+        case let .notRegularFile(path, kind):
+            return "\(path): is \(kind), not a regular file; expected a .npy file on disk"
         }
     }
 }
@@ -225,8 +228,26 @@ public final class NpyFile {
 
     private static func errnoText() -> String { String(cString: strerror(errno)) }
 
+    /// What `path` (links followed) is when it exists and is not a regular file ("a FIFO", ...);
+    /// nil for a regular file or a missing one. Never opens it: opening a FIFO blocks.
+    public static func irregularKind(_ path: String) -> String? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: return nil
+        case S_IFIFO: return "a FIFO (named pipe)"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        case S_IFDIR: return "a directory"
+        case S_IFSOCK: return "a socket"
+        default: return "not a regular file"
+        }
+    }
+
     /// Opens an existing .npy for reading and checks its header against the file's size.
+    /// Refuses FIFOs and devices before opening them (a FIFO's open would block).
     public static func open(reading path: String) throws -> NpyFile {
+        if let kind = irregularKind(path) { throw NpyError.notRegularFile(path: path, kind: kind) }
         let fd = Glibc.open(path, O_RDONLY)
         guard fd >= 0 else { throw NpyError.cannotOpen(path: path, reason: errnoText()) }
         var info = stat()
@@ -252,6 +273,7 @@ public final class NpyFile {
     /// One process creates the file; writers then open it with `open(writing:)`.
     @discardableResult
     public static func create(_ path: String, shape: [Int]) throws -> NpyHeader {
+        if let kind = irregularKind(path) { throw NpyError.notRegularFile(path: path, kind: kind) }
         let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         guard fd >= 0 else { throw NpyError.cannotOpen(path: path, reason: errnoText()) }
         defer { close(fd) }

@@ -7,9 +7,11 @@
 import Foundation
 
 public enum OnlineSoftmax {
-    /// The log-sum-exp of two log-sum-exps; -inf only when both are.
+    /// The log-sum-exp of two log-sum-exps; -inf only when both are; NaN when either is (a
+    /// row whose scores overflowed must stay marked, not be dropped by max()).
     @inlinable
     public static func combinedLSE(_ l1: Float, _ l2: Float) -> Float {
+        if l1.isNaN || l2.isNaN { return .nan }
         let hi = max(l1, l2)
         if hi == -.infinity { return -.infinity }
         let lo = min(l1, l2)
@@ -128,7 +130,10 @@ public final class AttentionAccumulator {
 
     /// Writes the normalised output ([rows, heads, headDim]) and lse ([heads, rows] with row
     /// stride `lseStride`, so a shard can write into a whole-sequence LSE). Rows that saw no key
-    /// get O = 0 and lse = -inf.
+    /// get O = 0 and lse = -inf. A row whose running max is not -inf but whose sum is not
+    /// positive had non-finite scores (float32 overflow of scale * q.k, inf - inf): it gets
+    /// O = NaN and lse = NaN, which merges keep, so the run can refuse it instead of reporting
+    /// a row that sees no key.
     public func finish(output: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, lseStride: Int? = nil) {
         let stride = lseStride ?? rows
         let d = headDim
@@ -141,9 +146,12 @@ public final class AttentionAccumulator {
                     let s = sum.baseAddress! + (r * heads + h) * d
                     for i in 0 ..< d { o[i] = s[i] * inv }
                     lse[h * stride + r] = rowMax[h * rows + r] + log(l)
-                } else {
+                } else if rowMax[h * rows + r] == -.infinity {
                     o.update(repeating: 0, count: d)
                     lse[h * stride + r] = -.infinity
+                } else {
+                    o.update(repeating: .nan, count: d)
+                    lse[h * stride + r] = .nan
                 }
             }
         }

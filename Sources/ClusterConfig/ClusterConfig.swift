@@ -99,6 +99,30 @@ public struct ClusterConfig: Equatable, Sendable {
 
     public init(file: String) { self.file = file }
 
+    /// A host name (labels of letters, digits, '-' and '_', not starting or ending with '-',
+    /// joined by '.'), an IPv4 address, or an IPv6 address (hex digits, ':' and '.'). Host names go
+    /// into mpirun's host list and hostfile, where a space or a comma would mean something else.
+    public static func isHostName(_ text: String) -> Bool {
+        guard !text.isEmpty, text.utf8.count <= 253 else { return false }
+        let scalars = text.unicodeScalars
+        if scalars.contains(":") {
+            return scalars.allSatisfy { $0 == ":" || $0 == "." || ("0" ... "9").contains($0) || ("a" ... "f").contains($0) || ("A" ... "F").contains($0) }
+        }
+        return text.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
+            guard let first = label.unicodeScalars.first, let last = label.unicodeScalars.last, label.utf8.count <= 63,
+                  first != "-", last != "-" else { return false }
+            return label.unicodeScalars.allSatisfy { isWordCharacter($0) || $0 == "-" }
+        }
+    }
+
+    /// Letters, digits and '_' (ASCII).
+    static func isWordCharacter(_ c: Unicode.Scalar) -> Bool {
+        c == "_" || ("a" ... "z").contains(c) || ("A" ... "Z").contains(c) || ("0" ... "9").contains(c)
+    }
+
+    /// An MCA parameter name: it becomes part of OMPI_MCA_<name> in a script's export line.
+    public static func isMCAName(_ text: String) -> Bool { !text.isEmpty && text.unicodeScalars.allSatisfy(isWordCharacter) }
+
     /// Reads and checks the config at `path`.
     public static func load(_ path: String) throws -> ClusterConfig {
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -130,10 +154,17 @@ public struct ClusterConfig: Equatable, Sendable {
                 throw ConfigError(file: file, line: table.line, "[[host]] '\(name)' has no slots; expected slots = N (how many ranks it may run, at least 1)")
             }
             guard slots >= 1 else { throw fields.error("slots", "host '\(name)' has slots = \(slots); expected at least 1") }
+            guard Self.isHostName(name) else {
+                throw fields.error("name", "host name '\(name)' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IP address")
+            }
+            let address = try fields.string("address")
+            if let address, !Self.isHostName(address) {
+                throw fields.error("address", "address '\(address)' of host '\(name)' is not a host name or IP address; expected e.g. 10.0.0.2 or node-01.cluster")
+            }
             if let other = hosts.first(where: { $0.name == name }) {
                 throw ConfigError(file: file, line: table.line, "host '\(name)' is already described on line \(other.line); expected each host once")
             }
-            hosts.append(Host(name: name, address: try fields.string("address"), slots: slots, line: table.line))
+            hosts.append(Host(name: name, address: address, slots: slots, line: table.line))
         }
         ranksPerNode = try top.integer("ranks_per_node", atLeast: 1)
         blasThreads = try top.integer("blas_threads", atLeast: 1) ?? 1
@@ -203,6 +234,9 @@ public struct ClusterConfig: Equatable, Sendable {
                 default:
                     throw ConfigError(file: file, line: entry.line, "MCA parameter '\(entry.key)' in [mpi.mca] is \(entry.value.kind); expected a string, an integer or a boolean")
                 }
+                guard Self.isMCAName(entry.key) else {
+                    throw ConfigError(file: file, line: entry.line, "MCA parameter name '\(entry.key)' in [mpi.mca] is not a name; expected letters, digits and '_' only (e.g. btl_tcp_if_include)")
+                }
                 if let key = named[entry.key] {
                     throw ConfigError(file: file, line: entry.line, "MCA parameter '\(entry.key)' has its own key in [mpi]; expected it as \(key) = … there")
                 }
@@ -219,19 +253,26 @@ public struct ClusterConfig: Equatable, Sendable {
             throw ConfigError(file: file, line: table.line, "[slurm] has no nodes; expected nodes = N (how many nodes to allocate)")
         }
         var slurm = Slurm(nodes: nodes)
+        slurm.srunMPI = try fields.string("srun_mpi") ?? "pmix"
         slurm.tasksPerNode = try fields.integer("ntasks_per_node", atLeast: 1)
         slurm.cpusPerTask = try fields.integer("cpus_per_task", atLeast: 1)
         slurm.jobName = try fields.string("job_name") ?? "seqpar"
         slurm.partition = try fields.string("partition")
         slurm.account = try fields.string("account")
         slurm.time = try fields.string("time")
+        // These go into #SBATCH lines, which sbatch splits into options itself: one word each.
+        let word = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.,:+@%-")
+        for (key, value) in [("job_name", slurm.jobName), ("partition", slurm.partition), ("account", slurm.account), ("time", slurm.time), ("srun_mpi", slurm.srunMPI)] {
+            if let value, value.isEmpty || !value.unicodeScalars.allSatisfy(word.contains) {
+                throw fields.error(key, "\(key) = '\(value)' in [slurm]; expected one word of letters, digits and _ . , : + @ % - (it is written into an #SBATCH line)")
+            }
+        }
         if let launcher = try fields.string("launcher") {
             guard let known = Slurm.Launcher(rawValue: launcher) else {
                 throw fields.error("launcher", "unknown launcher '\(launcher)'; expected srun or mpirun")
             }
             slurm.launcher = known
         }
-        slurm.srunMPI = try fields.string("srun_mpi") ?? "pmix"
         slurm.sbatch = try fields.strings("sbatch") ?? []
         slurm.prologue = try fields.strings("prologue") ?? []
         return slurm

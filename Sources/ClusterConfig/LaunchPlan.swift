@@ -111,7 +111,7 @@ public struct LaunchPlan: Equatable, Sendable {
         }
         let cpus = slurm.cpusPerTask ?? config.blasThreads
         var lines = ["#!/bin/bash",
-                     "# seqpar batch job, written by `seqpar cluster-plan --slurm` from \(config.file).",
+                     "# seqpar batch job, written by `seqpar cluster-plan --slurm` from \(commentSafe(config.file)).",
                      "# Submit with: sbatch THIS_FILE",
                      "#SBATCH --job-name=\(slurm.jobName)",
                      "#SBATCH --nodes=\(slurm.nodes)",
@@ -136,6 +136,10 @@ public struct LaunchPlan: Equatable, Sendable {
             }
             // srun starts the ranks itself; Open MPI reads its settings from OMPI_MCA_* variables.
             for parameter in mcaArguments(config.mpi, rshAgent: config.mpi.rshAgent) {
+                // Checked when the config is read; a name from elsewhere is checked again here.
+                guard ClusterConfig.isMCAName(parameter.name) else {
+                    throw ConfigError(file: config.file, line: nil, "MCA parameter name '\(parameter.name)' is not a name; expected letters, digits and '_' only")
+                }
                 lines.append("export OMPI_MCA_\(parameter.name)=\(shellQuoted(parameter.value))")
             }
             var srun = ["srun", "--mpi=\(slurm.srunMPI)", "--nodes=\(slurm.nodes)", "--ntasks=\(ranks)",
@@ -206,6 +210,12 @@ public struct LaunchPlan: Equatable, Sendable {
         default: "none"
         }
     }
+}
+
+/// `text` for a comment line of a script: control characters (a newline would end the comment
+/// and start a command) written as \u{…} escapes.
+public func commentSafe(_ text: String) -> String {
+    text.unicodeScalars.map { $0.properties.generalCategory == .control ? "\\u{\(String($0.value, radix: 16))}" : String($0) }.joined()
 }
 
 /// `text` as one shell word.

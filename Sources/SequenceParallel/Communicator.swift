@@ -121,8 +121,16 @@ public final class Communicator {
         traffic.bytesReceived += received
     }
 
+    /// Marks what this rank blocks in, for the watchdog's message (Watchdog.swift).
+    @inline(__always)
+    func blocking<R>(_ operation: WaitState.Operation, peer: Int = -1, _ body: () throws(MPIError) -> R) throws(MPIError) -> R {
+        WaitState.enter(operation, peer: peer < 0 ? -1 : worldRanks[peer], ranks: size)
+        defer { WaitState.leave() }
+        return try body()
+    }
+
     public func barrier() throws(MPIError) {
-        try check(MPI_Barrier(handle), "MPI_Barrier")
+        try blocking(.barrier) { () throws(MPIError) in try check(MPI_Barrier(handle), "MPI_Barrier") }
     }
 
     // MARK: point to point
@@ -133,9 +141,9 @@ public final class Communicator {
         try check(MPI_Isend(buffer.baseAddress, count, T.mpiDatatype, Int32(destination), Int32(tag), handle, &request.handle),
                   "MPI_Isend to rank \(destination)")
         if destination != rank { countTransfer(sent: buffer.count * MemoryLayout<T>.stride, received: 0) }
+        request.kind = .send
+        request.peer = worldRanks[destination]
         if recorder != nil {
-            request.kind = .send
-            request.peer = worldRanks[destination]
             request.bytes = destination != rank ? buffer.count * MemoryLayout<T>.stride : 0
             request.posted = ProfileClock.now()
         }
@@ -148,9 +156,9 @@ public final class Communicator {
         try check(MPI_Irecv(buffer.baseAddress, count, T.mpiDatatype, Int32(source), Int32(tag), handle, &request.handle),
                   "MPI_Irecv from rank \(source)")
         if source != rank { countTransfer(sent: 0, received: buffer.count * MemoryLayout<T>.stride) }
+        request.kind = .receive
+        request.peer = worldRanks[source]
         if recorder != nil {
-            request.kind = .receive
-            request.peer = worldRanks[source]
             request.bytes = source != rank ? buffer.count * MemoryLayout<T>.stride : 0
             request.posted = ProfileClock.now()
         }
@@ -158,7 +166,10 @@ public final class Communicator {
     }
 
     public func wait(_ request: inout Request) throws(MPIError) {
-        guard let recorder, !request.isDone else {
+        if request.isDone { return }
+        WaitState.enter(request.kind == .send ? .sendWait : .receiveWait, peer: request.peer, ranks: size)
+        defer { WaitState.leave() }
+        guard let recorder else {
             try check(MPI_Wait(&request.handle, seqpar_status_ignore()), "MPI_Wait")
             return
         }
@@ -204,6 +215,8 @@ public final class Communicator {
         let receiveCount = try mpiCount(receive.count, "MPI_Sendrecv")
         let (sent, received) = (send.count * MemoryLayout<T>.stride, receive.count * MemoryLayout<T>.stride)
         try collective(.sendrecv, sent: sent, received: received) { () throws(MPIError) in
+            WaitState.enter(.sendrecv, peer: worldRanks[source], ranks: size)
+            defer { WaitState.leave() }
             try check(MPI_Sendrecv(send.baseAddress, sendCount, T.mpiDatatype, Int32(destination), Int32(tag),
                                    receive.baseAddress, receiveCount, T.mpiDatatype, Int32(source), Int32(tag),
                                    handle, seqpar_status_ignore()), "MPI_Sendrecv")
@@ -217,6 +230,8 @@ public final class Communicator {
     public func allreduce<T: MPIScalar>(_ values: [T], _ operation: ReduceOperation) throws(MPIError) -> [T] {
         var result = values
         let count = try mpiCount(values.count, "MPI_Allreduce")
+        WaitState.enter(.allreduce, ranks: size)
+        defer { WaitState.leave() }
         let code = values.withUnsafeBufferPointer { send in
             result.withUnsafeMutableBufferPointer { receive in
                 MPI_Allreduce(send.baseAddress, receive.baseAddress, count, T.mpiDatatype, operation.handle, handle)
@@ -234,6 +249,8 @@ public final class Communicator {
     public func allgather<T: MPIScalar>(_ value: T) throws(MPIError) -> [T] {
         var result = [T](repeating: value, count: size)
         var mine = value
+        WaitState.enter(.allgather, ranks: size)
+        defer { WaitState.leave() }
         let code = result.withUnsafeMutableBufferPointer { receive in
             MPI_Allgather(&mine, 1, T.mpiDatatype, receive.baseAddress, 1, T.mpiDatatype, handle)
         }
@@ -249,6 +266,8 @@ public final class Communicator {
         let total = Int(counts.reduce(0, +))
         let receive = UnsafeMutableBufferPointer<T>.allocate(capacity: max(1, total))
         defer { receive.deallocate() }
+        WaitState.enter(.allgather, ranks: size)
+        defer { WaitState.leave() }
         let code = values.withUnsafeBufferPointer { send in
             MPI_Allgatherv(send.baseAddress, counts[rank], T.mpiDatatype, receive.baseAddress, counts, displacements, T.mpiDatatype, handle)
         }
@@ -265,6 +284,8 @@ public final class Communicator {
         let total = rank == root ? Int(counts.reduce(0, +)) : 0
         let receive = UnsafeMutableBufferPointer<T>.allocate(capacity: max(1, total))
         defer { receive.deallocate() }
+        WaitState.enter(.gather, ranks: size)
+        defer { WaitState.leave() }
         let code = values.withUnsafeBufferPointer { send in
             MPI_Gatherv(send.baseAddress, counts[rank], T.mpiDatatype, receive.baseAddress, counts, displacements, T.mpiDatatype,
                         Int32(root), handle)
@@ -285,6 +306,8 @@ public final class Communicator {
         let count = try mpiCount(countPerRank, "MPI_Alltoall")
         let bytes = countPerRank * (size - 1) * MemoryLayout<T>.stride
         try collective(.alltoall, sent: bytes, received: bytes) { () throws(MPIError) in
+            WaitState.enter(.alltoall, ranks: size)
+            defer { WaitState.leave() }
             try check(MPI_Alltoall(send.baseAddress, count, T.mpiDatatype, receive.baseAddress, count, T.mpiDatatype, handle), "MPI_Alltoall")
         }
         countTransfer(sent: bytes, received: bytes)
@@ -305,6 +328,8 @@ public final class Communicator {
         let sent = (sendCounts.reduce(0, +) - sendCounts[rank]) * MemoryLayout<T>.stride
         let received = (receiveCounts.reduce(0, +) - receiveCounts[rank]) * MemoryLayout<T>.stride
         try collective(.alltoall, sent: sent, received: received) { () throws(MPIError) in
+            WaitState.enter(.alltoall, ranks: size)
+            defer { WaitState.leave() }
             try check(MPI_Alltoallv(send.baseAddress, sc, so, T.mpiDatatype, receive.baseAddress, rc, ro, T.mpiDatatype, handle), "MPI_Alltoallv")
         }
         countTransfer(sent: sent, received: received)
@@ -316,6 +341,8 @@ public final class Communicator {
         let bytes = buffer.count * MemoryLayout<T>.stride
         let (sent, received) = size == 1 ? (0, 0) : rank == root ? (bytes * (size - 1), 0) : (0, bytes)
         try collective(.broadcast, sent: sent, received: received) { () throws(MPIError) in
+            WaitState.enter(.broadcast, ranks: size)
+            defer { WaitState.leave() }
             try check(MPI_Bcast(buffer.baseAddress, count, T.mpiDatatype, Int32(root), handle), "MPI_Bcast")
         }
         countTransfer(sent: sent, received: received)

@@ -1,6 +1,7 @@
 // One rank's rows of Q, K, V: generated from a seed or read from .npy files, each rank touching
-// only its own rows; and the writing of O and LSE, each rank writing its own rows at their
-// offsets (rank 0 creates the files first), never gathering a whole tensor on one rank.
+// only its own rows, and refused when they hold NaN or infinity; and the writing of O and LSE,
+// each rank writing its own rows at their offsets into files rank 0 created (OutputFiles.swift),
+// never gathering a whole tensor on one rank.
 
 import AttentionCore
 
@@ -13,6 +14,16 @@ public enum InputSource: Sendable {
 }
 
 extension InputSource {
+    /// Sequence length and shape, from the headers for files (each file checked as `load` does).
+    public func dimensions(selfAttention: Bool) throws -> (tokens: Int, shape: AttentionShape) {
+        switch self {
+        case let .synthetic(_, tokens, shape): return (tokens, shape)
+        case let .files(q, k, v, scale):
+            let (qf, kf, vf) = (try NpyFile.open(reading: q), try NpyFile.open(reading: k), try NpyFile.open(reading: v))
+            return (kf.header.shape.first ?? 0, try InputFiles.shape(q: qf, k: kf, v: vf, scale: scale, selfAttention: selfAttention))
+        }
+    }
+
     /// Query heads, read from the Q header for files (a malformed file is reported by `load`).
     public func heads() throws -> Int {
         switch self {
@@ -83,6 +94,7 @@ public final class LocalShard {
             let shard = LocalShard(shape: shape, partition: partition, rank: rank,
                                    querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: nil))
             shard.fillSynthetic(seed: seed, queries: rank == 0 || selection == .sameAsKeys)
+            try shard.checkFinite(q: "synthetic", k: "synthetic", v: "synthetic")
             return shard
         case let .files(qPath, kPath, vPath, scale):
             let (q, k, v) = (try NpyFile.open(reading: qPath), try NpyFile.open(reading: kPath), try NpyFile.open(reading: vPath))
@@ -105,6 +117,7 @@ public final class LocalShard {
                 try k.read(into: shard.keys + at, elementOffset: from, count: count)
                 try v.read(into: shard.values + at, elementOffset: from, count: count)
             }
+            try shard.checkFinite(q: qPath, k: kPath, v: vPath)
             return shard
         }
     }
@@ -124,6 +137,57 @@ public final class LocalShard {
                 + "--query-position can be at most \(tokens - count) for \(count) queries")
         }
         return [ShardSegment(positions: first ..< first + count, localRow: 0)]
+    }
+
+    public struct NonFiniteInput: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Refuses rows holding NaN or infinity: a NaN would otherwise turn its whole row of scores
+    /// into "no key is visible" and its result into a plausible zero. One pass over this rank's
+    /// rows; names the tensor, its file and the first bad element's global position.
+    func checkFinite(q: String, k: String, v: String) throws {
+        let kvCount = keyRows * shape.kvRowWidth
+        let tensors: [(name: String, source: String, base: UnsafePointer<Float>, count: Int, width: Int, segments: [ShardSegment])] = [
+            ("Q", q, UnsafePointer(queries.baseAddress!), queryRows * shape.queryRowWidth, shape.queryRowWidth, querySegments),
+            ("K", k, UnsafePointer(keys), kvCount, shape.kvRowWidth, keySegments),
+            ("V", v, UnsafePointer(values), kvCount, shape.kvRowWidth, keySegments),
+        ]
+        for tensor in tensors {
+            guard let index = Self.firstNonFinite(tensor.base, count: tensor.count) else { continue }
+            let row = index / tensor.width, within = index % tensor.width
+            let segment = tensor.segments.first { row >= $0.localRow && row < $0.localRow + $0.positions.count }
+            let token = segment.map { $0.positions.lowerBound + row - $0.localRow } ?? row
+            let value = tensor.base[index]
+            let what = value.isNaN ? "NaN" : (value > 0 ? "+inf" : "-inf")
+            let source = tensor.source == "synthetic" ? "(synthetic)" : tensor.source
+            throw NonFiniteInput(description: "\(tensor.name) \(source) holds \(what) at [token \(token), head \(within / shape.headDim), dim \(within % shape.headDim)]; "
+                + "expected finite numbers (seqpar refuses NaN and infinity rather than compute a wrong result)")
+        }
+    }
+
+    /// The index of the first NaN or infinity. x - x is 0 for a finite x and NaN otherwise, so
+    /// one vector sum tells whether a block holds any.
+    static func firstNonFinite(_ base: UnsafePointer<Float>, count: Int) -> Int? {
+        let block = 4096
+        var start = 0
+        while start < count {
+            let end = min(count, start + block)
+            var sum = SIMD16<Float>()
+            var i = start
+            while i + 16 <= end {
+                let x = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD16<Float>.self)
+                sum += x - x
+                i += 16
+            }
+            var tail: Float = 0
+            while i < end { tail += base[i] - base[i]; i += 1 }
+            if !(sum.sum() + tail).isFinite || (sum.sum() + tail).isNaN {
+                if let bad = (start ..< end).first(where: { !base[$0].isFinite }) { return bad }
+            }
+            start = end
+        }
+        return nil
     }
 
     func fillSynthetic(seed: UInt64, queries fillQueries: Bool) {
@@ -182,19 +246,14 @@ public enum InputFiles {
 }
 
 extension PartialResult {
-    /// Writes this rank's rows of O (`[extent.count, heads, headDim]`) and LSE (`[heads, extent.count]`),
-    /// where `extent` is the range of global positions the files cover. Collective: rank 0 creates
-    /// both files, then every rank writes its rows.
+    /// Writes this rank's rows of O (`[extent.count, heads, headDim]`) and LSE (`[heads, extent.count]`)
+    /// into files already created at full size (an `OutputTransaction`'s temporaries), where
+    /// `extent` is the range of global positions the files cover. Collective: every rank writes
+    /// its rows, and all fail together if one cannot.
     public func write(output outputPath: String?, lse lsePath: String?, segments: [ShardSegment], extent: Range<Int>,
                       communicator: Communicator) throws {
         let (heads, d, rows, tokens, output, lse) = (self.heads, self.headDim, self.rows, extent.count, self.output, self.lse)
         let rowWidth = heads * d
-        try communicator.together {
-            if communicator.rank == 0 {
-                if let outputPath { try NpyFile.create(outputPath, shape: [tokens, heads, d]) }
-                if let lsePath { try NpyFile.create(lsePath, shape: [heads, tokens]) }
-            }
-        }
         try communicator.together {
             guard rows > 0 else { return }
             try output.withUnsafeBufferPointer { o in
@@ -218,6 +277,20 @@ extension PartialResult {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes O and LSE all or nothing: into the transaction's temporaries, then renamed into
+    /// place once every rank has written; on failure the temporaries are removed.
+    public func write(_ transaction: OutputTransaction, outputOption: String, lseOption: String, segments: [ShardSegment],
+                      extent: Range<Int>, communicator: Communicator) throws {
+        do {
+            try write(output: transaction.temporary(outputOption), lse: transaction.temporary(lseOption), segments: segments,
+                      extent: extent, communicator: communicator)
+            try transaction.commit()
+        } catch {
+            transaction.abandon()
+            throw error
         }
     }
 }

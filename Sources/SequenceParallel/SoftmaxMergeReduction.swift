@@ -84,9 +84,13 @@ public final class SoftmaxMergeReduction {
         try communicator.collective(.reduce, sent: sent, received: received) { () throws(MPIError) in
             if let root {
                 let inPlace = communicator.rank == root
+                WaitState.enter(.reduce, ranks: communicator.size)
+                defer { WaitState.leave() }
                 try check(MPI_Reduce(inPlace ? UnsafeRawPointer(seqpar_in_place()) : UnsafeRawPointer(records.baseAddress), records.baseAddress, count,
                                      datatype, operation, Int32(root), communicator.handle), "MPI_Reduce")
             } else {
+                WaitState.enter(.reduce, ranks: communicator.size)
+                defer { WaitState.leave() }
                 try check(MPI_Allreduce(seqpar_in_place(), records.baseAddress, count, datatype, operation, communicator.handle), "MPI_Allreduce")
             }
         }

@@ -34,7 +34,7 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        try Session.run { world in
+        try Session.run(timeout: compute.timeout) { world in
             let predictions = try AutoStrategy.predictions(problem, compute, communicator: world)
             try world.barrier()
             let peak = try world.allreduce(BlasPeak.measure(threads: compute.threads), .sum)

@@ -13,8 +13,9 @@ struct ClusterPlanCommand: ParsableCommand {
         discussion: """
         Configs and their format: cluster-configs/README.md. seqpar's own arguments follow '--':
           seqpar cluster-plan cluster-configs/netns-2host.toml --ranks-per-node 1 -- verify --causal
-        Prints one argument per line (for Launch/cluster), --shell for one quoted line, --json for a
-        JSON object, --slurm for a batch script.
+        Prints one argument per line, --null for each argument ended by a NUL byte (what Launch/cluster
+        reads: arguments may hold newlines), --shell for one quoted line, --json for a JSON object,
+        --slurm for a batch script.
         """
     )
 
@@ -36,11 +37,13 @@ struct ClusterPlanCommand: ParsableCommand {
     var shell = false
     @Flag(help: "Print a Slurm batch script instead (configs with a [slurm] table).")
     var slurm = false
+    @Flag(help: "Print each argument followed by a NUL byte (for scripts: any argument passes unchanged).")
+    var null = false
     @Argument(parsing: .postTerminator, help: "seqpar's arguments, after '--'.")
     var arguments: [String] = []
 
     func validate() throws {
-        guard [json, shell, slurm].filter({ $0 }).count <= 1 else { throw ValidationError("--json, --shell and --slurm are different outputs: give one of them.") }
+        guard [json, shell, slurm, null].filter({ $0 }).count <= 1 else { throw ValidationError("--json, --shell, --slurm and --null are different outputs: give one of them.") }
         if let ranks, ranks < 1 { throw ValidationError("--ranks must be at least 1 (got \(ranks)).") }
         if let ranksPerNode, ranksPerNode < 1 { throw ValidationError("--ranks-per-node must be at least 1 (got \(ranksPerNode)).") }
     }
@@ -71,6 +74,8 @@ struct ClusterPlanCommand: ParsableCommand {
                 print(Format.json(object))
             } else if shell {
                 print(plan.shellLine)
+            } else if null {
+                FileHandle.standardOutput.write(Data(plan.command.map { $0 + "\u{0}" }.joined().utf8))
             } else {
                 plan.command.forEach { print($0) }
             }

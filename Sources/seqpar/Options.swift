@@ -24,13 +24,13 @@ enum StrategyChoice: String, ExpressibleByArgument, CaseIterable {
 
 /// The attention problem: inputs (synthetic or .npy), shape and mask.
 struct ProblemOptions: ParsableArguments {
-    @Option(help: "Sequence length of the synthetic inputs (default 4099: not divisible by common rank counts).")
+    @Option(parsing: .unconditional, help: "Sequence length of the synthetic inputs (default 4099: not divisible by common rank counts).")
     var tokens: Int?
-    @Option(help: "Query heads (default 8).")
+    @Option(parsing: .unconditional, help: "Query heads (default 8).")
     var heads: Int?
-    @Option(name: .customLong("kv-heads"), help: "Key/value heads; heads must be a multiple (default 2: GQA).")
+    @Option(name: .customLong("kv-heads"), parsing: .unconditional, help: "Key/value heads; heads must be a multiple (default 2: GQA).")
     var kvHeads: Int?
-    @Option(name: .customLong("head-dim"), help: "Head dimension (default 64).")
+    @Option(name: .customLong("head-dim"), parsing: .unconditional, help: "Head dimension (default 64).")
     var headDim: Int?
     @Option(help: "Seed of the synthetic inputs; every world size sees the same values.")
     var seed: UInt64 = 1
@@ -42,15 +42,15 @@ struct ProblemOptions: ParsableArguments {
     var v: String?
     @Flag(help: "Causal mask: query i sees keys j <= i (global positions).")
     var causal = false
-    @Option(help: "Sliding window: causal, and query i sees only keys j with i - j < W.")
+    @Option(parsing: .unconditional, help: "Sliding window: causal, and query i sees only keys j with i - j < W.")
     var window: Int?
-    @Option(name: .customLong("s2-block"), help: "S2 pattern: block size B (with --s2-local and --s2-stride; causal).")
+    @Option(name: .customLong("s2-block"), parsing: .unconditional, help: "S2 pattern: block size B (with --s2-local and --s2-stride; causal).")
     var s2Block: Int?
-    @Option(name: .customLong("s2-local"), help: "S2 pattern: query block qb sees the L key blocks qb-L+1...qb.")
+    @Option(name: .customLong("s2-local"), parsing: .unconditional, help: "S2 pattern: query block qb sees the L key blocks qb-L+1...qb.")
     var s2Local: Int?
-    @Option(name: .customLong("s2-stride"), help: "S2 pattern: and every key block kb with (kb + head) % S == 0.")
+    @Option(name: .customLong("s2-stride"), parsing: .unconditional, help: "S2 pattern: and every key block kb with (kb + head) % S == 0.")
     var s2Stride: Int?
-    @Option(help: "Softmax scale (default 1/sqrt(head-dim)).")
+    @Option(parsing: .unconditional, help: "Softmax scale (default 1/sqrt(head-dim)).")
     var scale: Float?
 
     func validate() throws {
@@ -62,6 +62,19 @@ struct ProblemOptions: ParsableArguments {
             }
         }
         if let tokens, tokens < 1 { throw ValidationError("--tokens must be at least 1 (got \(tokens)).") }
+        for (option, value) in [("--heads", heads), ("--kv-heads", kvHeads), ("--head-dim", headDim)] {
+            if let value, value > Self.dimensionLimit {
+                throw ValidationError("\(option) must be at most \(Self.dimensionLimit) (got \(value)).")
+            }
+        }
+        if let tokens {
+            // Elements of one tensor, and their bytes, must be countable in 64 bits with room to spare.
+            let width = (heads ?? 8) * (headDim ?? 64)
+            let (elements, overflow) = tokens.multipliedReportingOverflow(by: width)
+            if overflow || elements > Int.max / 64 {
+                throw ValidationError("--tokens \(tokens) with \(heads ?? 8) heads of dimension \(headDim ?? 64) is more than any machine holds; expected at most \(Int.max / 64 / width) tokens at this shape.")
+            }
+        }
         if let scale, !(scale.isFinite && scale > 0) { throw ValidationError("--scale must be a positive number (got \(scale)).") }
         if let window, window < 1 { throw ValidationError("--window must be at least 1 (got \(window)).") }
         let s2 = [s2Block, s2Local, s2Stride].compactMap { $0 }
@@ -73,6 +86,14 @@ struct ProblemOptions: ParsableArguments {
         if files.isEmpty {
             do { _ = try syntheticShape() } catch { throw ValidationError("\(error).") }
         }
+    }
+
+    /// The largest --heads, --kv-heads and --head-dim taken (products of these stay countable).
+    static let dimensionLimit = 1 << 20
+
+    /// The input files with the options that name them.
+    var inputFiles: [(option: String, path: String)] {
+        [("--q", q), ("--k", k), ("--v", v)].compactMap { option, path in path.map { (option: option, path: $0) } }
     }
 
     func syntheticShape() throws -> AttentionShape {
@@ -101,27 +122,35 @@ struct ComputeOptions: ParsableArguments {
     var kernelEfficiency: Double = CostModel.defaultKernelEfficiency
     @Option(help: "mesh only: Ph x Pr with Ph * Pr = ranks (heads all-to-all inside groups of Ph, ring across Pr); default: the largest Ph <= sqrt(ranks) dividing them.")
     var mesh: String?
-    @Option(help: "star only: how many query tokens (the last ones of the sequence, or the rows of a --q file).")
+    @Option(parsing: .unconditional, help: "star only: how many query tokens (the last ones of the sequence, or the rows of a --q file).")
     var queries: Int = 1
-    @Option(name: .customLong("query-position"), help: "star only: global position of the first query (default: tokens - queries).")
+    @Option(name: .customLong("query-position"), parsing: .unconditional, help: "star only: global position of the first query (default: tokens - queries).")
     var queryPosition: Int?
     @Flag(name: .customLong("all"), help: "star only: every rank gets the merged result (MPI_Allreduce) instead of rank 0 (MPI_Reduce).")
     var everyRank = false
-    @Option(help: "Compute threads per rank, each with one-thread BLAS calls.")
+    @Option(parsing: .unconditional, help: "Compute threads per rank, each with one-thread BLAS calls.")
     var threads: Int = 1
-    @Option(name: .customLong("query-tile"), help: "Query rows per kernel tile.")
+    @Option(name: .customLong("query-tile"), parsing: .unconditional, help: "Query rows per kernel tile.")
     var queryTile: Int = 384
-    @Option(name: .customLong("key-block"), help: "Keys per kernel block.")
+    @Option(name: .customLong("key-block"), parsing: .unconditional, help: "Keys per kernel block.")
     var keyBlock: Int = 512
+    @Option(parsing: .unconditional, help: "End the job when it has run this many seconds: every rank still able to act says what (and which rank) it was waiting for, and the job exits with status 124 (default \(Int(Self.defaultTimeout)) s = 24 hours; 0: no limit).")
+    var timeout: Double = Self.defaultTimeout
+
+    static let defaultTimeout: Double = 86_400
 
     func validate() throws {
         guard kernelEfficiency > 0, kernelEfficiency <= 1 else { throw ValidationError("--kernel-efficiency is a fraction in (0, 1] (got \(kernelEfficiency)).") }
-        guard threads >= 1 else { throw ValidationError("--threads must be at least 1 (got \(threads)).") }
-        guard queryTile >= 1, keyBlock >= 1 else { throw ValidationError("--query-tile and --key-block must be at least 1.") }
+        guard (1 ... 4096).contains(threads) else { throw ValidationError("--threads must be between 1 and 4096 (got \(threads)).") }
+        guard (1 ... 1 << 16).contains(queryTile), (1 ... 1 << 16).contains(keyBlock) else {
+            throw ValidationError("--query-tile and --key-block must be between 1 and 65536 (got \(queryTile) and \(keyBlock)).")
+        }
+        guard timeout.isFinite, timeout >= 0 else { throw ValidationError("--timeout takes seconds, 0 or more (got \(timeout)).") }
         if let mesh, Self.parseMesh(mesh) == nil {
             throw ValidationError("--mesh takes PhxPr, two positive numbers such as 2x2 (got '\(mesh)').")
         }
         guard queries >= 1 else { throw ValidationError("--queries must be at least 1 (got \(queries)).") }
+        guard queries <= 1 << 40 else { throw ValidationError("--queries \(queries) is more than any sequence holds; expected at most 2^40.") }
         if let queryPosition, queryPosition < 0 { throw ValidationError("--query-position must be at least 0 (got \(queryPosition)).") }
     }
 

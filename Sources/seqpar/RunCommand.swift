@@ -28,13 +28,30 @@ struct RunCommand: ParsableCommand {
     /// run's work, shared with `seqpar profile`.
     static func execute(problem: ProblemOptions, compute: ComputeOptions, out: String?, lse: String?, profile: String?,
                         output: OutputOptions) throws {
-        try Session.run { world in
+        try Session.run(timeout: compute.timeout) { world in
+            // Before anything else: no output may overwrite an input or another output, or be a
+            // FIFO or device, and each must be writable (OutputFiles.swift).
+            let outputs = [("--out", out), ("--lse", lse)].compactMap { option, path in path.map { (option: option, path: $0) } }
+            let traces = profile.map { [(option: "--profile", path: $0), (option: "--profile's timeline", path: ProfileReport.svgPath($0))] } ?? []
+            try world.together { try OutputPaths.check(outputs: outputs + traces, inputs: problem.inputFiles) }
             let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
-            let run = try DistributedRun.execute(problem.source, strategy: chosen.name, mask: problem.mask,
-                                                 compute: compute, communicator: world, profile: profile != nil, mesh: chosen.mesh)
-            if out != nil || lse != nil {
-                try run.result.write(output: out, lse: lse, segments: run.strategy.fileSegments(run.shard), extent: run.extent, communicator: world)
+            let prepared = try DistributedRun.prepare(problem.source, strategy: chosen.name, mask: problem.mask, compute: compute,
+                                                      communicator: world, mesh: chosen.mesh)
+            // Temporaries beside the targets, made and sized now: a full disk fails before the compute.
+            let transaction = outputs.isEmpty ? nil : try OutputTransaction.begin(outputs.map {
+                (option: $0.option, path: $0.path, shape: $0.option == "--out" ? prepared.outputShape : prepared.lseShape)
+            }, communicator: world)
+            let run: DistributedRun
+            do {
+                run = try DistributedRun.run(prepared, communicator: world, profile: profile != nil)
+                try transaction.map {
+                    try run.result.write($0, outputOption: "--out", lseOption: "--lse", segments: run.strategy.fileSegments(run.shard),
+                                         extent: run.extent, communicator: world)
+                }
+            } catch {
+                transaction?.abandon()
+                throw error
             }
             let summary = try profile.map { try ProfileReport.write(run, strategy: chosen.name, to: $0, communicator: world) }
             let memory = try world.allgather(Int64(peakResidentBytes())).map(Double.init)

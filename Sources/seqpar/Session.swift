@@ -1,7 +1,8 @@
 // Running a command on every rank: start MPI, set BLAS to one thread unless the environment says
 // otherwise, run, and end every rank with the same status. A failure all ranks agreed on
 // (CollectiveFailure) is printed once by rank 0; anything else on a single rank aborts the job
-// with the rank named, so no rank waits forever.
+// with the rank named, so no rank waits forever. With `timeout` a watchdog ends the job when
+// the deadline passes, saying what each rank still able to act was waiting for (Watchdog.swift).
 
 import ArgumentParser
 import AttentionCore
@@ -10,7 +11,7 @@ import Profiling
 import SequenceParallel
 
 enum Session {
-    static func run(_ body: (Communicator) throws -> Void) throws {
+    static func run(timeout: Double? = nil, _ body: (Communicator) throws -> Void) throws {
         do {
             try MPIRuntime.start()
         } catch {
@@ -22,6 +23,7 @@ enum Session {
         do {
             let world = try Communicator.world()
             rank = world.rank
+            Watchdog.start(seconds: timeout ?? 0, rank: world.rank, size: world.size)
             try body(world)
             try world.barrier()
             MPIRuntime.finish()
@@ -34,6 +36,7 @@ enum Session {
             throw exit
         } catch {
             FileHandle.standardError.write(Data("seqpar: rank \(rank): error: \(error)\n".utf8))
+            OutputCleanup.removeAll()
             MPIRuntime.abort(code: 1)
         }
     }
@@ -68,16 +71,33 @@ struct DistributedRun {
         let strategy: SequenceParallelStrategy
         let shard: LocalShard
         let job: AttentionJob
+
+        /// The global positions the output files cover: the whole sequence, or star's queries.
+        var extent: Range<Int> {
+            if case .root = strategy.querySelection { return shard.querySegments[0].positions }
+            return 0 ..< shard.tokens
+        }
+
+        /// The shapes of the O and LSE files.
+        var outputShape: [Int] { [extent.count, shard.shape.heads, shard.shape.headDim] }
+        var lseShape: [Int] { [shard.shape.heads, extent.count] }
     }
 
     /// Makes and checks the strategy and loads this rank's inputs: once, however often it runs.
+    /// Refuses, before allocating anything, a problem that does not fit this host's memory.
+    /// `wholeKeyValues`: every rank also holds the whole K and V (verify).
     static func prepare(_ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
-                        communicator: Communicator, mesh: (headGroup: Int, ring: Int)? = nil) throws -> Prepared {
+                        communicator: Communicator, mesh: (headGroup: Int, ring: Int)? = nil, wholeKeyValues: Bool = false) throws -> Prepared {
         let heads = try communicator.together { try source.heads() }
         var options = compute.strategyOptions
         if let mesh { options.mesh = mesh }
         let strategy = name.make(options, mask: mask, ranks: communicator.size, heads: heads)
         try communicator.together { try strategy.check(heads: heads, ranks: communicator.size) }
+        try communicator.together {
+            let (tokens, shape) = try source.dimensions(selfAttention: strategy.querySelection == .sameAsKeys)
+            try MemoryBudget.check(tokens: tokens, shape: shape, ranks: communicator.size, threads: compute.threads,
+                                   tiling: compute.tiling, wholeKeyValues: wholeKeyValues)
+        }
         let shard = try communicator.together {
             try LocalShard.load(source, layout: strategy.inputLayout, rank: communicator.rank, ranks: communicator.size,
                                 groupSize: strategy.groupSize, queries: strategy.querySelection)
@@ -86,8 +106,9 @@ struct DistributedRun {
     }
 
     static func execute(_ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
-                        communicator: Communicator, profile: Bool = false, mesh: (headGroup: Int, ring: Int)? = nil) throws -> DistributedRun {
-        try run(prepare(source, strategy: name, mask: mask, compute: compute, communicator: communicator, mesh: mesh),
+                        communicator: Communicator, profile: Bool = false, mesh: (headGroup: Int, ring: Int)? = nil,
+                        wholeKeyValues: Bool = false) throws -> DistributedRun {
+        try run(prepare(source, strategy: name, mask: mask, compute: compute, communicator: communicator, mesh: mesh, wholeKeyValues: wholeKeyValues),
                 communicator: communicator, profile: profile)
     }
 
@@ -103,6 +124,8 @@ struct DistributedRun {
         defer { communicator.recorder = nil }
         let (result, seconds) = try timed(communicator) { try strategy.attend(shard, job: job, communicator: communicator) }
         communicator.recorder = nil
+        // Not timed: NaN or infinity in the result (float32 overflow) fails the run on every rank.
+        try communicator.together { try result.checkFinite(segments: strategy.outputSegments(shard), mask: job.mask, tokens: shard.tokens) }
         return DistributedRun(shard: shard, strategy: strategy, job: job, result: result, segments: strategy.outputSegments(shard),
                               seconds: seconds, bytesSent: communicator.traffic.bytesSent - sent,
                               bytesReceived: communicator.traffic.bytesReceived - received, kernelFlops: job.allKernelFlops - flops,

@@ -28,11 +28,11 @@ struct VerifyCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func run() throws {
-        try Session.run { world in
+        try Session.run(timeout: compute.timeout) { world in
             let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
             let run = try DistributedRun.execute(problem.source, strategy: chosen.name, mask: problem.mask,
-                                                 compute: compute, communicator: world, mesh: chosen.mesh)
+                                                 compute: compute, communicator: world, mesh: chosen.mesh, wholeKeyValues: true)
             let shard = run.shard, shape = run.job.shape, segments = run.segments
             let (k, v) = try world.together { try InputFiles.loadWhole(problem.source, shape: shape, tokens: shard.tokens) }
             let rows = Array(0 ..< run.result.rows), positions = Verification.positions(segments)

@@ -1,0 +1,251 @@
+// Output files that appear whole or not at all.
+//
+// Before anything is computed, every output path is checked on every rank: it must not be the
+// same file as an input or as another output (device and inode, links resolved; for a file not
+// yet there, its resolved folder and name), must not be a FIFO, device or folder, and its folder
+// must be writable. Once the inputs are loaded, rank 0 creates a temporary file beside each
+// target (".NAME.seqpar-XXXXXX") and reserves its whole size, so a full disk fails then, not
+// after the computation. The ranks write their rows into the temporaries; only when every rank
+// has written its rows are they renamed over the targets. On any failure the temporaries are
+// removed and the targets are left as they were. What a job killed outright leaves is removed
+// by its launcher: rank 0 lists its temporaries in $SEQPAR_JOB_DIR/outputs (Launch/local and
+// Launch/cluster set it), and a rank ended by a signal or the watchdog removes them itself.
+
+import AttentionCore
+import Foundation
+
+public struct OutputPathError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// Where a path leads, for telling whether two paths name one file.
+enum FileIdentity: Equatable {
+    case node(device: UInt64, inode: UInt64)
+    /// A file not there yet: its resolved folder and name.
+    case future(String)
+}
+
+public enum OutputPaths {
+    /// The file a write to `path` replaces: `path` with every link resolved, also for a file
+    /// that does not exist yet (its folder resolved, or a dangling link followed).
+    static func resolvedTarget(_ path: String) throws -> String {
+        var current = path
+        for _ in 0 ..< 40 {
+            if let real = realpath(current, nil) {
+                defer { free(real) }
+                return String(cString: real)
+            }
+            var info = stat()
+            if lstat(current, &info) == 0, info.st_mode & S_IFMT == S_IFLNK {
+                // A dangling link: writing through it creates its target.
+                var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+                let n = readlink(current, &buffer, buffer.count - 1)
+                guard n > 0 else { break }
+                let target = String(decoding: buffer[0 ..< n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                current = target.hasPrefix("/") ? target : (parent(of: current) as NSString).appendingPathComponent(target)
+                continue
+            }
+            let folder = parent(of: current), name = (current as NSString).lastPathComponent
+            guard let real = realpath(folder, nil) else {
+                throw OutputPathError(description: "\(path): the folder \(folder) does not exist (\(String(cString: strerror(errno))))")
+            }
+            defer { free(real) }
+            return (String(cString: real) as NSString).appendingPathComponent(name)
+        }
+        throw OutputPathError(description: "\(path): too many levels of symbolic links")
+    }
+
+    static func parent(of path: String) -> String {
+        let folder = (path as NSString).deletingLastPathComponent
+        return folder.isEmpty ? "." : folder
+    }
+
+    static func identity(_ path: String) throws -> FileIdentity {
+        var info = stat()
+        if stat(path, &info) == 0 { return .node(device: UInt64(info.st_dev), inode: UInt64(info.st_ino)) }
+        return .future(try resolvedTarget(path))
+    }
+
+    /// Refuses outputs that would destroy an input or each other, that are not regular files,
+    /// or whose folder cannot be written. `outputs` and `inputs` are (option, path) pairs.
+    /// Opens nothing (a FIFO's open would block).
+    public static func check(outputs: [(option: String, path: String)], inputs: [(option: String, path: String)]) throws {
+        var seen: [(option: String, path: String, identity: FileIdentity)] = []
+        for input in inputs {
+            var info = stat()
+            guard stat(input.path, &info) == 0 else { continue }     // a missing input is reported when it is read
+            seen.append((input.option, input.path, .node(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))))
+        }
+        for output in outputs {
+            guard !output.path.isEmpty else { throw OutputPathError(description: "\(output.option) is empty; expected a file name") }
+            if let kind = NpyFile.irregularKind(output.path) {
+                throw OutputPathError(description: "\(output.option) \(output.path) is \(kind), not a regular file; expected a file name to write")
+            }
+            let identity: FileIdentity
+            do { identity = try Self.identity(output.path) } catch { throw OutputPathError(description: "\(output.option) \(error)") }
+            if let other = seen.first(where: { $0.identity == identity }) {
+                let what = inputs.contains { $0.option == other.option } ? "the input" : "the output"
+                throw OutputPathError(description: "\(output.option) \(output.path) is the same file as \(what) \(other.option) \(other.path); "
+                    + "writing it would destroy that \(what == "the input" ? "input" : "output"). Give another path")
+            }
+            seen.append((output.option, output.path, identity))
+            let folder = parent(of: try resolvedTarget(output.path))
+            guard access(folder, W_OK) == 0 else {
+                throw OutputPathError(description: "\(output.option) \(output.path): cannot write in the folder \(folder) (\(String(cString: strerror(errno))))")
+            }
+        }
+    }
+}
+
+/// The unfinished output files of this process, removed on failure: by the code that fails,
+/// by a signal handler (mpirun ends the ranks of a failed job with SIGTERM) or by the watchdog.
+public enum OutputCleanup {
+    /// C strings, so the signal handler touches no Swift runtime.
+    nonisolated(unsafe) static var paths: [UnsafeMutablePointer<CChar>] = []
+    nonisolated(unsafe) static var handlersInstalled = false
+
+    static func register(_ path: String) {
+        paths.append(strdup(path))
+        if !handlersInstalled {
+            handlersInstalled = true
+            for sig in [SIGTERM, SIGINT, SIGHUP] {
+                signal(sig) { sig in
+                    OutputCleanup.unlinkAll()
+                    signal(sig, SIG_DFL)
+                    raise(sig)
+                }
+            }
+        }
+    }
+
+    static func forget() {
+        let old = paths
+        paths = []
+        old.forEach { free($0) }
+    }
+
+    private static func unlinkAll() { for p in paths { unlink(p) } }
+
+    /// Removes every registered file (for the watchdog and aborts).
+    public static func removeAll() { unlinkAll() }
+}
+
+/// The output files of one command: temporaries until `commit` renames them into place.
+public final class OutputTransaction {
+    public struct Target {
+        public let option: String
+        /// As the user gave it (for messages).
+        public let path: String
+        /// What the rename replaces (links resolved).
+        let final: String
+        /// Where the rows are written.
+        public let temporary: String
+        let shape: [Int]
+    }
+
+    public let targets: [Target]
+    private let communicator: Communicator
+    private var open = true
+
+    private init(targets: [Target], communicator: Communicator) {
+        self.targets = targets
+        self.communicator = communicator
+    }
+
+    /// The temporary file to write for `option`'s output.
+    public func temporary(_ option: String) -> String? { targets.first { $0.option == option }?.temporary }
+
+    /// Collective: rank 0 creates a temporary beside each target with room for `shape`, and
+    /// every rank learns their names. Throws on every rank if rank 0 cannot.
+    public static func begin(_ outputs: [(option: String, path: String, shape: [Int])], communicator: Communicator) throws -> OutputTransaction {
+        var made: [Target] = []
+        do {
+            try communicator.together {
+                guard communicator.rank == 0 else { return }
+                for output in outputs {
+                    made.append(try create(output))
+                    OutputCleanup.register(made.last!.temporary)
+                }
+                try listForLauncher(made.map(\.temporary))
+            }
+        } catch {
+            made.forEach { unlink($0.temporary) }
+            OutputCleanup.forget()
+            throw error
+        }
+        let names = try communicator.allgather(made.map(\.temporary).joined(separator: "\u{0}"))[0]
+        let temporaries = names.isEmpty ? [] : names.split(separator: "\u{0}", omittingEmptySubsequences: false).map(String.init)
+        var targets: [Target] = []
+        for (i, output) in outputs.enumerated() {
+            let final = try resolvedFinal(output.path)
+            targets.append(Target(option: output.option, path: output.path, final: final, temporary: temporaries[i], shape: output.shape))
+        }
+        return OutputTransaction(targets: targets, communicator: communicator)
+    }
+
+    private static func resolvedFinal(_ path: String) throws -> String { try OutputPaths.resolvedTarget(path) }
+
+    private static func create(_ output: (option: String, path: String, shape: [Int])) throws -> Target {
+        let final = try OutputPaths.resolvedTarget(output.path)
+        let folder = OutputPaths.parent(of: final), name = (final as NSString).lastPathComponent
+        var template = Array(((folder as NSString).appendingPathComponent(".\(name).seqpar-XXXXXX")).utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else {
+            throw OutputPathError(description: "\(output.option) \(output.path): cannot create a file in \(folder) (\(String(cString: strerror(errno))))")
+        }
+        let temporary = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        defer { close(fd) }
+        do {
+            // mkstemp makes it 0600; an output is as readable as any file this user creates.
+            let mask = umask(0)
+            umask(mask)
+            fchmod(fd, 0o666 & ~mask)
+            let header = try NpyFile.create(temporary, shape: output.shape)
+            let bytes = header.dataOffset + header.elementCount * 4
+            let reserved = posix_fallocate(fd, 0, off_t(bytes))
+            if reserved != 0 && reserved != EOPNOTSUPP && reserved != EINVAL {
+                throw OutputPathError(description: "\(output.option) \(output.path): cannot reserve \(bytes) bytes in \(folder) (\(String(cString: strerror(reserved))))")
+            }
+        } catch {
+            unlink(temporary)
+            throw error
+        }
+        return Target(option: output.option, path: output.path, final: final, temporary: temporary, shape: output.shape)
+    }
+
+    /// Tells the launcher which files to remove should the job be killed before it ends.
+    private static func listForLauncher(_ temporaries: [String]) throws {
+        guard let folder = ProcessInfo.processInfo.environment["SEQPAR_JOB_DIR"], !folder.isEmpty else { return }
+        let list = (folder as NSString).appendingPathComponent("outputs")
+        let fd = Glibc.open(list, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        guard fd >= 0 else { return }       // best effort: the launcher's list is a second line of defence
+        defer { close(fd) }
+        var bytes = Array(temporaries.map { $0 + "\u{0}" }.joined().utf8)
+        _ = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    }
+
+    /// Collective, after every rank has written its rows without error: renames the
+    /// temporaries over the targets.
+    public func commit() throws {
+        try communicator.together {
+            guard communicator.rank == 0 else { return }
+            for target in targets {
+                guard rename(target.temporary, target.final) == 0 else {
+                    throw OutputPathError(description: "\(target.option) \(target.path): cannot move the finished file into place (\(String(cString: strerror(errno))))")
+                }
+            }
+        }
+        open = false
+        if communicator.rank == 0 { OutputCleanup.forget() }
+    }
+
+    /// Removes the temporaries (rank 0; the others hold none). Safe to call more than once.
+    public func abandon() {
+        guard open else { return }
+        open = false
+        if communicator.rank == 0 {
+            for target in targets { unlink(target.temporary) }
+            OutputCleanup.forget()
+        }
+    }
+}
