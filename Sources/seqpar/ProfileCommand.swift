@@ -29,7 +29,7 @@ struct ProfileCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func run() throws {
-        try RunCommand.execute(problem: problem, compute: compute, out: nil, lse: nil, profile: trace, output: output)
+        try RunCommand.execute(problem: problem, compute: compute, out: nil, lse: nil, profile: trace, output: output, traceOption: "--trace")
     }
 }
 

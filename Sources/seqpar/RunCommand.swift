@@ -27,12 +27,12 @@ struct RunCommand: ParsableCommand {
 
     /// run's work, shared with `seqpar profile`.
     static func execute(problem: ProblemOptions, compute: ComputeOptions, out: String?, lse: String?, profile: String?,
-                        output: OutputOptions) throws {
+                        output: OutputOptions, traceOption: String = "--profile") throws {
         try Session.run(timeout: compute.timeout) { world in
             // Before anything else: no output may overwrite an input or another output, or be a
             // FIFO or device, and each must be writable (OutputFiles.swift).
             let outputs = [("--out", out), ("--lse", lse)].compactMap { option, path in path.map { (option: option, path: $0) } }
-            let traces = profile.map { [(option: "--profile", path: $0), (option: "--profile's timeline", path: ProfileReport.svgPath($0))] } ?? []
+            let traces = profile.map { [(option: traceOption, path: $0), (option: "\(traceOption)'s timeline", path: ProfileReport.svgPath($0))] } ?? []
             try world.together { try OutputPaths.check(outputs: outputs + traces, inputs: problem.inputFiles) }
             let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }

@@ -344,6 +344,16 @@ let badConfigs: [BadConfig] = [
               message: "bad.toml:3: unterminated array: expected ']' to close the array opened on line 1"),
     BadConfig(what: "unclosed header", text: "[mpi\n" + host,
               message: "bad.toml:1: expected ']' to close the table header, found the end of the line"),
+    BadConfig(what: "MCA name with shell characters", text: host + "[mpi.mca]\n\"x;touch /tmp/pwned;y\" = 1\n",
+              message: "bad.toml:5: MCA parameter name 'x;touch /tmp/pwned;y' in [mpi.mca] is not a name; expected letters, digits and '_' only (e.g. btl_tcp_if_include)"),
+    BadConfig(what: "host name with a space", text: "[[host]]\nname = \"a b\"\nslots = 1\n",
+              message: "bad.toml:2: host name 'a b' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IP address"),
+    BadConfig(what: "host address with a comma", text: "[[host]]\nname = \"a\"\naddress = \"10.0.0.1,evil:4\"\nslots = 1\n",
+              message: "bad.toml:3: address '10.0.0.1,evil:4' of host 'a' is not a host name or IP address; expected e.g. 10.0.0.2 or node-01.cluster"),
+    BadConfig(what: "host name starting with a dash", text: "[[host]]\nname = \"-x\"\nslots = 1\n",
+              message: "bad.toml:2: host name '-x' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IP address"),
+    BadConfig(what: "slurm partition of two words", text: "[slurm]\nnodes = 1\npartition = \"cpu --wrap=x\"\n",
+              message: "bad.toml:3: partition = 'cpu --wrap=x' in [slurm]; expected one word of letters, digits and _ . , : + @ % - (it is written into an #SBATCH line)"),
     BadConfig(what: "table where a value is", text: "mpi = \"tcp\"\n" + host,
               message: "bad.toml:1: 'mpi' in the top level is a string; expected a table ([mpi] or { … })"),
 ]
@@ -365,5 +375,33 @@ let badConfigs: [BadConfig] = [
         #expect(throws: ConfigError(file: "/no/such/config.toml", line: nil, "cannot read the file (is the path right? configs live in cluster-configs/)")) {
             try ClusterConfig.load("/no/such/config.toml")
         }
+    }
+}
+
+@Suite struct ScriptSafety {
+    @Test func hostNameGrammar() {
+        for good in ["a", "node-01", "node-01.cluster.example", "seqpar-h1", "10.0.0.2", "::1", "fe80::1", "n_1"] {
+            #expect(ClusterConfig.isHostName(good), "\(good)")
+        }
+        for bad in ["", "a b", "a,b", "a;b", "-a", "a-", "a..b", "a\nb", "$(x)", "a:b:c;d", "a/b"] {
+            #expect(!ClusterConfig.isHostName(bad), "\(bad)")
+        }
+    }
+
+    /// A config file name with a newline stays inside the script's comment.
+    @Test func fileNameInTheComment() throws {
+        var config = try ClusterConfig.parse("[slurm]\nnodes = 1\n", file: "x")
+        config.file = "evil\ntouch /tmp/seqpar-pwned\n#.toml"
+        let script = try LaunchPlan.slurmScript(config, LaunchRequest(binary: "/bin/seqpar", arguments: ["info"]))
+        let lines = script.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines[1] == "# seqpar batch job, written by `seqpar cluster-plan --slurm` from evil\\u{a}touch /tmp/seqpar-pwned\\u{a}#.toml.", "\(script)")
+        #expect(!lines.contains { $0.hasPrefix("touch") }, "\(script)")
+    }
+
+    /// An MCA name that is not a name is refused even when it did not come from a file.
+    @Test func mcaNameCheckedWhenWriting() throws {
+        var config = try ClusterConfig.parse("[slurm]\nnodes = 1\n", file: "x.toml")
+        config.mpi.mca = [ClusterConfig.MCAParameter(name: "x;touch /tmp/seqpar-pwned;y", value: "1")]
+        #expect(throws: ConfigError.self) { try LaunchPlan.slurmScript(config, LaunchRequest(binary: "/bin/seqpar", arguments: ["info"])) }
     }
 }

@@ -29,10 +29,11 @@ import Testing
         #expect(FileManager.default.isExecutableFile(atPath: file.path))
     }
 
-    @Test func slurmSubmitNeedsSbatch() throws {
-        let onPath = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":")
-            .contains { FileManager.default.isExecutableFile(atPath: "\($0)/sbatch") }
-        try #require(!onPath, "sbatch is installed here; this test would submit a job, so it does not run")
+    static let sbatchOnPath = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":")
+        .contains { FileManager.default.isExecutableFile(atPath: "\($0)/sbatch") }
+
+    @Test(.enabled(if: !sbatchOnPath, "sbatch is installed here; this test would submit a job, so it does not run"))
+    func slurmSubmitNeedsSbatch() throws {
         let submit = try run([launch("slurm"), clusterConfig("slurm"), "--submit", "info"])
         #expect(submit.status == 1, "\(submit.transcript)")
         #expect(submit.stderr.contains("--submit needs sbatch"), "\(submit.transcript)")
@@ -75,5 +76,65 @@ import Testing
         let object = try JSONSerialization.jsonObject(with: Data(plan.stdout.utf8)) as? [String: Any]
         #expect(object?["ranks"] as? Int == 4)
         #expect((object?["command"] as? [String])?.contains("ppr:1:node") == true)
+    }
+
+    /// Values that a shell would act on (quotes, $(…), ;, newlines) in a config file's name, its
+    /// MCA values and environment, and in seqpar's arguments: the batch script, run by bash with
+    /// a fake srun, runs srun and nothing else, and srun receives every argument unchanged.
+    @Test func slurmScriptRunsNothingElse() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("seqpar-inject-\(UUID().uuidString)")
+        let bin = folder.appendingPathComponent("bin")
+        try FileManager.default.createDirectory(at: bin, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let marker = folder.appendingPathComponent("pwned").path
+        // A file name holds no '/': its injected line touches a name relative to where bash runs
+        // (the package root, as `run` starts every command there).
+        let relative = "seqpar-pwned-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: packageRoot.appendingPathComponent(relative).path) }
+        let fake = bin.appendingPathComponent("srun")
+        try Data("#!/bin/bash\nprintf '%s\\0' \"$@\" > \"$0.args\"\nprintf '%s' \"$OMPI_MCA_btl_foo|$SEQPAR_X\" > \"$0.env\"\n".utf8).write(to: fake)
+        chmod(fake.path, 0o755)
+        // Foundation refuses a newline in a file name; the file system does not: written, then renamed.
+        let plain = folder.appendingPathComponent("plain.toml")
+        let config = folder.path + "/evil\ntouch \(relative)\n.toml"
+        try Data("""
+        env = ["SEQPAR_X=$(touch \(marker))'\\"; touch \(marker)"]
+        [slurm]
+        nodes = 1
+        [mpi.mca]
+        btl_foo = "a'b\\"c; touch \(marker) $(touch \(marker))"
+
+        """.utf8).write(to: plain)
+        #expect(rename(plain.path, config) == 0)
+        let script = folder.appendingPathComponent("job.sbatch")
+        let arguments = ["run", "--out", "a\nb c", "it's", "$(touch \(marker))", "; touch \(marker)", "`touch \(marker)`"]
+        let written = try run([launch("slurm"), config, "--output", script.path] + arguments)
+        #expect(written.status == 0, "\(written.transcript)")
+        let ran = try run(["env", "PATH=\(bin.path):/usr/bin:/bin", "bash", script.path])
+        #expect(ran.status == 0, "\(ran.transcript)")
+        #expect(!FileManager.default.fileExists(atPath: packageRoot.appendingPathComponent(relative).path), "the file name's line ran")
+        #expect(!FileManager.default.fileExists(atPath: marker), "the script ran an injected command:\n\((try? String(contentsOf: script, encoding: .utf8)) ?? "")")
+        let received = try Data(contentsOf: URL(fileURLWithPath: fake.path + ".args")).split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        #expect(Array(received.suffix(arguments.count)) == arguments, "\(received)")
+        let environment = try String(contentsOfFile: fake.path + ".env", encoding: .utf8)
+        #expect(environment == "a'b\"c; touch \(marker) $(touch \(marker))|$(touch \(marker))'\"; touch \(marker)", "\(environment)")
+    }
+
+    /// Launch/cluster hands seqpar's arguments to mpirun unchanged, whatever they hold.
+    @Test func clusterPassesArgumentsUnchanged() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("seqpar-args-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let fake = folder.appendingPathComponent("mpirun")
+        try Data("#!/bin/bash\nprintf '%s\\0' \"$@\" > \"$0.args\"\n".utf8).write(to: fake)
+        chmod(fake.path, 0o755)
+        let config = folder.appendingPathComponent("fake.toml")
+        try Data("[[host]]\nname = \"localhost\"\nslots = 2\n[mpi]\nmpirun = \"\(fake.path)\"\n".utf8).write(to: config)
+        let arguments = ["run", "--out", "a\nb c", "it's", "$(touch x)", " ", "", "--strategy", "ring"]
+        let ran = try run([launch("cluster"), config.path, "--ranks", "1"] + arguments)
+        #expect(ran.status == 0, "\(ran.transcript)")
+        let received = try Data(contentsOf: URL(fileURLWithPath: fake.path + ".args")).split(separator: 0, omittingEmptySubsequences: false)
+            .map { String(decoding: $0, as: UTF8.self) }.dropLast()
+        #expect(Array(received.suffix(arguments.count)) == arguments, "\(Array(received))")
     }
 }

@@ -94,7 +94,7 @@ struct BadInputCase: Sendable, CustomTestStringConvertible {
         BadInputCase("nonexistent path", offender: "k", phrases: ["cannot open", "No such file"], write: valid { dir in
             try FileManager.default.removeItem(atPath: dir.path("k.npy"))
         }),
-        BadInputCase("output directory does not exist", offender: "out", phrases: ["cannot open"],
+        BadInputCase("output directory does not exist", offender: "out", phrases: ["does not exist"],
                      extraArguments: ["--out", "OUT"], write: valid { _ in }),
     ]
 }
@@ -115,7 +115,12 @@ struct ArgumentErrorCase: Sendable, CustomTestStringConvertible {
         ArgumentErrorCase(arguments: ["run", "--q", "q.npy", "--k", "k.npy", "--v", "v.npy", "--tokens", "8"],
                           message: "describe synthetic inputs"),
         ArgumentErrorCase(arguments: ["run", "--scale", "0"], message: "--scale must be a positive number"),
-        ArgumentErrorCase(arguments: ["run", "--threads", "0"], message: "--threads must be at least 1"),
+        ArgumentErrorCase(arguments: ["run", "--threads", "0"], message: "--threads must be between 1 and 4096"),
+        ArgumentErrorCase(arguments: ["run", "--tokens", "-5"], message: "--tokens must be at least 1 (got -5)"),
+        ArgumentErrorCase(arguments: ["run", "--tokens", "9223372036854775807"], message: "is more than any machine holds"),
+        ArgumentErrorCase(arguments: ["verify", "--query-tile", "9223372036854775807"], message: "--query-tile and --key-block must be between 1 and 65536"),
+        ArgumentErrorCase(arguments: ["run", "--heads", "4611686018427387904"], message: "--heads must be at most 1048576"),
+        ArgumentErrorCase(arguments: ["bench", "--timeout", "-1"], message: "--timeout takes seconds, 0 or more"),
     ]
 }
 
