@@ -39,8 +39,13 @@ seqpar_die() {
 seqpar_run_job() {
     SEQPAR_JOB_DIR=$(mktemp -d "${TMPDIR:-/tmp}/seqpar-job.XXXXXX")
     export SEQPAR_JOB_DIR
+    # In a process group of its own (set -m), so that a signal sent to this script's group
+    # reaches mpirun once, passed on by the trap: a second SIGTERM makes mpirun quit at once,
+    # leaving its ranks behind.
+    set -m
     "$@" &
     local child=$! status=0 family=
+    set +m
     trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
     while :; do
         wait "$child" && status=0 || status=$?
