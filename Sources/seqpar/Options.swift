@@ -109,10 +109,10 @@ struct ComputeOptions: ParsableArguments {
     var everyRank = false
     @Option(help: "Compute threads per rank, each with one-thread BLAS calls.")
     var threads: Int = 1
-    @Option(name: .customLong("query-tile"), help: "Query rows per kernel tile.")
-    var queryTile: Int = 384
+    @Option(name: .customLong("query-tile"), help: "Query rows per kernel tile (the scores of a tile and a key block, 512 KiB at the defaults, stay in L2).")
+    var queryTile: Int = KernelTiling().queryTile
     @Option(name: .customLong("key-block"), help: "Keys per kernel block.")
-    var keyBlock: Int = 512
+    var keyBlock: Int = KernelTiling().keyBlock
 
     func validate() throws {
         guard kernelEfficiency > 0, kernelEfficiency <= 1 else { throw ValidationError("--kernel-efficiency is a fraction in (0, 1] (got \(kernelEfficiency)).") }
