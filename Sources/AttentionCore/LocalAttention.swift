@@ -120,20 +120,39 @@ public final class LocalAttention {
     public func accumulate(queries: UnsafePointer<Float>, querySegment: ShardSegment,
                            keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
                            into accumulator: AttentionAccumulator, progress: () -> Void = {}) {
+        accumulate(queries: queries, querySegments: CollectionOfOne(querySegment), keys: keys, values: values,
+                   keySegment: keySegment, into: accumulator, progress: progress)
+    }
+
+    /// The same for several query segments of one shard (zigzag's two chunks), with K and V
+    /// packed once for all of them.
+    public func accumulate<Segments: Collection<ShardSegment>>(
+        queries: UnsafePointer<Float>, querySegments: Segments,
+        keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
+        into accumulator: AttentionAccumulator, progress: () -> Void = {}
+    ) {
         precondition(accumulator.heads == slice.heads.count && accumulator.headDim == shape.headDim)
-        precondition(querySegment.localRow + querySegment.positions.count <= accumulator.rows)
-        let queryCount = querySegment.positions.count
-        guard queryCount > 0, !keySegment.positions.isEmpty else { return }
+        for segment in querySegments { precondition(segment.localRow + segment.positions.count <= accumulator.rows) }
+        let tileCount = { (segment: ShardSegment) in (segment.positions.count + self.tiling.queryTile - 1) / self.tiling.queryTile }
+        let items = slice.heads.count * querySegments.reduce(0) { $0 + tileCount($1) }
+        guard items > 0, !keySegment.positions.isEmpty else { return }
         let (k, v) = packKeysAndValues(keys: keys, values: values, segment: keySegment)
-        let tiles = (queryCount + tiling.queryTile - 1) / tiling.queryTile
-        let items = slice.heads.count * tiles
         let work = { (thread: Int, item: Int) in
-            let head = item / tiles          // local index within the slice
-            let first = (item % tiles) * self.tiling.queryTile
-            self.foldTile(head: head, queries: queries, querySegment: querySegment,
-                          tileRows: first ..< min(queryCount, first + self.tiling.queryTile),
-                          keys: k, values: v, keySegment: keySegment,
-                          accumulator: accumulator, scratch: self.scratch[thread], thread: thread)
+            // Item -> (segment, head, tile): segments in order, each heads x its tiles.
+            var rest = item
+            for segment in querySegments {
+                let tiles = tileCount(segment)
+                if rest >= self.slice.heads.count * tiles {
+                    rest -= self.slice.heads.count * tiles
+                    continue
+                }
+                let first = (rest % tiles) * self.tiling.queryTile
+                self.foldTile(head: rest / tiles, queries: queries, querySegment: segment,
+                              tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
+                              keys: k, values: v, keySegment: keySegment,
+                              accumulator: accumulator, scratch: self.scratch[thread], thread: thread)
+                return
+            }
         }
         // Interleaved items even out causal tiles, whose cost grows along the sequence. Items write
         // disjoint (head, rows) parts of the accumulator and use their thread's scratch. The calling
