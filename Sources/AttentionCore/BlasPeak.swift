@@ -11,19 +11,31 @@ import Glibc
 public enum BlasPeak {
     /// Best-of-`repeats` GFLOP/s of square n×n×n sgemms running on `threads` threads at once.
     public static func measure(n: Int = 1024, repeats: Int = 5, threads: Int = 1) -> Double {
+        measure(m: n, n: n, k: n, repeats: repeats, threads: threads)
+    }
+
+    /// Best-of-`repeats` GFLOP/s of row-major m×n×k sgemms, C = A·B (or A·Bᵀ with `transposedB`,
+    /// as the kernel's Q·Kᵀ), on `threads` threads at once. Small products are repeated so each
+    /// timed round does at least about 1 GFLOP per thread.
+    public static func measure(m: Int, n: Int, k: Int, transposedB: Bool = false, repeats: Int = 5, threads: Int = 1) -> Double {
         let threads = max(1, threads)
+        let sizes = [m * k, k * n, m * n]
         let matrices = (0 ..< threads).map { t -> [UnsafeMutableBufferPointer<Float>] in
-            (0 ..< 3).map { m in
-                let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: n * n)
-                for i in 0 ..< n * n { buffer[i] = Float((i &* 31 &+ m &* 7 &+ t) % 17) / 17 - 0.5 }
+            sizes.enumerated().map { index, size in
+                let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: size)
+                for i in 0 ..< size { buffer[i] = Float((i &* 31 &+ index &* 7 &+ t) % 17) / 17 - 0.5 }
                 return buffer
             }
         }
         defer { matrices.joined().forEach { $0.deallocate() } }
+        let calls = max(1, Int(1e9 / (2 * Double(m) * Double(n) * Double(k))))
         nonisolated(unsafe) let shared = matrices
         let multiply: @Sendable (Int) -> Void = { t in
             let (a, b, c) = (shared[t][0].baseAddress!, shared[t][1].baseAddress!, shared[t][2].baseAddress!)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1, a, Int32(n), b, Int32(n), 0, c, Int32(n))
+            for _ in 0 ..< calls {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                            1, a, Int32(k), b, Int32(transposedB ? k : n), 0, c, Int32(n))
+            }
         }
         var best = Double.infinity
         for _ in 0 ..< repeats + 1 {            // the first round warms caches and BLAS buffers
@@ -31,7 +43,18 @@ public enum BlasPeak {
             if threads == 1 { multiply(0) } else { DispatchQueue.concurrentPerform(iterations: threads, execute: multiply) }
             best = min(best, monotonicSeconds() - start)
         }
-        return 2 * Double(n * n * n) * Double(threads) / best / 1e9
+        return 2 * Double(m) * Double(n) * Double(k) * Double(calls * threads) / best / 1e9
+    }
+
+    /// The sgemm rate at the kernel's own products for one head dim and tiling: Q·Kᵀ
+    /// (queryTile × keyBlock × headDim) and P·V (queryTile × headDim × keyBlock), which do equal
+    /// FLOPs, so their combined rate is the harmonic mean. The ceiling of a kernel made of these
+    /// products and nothing else.
+    public static func measureKernelShapes(headDim: Int, tiling: KernelTiling, threads: Int = 1, repeats: Int = 5)
+        -> (scores: Double, values: Double, combined: Double) {
+        let scores = measure(m: tiling.queryTile, n: tiling.keyBlock, k: headDim, transposedB: true, repeats: repeats, threads: threads)
+        let values = measure(m: tiling.queryTile, n: headDim, k: tiling.keyBlock, repeats: repeats, threads: threads)
+        return (scores, values, 2 / (1 / scores + 1 / values))
     }
 
     /// OpenBLAS's own thread count for one call.

@@ -1,12 +1,23 @@
 // The fused local attention kernel, FlashAttention-style, on one rank's CPU cores.
 //
-// For a tile of queries of one head it walks key blocks: S = scale·Q·Kᵀ (cblas_sgemm, reading
-// Q and K in place through leading dimensions, so GQA/MQA never copy K/V per query head), clips
-// rows the mask cuts, turns S into P = exp(S - running max) with a vectorised exp, rescales the
-// running sum, and adds P·V (cblas_sgemm, beta 1) straight into the accumulator, whose layout is
-// O's. Blocks the mask hides are skipped before any arithmetic. Scratch is allocated once per
-// kernel, never per block. What it does not do: normalise (the accumulator's `finish` does), or
-// know about ranks (a strategy hands it the key blocks it holds, with their global positions).
+// For a tile of queries of one head it walks key blocks: S = scale·Q·Kᵀ (cblas_sgemm), clips rows
+// the mask cuts, turns S into P = exp(S - m) in one fused pass that also sums P and finds the
+// block's max, and adds P·V (cblas_sgemm, beta 1) straight into the accumulator. Blocks the mask
+// hides are skipped before any arithmetic, and partial blocks are trimmed to the keys the tile sees.
+//
+// Where the time goes, and why the kernel is shaped this way (README, "Speed", has the figures):
+// - The GEMMs run on contiguous operands. Q, K and V rows hold every head, so one head's rows sit
+//   heads·headDim floats apart (4 KiB at 8 x 128), and OpenBLAS's packing of strided rows thrashes
+//   L1 sets; the kernel copies each kv head's keys and values once per call, each query tile once,
+//   and the accumulator is head-major ([heads, rows, headDim]), so every GEMM sees leading
+//   dimension headDim.
+// - The shift m is lazy (FlashAttention-4's trick): a row keeps its running max until a block
+//   raises it by more than `lazyRescaleThreshold` (then P and the running sums are rescaled), so
+//   there is no separate max pass and the accumulator is almost never rescaled. Values of P stay
+//   below e^threshold, far inside float's range; the result is the same softmax, exactly.
+// - exp is `vectorExpScores`: Cephes' polynomial without the clamps its inputs cannot need.
+// What it does not do: normalise (the accumulator's `finish` does), or know about ranks (a
+// strategy hands it the key blocks it holds, with their global positions).
 
 import CBLAS
 import Dispatch
@@ -32,7 +43,7 @@ public struct KernelTiling: Equatable, Sendable {
     public var queryTile: Int
     public var keyBlock: Int
 
-    public init(queryTile: Int = 384, keyBlock: Int = 512) {
+    public init(queryTile: Int = 256, keyBlock: Int = 512) {
         precondition(queryTile > 0 && keyBlock > 0)
         self.queryTile = queryTile
         self.keyBlock = keyBlock
@@ -47,13 +58,29 @@ public final class LocalAttention {
     /// Threads that run query tiles concurrently (each with one-thread BLAS calls of its own).
     public let threads: Int
 
-    /// Per thread: scores [queryTile, keyBlock] and row rescale factors [queryTile].
+    /// A block may raise a row's max by this much (natural log) before the row is rescaled.
+    static let lazyRescaleThreshold: Float = 8
+    /// Beyond this, P against the old max could overflow its sums (e^64 x a block stays finite), so
+    /// the row's scores are recomputed and done in two passes.
+    static let recomputeThreshold: Float = 64
+
+    /// Per thread: scores [queryTile, keyBlock], the packed query tile [queryTile, headDim], and
+    /// row rescale factors [queryTile].
     private let scratch: [UnsafeMutableBufferPointer<Float>]
+    /// K and V of the current call, one contiguous [keys, headDim] run per kv head; grows as needed.
+    private var packedKeys = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
+    private var packedValues = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
     /// Per thread: FLOPs of the blocks computed (4·headDim per score, masked or not).
     private let flopCounts: UnsafeMutableBufferPointer<Double>
+    /// Per thread: rows whose scores were NaN or +inf (overflowing inputs or scale).
+    private let nonFiniteRows: UnsafeMutableBufferPointer<Int>
 
     /// FLOPs this kernel has spent so far: the work it did, which block skipping reduces.
     public var computedFlops: Double { flopCounts.reduce(0, +) }
+
+    /// Query rows (counted per head and per call) whose scores were NaN or +inf, so their output
+    /// is NaN: inputs or a scale that overflow float32. Zero in any sane run.
+    public var nonFiniteScoreRows: Int { nonFiniteRows.reduce(0, +) }
 
     /// - Parameter slice: the heads to compute; all of them by default.
     public init(shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling = KernelTiling(), threads: Int = 1,
@@ -63,7 +90,7 @@ public final class LocalAttention {
         self.mask = mask
         self.tiling = tiling
         self.threads = max(1, threads)
-        let perThread = tiling.queryTile * tiling.keyBlock + tiling.queryTile
+        let perThread = tiling.queryTile * tiling.keyBlock + tiling.queryTile * shape.headDim + tiling.queryTile
         scratch = (0 ..< self.threads).map { _ in
             let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: perThread)
             buffer.initialize(repeating: 0)
@@ -71,11 +98,16 @@ public final class LocalAttention {
         }
         flopCounts = .allocate(capacity: self.threads)
         flopCounts.initialize(repeating: 0)
+        nonFiniteRows = .allocate(capacity: self.threads)
+        nonFiniteRows.initialize(repeating: 0)
     }
 
     deinit {
         scratch.forEach { $0.deallocate() }
+        packedKeys.deallocate()
+        packedValues.deallocate()
         flopCounts.deallocate()
+        nonFiniteRows.deallocate()
     }
 
     /// Folds the keys of `keySegment` into the accumulator rows of `querySegment`.
@@ -88,19 +120,39 @@ public final class LocalAttention {
     public func accumulate(queries: UnsafePointer<Float>, querySegment: ShardSegment,
                            keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
                            into accumulator: AttentionAccumulator, progress: () -> Void = {}) {
+        accumulate(queries: queries, querySegments: CollectionOfOne(querySegment), keys: keys, values: values,
+                   keySegment: keySegment, into: accumulator, progress: progress)
+    }
+
+    /// The same for several query segments of one shard (zigzag's two chunks), with K and V
+    /// packed once for all of them.
+    public func accumulate<Segments: Collection<ShardSegment>>(
+        queries: UnsafePointer<Float>, querySegments: Segments,
+        keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
+        into accumulator: AttentionAccumulator, progress: () -> Void = {}
+    ) {
         precondition(accumulator.heads == slice.heads.count && accumulator.headDim == shape.headDim)
-        precondition(querySegment.localRow + querySegment.positions.count <= accumulator.rows)
-        let queryCount = querySegment.positions.count
-        guard queryCount > 0, !keySegment.positions.isEmpty else { return }
-        let tiles = (queryCount + tiling.queryTile - 1) / tiling.queryTile
-        let items = slice.heads.count * tiles
+        for segment in querySegments { precondition(segment.localRow + segment.positions.count <= accumulator.rows) }
+        let tileCount = { (segment: ShardSegment) in (segment.positions.count + self.tiling.queryTile - 1) / self.tiling.queryTile }
+        let items = slice.heads.count * querySegments.reduce(0) { $0 + tileCount($1) }
+        guard items > 0, !keySegment.positions.isEmpty else { return }
+        let (k, v) = packKeysAndValues(keys: keys, values: values, segment: keySegment)
         let work = { (thread: Int, item: Int) in
-            let head = item / tiles          // local index within the slice
-            let first = (item % tiles) * self.tiling.queryTile
-            self.foldTile(head: head, queries: queries, querySegment: querySegment,
-                          tileRows: first ..< min(queryCount, first + self.tiling.queryTile),
-                          keys: keys, values: values, keySegment: keySegment,
-                          accumulator: accumulator, scratch: self.scratch[thread], flops: self.flopCounts.baseAddress! + thread)
+            // Item -> (segment, head, tile): segments in order, each heads x its tiles.
+            var rest = item
+            for segment in querySegments {
+                let tiles = tileCount(segment)
+                if rest >= self.slice.heads.count * tiles {
+                    rest -= self.slice.heads.count * tiles
+                    continue
+                }
+                let first = (rest % tiles) * self.tiling.queryTile
+                self.foldTile(head: rest / tiles, queries: queries, querySegment: segment,
+                              tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
+                              keys: k, values: v, keySegment: keySegment,
+                              accumulator: accumulator, scratch: self.scratch[thread], thread: thread)
+                return
+            }
         }
         // Interleaved items even out causal tiles, whose cost grows along the sequence. Items write
         // disjoint (head, rows) parts of the accumulator and use their thread's scratch. The calling
@@ -123,29 +175,61 @@ public final class LocalAttention {
         others.wait()
     }
 
+    /// Copies the segment's K and V into one contiguous [keys, headDim] run per kv head of the
+    /// slice (kv head g at g·keys·headDim), unless the rows already are (a single kv head).
+    private func packKeysAndValues(keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                                   segment: ShardSegment) -> (UnsafePointer<Float>, UnsafePointer<Float>) {
+        let d = shape.headDim
+        let kvHeads = slice.kvHeads.count
+        let rows = segment.positions.count
+        let first = segment.localRow * kvHeads * d
+        if kvHeads == 1 { return (keys + first, values + first) }
+        let count = rows * kvHeads * d
+        if packedKeys.count < count {
+            packedKeys.deallocate()
+            packedValues.deallocate()
+            packedKeys = .allocate(capacity: count)
+            packedValues = .allocate(capacity: count)
+        }
+        for (source, target) in [(keys + first, packedKeys.baseAddress!), (values + first, packedValues.baseAddress!)] {
+            for g in 0 ..< kvHeads {
+                let run = target + g * rows * d
+                for row in 0 ..< rows {
+                    (run + row * d).update(from: source + (row * kvHeads + g) * d, count: d)
+                }
+            }
+        }
+        return (UnsafePointer(packedKeys.baseAddress!), UnsafePointer(packedValues.baseAddress!))
+    }
+
     /// One head (local to the slice), one query tile (rows relative to the segment), every key
-    /// block of the segment.
+    /// block of the segment. `keys` and `values` are packed: [kv heads, segment rows, headDim].
     @inline(__always)
     private func foldTile(head: Int, queries: UnsafePointer<Float>, querySegment: ShardSegment, tileRows: Range<Int>,
                           keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
-                          accumulator: AttentionAccumulator, scratch: UnsafeMutableBufferPointer<Float>, flops: UnsafeMutablePointer<Double>) {
+                          accumulator: AttentionAccumulator, scratch: UnsafeMutableBufferPointer<Float>, thread: Int) {
         let d = shape.headDim
         let qStride = slice.heads.count * d
-        let kvStride = slice.kvHeads.count * d
         let globalHead = slice.heads.lowerBound + head
         let kvHead = shape.kvHead(of: globalHead) - slice.kvHeads.lowerBound
         let tq = tileRows.count
         let queryPositions = (querySegment.positions.lowerBound + tileRows.lowerBound) ..< (querySegment.positions.lowerBound + tileRows.upperBound)
         let accRow = querySegment.localRow + tileRows.lowerBound
-        let q = queries + (accRow * qStride + head * d)
-        let acc = accumulator.sum.baseAddress! + (accRow * qStride + head * d)
+        let acc = accumulator.sum.baseAddress! + (head * accumulator.rows + accRow) * d
         let stateBase = head * accumulator.rows + accRow
         let rowMax = accumulator.rowMax.baseAddress! + stateBase
         let rowSum = accumulator.rowSum.baseAddress! + stateBase
         let scores = scratch.baseAddress!
-        let alphas = scratch.baseAddress! + tiling.queryTile * tiling.keyBlock
-
+        let q = scores + tiling.queryTile * tiling.keyBlock
+        let alphas = q + tiling.queryTile * d
         let keyCount = keySegment.positions.count
+        let headKeys = keys + kvHead * keyCount * d
+        let headValues = values + kvHead * keyCount * d
+
+        // The tile's queries, contiguous: [tq, d].
+        let queryRows = queries + (accRow * qStride + head * d)
+        for r in 0 ..< tq { (q + r * d).update(from: queryRows + r * qStride, count: d) }
+
         var blockStart = 0
         while blockStart < keyCount {
             let blockFirst = keySegment.positions.lowerBound + blockStart
@@ -159,26 +243,47 @@ public final class LocalAttention {
                 keyPositions = mask.visibleSpan(queries: queryPositions, keys: keyPositions, head: globalHead)
             }
             let tk = keyPositions.count
-            flops.pointee += Double(4 * tq * tk * d)
-            let kvRow = keySegment.localRow + keyPositions.lowerBound - keySegment.positions.lowerBound
-            let k = keys + (kvRow * kvStride + kvHead * d)
-            let v = values + (kvRow * kvStride + kvHead * d)
+            flopCounts[thread] += Double(4 * tq * tk * d)
+            let keyRow = keyPositions.lowerBound - keySegment.positions.lowerBound
+            let k = headKeys + keyRow * d
+            let v = headValues + keyRow * d
 
             // S = scale · Q_tile · K_blockᵀ, [tq, tk]
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
-                        shape.scale, q, Int32(qStride), k, Int32(kvStride), 0, scores, Int32(tk))
+                        shape.scale, q, Int32(d), k, Int32(d), 0, scores, Int32(tk))
             if relation == .partial {
                 clipRows(scores, rows: tq, columns: tk, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
             }
+            var rescaled = false
             for r in 0 ..< tq {
-                alphas[r] = softmaxRow(scores + r * tk, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                let row = scores + r * tk
+                var alpha = softmaxRow(row, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                if alpha.isNaN {             // the block's max overflowed the exp: redo the row
+                    cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), shape.scale, k, Int32(d), q + r * d, 1, 0, row, 1)
+                    if relation == .partial {
+                        clipRows(row, rows: 1, columns: tk, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
+                                 keyPositions: keyPositions, head: globalHead)
+                    }
+                    alpha = exactSoftmaxRow(row, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                }
+                if rowMax[r] == -.infinity && !rowSum[r].isNaN {
+                    // Every score -inf: the mask hid this block's keys from the row, or the scores
+                    // overflowed (huge inputs or scale). Only the mask may make a row see no key.
+                    let query = queryPositions.lowerBound + r
+                    if relation == .full || !mask.visibleKeys(query: query, head: globalHead, within: keyPositions).isEmpty {
+                        rowSum[r] = .nan
+                    }
+                }
+                if rowSum[r].isNaN || rowMax[r] == .infinity { nonFiniteRows[thread] += 1 }
+                alphas[r] = alpha
+                rescaled = rescaled || alpha != 1
             }
-            // Rescale the running sums whose max moved, then acc += P · V_block.
-            for r in 0 ..< tq where alphas[r] != 1 {
-                scaleRow(acc + r * qStride, count: d, by: alphas[r])
+            if rescaled {                     // rare: a block raised some row's max a lot
+                for r in 0 ..< tq where alphas[r] != 1 { scaleRow(acc + r * d, count: d, by: alphas[r]) }
             }
+            // acc += P · V_block
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(d), Int32(tk),
-                        1, scores, Int32(tk), v, Int32(kvStride), 1, acc, Int32(qStride))
+                        1, scores, Int32(tk), v, Int32(d), 1, acc, Int32(d))
         }
     }
 
@@ -195,11 +300,55 @@ public final class LocalAttention {
         }
     }
 
-    /// Turns one row of scores into unnormalised probabilities against the updated running max,
-    /// updates the running max and sum, and returns the factor that rescales the old running sum.
+    /// Turns one row of scores into unnormalised probabilities P = exp(s - m), adds them to the
+    /// running sum, and returns the factor that rescales the row's accumulator (1: unchanged).
+    /// m is the running max while the block does not raise it by more than the threshold (one
+    /// fused pass); otherwise the row is rescaled to the new max. Returns NaN when the block's
+    /// max lies beyond exp's range from m, so the caller must recompute the row's scores.
     @inline(__always)
     private func softmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int,
                             rowMax: inout Float, rowSum: inout Float) -> Float {
+        let m = rowMax
+        if m == -.infinity { return exactSoftmaxRow(row, count: count, rowMax: &rowMax, rowSum: &rowSum) }
+        let width = FloatVector.scalarCount
+        let shift = FloatVector(repeating: m)
+        var sums = FloatVector()
+        var maxes = FloatVector(repeating: -.infinity)
+        var c = 0
+        while c + width <= count {
+            let s = loadVector(row + c)
+            maxes = vectorMax(maxes, s)
+            let p = vectorExpScores(s - shift)
+            storeVector(p, row + c)
+            sums += p
+            c += width
+        }
+        if c < count {                        // the tail, padded with -inf lanes that give 0
+            var tail = FloatVector(repeating: -.infinity)
+            for i in 0 ..< count - c { tail[i] = row[c + i] }
+            maxes = vectorMax(maxes, tail)
+            let p = vectorExpScores(tail - shift)
+            for i in 0 ..< count - c { row[c + i] = p[i] }
+            sums += p
+        }
+        let blockMax = maxes.max()
+        if !(blockMax - m <= Self.lazyRescaleThreshold) {
+            if blockMax - m > Self.recomputeThreshold { return .nan }     // P may overflow: recompute
+            // Move the row to the new max: P and the running state shrink by exp(m - blockMax).
+            let alpha = vectorExp(FloatVector(repeating: m - blockMax))[0]
+            scaleRow(row, count: count, by: alpha)
+            rowSum = (rowSum + sums.sum()) * alpha
+            rowMax = blockMax
+            return alpha
+        }
+        rowSum += sums.sum()
+        return 1
+    }
+
+    /// The two-pass form: the block's max first, then P against max(running max, block max).
+    @inline(__always)
+    private func exactSoftmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int,
+                                 rowMax: inout Float, rowSum: inout Float) -> Float {
         let width = FloatVector.scalarCount
         var maxes = FloatVector(repeating: -.infinity)
         var c = 0
@@ -226,14 +375,14 @@ public final class LocalAttention {
             sums += p
             c += width
         }
-        if c < count {                        // the tail, padded with -inf lanes that give 0
+        if c < count {
             var tail = FloatVector(repeating: -.infinity)
             for i in 0 ..< count - c { tail[i] = row[c + i] }
             let p = vectorExp(tail - shift)
             for i in 0 ..< count - c { row[c + i] = p[i] }
             sums += p
         }
-        let alpha = rowMax == -.infinity ? 0 : vectorExp(FloatVector(repeating: rowMax - newMax))[0]
+        let alpha = rowMax == -.infinity ? 1 : vectorExp(FloatVector(repeating: rowMax - newMax))[0]
         rowSum = rowSum * alpha + sums.sum()
         rowMax = newMax
         return alpha

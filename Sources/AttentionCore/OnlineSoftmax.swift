@@ -92,13 +92,14 @@ public struct PartialResult: Equatable, Sendable {
 }
 
 /// The running, unnormalised online-softmax state of `rows` query rows for every head:
-/// `sum` holds Σ exp(s - max)·v, `rowMax` the running max, `rowSum` Σ exp(s - max).
+/// `sum` holds Σ exp(s - m)·v, `rowMax` the shift m (the kernel's running max, which may lag the
+/// true max by a bounded amount), `rowSum` Σ exp(s - m).
 /// Storage is allocated once; a kernel folds key blocks in, `finish` normalises.
 public final class AttentionAccumulator {
     public let rows: Int
     public let heads: Int
     public let headDim: Int
-    /// [rows, heads, headDim], the layout of O, so P·V accumulates in place.
+    /// [heads, rows, headDim]: head-major, so one head's rows are contiguous for the kernel's GEMMs.
     public let sum: UnsafeMutableBufferPointer<Float>
     /// [heads, rows]
     public let rowMax: UnsafeMutableBufferPointer<Float>
@@ -130,10 +131,7 @@ public final class AttentionAccumulator {
 
     /// Writes the normalised output ([rows, heads, headDim]) and lse ([heads, rows] with row
     /// stride `lseStride`, so a shard can write into a whole-sequence LSE). Rows that saw no key
-    /// get O = 0 and lse = -inf. A row whose running max is not -inf but whose sum is not
-    /// positive had non-finite scores (float32 overflow of scale * q.k, inf - inf): it gets
-    /// O = NaN and lse = NaN, which merges keep, so the run can refuse it instead of reporting
-    /// a row that sees no key.
+    /// get O = 0 and lse = -inf; rows whose scores were not finite get NaN, never "no key".
     public func finish(output: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, lseStride: Int? = nil) {
         let stride = lseStride ?? rows
         let d = headDim
@@ -143,13 +141,13 @@ public final class AttentionAccumulator {
                 let o = output + (r * heads + h) * d
                 if l > 0 {
                     let inv = 1 / l
-                    let s = sum.baseAddress! + (r * heads + h) * d
+                    let s = sum.baseAddress! + (h * rows + r) * d
                     for i in 0 ..< d { o[i] = s[i] * inv }
                     lse[h * stride + r] = rowMax[h * rows + r] + log(l)
-                } else if rowMax[h * rows + r] == -.infinity {
+                } else if l == 0 {
                     o.update(repeating: 0, count: d)
                     lse[h * stride + r] = -.infinity
-                } else {
+                } else {                      // NaN: non-finite inputs reached this row; show it
                     o.update(repeating: .nan, count: d)
                     lse[h * stride + r] = .nan
                 }

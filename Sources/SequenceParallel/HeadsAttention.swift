@@ -28,11 +28,9 @@ public struct HeadsAttention: SequenceParallelStrategy {
         let values = keys + exchange.groupRows * heads.slice.kvHeads.count * job.shape.headDim
         let kernel = job.kernel(for: heads.slice)
         let segments = exchange.groupSegments
-        for querySegment in segments {
-            for keySegment in segments {
-                kernel.accumulate(queries: heads.queries.baseAddress!, querySegment: querySegment,
-                                  keys: keys, values: values, keySegment: keySegment, into: accumulator, recorder: communicator.recorder)
-            }
+        for keySegment in segments {       // every query segment at once: K/V packed once per key segment
+            kernel.accumulate(queries: heads.queries.baseAddress!, querySegments: segments,
+                              keys: keys, values: values, keySegment: keySegment, into: accumulator, recorder: communicator.recorder)
         }
         var result = PartialResult(emptyRows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
         try exchange.gather(accumulator.result(), into: &result)

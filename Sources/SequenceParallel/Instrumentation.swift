@@ -20,4 +20,18 @@ extension LocalAttention {
                    into: accumulator, progress: progress)
         if computedFlops > flops { recorder.record(.compute, start: start, end: ProfileClock.now()) }
     }
+
+    /// The same for several query segments against one key segment (K and V packed once).
+    @inline(__always)
+    func accumulate(queries: UnsafePointer<Float>, querySegments: [ShardSegment], keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                    keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}) {
+        guard let recorder else {
+            return accumulate(queries: queries, querySegments: querySegments, keys: keys, values: values, keySegment: keySegment,
+                              into: accumulator, progress: progress)
+        }
+        let flops = computedFlops, start = ProfileClock.now()
+        accumulate(queries: queries, querySegments: querySegments, keys: keys, values: values, keySegment: keySegment,
+                   into: accumulator, progress: progress)
+        if computedFlops > flops { recorder.record(.compute, start: start, end: ProfileClock.now()) }
+    }
 }

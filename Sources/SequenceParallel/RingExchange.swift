@@ -90,11 +90,9 @@ struct RingPass {
         let steps = steps(mask: mask, heads: kernel.slice.heads)
         try exchange.circulate(keyValues, steps: steps, blockSize: { 2 * rows($0) * kvRowWidth }) { source, block, progress in
             let values = block + rows(source) * kvRowWidth
-            for querySegment in querySegments {
-                for keySegment in blockSegments[source] {
-                    kernel.accumulate(queries: queries, querySegment: querySegment, keys: block, values: values,
-                                      keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
-                }
+            for keySegment in blockSegments[source] {     // every query segment at once: K/V packed once
+                kernel.accumulate(queries: queries, querySegments: querySegments, keys: block, values: values,
+                                  keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
             }
         }
     }

@@ -38,6 +38,21 @@ struct BenchCommand: ParsableCommand {
             let predictions = try AutoStrategy.predictions(problem, compute, communicator: world)
             try world.barrier()
             let peak = try world.allreduce(BlasPeak.measure(threads: compute.threads), .sum)
+            // The same at the kernel's own products, so a reader sees how much of the gap to the
+            // square peak is BLAS's (smaller, thinner products) and how much is the kernel's.
+            let headDim = try world.together { try AutoStrategy.problem(problem.source, mask: problem.mask, ranks: world.size).headDim }
+            let shapes = BlasPeak.measureKernelShapes(headDim: headDim, tiling: compute.tiling, threads: compute.threads)
+            let sums = try world.allreduce([shapes.scores, shapes.values], .sum)
+            let shapePeaks = [sums[0], sums[1], 2 / (1 / sums[0] + 1 / sums[1])]     // equal FLOPs: the harmonic mean
+            let cores = try world.allgather(BlasCore.current)
+            let tile = compute.tiling
+            let header = [
+                "seqpar bench: \(world.size) rank(s) x \(compute.threads) thread(s)",
+                "OpenBLAS core: \(Set(cores).sorted().joined(separator: ", ")) (rank 0: \(BlasCore.reason))",
+                String(format: "sgemm peak, all ranks at once: %.1f GFLOP/s square (n=1024); at the kernel's products %.1f: Q·Kᵀ %dx%dx%d %.1f, P·V %dx%dx%d %.1f",
+                       peak, shapePeaks[2], tile.queryTile, tile.keyBlock, headDim, shapePeaks[0], tile.queryTile, headDim, tile.keyBlock, shapePeaks[1]),
+            ]
+            if !output.json { Session.say(world, header.joined(separator: "\n")) }
             var rows: [[String: Any]] = []
             var lines: [String] = []
             for name in strategies.split(separator: ",").compactMap({ StrategyName(rawValue: String($0)) }) {
@@ -53,29 +68,36 @@ struct BenchCommand: ParsableCommand {
                 let gflops = last!.flops / best / 1e9
                 let mesh = (last!.strategy as? MeshAttention).map { ($0.headGroup, $0.ring) }
                 let predicted = predictions.first { $0.strategy == name.rawValue && ($0.mesh == nil || ($0.mesh!.headGroup, $0.mesh!.ring) == mesh!) }
-                var row: [String: Any] = ["strategy": name.rawValue, "seconds": best, "gflops": gflops, "fraction_of_peak": gflops / peak]
+                var row: [String: Any] = ["strategy": name.rawValue, "seconds": best, "gflops": gflops, "fraction_of_peak": gflops / peak,
+                                          "fraction_of_kernel_shape_peak": gflops / shapePeaks[2]]
                 if let predicted {
                     row["predicted_seconds"] = predicted.seconds
                     row["measured_over_predicted"] = best / predicted.seconds
                 }
                 rows.append(row)
-                if lines.isEmpty {
-                    lines.append("seqpar bench: \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(last!))")
-                    lines.append(String(format: "sgemm peak, all ranks at once: %.1f GFLOP/s", peak))
-                    lines.append("strategy    best s     GFLOP/s   fraction of peak   predicted s   measured/predicted")
+                if rows.count == 1 {
+                    lines.append("problem: \(Format.problem(last!))")
+                    lines.append("strategy    best s     GFLOP/s   of peak   of kernel-shape peak   predicted s   measured/predicted")
                 }
                 let label = mesh.map { "mesh \($0.0)x\($0.1)" } ?? name.rawValue
-                lines.append(String(format: "%@  %9.4f  %9.1f   %.3f", label.padding(toLength: 10, withPad: " ", startingAt: 0), best, gflops, gflops / peak)
-                    + (predicted.map { String(format: "              %9.4f   %.2f", $0.seconds, best / $0.seconds) } ?? "              (no prediction)"))
+                lines.append(String(format: "%@  %9.4f  %9.1f   %.3f     %.3f", label.padding(toLength: 10, withPad: " ", startingAt: 0), best, gflops,
+                                    gflops / peak, gflops / shapePeaks[2])
+                    + (predicted.map { String(format: "                  %9.4f   %.2f", $0.seconds, best / $0.seconds) } ?? "                  (no prediction)"))
+                if !output.json {       // each strategy as it finishes: a long bench shows progress
+                    Session.say(world, lines.joined(separator: "\n"))
+                    lines.removeAll()
+                }
             }
             if predict {
                 lines.append("cost model predictions (kernel efficiency \(compute.kernelEfficiency) x sgemm; fastest first):")
                 lines.append(CostModel.table(predictions))
             }
             if output.json {
-                Session.say(world, Format.json(["command": "bench", "ranks": world.size, "threads": compute.threads, "sgemm_peak_gflops": peak, "results": rows,
+                Session.say(world, Format.json(["command": "bench", "ranks": world.size, "threads": compute.threads, "sgemm_peak_gflops": peak,
+                                                "sgemm_kernel_shapes_gflops": ["scores": shapePeaks[0], "values": shapePeaks[1], "combined": shapePeaks[2]],
+                                                "openblas_cores": cores, "openblas_core_reason": BlasCore.reason, "results": rows,
                                                 "predictions": predictions.map { ["strategy": $0.label, "seconds": $0.seconds] }]))
-            } else {
+            } else if !lines.isEmpty {
                 Session.say(world, lines.joined(separator: "\n"))
             }
         }

@@ -130,10 +130,10 @@ struct ComputeOptions: ParsableArguments {
     var everyRank = false
     @Option(parsing: .unconditional, help: "Compute threads per rank, each with one-thread BLAS calls.")
     var threads: Int = 1
-    @Option(name: .customLong("query-tile"), parsing: .unconditional, help: "Query rows per kernel tile.")
-    var queryTile: Int = 384
+    @Option(name: .customLong("query-tile"), parsing: .unconditional, help: "Query rows per kernel tile (the scores of a tile and a key block, 512 KiB at the defaults, stay in L2).")
+    var queryTile: Int = KernelTiling().queryTile
     @Option(name: .customLong("key-block"), parsing: .unconditional, help: "Keys per kernel block.")
-    var keyBlock: Int = 512
+    var keyBlock: Int = KernelTiling().keyBlock
     @Option(parsing: .unconditional, help: "End the job when it has run this many seconds: every rank still able to act says what (and which rank) it was waiting for, and the job exits with status 124 (default \(Int(Self.defaultTimeout)) s = 24 hours; 0: no limit).")
     var timeout: Double = Self.defaultTimeout
 

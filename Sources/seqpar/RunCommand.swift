@@ -92,8 +92,13 @@ struct RunCommand: ParsableCommand {
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info",
-        abstract: "MPI library, world size, host of each rank, BLAS threads and measured sgemm GFLOP/s per rank.",
-        discussion: "All ranks measure sgemm at the same time, as they would compute: ranks that share cores show it."
+        abstract: "MPI library, world size, and per rank: host, CPU, OpenBLAS core and why, BLAS threads, measured sgemm GFLOP/s.",
+        discussion: """
+        All ranks measure sgemm at the same time, as they would compute: ranks that share cores show it.
+        The OpenBLAS core is the set of kernels OpenBLAS runs. When the library picked kernels below what
+        the CPU offers (an OpenBLAS older than the CPU), seqpar sets OPENBLAS_CORETYPE and starts again;
+        a user's own OPENBLAS_CORETYPE wins unless SEQPAR_BLAS_CORE=auto (SEQPAR_BLAS_CORE=keep: never switch).
+        """
     )
 
     @Option(help: "Threads per rank for the sgemm measurement (as run --threads).")
@@ -106,19 +111,30 @@ struct InfoCommand: ParsableCommand {
         try Session.run { world in
             let hosts = try world.allgather(MPIRuntime.processorName())
             let blasThreads = try world.allgather(Int32(BlasPeak.blasThreads))
+            let cpus = try world.allgather(CPUFeatures.current.summary)
+            let cores = try world.allgather(BlasCore.current)
+            let reasons = try world.allgather(BlasCore.reason)
             try world.barrier()
             let peaks = try world.allgather(BlasPeak.measure(n: sgemmSize, threads: threads))
             if output.json {
                 Session.say(world, Format.json([
                     "mpi_library": MPIRuntime.libraryVersion(), "world_size": world.size, "threads": threads,
-                    "ranks": (0 ..< world.size).map { ["rank": $0, "host": hosts[$0], "blas_threads": Int(blasThreads[$0]), "sgemm_gflops": peaks[$0]] },
+                    "openblas": BlasCore.configuration,
+                    "ranks": (0 ..< world.size).map {
+                        ["rank": $0, "host": hosts[$0], "cpu": cpus[$0], "openblas_core": cores[$0], "openblas_core_reason": reasons[$0],
+                         "blas_threads": Int(blasThreads[$0]), "sgemm_gflops": peaks[$0]]
+                    },
                 ]))
                 return
             }
-            var lines = ["MPI library: \(MPIRuntime.libraryVersion())", "world size: \(world.size)",
-                         "rank  host                  blas threads  sgemm GFLOP/s (n=\(sgemmSize), \(threads) thread(s))"]
+            var lines = ["MPI library: \(MPIRuntime.libraryVersion())", "OpenBLAS: \(BlasCore.configuration)", "world size: \(world.size)",
+                         "rank  host                  blas threads  sgemm GFLOP/s (n=\(sgemmSize), \(threads) thread(s))  OpenBLAS core"]
             for r in 0 ..< world.size {
-                lines.append(String(format: "%4d  %@  %12d  %8.1f", r, hosts[r].padding(toLength: 20, withPad: " ", startingAt: 0), blasThreads[r], peaks[r]))
+                lines.append(String(format: "%4d  %@  %12d  %8.1f                           %@", r, hosts[r].padding(toLength: 20, withPad: " ", startingAt: 0),
+                                    blasThreads[r], peaks[r], cores[r]))
+            }
+            for r in 0 ..< world.size {
+                lines.append("rank \(r): CPU \(cpus[r]); OpenBLAS core \(reasons[r])")
             }
             Session.say(world, lines.joined(separator: "\n"))
         }

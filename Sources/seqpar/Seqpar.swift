@@ -3,6 +3,7 @@
 // shows one message, not four.
 
 import ArgumentParser
+import AttentionCore
 import Foundation
 
 struct Seqpar: ParsableCommand {
@@ -23,6 +24,8 @@ struct Seqpar: ParsableCommand {
 @main
 enum Main {
     static func main() {
+        checkBuildTarget()
+        BlasCore.selectAtStartup()        // may execute this program again, with better BLAS kernels
         do {
             var command = try Seqpar.parseAsRoot()
             try command.run()
@@ -37,6 +40,27 @@ enum Main {
                 }
             }
             exit(code.rawValue)
+        }
+    }
+
+    /// Launch/setup builds for the instruction set of the machine it runs on; a binary carried to a
+    /// CPU without it would die of SIGILL somewhere inside the kernel. Say so instead.
+    static func checkBuildTarget() {
+        #if SEQPAR_BUILT_FOR_AVX512
+        let builtFor = SimdLevel.avx512
+        #elseif SEQPAR_BUILT_FOR_AVX2
+        let builtFor = SimdLevel.avx2
+        #else
+        let builtFor = SimdLevel.sse
+        #endif
+        let cpu = CPUFeatures.current
+        if cpu.level < builtFor {
+            FileHandle.standardError.write(Data("""
+                seqpar: rank \(launchRank) on \(ProcessInfo.processInfo.hostName): this binary was built for \(builtFor) and this CPU \
+                (\(cpu.summary)) lacks it; build one for every node with SEQPAR_TARGET_CPU=\(cpu.level >= .avx2 ? "haswell" : "generic") Launch/setup
+
+                """.utf8))
+            exit(1)
         }
     }
 

@@ -94,6 +94,31 @@ struct KernelAccuracyTests {
         #expect(whole.rows == 77 && whole.heads == 4 && whole.headDim == 32)
     }
 
+    @Test("several query segments in one call (K/V packed once) give the bits of one call per segment")
+    func severalQuerySegments() throws {
+        // Zigzag's shape: a rank's two chunks as query segments, two key segments.
+        let problem = try Problem(heads: 8, kvHeads: 2, headDim: 64, mask: .causal, queryRanges: [0 ..< 37, 90 ..< 130],
+                                  keyRanges: [0 ..< 37, 90 ..< 130])
+        let querySegments = Problem.segments(of: problem.queryPositions)
+        let tiling = KernelTiling(queryTile: 16, keyBlock: 32)
+        for threads in [1, 3] {
+            let oneByOne = problem.kernel(tiling: tiling, threads: threads)
+            let kernel = LocalAttention(shape: problem.shape, mask: .causal, tiling: tiling, threads: threads)
+            let accumulator = AttentionAccumulator(rows: problem.q.tokens, heads: 8, headDim: 64)
+            problem.q.values.withUnsafeBufferPointer { qb in
+                problem.k.values.withUnsafeBufferPointer { kb in
+                    problem.v.values.withUnsafeBufferPointer { vb in
+                        for keySegment in querySegments {
+                            kernel.accumulate(queries: qb.baseAddress!, querySegments: querySegments, keys: kb.baseAddress!,
+                                              values: vb.baseAddress!, keySegment: keySegment, into: accumulator)
+                        }
+                    }
+                }
+            }
+            #expect(bits(accumulator.result()) == bits(oneByOne), "\(threads) thread(s)")
+        }
+    }
+
     @Test("thread count does not change the result's bits")
     func threadsAreDeterministic() throws {
         // Each query tile is computed by one thread with the same operations, whatever the thread count.

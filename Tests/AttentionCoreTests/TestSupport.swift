@@ -10,9 +10,9 @@ import Testing
 struct Problem {
     let shape: AttentionShape
     let mask: AttentionMask
-    let q: TokenTensor
-    let k: TokenTensor
-    let v: TokenTensor
+    var q: TokenTensor
+    var k: TokenTensor
+    var v: TokenTensor
     let queryPositions: [Int]
     let keyPositions: [Int]
 

@@ -82,4 +82,31 @@ struct VectorExpTests {
             }
         }
     }
+
+    /// vectorExpScores, the kernel's exp: the same accuracy over what the kernel feeds it (scores
+    /// minus a running max that may lag by up to the recompute threshold, so [-87.3, 64]), and
+    /// exactly 0 below float's range and for -inf (masked scores).
+    @Test("the kernel's exp: within a few ulp over [-87.3, 64], 0 below, 1 at 0")
+    func kernelExp() {
+        let count = 1 << 20
+        let inputs = (0 ... count).map { -87.3 + (87.3 + 64) * Float($0) / Float(count) } + [0, -0.0, 1, 88]
+        var worst = (ulps: 0.0, x: Float(0))
+        var at = 0
+        while at < inputs.count {
+            var lanes = FloatVector(repeating: 0)
+            let n = min(FloatVector.scalarCount, inputs.count - at)
+            for i in 0 ..< n { lanes[i] = inputs[at + i] }
+            let result = vectorExpScores(lanes)
+            for i in 0 ..< n {
+                let error = Self.ulps(result[i], lanes[i])
+                if !(error <= worst.ulps) { worst = (error, lanes[i]) }
+            }
+            at += n
+        }
+        #expect(worst.ulps <= Self.maxUlps, "worst \(worst.ulps) ulp at x = \(worst.x)")
+        #expect(vectorExpScores(FloatVector(repeating: 0)) == FloatVector(repeating: 1))
+        var low = FloatVector(repeating: -.infinity)
+        for (i, x) in [Float(-1e30), -1000, -104, -88, -87.5, -87.34, (-87.33 as Float).nextDown].enumerated() { low[i + 1] = x }
+        #expect(vectorExpScores(low) == FloatVector(repeating: 0))
+    }
 }

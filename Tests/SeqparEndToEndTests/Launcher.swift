@@ -61,9 +61,10 @@ func seqparBinary() throws -> String {
 
 /// Runs `Launch/local ranks arguments...` and records an issue when it is killed for running
 /// past `timeout` seconds.
-func launch(ranks: Int, arguments: [String], timeout: Double = 120,
+/// `environment` sets (or, with nil, removes) variables for this job only.
+func launch(ranks: Int, arguments: [String], timeout: Double = 120, environment: [String: String?] = [:],
             sourceLocation: SourceLocation = #_sourceLocation) async throws -> LaunchResult {
-    let result = try await launch(ranks: ranks, arguments: arguments, timeout: timeout, binary: try seqparBinary())
+    let result = try await launch(ranks: ranks, arguments: arguments, timeout: timeout, binary: try seqparBinary(), environment: environment)
     if result.timedOut {
         Issue.record("the job ran past its \(Int(timeout)) s limit and was killed: a hang\n\(result)", sourceLocation: sourceLocation)
     }
@@ -71,10 +72,11 @@ func launch(ranks: Int, arguments: [String], timeout: Double = 120,
 }
 
 /// The same with any binary, and no issue recorded on a time-out (for the test of the time-out).
-func launch(ranks: Int, arguments: [String], timeout: Double, binary: String) async throws -> LaunchResult {
+func launch(ranks: Int, arguments: [String], timeout: Double, binary: String, environment changes: [String: String?] = [:]) async throws -> LaunchResult {
     let script = packageRoot.appendingPathComponent("Launch/local")
     var environment = ProcessInfo.processInfo.environment
     environment["SEQPAR_BIN"] = binary
+    for (name, value) in changes { environment[name] = value }
     return try await runProcess(executable: script, arguments: [String(ranks)] + arguments, environment: environment, timeout: timeout)
 }
 

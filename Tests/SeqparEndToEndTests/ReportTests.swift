@@ -25,6 +25,65 @@ extension EndToEnd {
             }
         }
 
+        /// The CPU's instruction-set level as /proc/cpuinfo tells it (independently of seqpar's CPUID).
+        static func cpuinfoLevel() throws -> Int {
+            let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+            let flags = Set(cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? [])
+            if ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"].allSatisfy(flags.contains) { return flags.contains("avx512_bf16") ? 4 : 3 }
+            if flags.contains("avx2") && flags.contains("fma") { return 2 }
+            return flags.contains("avx") ? 1 : 0
+        }
+
+        /// The level of an OpenBLAS core's kernels (0 SSE ... 4 AVX-512 with BF16).
+        static let coreLevels = ["prescott": 0, "core2": 0, "nehalem": 0, "barcelona": 0, "sandybridge": 1, "bulldozer": 1, "piledriver": 1,
+                                 "steamroller": 1, "excavator": 1, "haswell": 2, "zen": 2, "skylakex": 3, "cooperlake": 4, "sapphirerapids": 4]
+
+        static func infoCores(environment: [String: String?]) async throws -> (cores: [String], reasons: [String], result: LaunchResult) {
+            let result = try await launch(ranks: 2, arguments: ["info", "--json", "--sgemm-size", "128"], environment: environment)
+            try #require(result.status == 0, "\(result)")
+            let ranks = try #require(array(try result.json(), "ranks"), "no ranks array\n\(result)")
+            return (ranks.map { $0["openblas_core"] as? String ?? "" }, ranks.map { $0["openblas_core_reason"] as? String ?? "" }, result)
+        }
+
+        @Test("with nothing set by hand, OpenBLAS runs kernels that match the CPU on every rank")
+        func blasCoreMatchesCPU() async throws {
+            guard (try? Self.cpuinfoLevel()) != nil else {
+                Issue.record("no /proc/cpuinfo: cannot tell this CPU's level")
+                return
+            }
+            let level = try Self.cpuinfoLevel()
+            let (cores, reasons, result) = try await Self.infoCores(environment: ["OPENBLAS_CORETYPE": nil, "SEQPAR_BLAS_CORE": nil])
+            for (core, reason) in zip(cores, reasons) {
+                let coreLevel = try #require(Self.coreLevels[core.lowercased()], "unknown core '\(core)'\n\(result)")
+                // Nothing seqpar could pick beats SSE kernels on an SSE-only CPU.
+                #expect(coreLevel >= min(level, 4) || level == 0, "core \(core) (level \(coreLevel)) below this CPU's level \(level): \(reason)")
+                #expect(!reason.isEmpty)
+            }
+        }
+
+        @Test("seqpar replaces a core below the CPU when told it may; a user's own core wins otherwise")
+        func blasCoreSwitch() async throws {
+            let level = try Self.cpuinfoLevel()
+            // SEQPAR_BLAS_CORE=auto: seqpar treats OPENBLAS_CORETYPE=Prescott as a fallback to fix,
+            // sets a better core and executes itself again, on every rank, under mpirun.
+            let switched = try await Self.infoCores(environment: ["OPENBLAS_CORETYPE": "Prescott", "SEQPAR_BLAS_CORE": "auto"])
+            for (core, reason) in zip(switched.cores, switched.reasons) {
+                if level >= 1 {
+                    #expect(Self.coreLevels[core.lowercased()] ?? -1 >= min(level, 4), "\(core): \(reason)")
+                    #expect(reason.contains("set by seqpar") && reason.contains("chose Prescott"), "\(reason)")
+                } else {
+                    #expect(core == "Prescott", "\(reason)")
+                }
+            }
+            // The user's own setting wins, and info says what the CPU could run instead.
+            let kept = try await Self.infoCores(environment: ["OPENBLAS_CORETYPE": "Prescott", "SEQPAR_BLAS_CORE": nil])
+            for (core, reason) in zip(kept.cores, kept.reasons) {
+                #expect(core == "Prescott", "\(reason)")
+                #expect(reason.contains("OPENBLAS_CORETYPE=Prescott set by the user"), "\(reason)")
+                if level >= 1 { #expect(reason.contains("could run"), "\(reason)") }
+            }
+        }
+
         @Test("run --json reports time, GFLOP/s and memory per rank")
         func runReport() async throws {
             let result = try await launch(ranks: 2, arguments: ["run", "--json", "--tokens", "1000", "--heads", "4", "--kv-heads", "2",
@@ -62,7 +121,15 @@ extension EndToEnd {
                 #expect(gflops > 0, "\(row)")
                 #expect(fraction > 0, "\(row)")
                 #expect(abs(fraction - gflops / peak) <= 1e-9 * max(1, fraction), "fraction_of_peak is not gflops / peak: \(row)")
+                #expect((number(row, "fraction_of_kernel_shape_peak") ?? 0) > 0, "\(row)")
             }
+            // The sgemm rate at the kernel's own products: both measured, combined as their harmonic mean.
+            let shapes = try #require(json["sgemm_kernel_shapes_gflops"] as? [String: Any], "no kernel-shape peak\n\(result)")
+            let scores = try #require(number(shapes, "scores")), values = try #require(number(shapes, "values"))
+            let combined = try #require(number(shapes, "combined"))
+            #expect(scores > 0 && values > 0)
+            #expect(abs(combined - 2 / (1 / scores + 1 / values)) <= 1e-6 * combined, "\(shapes)")
+            #expect((json["openblas_cores"] as? [String])?.count == 2)
         }
 
         /// Peak resident memory per rank (getrusage) at 2 ranks, one head of dim 64, causal:

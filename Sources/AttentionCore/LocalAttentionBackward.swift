@@ -1,0 +1,370 @@
+// The backward kernel, FlashAttention-2 style, on one rank's CPU cores.
+//
+// For one kv head and one block of keys it walks the query heads that read the kv head and their
+// query tiles, recomputes P = exp(scale·Q·Kᵀ − lse) (the forward's lse makes it exact in one pass:
+// no max, no sum), and accumulates, with cblas_sgemm for every product:
+//     dV_blk += Pᵀ·dO,   dP = dO·Vᵀ,   dS = P ∘ (dP − D),   dQ += scale·dS·K,   dK_blk += scale·dSᵀ·Q
+// where D = rowsum(dO ∘ O) is computed once per row (`GradientAccumulator`). dK and dV of the block
+// live in per-thread scratch until the block is done, then are added to the caller's rows; so a
+// kv head's gradient sums over its query heads (GQA/MQA) without copying K or V per query head.
+// Threads take (kv head, key block) items; dQ, which every key block adds to, goes to a buffer per
+// thread, summed at the end. Operands are contiguous as in the forward kernel (K/V packed per kv
+// head, Q and dO tiles packed, dQ head-major). Masks as in the forward: hidden blocks skipped,
+// partial blocks trimmed and clipped; rows that see no key (lse = -inf) get no gradient.
+// What it does not do: the forward (LocalAttention), or know about ranks.
+
+import CBLAS
+import Dispatch
+
+/// What the backward needs per query row, and where dQ accumulates, for `rows` query rows of
+/// `heads` heads: lse and D = rowsum(dO ∘ O), both [heads, rows], and dQ head-major
+/// [heads, rows, headDim] (`finish` writes it in Q's layout).
+public final class GradientAccumulator {
+    public let rows: Int
+    public let heads: Int
+    public let headDim: Int
+    /// [heads, rows]
+    public let lse: UnsafeMutableBufferPointer<Float>
+    /// [heads, rows]: rowsum(dO ∘ O)
+    public let delta: UnsafeMutableBufferPointer<Float>
+    /// [heads, rows, headDim]
+    public let dq: UnsafeMutableBufferPointer<Float>
+
+    /// - Parameters:
+    ///   - output, outputGrad: O and dO, [rows, heads, headDim].
+    ///   - lse: [heads, lseStride] (lseStride defaults to rows), the forward's.
+    public init(rows: Int, heads: Int, headDim: Int, output: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
+                lse: UnsafePointer<Float>, lseStride: Int? = nil) {
+        self.rows = rows
+        self.heads = heads
+        self.headDim = headDim
+        self.lse = .allocate(capacity: max(1, heads * rows))
+        delta = .allocate(capacity: max(1, heads * rows))
+        dq = .allocate(capacity: max(1, rows * heads * headDim))
+        dq.initialize(repeating: 0)
+        let stride = lseStride ?? rows
+        for h in 0 ..< heads {
+            for r in 0 ..< rows {
+                self.lse[h * rows + r] = lse[h * stride + r]
+                let o = output + (r * heads + h) * headDim, g = outputGrad + (r * heads + h) * headDim
+                var sum: Float = 0
+                for x in 0 ..< headDim { sum += o[x] * g[x] }
+                delta[h * rows + r] = sum
+            }
+        }
+    }
+
+    deinit {
+        lse.deallocate()
+        delta.deallocate()
+        dq.deallocate()
+    }
+
+    /// Writes dQ in Q's layout, [rows, heads, headDim].
+    public func finish(dq out: UnsafeMutablePointer<Float>) {
+        for h in 0 ..< heads {
+            for r in 0 ..< rows {
+                (out + (r * heads + h) * headDim).update(from: dq.baseAddress! + (h * rows + r) * headDim, count: headDim)
+            }
+        }
+    }
+}
+
+public final class LocalAttentionBackward {
+    public let shape: AttentionShape
+    public let mask: AttentionMask
+    public let tiling: KernelTiling
+    public let slice: HeadSlice
+    public let threads: Int
+
+    /// Per thread: P and dP/dS [queryTile, keyBlock], Q and dO tiles [queryTile, headDim],
+    /// dK and dV of the block [keyBlock, headDim].
+    private let scratch: [UnsafeMutableBufferPointer<Float>]
+    /// dQ of threads other than the calling one, each the size of the accumulator's; grows.
+    private var threadDQ: [UnsafeMutableBufferPointer<Float>] = []
+    private var packedKeys = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
+    private var packedValues = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
+    private let flopCounts: UnsafeMutableBufferPointer<Double>
+
+    /// FLOPs spent so far: 10·headDim per visible-block score (five products), 2.5 x the forward's.
+    public var computedFlops: Double { flopCounts.reduce(0, +) }
+
+    public init(shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling = KernelTiling(), threads: Int = 1,
+                slice: HeadSlice? = nil) {
+        self.shape = shape
+        self.mask = mask
+        self.tiling = tiling
+        self.slice = slice ?? .all(shape)
+        self.threads = max(1, threads)
+        let (tq, tk, d) = (tiling.queryTile, tiling.keyBlock, shape.headDim)
+        let perThread = 2 * tq * tk + 2 * tq * d + 2 * tk * d
+        scratch = (0 ..< self.threads).map { _ in
+            let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: perThread)
+            buffer.initialize(repeating: 0)
+            return buffer
+        }
+        flopCounts = .allocate(capacity: self.threads)
+        flopCounts.initialize(repeating: 0)
+    }
+
+    deinit {
+        scratch.forEach { $0.deallocate() }
+        threadDQ.forEach { $0.deallocate() }
+        packedKeys.deallocate()
+        packedValues.deallocate()
+        flopCounts.deallocate()
+    }
+
+    /// Adds the gradients from the keys of `keySegment` and the query rows of `querySegment`:
+    /// dQ of those rows into `gradients`, dK and dV of the segment's rows into `keyGrad` and
+    /// `valueGrad`.
+    ///
+    /// - Parameters:
+    ///   - queries, outputGrad: row 0 of the Q and dO shards ([rows, slice heads, headDim]).
+    ///   - keys, values: row 0 of a K/V shard ([rows, slice kv heads, headDim]).
+    ///   - keyGrad, valueGrad: row 0 of dK/dV shards laid out as K ([rows, slice kv heads, headDim]).
+    ///   - progress: called by the calling thread between its items.
+    public func accumulate(queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>, querySegment: ShardSegment,
+                           keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
+                           into gradients: GradientAccumulator,
+                           keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, progress: () -> Void = {}) {
+        precondition(gradients.heads == slice.heads.count && gradients.headDim == shape.headDim)
+        precondition(querySegment.localRow + querySegment.positions.count <= gradients.rows)
+        guard !querySegment.positions.isEmpty, !keySegment.positions.isEmpty else { return }
+        let (k, v) = packKeysAndValues(keys: keys, values: values, segment: keySegment)
+        // Key blocks, cut at the mask's alignment as the forward cuts them.
+        var blocks: [Range<Int>] = []
+        var start = keySegment.positions.lowerBound
+        while start < keySegment.positions.upperBound {
+            var length = min(tiling.keyBlock, keySegment.positions.upperBound - start)
+            if let alignment = mask.keyBlockAlignment { length = min(length, (start / alignment + 1) * alignment - start) }
+            blocks.append(start ..< start + length)
+            start += length
+        }
+        let dqCount = gradients.rows * gradients.heads * gradients.headDim
+        if threads > 1 {
+            if threadDQ.first.map({ $0.count < dqCount }) ?? true {
+                threadDQ.forEach { $0.deallocate() }
+                threadDQ = (1 ..< threads).map { _ in .allocate(capacity: dqCount) }
+            }
+            threadDQ.forEach { $0.update(repeating: 0) }
+        }
+        let items = slice.kvHeads.count * blocks.count
+        let work = { (thread: Int, item: Int) in
+            let dq = thread == 0 ? gradients.dq.baseAddress! : self.threadDQ[thread - 1].baseAddress!
+            self.foldBlock(kvHead: item / blocks.count, block: blocks[item % blocks.count], queries: queries, outputGrad: outputGrad,
+                           querySegment: querySegment, keys: k, values: v, keySegment: keySegment, gradients: gradients, dq: dq,
+                           keyGrad: keyGrad, valueGrad: valueGrad, thread: thread)
+        }
+        let threads = self.threads
+        let others = DispatchGroup()
+        if threads > 1 {
+            nonisolated(unsafe) let body = work
+            DispatchQueue.global().async(group: others) {
+                DispatchQueue.concurrentPerform(iterations: threads - 1) { helper in
+                    for item in stride(from: helper + 1, to: items, by: threads) { body(helper + 1, item) }
+                }
+            }
+        }
+        for item in stride(from: 0, to: items, by: threads) {
+            work(0, item)
+            progress()
+        }
+        others.wait()
+        for buffer in threadDQ where threads > 1 {
+            let dq = gradients.dq.baseAddress!
+            for i in 0 ..< dqCount { dq[i] += buffer[i] }
+        }
+    }
+
+    /// As the forward's: one contiguous [keys, headDim] run per kv head of the slice.
+    private func packKeysAndValues(keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                                   segment: ShardSegment) -> (UnsafePointer<Float>, UnsafePointer<Float>) {
+        let d = shape.headDim
+        let kvHeads = slice.kvHeads.count
+        let rows = segment.positions.count
+        let first = segment.localRow * kvHeads * d
+        if kvHeads == 1 { return (keys + first, values + first) }
+        let count = rows * kvHeads * d
+        if packedKeys.count < count {
+            packedKeys.deallocate()
+            packedValues.deallocate()
+            packedKeys = .allocate(capacity: count)
+            packedValues = .allocate(capacity: count)
+        }
+        for (source, target) in [(keys + first, packedKeys.baseAddress!), (values + first, packedValues.baseAddress!)] {
+            for g in 0 ..< kvHeads {
+                for row in 0 ..< rows { (target + (g * rows + row) * d).update(from: source + (row * kvHeads + g) * d, count: d) }
+            }
+        }
+        return (UnsafePointer(packedKeys.baseAddress!), UnsafePointer(packedValues.baseAddress!))
+    }
+
+    /// One kv head (local to the slice), one key block (global positions), every query head that
+    /// reads the kv head and every query tile of the segment.
+    private func foldBlock(kvHead: Int, block: Range<Int>, queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
+                           querySegment: ShardSegment, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                           keySegment: ShardSegment, gradients: GradientAccumulator, dq: UnsafeMutablePointer<Float>,
+                           keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, thread: Int) {
+        let d = shape.headDim
+        let (tqMax, tkMax) = (tiling.queryTile, tiling.keyBlock)
+        let base = scratch[thread].baseAddress!
+        let p = base, ds = base + tqMax * tkMax
+        let qTile = ds + tqMax * tkMax, doTile = qTile + tqMax * d
+        let dkBlock = doTile + tqMax * d, dvBlock = dkBlock + tkMax * d
+        let blockRow = block.lowerBound - keySegment.positions.lowerBound
+        let keyCount = keySegment.positions.count
+        let headKeys = keys + (kvHead * keyCount + blockRow) * d
+        let headValues = values + (kvHead * keyCount + blockRow) * d
+        dkBlock.update(repeating: 0, count: block.count * d)
+        dvBlock.update(repeating: 0, count: block.count * d)
+        let qStride = slice.heads.count * d
+        let globalKvHead = slice.kvHeads.lowerBound + kvHead
+        let queryCount = querySegment.positions.count
+        var touched = false
+
+        for head in 0 ..< slice.heads.count where shape.kvHead(of: slice.heads.lowerBound + head) == globalKvHead {
+            let globalHead = slice.heads.lowerBound + head
+            var first = 0
+            while first < queryCount {
+                let tq = min(tqMax, queryCount - first)
+                defer { first += tq }
+                let queryPositions = querySegment.positions.lowerBound + first ..< querySegment.positions.lowerBound + first + tq
+                let relation = mask.relation(queries: queryPositions, keys: block, head: globalHead)
+                if relation == .hidden { continue }
+                let keyPositions = relation == .partial ? mask.visibleSpan(queries: queryPositions, keys: block, head: globalHead) : block
+                let tk = keyPositions.count
+                let offset = keyPositions.lowerBound - block.lowerBound
+                let k = headKeys + offset * d, v = headValues + offset * d
+                flopCounts[thread] += Double(10 * tq * tk * d)
+                touched = true
+
+                let row = querySegment.localRow + first
+                for r in 0 ..< tq {
+                    (qTile + r * d).update(from: queries + (row + r) * qStride + head * d, count: d)
+                    (doTile + r * d).update(from: outputGrad + (row + r) * qStride + head * d, count: d)
+                }
+                let state = head * gradients.rows + row
+                let lse = gradients.lse.baseAddress! + state, delta = gradients.delta.baseAddress! + state
+
+                // P = exp(scale·Q·Kᵀ − lse), exact: the forward's lse is the row's whole normaliser.
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
+                            shape.scale, qTile, Int32(d), k, Int32(d), 0, p, Int32(tk))
+                if relation == .partial { clipRows(p, rows: tq, columns: tk, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead) }
+                for r in 0 ..< tq { probabilities(p + r * tk, count: tk, lse: lse[r]) }
+                // dV += Pᵀ·dO
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
+                            1, p, Int32(tk), doTile, Int32(d), 1, dvBlock + offset * d, Int32(d))
+                // dP = dO·Vᵀ, then dS = P ∘ (dP − D) in place
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
+                            1, doTile, Int32(d), v, Int32(d), 0, ds, Int32(tk))
+                for r in 0 ..< tq { scoreGradient(ds + r * tk, probabilities: p + r * tk, count: tk, delta: delta[r]) }
+                // dQ += scale·dS·K, dK += scale·dSᵀ·Q
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(d), Int32(tk),
+                            shape.scale, ds, Int32(tk), k, Int32(d), 1, dq + state * d, Int32(d))
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
+                            shape.scale, ds, Int32(tk), qTile, Int32(d), 1, dkBlock + offset * d, Int32(d))
+            }
+        }
+        guard touched else { return }
+        let kvStride = slice.kvHeads.count * d
+        let firstRow = keySegment.localRow + blockRow
+        for j in 0 ..< block.count {
+            let dk = keyGrad + (firstRow + j) * kvStride + kvHead * d, dv = valueGrad + (firstRow + j) * kvStride + kvHead * d
+            for x in 0 ..< d {
+                dk[x] += dkBlock[j * d + x]
+                dv[x] += dvBlock[j * d + x]
+            }
+        }
+    }
+
+    /// Sets the scores the mask hides to -inf, row by row.
+    private func clipRows(_ scores: UnsafeMutablePointer<Float>, rows: Int, columns: Int,
+                          queryPositions: Range<Int>, keyPositions: Range<Int>, head: Int) {
+        for r in 0 ..< rows {
+            let visible = mask.visibleKeys(query: queryPositions.lowerBound + r, head: head, within: keyPositions)
+            let row = scores + r * columns
+            let lo = visible.isEmpty ? columns : visible.lowerBound - keyPositions.lowerBound
+            let hi = visible.isEmpty ? columns : visible.upperBound - keyPositions.lowerBound
+            if lo > 0 { row.update(repeating: -.infinity, count: lo) }
+            if hi < columns { (row + hi).update(repeating: -.infinity, count: columns - hi) }
+        }
+    }
+
+    /// Scores to probabilities against the row's lse; a row that sees no key (lse -inf) gets 0.
+    @inline(__always)
+    private func probabilities(_ row: UnsafeMutablePointer<Float>, count: Int, lse: Float) {
+        if lse == -.infinity {
+            row.update(repeating: 0, count: count)
+            return
+        }
+        let width = FloatVector.scalarCount
+        let shift = FloatVector(repeating: lse)
+        var c = 0
+        while c + width <= count {
+            storeVector(vectorExpScores(loadVector(row + c) - shift), row + c)
+            c += width
+        }
+        if c < count {
+            var tail = FloatVector(repeating: -.infinity)
+            for i in 0 ..< count - c { tail[i] = row[c + i] }
+            let e = vectorExpScores(tail - shift)
+            for i in 0 ..< count - c { row[c + i] = e[i] }
+        }
+    }
+
+    /// dS = P ∘ (dP − D), in place over dP.
+    @inline(__always)
+    private func scoreGradient(_ row: UnsafeMutablePointer<Float>, probabilities p: UnsafePointer<Float>, count: Int, delta: Float) {
+        let width = FloatVector.scalarCount
+        let shift = FloatVector(repeating: delta)
+        var c = 0
+        while c + width <= count {
+            storeVector(loadVector(p + c) * (loadVector(row + c) - shift), row + c)
+            c += width
+        }
+        while c < count {
+            row[c] = p[c] * (row[c] - delta)
+            c += 1
+        }
+    }
+}
+
+extension LocalAttentionBackward {
+    /// Whole-sequence gradients on one rank (positions are row indices): the single-rank backward.
+    /// `forward` is the forward's result for the same inputs (its O and lse).
+    public func gradients(q: TokenTensor, k: TokenTensor, v: TokenTensor, forward: PartialResult, outputGrad: TokenTensor)
+        -> (dq: TokenTensor, dk: TokenTensor, dv: TokenTensor) {
+        var dq = TokenTensor(zerosTokens: q.tokens, heads: q.heads, headDim: q.headDim)
+        var dk = TokenTensor(zerosTokens: k.tokens, heads: k.heads, headDim: k.headDim)
+        var dv = TokenTensor(zerosTokens: k.tokens, heads: k.heads, headDim: k.headDim)
+        guard q.tokens > 0, k.tokens > 0 else { return (dq, dk, dv) }
+        let accumulator = forward.output.withUnsafeBufferPointer { o in
+            outputGrad.values.withUnsafeBufferPointer { g in
+                forward.lse.withUnsafeBufferPointer { l in
+                    GradientAccumulator(rows: q.tokens, heads: slice.heads.count, headDim: shape.headDim,
+                                        output: o.baseAddress!, outputGrad: g.baseAddress!, lse: l.baseAddress!)
+                }
+            }
+        }
+        q.values.withUnsafeBufferPointer { qb in
+            outputGrad.values.withUnsafeBufferPointer { gb in
+                k.values.withUnsafeBufferPointer { kb in
+                    v.values.withUnsafeBufferPointer { vb in
+                        dk.values.withUnsafeMutableBufferPointer { dkb in
+                            dv.values.withUnsafeMutableBufferPointer { dvb in
+                                accumulate(queries: qb.baseAddress!, outputGrad: gb.baseAddress!,
+                                           querySegment: ShardSegment(positions: 0 ..< q.tokens, localRow: 0),
+                                           keys: kb.baseAddress!, values: vb.baseAddress!,
+                                           keySegment: ShardSegment(positions: 0 ..< k.tokens, localRow: 0),
+                                           into: accumulator, keyGrad: dkb.baseAddress!, valueGrad: dvb.baseAddress!)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dq.values.withUnsafeMutableBufferPointer { accumulator.finish(dq: $0.baseAddress!) }
+        return (dq, dk, dv)
+    }
+}
