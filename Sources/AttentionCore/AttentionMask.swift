@@ -1,4 +1,4 @@
-// Masks in global token positions (query i, key j), as ENGINE.md defines them.
+// Masks in global token positions (query i, key j), as docs/DESIGN.md defines them.
 // The kernel asks three things of a mask: how a block of queries relates to a block of keys
 // (hidden: skipped; full: no masking work; partial: rows clipped), which keys of a block one
 // query sees (always an interval, given the kernel cuts key blocks at `keyBlockAlignment`), and
@@ -145,7 +145,7 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
     }
 
     /// FLOPs of attention over `tokens` tokens: 4 per visible pair and head dimension
-    /// (2 for Q·Kᵀ, 2 for P·V), ENGINE.md's convention.
+    /// (2 for Q·Kᵀ, 2 for P·V), docs/DESIGN.md's convention.
     public func flops(tokens: Int, shape: AttentionShape) -> Double {
         4 * Double(shape.headDim) * visiblePairs(tokens: tokens, heads: shape.heads)
     }

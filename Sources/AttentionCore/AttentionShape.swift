@@ -1,5 +1,5 @@
 // The shape of one attention problem and the layout conventions every part shares
-// (ENGINE.md): Q and O are [tokens, heads, headDim], K and V are [tokens, kvHeads, headDim],
+// (docs/DESIGN.md): Q and O are [tokens, heads, headDim], K and V are [tokens, kvHeads, headDim],
 // LSE is [heads, tokens], all float32 row-major.
 
 /// Head counts, head size and softmax scale. Token counts live with the data, not here.

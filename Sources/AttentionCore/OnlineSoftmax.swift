@@ -1,4 +1,4 @@
-// Partial attention results (O, lse) and their exact merge (ENGINE.md):
+// Partial attention results (O, lse) and their exact merge (docs/DESIGN.md):
 //     M = max(l1, l2);  l = M + log1p(exp(min - M));  O = exp(l1 - l)·O1 + exp(l2 - l)·O2
 // (O = 0, lse = -inf) is the identity, and no path computes -inf - -inf.
 // Within a kernel the same algebra runs unnormalised (running max, running sum), which

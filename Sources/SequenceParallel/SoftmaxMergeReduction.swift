@@ -1,6 +1,6 @@
 // The online-softmax merge as an MPI reduction operator. A record is one (query, head): its lse
 // followed by its headDim output values, all float32; an MPI contiguous datatype of 1 + headDim
-// floats carries it, and the operator merges records pairwise (ENGINE.md's merge, which is
+// floats carries it, and the operator merges records pairwise (docs/DESIGN.md's merge, which is
 // associative and commutative, so MPI may combine ranks in any order).
 
 import AttentionCore

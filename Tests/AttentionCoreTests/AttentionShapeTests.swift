@@ -1,5 +1,5 @@
 // AttentionShape: what it accepts, what it rejects (with a message a user can act on), the
-// default scale, and the GQA head mapping of ENGINE.md (query head h reads kv head h / (heads / kvHeads)).
+// default scale, and the GQA head mapping of docs/DESIGN.md (query head h reads kv head h / (heads / kvHeads)).
 
 import AttentionCore
 import Foundation

@@ -1,4 +1,4 @@
-// The merge of partial results (ENGINE.md): exact up to rounding, commutative, associative, with
+// The merge of partial results (docs/DESIGN.md): exact up to rounding, commutative, associative, with
 // (O = 0, lse = -inf) as its identity, and never NaN — the properties that let ring steps, head
 // shards and ranks be folded in any order and an MPI reduction apply it.
 

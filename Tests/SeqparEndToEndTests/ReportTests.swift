@@ -1,5 +1,5 @@
 // The figures seqpar reports (info, run, bench as JSON) and what they say about memory: per-rank
-// peak memory must grow with tokens / ranks, never with tokens^2 (ENGINE.md, "Limits that matter").
+// peak memory must grow with tokens / ranks, never with tokens^2 (docs/DESIGN.md, "Memory").
 
 import Foundation
 import Testing
@@ -97,7 +97,7 @@ extension EndToEnd {
             let seconds = try #require(number(json, "seconds")), gflops = try #require(number(json, "gflops"))
             let flops = try #require(number(json, "flops"))
             #expect(seconds > 0 && gflops > 0)
-            // ENGINE.md's count: 4 * tokens^2 * heads * headDim, the visible half (with the diagonal) for causal.
+            // docs/DESIGN.md's count: 4 * tokens^2 * heads * headDim, the visible half (with the diagonal) for causal.
             let visiblePairs: Double = 1000.0 * 1001 / 2
             #expect(flops == 4 * 64 * 4 * visiblePairs)
             #expect(abs(gflops - flops / seconds / 1e9) <= 1e-6 * gflops, "gflops is not flops / seconds")
