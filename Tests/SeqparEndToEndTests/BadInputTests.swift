@@ -94,8 +94,6 @@ struct BadInputCase: Sendable, CustomTestStringConvertible {
         BadInputCase("nonexistent path", offender: "k", phrases: ["cannot open", "No such file"], write: valid { dir in
             try FileManager.default.removeItem(atPath: dir.path("k.npy"))
         }),
-        BadInputCase("output directory does not exist", offender: "out", phrases: ["cannot open"],
-                     extraArguments: ["--out", "OUT"], write: valid { _ in }),
     ]
 }
 
@@ -116,6 +114,16 @@ struct ArgumentErrorCase: Sendable, CustomTestStringConvertible {
                           message: "describe synthetic inputs"),
         ArgumentErrorCase(arguments: ["run", "--scale", "0"], message: "--scale must be a positive number"),
         ArgumentErrorCase(arguments: ["run", "--threads", "0"], message: "--threads must be at least 1"),
+        // Checked before any work (an output that cannot be written used to fail after the whole run).
+        ArgumentErrorCase(arguments: ["run", "--out", "/nonexistent-seqpar/o.npy"], message: "--out /nonexistent-seqpar/o.npy: the folder /nonexistent-seqpar does not exist"),
+        ArgumentErrorCase(arguments: ["run", "--lse", "/proc/seqpar-lse.npy"], message: "--lse /proc/seqpar-lse.npy cannot be written"),
+        ArgumentErrorCase(arguments: ["run", "--out", "/tmp"], message: "--out /tmp is a folder"),
+        ArgumentErrorCase(arguments: ["profile", "--trace", "/nonexistent-seqpar/t.json"], message: "--trace /nonexistent-seqpar/t.json: the folder"),
+        ArgumentErrorCase(arguments: ["run", "--profile", "/proc/t.json"], message: "--profile /proc/t.json cannot be written"),
+        ArgumentErrorCase(arguments: ["probe", "--out", "/nonexistent-seqpar/p.json"], message: "--out /nonexistent-seqpar/p.json: the folder"),
+        ArgumentErrorCase(arguments: ["run", "--save-inputs", "/nonexistent-seqpar"], message: "--save-inputs /nonexistent-seqpar/Q.npy: the folder"),
+        // bench runs --strategies; a --strategy would be ignored.
+        ArgumentErrorCase(arguments: ["bench", "--strategy", "ring"], message: "Give --strategies ring to bench ring alone"),
     ]
 }
 
