@@ -11,7 +11,7 @@ import Testing
 let configFolder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent().appendingPathComponent("cluster-configs")
 
-let shippedConfigs = ["local", "netns-2host", "netns-4host", "two-node-ethernet", "slurm"]
+let shippedConfigs = ["local", "netns-2host", "netns-4host", "two-node-ethernet", "slurm", "slurm-local"]
 
 /// A root launch on a two-core machine called vm.
 let twoCores = LaunchMachine(isRoot: true, cores: 2, names: ["localhost", "127.0.0.1", "vm"])
@@ -264,6 +264,14 @@ func shipped(_ name: String) throws -> ClusterConfig {
             #expect(lines.contains("#SBATCH --nodes=\(nodes)") && lines.contains("#SBATCH --ntasks=\(ranks)"), "\(ranks) ranks, \(perNode as Any) per node: \(lines)")
             #expect(lines.last?.hasPrefix("srun --mpi=pmix --nodes=\(nodes) --ntasks=\(ranks) ") == true, "\(lines)")
         }
+    }
+
+    @Test func localSlurmConfig() throws {
+        // cluster-configs/slurm-local.toml: two simulated nodes, no binding (they share the cores), no prologue.
+        let script = try LaunchPlan.slurmScript(shipped("slurm-local"), LaunchRequest(ranksPerNode: 1, binary: binary, arguments: ["verify"]))
+        let lines = script.split(separator: "\n").map(String.init)
+        #expect(lines.contains("#SBATCH --partition=cpu") && lines.contains("#SBATCH --nodes=2") && !lines.contains { $0.hasPrefix("type module") })
+        #expect(lines.last == "srun --mpi=pmix --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=1 --cpu-bind=none \(binary) verify --strategy zigzag")
     }
 
     @Test func srunRefusesMpirunArguments() throws {
