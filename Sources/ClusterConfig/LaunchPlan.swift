@@ -109,12 +109,14 @@ public struct LaunchPlan: Equatable, Sendable {
         guard ranks <= slurm.nodes * tasksPerNode || config.oversubscribe else {
             throw ConfigError(file: config.file, line: nil, "\(ranks) ranks do not fit \(slurm.nodes) node(s) x \(tasksPerNode) task(s); expected at most \(slurm.nodes * tasksPerNode)")
         }
+        // Only the nodes the ranks need: --ranks 2 --ranks-per-node 2 is one node, whatever the config's count.
+        let nodes = ranks > slurm.nodes * tasksPerNode ? slurm.nodes : min(slurm.nodes, (ranks + tasksPerNode - 1) / tasksPerNode)
         let cpus = slurm.cpusPerTask ?? config.blasThreads
         var lines = ["#!/bin/bash",
                      "# seqpar batch job, written by `seqpar cluster-plan --slurm` from \(commentSafe(config.file)).",
                      "# Submit with: sbatch THIS_FILE",
                      "#SBATCH --job-name=\(slurm.jobName)",
-                     "#SBATCH --nodes=\(slurm.nodes)",
+                     "#SBATCH --nodes=\(nodes)",
                      "#SBATCH --ntasks=\(ranks)",
                      "#SBATCH --ntasks-per-node=\(tasksPerNode)",
                      "#SBATCH --cpus-per-task=\(cpus)"]
@@ -122,6 +124,11 @@ public struct LaunchPlan: Equatable, Sendable {
         if let account = slurm.account { lines.append("#SBATCH --account=\(account)") }
         if let time = slurm.time { lines.append("#SBATCH --time=\(time)") }
         lines += slurm.sbatch.map { "#SBATCH \($0)" }
+        if !slurm.prologue.isEmpty {
+            // `module` (Lmod, Environment Modules) is a function that login shells define; a batch
+            // script is not one, so `module load` would stop it under set -e. Define it first.
+            lines.append("type module >/dev/null 2>&1 || { [ -r /etc/profile ] && . /etc/profile; } >/dev/null 2>&1 || true")
+        }
         lines += ["set -eo pipefail"] + slurm.prologue
         lines.append("export OPENBLAS_NUM_THREADS=\(config.blasThreads)")
         for item in config.environment where item.contains("=") {
@@ -142,7 +149,7 @@ public struct LaunchPlan: Equatable, Sendable {
                 }
                 lines.append("export OMPI_MCA_\(parameter.name)=\(shellQuoted(parameter.value))")
             }
-            var srun = ["srun", "--mpi=\(slurm.srunMPI)", "--nodes=\(slurm.nodes)", "--ntasks=\(ranks)",
+            var srun = ["srun", "--mpi=\(slurm.srunMPI)", "--nodes=\(nodes)", "--ntasks=\(ranks)",
                         "--ntasks-per-node=\(tasksPerNode)", "--cpus-per-task=\(cpus)"]
             if let bind = config.bindTo { srun.append("--cpu-bind=\(srunBinding(bind))") }
             if config.oversubscribe { srun.append("--overcommit") }

@@ -49,8 +49,11 @@ public struct ProbeFigures: Codable, Equatable, Sendable {
     public var sgemmGflops: [Double]
     /// Where it was taken: hosts, MPI options; free text.
     public var note: String
+    /// The host of each rank (absent in probes saved before it was recorded).
+    public var hosts: [String]?
 
-    public init(ranks: Int, pointToPoint: [PointToPoint], allToAll: [AllToAll], sgemmGflops: [Double], note: String = "") {
+    public init(ranks: Int, pointToPoint: [PointToPoint], allToAll: [AllToAll], sgemmGflops: [Double], note: String = "", hosts: [String]? = nil) {
+        self.hosts = hosts
         self.ranks = ranks
         self.pointToPoint = pointToPoint
         self.allToAll = allToAll
@@ -59,7 +62,7 @@ public struct ProbeFigures: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case ranks, pointToPoint = "point_to_point", allToAll = "alltoall", sgemmGflops = "sgemm_gflops", note
+        case ranks, pointToPoint = "point_to_point", allToAll = "alltoall", sgemmGflops = "sgemm_gflops", note, hosts
     }
 
     public static func load(_ path: String) throws -> ProbeFigures {

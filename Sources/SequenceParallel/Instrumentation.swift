@@ -1,5 +1,5 @@
 // The one place strategies meet the profiler: a kernel call recorded as a compute event when the
-// communicator carries an event log. Communication is recorded inside Communicator itself, and
+// communicator carries an event log, and counted by rank 0's progress meter when there is one. Communication is recorded inside Communicator itself, and
 // merges with `recording(.merge, on:)`, so no strategy repeats timing code.
 
 import AttentionCore
@@ -11,14 +11,21 @@ extension LocalAttention {
     @inline(__always)
     func accumulate(queries: UnsafePointer<Float>, querySegment: ShardSegment, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                     keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}) {
-        guard let recorder else {
+        let meter = ProgressMeter.current
+        guard recorder != nil || meter != nil else {
             return accumulate(queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
                               into: accumulator, progress: progress)
         }
         let flops = computedFlops, start = ProfileClock.now()
-        accumulate(queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
-                   into: accumulator, progress: progress)
-        if computedFlops > flops { recorder.record(.compute, start: start, end: ProfileClock.now()) }
+        if let meter {
+            accumulate(queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
+                       into: accumulator, progress: { progress(); meter.update(inFlight: self.computedFlops - flops) })
+            meter.add(computedFlops - flops)
+        } else {
+            accumulate(queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
+                       into: accumulator, progress: progress)
+        }
+        if let recorder, computedFlops > flops { recorder.record(.compute, start: start, end: ProfileClock.now()) }
     }
 
     /// The same for several query segments against one key segment (K and V packed once).

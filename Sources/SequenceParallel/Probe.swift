@@ -72,8 +72,9 @@ public enum Probe {
 
         try communicator.barrier()
         let sgemm = try communicator.allgather(BlasPeak.measure(threads: threads))
-        let hosts = Set(try communicator.allgather(MPIRuntime.processorName()))
+        let rankHosts = try communicator.allgather(MPIRuntime.processorName())
         return ProbeFigures(ranks: size, pointToPoint: pointToPoint, allToAll: allToAll, sgemmGflops: sgemm,
-                            note: "\(size) ranks on \(hosts.sorted().joined(separator: ", ")); \(MPIRuntime.libraryVersion())")
+                            note: "\(size) ranks on \(Set(rankHosts).sorted().joined(separator: ", ")); \(MPIRuntime.libraryVersion())",
+                            hosts: rankHosts)
     }
 }

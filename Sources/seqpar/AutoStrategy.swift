@@ -14,7 +14,19 @@ enum AutoStrategy {
         guard let path = compute.probe else { return try Probe.measure(communicator, threads: compute.threads) }
         let text = try communicator.together { communicator.rank == 0 ? String(decoding: try Data(contentsOf: URL(fileURLWithPath: path)), as: UTF8.self) : "" }
         let shared = try communicator.allgather(text)[0]
-        return try communicator.together { try JSONDecoder().decode(ProbeFigures.self, from: Data(shared.utf8)) }
+        let figures = try communicator.together { try JSONDecoder().decode(ProbeFigures.self, from: Data(shared.utf8)) }
+        // Ring, all-to-all and sgemm figures all change with the rank count: another count's would mislead.
+        try communicator.together {
+            guard figures.ranks == communicator.size else {
+                throw AutoStrategyError(description: "\(path) was recorded at \(figures.ranks) rank(s) and this run has \(communicator.size); "
+                    + "its figures would not hold here. Probe at \(communicator.size) ranks (seqpar probe --out FILE), or leave out --probe to probe now")
+            }
+        }
+        let hosts = try communicator.allgather(MPIRuntime.processorName())
+        if let recorded = figures.hosts, Set(recorded) != Set(hosts), communicator.rank == 0 {
+            FileHandle.standardError.write(Data("seqpar: warning: \(path) was recorded on \(Set(recorded).sorted().joined(separator: ", ")) and this run is on \(Set(hosts).sorted().joined(separator: ", ")); predictions assume the recorded machines\n".utf8))
+        }
+        return figures
     }
 
     static func problem(_ source: InputSource, mask: AttentionMask, ranks: Int) throws -> AttentionProblem {

@@ -31,9 +31,15 @@ struct BenchCommand: ParsableCommand {
             throw ValidationError("unknown strategy '\(name)' in --strategies; choose from \(StrategyName.allCases.map(\.rawValue).joined(separator: ", ")).")
         }
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1.") }
+        // bench runs the --strategies list; a --strategy would be silently ignored.
+        if let one = compute.strategyChoice {
+            throw ValidationError("bench compares the strategies of --strategies (default \(strategies)); --strategy is for run, verify and profile. "
+                + (one == .auto ? "Give --predict to see what auto would pick." : "Give --strategies \(one.rawValue) to bench \(one.rawValue) alone."))
+        }
     }
 
     func run() throws {
+        output.setProgress()
         try Session.run(timeout: compute.timeout) { world in
             let predictions = try AutoStrategy.predictions(problem, compute, communicator: world)
             try world.barrier()
@@ -58,10 +64,14 @@ struct BenchCommand: ParsableCommand {
             for name in strategies.split(separator: ",").compactMap({ StrategyName(rawValue: String($0)) }) {
                 // Inputs loaded once; one warm-up run, then the best of the timed ones.
                 let prepared = try DistributedRun.prepare(problem.source, strategy: name, mask: problem.mask, compute: compute, communicator: world)
+                if DistributedRun.showsProgress, world.rank == 0 {     // each strategy as it starts
+                    FileHandle.standardError.write(Data("seqpar bench: \(DistributedRun.announcement(prepared, ranks: world.size)); 1 warm-up + \(repeats) timed run(s)\n".utf8))
+                }
                 var best = Double.infinity
                 var last: DistributedRun?
-                for _ in 0 ..< repeats + 1 {
-                    let run = try DistributedRun.run(prepared, communicator: world)
+                for repetition in 0 ..< repeats + 1 {
+                    let run = try DistributedRun.run(prepared, communicator: world,
+                                                     progressLabel: repetition == 0 ? "\(name.rawValue) warm-up" : "\(name.rawValue) run \(repetition)/\(repeats)")
                     if last != nil { best = min(best, run.seconds) }
                     last = run
                 }

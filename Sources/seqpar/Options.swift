@@ -114,8 +114,10 @@ struct ProblemOptions: ParsableArguments {
 
 /// How each rank computes.
 struct ComputeOptions: ParsableArguments {
-    @Option(help: "How the work is split: \(StrategyChoice.help).")
-    var strategy: StrategyChoice = .zigzag
+    @Option(name: .customLong("strategy"), help: "How the work is split (default zigzag): \(StrategyChoice.help).")
+    var strategyChoice: StrategyChoice?
+    /// --strategy, zigzag when not given.
+    var strategy: StrategyChoice { strategyChoice ?? .zigzag }
     @Option(help: "Probe figures (seqpar probe --out FILE) for the cost model behind --strategy auto and bench's predictions; without it the machine is probed first.")
     var probe: String?
     @Option(name: .customLong("kernel-efficiency"), help: "Cost model: the kernel's GFLOP/s as a fraction of sgemm's (default \(CostModel.defaultKernelEfficiency), measured on the development machine).")
@@ -175,4 +177,9 @@ struct ComputeOptions: ParsableArguments {
 struct OutputOptions: ParsableArguments {
     @Flag(help: "Print the figures as one JSON object (rank 0), for scripts.")
     var json = false
+    @Flag(help: "No progress on stderr (shown by rank 0 when stderr is a terminal: what runs, then the share done and the time left).")
+    var quiet = false
+
+    /// Turns rank 0's progress on when wanted; the commands that compute call it first.
+    func setProgress() { DistributedRun.showsProgress = !quiet && ProgressMeter.wanted }
 }

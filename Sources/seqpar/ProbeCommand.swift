@@ -24,6 +24,8 @@ struct ProbeCommand: ParsableCommand {
     var threads: Int = 1
     @OptionGroup var output: OutputOptions
 
+    func validate() throws { try OutputCheck.writable(out, option: "--out") }
+
     func run() throws {
         try Session.run { world in
             let figures = try Probe.measure(world, threads: threads)

@@ -28,6 +28,11 @@ struct ProfileCommand: ParsableCommand {
     var trace: String = "seqpar-profile.json"
     @OptionGroup var output: OutputOptions
 
+    func validate() throws {
+        try OutputCheck.writable(trace, option: "--trace")
+        try OutputCheck.writable(ProfileReport.svgPath(trace), option: "--trace (its SVG timeline)")
+    }
+
     func run() throws {
         try RunCommand.execute(problem: problem, compute: compute, out: nil, lse: nil, profile: trace, output: output, traceOption: "--trace")
     }

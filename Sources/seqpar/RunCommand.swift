@@ -19,21 +19,39 @@ struct RunCommand: ParsableCommand {
     var lse: String?
     @Option(help: "Profile the run: write a Chrome trace here, an SVG timeline beside it (.svg), and print the per-rank profile table.")
     var profile: String?
+    @Option(name: .customLong("save-inputs"), help: "Also write the synthetic Q, K and V to this folder as Q.npy, K.npy and V.npy (for verify --q --k --v, or NumPy).")
+    var saveInputs: String?
     @OptionGroup var output: OutputOptions
 
+    func validate() throws {
+        if let saveInputs {
+            guard problem.q == nil else { throw ValidationError("--save-inputs writes the synthetic inputs; with --q/--k/--v the inputs are already files.") }
+            for path in SavedInputs.paths(saveInputs) { try OutputCheck.writable(path, option: "--save-inputs") }
+        }
+        try OutputCheck.writable(out, option: "--out")
+        try OutputCheck.writable(lse, option: "--lse")
+        try OutputCheck.writable(profile, option: "--profile")
+        try OutputCheck.writable(profile.map(ProfileReport.svgPath), option: "--profile (its SVG timeline)")
+    }
+
     func run() throws {
-        try Self.execute(problem: problem, compute: compute, out: out, lse: lse, profile: profile, output: output)
+        try Self.execute(problem: problem, compute: compute, out: out, lse: lse, profile: profile, output: output, saveInputs: saveInputs)
     }
 
     /// run's work, shared with `seqpar profile`.
     static func execute(problem: ProblemOptions, compute: ComputeOptions, out: String?, lse: String?, profile: String?,
-                        output: OutputOptions, traceOption: String = "--profile") throws {
+                        output: OutputOptions, traceOption: String = "--profile", saveInputs: String? = nil) throws {
+        output.setProgress()
         try Session.run(timeout: compute.timeout) { world in
             // Before anything else: no output may overwrite an input or another output, or be a
             // FIFO or device, and each must be writable (OutputFiles.swift).
             let outputs = [("--out", out), ("--lse", lse)].compactMap { option, path in path.map { (option: option, path: $0) } }
             let traces = profile.map { [(option: traceOption, path: $0), (option: "\(traceOption)'s timeline", path: ProfileReport.svgPath($0))] } ?? []
             try world.together { try OutputPaths.check(outputs: outputs + traces, inputs: problem.inputFiles) }
+            if let saveInputs, case let .synthetic(seed, tokens, shape) = problem.source {
+                try SavedInputs.write(saveInputs, seed: seed, tokens: tokens, shape: shape, communicator: world)
+                if !output.json { Session.say(world, "wrote the inputs to \(SavedInputs.paths(saveInputs).joined(separator: ", "))") }
+            }
             let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
             let prepared = try DistributedRun.prepare(problem.source, strategy: chosen.name, mask: problem.mask, compute: compute,
@@ -92,7 +110,7 @@ struct RunCommand: ParsableCommand {
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info",
-        abstract: "MPI library, world size, and per rank: host, CPU, OpenBLAS core and why, BLAS threads, measured sgemm GFLOP/s.",
+        abstract: "seqpar's version and build target, MPI library, world size, and per rank: host, CPU, OpenBLAS core and why, BLAS threads, measured sgemm GFLOP/s.",
         discussion: """
         All ranks measure sgemm at the same time, as they would compute: ranks that share cores show it.
         The OpenBLAS core is the set of kernels OpenBLAS runs. When the library picked kernels below what
@@ -111,13 +129,14 @@ struct InfoCommand: ParsableCommand {
         try Session.run { world in
             let hosts = try world.allgather(MPIRuntime.processorName())
             let blasThreads = try world.allgather(Int32(BlasPeak.blasThreads))
-            let cpus = try world.allgather(CPUFeatures.current.summary)
+            let cpus = try world.allgather((BuildInfo.cpuName.map { "\($0), " } ?? "") + CPUFeatures.current.summary)
             let cores = try world.allgather(BlasCore.current)
             let reasons = try world.allgather(BlasCore.reason)
             try world.barrier()
             let peaks = try world.allgather(BlasPeak.measure(n: sgemmSize, threads: threads))
             if output.json {
                 Session.say(world, Format.json([
+                    "seqpar_version": BuildInfo.version, "commit": BuildInfo.commit, "built_for": BuildInfo.builtFor,
                     "mpi_library": MPIRuntime.libraryVersion(), "world_size": world.size, "threads": threads,
                     "openblas": BlasCore.configuration,
                     "ranks": (0 ..< world.size).map {
@@ -127,7 +146,7 @@ struct InfoCommand: ParsableCommand {
                 ]))
                 return
             }
-            var lines = ["MPI library: \(MPIRuntime.libraryVersion())", "OpenBLAS: \(BlasCore.configuration)", "world size: \(world.size)",
+            var lines = [BuildInfo.line, "MPI library: \(MPIRuntime.libraryVersion())", "OpenBLAS: \(BlasCore.configuration)", "world size: \(world.size)",
                          "rank  host                  blas threads  sgemm GFLOP/s (n=\(sgemmSize), \(threads) thread(s))  OpenBLAS core"]
             for r in 0 ..< world.size {
                 lines.append(String(format: "%4d  %@  %12d  %8.1f                           %@", r, hosts[r].padding(toLength: 20, withPad: " ", startingAt: 0),

@@ -17,6 +17,7 @@ struct Seqpar: ParsableCommand {
         Layout: Q and O are [tokens, heads, headDim], K and V [tokens, kvHeads, headDim],
         LSE [heads, tokens]; all float32 .npy in C order.
         """,
+        version: BuildInfo.line,
         subcommands: [RunCommand.self, VerifyCommand.self, BenchCommand.self, ProfileCommand.self, ProbeCommand.self, InfoCommand.self, ClusterPlanCommand.self]
     )
 }

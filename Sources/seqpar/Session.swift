@@ -68,6 +68,7 @@ struct DistributedRun {
 
     /// What a run needs before its clock starts: the strategy (checked), this rank's shard and the job.
     struct Prepared {
+        let name: StrategyName
         let strategy: SequenceParallelStrategy
         let shard: LocalShard
         let job: AttentionJob
@@ -102,19 +103,60 @@ struct DistributedRun {
             try LocalShard.load(source, layout: strategy.inputLayout, rank: communicator.rank, ranks: communicator.size,
                                 groupSize: strategy.groupSize, queries: strategy.querySelection)
         }
-        return Prepared(strategy: strategy, shard: shard, job: AttentionJob(shape: shard.shape, mask: mask, tiling: compute.tiling, threads: compute.threads))
+        return Prepared(name: name, strategy: strategy, shard: shard, job: AttentionJob(shape: shard.shape, mask: mask, tiling: compute.tiling, threads: compute.threads))
     }
 
     static func execute(_ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
                         communicator: Communicator, profile: Bool = false, mesh: (headGroup: Int, ring: Int)? = nil,
                         wholeKeyValues: Bool = false) throws -> DistributedRun {
-        try run(prepare(source, strategy: name, mask: mask, compute: compute, communicator: communicator, mesh: mesh, wholeKeyValues: wholeKeyValues),
-                communicator: communicator, profile: profile)
+        let prepared = try prepare(source, strategy: name, mask: mask, compute: compute, communicator: communicator, mesh: mesh,
+                                   wholeKeyValues: wholeKeyValues)
+        if showsProgress, communicator.rank == 0 {
+            FileHandle.standardError.write(Data("seqpar: running \(announcement(prepared, ranks: communicator.size))\n".utf8))
+        }
+        return try run(prepared, communicator: communicator, profile: profile)
+    }
+
+    /// Whether rank 0 shows its progress on stderr (the commands set it: a terminal, no --quiet).
+    nonisolated(unsafe) static var showsProgress = false
+
+    /// What rank 0 prints before a run starts: strategy, ranks, shape, mask.
+    static func announcement(_ prepared: Prepared, ranks: Int) -> String {
+        let s = prepared.job.shape
+        return "\(prepared.name.rawValue) on \(ranks) rank(s) x \(prepared.job.threads) thread(s): tokens \(prepared.shard.tokens), heads \(s.heads), "
+            + "kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(prepared.job.mask)"
+    }
+
+    /// Kernel FLOPs rank 0 will spend, for its progress line: its own query rows against every key
+    /// for the strategies that keep whole heads per query row (exact, also for an unbalanced ring),
+    /// an even share of the problem for those that split heads or keys across ranks.
+    static func expectedFlops(_ prepared: Prepared, ranks: Int) -> Double {
+        let (shard, job) = (prepared.shard, prepared.job)
+        let perPair = 4 * Double(job.shape.headDim)
+        switch prepared.name {
+        case .ring, .zigzag, .s2:
+            return prepared.strategy.outputSegments(shard).reduce(0) {
+                $0 + perPair * job.mask.visiblePairs(queries: $1.positions, tokens: shard.tokens, heads: job.shape.heads)
+            }
+        case .star:
+            let queries = shard.querySegments.first?.positions ?? 0 ..< 0
+            return perPair * job.mask.visiblePairs(queries: queries, tokens: shard.tokens, heads: job.shape.heads) / Double(ranks)
+        case .heads, .mesh:
+            return job.mask.flops(tokens: shard.tokens, shape: job.shape) / Double(ranks)
+        }
     }
 
     /// One timed run of a prepared strategy.
-    static func run(_ prepared: Prepared, communicator: Communicator, profile: Bool = false) throws -> DistributedRun {
+    static func run(_ prepared: Prepared, communicator: Communicator, profile: Bool = false, progressLabel: String? = nil) throws -> DistributedRun {
         let (strategy, shard, job) = (prepared.strategy, prepared.shard, prepared.job)
+        if showsProgress, communicator.rank == 0 {
+            ProgressMeter.current = ProgressMeter(label: progressLabel ?? prepared.name.rawValue,
+                                                  expectedFlops: expectedFlops(prepared, ranks: communicator.size))
+        }
+        defer {
+            ProgressMeter.current?.finish()
+            ProgressMeter.current = nil
+        }
         // Profiling: clocks aligned first (its pings are neither counted nor recorded), then a log
         // allocated before the clock starts, so recording never allocates.
         let offsets = profile ? try communicator.clockOffsets() : []

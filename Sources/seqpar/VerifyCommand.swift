@@ -28,6 +28,7 @@ struct VerifyCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func run() throws {
+        output.setProgress()
         try Session.run(timeout: compute.timeout) { world in
             let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }

@@ -11,7 +11,7 @@ import Testing
 let configFolder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent().appendingPathComponent("cluster-configs")
 
-let shippedConfigs = ["local", "netns-2host", "netns-4host", "two-node-ethernet", "slurm"]
+let shippedConfigs = ["local", "netns-2host", "netns-4host", "two-node-ethernet", "slurm", "slurm-local"]
 
 /// A root launch on a two-core machine called vm.
 let twoCores = LaunchMachine(isRoot: true, cores: 2, names: ["localhost", "127.0.0.1", "vm"])
@@ -228,9 +228,12 @@ func shipped(_ name: String) throws -> ClusterConfig {
         let firstCommand = try #require(lines.firstIndex { !$0.hasPrefix("#") })
         #expect(lines[firstCommand...].allSatisfy { !$0.hasPrefix("#SBATCH") })
         #expect(lines.contains("module load openmpi"))
+        // `module` is defined before set -e and the prologue use it.
+        let defineModule = try #require(lines.firstIndex { $0.hasPrefix("type module ") })
+        #expect(defineModule < lines.firstIndex(of: "set -eo pipefail")! && lines.firstIndex(of: "set -eo pipefail")! < lines.firstIndex(of: "module load openmpi")!)
         #expect(lines.contains("export OPENBLAS_NUM_THREADS=1"))
-        #expect(lines.contains("export OMPI_MCA_pml=ob1"))
-        #expect(lines.contains("export OMPI_MCA_btl=self,vader,tcp"))
+        // The example names no transport: Open MPI's own choice (UCX, InfiniBand) stays.
+        #expect(!lines.contains { $0.hasPrefix("export OMPI_MCA_") }, "\(lines)")
         #expect(lines.last == "srun --mpi=pmix --nodes=4 --ntasks=128 --ntasks-per-node=32 --cpus-per-task=1 --cpu-bind=cores \(binary) verify --tokens 131072 --causal --strategy zigzag")
     }
 
@@ -251,6 +254,24 @@ func shipped(_ name: String) throws -> ClusterConfig {
         #expect(lines.contains("#SBATCH --ntasks=6"))
         #expect(lines.contains("export MY_VAR='a b'"))
         #expect(lines.last == "mpirun -np 6 --map-by ppr:4:node -x OPENBLAS_NUM_THREADS -x MY_VAR --mca btl self,vader,tcp \(binary) info")
+    }
+
+    @Test func nodesFollowTheRanks() throws {
+        // The example has 4 nodes; 2 ranks at 2 per node need one, at 1 per node two.
+        for (ranks, perNode, nodes) in [(2, 2, 1), (2, 1, 2), (3, 2, 2), (64, nil, 2), (200, 64, 4)] as [(Int, Int?, Int)] {
+            let script = try LaunchPlan.slurmScript(shipped("slurm"), LaunchRequest(ranks: ranks, ranksPerNode: perNode, binary: binary, arguments: ["info"]))
+            let lines = script.split(separator: "\n").map(String.init)
+            #expect(lines.contains("#SBATCH --nodes=\(nodes)") && lines.contains("#SBATCH --ntasks=\(ranks)"), "\(ranks) ranks, \(perNode as Any) per node: \(lines)")
+            #expect(lines.last?.hasPrefix("srun --mpi=pmix --nodes=\(nodes) --ntasks=\(ranks) ") == true, "\(lines)")
+        }
+    }
+
+    @Test func localSlurmConfig() throws {
+        // cluster-configs/slurm-local.toml: two simulated nodes, no binding (they share the cores), no prologue.
+        let script = try LaunchPlan.slurmScript(shipped("slurm-local"), LaunchRequest(ranksPerNode: 1, binary: binary, arguments: ["verify"]))
+        let lines = script.split(separator: "\n").map(String.init)
+        #expect(lines.contains("#SBATCH --partition=cpu") && lines.contains("#SBATCH --nodes=2") && !lines.contains { $0.hasPrefix("type module") })
+        #expect(lines.last == "srun --mpi=pmix --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=1 --cpu-bind=none \(binary) verify --strategy zigzag")
     }
 
     @Test func srunRefusesMpirunArguments() throws {

@@ -1,5 +1,5 @@
-// The launch scripts that need no namespaces: Launch/slurm's batch script (there is no Slurm here:
-// the tests read the script and check its shell syntax; none of them submits it) and
+// The launch scripts that need no namespaces: Launch/slurm's batch script (its text and shell
+// syntax here; SlurmTests.swift submits such scripts to a real, local Slurm) and
 // Launch/cluster's printed command and refusals.
 
 import Foundation
@@ -29,12 +29,16 @@ import Testing
         #expect(FileManager.default.isExecutableFile(atPath: file.path))
     }
 
-    static let sbatchOnPath = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":")
-        .contains { FileManager.default.isExecutableFile(atPath: "\($0)/sbatch") }
-
-    @Test(.enabled(if: !sbatchOnPath, "sbatch is installed here; this test would submit a job, so it does not run"))
-    func slurmSubmitNeedsSbatch() throws {
-        let submit = try run([launch("slurm"), clusterConfig("slurm"), "--submit", "info"])
+    @Test func slurmSubmitNeedsSbatch() throws {
+        // A PATH with only the tools Launch/slurm uses, so the test means the same on a Slurm login node.
+        let tools = FileManager.default.temporaryDirectory.appendingPathComponent("seqpar-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: tools, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: tools) }
+        for tool in ["bash", "dirname", "basename", "chmod", "mktemp", "rm"] {
+            let found = try #require(["/usr/bin", "/bin"].map { "\($0)/\(tool)" }.first { FileManager.default.isExecutableFile(atPath: $0) }, "no \(tool)")
+            try FileManager.default.createSymbolicLink(atPath: tools.appendingPathComponent(tool).path, withDestinationPath: found)
+        }
+        let submit = try run(["env", "PATH=\(tools.path)", "SEQPAR_BIN=\(binary)", launch("slurm"), clusterConfig("slurm"), "--submit", "info"])
         #expect(submit.status == 1, "\(submit.transcript)")
         #expect(submit.stderr.contains("--submit needs sbatch"), "\(submit.transcript)")
     }

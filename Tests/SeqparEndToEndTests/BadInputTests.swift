@@ -94,8 +94,6 @@ struct BadInputCase: Sendable, CustomTestStringConvertible {
         BadInputCase("nonexistent path", offender: "k", phrases: ["cannot open", "No such file"], write: valid { dir in
             try FileManager.default.removeItem(atPath: dir.path("k.npy"))
         }),
-        BadInputCase("output directory does not exist", offender: "out", phrases: ["does not exist"],
-                     extraArguments: ["--out", "OUT"], write: valid { _ in }),
     ]
 }
 
@@ -121,6 +119,16 @@ struct ArgumentErrorCase: Sendable, CustomTestStringConvertible {
         ArgumentErrorCase(arguments: ["verify", "--query-tile", "9223372036854775807"], message: "--query-tile and --key-block must be between 1 and 65536"),
         ArgumentErrorCase(arguments: ["run", "--heads", "4611686018427387904"], message: "--heads must be at most 1048576"),
         ArgumentErrorCase(arguments: ["bench", "--timeout", "-1"], message: "--timeout takes seconds, 0 or more"),
+        // Checked before any work (an output that cannot be written used to fail after the whole run).
+        ArgumentErrorCase(arguments: ["run", "--out", "/nonexistent-seqpar/o.npy"], message: "--out /nonexistent-seqpar/o.npy: the folder /nonexistent-seqpar does not exist"),
+        ArgumentErrorCase(arguments: ["run", "--lse", "/proc/seqpar-lse.npy"], message: "--lse /proc/seqpar-lse.npy cannot be written"),
+        ArgumentErrorCase(arguments: ["run", "--out", "/tmp"], message: "--out /tmp is a folder"),
+        ArgumentErrorCase(arguments: ["profile", "--trace", "/nonexistent-seqpar/t.json"], message: "--trace /nonexistent-seqpar/t.json: the folder"),
+        ArgumentErrorCase(arguments: ["run", "--profile", "/proc/t.json"], message: "--profile /proc/t.json cannot be written"),
+        ArgumentErrorCase(arguments: ["probe", "--out", "/nonexistent-seqpar/p.json"], message: "--out /nonexistent-seqpar/p.json: the folder"),
+        ArgumentErrorCase(arguments: ["run", "--save-inputs", "/nonexistent-seqpar"], message: "--save-inputs /nonexistent-seqpar/Q.npy: the folder"),
+        // bench runs --strategies; a --strategy would be ignored.
+        ArgumentErrorCase(arguments: ["bench", "--strategy", "ring"], message: "Give --strategies ring to bench ring alone"),
     ]
 }
 

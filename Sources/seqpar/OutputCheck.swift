@@ -1,0 +1,41 @@
+// Output paths are checked before the first FLOP: a run of minutes must not end in "cannot write".
+// The check opens the path for writing as the write will (creating it, then removing what it
+// created), so a missing folder, a read-only file system or /proc fail here, with the reason.
+
+import ArgumentParser
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum OutputCheck {
+    /// Throws a ValidationError naming `option` and the path when it cannot be written.
+    static func writable(_ path: String?, option: String) throws {
+        guard let path else { return }
+        guard !path.isEmpty else { throw ValidationError("\(option) needs a file name (got an empty one).") }
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), isFolder.boolValue {
+            throw ValidationError("\(option) \(path) is a folder; expected a file name.")
+        }
+        let folder = (path as NSString).deletingLastPathComponent
+        if !folder.isEmpty, !(FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder) && isFolder.boolValue) {
+            throw ValidationError("\(option) \(path): the folder \(folder) does not exist; create it first.")
+        }
+        // Created here: removed again. Existing: opened without truncating. Several ranks may
+        // check the same path at once, so a file that appears or goes meanwhile is no failure.
+        var descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o644)
+        if descriptor >= 0 {
+            close(descriptor)
+            unlink(path)
+            return
+        }
+        if errno == EEXIST {
+            descriptor = open(path, O_WRONLY)
+            if descriptor >= 0 || errno == ENOENT {
+                if descriptor >= 0 { close(descriptor) }
+                return
+            }
+        }
+        throw ValidationError("\(option) \(path) cannot be written: \(String(cString: strerror(errno))).")
+    }
+}

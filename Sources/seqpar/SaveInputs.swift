@@ -1,0 +1,42 @@
+// `run --save-inputs DIR`: the synthetic Q, K and V as .npy files (DIR/Q.npy, K.npy, V.npy), so
+// that `verify --q DIR/Q.npy --k DIR/K.npy --v DIR/V.npy` (or NumPy, PyTorch) reads the same
+// values. Rank 0 writes the headers; each rank then writes an even share of the rows, a bounded
+// number of rows at a time, so no rank holds more than its share's chunk.
+
+import AttentionCore
+import Foundation
+import SequenceParallel
+
+enum SavedInputs {
+    static let names: [(SyntheticInput.Tensor, String)] = [(.query, "Q.npy"), (.key, "K.npy"), (.value, "V.npy")]
+
+    static func paths(_ folder: String) -> [String] { names.map { (folder as NSString).appendingPathComponent($0.1) } }
+
+    static func write(_ folder: String, seed: UInt64, tokens: Int, shape: AttentionShape, communicator: Communicator) throws {
+        let files = paths(folder)
+        let widths = [shape.heads, shape.kvHeads, shape.kvHeads]
+        try communicator.together {
+            if communicator.rank == 0 {
+                for (file, heads) in zip(files, widths) { _ = try NpyFile.create(file, shape: [tokens, heads, shape.headDim]) }
+            }
+        }
+        let (rank, ranks) = (communicator.rank, communicator.size)
+        let mine = tokens * rank / ranks ..< tokens * (rank + 1) / ranks
+        let chunk = 1024
+        try communicator.together {
+            for ((tensor, _), (file, heads)) in zip(names, zip(files, widths)) {
+                let npy = try NpyFile.open(writing: file)
+                let rowWidth = heads * shape.headDim
+                var buffer = [Float](repeating: 0, count: max(1, min(chunk, mine.count) * rowWidth))
+                for first in stride(from: mine.lowerBound, to: mine.upperBound, by: chunk) {
+                    let rows = first ..< min(mine.upperBound, first + chunk)
+                    try buffer.withUnsafeMutableBufferPointer { buffer in
+                        let part = UnsafeMutableBufferPointer(rebasing: buffer[0 ..< rows.count * rowWidth])
+                        SyntheticInput.fill(part, seed: seed, tensor: tensor, rowWidth: rowWidth, rows: [rows])
+                        try npy.write(from: part.baseAddress!, elementOffset: first * rowWidth, count: part.count)
+                    }
+                }
+            }
+        }
+    }
+}
