@@ -3,7 +3,7 @@
 // check the model against measured times.
 //
 // Compute: a rank's FLOPs / (its sgemm rate x the kernel's efficiency), where the efficiency is
-// the fused kernel's GFLOP/s over sgemm's on one rank (measured once: 0.65, see `defaultKernelEfficiency`).
+// the fused kernel's GFLOP/s over sgemm's on one rank (measured: 0.8, see `defaultKernelEfficiency`).
 // Ring-shaped passes run in lockstep: step s costs the slowest position's max(compute of the
 // block in hand, latency + block bytes / bandwidth), so a contiguous causal ring is paid at its
 // busiest rank and zigzag's balanced work shows. Head all-to-alls are blocking: their time adds.
@@ -50,9 +50,10 @@ public struct Prediction: Equatable, Sendable {
 }
 
 public struct CostModel: Sendable {
-    /// Fused kernel GFLOP/s / sgemm GFLOP/s on one rank of the development machine
-    /// (`run --tokens 8192 --causal` at 1 rank: 57-62 GFLOP/s against sgemm's 95-99; dense: 64-68).
-    public static let defaultKernelEfficiency = 0.65
+    /// Fused kernel GFLOP/s / sgemm GFLOP/s on one rank of the development machine (Zen 5, AVX-512
+    /// sgemm at about 200 GFLOP/s; `bench`, best of 3): 0.83 at 4096 x 8 x 128, 0.78 at head dim 64
+    /// with 2 kv heads, 0.82 causal, 0.80 at 8192 causal tokens (zigzag, 1 and 2 ranks).
+    public static let defaultKernelEfficiency = 0.8
 
     /// FLOP/s of the slowest rank's kernel.
     public let computeRate: Double

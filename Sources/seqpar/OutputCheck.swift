@@ -21,6 +21,10 @@ enum OutputCheck {
         if !folder.isEmpty, !(FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder) && isFolder.boolValue) {
             throw ValidationError("\(option) \(path): the folder \(folder) does not exist; create it first.")
         }
+        // Not a regular file (a FIFO, whose open would block, or a device): never opened here;
+        // OutputPaths refuses it on every rank, naming its kind, once MPI runs.
+        var status = stat()
+        if stat(path, &status) == 0, status.st_mode & S_IFMT != S_IFREG { return }
         // Created here: removed again. Existing: opened without truncating. Several ranks may
         // check the same path at once, so a file that appears or goes meanwhile is no failure.
         var descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o644)

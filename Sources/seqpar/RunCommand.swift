@@ -60,6 +60,7 @@ struct RunCommand: ParsableCommand {
             let transaction = outputs.isEmpty ? nil : try OutputTransaction.begin(outputs.map {
                 (option: $0.option, path: $0.path, shape: $0.option == "--out" ? prepared.outputShape : prepared.lseShape)
             }, communicator: world)
+            DistributedRun.announce(prepared, communicator: world)
             let run: DistributedRun
             do {
                 run = try DistributedRun.run(prepared, communicator: world, profile: profile != nil)

@@ -39,6 +39,10 @@ enum Main {
                 if !message.isEmpty {
                     (code == .success ? FileHandle.standardOutput : FileHandle.standardError).write(Data((message + "\n").utf8))
                 }
+            } else if code != .success {
+                // mpirun ends the job when the first rank exits non-zero; let rank 0, which says
+                // why, get its message out first.
+                usleep(500_000)
             }
             exit(code.rawValue)
         }

@@ -111,10 +111,15 @@ struct DistributedRun {
                         wholeKeyValues: Bool = false) throws -> DistributedRun {
         let prepared = try prepare(source, strategy: name, mask: mask, compute: compute, communicator: communicator, mesh: mesh,
                                    wholeKeyValues: wholeKeyValues)
+        announce(prepared, communicator: communicator)
+        return try run(prepared, communicator: communicator, profile: profile)
+    }
+
+    /// Rank 0 says what is about to run, when it shows progress.
+    static func announce(_ prepared: Prepared, communicator: Communicator) {
         if showsProgress, communicator.rank == 0 {
             FileHandle.standardError.write(Data("seqpar: running \(announcement(prepared, ranks: communicator.size))\n".utf8))
         }
-        return try run(prepared, communicator: communicator, profile: profile)
     }
 
     /// Whether rank 0 shows its progress on stderr (the commands set it: a terminal, no --quiet).
