@@ -67,9 +67,8 @@ public final class LocalAttention {
     /// Per thread: scores [queryTile, keyBlock], the packed query tile [queryTile, headDim], and
     /// row rescale factors [queryTile].
     private let scratch: [UnsafeMutableBufferPointer<Float>]
-    /// K and V of the current call, one contiguous [keys, headDim] run per kv head; grows as needed.
-    private var packedKeys = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
-    private var packedValues = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
+    /// K and V of the current call, packed per kv head.
+    private let packed = PackedKeyValues()
     /// Per thread: FLOPs of the blocks computed (4·headDim per score, masked or not).
     private let flopCounts: UnsafeMutableBufferPointer<Double>
     /// Per thread: rows whose scores were NaN or +inf (overflowing inputs or scale).
@@ -104,8 +103,6 @@ public final class LocalAttention {
 
     deinit {
         scratch.forEach { $0.deallocate() }
-        packedKeys.deallocate()
-        packedValues.deallocate()
         flopCounts.deallocate()
         nonFiniteRows.deallocate()
     }
@@ -136,7 +133,7 @@ public final class LocalAttention {
         let tileCount = { (segment: ShardSegment) in (segment.positions.count + self.tiling.queryTile - 1) / self.tiling.queryTile }
         let items = slice.heads.count * querySegments.reduce(0) { $0 + tileCount($1) }
         guard items > 0, !keySegment.positions.isEmpty else { return }
-        let (k, v) = packKeysAndValues(keys: keys, values: values, segment: keySegment)
+        let (k, v) = packed.pack(keys: keys, values: values, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
         let work = { (thread: Int, item: Int) in
             // Item -> (segment, head, tile): segments in order, each heads x its tiles.
             var rest = item
@@ -154,52 +151,8 @@ public final class LocalAttention {
                 return
             }
         }
-        // Interleaved items even out causal tiles, whose cost grows along the sequence. Items write
-        // disjoint (head, rows) parts of the accumulator and use their thread's scratch. The calling
-        // thread takes every threads-th item itself and calls `progress` between them, so MPI is
-        // driven from the thread that called it (MPI_THREAD_FUNNELED) however many threads compute.
-        let threads = self.threads
-        let others = DispatchGroup()
-        if threads > 1 {
-            nonisolated(unsafe) let body = work
-            DispatchQueue.global().async(group: others) {
-                DispatchQueue.concurrentPerform(iterations: threads - 1) { helper in
-                    for item in stride(from: helper + 1, to: items, by: threads) { body(helper + 1, item) }
-                }
-            }
-        }
-        for item in stride(from: 0, to: items, by: threads) {
-            work(0, item)
-            progress()
-        }
-        others.wait()
-    }
-
-    /// Copies the segment's K and V into one contiguous [keys, headDim] run per kv head of the
-    /// slice (kv head g at g·keys·headDim), unless the rows already are (a single kv head).
-    private func packKeysAndValues(keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                                   segment: ShardSegment) -> (UnsafePointer<Float>, UnsafePointer<Float>) {
-        let d = shape.headDim
-        let kvHeads = slice.kvHeads.count
-        let rows = segment.positions.count
-        let first = segment.localRow * kvHeads * d
-        if kvHeads == 1 { return (keys + first, values + first) }
-        let count = rows * kvHeads * d
-        if packedKeys.count < count {
-            packedKeys.deallocate()
-            packedValues.deallocate()
-            packedKeys = .allocate(capacity: count)
-            packedValues = .allocate(capacity: count)
-        }
-        for (source, target) in [(keys + first, packedKeys.baseAddress!), (values + first, packedValues.baseAddress!)] {
-            for g in 0 ..< kvHeads {
-                let run = target + g * rows * d
-                for row in 0 ..< rows {
-                    (run + row * d).update(from: source + (row * kvHeads + g) * d, count: d)
-                }
-            }
-        }
-        return (UnsafePointer(packedKeys.baseAddress!), UnsafePointer(packedValues.baseAddress!))
+        // Items write disjoint (head, rows) parts of the accumulator and use their thread's scratch.
+        runInterleaved(items: items, threads: threads, progress: progress, work)
     }
 
     /// One head (local to the slice), one query tile (rows relative to the segment), every key
@@ -252,7 +205,7 @@ public final class LocalAttention {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
                         shape.scale, q, Int32(d), k, Int32(d), 0, scores, Int32(tk))
             if relation == .partial {
-                clipRows(scores, rows: tq, columns: tk, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
+                mask.clipRows(scores, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
             }
             var rescaled = false
             for r in 0 ..< tq {
@@ -261,7 +214,7 @@ public final class LocalAttention {
                 if alpha.isNaN {             // the block's max overflowed the exp: redo the row
                     cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), shape.scale, k, Int32(d), q + r * d, 1, 0, row, 1)
                     if relation == .partial {
-                        clipRows(row, rows: 1, columns: tk, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
+                        mask.clipRows(row, rows: 1, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
                                  keyPositions: keyPositions, head: globalHead)
                     }
                     alpha = exactSoftmaxRow(row, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
@@ -284,19 +237,6 @@ public final class LocalAttention {
             // acc += P · V_block
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(d), Int32(tk),
                         1, scores, Int32(tk), v, Int32(d), 1, acc, Int32(d))
-        }
-    }
-
-    /// Sets the scores the mask hides to -inf, row by row.
-    private func clipRows(_ scores: UnsafeMutablePointer<Float>, rows: Int, columns: Int,
-                          queryPositions: Range<Int>, keyPositions: Range<Int>, head: Int) {
-        for r in 0 ..< rows {
-            let visible = mask.visibleKeys(query: queryPositions.lowerBound + r, head: head, within: keyPositions)
-            let row = scores + r * columns
-            let lo = visible.isEmpty ? columns : visible.lowerBound - keyPositions.lowerBound
-            let hi = visible.isEmpty ? columns : visible.upperBound - keyPositions.lowerBound
-            if lo > 0 { row.update(repeating: -.infinity, count: lo) }
-            if hi < columns { (row + hi).update(repeating: -.infinity, count: columns - hi) }
         }
     }
 

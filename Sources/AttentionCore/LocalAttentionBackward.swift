@@ -82,8 +82,8 @@ public final class LocalAttentionBackward {
     private let scratch: [UnsafeMutableBufferPointer<Float>]
     /// dQ of threads other than the calling one, each the size of the accumulator's; grows.
     private var threadDQ: [UnsafeMutableBufferPointer<Float>] = []
-    private var packedKeys = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
-    private var packedValues = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
+    /// K and V of the current call, packed per kv head.
+    private let packed = PackedKeyValues()
     private let flopCounts: UnsafeMutableBufferPointer<Double>
 
     /// FLOPs spent so far: 10·headDim per visible-block score (five products), 2.5 x the forward's.
@@ -110,8 +110,6 @@ public final class LocalAttentionBackward {
     deinit {
         scratch.forEach { $0.deallocate() }
         threadDQ.forEach { $0.deallocate() }
-        packedKeys.deallocate()
-        packedValues.deallocate()
         flopCounts.deallocate()
     }
 
@@ -131,7 +129,7 @@ public final class LocalAttentionBackward {
         precondition(gradients.heads == slice.heads.count && gradients.headDim == shape.headDim)
         precondition(querySegment.localRow + querySegment.positions.count <= gradients.rows)
         guard !querySegment.positions.isEmpty, !keySegment.positions.isEmpty else { return }
-        let (k, v) = packKeysAndValues(keys: keys, values: values, segment: keySegment)
+        let (k, v) = packed.pack(keys: keys, values: values, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
         // Key blocks, cut at the mask's alignment as the forward cuts them.
         var blocks: [Range<Int>] = []
         var start = keySegment.positions.lowerBound
@@ -156,48 +154,11 @@ public final class LocalAttentionBackward {
                            querySegment: querySegment, keys: k, values: v, keySegment: keySegment, gradients: gradients, dq: dq,
                            keyGrad: keyGrad, valueGrad: valueGrad, thread: thread)
         }
-        let threads = self.threads
-        let others = DispatchGroup()
-        if threads > 1 {
-            nonisolated(unsafe) let body = work
-            DispatchQueue.global().async(group: others) {
-                DispatchQueue.concurrentPerform(iterations: threads - 1) { helper in
-                    for item in stride(from: helper + 1, to: items, by: threads) { body(helper + 1, item) }
-                }
-            }
-        }
-        for item in stride(from: 0, to: items, by: threads) {
-            work(0, item)
-            progress()
-        }
-        others.wait()
+        runInterleaved(items: items, threads: threads, progress: progress, work)
         for buffer in threadDQ where threads > 1 {
             let dq = gradients.dq.baseAddress!
             for i in 0 ..< dqCount { dq[i] += buffer[i] }
         }
-    }
-
-    /// As the forward's: one contiguous [keys, headDim] run per kv head of the slice.
-    private func packKeysAndValues(keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                                   segment: ShardSegment) -> (UnsafePointer<Float>, UnsafePointer<Float>) {
-        let d = shape.headDim
-        let kvHeads = slice.kvHeads.count
-        let rows = segment.positions.count
-        let first = segment.localRow * kvHeads * d
-        if kvHeads == 1 { return (keys + first, values + first) }
-        let count = rows * kvHeads * d
-        if packedKeys.count < count {
-            packedKeys.deallocate()
-            packedValues.deallocate()
-            packedKeys = .allocate(capacity: count)
-            packedValues = .allocate(capacity: count)
-        }
-        for (source, target) in [(keys + first, packedKeys.baseAddress!), (values + first, packedValues.baseAddress!)] {
-            for g in 0 ..< kvHeads {
-                for row in 0 ..< rows { (target + (g * rows + row) * d).update(from: source + (row * kvHeads + g) * d, count: d) }
-            }
-        }
-        return (UnsafePointer(packedKeys.baseAddress!), UnsafePointer(packedValues.baseAddress!))
     }
 
     /// One kv head (local to the slice), one key block (global positions), every query head that
@@ -250,7 +211,7 @@ public final class LocalAttentionBackward {
                 // P = exp(scale·Q·Kᵀ − lse), exact: the forward's lse is the row's whole normaliser.
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
                             shape.scale, qTile, Int32(d), k, Int32(d), 0, p, Int32(tk))
-                if relation == .partial { clipRows(p, rows: tq, columns: tk, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead) }
+                if relation == .partial { mask.clipRows(p, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead) }
                 for r in 0 ..< tq { probabilities(p + r * tk, count: tk, lse: lse[r]) }
                 // dV += Pᵀ·dO
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
@@ -275,19 +236,6 @@ public final class LocalAttentionBackward {
                 dk[x] += dkBlock[j * d + x]
                 dv[x] += dvBlock[j * d + x]
             }
-        }
-    }
-
-    /// Sets the scores the mask hides to -inf, row by row.
-    private func clipRows(_ scores: UnsafeMutablePointer<Float>, rows: Int, columns: Int,
-                          queryPositions: Range<Int>, keyPositions: Range<Int>, head: Int) {
-        for r in 0 ..< rows {
-            let visible = mask.visibleKeys(query: queryPositions.lowerBound + r, head: head, within: keyPositions)
-            let row = scores + r * columns
-            let lo = visible.isEmpty ? columns : visible.lowerBound - keyPositions.lowerBound
-            let hi = visible.isEmpty ? columns : visible.upperBound - keyPositions.lowerBound
-            if lo > 0 { row.update(repeating: -.infinity, count: lo) }
-            if hi < columns { (row + hi).update(repeating: -.infinity, count: columns - hi) }
         }
     }
 

@@ -95,7 +95,9 @@ public enum Watchdog {
                 // Let the other ranks, whose deadlines fall within moments, say what they wait for;
                 // where the launcher gave a job folder, name the ranks that could not.
                 let folder = ProcessInfo.processInfo.environment["SEQPAR_JOB_DIR"].flatMap { $0.isEmpty ? nil : $0 }
-                if let folder { FileManager.default.createFile(atPath: "\(folder)/watchdog-\(rank)", contents: Data(what.utf8)) }
+                // A rank that was itself stopped did not answer in time, even if it wakes (mpirun
+                // continues stopped ranks to end them) before the others look.
+                if let folder, late <= 1.5 { FileManager.default.createFile(atPath: "\(folder)/watchdog-\(rank)", contents: Data(what.utf8)) }
                 Thread.sleep(forTimeInterval: 2)
                 if let folder {
                     let answered = (0 ..< size).filter { FileManager.default.fileExists(atPath: "\(folder)/watchdog-\($0)") }

@@ -1,0 +1,75 @@
+// What the forward and backward kernels share: contiguous copies of K and V per kv head, and the
+// clipping of a partial block's scores to the keys each row sees, and running items on threads.
+
+import Dispatch
+
+/// K and V of one call, one contiguous [keys, headDim] run per kv head (kv head g at
+/// g·keys·headDim), in buffers that grow as needed and are reused across calls.
+final class PackedKeyValues {
+    private var keys = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
+    private var values = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
+
+    deinit {
+        keys.deallocate()
+        values.deallocate()
+    }
+
+    /// The segment's rows of a K/V shard ([rows, kvHeads, headDim]) packed per kv head; with one
+    /// kv head the rows already are, and the shard's own rows are returned.
+    func pack(keys source: UnsafePointer<Float>, values sourceValues: UnsafePointer<Float>, segment: ShardSegment,
+              kvHeads: Int, headDim d: Int) -> (keys: UnsafePointer<Float>, values: UnsafePointer<Float>) {
+        let rows = segment.positions.count
+        let first = segment.localRow * kvHeads * d
+        if kvHeads == 1 { return (source + first, sourceValues + first) }
+        let count = rows * kvHeads * d
+        if keys.count < count {
+            keys.deallocate()
+            values.deallocate()
+            keys = .allocate(capacity: count)
+            values = .allocate(capacity: count)
+        }
+        for (from, to) in [(source + first, keys.baseAddress!), (sourceValues + first, values.baseAddress!)] {
+            for g in 0 ..< kvHeads {
+                for row in 0 ..< rows { (to + (g * rows + row) * d).update(from: from + (row * kvHeads + g) * d, count: d) }
+            }
+        }
+        return (UnsafePointer(keys.baseAddress!), UnsafePointer(values.baseAddress!))
+    }
+}
+
+extension AttentionMask {
+    /// Sets the scores this mask hides to -inf, row by row: `scores` is [rows, keys] for the
+    /// queries from `queryPositions.lowerBound` on and the keys `keyPositions`.
+    func clipRows(_ scores: UnsafeMutablePointer<Float>, rows: Int, queryPositions: Range<Int>, keyPositions: Range<Int>, head: Int) {
+        let columns = keyPositions.count
+        for r in 0 ..< rows {
+            let visible = visibleKeys(query: queryPositions.lowerBound + r, head: head, within: keyPositions)
+            let row = scores + r * columns
+            let lo = visible.isEmpty ? columns : visible.lowerBound - keyPositions.lowerBound
+            let hi = visible.isEmpty ? columns : visible.upperBound - keyPositions.lowerBound
+            if lo > 0 { row.update(repeating: -.infinity, count: lo) }
+            if hi < columns { (row + hi).update(repeating: -.infinity, count: columns - hi) }
+        }
+    }
+}
+
+/// Runs items 0..<items on `threads` threads, thread t taking items t, t + threads, ...: the
+/// calling thread is thread 0 and calls `progress` after each of its items, so MPI is driven from
+/// the thread that called the kernel (MPI_THREAD_FUNNELED) however many threads compute.
+/// Interleaving evens out causal work, whose cost grows along the sequence.
+func runInterleaved(items: Int, threads: Int, progress: () -> Void, _ work: @escaping (_ thread: Int, _ item: Int) -> Void) {
+    let others = DispatchGroup()
+    if threads > 1 {
+        nonisolated(unsafe) let body = work
+        DispatchQueue.global().async(group: others) {
+            DispatchQueue.concurrentPerform(iterations: threads - 1) { helper in
+                for item in stride(from: helper + 1, to: items, by: threads) { body(helper + 1, item) }
+            }
+        }
+    }
+    for item in stride(from: 0, to: items, by: threads) {
+        work(0, item)
+        progress()
+    }
+    others.wait()
+}
