@@ -73,3 +73,10 @@ func runInterleaved(items: Int, threads: Int, progress: () -> Void, _ work: @esc
     }
     others.wait()
 }
+
+/// A buffer of `count` zeros, for the kernels' per-thread scratch and counters (freed by their deinit).
+func zeroedBuffer<T: Numeric>(_ type: T.Type, count: Int) -> UnsafeMutableBufferPointer<T> {
+    let buffer = UnsafeMutableBufferPointer<T>.allocate(capacity: count)
+    buffer.initialize(repeating: 0)
+    return buffer
+}

@@ -90,15 +90,9 @@ public final class LocalAttention {
         self.tiling = tiling
         self.threads = max(1, threads)
         let perThread = tiling.queryTile * tiling.keyBlock + tiling.queryTile * shape.headDim + tiling.queryTile
-        scratch = (0 ..< self.threads).map { _ in
-            let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: perThread)
-            buffer.initialize(repeating: 0)
-            return buffer
-        }
-        flopCounts = .allocate(capacity: self.threads)
-        flopCounts.initialize(repeating: 0)
-        nonFiniteRows = .allocate(capacity: self.threads)
-        nonFiniteRows.initialize(repeating: 0)
+        scratch = (0 ..< self.threads).map { _ in zeroedBuffer(Float.self, count: perThread) }
+        flopCounts = zeroedBuffer(Double.self, count: self.threads)
+        nonFiniteRows = zeroedBuffer(Int.self, count: self.threads)
     }
 
     deinit {

@@ -98,13 +98,8 @@ public final class LocalAttentionBackward {
         self.threads = max(1, threads)
         let (tq, tk, d) = (tiling.queryTile, tiling.keyBlock, shape.headDim)
         let perThread = 2 * tq * tk + 2 * tq * d + 2 * tk * d
-        scratch = (0 ..< self.threads).map { _ in
-            let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: perThread)
-            buffer.initialize(repeating: 0)
-            return buffer
-        }
-        flopCounts = .allocate(capacity: self.threads)
-        flopCounts.initialize(repeating: 0)
+        scratch = (0 ..< self.threads).map { _ in zeroedBuffer(Float.self, count: perThread) }
+        flopCounts = zeroedBuffer(Double.self, count: self.threads)
     }
 
     deinit {
