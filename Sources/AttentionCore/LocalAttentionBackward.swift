@@ -33,25 +33,46 @@ public final class GradientAccumulator {
     /// - Parameters:
     ///   - output, outputGrad: O and dO, [rows, heads, headDim].
     ///   - lse: [heads, lseStride] (lseStride defaults to rows), the forward's.
-    public init(rows: Int, heads: Int, headDim: Int, output: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
-                lse: UnsafePointer<Float>, lseStride: Int? = nil) {
+    public convenience init(rows: Int, heads: Int, headDim: Int, output: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
+                            lse: UnsafePointer<Float>, lseStride: Int? = nil) {
+        let statistics = Self.rowStatistics(rows: rows, heads: heads, headDim: headDim, output: output, outputGrad: outputGrad,
+                                            lse: lse, lseStride: lseStride ?? rows)
+        self.init(rows: rows, heads: heads, headDim: headDim, statistics: statistics)
+    }
+
+    /// - Parameter statistics: (lse, D) per row and head, [rows, heads, 2], as `rowStatistics`
+    ///   makes them (the form in which the head exchange carries them between ranks).
+    public init(rows: Int, heads: Int, headDim: Int, statistics: [Float]) {
+        precondition(statistics.count >= rows * heads * 2)
         self.rows = rows
         self.heads = heads
         self.headDim = headDim
-        self.lse = .allocate(capacity: max(1, heads * rows))
+        lse = .allocate(capacity: max(1, heads * rows))
         delta = .allocate(capacity: max(1, heads * rows))
         dq = .allocate(capacity: max(1, rows * heads * headDim))
         dq.initialize(repeating: 0)
-        let stride = lseStride ?? rows
         for h in 0 ..< heads {
             for r in 0 ..< rows {
-                self.lse[h * rows + r] = lse[h * stride + r]
+                lse[h * rows + r] = statistics[(r * heads + h) * 2]
+                delta[h * rows + r] = statistics[(r * heads + h) * 2 + 1]
+            }
+        }
+    }
+
+    /// (lse, D = rowsum(dO ∘ O)) per row and head, [rows, heads, 2].
+    public static func rowStatistics(rows: Int, heads: Int, headDim: Int, output: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
+                                     lse: UnsafePointer<Float>, lseStride: Int) -> [Float] {
+        var statistics = [Float](repeating: 0, count: rows * heads * 2)
+        for r in 0 ..< rows {
+            for h in 0 ..< heads {
                 let o = output + (r * heads + h) * headDim, g = outputGrad + (r * heads + h) * headDim
                 var sum: Float = 0
                 for x in 0 ..< headDim { sum += o[x] * g[x] }
-                delta[h * rows + r] = sum
+                statistics[(r * heads + h) * 2] = lse[h * lseStride + r]
+                statistics[(r * heads + h) * 2 + 1] = sum
             }
         }
+        return statistics
     }
 
     deinit {

@@ -3,7 +3,7 @@
 // communication and nothing generated twice.
 
 public enum SyntheticInput {
-    public enum Tensor: UInt64, Sendable { case query = 1, key = 2, value = 3 }
+    public enum Tensor: UInt64, Sendable { case query = 1, key = 2, value = 3, outputGrad = 4 }
 
     /// SplitMix64's finaliser: a strong 64-bit mix, cheap enough to call per element.
     @inlinable @inline(__always)

@@ -57,8 +57,8 @@ struct HeadExchange {
 
     /// Sequence shards to head shards. `shard` holds this member's rows of every head.
     func scatter(_ shard: LocalShard) throws -> HeadShard {
-        let (members, me, d) = (communicator.size, communicator.rank, shape.headDim)
-        let mine = slice(of: me), groupRows = self.groupRows, firstRows = self.firstRows
+        let (me, d) = (communicator.rank, shape.headDim)
+        let mine = slice(of: me), groupRows = self.groupRows
         let myRows = shard.keyRows
         let result = HeadShard(slice: mine,
                                queries: .allocate(capacity: max(1, groupRows * mine.heads.count * d)),
@@ -73,24 +73,7 @@ struct HeadExchange {
             (UnsafePointer(shard.values), shape.kvRowWidth, { slice(of: $0).kvHeads }, result.keyValues.baseAddress! + groupRows * mine.kvHeads.count * d),
         ]
         for (source, rowWidth, headsOf, destination) in parts {
-            let sendCounts = (0 ..< members).map { myRows * headsOf($0).count * d }
-            let sendOffsets = Self.offsets(sendCounts)
-            let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sendCounts.reduce(0, +)))
-            defer { send.deallocate() }
-            recording(.merge, on: communicator.recorder) {
-                for m in 0 ..< members {      // pack each member's heads, row by row
-                    let heads = headsOf(m)
-                    for row in 0 ..< myRows {
-                        (send.baseAddress! + sendOffsets[m] + row * heads.count * d)
-                            .update(from: source + row * rowWidth + heads.lowerBound * d, count: heads.count * d)
-                    }
-                }
-            }
-            let width = headsOf(me).count * d
-            try communicator.alltoallv(UnsafeBufferPointer(send), sendCounts: sendCounts, sendOffsets: sendOffsets,
-                                       UnsafeMutableBufferPointer(start: destination, count: groupRows * width),
-                                       receiveCounts: (0 ..< members).map { rows($0) * width },
-                                       receiveOffsets: firstRows.map { $0 * width })
+            try scatterRows(source, rows: myRows, rowWidth: rowWidth, width: d, headsOf: headsOf, into: destination)
         }
         return result
     }
@@ -102,25 +85,12 @@ struct HeadExchange {
         let mine = slice(of: me).heads, firstRows = self.firstRows, myRows = result.rows
         precondition(local.rows == groupRows && local.heads == mine.count && result.heads == shape.heads)
 
-        // O: the rows of member m are contiguous in `local`; what arrives is [myRows, heads of m, d].
-        let receiveCounts = (0 ..< members).map { myRows * slice(of: $0).heads.count * d }
-        let receiveOffsets = Self.offsets(receiveCounts)
-        let received = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, receiveCounts.reduce(0, +)))
-        defer { received.deallocate() }
-        try local.output.withUnsafeBufferPointer { send in
-            try communicator.alltoallv(send, sendCounts: (0 ..< members).map { rows($0) * mine.count * d },
-                                       sendOffsets: firstRows.map { $0 * mine.count * d },
-                                       received, receiveCounts: receiveCounts, receiveOffsets: receiveOffsets)
-        }
-        recording(.merge, on: communicator.recorder) { result.output.withUnsafeMutableBufferPointer { out in
-            for m in 0 ..< members {
-                let heads = slice(of: m).heads
-                for row in 0 ..< myRows {
-                    (out.baseAddress! + row * shape.queryRowWidth + heads.lowerBound * d)
-                        .update(from: received.baseAddress! + receiveOffsets[m] + row * heads.count * d, count: heads.count * d)
-                }
+        try local.output.withUnsafeBufferPointer { o in
+            try result.output.withUnsafeMutableBufferPointer { out in
+                try gatherRows(o.baseAddress!, width: d, headsOf: { slice(of: $0).heads }, into: out.baseAddress!,
+                               rows: myRows, rowWidth: shape.queryRowWidth)
             }
-        } }
+        }
 
         // LSE: pack [my heads, rows of m] per member; what arrives from m is [heads of m, myRows],
         // which is exactly its block of the [heads, myRows] result.
@@ -139,6 +109,65 @@ struct HeadExchange {
             try communicator.alltoallv(UnsafeBufferPointer(send), sendCounts: sendCounts, sendOffsets: sendOffsets,
                                        lse, receiveCounts: (0 ..< members).map { slice(of: $0).heads.count * myRows },
                                        receiveOffsets: (0 ..< members).map { slice(of: $0).heads.lowerBound * myRows })
+        }
+    }
+
+    /// Sends each member `m` this member's `rows` rows of `source` (`rowWidth` floats each) for the
+    /// heads `headsOf(m)` (`width` floats per head); what arrives, `[groupRows, headsOf(me), width]`,
+    /// lands at `destination`, member after member.
+    func scatterRows(_ source: UnsafePointer<Float>, rows myRows: Int, rowWidth: Int, width d: Int, headsOf: (Int) -> Range<Int>,
+                     into destination: UnsafeMutablePointer<Float>) throws {
+        let (members, me) = (communicator.size, communicator.rank)
+        let sendCounts = (0 ..< members).map { myRows * headsOf($0).count * d }
+        let sendOffsets = Self.offsets(sendCounts)
+        let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sendCounts.reduce(0, +)))
+        defer { send.deallocate() }
+        recording(.merge, on: communicator.recorder) {
+            for m in 0 ..< members {      // pack each member's heads, row by row
+                let heads = headsOf(m)
+                for row in 0 ..< myRows {
+                    (send.baseAddress! + sendOffsets[m] + row * heads.count * d)
+                        .update(from: source + row * rowWidth + heads.lowerBound * d, count: heads.count * d)
+                }
+            }
+        }
+        let width = headsOf(me).count * d
+        try communicator.alltoallv(UnsafeBufferPointer(send), sendCounts: sendCounts, sendOffsets: sendOffsets,
+                                   UnsafeMutableBufferPointer(start: destination, count: groupRows * width),
+                                   receiveCounts: (0 ..< members).map { rows($0) * width },
+                                   receiveOffsets: firstRows.map { $0 * width })
+    }
+
+    /// The transpose of `scatterRows`: `local` holds every group row for the heads
+    /// `headsOf(me)` (`width` floats per head); each member gets its own rows back, written (or,
+    /// with `add`, added: kv heads that several members read) into `out`, `[myRows, rowWidth]`,
+    /// at each sender's heads.
+    func gatherRows(_ local: UnsafePointer<Float>, width d: Int, headsOf: (Int) -> Range<Int>, into out: UnsafeMutablePointer<Float>,
+                    rows myRows: Int, rowWidth: Int, add: Bool = false) throws {
+        let (members, me) = (communicator.size, communicator.rank)
+        let mine = headsOf(me), firstRows = self.firstRows
+        // The rows of member m are contiguous in `local`; what arrives from m is [myRows, headsOf(m), d].
+        let receiveCounts = (0 ..< members).map { myRows * headsOf($0).count * d }
+        let receiveOffsets = Self.offsets(receiveCounts)
+        let received = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, receiveCounts.reduce(0, +)))
+        defer { received.deallocate() }
+        try communicator.alltoallv(UnsafeBufferPointer(start: local, count: groupRows * mine.count * d),
+                                   sendCounts: (0 ..< members).map { rows($0) * mine.count * d },
+                                   sendOffsets: firstRows.map { $0 * mine.count * d },
+                                   received, receiveCounts: receiveCounts, receiveOffsets: receiveOffsets)
+        recording(.merge, on: communicator.recorder) {
+            for m in 0 ..< members {
+                let heads = headsOf(m), count = heads.count * d
+                for row in 0 ..< myRows {
+                    let target = out + row * rowWidth + heads.lowerBound * d
+                    let from = received.baseAddress! + receiveOffsets[m] + row * count
+                    if add {
+                        for x in 0 ..< count { target[x] += from[x] }
+                    } else {
+                        target.update(from: from, count: count)
+                    }
+                }
+            }
         }
     }
 }

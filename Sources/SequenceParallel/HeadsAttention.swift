@@ -37,3 +37,15 @@ public struct HeadsAttention: SequenceParallelStrategy {
         return result
     }
 }
+
+extension HeadsAttention {
+    public var backwardRefusal: String? { nil }
+
+    /// Mesh's backward with one head group of every rank (a ring of one): the all-to-alls of the
+    /// forward and their transposes.
+    public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+                         communicator: Communicator) throws -> ShardGradients {
+        try MeshAttention(headGroup: communicator.size, ring: 1, causal: false)
+            .backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
+    }
+}

@@ -55,3 +55,81 @@ public struct MeshAttention: SequenceParallelStrategy {
         return result
     }
 }
+
+extension MeshAttention {
+    public var backwardRefusal: String? { nil }
+
+    /// The forward's exchanges, transposed. Inside the group, Q, K, V, dO and the per-row (lse, D)
+    /// go from sequence shards to head shards; across groups the ring backward runs over the
+    /// members with the same heads; dQ, dK and dV come back to their rows' owners, dK and dV
+    /// summed over the members whose heads read the same kv head (GQA with fewer kv heads than
+    /// members).
+    public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+                         communicator: Communicator) throws -> ShardGradients {
+        let shape = job.shape, d = shape.headDim
+        let position = communicator.rank / headGroup, member = communicator.rank % headGroup
+        let group = try communicator.split(color: position, key: member)
+        let ringCommunicator = try communicator.split(color: member, key: position)
+        let partition = shard.partition
+        func members(of position: Int) -> [[Range<Int>]] { (0 ..< headGroup).map { partition.segments(of: position * headGroup + $0) } }
+
+        let exchange = HeadExchange(communicator: group, shape: shape, memberRanges: members(of: position))
+        let heads = try exchange.scatter(shard)
+        defer { heads.deallocate() }
+        let slice = heads.slice, groupRows = exchange.groupRows, myRows = shard.queryRows
+        let headsOf = { exchange.slice(of: $0).heads }, kvHeadsOf = { exchange.slice(of: $0).kvHeads }
+
+        // dO and (lse, D) to head shards.
+        let outputGradHeads = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, groupRows * slice.heads.count * d))
+        defer { outputGradHeads.deallocate() }
+        try exchange.scatterRows(outputGrad, rows: myRows, rowWidth: shape.queryRowWidth, width: d, headsOf: headsOf,
+                                 into: outputGradHeads.baseAddress!)
+        let statistics = forward.output.withUnsafeBufferPointer { o in
+            forward.lse.withUnsafeBufferPointer { l in
+                GradientAccumulator.rowStatistics(rows: myRows, heads: shape.heads, headDim: d, output: o.baseAddress!,
+                                                  outputGrad: outputGrad, lse: l.baseAddress!, lseStride: myRows)
+            }
+        }
+        var headStatistics = [Float](repeating: 0, count: groupRows * slice.heads.count * 2)
+        try statistics.withUnsafeBufferPointer { s in
+            try headStatistics.withUnsafeMutableBufferPointer { h in
+                try exchange.scatterRows(s.baseAddress!, rows: myRows, rowWidth: 2 * shape.heads, width: 2, headsOf: headsOf, into: h.baseAddress!)
+            }
+        }
+        let gradients = GradientAccumulator(rows: groupRows, heads: slice.heads.count, headDim: d, statistics: headStatistics)
+
+        // The ring backward across groups, over this member's heads.
+        let kvWidth = slice.kvHeads.count * d
+        let keyValueGrads = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, 2 * groupRows * kvWidth))
+        keyValueGrads.initialize(repeating: 0)
+        defer { keyValueGrads.deallocate() }
+        let pass = RingPass(communicator: ringCommunicator,
+                            blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
+                            kvRowWidth: kvWidth)
+        try pass.runBackward(queries: heads.queries.baseAddress!, outputGrad: outputGradHeads.baseAddress!,
+                             querySegments: exchange.groupSegments, keyValues: UnsafeBufferPointer(heads.keyValues),
+                             kernel: job.backwardKernel(for: slice), mask: job.mask, gradients: gradients, keyValueGrads: keyValueGrads)
+
+        // Back to sequence shards.
+        var result = ShardGradients(dq: [Float](repeating: 0, count: myRows * shape.queryRowWidth),
+                                    dk: [Float](repeating: 0, count: shard.keyRows * shape.kvRowWidth),
+                                    dv: [Float](repeating: 0, count: shard.keyRows * shape.kvRowWidth))
+        var headDQ = [Float](repeating: 0, count: groupRows * slice.heads.count * d)
+        headDQ.withUnsafeMutableBufferPointer { gradients.finish(dq: $0.baseAddress!) }
+        try headDQ.withUnsafeBufferPointer { local in
+            try result.dq.withUnsafeMutableBufferPointer { out in
+                try exchange.gatherRows(local.baseAddress!, width: d, headsOf: headsOf, into: out.baseAddress!, rows: myRows,
+                                        rowWidth: shape.queryRowWidth)
+            }
+        }
+        try result.dk.withUnsafeMutableBufferPointer { out in
+            try exchange.gatherRows(keyValueGrads.baseAddress!, width: d, headsOf: kvHeadsOf, into: out.baseAddress!,
+                                    rows: shard.keyRows, rowWidth: shape.kvRowWidth, add: true)
+        }
+        try result.dv.withUnsafeMutableBufferPointer { out in
+            try exchange.gatherRows(keyValueGrads.baseAddress! + groupRows * kvWidth, width: d, headsOf: kvHeadsOf, into: out.baseAddress!,
+                                    rows: shard.keyRows, rowWidth: shape.kvRowWidth, add: true)
+        }
+        return result
+    }
+}

@@ -9,6 +9,7 @@ import AttentionCore
 
 public struct NonFiniteResult: Error, CustomStringConvertible {
     public let description: String
+    public init(description: String) { self.description = description }
 }
 
 extension PartialResult {

@@ -6,6 +6,7 @@
 // A pass may stop early (sliding window): blocks no later step needs are never sent.
 
 import AttentionCore
+import Profiling
 
 final class RingExchange {
     let communicator: Communicator
@@ -95,5 +96,85 @@ struct RingPass {
                                   keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
             }
         }
+    }
+}
+
+extension RingPass {
+    /// The backward pass: K/V blocks travel as in the forward, and beside each one the dK/dV it
+    /// has gathered so far. At each step a rank adds, from its queries, dQ into `gradients` and the
+    /// block's dK/dV into a scratch buffer, then adds that to the dK/dV that arrived with the block
+    /// and sends the sum on; after the last step each block's dK/dV goes to its owner, so
+    /// `keyValueGrads` (this rank's dK rows then dV rows) ends up holding every rank's share.
+    /// K/V sends are posted before the compute they overlap (RingExchange); a dK/dV send is
+    /// posted after the compute that completes it and overlaps the next step's compute.
+    func runBackward(queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>, querySegments: [ShardSegment],
+                     keyValues: UnsafeBufferPointer<Float>, kernel: LocalAttentionBackward, mask: AttentionMask,
+                     gradients: GradientAccumulator, keyValueGrads: UnsafeMutableBufferPointer<Float>) throws {
+        let (ranks, me) = (communicator.size, communicator.rank)
+        let blockSize = { (rank: Int) in 2 * rows(rank) * kvRowWidth }
+        precondition(keyValueGrads.count >= blockSize(me))
+        let capacity = (0 ..< ranks).map(blockSize).max()!
+        let exchange = RingExchange(communicator: communicator, capacity: capacity)
+        let steps = steps(mask: mask, heads: kernel.slice.heads)
+        // The block's dK/dV from this rank's queries, and two buffers for the travelling sums
+        // (one being sent, one being received), allocated once.
+        let buffers = (0 ..< 3).map { _ in
+            let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, capacity))
+            buffer.initialize(repeating: 0)
+            return buffer
+        }
+        let partial = buffers[0], travelling = Array(buffers[1...])
+        defer { buffers.forEach { $0.deallocate() } }
+        var send = Request(), receive = Request()
+        // Tags after the K/V exchange's (0 ..< steps), so the two streams never match each other.
+        let tag = { (step: Int) in steps + step }
+
+        try exchange.circulate(keyValues, steps: steps, blockSize: blockSize) { source, block, progress in
+            let step = (me - source + ranks) % ranks
+            let size = blockSize(source)
+            partial.update(repeating: 0)
+            let values = block + rows(source) * kvRowWidth
+            let keyGrad = partial.baseAddress!, valueGrad = keyGrad + rows(source) * kvRowWidth
+            recording(.compute, on: communicator.recorder) {
+                for querySegment in querySegments {
+                    for keySegment in blockSegments[source] {
+                        kernel.accumulate(queries: queries, outputGrad: outputGrad, querySegment: querySegment, keys: block, values: values,
+                                          keySegment: keySegment, into: gradients, keyGrad: keyGrad, valueGrad: valueGrad) {
+                            // Progress only: a failure resurfaces from the waits below.
+                            progress()
+                            _ = try? communicator.test(&send)
+                            _ = try? communicator.test(&receive)
+                        }
+                    }
+                }
+            }
+            // The sum so far: what arrived with this block (none at step 0) plus this rank's part.
+            try communicator.wait(&send)
+            let sum = travelling[step % 2]
+            if step == 0 {
+                sum.baseAddress!.update(from: partial.baseAddress!, count: size)
+            } else {
+                try communicator.wait(&receive)
+                recording(.merge, on: communicator.recorder) {
+                    for i in 0 ..< size { sum[i] += partial[i] }
+                }
+            }
+            // On to the next rank, or, after the last step, home to the block's owner; and from
+            // the previous rank the sum for the next step, or this rank's own finished dK/dV.
+            let last = step == steps - 1
+            let (to, from) = last ? (source, (me + steps - 1) % ranks) : (communicator.neighbour(1), communicator.neighbour(-1))
+            let incoming = last ? blockSize(me) : blockSize(communicator.neighbour(-step - 1))
+            if ranks == 1 {
+                keyValueGrads.baseAddress!.update(from: sum.baseAddress!, count: size)
+                return
+            }
+            receive = try communicator.irecv(UnsafeMutableBufferPointer(rebasing: travelling[(step + 1) % 2][0 ..< incoming]),
+                                             from: from, tag: tag(step))
+            send = try communicator.isend(UnsafeBufferPointer(rebasing: sum[0 ..< size]), to: to, tag: tag(step))
+        }
+        guard ranks > 1 else { return }
+        try communicator.wait(&send)
+        try communicator.wait(&receive)
+        keyValueGrads.baseAddress!.update(from: travelling[steps % 2].baseAddress!, count: blockSize(me))
     }
 }

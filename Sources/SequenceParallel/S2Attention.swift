@@ -129,3 +129,15 @@ public struct S2Attention: SequenceParallelStrategy {
         return accumulator.result()
     }
 }
+
+extension S2Attention {
+    public var backwardRefusal: String? { nil }
+
+    /// The ring backward over the same zigzag shards, with the S2 mask: the kernel computes only
+    /// the active block pairs, but every K/V block travels the whole ring (the forward's
+    /// pattern-aware point-to-point routing is not mirrored for the gradients).
+    public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+                         communicator: Communicator) throws -> ShardGradients {
+        try RingAttention(layout: .zigzag).backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
+    }
+}

@@ -231,6 +231,20 @@ public enum InputFiles {
         }
     }
 
+    /// Reads all rows of Q (for the single-rank backward of `verify --backward`).
+    public static func loadWholeQueries(_ source: InputSource, shape: AttentionShape, tokens: Int) throws -> TokenTensor {
+        switch source {
+        case let .synthetic(seed, tokens, shape):
+            return SyntheticInput.tensor(.query, seed: seed, heads: shape.heads, headDim: shape.headDim, rows: [0 ..< tokens])
+        case let .files(qPath, _, _, _):
+            let q = try NpyFile.load(qPath)
+            guard q.values.count == tokens * shape.queryRowWidth else {
+                throw ShapeMismatch(description: "Q \(qPath) has shape \(q.shape); the backward needs the whole sequence, [\(tokens), \(shape.heads), \(shape.headDim)]")
+            }
+            return TokenTensor(tokens: tokens, heads: shape.heads, headDim: shape.headDim, values: q.values)
+        }
+    }
+
     /// Reads all rows of K and V (for the single-rank comparison of `verify`).
     public static func loadWhole(_ source: InputSource, shape: AttentionShape, tokens: Int) throws -> (k: TokenTensor, v: TokenTensor) {
         switch source {

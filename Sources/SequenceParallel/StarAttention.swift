@@ -42,3 +42,10 @@ public struct StarAttention: SequenceParallelStrategy {
         return merged ?? PartialResult(emptyRows: 0, heads: shape.heads, headDim: d)
     }
 }
+
+extension StarAttention {
+    public var backwardRefusal: String? {
+        "star is inference-only (Star Attention's phase 2 answers a few queries against a fixed context) and computes no gradients; "
+            + "use ring, zigzag, heads, mesh or s2 with --backward"
+    }
+}

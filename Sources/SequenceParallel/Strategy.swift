@@ -23,7 +23,10 @@ public struct AttentionJob {
 
     /// Kernels made for head slices, so their work is counted with the main kernel's.
     private let sliceKernels = SliceKernels()
-    private final class SliceKernels { var made: [LocalAttention] = [] }
+    private final class SliceKernels {
+        var made: [LocalAttention] = []
+        var backward: [LocalAttentionBackward] = []
+    }
 
     /// A kernel over some heads only.
     public func kernel(for slice: HeadSlice) -> LocalAttention {
@@ -35,6 +38,19 @@ public struct AttentionJob {
 
     /// FLOPs every kernel of this job has spent.
     public var allKernelFlops: Double { sliceKernels.made.reduce(kernel.computedFlops) { $0 + $1.computedFlops } }
+
+    /// The backward kernel over some heads (made on first use: forward-only runs never allocate
+    /// its scratch), kept so its work is counted.
+    public func backwardKernel(for slice: HeadSlice? = nil) -> LocalAttentionBackward {
+        let slice = slice ?? kernel.slice
+        if let made = sliceKernels.backward.first(where: { $0.slice == slice }) { return made }
+        let made = LocalAttentionBackward(shape: shape, mask: mask, tiling: tiling, threads: threads, slice: slice)
+        sliceKernels.backward.append(made)
+        return made
+    }
+
+    /// FLOPs every backward kernel of this job has spent.
+    public var allBackwardFlops: Double { sliceKernels.backward.reduce(0) { $0 + $1.computedFlops } }
 }
 
 public protocol SequenceParallelStrategy {
@@ -58,6 +74,37 @@ public protocol SequenceParallelStrategy {
     /// The rows this rank writes to the output files: its output rows, unless another rank
     /// holds the same ones (each row is written once).
     func fileSegments(_ shard: LocalShard) -> [ShardSegment]
+
+    /// Why this strategy computes no gradients, or nil when it does (`backward`).
+    var backwardRefusal: String? { get }
+
+    /// The gradients of this rank's rows, after `attend` returned `forward` for the same shard:
+    /// dQ of the `outputSegments` rows, dK and dV of the shard's key rows. `outputGrad` is dO of
+    /// the `outputSegments` rows, [rows, heads, headDim].
+    func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+                  communicator: Communicator) throws -> ShardGradients
+}
+
+/// One rank's gradients: dQ `[rows of outputSegments, heads, headDim]`; dK and dV
+/// `[shard.keyRows, kvHeads, headDim]`, in the shard's key row order.
+public struct ShardGradients: Sendable {
+    public var dq: [Float]
+    public var dk: [Float]
+    public var dv: [Float]
+
+    public init(dq: [Float], dk: [Float], dv: [Float]) {
+        self.dq = dq
+        self.dk = dk
+        self.dv = dv
+    }
+
+    /// dQ from an accumulator, dK and dV from one buffer holding dK's rows then dV's.
+    init(_ gradients: GradientAccumulator, keyValueGrads: UnsafeMutableBufferPointer<Float>) {
+        var dq = [Float](repeating: 0, count: gradients.rows * gradients.heads * gradients.headDim)
+        dq.withUnsafeMutableBufferPointer { gradients.finish(dq: $0.baseAddress!) }
+        let half = keyValueGrads.count / 2
+        self.init(dq: dq, dk: Array(keyValueGrads[0 ..< half]), dv: Array(keyValueGrads[half ..< 2 * half]))
+    }
 }
 
 extension SequenceParallelStrategy {
@@ -66,10 +113,16 @@ extension SequenceParallelStrategy {
     public func check(heads: Int, ranks: Int) throws {}
     public func outputSegments(_ shard: LocalShard) -> [ShardSegment] { shard.querySegments }
     public func fileSegments(_ shard: LocalShard) -> [ShardSegment] { outputSegments(shard) }
+    public var backwardRefusal: String? { "this strategy computes no gradients" }
+    public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+                         communicator: Communicator) throws -> ShardGradients {
+        throw StrategyRefusal(description: backwardRefusal ?? "this strategy computes no gradients")
+    }
 }
 
 public struct StrategyRefusal: Error, CustomStringConvertible {
     public let description: String
+    public init(description: String) { self.description = description }
 }
 
 /// The strategies a user can name.

@@ -125,3 +125,107 @@ public enum Verification {
                                           keyPositions: Array(0 ..< shard.tokens), shape: shape, mask: job.mask)
     }
 }
+
+/// verify --backward on one rank: its rows of dQ (its output rows) and of dK and dV (its key
+/// rows) against a one-rank backward of the whole problem, recomputed on this rank, and against
+/// the float64 reference on a sample of those rows.
+public struct GradientCheck {
+    public let single: GradientErrors
+    public let reference: GradientErrors
+
+    /// - Parameters:
+    ///   - queryRows: local rows of `gradients.dq` and their global positions (the strategy's output rows).
+    ///   - sample: rows per rank checked against float64 (nil: all; 0: none).
+    public init(_ shard: LocalShard, queryRows segments: [ShardSegment], gradients: ShardGradients, source: InputSource,
+                outputGrad: OutputGradientSource, job: AttentionJob, sample: Int?, communicator: Communicator) throws {
+        let (shape, tokens) = (job.shape, shard.tokens)
+        let (k, v) = try communicator.together { try InputFiles.loadWhole(source, shape: shape, tokens: tokens) }
+        let q = try communicator.together { try InputFiles.loadWholeQueries(source, shape: shape, tokens: tokens) }
+        let wholeRows = [ShardSegment(positions: 0 ..< tokens, localRow: 0)]
+        let dO = TokenTensor(tokens: tokens, heads: shape.heads, headDim: shape.headDim,
+                             values: try communicator.together { try outputGrad.load(segments: wholeRows, tokens: tokens, shape: shape) })
+        let queryPositions = Verification.positions(segments), keyPositions = Verification.positions(shard.keySegments)
+        let queryRows = Array(0 ..< queryPositions.count), keyRows = Array(0 ..< keyPositions.count)
+
+        // The one-rank backward: the forward and backward kernels over the whole sequence.
+        let whole = Verification.singleRankGradients(q: q, k: k, v: v, outputGrad: dO, job: job)
+        var single = GradientErrors()
+        (single.queryRows, single.keyRows) = (queryRows.count, keyRows.count)
+        single.dq = ErrorStats.compare(gradients.dq, rows: queryRows, positions: queryPositions, heads: shape.heads, headDim: shape.headDim) {
+            Double(whole.dq.values[queryPositions[$0 / shape.queryRowWidth] * shape.queryRowWidth + $0 % shape.queryRowWidth])
+        }
+        for (actual, expected, stats) in [(gradients.dk, whole.dk, \GradientErrors.dk), (gradients.dv, whole.dv, \GradientErrors.dv)] {
+            single[keyPath: stats] = ErrorStats.compare(actual, rows: keyRows, positions: keyPositions, heads: shape.kvHeads, headDim: shape.headDim) {
+                Double(expected.values[keyPositions[$0 / shape.kvRowWidth] * shape.kvRowWidth + $0 % shape.kvRowWidth])
+            }
+        }
+        self.single = single
+
+        // float64: each rank the statistics (lse, D) of its own query rows, shared with all, then
+        // the gradients of a sample of its query rows (over every key) and key rows (over every query).
+        var reference = GradientErrors()
+        if sample != 0 {
+            func rows(_ tensor: TokenTensor, _ positions: [Int]) -> TokenTensor {
+                var values = [Float]()
+                values.reserveCapacity(positions.count * tensor.rowWidth)
+                for p in positions { values += tensor.values[p * tensor.rowWidth ..< (p + 1) * tensor.rowWidth] }
+                return TokenTensor(tokens: positions.count, heads: tensor.heads, headDim: tensor.headDim, values: values)
+            }
+            let all = Array(0 ..< tokens)
+            let mine = ReferenceBackward.statistics(q: rows(q, queryPositions), queryPositions: queryPositions, k: k, v: v, keyPositions: all,
+                                                    outputGrad: rows(dO, queryPositions), shape: shape, mask: job.mask)
+            var lse = [Double](repeating: -.infinity, count: shape.heads * tokens), delta = lse
+            for part in try communicator.allgatherv(queryPositions.map(Double.init) + mine.lse + mine.delta) {
+                let n = part.count / (1 + 2 * shape.heads)
+                for h in 0 ..< shape.heads {
+                    for i in 0 ..< n {
+                        let position = Int(part[i])
+                        lse[h * tokens + position] = part[n + h * n + i]
+                        delta[h * tokens + position] = part[n + shape.heads * n + h * n + i]
+                    }
+                }
+            }
+            let checkedQueries = Verification.referenceRows(segments, sample: sample).map { queryPositions[$0] }
+            let checkedKeys = Verification.referenceRows(shard.keySegments, sample: sample).map { keyPositions[$0] }
+            func statistics(_ values: [Double], _ positions: [Int]) -> [Double] {
+                (0 ..< shape.heads).flatMap { h in positions.map { values[h * tokens + $0] } }
+            }
+            let forQueries = ReferenceBackward.gradients(
+                q: rows(q, checkedQueries), queryPositions: checkedQueries, lse: statistics(lse, checkedQueries), delta: statistics(delta, checkedQueries),
+                k: k, v: v, keyPositions: all, outputGrad: rows(dO, checkedQueries), shape: shape, mask: job.mask)
+            let forKeys = ReferenceBackward.gradients(
+                q: q, queryPositions: all, lse: lse, delta: delta, k: rows(k, checkedKeys), v: rows(v, checkedKeys), keyPositions: checkedKeys,
+                outputGrad: dO, shape: shape, mask: job.mask)
+            let queryIndex = Dictionary(uniqueKeysWithValues: queryPositions.enumerated().map { ($1, $0) })
+            let keyIndex = Dictionary(uniqueKeysWithValues: keyPositions.enumerated().map { ($1, $0) })
+            (reference.queryRows, reference.keyRows) = (checkedQueries.count, checkedKeys.count)
+            reference.dq = ErrorStats.compare(gradients.dq, rows: checkedQueries.map { queryIndex[$0]! }, positions: checkedQueries,
+                                              heads: shape.heads, headDim: shape.headDim) { forQueries.dq[$0] }
+            reference.dk = ErrorStats.compare(gradients.dk, rows: checkedKeys.map { keyIndex[$0]! }, positions: checkedKeys,
+                                              heads: shape.kvHeads, headDim: shape.headDim) { forKeys.dk[$0] }
+            reference.dv = ErrorStats.compare(gradients.dv, rows: checkedKeys.map { keyIndex[$0]! }, positions: checkedKeys,
+                                              heads: shape.kvHeads, headDim: shape.headDim) { forKeys.dv[$0] }
+        }
+        self.reference = reference
+    }
+}
+
+extension Verification {
+    /// The one-rank backward of the whole problem: the forward kernel over the whole sequence,
+    /// then the backward kernel with its O and lse.
+    public static func singleRankGradients(q: TokenTensor, k: TokenTensor, v: TokenTensor, outputGrad: TokenTensor, job: AttentionJob)
+        -> (dq: TokenTensor, dk: TokenTensor, dv: TokenTensor) {
+        let accumulator = AttentionAccumulator(rows: q.tokens, heads: job.shape.heads, headDim: job.shape.headDim)
+        let whole = ShardSegment(positions: 0 ..< q.tokens, localRow: 0)
+        q.values.withUnsafeBufferPointer { qb in
+            k.values.withUnsafeBufferPointer { kb in
+                v.values.withUnsafeBufferPointer { vb in
+                    job.kernel.accumulate(queries: qb.baseAddress!, querySegment: whole, keys: kb.baseAddress!, values: vb.baseAddress!,
+                                          keySegment: whole, into: accumulator)
+                }
+            }
+        }
+        let backward = LocalAttentionBackward(shape: job.shape, mask: job.mask, tiling: job.tiling, threads: job.threads)
+        return backward.gradients(q: q, k: k, v: v, forward: accumulator.result(), outputGrad: outputGrad)
+    }
+}

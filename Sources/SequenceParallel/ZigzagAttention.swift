@@ -15,3 +15,12 @@ public struct ZigzagAttention: SequenceParallelStrategy {
         return try RingAttention(layout: .zigzag).attend(shard, job: job, communicator: communicator)
     }
 }
+
+extension ZigzagAttention {
+    public var backwardRefusal: String? { nil }
+
+    public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+                         communicator: Communicator) throws -> ShardGradients {
+        try RingAttention(layout: .zigzag).backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
+    }
+}

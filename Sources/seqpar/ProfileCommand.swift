@@ -40,7 +40,7 @@ struct ProfileCommand: ParsableCommand {
 
 /// What one rank recorded during a profiled run.
 struct RecordedProfile {
-    let events: [ProfileEvent]
+    var events: [ProfileEvent]
     let dropped: Int
     /// Rank r's clock minus rank 0's (rank 0 holds them all).
     let clockOffsets: [Double]

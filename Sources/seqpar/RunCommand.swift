@@ -17,6 +17,13 @@ struct RunCommand: ParsableCommand {
     var out: String?
     @Option(help: "Write LSE here as .npy, [heads, tokens] (natural log; -inf where a query sees no key).")
     var lse: String?
+    @OptionGroup var backward: BackwardOptions
+    @Option(help: "With --backward: write dQ here as .npy, [tokens, heads, headDim].")
+    var dq: String?
+    @Option(help: "With --backward: write dK here as .npy, [tokens, kvHeads, headDim].")
+    var dk: String?
+    @Option(help: "With --backward: write dV here as .npy, [tokens, kvHeads, headDim].")
+    var dv: String?
     @Option(help: "Profile the run: write a Chrome trace here, an SVG timeline beside it (.svg), and print the per-rank profile table.")
     var profile: String?
     @Option(name: .customLong("save-inputs"), help: "Also write the synthetic Q, K and V to this folder as Q.npy, K.npy and V.npy (for verify --q --k --v, or NumPy).")
@@ -28,6 +35,10 @@ struct RunCommand: ParsableCommand {
             guard problem.q == nil else { throw ValidationError("--save-inputs writes the synthetic inputs; with --q/--k/--v the inputs are already files.") }
             for path in SavedInputs.paths(saveInputs) { try OutputCheck.writable(path, option: "--save-inputs") }
         }
+        if !backward.backward, let option = [("--dq", dq), ("--dk", dk), ("--dv", dv)].first(where: { $0.1 != nil })?.0 {
+            throw ValidationError("\(option) is a gradient: give --backward to compute it.")
+        }
+        for (option, path) in [("--dq", dq), ("--dk", dk), ("--dv", dv)] { try OutputCheck.writable(path, option: option) }
         try OutputCheck.writable(out, option: "--out")
         try OutputCheck.writable(lse, option: "--lse")
         try OutputCheck.writable(profile, option: "--profile")
@@ -35,19 +46,22 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
-        try Self.execute(problem: problem, compute: compute, out: out, lse: lse, profile: profile, output: output, saveInputs: saveInputs)
+        try Self.execute(problem: problem, compute: compute, out: out, lse: lse, profile: profile, output: output, saveInputs: saveInputs,
+                         backward: backward, gradientPaths: (dq, dk, dv))
     }
 
     /// run's work, shared with `seqpar profile`.
     static func execute(problem: ProblemOptions, compute: ComputeOptions, out: String?, lse: String?, profile: String?,
-                        output: OutputOptions, traceOption: String = "--profile", saveInputs: String? = nil) throws {
+                        output: OutputOptions, traceOption: String = "--profile", saveInputs: String? = nil,
+                        backward: BackwardOptions = BackwardOptions(), gradientPaths: (dq: String?, dk: String?, dv: String?) = (nil, nil, nil)) throws {
         output.setProgress()
         try Session.run(timeout: compute.timeout) { world in
             // Before anything else: no output may overwrite an input or another output, or be a
             // FIFO or device, and each must be writable (OutputFiles.swift).
-            let outputs = [("--out", out), ("--lse", lse)].compactMap { option, path in path.map { (option: option, path: $0) } }
+            let outputs = [("--out", out), ("--lse", lse), ("--dq", gradientPaths.dq), ("--dk", gradientPaths.dk), ("--dv", gradientPaths.dv)]
+                .compactMap { option, path in path.map { (option: option, path: $0) } }
             let traces = profile.map { [(option: traceOption, path: $0), (option: "\(traceOption)'s timeline", path: ProfileReport.svgPath($0))] } ?? []
-            try world.together { try OutputPaths.check(outputs: outputs + traces, inputs: problem.inputFiles) }
+            try world.together { try OutputPaths.check(outputs: outputs + traces, inputs: problem.inputFiles + backward.inputFiles) }
             if let saveInputs, case let .synthetic(seed, tokens, shape) = problem.source {
                 try SavedInputs.write(saveInputs, seed: seed, tokens: tokens, shape: shape, communicator: world)
                 if !output.json { Session.say(world, "wrote the inputs to \(SavedInputs.paths(saveInputs).joined(separator: ", "))") }
@@ -56,17 +70,29 @@ struct RunCommand: ParsableCommand {
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
             let prepared = try DistributedRun.prepare(problem.source, strategy: chosen.name, mask: problem.mask, compute: compute,
                                                       communicator: world, mesh: chosen.mesh)
+            if backward.backward { try BackwardRun.check(prepared, communicator: world) }
             // Temporaries beside the targets, made and sized now: a full disk fails before the compute.
+            let shapes = ["--out": prepared.outputShape, "--lse": prepared.lseShape, "--dq": prepared.outputShape,
+                          "--dk": prepared.keyGradientShape, "--dv": prepared.keyGradientShape]
             let transaction = outputs.isEmpty ? nil : try OutputTransaction.begin(outputs.map {
-                (option: $0.option, path: $0.path, shape: $0.option == "--out" ? prepared.outputShape : prepared.lseShape)
+                (option: $0.option, path: $0.path, shape: shapes[$0.option]!)
             }, communicator: world)
             DistributedRun.announce(prepared, communicator: world)
-            let run: DistributedRun
+            var run: DistributedRun
+            var backwardRun: BackwardRun?
             do {
                 run = try DistributedRun.run(prepared, communicator: world, profile: profile != nil)
-                try transaction.map {
-                    try run.result.write($0, outputOption: "--out", lseOption: "--lse", segments: run.strategy.fileSegments(run.shard),
-                                         extent: run.extent, communicator: world)
+                if backward.backward {
+                    backwardRun = try BackwardRun.execute(after: run, outputGrad: backward.source(problem), communicator: world, profile: profile != nil)
+                    run.profile?.events += backwardRun!.events
+                }
+                if let transaction {
+                    try run.result.write(output: transaction.temporary("--out"), lse: transaction.temporary("--lse"),
+                                         segments: run.strategy.fileSegments(run.shard), extent: run.extent, communicator: world)
+                    try backwardRun?.gradients.write(dq: transaction.temporary("--dq"), dk: transaction.temporary("--dk"), dv: transaction.temporary("--dv"),
+                                                     querySegments: run.strategy.fileSegments(run.shard), keySegments: run.shard.keySegments,
+                                                     shape: run.job.shape, communicator: world)
+                    try transaction.commit()
                 }
             } catch {
                 transaction?.abandon()
@@ -88,6 +114,14 @@ struct RunCommand: ParsableCommand {
                     "bytes_sent": sent, "bytes_received": received, "kernel_flops": kernelFlops,
                 ]
                 if let summary, let profile { object["profile"] = ProfileReport.json(summary, trace: profile) }
+                if let backwardRun {
+                    object["backward"] = [
+                        "seconds": backwardRun.seconds, "flops": backwardRun.flops, "gflops": backwardRun.flops / backwardRun.seconds / 1e9,
+                        "kernel_flops": try world.allgather(backwardRun.kernelFlops),
+                        "bytes_sent": try world.allgather(Int64(backwardRun.bytesSent)),
+                        "bytes_received": try world.allgather(Int64(backwardRun.bytesReceived)),
+                    ]
+                }
                 Session.say(world, Format.json(object))
             } else {
                 Session.say(world, """
@@ -97,8 +131,19 @@ struct RunCommand: ParsableCommand {
                 sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
                 kernel GFLOP per rank: \(kernelFlops.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", "))
                 """)
+                if let backwardRun {
+                    let kernel = try world.allgather(backwardRun.kernelFlops), sent = try world.allgather(Int64(backwardRun.bytesSent))
+                    Session.say(world, """
+                    backward: time \(String(format: "%.4f", backwardRun.seconds)) s, \(String(format: "%.1f", backwardRun.flops / backwardRun.seconds / 1e9)) GFLOP/s (FLOPs: 2.5 x the forward's)
+                    backward sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
+                    backward kernel GFLOP per rank: \(kernel.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", "))
+                    """)
+                }
                 if let out { Session.say(world, "wrote O to \(out)") }
                 if let lse { Session.say(world, "wrote LSE to \(lse)") }
+                for (what, path) in [("dQ", gradientPaths.dq), ("dK", gradientPaths.dk), ("dV", gradientPaths.dv)] {
+                    if let path { Session.say(world, "wrote \(what) to \(path)") }
+                }
                 if let summary, let profile {
                     Session.say(world, summary.table())
                     Session.say(world, "wrote the trace to \(profile) (open in https://ui.perfetto.dev or chrome://tracing) and the timeline to \(ProfileReport.svgPath(profile))")

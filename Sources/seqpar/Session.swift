@@ -82,6 +82,8 @@ struct DistributedRun {
         /// The shapes of the O and LSE files.
         var outputShape: [Int] { [extent.count, shard.shape.heads, shard.shape.headDim] }
         var lseShape: [Int] { [shard.shape.heads, extent.count] }
+        /// The shape of the dK and dV files.
+        var keyGradientShape: [Int] { [shard.tokens, shard.shape.kvHeads, shard.shape.headDim] }
     }
 
     /// Makes and checks the strategy and loads this rank's inputs: once, however often it runs.

@@ -13,6 +13,11 @@ struct VerifyCommand: ParsableCommand {
         abs and max rel error of O and LSE per rank (rel = max |error| / max |expected|) and exits
         non-zero when O's max abs error or LSE's max rel error exceeds the tolerance, naming the rank,
         token and head of the largest error.
+        With --backward it then runs the distributed backward and checks, rank by rank, dQ of its query
+        rows and dK, dV of its key rows against a one-rank backward of the whole problem (every rank
+        recomputes it: memory and time grow with the whole sequence, as verify's do) and against the
+        float64 reference backward on a sample of rows (--reference-rows), with the same tolerances
+        on the max abs error.
         """
     )
 
@@ -25,6 +30,7 @@ struct VerifyCommand: ParsableCommand {
     @Option(name: .customLong("reference-rows"),
             help: "Rows per rank checked against float64 when the problem is large (tokens^2*heads*headDim > 2^31); every row when small. 0 turns the float64 check off.")
     var referenceRows: Int = 64
+    @OptionGroup var backward: BackwardOptions
     @OptionGroup var output: OutputOptions
 
     func run() throws {
@@ -32,8 +38,11 @@ struct VerifyCommand: ParsableCommand {
         try Session.run(timeout: compute.timeout) { world in
             let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
-            let run = try DistributedRun.execute(problem.source, strategy: chosen.name, mask: problem.mask,
-                                                 compute: compute, communicator: world, mesh: chosen.mesh, wholeKeyValues: true)
+            let prepared = try DistributedRun.prepare(problem.source, strategy: chosen.name, mask: problem.mask, compute: compute,
+                                                      communicator: world, mesh: chosen.mesh, wholeKeyValues: true)
+            if backward.backward { try BackwardRun.check(prepared, communicator: world) }
+            DistributedRun.announce(prepared, communicator: world)
+            let run = try DistributedRun.run(prepared, communicator: world)
             let shard = run.shard, shape = run.job.shape, segments = run.segments
             let (k, v) = try world.together { try InputFiles.loadWhole(problem.source, shape: shape, tokens: shard.tokens) }
             let rows = Array(0 ..< run.result.rows), positions = Verification.positions(segments)
@@ -57,13 +66,39 @@ struct VerifyCommand: ParsableCommand {
             let all = try world.allgatherv(singleErrors.packed + referenceErrors.packed)
             let perRank = all.map { (single: ResultErrors(packed: Array($0[0 ..< 9])), reference: ResultErrors(packed: Array($0[9 ..< 18]))) }
             let report = VerifyReport(perRank: perRank, tolerance: tolerance, referenceTolerance: referenceTolerance)
+
+            var gradientReport: GradientReport?
+            var backwardSeconds = 0.0
+            if backward.backward {
+                let backwardRun = try BackwardRun.execute(after: run, outputGrad: backward.source(problem), communicator: world)
+                backwardSeconds = backwardRun.seconds
+                let check = try GradientCheck(shard, queryRows: segments, gradients: backwardRun.gradients, source: problem.source,
+                                              outputGrad: backward.source(problem), job: run.job,
+                                              sample: referenceRows == 0 ? 0 : (small ? nil : referenceRows), communicator: world)
+                let all = try world.allgatherv(check.single.packed + check.reference.packed)
+                let n = GradientErrors.packedCount
+                gradientReport = GradientReport(perRank: all.map { (single: GradientErrors(packed: Array($0[0 ..< n])),
+                                                                    reference: GradientErrors(packed: Array($0[n ..< 2 * n]))) },
+                                                tolerance: tolerance, referenceTolerance: referenceTolerance)
+            }
+            let passed = report.passed && (gradientReport?.passed ?? true)
             if output.json {
-                Session.say(world, Format.json(report.json(strategy: chosen.name, run: run, ranks: world.size)))
+                var object = report.json(strategy: chosen.name, run: run, ranks: world.size)
+                if let gradientReport {
+                    object["backward"] = gradientReport.json(seconds: backwardSeconds)
+                    object["passed"] = passed
+                }
+                Session.say(world, Format.json(object))
             } else {
                 Session.say(world, "seqpar verify: \(chosen.name.rawValue), \(world.size) rank(s), \(Format.problem(run)); distributed run \(String(format: "%.4f", run.seconds)) s")
                 Session.say(world, report.table())
+                if let gradientReport {
+                    Session.say(world, "backward: distributed run \(String(format: "%.4f", backwardSeconds)) s")
+                    Session.say(world, gradientReport.table())
+                    Session.say(world, passed ? "PASS (forward and backward)" : "FAIL")
+                }
             }
-            if !report.passed { throw ExitCode.failure }
+            if !passed { throw ExitCode.failure }
         }
     }
 }
@@ -132,6 +167,67 @@ struct VerifyReport {
                 "heads": shape.heads, "kv_heads": shape.kvHeads, "head_dim": shape.headDim, "mask": run.job.mask.description,
                 "seconds": run.seconds, "passed": passed, "tolerance": tolerance, "reference_tolerance": referenceTolerance,
                 "single_rank": errors(single.errors), "worst_rank": single.rank, "reference": errors(reference.errors),
+                "per_rank": perRank.map { ["single_rank": errors($0.single), "reference": errors($0.reference)] }]
+    }
+}
+
+/// verify --backward's errors of every rank, judged against the tolerances (max abs error).
+struct GradientReport {
+    let perRank: [(single: GradientErrors, reference: GradientErrors)]
+    let tolerance: Double
+    let referenceTolerance: Double
+
+    func total(_ pick: ((single: GradientErrors, reference: GradientErrors)) -> GradientErrors) -> (errors: GradientErrors, rank: Int) {
+        var total = GradientErrors(), worstRank = 0, worst = -1.0
+        for (r, entry) in perRank.enumerated() {
+            let e = pick(entry)
+            if !(e.maxAbs <= worst) { (worst, worstRank) = (e.maxAbs, r) }
+            total.dq.absorb(e.dq)
+            total.dk.absorb(e.dk)
+            total.dv.absorb(e.dv)
+            total.queryRows += e.queryRows
+            total.keyRows += e.keyRows
+        }
+        return (total, worstRank)
+    }
+
+    var single: (errors: GradientErrors, rank: Int) { total { $0.single } }
+    var reference: (errors: GradientErrors, rank: Int) { total { $0.reference } }
+    var referenceChecked: Bool { reference.errors.queryRows + reference.errors.keyRows > 0 }
+
+    var passed: Bool {
+        single.errors.maxAbs <= tolerance && (!referenceChecked || reference.errors.maxAbs <= referenceTolerance)
+    }
+
+    func table() -> String {
+        func cell(_ x: Double) -> String { Format.sci(x).padding(toLength: 8, withPad: " ", startingAt: 0) }
+        var lines = ["rank  q rows  k rows | single-rank: dQ abs   dK abs    dV abs   | float64: q rows  k rows  dQ abs    dK abs    dV abs"]
+        for (r, e) in perRank.enumerated() {
+            let s = e.single, f = e.reference
+            lines.append(String(format: "%4d  %6d  %6d |              %@  %@  %@ |          %6d  %6d  %@  %@  %@", r, s.queryRows, s.keyRows,
+                                cell(s.dq.maxAbs), cell(s.dk.maxAbs), cell(s.dv.maxAbs), f.queryRows, f.keyRows,
+                                cell(f.dq.maxAbs), cell(f.dk.maxAbs), cell(f.dv.maxAbs)))
+        }
+        func sentence(_ what: String, _ t: (errors: GradientErrors, rank: Int), _ tolerance: Double) -> String {
+            let e = t.errors
+            let worst = [("dQ", e.dq), ("dK", e.dk), ("dV", e.dv)].max { !($0.1.maxAbs >= $1.1.maxAbs) }!
+            let verdict = e.maxAbs <= tolerance ? "within" : "ABOVE"
+            return "gradients against the \(what): max abs error dQ \(Format.sci(e.dq.maxAbs)), dK \(Format.sci(e.dk.maxAbs)), dV \(Format.sci(e.dv.maxAbs)) "
+                + "(largest: \(worst.0), rank \(t.rank), token \(worst.1.token), head \(worst.1.head)); \(verdict) tolerance \(Format.sci(tolerance))"
+        }
+        lines.append(sentence("single-rank backward", single, tolerance))
+        lines.append(referenceChecked ? sentence("float64 reference backward", reference, referenceTolerance)
+            : "float64 reference backward: not checked (--reference-rows 0)")
+        return lines.joined(separator: "\n")
+    }
+
+    func json(seconds: Double) -> [String: Any] {
+        func errors(_ e: GradientErrors) -> [String: Any] {
+            ["query_rows": e.queryRows, "key_rows": e.keyRows, "dq_max_abs": e.dq.maxAbs, "dk_max_abs": e.dk.maxAbs, "dv_max_abs": e.dv.maxAbs,
+             "dq_max_rel": e.dq.maxRel, "dk_max_rel": e.dk.maxRel, "dv_max_rel": e.dv.maxRel]
+        }
+        return ["seconds": seconds, "passed": passed, "single_rank": errors(single.errors), "worst_rank": single.rank,
+                "reference": errors(reference.errors),
                 "per_rank": perRank.map { ["single_rank": errors($0.single), "reference": errors($0.reference)] }]
     }
 }

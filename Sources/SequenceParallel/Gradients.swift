@@ -1,0 +1,116 @@
+// The backward pass's inputs and outputs on one rank: dO for this rank's output rows (from the
+// seed or a .npy file, each rank reading only its own rows, refused when it holds NaN or
+// infinity), dQ, dK and dV written each rank its own rows as O is written, and the errors of
+// gradients against another computation of them (verify --backward).
+
+import AttentionCore
+
+/// Where dO comes from.
+public enum OutputGradientSource: Sendable {
+    /// Deterministic values from the inputs' seed.
+    case synthetic(seed: UInt64)
+    /// A .npy file, [tokens, heads, headDim] float32.
+    case file(String)
+
+    /// dO of the rows `segments` (global positions, stacked in order), [rows, heads, headDim].
+    public func load(segments: [ShardSegment], tokens: Int, shape: AttentionShape) throws -> [Float] {
+        let width = shape.queryRowWidth
+        var values = [Float](repeating: 0, count: LocalShard.rows(segments) * width)
+        switch self {
+        case let .synthetic(seed):
+            values.withUnsafeMutableBufferPointer {
+                SyntheticInput.fill($0, seed: seed, tensor: .outputGrad, rowWidth: width, rows: segments.map(\.positions))
+            }
+        case let .file(path):
+            let file = try NpyFile.open(reading: path)
+            let expected = [tokens, shape.heads, shape.headDim]
+            guard file.header.shape == expected else {
+                throw InputFiles.ShapeMismatch(description: "dO \(path) has shape \(file.header.shape); expected \(expected) ([tokens, heads, headDim], as O)")
+            }
+            try values.withUnsafeMutableBufferPointer { buffer in
+                for segment in segments where !segment.positions.isEmpty {
+                    try file.read(into: buffer.baseAddress! + segment.localRow * width, elementOffset: segment.positions.lowerBound * width,
+                                  count: segment.positions.count * width)
+                }
+            }
+        }
+        let bad = values.withUnsafeBufferPointer { LocalShard.firstNonFinite($0.baseAddress!, count: $0.count) }
+        if let bad {
+            let row = bad / width
+            let segment = segments.first { row >= $0.localRow && row < $0.localRow + $0.positions.count }
+            let token = segment.map { $0.positions.lowerBound + row - $0.localRow } ?? row
+            let name: String
+            if case let .file(path) = self { name = path } else { name = "(synthetic)" }
+            throw LocalShard.NonFiniteInput(description: "dO \(name) holds \(values[bad]) at [token \(token), head \((bad % width) / shape.headDim), dim \(bad % shape.headDim)]; "
+                + "expected finite numbers")
+        }
+        return values
+    }
+}
+
+extension ShardGradients {
+    /// Writes this rank's rows of dQ (its `querySegments` of the rows `dq` holds) and of dK and
+    /// dV (`keySegments`) into files already created at full size: `[tokens, heads, headDim]`
+    /// and `[tokens, kvHeads, headDim]`. Collective: all ranks fail together if one cannot.
+    public func write(dq dqPath: String?, dk dkPath: String?, dv dvPath: String?, querySegments: [ShardSegment],
+                      keySegments: [ShardSegment], shape: AttentionShape, communicator: Communicator) throws {
+        try communicator.together {
+            for (path, values, width, segments) in [(dqPath, dq, shape.queryRowWidth, querySegments), (dkPath, dk, shape.kvRowWidth, keySegments),
+                                                    (dvPath, dv, shape.kvRowWidth, keySegments)] {
+                guard let path, !values.isEmpty else { continue }
+                let file = try NpyFile.open(writing: path)
+                try values.withUnsafeBufferPointer { buffer in
+                    for s in segments where !s.positions.isEmpty {
+                        try file.write(from: buffer.baseAddress! + s.localRow * width, elementOffset: s.positions.lowerBound * width,
+                                       count: s.positions.count * width)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Errors of dQ, dK and dV over some rows.
+public struct GradientErrors: Sendable, Equatable {
+    public var dq = ErrorStats()
+    public var dk = ErrorStats()
+    public var dv = ErrorStats()
+    /// Query rows and key rows compared.
+    public var queryRows = 0
+    public var keyRows = 0
+
+    public init() {}
+
+    /// The largest absolute error of the three.
+    public var maxAbs: Double { [dq.maxAbs, dk.maxAbs, dv.maxAbs].reduce(0) { !($1 <= $0) ? $1 : $0 } }
+
+    public var packed: [Double] { dq.packed + dk.packed + dv.packed + [Double(queryRows), Double(keyRows)] }
+    public init(packed p: [Double]) {
+        dq = ErrorStats(packed: p[0 ..< 4])
+        dk = ErrorStats(packed: p[4 ..< 8])
+        dv = ErrorStats(packed: p[8 ..< 12])
+        (queryRows, keyRows) = (Int(p[12]), Int(p[13]))
+    }
+    public static let packedCount = 14
+}
+
+extension ErrorStats {
+    /// Compares rows `rows` (local indices) of `actual` ([rows, heads, headDim]) with `expected`,
+    /// whose rows are indexed 0..<rows.count; `positions` are the rows' global positions.
+    public static func compare(_ actual: [Float], rows: [Int], positions: [Int], heads: Int, headDim: Int,
+                               expected: (Int) -> Double) -> ErrorStats {
+        var stats = ErrorStats()
+        var scale = 0.0
+        let width = heads * headDim
+        for (i, row) in rows.enumerated() {
+            for e in 0 ..< width {
+                let want = expected(i * width + e)
+                let diff = ResultErrors.difference(Double(actual[row * width + e]), want)
+                scale = max(scale, abs(want))
+                if !(diff <= stats.maxAbs) || stats.token < 0 { (stats.maxAbs, stats.token, stats.head) = (diff, positions[i], e / headDim) }
+            }
+        }
+        stats.maxRel = scale > 0 ? stats.maxAbs / scale : stats.maxAbs
+        return stats
+    }
+}
