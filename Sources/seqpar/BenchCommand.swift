@@ -24,6 +24,7 @@ struct BenchCommand: ParsableCommand {
     var repeats: Int = 3
     @Flag(help: "Also print the cost model's prediction for every strategy and mesh shape.")
     var predict = false
+    @OptionGroup var backward: BackwardOptions
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
@@ -67,11 +68,16 @@ struct BenchCommand: ParsableCommand {
                 if DistributedRun.showsProgress, world.rank == 0 {     // each strategy as it starts
                     FileHandle.standardError.write(Data("seqpar bench: \(DistributedRun.announcement(prepared, ranks: world.size)); 1 warm-up + \(repeats) timed run(s)\n".utf8))
                 }
-                var best = Double.infinity
+                if backward.backward { try BackwardRun.check(prepared, communicator: world) }
+                var best = Double.infinity, bestBackward = Double.infinity
                 var last: DistributedRun?
                 for repetition in 0 ..< repeats + 1 {
                     let run = try DistributedRun.run(prepared, communicator: world,
                                                      progressLabel: repetition == 0 ? "\(name.rawValue) warm-up" : "\(name.rawValue) run \(repetition)/\(repeats)")
+                    if backward.backward {
+                        let backwardRun = try BackwardRun.execute(after: run, outputGrad: backward.source(problem), communicator: world)
+                        if last != nil { bestBackward = min(bestBackward, backwardRun.seconds) }
+                    }
                     if last != nil { best = min(best, run.seconds) }
                     last = run
                 }
@@ -84,6 +90,12 @@ struct BenchCommand: ParsableCommand {
                     row["predicted_seconds"] = predicted.seconds
                     row["measured_over_predicted"] = best / predicted.seconds
                 }
+                let backwardGflops = 2.5 * last!.flops / bestBackward / 1e9
+                if backward.backward {
+                    row["backward_seconds"] = bestBackward
+                    row["backward_gflops"] = backwardGflops
+                    row["backward_fraction_of_peak"] = backwardGflops / peak
+                }
                 rows.append(row)
                 if rows.count == 1 {
                     lines.append("problem: \(Format.problem(last!))")
@@ -93,6 +105,9 @@ struct BenchCommand: ParsableCommand {
                 lines.append(String(format: "%@  %9.4f  %9.1f   %.3f     %.3f", label.padding(toLength: 10, withPad: " ", startingAt: 0), best, gflops,
                                     gflops / peak, gflops / shapePeaks[2])
                     + (predicted.map { String(format: "                  %9.4f   %.2f", $0.seconds, best / $0.seconds) } ?? "                  (no prediction)"))
+                if backward.backward {
+                    lines.append(String(format: "  backward  %9.4f  %9.1f   %.3f     (FLOPs: 2.5 x the forward's)", bestBackward, backwardGflops, backwardGflops / peak))
+                }
                 if !output.json {       // each strategy as it finishes: a long bench shows progress
                     Session.say(world, lines.joined(separator: "\n"))
                     lines.removeAll()

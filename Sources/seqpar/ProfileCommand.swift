@@ -17,7 +17,8 @@ struct ProfileCommand: ParsableCommand {
         and the timeline picture beside it with the extension .svg, and prints per rank: compute s, exposed
         communication (time blocked in waits and collectives) s, total communication (time with any transfer in
         flight, from post to completion) s, bytes sent and received, achieved bandwidth, overlap = 1 - exposed/total,
-        and the load imbalance (max/mean compute).
+        and the load imbalance (max/mean compute). With --backward the backward pass follows the forward in the
+        same trace and its events count in the table.
           Launch/local 4 profile --tokens 16384 --causal --strategy zigzag --trace zigzag.json
         """
     )
@@ -26,6 +27,7 @@ struct ProfileCommand: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
     @Option(help: "Chrome trace JSON to write; the SVG timeline goes beside it (same name, .svg).")
     var trace: String = "seqpar-profile.json"
+    @OptionGroup var backward: BackwardOptions
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
@@ -34,7 +36,8 @@ struct ProfileCommand: ParsableCommand {
     }
 
     func run() throws {
-        try RunCommand.execute(problem: problem, compute: compute, out: nil, lse: nil, profile: trace, output: output, traceOption: "--trace")
+        try RunCommand.execute(problem: problem, compute: compute, out: nil, lse: nil, profile: trace, output: output, traceOption: "--trace",
+                               backward: backward)
     }
 }
 

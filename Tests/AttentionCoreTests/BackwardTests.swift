@@ -181,4 +181,55 @@ struct BackwardTests {
             #expect(maxAbsError(many.dq.values, one.dq.values) < 1e-5, "\(threads) threads")
         }
     }
+
+    @Test("the reference's gradients over a subset of keys or queries are those rows of the whole problem's")
+    func referenceSubsets() throws {
+        let problem = try Problem(tokens: 23, heads: 4, kvHeads: 2, headDim: 8, mask: .causal)
+        let dO = Self.outputGrad(problem)
+        let (q, k, v, shape) = (problem.q, problem.k, problem.v, problem.shape)
+        let whole = ReferenceBackward.compute(q: q, queryPositions: problem.queryPositions, k: k, v: v, keyPositions: problem.keyPositions,
+                                              outputGrad: dO, shape: shape, mask: .causal)
+        let all = Array(0 ..< 23)
+        let (lse, delta) = ReferenceBackward.statistics(q: q, queryPositions: all, k: k, v: v, keyPositions: all, outputGrad: dO, shape: shape, mask: .causal)
+        func rows(_ t: TokenTensor, _ positions: [Int]) -> TokenTensor {
+            TokenTensor(tokens: positions.count, heads: t.heads, headDim: t.headDim,
+                        values: positions.flatMap { t.values[$0 * t.rowWidth ..< ($0 + 1) * t.rowWidth] })
+        }
+        let keys = [0, 5, 22], queries = [1, 17]
+        let forKeys = ReferenceBackward.gradients(q: q, queryPositions: all, lse: lse, delta: delta, k: rows(k, keys), v: rows(v, keys),
+                                                  keyPositions: keys, outputGrad: dO, shape: shape, mask: .causal)
+        let width = shape.kvRowWidth
+        for (i, key) in keys.enumerated() {
+            for e in 0 ..< width {
+                #expect(abs(forKeys.dk[i * width + e] - whole.dk[key * width + e]) < 1e-12)
+                #expect(abs(forKeys.dv[i * width + e] - whole.dv[key * width + e]) < 1e-12)
+            }
+        }
+        let queryStatistics = { (values: [Double]) in (0 ..< 4).flatMap { h in queries.map { values[h * 23 + $0] } } }
+        let forQueries = ReferenceBackward.gradients(q: rows(q, queries), queryPositions: queries, lse: queryStatistics(lse), delta: queryStatistics(delta),
+                                                     k: k, v: v, keyPositions: all, outputGrad: rows(dO, queries), shape: shape, mask: .causal)
+        for (i, query) in queries.enumerated() {
+            for e in 0 ..< shape.queryRowWidth {
+                #expect(abs(forQueries.dq[i * shape.queryRowWidth + e] - whole.dq[query * shape.queryRowWidth + e]) < 1e-12)
+            }
+        }
+    }
+
+    @Test("an accumulator made from carried (lse, D) statistics equals one made from O and dO")
+    func statisticsInitializer() throws {
+        let problem = try Problem(tokens: 9, heads: 2, kvHeads: 1, headDim: 16, mask: .none)
+        let dO = Self.outputGrad(problem)
+        let forward = problem.kernel()
+        let (direct, carried) = forward.output.withUnsafeBufferPointer { o in
+            dO.values.withUnsafeBufferPointer { g in
+                forward.lse.withUnsafeBufferPointer { l in
+                    (GradientAccumulator(rows: 9, heads: 2, headDim: 16, output: o.baseAddress!, outputGrad: g.baseAddress!, lse: l.baseAddress!),
+                     GradientAccumulator(rows: 9, heads: 2, headDim: 16, statistics: GradientAccumulator.rowStatistics(
+                         rows: 9, heads: 2, headDim: 16, output: o.baseAddress!, outputGrad: g.baseAddress!, lse: l.baseAddress!, lseStride: 9)))
+                }
+            }
+        }
+        #expect(Array(direct.lse) == Array(carried.lse) && Array(direct.delta) == Array(carried.delta))
+        #expect(Array(direct.lse) == forward.lse)
+    }
 }
