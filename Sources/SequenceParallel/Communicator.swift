@@ -46,11 +46,13 @@ func mpiCount(_ count: Int, _ call: String) throws(MPIError) -> Int32 {
 }
 
 /// Bytes of data a rank moved: point-to-point, all-to-all, broadcast and merge reductions (the
-/// small control collectives, such as agreeing on failure, are not counted). Shared by a
-/// communicator and those split from it, so the figures are per rank.
+/// small control collectives, such as agreeing on failure, are not counted), and the event log
+/// while profiling. Shared by a communicator and those split from it, so the figures are per rank
+/// and a communicator split once (and kept) records whenever its parent does.
 public final class TrafficCounter {
     public internal(set) var bytesSent = 0
     public internal(set) var bytesReceived = 0
+    var recorder: EventLog?
     public init() {}
 }
 
@@ -60,8 +62,11 @@ public final class Communicator {
     public let size: Int
     public let traffic: TrafficCounter
     /// Where communication events go while profiling (nil: not profiling). Communicators split
-    /// from this one get the same log, as they share `traffic`.
-    public var recorder: EventLog?
+    /// from this one share it, as they share `traffic`.
+    public var recorder: EventLog? {
+        get { traffic.recorder }
+        set { traffic.recorder = newValue }
+    }
     /// World rank of each rank of this communicator: events name peers in world numbering.
     let worldRanks: [Int]
     private let owned: Bool
@@ -111,9 +116,7 @@ public final class Communicator {
     public func split(color: Int, key: Int) throws(MPIError) -> Communicator {
         var sub: MPI_Comm? = nil
         try check(MPI_Comm_split(handle, Int32(color), Int32(key), &sub), "MPI_Comm_split")
-        let communicator = try Communicator(handle: sub!, owned: true, traffic: traffic)
-        communicator.recorder = recorder
-        return communicator
+        return try Communicator(handle: sub!, owned: true, traffic: traffic)
     }
 
     func countTransfer(sent: Int, received: Int) {

@@ -1,7 +1,8 @@
 // Head-sharded attention (Ulysses-style). Inputs arrive sequence-sharded as for ring; an
 // all-to-all gives every rank the whole sequence for its heads (and the kv heads they read);
 // each rank runs full-sequence attention for its heads; an all-to-all sends each rank its rows
-// back for every head. Communication is two all-to-alls, independent of the mask.
+// back for every head. Communication is two all-to-alls, independent of the mask. It is mesh
+// with one head group of every rank (a ring of one), and runs as that; only its check differs.
 
 import AttentionCore
 
@@ -18,23 +19,20 @@ public struct HeadsAttention: SequenceParallelStrategy {
         }
     }
 
+    /// Mesh with one head group of every rank, a ring of one.
     public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
-        let exchange = HeadExchange(communicator: communicator, shape: job.shape,
-                                    memberRanges: (0 ..< communicator.size).map { shard.partition.segments(of: $0) })
-        let heads = try exchange.scatter(shard)
-        defer { heads.deallocate() }
-        let accumulator = AttentionAccumulator(rows: exchange.groupRows, heads: heads.slice.heads.count, headDim: job.shape.headDim)
-        let keys = heads.keyValues.baseAddress!
-        let values = keys + exchange.groupRows * heads.slice.kvHeads.count * job.shape.headDim
-        let kernel = job.kernel(for: heads.slice)
-        let segments = exchange.groupSegments
-        for keySegment in segments {       // every query segment at once: K/V packed once per key segment
-            kernel.accumulate(queries: heads.queries.baseAddress!, querySegments: segments,
-                              keys: keys, values: values, keySegment: keySegment, into: accumulator, recorder: communicator.recorder)
+        try mesh(communicator).attend(shard, job: job, communicator: communicator)
+    }
+
+    /// The mesh this is, made once for the world size it runs on (so it splits once).
+    private let meshes = Meshes()
+    private final class Meshes { var made: MeshAttention? }
+
+    func mesh(_ communicator: Communicator) -> MeshAttention {
+        if meshes.made?.headGroup != communicator.size {
+            meshes.made = MeshAttention(headGroup: communicator.size, ring: 1, causal: false)
         }
-        var result = PartialResult(emptyRows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
-        try exchange.gather(accumulator.result(), into: &result)
-        return result
+        return meshes.made!
     }
 }
 
@@ -45,7 +43,6 @@ extension HeadsAttention {
     /// forward and their transposes.
     public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
                          communicator: Communicator) throws -> ShardGradients {
-        try MeshAttention(headGroup: communicator.size, ring: 1, causal: false)
-            .backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
+        try mesh(communicator).backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
     }
 }

@@ -10,6 +10,26 @@ public struct MeshAttention: SequenceParallelStrategy {
     public let ring: Int
     public let inputLayout: TokenLayout
     public var groupSize: Int { headGroup }
+    /// The head group and ring communicators, split on first use and kept: a strategy made once
+    /// per job splits once, however often it runs (bench's repeats, the backward).
+    private let splits = Splits()
+
+    private final class Splits {
+        var parent: Communicator?
+        var group: Communicator?
+        var ring: Communicator?
+    }
+
+    /// This rank's head group (members in rank order) and its ring across the groups.
+    func communicators(_ communicator: Communicator) throws -> (group: Communicator, ring: Communicator) {
+        if splits.parent !== communicator || splits.group == nil {
+            let position = communicator.rank / headGroup, member = communicator.rank % headGroup
+            splits.group = try communicator.split(color: position, key: member)
+            splits.ring = try communicator.split(color: member, key: position)
+            splits.parent = communicator
+        }
+        return (splits.group!, splits.ring!)
+    }
 
     public init(headGroup: Int, ring: Int, causal: Bool) {
         self.headGroup = headGroup
@@ -35,9 +55,8 @@ public struct MeshAttention: SequenceParallelStrategy {
     }
 
     public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
-        let position = communicator.rank / headGroup, member = communicator.rank % headGroup
-        let group = try communicator.split(color: position, key: member)
-        let ringCommunicator = try communicator.split(color: member, key: position)
+        let position = communicator.rank / headGroup
+        let (group, ringCommunicator) = try communicators(communicator)
         let partition = shard.partition
         func members(of position: Int) -> [[Range<Int>]] { (0 ..< headGroup).map { partition.segments(of: position * headGroup + $0) } }
 
@@ -67,9 +86,8 @@ extension MeshAttention {
     public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
                          communicator: Communicator) throws -> ShardGradients {
         let shape = job.shape, d = shape.headDim
-        let position = communicator.rank / headGroup, member = communicator.rank % headGroup
-        let group = try communicator.split(color: position, key: member)
-        let ringCommunicator = try communicator.split(color: member, key: position)
+        let position = communicator.rank / headGroup
+        let (group, ringCommunicator) = try communicators(communicator)
         let partition = shard.partition
         func members(of position: Int) -> [[Range<Int>]] { (0 ..< headGroup).map { partition.segments(of: position * headGroup + $0) } }
 
