@@ -100,6 +100,16 @@ struct RingPass {
 }
 
 extension RingPass {
+    /// Where the dK/dV sums go in a backward pass of `steps` steps over `ranks` ranks: at `step`,
+    /// `rank` holds the block that started at `source`, sends its sum `to` a rank, and receives
+    /// `from` a rank the sum of the block `arriving` (the next step's block, or after the last
+    /// step its own). On to the next rank, and after the last step home to the block's owner.
+    static func gradientRoute(rank: Int, ranks: Int, steps: Int, step: Int) -> (source: Int, to: Int, from: Int, arriving: Int) {
+        let around = { (offset: Int) in ((rank + offset) % ranks + ranks) % ranks }
+        if step == steps - 1 { return (around(-step), around(-step), around(steps - 1), rank) }
+        return (around(-step), around(1), around(-1), around(-step - 1))
+    }
+
     /// The backward pass: K/V blocks travel as in the forward, and beside each one the dK/dV it
     /// has gathered so far. At each step a rank adds, from its queries, dQ into `gradients` and the
     /// block's dK/dV into a scratch buffer, then adds that to the dK/dV that arrived with the block
@@ -159,18 +169,15 @@ extension RingPass {
                     for i in 0 ..< size { sum[i] += partial[i] }
                 }
             }
-            // On to the next rank, or, after the last step, home to the block's owner; and from
-            // the previous rank the sum for the next step, or this rank's own finished dK/dV.
-            let last = step == steps - 1
-            let (to, from) = last ? (source, (me + steps - 1) % ranks) : (communicator.neighbour(1), communicator.neighbour(-1))
-            let incoming = last ? blockSize(me) : blockSize(communicator.neighbour(-step - 1))
+            let route = Self.gradientRoute(rank: me, ranks: ranks, steps: steps, step: step)
+            let incoming = blockSize(route.arriving)
             if ranks == 1 {
                 keyValueGrads.baseAddress!.update(from: sum.baseAddress!, count: size)
                 return
             }
             receive = try communicator.irecv(UnsafeMutableBufferPointer(rebasing: travelling[(step + 1) % 2][0 ..< incoming]),
-                                             from: from, tag: tag(step))
-            send = try communicator.isend(UnsafeBufferPointer(rebasing: sum[0 ..< size]), to: to, tag: tag(step))
+                                             from: route.from, tag: tag(step))
+            send = try communicator.isend(UnsafeBufferPointer(rebasing: sum[0 ..< size]), to: route.to, tag: tag(step))
         }
         guard ranks > 1 else { return }
         try communicator.wait(&send)
