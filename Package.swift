@@ -47,11 +47,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // What the test targets that start processes share (package root, the binary under test,
+        // a process runner with a time limit); no test framework.
+        .target(name: "SeqparTestSupport", path: "Tests/SeqparTestSupport"),
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
         .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel"]),
-        .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar", "AttentionCore", "Profiling"]),
+        .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar", "AttentionCore", "Profiling", "SeqparTestSupport"]),
         .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel"]),
-        .testTarget(name: "MultiHostTests", dependencies: ["seqpar"]),
+        .testTarget(name: "MultiHostTests", dependencies: ["seqpar", "SeqparTestSupport"]),
     ]
 )

@@ -6,9 +6,7 @@ import Foundation
 import Testing
 
 @Suite struct LaunchScriptTests {
-    var binary: String {
-        ProcessInfo.processInfo.environment["SEQPAR_BIN"] ?? packageRoot.appendingPathComponent(".build/release/seqpar").path
-    }
+    var binary: String { binaryUnderTest }
 
     @Test func slurmWritesABatchScript() throws {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("seqpar-test-\(UUID().uuidString).sbatch")

@@ -6,43 +6,30 @@
 // be made, every test here is skipped with that reason in the output, never passed.
 
 import Foundation
+@_exported import SeqparTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
 
-let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
 func launch(_ script: String) -> String { packageRoot.appendingPathComponent("Launch").appendingPathComponent(script).path }
 func clusterConfig(_ name: String) -> String { packageRoot.appendingPathComponent("cluster-configs/\(name).toml").path }
 
-struct Outcome {
-    let status: Int32
-    let stdout: String
-    let stderr: String
-    var transcript: String { "exit \(status)\n--- stdout\n\(stdout)\n--- stderr\n\(stderr)" }
-}
+typealias Outcome = ProcessResult
 
-/// Runs a command to its end, killed (with everything it started) after `seconds`.
+/// The seqpar under test (seqparBinary()); a path that does not exist when none is built, so
+/// the tests that start it fail saying so.
+let binaryUnderTest = (try? seqparBinary()) ?? packageRoot.appendingPathComponent(".build/release/seqpar (not built)").path
+
+/// This process's environment with SEQPAR_BIN naming the binary under test, for the launch
+/// scripts (which otherwise start .build/release/seqpar).
+let testEnvironment = ProcessInfo.processInfo.environment.merging(["SEQPAR_BIN": binaryUnderTest]) { $1 }
+
+/// Runs a command to its end, killed (with everything it started) after `seconds`; a time-out
+/// is recorded as a failure.
 func run(_ arguments: [String], seconds: Int = 240) throws -> Outcome {
-    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("seqpar-multihost-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(at: folder) }
-    let (out, err) = (folder.appendingPathComponent("out"), folder.appendingPathComponent("err"))
-    _ = FileManager.default.createFile(atPath: out.path, contents: nil)
-    _ = FileManager.default.createFile(atPath: err.path, contents: nil)
-    let process = Process()
-    // timeout(1) signals its whole process group: mpirun, its daemons in the namespaces and the ranks.
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
-    process.arguments = ["--kill-after=10", String(seconds)] + arguments
-    process.currentDirectoryURL = packageRoot
-    process.standardOutput = try FileHandle(forWritingTo: out)
-    process.standardError = try FileHandle(forWritingTo: err)
-    try process.run()
-    process.waitUntilExit()
-    let outcome = Outcome(status: process.terminationStatus, stdout: try String(contentsOf: out, encoding: .utf8),
-                          stderr: try String(contentsOf: err, encoding: .utf8))
-    if outcome.status == 124 || outcome.status == 137 {
+    let outcome = try runToEnd(URL(fileURLWithPath: "/usr/bin/env"), arguments, environment: testEnvironment, timeout: Double(seconds))
+    if outcome.timedOut {
         Issue.record("timed out after \(seconds) s: \(arguments.joined(separator: " "))\n\(outcome.transcript)")
     }
     return outcome

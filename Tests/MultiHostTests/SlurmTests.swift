@@ -60,36 +60,20 @@ struct SlurmJob {
 
 /// Runs a command with Slurm's and Open MPI's environment, in `folder`.
 func slurmRun(_ arguments: [String], in folder: URL, environment extra: [String: String] = [:], seconds: Int = 120) throws -> Outcome {
-    let (out, err) = (folder.appendingPathComponent("cmd-\(UUID().uuidString).out"), folder.appendingPathComponent("cmd-\(UUID().uuidString).err"))
-    _ = FileManager.default.createFile(atPath: out.path, contents: nil)
-    _ = FileManager.default.createFile(atPath: err.path, contents: nil)
-    defer { try? FileManager.default.removeItem(at: out); try? FileManager.default.removeItem(at: err) }
-    var environment = ProcessInfo.processInfo.environment
+    var environment = testEnvironment
     environment["SLURM_CONF"] = LocalSlurm.conf
     // The job runs as root here, and sbatch passes this environment on to it (mpirun refuses root without it).
     environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
     environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
     environment["OPENBLAS_NUM_THREADS"] = "1"
     environment.merge(extra) { $1 }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
-    process.arguments = ["--kill-after=10", String(seconds)] + arguments
-    process.currentDirectoryURL = folder
-    process.environment = environment
-    process.standardOutput = try FileHandle(forWritingTo: out)
-    process.standardError = try FileHandle(forWritingTo: err)
-    try process.run()
-    process.waitUntilExit()
-    return Outcome(status: process.terminationStatus, stdout: try String(contentsOf: out, encoding: .utf8),
-                   stderr: try String(contentsOf: err, encoding: .utf8))
+    return try runToEnd(URL(fileURLWithPath: "/usr/bin/env"), arguments, environment: environment, directory: folder, timeout: Double(seconds))
 }
 
 @Suite(.serialized, .enabled(if: LocalSlurm.available,
                              "the local Slurm needs root, and slurm-wlm and munge installed or apt-get to install them; this machine lacks one, so no Slurm job ran"))
 struct SlurmJobTests {
-    var binary: String {
-        ProcessInfo.processInfo.environment["SEQPAR_BIN"] ?? packageRoot.appendingPathComponent(".build/release/seqpar").path
-    }
+    var binary: String { binaryUnderTest }
 
     /// cluster-configs/slurm.toml without its module-load prologue (this machine has no modules),
     /// with the launcher given.

@@ -4,20 +4,7 @@
 
 import AttentionCore
 import Foundation
-
-/// A temporary directory, removed when the value goes away.
-final class ScratchDirectory {
-    let url: URL
-
-    init() throws {
-        url = FileManager.default.temporaryDirectory.appendingPathComponent("seqpar-e2e-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    }
-
-    deinit { try? FileManager.default.removeItem(at: url) }
-
-    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
-}
+@_exported import SeqparTestSupport
 
 /// SplitMix64: a small seeded generator, so every run of the suite sees the same inputs.
 struct SeededGenerator: RandomNumberGenerator {

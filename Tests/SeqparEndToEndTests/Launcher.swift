@@ -4,25 +4,17 @@
 // to it and every process below it) and recorded as a failure: a hang never passes silently.
 
 import Foundation
+import SeqparTestSupport
 import Testing
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The package root, from this file's path (Tests/SeqparEndToEndTests/Launcher.swift).
-let packageRoot: URL = URL(fileURLWithPath: #filePath)
-    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
 /// What one job left behind.
-struct LaunchResult: CustomStringConvertible {
-    let command: String
-    let status: Int32
-    let stdout: String
-    let stderr: String
-    let seconds: Double
-    let timedOut: Bool
+typealias LaunchResult = ProcessResult
 
+extension ProcessResult: CustomStringConvertible {
     /// Rank 0's JSON object: the one line of stdout that is a JSON object.
     func json(sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
         let line = stdout.split(whereSeparator: \.isNewline).first { $0.hasPrefix("{") }
@@ -38,25 +30,7 @@ struct LaunchResult: CustomStringConvertible {
         stderr.replacingOccurrences(of: #"-{40,}\n[\s\S]*?-{40,}\n"#, with: "", options: .regularExpression)
     }
 
-    var description: String {
-        "$ \(command)\nexit status \(status) after \(String(format: "%.1f", seconds)) s\(timedOut ? " (killed: time limit)" : "")\n"
-            + "--- stdout ---\n\(stdout.suffix(4000))\n--- stderr ---\n\(stderr.suffix(4000))"
-    }
-}
-
-struct MissingBinary: Error, CustomStringConvertible {
-    let path: String
-    var description: String {
-        "the seqpar binary \(path) does not exist: run Launch/setup (it builds .build/release/seqpar), or set SEQPAR_BIN"
-    }
-}
-
-/// The binary under test: SEQPAR_BIN, or the release build that Launch/setup makes.
-func seqparBinary() throws -> String {
-    let path = ProcessInfo.processInfo.environment["SEQPAR_BIN"].flatMap { $0.isEmpty ? nil : $0 }
-        ?? packageRoot.appendingPathComponent(".build/release/seqpar").path
-    guard FileManager.default.isExecutableFile(atPath: path) else { throw MissingBinary(path: path) }
-    return path
+    public var description: String { transcript }
 }
 
 /// Runs `Launch/local ranks arguments...` and records an issue when it is killed for running
@@ -77,111 +51,7 @@ func launch(ranks: Int, arguments: [String], timeout: Double, binary: String, en
     var environment = ProcessInfo.processInfo.environment
     environment["SEQPAR_BIN"] = binary
     for (name, value) in changes { environment[name] = value }
-    return try await runProcess(executable: script, arguments: [String(ranks)] + arguments, environment: environment, timeout: timeout)
-}
-
-/// Runs a process to its end or to `timeout`, when it gets SIGTERM, then (with every process
-/// below it) SIGKILL. Foundation starts each child in a process group of its own; mpirun's ranks
-/// get groups of their own, so they are not reached through the group.
-func runProcess(executable: URL, arguments: [String], environment: [String: String], timeout: Double) async throws -> LaunchResult {
-    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("seqpar-e2e-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(at: scratch) }
-    let outURL = scratch.appendingPathComponent("stdout"), errURL = scratch.appendingPathComponent("stderr")
-    _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
-    _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-    let outHandle = try FileHandle(forWritingTo: outURL), errHandle = try FileHandle(forWritingTo: errURL)
-    defer {
-        try? outHandle.close()
-        try? errHandle.close()
-    }
-
-    let process = Process()
-    process.executableURL = executable
-    process.arguments = arguments
-    process.environment = environment
-    process.currentDirectoryURL = packageRoot
-    process.standardInput = FileHandle.nullDevice
-    process.standardOutput = outHandle
-    process.standardError = errHandle
-    let exited = DispatchSemaphore(value: 0)
-    process.terminationHandler = { _ in exited.signal() }
-
-    let command = ([executable.path.replacingOccurrences(of: packageRoot.path + "/", with: "")] + arguments).joined(separator: " ")
-    let start = Date()
-    try await startWithSignalsUnblocked(process)
-    let group = process.processIdentifier
-    let finished = await wait(exited, seconds: timeout)
-    if !finished {
-        // mpirun forwards SIGTERM to the ranks and cleans up. The ranks live in process groups
-        // of their own, so if mpirun does not end, they are found by parentage and killed too.
-        kill(-group, SIGTERM)
-        if await !wait(exited, seconds: 10) {
-            let children = descendants(of: group)
-            kill(-group, SIGKILL)
-            for child in children { kill(child, SIGKILL) }
-            _ = await wait(exited, seconds: 10)
-        }
-    }
-    let seconds = Date().timeIntervalSince(start)
-    let stdout = (try? String(contentsOf: outURL, encoding: .utf8)) ?? ""
-    let stderr = (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
-    return LaunchResult(command: command, status: process.isRunning ? -1 : process.terminationStatus,
-                        stdout: stdout, stderr: stderr, seconds: seconds, timedOut: !finished)
-}
-
-/// Waits for a semaphore on a thread of its own, not on the test's cooperative thread.
-private func wait(_ semaphore: DispatchSemaphore, seconds: Double) async -> Bool {
-    await withCheckedContinuation { continuation in
-        Thread {
-            continuation.resume(returning: semaphore.wait(timeout: .now() + seconds) == .success)
-        }.start()
-    }
-}
-
-/// Starts `process` from a thread with no signals blocked. The child inherits the signal mask
-/// of the thread that spawns it, and the test runner's threads (Dispatch and Swift concurrency
-/// workers) block nearly every signal: mpirun started from one of them ignores SIGTERM, and a
-/// hung job could then only be SIGKILLed, which orphans its ranks.
-private func startWithSignalsUnblocked(_ process: Process) async throws {
-    let box = UncheckedBox(process)
-    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
-        Thread {
-            var none = sigset_t()
-            sigemptyset(&none)
-            pthread_sigmask(SIG_SETMASK, &none, nil)
-            do {
-                try box.value.run()
-                continuation.resume()
-            } catch {
-                continuation.resume(throwing: error)
-            }
-        }.start()
-    }
-}
-
-private final class UncheckedBox<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
-}
-
-/// Every process below `root`, found through the parent pids in /proc.
-private func descendants(of root: Int32) -> [Int32] {
-    var parents: [Int32: Int32] = [:]
-    for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-        guard let pid = Int32(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { continue }
-        // After "pid (comm)": state, then the parent pid.
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        if fields.count > 1, let parent = Int32(fields[1]) { parents[pid] = parent }
-    }
-    var found: [Int32] = [], frontier = [root]
-    while let next = frontier.popLast() {
-        let children = parents.filter { $0.value == next }.map(\.key)
-        found += children
-        frontier += children
-    }
-    return found
+    return try await runProcess(script, [String(ranks)] + arguments, environment: environment, timeout: timeout)
 }
 
 // MARK: - JSON
