@@ -1,5 +1,7 @@
 # Shared by the Launch scripts (sourced, not run): where things are and how seqpar is built.
+# shellcheck shell=bash
 
+# shellcheck disable=SC2034  # used by the scripts that source this file
 seqpar_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Swift's default x86-64 target is SSE2, which splits the kernel's 16-lane vectors into four
