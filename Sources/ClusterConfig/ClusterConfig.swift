@@ -92,8 +92,6 @@ public struct ClusterConfig: Equatable, Sendable {
     public var namespaces: NetworkNamespaces?
     public var slurm: Slurm?
 
-    /// What `--strategy` accepts; a test keeps it equal to SequenceParallel's StrategyName.
-    public static let strategyNames = ["ring", "zigzag", "heads", "mesh", "s2", "star"]
     /// What `mpirun --bind-to` accepts.
     public static let bindings = ["none", "hwthread", "core", "l2cache", "l3cache", "socket", "numa", "board"]
 
@@ -123,24 +121,25 @@ public struct ClusterConfig: Equatable, Sendable {
     /// An MCA parameter name: it becomes part of OMPI_MCA_<name> in a script's export line.
     public static func isMCAName(_ text: String) -> Bool { !text.isEmpty && text.unicodeScalars.allSatisfy(isWordCharacter) }
 
-    /// Reads and checks the config at `path`.
-    public static func load(_ path: String) throws -> ClusterConfig {
+    /// Reads and checks the config at `path`. `strategies`: the names a `strategy` key may take
+    /// (the tool passes its registered strategies; nil: any).
+    public static func load(_ path: String, strategies: [String]? = nil) throws -> ClusterConfig {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigError(file: path, line: nil, "cannot read the file (is the path right? configs live in cluster-configs/)")
         }
         guard let text = String(data: data, encoding: .utf8) else { throw ConfigError(file: path, line: nil, "not UTF-8 text") }
-        return try parse(text, file: path)
+        return try parse(text, file: path, strategies: strategies)
     }
 
     /// Parses and checks config text; `file` names it in errors.
-    public static func parse(_ text: String, file: String) throws -> ClusterConfig {
+    public static func parse(_ text: String, file: String, strategies: [String]? = nil) throws -> ClusterConfig {
         let document = try TOML.parse(text, file: file)
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
         let lastLine = max(1, text.hasSuffix("\n") ? lines - 1 : lines)
-        return try ClusterConfig(document, file: file, lastLine: lastLine)
+        return try ClusterConfig(document, file: file, lastLine: lastLine, strategies: strategies)
     }
 
-    init(_ document: TOMLTable, file: String, lastLine: Int) throws {
+    init(_ document: TOMLTable, file: String, lastLine: Int, strategies: [String]?) throws {
         self.file = file
         let top = try Fields(document, "the top level", file: file,
                              keys: ["host", "ranks_per_node", "blas_threads", "strategy", "bind_to", "oversubscribe", "env", "mpi", "netns", "slurm"])
@@ -169,8 +168,8 @@ public struct ClusterConfig: Equatable, Sendable {
         ranksPerNode = try top.integer("ranks_per_node", atLeast: 1)
         blasThreads = try top.integer("blas_threads", atLeast: 1) ?? 1
         if let strategy = try top.string("strategy") {
-            guard Self.strategyNames.contains(strategy) else {
-                throw top.error("strategy", "unknown strategy '\(strategy)'; expected one of \(Self.strategyNames.joined(separator: ", "))")
+            if let strategies, !strategies.contains(strategy) {
+                throw top.error("strategy", "unknown strategy '\(strategy)'; expected one of \(strategies.joined(separator: ", "))")
             }
             self.strategy = strategy
         }

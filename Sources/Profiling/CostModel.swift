@@ -1,6 +1,7 @@
-// A cost model of the dense strategies, from probe figures: predicts the time of ring, zigzag,
-// heads and every mesh shape for one problem, so `--strategy auto` can pick and `bench` can
-// check the model against measured times.
+// A cost model of the dense strategies, from probe figures: predicts the time of a ring of head
+// groups (ring, zigzag, heads and every mesh shape are such rings; each strategy's descriptor
+// says which) for one problem, so `--strategy auto` can pick and `bench` can check the model
+// against measured times.
 //
 // Compute: a rank's FLOPs / (its sgemm rate x the kernel's efficiency), where the efficiency is
 // the fused kernel's GFLOP/s over sgemm's on one rank (measured: 0.8, see `defaultKernelEfficiency`).
@@ -33,7 +34,7 @@ public struct AttentionProblem: Equatable, Sendable {
 
 /// One strategy's predicted time.
 public struct Prediction: Equatable, Sendable {
-    /// "ring", "zigzag", "heads" or "mesh".
+    /// The strategy's registered name.
     public var strategy: String
     /// mesh only: Ph x Pr.
     public var mesh: (headGroup: Int, ring: Int)?
@@ -87,29 +88,10 @@ public struct CostModel: Sendable {
         members > 1 ? allToAllLatency + Double(members - 1) * bytesPerPeer / allToAllBandwidth : 0
     }
 
-    /// Every strategy that can split the problem, fastest first.
-    public func predictions(_ problem: AttentionProblem) -> [Prediction] {
-        let p = problem.ranks
-        var shapes: [(Int, Int)] = [(1, p)]
-        for group in 2 ... max(2, p) where p % group == 0 && group <= problem.heads && group <= p { shapes.append((group, p / group)) }
-        var out: [Prediction] = []
-        for (group, ring) in shapes {
-            if group == 1 {
-                out.append(predict(problem, headGroup: 1, zigzag: false, name: "ring"))
-                out.append(predict(problem, headGroup: 1, zigzag: true, name: "zigzag"))
-            } else if group == p {
-                out.append(predict(problem, headGroup: p, zigzag: false, name: "heads"))
-            } else {
-                var mesh = predict(problem, headGroup: group, zigzag: problem.causal, name: "mesh")
-                mesh.mesh = (group, ring)
-                out.append(mesh)
-            }
-        }
-        return out.sorted { $0.seconds < $1.seconds }
-    }
-
-    /// Ph ranks per head group, P / Ph positions on a ring (ring and zigzag: Ph = 1; heads: Ph = P).
-    func predict(_ problem: AttentionProblem, headGroup: Int, zigzag: Bool, name: String) -> Prediction {
+    /// The time of a ring-and-head-group strategy: Ph ranks per head group, P / Ph positions on a
+    /// ring, zigzag or contiguous (ring and zigzag: Ph = 1; heads: Ph = P; mesh: in between).
+    /// Each strategy's descriptor calls it with its own shape (`StrategyRegistry.predictions`).
+    public func predict(_ problem: AttentionProblem, headGroup: Int, zigzag: Bool, name: String) -> Prediction {
         let positions = problem.ranks / headGroup, d = Double(problem.headDim), t = problem.tokens
         func segments(_ position: Int) -> [Range<Int>] {
             zigzag ? [chunk(position, of: 2 * positions, t), chunk(2 * positions - 1 - position, of: 2 * positions, t)]

@@ -46,3 +46,21 @@ extension HeadsAttention {
         try mesh(communicator).backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
     }
 }
+
+extension HeadsAttention {
+    public var label: String { "heads" }
+
+    /// As mesh's: an even share of the problem.
+    public func expectedKernelFlops(_ shard: LocalShard, job: AttentionJob, ranks: Int) -> Double {
+        MeshAttention(headGroup: ranks, ring: 1, causal: false).expectedKernelFlops(shard, job: job, ranks: ranks)
+    }
+
+    public static let descriptor = StrategyDescriptor(
+        name: "heads", summary: "Ulysses: all-to-all from sequence shards to head shards, full-sequence attention per head, all-to-all back",
+        sharding: "contiguous token chunks in, whole sequence for heads / P of the heads after the all-to-all",
+        make: { _ in HeadsAttention() },
+        predictions: { model, problem in
+            problem.ranks >= 2 && problem.ranks <= problem.heads
+                ? [model.predict(problem, headGroup: problem.ranks, zigzag: false, name: "heads")] : []
+        })
+}

@@ -151,3 +151,29 @@ extension MeshAttention {
         return result
     }
 }
+
+extension MeshAttention {
+    public var label: String { "mesh \(headGroup)x\(ring)" }
+
+    /// Its share of its group's heads over the group's tokens: an even share of the problem.
+    public func expectedKernelFlops(_ shard: LocalShard, job: AttentionJob, ranks: Int) -> Double {
+        job.mask.flops(tokens: shard.tokens, shape: job.shape) / Double(ranks)
+    }
+
+    public static let descriptor = StrategyDescriptor(
+        name: "mesh", summary: "2D: heads all-to-all inside groups of Ph ranks, ring across the Pr groups (--mesh PhxPr)",
+        options: ["--mesh"],
+        sharding: "Ph x Pr ranks: head groups of Ph ranks share a ring position (zigzag when causal); heads all-to-all inside a group, ring across",
+        make: { request in
+            let shape = request.options.mesh ?? MeshAttention.defaultShape(ranks: request.ranks, heads: request.heads)
+            return MeshAttention(headGroup: shape.headGroup, ring: shape.ring, causal: request.mask.isCausal)
+        },
+        predictions: { model, problem in
+            let p = problem.ranks
+            return (2 ..< max(2, p)).filter { p % $0 == 0 && $0 <= problem.heads }.map { group in
+                var prediction = model.predict(problem, headGroup: group, zigzag: problem.causal, name: "mesh")
+                prediction.mesh = (group, p / group)
+                return prediction
+            }
+        })
+}

@@ -48,3 +48,13 @@ extension RingAttention {
         return ShardGradients(gradients, keyValueGrads: UnsafeMutableBufferPointer(rebasing: keyValueGrads[0 ..< 2 * shard.keyRows * shape.kvRowWidth]))
     }
 }
+
+extension RingAttention {
+    public var label: String { inputLayout == .zigzag ? "zigzag" : "ring" }
+
+    public static let descriptor = StrategyDescriptor(
+        name: "ring", summary: "contiguous chunk per rank; K/V blocks travel the ring, overlapped with compute",
+        sharding: "a contiguous chunk of tokens per rank; K/V (and in the backward dK/dV) move",
+        make: { _ in RingAttention(layout: .contiguous) },
+        predictions: { model, problem in [model.predict(problem, headGroup: 1, zigzag: false, name: "ring")] })
+}

@@ -141,3 +141,16 @@ extension S2Attention {
         try RingAttention(layout: .zigzag).backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
     }
 }
+
+extension S2Attention {
+    public var label: String { "s2" }
+
+    public static let descriptor = StrategyDescriptor(
+        name: "s2", summary: "S2 block-sparse pattern: only active blocks computed, only the K/V blocks each head reads are sent",
+        options: ["--s2-block", "--s2-local", "--s2-stride"],
+        sharding: "zigzag chunks; each rank receives point to point only the (key block, kv head) pieces its heads read",
+        make: { request in
+            if case let .s2(pattern) = request.mask { return S2Attention(pattern: pattern) }
+            return S2Attention(pattern: nil)
+        })
+}

@@ -49,3 +49,27 @@ extension StarAttention {
             + "use ring, zigzag, heads, mesh or s2 with --backward"
     }
 }
+
+extension StarAttention {
+    public var label: String { "star" }
+
+    /// The queries it answers: `--queries` tokens.
+    public func outputExtent(_ shard: LocalShard) -> Range<Int> { shard.querySegments.first?.positions ?? 0 ..< 0 }
+
+    public func problemFlops(_ shard: LocalShard, job: AttentionJob) -> Double {
+        4 * Double(job.shape.headDim) * job.mask.visiblePairs(queries: outputExtent(shard), tokens: shard.tokens, heads: job.shape.heads)
+    }
+
+    /// Its queries against its K/V shard: an even share of the queries' work.
+    public func expectedKernelFlops(_ shard: LocalShard, job: AttentionJob, ranks: Int) -> Double {
+        problemFlops(shard, job: job) / Double(ranks)
+    }
+
+    public static let descriptor = StrategyDescriptor(
+        name: "star", summary: "Star Attention phase 2: queries broadcast, local attention per K/V shard, merged by an MPI reduction",
+        options: ["--queries", "--query-position", "--all"],
+        sharding: "contiguous K/V chunks; the queries broadcast from rank 0; partials merged by MPI_Reduce",
+        make: { request in
+            StarAttention(queries: request.options.starQueries, position: request.options.starPosition, everyRank: request.options.starEveryRank)
+        })
+}

@@ -54,6 +54,10 @@ public struct AttentionJob {
 }
 
 public protocol SequenceParallelStrategy {
+    /// The strategy's name and, where it has a shape, that too ("mesh 2x2"): what reports and
+    /// the cost model's predictions call it.
+    var label: String { get }
+
     /// How the keys (and, for self-attention, the queries) are sharded before `attend` runs.
     var inputLayout: TokenLayout { get }
     /// Ranks that share one position of the layout (mesh); 1 for the others.
@@ -74,6 +78,16 @@ public protocol SequenceParallelStrategy {
     /// The rows this rank writes to the output files: its output rows, unless another rank
     /// holds the same ones (each row is written once).
     func fileSegments(_ shard: LocalShard) -> [ShardSegment]
+
+    /// The global positions the output files cover: the whole sequence, unless the strategy
+    /// answers only some queries (star).
+    func outputExtent(_ shard: LocalShard) -> Range<Int>
+
+    /// FLOPs of the problem this strategy solves (visible pairs only): what GFLOP/s figures credit.
+    func problemFlops(_ shard: LocalShard, job: AttentionJob) -> Double
+
+    /// Kernel FLOPs rank 0 will spend, for its progress line.
+    func expectedKernelFlops(_ shard: LocalShard, job: AttentionJob, ranks: Int) -> Double
 
     /// Why this strategy computes no gradients, or nil when it does (`backward`).
     var backwardRefusal: String? { get }
@@ -113,6 +127,15 @@ extension SequenceParallelStrategy {
     public func check(heads: Int, ranks: Int) throws {}
     public func outputSegments(_ shard: LocalShard) -> [ShardSegment] { shard.querySegments }
     public func fileSegments(_ shard: LocalShard) -> [ShardSegment] { outputSegments(shard) }
+    public func outputExtent(_ shard: LocalShard) -> Range<Int> { 0 ..< shard.tokens }
+    public func problemFlops(_ shard: LocalShard, job: AttentionJob) -> Double { job.mask.flops(tokens: shard.tokens, shape: job.shape) }
+    /// Its own output rows against every key (exact for the strategies that keep whole heads per
+    /// query row, however unbalanced the split).
+    public func expectedKernelFlops(_ shard: LocalShard, job: AttentionJob, ranks: Int) -> Double {
+        outputSegments(shard).reduce(0) {
+            $0 + 4 * Double(job.shape.headDim) * job.mask.visiblePairs(queries: $1.positions, tokens: shard.tokens, heads: job.shape.heads)
+        }
+    }
     public var backwardRefusal: String? { "this strategy computes no gradients" }
     public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
                          communicator: Communicator) throws -> ShardGradients {
@@ -125,23 +148,6 @@ public struct StrategyRefusal: Error, CustomStringConvertible {
     public init(description: String) { self.description = description }
 }
 
-/// The strategies a user can name.
-public enum StrategyName: String, CaseIterable, Sendable {
-    case ring, zigzag, heads, mesh, s2, star
-
-    /// One line for `--help`.
-    public var summary: String {
-        switch self {
-        case .ring: return "contiguous chunk per rank; K/V blocks travel the ring, overlapped with compute"
-        case .zigzag: return "ring over 2P chunks, rank r holding r and 2P-1-r, so causal work is even"
-        case .heads: return "Ulysses: all-to-all from sequence shards to head shards, full-sequence attention per head, all-to-all back"
-        case .mesh: return "2D: heads all-to-all inside groups of Ph ranks, ring across the Pr groups (--mesh PhxPr)"
-        case .s2: return "S2 block-sparse pattern: only active blocks computed, only the K/V blocks each head reads are sent"
-        case .star: return "Star Attention phase 2: queries broadcast, local attention per K/V shard, merged by an MPI reduction"
-        }
-    }
-}
-
 /// Options some strategies take.
 public struct StrategyOptions: Sendable {
     /// mesh: heads split over `headGroup` ranks, ring over `ring` groups; nil picks a shape.
@@ -152,21 +158,4 @@ public struct StrategyOptions: Sendable {
     public var starEveryRank = false
 
     public init() {}
-}
-
-extension StrategyName {
-    public func make(_ options: StrategyOptions, mask: AttentionMask, ranks: Int, heads: Int) -> SequenceParallelStrategy {
-        switch self {
-        case .ring: return RingAttention(layout: .contiguous)
-        case .zigzag: return ZigzagAttention()
-        case .heads: return HeadsAttention()
-        case .mesh:
-            let shape = options.mesh ?? MeshAttention.defaultShape(ranks: ranks, heads: heads)
-            return MeshAttention(headGroup: shape.headGroup, ring: shape.ring, causal: mask.isCausal)
-        case .s2:
-            if case let .s2(pattern) = mask { return S2Attention(pattern: pattern) }
-            return S2Attention(pattern: nil)
-        case .star: return StarAttention(queries: options.starQueries, position: options.starPosition, everyRank: options.starEveryRank)
-        }
-    }
 }

@@ -24,3 +24,13 @@ extension ZigzagAttention {
         try RingAttention(layout: .zigzag).backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
     }
 }
+
+extension ZigzagAttention {
+    public var label: String { "zigzag" }
+
+    public static let descriptor = StrategyDescriptor(
+        name: "zigzag", summary: "ring over 2P chunks, rank r holding r and 2P-1-r, so causal work is even",
+        sharding: "chunks r and 2P-1-r of 2P per rank; K/V (and in the backward dK/dV) move",
+        make: { _ in ZigzagAttention() },
+        predictions: { model, problem in [model.predict(problem, headGroup: 1, zigzag: true, name: "zigzag")] })
+}

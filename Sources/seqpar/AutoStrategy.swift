@@ -45,7 +45,7 @@ enum AutoStrategy {
     static func predictions(_ problem: ProblemOptions, _ compute: ComputeOptions, communicator: Communicator) throws -> [Prediction] {
         let figures = try figures(compute, communicator: communicator)
         let attention = try communicator.together { try Self.problem(problem.source, mask: problem.mask, ranks: communicator.size) }
-        return CostModel(figures: figures, kernelEfficiency: compute.kernelEfficiency).predictions(attention)
+        return StrategyRegistry.predictions(CostModel(figures: figures, kernelEfficiency: compute.kernelEfficiency), attention)
     }
 
     /// The strategy to run: the named one, or the fastest prediction (with its mesh shape).
@@ -53,8 +53,10 @@ enum AutoStrategy {
         throws -> (name: StrategyName, mesh: (headGroup: Int, ring: Int)?, predictions: [Prediction]) {
         if let name = compute.strategy.named { return (name, nil, []) }
         let predictions = try predictions(problem, compute, communicator: communicator)
-        let best = predictions[0]
-        return (StrategyName(rawValue: best.strategy)!, best.mesh, predictions)
+        guard let best = predictions.first, let name = StrategyName(rawValue: best.strategy) else {
+            throw AutoStrategyError(description: "--strategy auto: the cost model has no prediction for this problem on \(communicator.size) rank(s); name a strategy")
+        }
+        return (name, best.mesh, predictions)
     }
 
     /// One line saying what auto picked and why.

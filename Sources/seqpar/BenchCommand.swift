@@ -82,8 +82,8 @@ struct BenchCommand: ParsableCommand {
                     last = run
                 }
                 let gflops = last!.flops / best / 1e9
-                let mesh = (last!.strategy as? MeshAttention).map { ($0.headGroup, $0.ring) }
-                let predicted = predictions.first { $0.strategy == name.rawValue && ($0.mesh == nil || ($0.mesh!.headGroup, $0.mesh!.ring) == mesh!) }
+                let label = last!.strategy.label
+                let predicted = predictions.first { $0.label == label }
                 var row: [String: Any] = ["strategy": name.rawValue, "seconds": best, "gflops": gflops, "fraction_of_peak": gflops / peak,
                                           "fraction_of_kernel_shape_peak": gflops / shapePeaks[2]]
                 if let predicted {
@@ -101,7 +101,6 @@ struct BenchCommand: ParsableCommand {
                     lines.append("problem: \(Format.problem(last!))")
                     lines.append("strategy    best s     GFLOP/s   of peak   of kernel-shape peak   predicted s   measured/predicted")
                 }
-                let label = mesh.map { "mesh \($0.0)x\($0.1)" } ?? name.rawValue
                 lines.append(String(format: "%@  %9.4f  %9.1f   %.3f     %.3f", label.padding(toLength: 10, withPad: " ", startingAt: 0), best, gflops,
                                     gflops / peak, gflops / shapePeaks[2])
                     + (predicted.map { String(format: "                  %9.4f   %.2f", $0.seconds, best / $0.seconds) } ?? "                  (no prediction)"))

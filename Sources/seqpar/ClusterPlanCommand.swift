@@ -5,6 +5,7 @@
 import ArgumentParser
 import ClusterConfig
 import Foundation
+import SequenceParallel
 
 struct ClusterPlanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -50,7 +51,7 @@ struct ClusterPlanCommand: ParsableCommand {
 
     func run() throws {
         do {
-            let cluster = try ClusterConfig.load(config)
+            let cluster = try ClusterConfig.load(config, strategies: StrategyName.allCases.map(\.rawValue))
             let executable = binary ?? Self.thisExecutable
             let request = LaunchRequest(ranks: ranks, ranksPerNode: ranksPerNode, binary: executable, arguments: arguments,
                                         hostfile: hostfile, launchDirectory: launchDir ?? Self.launchDirectory(above: executable))

@@ -6,19 +6,33 @@ import Profiling
 import SequenceParallel
 
 extension StrategyName: ExpressibleByArgument {
+    public init?(argument: String) { self.init(rawValue: argument) }
     public static var allValueStrings: [String] { allCases.map(\.rawValue) }
 }
 
-/// --strategy: a strategy by name, or auto (the cost model's fastest prediction).
-enum StrategyChoice: String, ExpressibleByArgument, CaseIterable {
-    case ring, zigzag, heads, mesh, s2, star, auto
-
+/// --strategy: a registered strategy by name, or auto (the cost model's fastest prediction).
+struct StrategyChoice: ExpressibleByArgument, Equatable {
     /// The named strategy; nil for auto, which `AutoStrategy.resolve` settles under MPI.
-    var named: StrategyName? { StrategyName(rawValue: rawValue) }
+    let named: StrategyName?
+
+    static let auto = StrategyChoice(named: nil)
+    static let zigzag = StrategyChoice(named: .zigzag)
+
+    init(named: StrategyName?) { self.named = named }
+
+    init?(argument: String) {
+        if argument == "auto" { self = .auto; return }
+        guard let name = StrategyName(rawValue: argument) else { return nil }
+        self.init(named: name)
+    }
+
+    var rawValue: String { named?.rawValue ?? "auto" }
+
+    static var allValueStrings: [String] { StrategyName.allValueStrings + ["auto"] }
 
     static var help: String {
         StrategyName.allCases.map { "\($0.rawValue) (\($0.summary))" }.joined(separator: "; ")
-            + "; auto (the fastest the cost model predicts among ring, zigzag, heads and mesh shapes: probes the machine first unless --probe gives a probe's JSON)"
+            + "; auto (the fastest the cost model predicts among the strategies it models: probes the machine first unless --probe gives a probe's JSON)"
     }
 }
 

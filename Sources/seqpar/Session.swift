@@ -73,11 +73,8 @@ struct DistributedRun {
         let shard: LocalShard
         let job: AttentionJob
 
-        /// The global positions the output files cover: the whole sequence, or star's queries.
-        var extent: Range<Int> {
-            if case .root = strategy.querySelection { return shard.querySegments[0].positions }
-            return 0 ..< shard.tokens
-        }
+        /// The global positions the output files cover.
+        var extent: Range<Int> { strategy.outputExtent(shard) }
 
         /// The shapes of the O and LSE files.
         var outputShape: [Int] { [extent.count, shard.shape.heads, shard.shape.headDim] }
@@ -134,31 +131,12 @@ struct DistributedRun {
             + "kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(prepared.job.mask)"
     }
 
-    /// Kernel FLOPs rank 0 will spend, for its progress line: its own query rows against every key
-    /// for the strategies that keep whole heads per query row (exact, also for an unbalanced ring),
-    /// an even share of the problem for those that split heads or keys across ranks.
-    static func expectedFlops(_ prepared: Prepared, ranks: Int) -> Double {
-        let (shard, job) = (prepared.shard, prepared.job)
-        let perPair = 4 * Double(job.shape.headDim)
-        switch prepared.name {
-        case .ring, .zigzag, .s2:
-            return prepared.strategy.outputSegments(shard).reduce(0) {
-                $0 + perPair * job.mask.visiblePairs(queries: $1.positions, tokens: shard.tokens, heads: job.shape.heads)
-            }
-        case .star:
-            let queries = shard.querySegments.first?.positions ?? 0 ..< 0
-            return perPair * job.mask.visiblePairs(queries: queries, tokens: shard.tokens, heads: job.shape.heads) / Double(ranks)
-        case .heads, .mesh:
-            return job.mask.flops(tokens: shard.tokens, shape: job.shape) / Double(ranks)
-        }
-    }
-
     /// One timed run of a prepared strategy.
     static func run(_ prepared: Prepared, communicator: Communicator, profile: Bool = false, progressLabel: String? = nil) throws -> DistributedRun {
         let (strategy, shard, job) = (prepared.strategy, prepared.shard, prepared.job)
         if showsProgress, communicator.rank == 0 {
             ProgressMeter.current = ProgressMeter(label: progressLabel ?? prepared.name.rawValue,
-                                                  expectedFlops: expectedFlops(prepared, ranks: communicator.size))
+                                                  expectedFlops: strategy.expectedKernelFlops(shard, job: job, ranks: communicator.size))
         }
         defer {
             ProgressMeter.current?.finish()
@@ -181,19 +159,11 @@ struct DistributedRun {
                               profile: log.map { RecordedProfile(events: $0.events, dropped: $0.dropped, clockOffsets: offsets) })
     }
 
-    /// The global positions the output files cover: the whole sequence, or star's queries.
-    var extent: Range<Int> {
-        if case .root = strategy.querySelection { return shard.querySegments[0].positions }
-        return 0 ..< shard.tokens
-    }
+    /// The global positions the output files cover.
+    var extent: Range<Int> { strategy.outputExtent(shard) }
 
     /// FLOPs of the problem (visible pairs only): what GFLOP/s figures credit.
-    var flops: Double {
-        if case .root = strategy.querySelection {
-            return 4 * Double(job.shape.headDim) * job.mask.visiblePairs(queries: extent, tokens: shard.tokens, heads: job.shape.heads)
-        }
-        return job.mask.flops(tokens: shard.tokens, shape: job.shape)
-    }
+    var flops: Double { strategy.problemFlops(shard, job: job) }
 
     /// Runs `body` from a common start and returns the slowest rank's time.
     static func timed<R>(_ communicator: Communicator, _ body: () throws -> R) throws -> (R, Double) {
@@ -231,8 +201,8 @@ enum Format {
     static func problem(_ run: DistributedRun) -> String {
         let s = run.shard.shape
         var text = "tokens \(run.shard.tokens), heads \(s.heads), kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(run.job.mask)"
-        if case .root = run.strategy.querySelection { text += ", queries \(run.extent.lowerBound)..<\(run.extent.upperBound)" }
-        if let mesh = run.strategy as? MeshAttention { text += ", mesh \(mesh.headGroup)x\(mesh.ring)" }
+        if run.extent != 0 ..< run.shard.tokens { text += ", queries \(run.extent.lowerBound)..<\(run.extent.upperBound)" }
+        if run.strategy.label.contains(" ") { text += ", \(run.strategy.label)" }      // a shape, as "mesh 2x2"
         return text
     }
 }

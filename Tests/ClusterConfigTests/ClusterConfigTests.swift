@@ -21,8 +21,14 @@ func shipped(_ name: String) throws -> ClusterConfig {
 }
 
 @Suite struct ShippedConfigs {
-    @Test func strategyNamesAreTheEngines() {
-        #expect(ClusterConfig.strategyNames == StrategyName.allCases.map(\.rawValue))
+    /// The names a config may give are the registered strategies', and every one is taken.
+    @Test func strategyNamesAreTheEngines() throws {
+        let names = StrategyName.allCases.map(\.rawValue)
+        #expect(names == StrategyRegistry.all.map(\.name.rawValue) && names.contains("zigzag"))
+        for name in names {
+            let text = "strategy = \"\(name)\"\n[[host]]\nname = \"a\"\nslots = 1\n"
+            #expect(try ClusterConfig.parse(text, file: "c.toml", strategies: names).strategy == name)
+        }
     }
 
     @Test(arguments: shippedConfigs)
@@ -383,7 +389,7 @@ let badConfigs: [BadConfig] = [
     @Test(arguments: badConfigs)
     func refused(_ bad: BadConfig) {
         do {
-            let config = try ClusterConfig.parse(bad.text, file: "bad.toml")
+            let config = try ClusterConfig.parse(bad.text, file: "bad.toml", strategies: StrategyName.allCases.map(\.rawValue))
             Issue.record("accepted \(bad.what): \(config)")
         } catch let error as ConfigError {
             #expect(error.description == bad.message)

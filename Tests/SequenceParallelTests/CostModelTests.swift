@@ -4,6 +4,7 @@
 
 import Foundation
 import Profiling
+import SequenceParallel
 import Testing
 
 @Suite("cost model")
@@ -17,7 +18,7 @@ struct CostModelTests {
     @Test("every prediction is positive and finite; mesh shapes divide the ranks", arguments: [1, 2, 3, 4, 8], [false, true])
     func sane(ranks: Int, causal: Bool) {
         let problem = AttentionProblem(tokens: 16384, heads: 8, kvHeads: 2, headDim: 64, causal: causal, ranks: ranks)
-        let predictions = CostModel(figures: Self.figures).predictions(problem)
+        let predictions = StrategyRegistry.predictions(CostModel(figures: Self.figures), problem)
         #expect(predictions.count >= 2)
         #expect(predictions.allSatisfy { $0.seconds.isFinite && $0.seconds > 0 && $0.computeSeconds > 0 && $0.communicationSeconds >= -1e-12 })
         #expect(predictions.map(\.seconds) == predictions.map(\.seconds).sorted())
@@ -29,12 +30,12 @@ struct CostModelTests {
     func zigzagBeatsRing(ranks: Int) {
         for tokens in [1000, 4099, 16384, 65536] {
             let problem = AttentionProblem(tokens: tokens, heads: 8, kvHeads: 2, headDim: 64, causal: true, ranks: ranks)
-            let predictions = CostModel(figures: Self.figures).predictions(problem)
+            let predictions = StrategyRegistry.predictions(CostModel(figures: Self.figures), problem)
             let ring = predictions.first { $0.strategy == "ring" }!, zigzag = predictions.first { $0.strategy == "zigzag" }!
             #expect(zigzag.seconds <= ring.seconds, "\(tokens) tokens: zigzag \(zigzag.seconds), ring \(ring.seconds)")
         }
         // Dense attention is balanced either way: the same compute.
-        let dense = CostModel(figures: Self.figures).predictions(AttentionProblem(tokens: 8192, heads: 8, kvHeads: 2, headDim: 64, causal: false, ranks: ranks))
+        let dense = StrategyRegistry.predictions(CostModel(figures: Self.figures), AttentionProblem(tokens: 8192, heads: 8, kvHeads: 2, headDim: 64, causal: false, ranks: ranks))
         let ring = dense.first { $0.strategy == "ring" }!, zigzag = dense.first { $0.strategy == "zigzag" }!
         #expect(abs(ring.computeSeconds - zigzag.computeSeconds) <= 1e-9 * ring.computeSeconds)
     }
@@ -44,9 +45,9 @@ struct CostModelTests {
     @Test("compute-bound figures: one rank's time is FLOPs / rate, and ring's busiest rank sets its pace")
     func computeBound() {
         let model = CostModel(computeRate: 1e10, latency: 0, bandwidth: .infinity, allToAllLatency: 0, allToAllBandwidth: .infinity)
-        let one = model.predictions(AttentionProblem(tokens: 4096, heads: 4, kvHeads: 4, headDim: 64, causal: false, ranks: 1))
+        let one = StrategyRegistry.predictions(model, AttentionProblem(tokens: 4096, heads: 4, kvHeads: 4, headDim: 64, causal: false, ranks: 1))
         #expect(abs(one[0].seconds - 4.0 * 4096 * 4096 * 4 * 64 / 1e10) < 1e-12)
-        let four = model.predictions(AttentionProblem(tokens: 4096, heads: 4, kvHeads: 4, headDim: 64, causal: true, ranks: 4))
+        let four = StrategyRegistry.predictions(model, AttentionProblem(tokens: 4096, heads: 4, kvHeads: 4, headDim: 64, causal: true, ranks: 4))
         let ring = four.first { $0.strategy == "ring" }!.seconds, zigzag = four.first { $0.strategy == "zigzag" }!.seconds
         let heads = four.first { $0.strategy == "heads" }!.seconds
         let chunk = 1024.0, perPair = 4.0 * 4 * 64 / 1e10

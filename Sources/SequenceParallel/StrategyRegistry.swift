@@ -1,0 +1,103 @@
+// The strategies the tool offers, each described once: its name, one line for --help, the
+// options it reads, how it shards, how it is made, and what the cost model predicts for it.
+// The command line's choices, the cluster config's check, --strategy auto and bench's
+// predictions all derive from `StrategyRegistry.all`. A new strategy is one file (the type, its
+// `descriptor`) and one line in `all`.
+
+import AttentionCore
+import Profiling
+
+/// A strategy's name, as users type it. Only registered names can be made (`init?(rawValue:)`).
+public struct StrategyName: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: String
+
+    /// A registered strategy's name; nil for any other text.
+    public init?(rawValue: String) {
+        guard StrategyRegistry.all.contains(where: { $0.name.rawValue == rawValue }) else { return nil }
+        self.rawValue = rawValue
+    }
+
+    /// For descriptors, which declare their own name.
+    public init(declaring rawValue: String) { self.rawValue = rawValue }
+
+    public var description: String { rawValue }
+
+    /// Every registered name, in registration order.
+    public static var allCases: [StrategyName] { StrategyRegistry.all.map(\.name) }
+
+    public var descriptor: StrategyDescriptor { StrategyRegistry.all.first { $0.name == self }! }
+    public var summary: String { descriptor.summary }
+
+    public static let ring = RingAttention.descriptor.name
+    public static let zigzag = ZigzagAttention.descriptor.name
+    public static let heads = HeadsAttention.descriptor.name
+    public static let mesh = MeshAttention.descriptor.name
+    public static let s2 = S2Attention.descriptor.name
+    public static let star = StarAttention.descriptor.name
+}
+
+/// What a strategy is made for: the problem's mask, the world and head counts, the options.
+public struct StrategyRequest: Sendable {
+    public var mask: AttentionMask
+    public var ranks: Int
+    public var heads: Int
+    public var options: StrategyOptions
+
+    public init(mask: AttentionMask, ranks: Int, heads: Int, options: StrategyOptions = StrategyOptions()) {
+        self.mask = mask
+        self.ranks = ranks
+        self.heads = heads
+        self.options = options
+    }
+}
+
+/// One strategy as the tool offers it.
+public struct StrategyDescriptor: Sendable {
+    public let name: StrategyName
+    /// One line for --help.
+    public let summary: String
+    /// The command-line options it reads beyond the common ones.
+    public let options: [String]
+    /// How it shards the work (for the docs and --help).
+    public let sharding: String
+    /// Makes the strategy for a problem (checked afterwards with `check`).
+    public let make: @Sendable (StrategyRequest) -> SequenceParallelStrategy
+    /// The cost model's predictions of its variants for a problem (none: not modelled, so
+    /// --strategy auto never picks it).
+    public let predictions: @Sendable (CostModel, AttentionProblem) -> [Prediction]
+
+    public init(name: String, summary: String, options: [String] = [], sharding: String,
+                make: @escaping @Sendable (StrategyRequest) -> SequenceParallelStrategy,
+                predictions: @escaping @Sendable (CostModel, AttentionProblem) -> [Prediction] = { _, _ in [] }) {
+        self.name = StrategyName(declaring: name)
+        self.summary = summary
+        self.options = options
+        self.sharding = sharding
+        self.make = make
+        self.predictions = predictions
+    }
+}
+
+public enum StrategyRegistry {
+    /// Every strategy, in the order --help lists them.
+    public static let all: [StrategyDescriptor] = [
+        RingAttention.descriptor,
+        ZigzagAttention.descriptor,
+        HeadsAttention.descriptor,
+        MeshAttention.descriptor,
+        S2Attention.descriptor,
+        StarAttention.descriptor,
+    ]
+
+    /// Every modelled strategy's predictions for a problem, fastest first.
+    public static func predictions(_ model: CostModel, _ problem: AttentionProblem) -> [Prediction] {
+        all.flatMap { $0.predictions(model, problem) }.sorted { $0.seconds < $1.seconds }
+    }
+}
+
+extension StrategyName {
+    /// Makes this strategy for a problem.
+    public func make(_ options: StrategyOptions, mask: AttentionMask, ranks: Int, heads: Int) -> SequenceParallelStrategy {
+        descriptor.make(StrategyRequest(mask: mask, ranks: ranks, heads: heads, options: options))
+    }
+}
