@@ -5,7 +5,9 @@
 //   CMPI, CBLAS        C shims (system libraries, static inline accessors only)
 //   AttentionCore      tensors, masks, reference + fused local kernel, merge, .npy (BLAS, no MPI)
 //   Profiling          event log, per-rank profile figures, Chrome trace, SVG timeline, cost model (no MPI)
-//   SequenceParallel   Communicator and the distributed strategies (MPI)
+//   MPIBinding         the MPI binding: Communicator (every return code checked), runtime, failure
+//                      agreement, clock sync, the watchdog (MPI, no attention)
+//   SequenceParallel   the distributed strategies, their registry, per-rank I/O, verification
 //   ClusterConfig      cluster configs and the mpirun / Slurm command built from them (no MPI)
 //   seqpar             the command-line tool
 import PackageDescription
@@ -16,6 +18,7 @@ let package = Package(
         .executable(name: "seqpar", targets: ["seqpar"]),
         .library(name: "AttentionCore", targets: ["AttentionCore"]),
         .library(name: "SequenceParallel", targets: ["SequenceParallel"]),
+        .library(name: "MPIBinding", targets: ["MPIBinding"]),
         .library(name: "Profiling", targets: ["Profiling"]),
         .library(name: "ClusterConfig", targets: ["ClusterConfig"]),
     ],
@@ -35,7 +38,8 @@ let package = Package(
         ),
         .target(name: "AttentionCore", dependencies: ["CBLAS"]),
         .target(name: "Profiling"),
-        .target(name: "SequenceParallel", dependencies: ["AttentionCore", "Profiling", "CMPI", "CBLAS"]),
+        .target(name: "MPIBinding", dependencies: ["CMPI", "Profiling"]),
+        .target(name: "SequenceParallel", dependencies: ["AttentionCore", "Profiling", "MPIBinding", "CMPI", "CBLAS"]),
         .target(name: "ClusterConfig"),
         .executableTarget(
             name: "seqpar",

@@ -7,6 +7,7 @@
 
 import AttentionCore
 import Profiling
+import MPIBinding
 
 struct HeadExchange {
     let communicator: Communicator

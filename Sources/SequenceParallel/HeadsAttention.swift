@@ -5,6 +5,7 @@
 // with one head group of every rank (a ring of one), and runs as that; only its check differs.
 
 import AttentionCore
+import MPIBinding
 
 public struct HeadsAttention: SequenceParallelStrategy {
     public var inputLayout: TokenLayout { .contiguous }

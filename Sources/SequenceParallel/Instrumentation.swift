@@ -4,6 +4,7 @@
 
 import AttentionCore
 import Profiling
+import MPIBinding
 
 extension LocalAttention {
     /// `accumulate`, recorded as one compute event on `recorder` when there is one and the mask

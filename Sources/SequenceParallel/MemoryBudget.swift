@@ -6,6 +6,7 @@
 
 import AttentionCore
 import Foundation
+import MPIBinding
 
 public struct MemoryBudgetExceeded: Error, CustomStringConvertible {
     public let description: String

@@ -4,6 +4,7 @@
 // around the ring; a final all-to-all returns rows to their owners. Ph = P is heads, Ph = 1 is ring.
 
 import AttentionCore
+import MPIBinding
 
 public struct MeshAttention: SequenceParallelStrategy {
     public let headGroup: Int

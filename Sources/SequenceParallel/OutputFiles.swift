@@ -13,6 +13,7 @@
 
 import AttentionCore
 import Foundation
+import MPIBinding
 
 public struct OutputPathError: Error, CustomStringConvertible {
     public let description: String
@@ -95,39 +96,6 @@ public enum OutputPaths {
             }
         }
     }
-}
-
-/// The unfinished output files of this process, removed on failure: by the code that fails,
-/// by a signal handler (mpirun ends the ranks of a failed job with SIGTERM) or by the watchdog.
-public enum OutputCleanup {
-    /// C strings, so the signal handler touches no Swift runtime.
-    nonisolated(unsafe) static var paths: [UnsafeMutablePointer<CChar>] = []
-    nonisolated(unsafe) static var handlersInstalled = false
-
-    static func register(_ path: String) {
-        paths.append(strdup(path))
-        if !handlersInstalled {
-            handlersInstalled = true
-            for sig in [SIGTERM, SIGINT, SIGHUP] {
-                signal(sig) { sig in
-                    OutputCleanup.unlinkAll()
-                    signal(sig, SIG_DFL)
-                    raise(sig)
-                }
-            }
-        }
-    }
-
-    static func forget() {
-        let old = paths
-        paths = []
-        old.forEach { free($0) }
-    }
-
-    private static func unlinkAll() { for p in paths { unlink(p) } }
-
-    /// Removes every registered file (for the watchdog and aborts).
-    public static func removeAll() { unlinkAll() }
 }
 
 /// The output files of one command: temporaries until `commit` renames them into place.

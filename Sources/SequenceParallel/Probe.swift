@@ -7,6 +7,7 @@
 
 import AttentionCore
 import Profiling
+import MPIBinding
 
 public enum Probe {
     /// 8 B to 16 MiB, by factors of 8 (and 16 MiB itself).

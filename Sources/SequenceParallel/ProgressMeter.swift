@@ -7,6 +7,7 @@
 
 import Foundation
 import Profiling
+import MPIBinding
 
 public final class ProgressMeter {
     /// The meter the kernel calls feed; nil (the default) costs one load per kernel call.

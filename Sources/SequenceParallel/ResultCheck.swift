@@ -6,6 +6,7 @@
 // from it. One pass over this rank's rows, after the timed run.
 
 import AttentionCore
+import MPIBinding
 
 public struct NonFiniteResult: Error, CustomStringConvertible {
     public let description: String

@@ -5,6 +5,7 @@
 // and a sliding window ends the pass once no rank sees the blocks still to come.
 
 import AttentionCore
+import MPIBinding
 
 public struct RingAttention: SequenceParallelStrategy {
     public let inputLayout: TokenLayout

@@ -7,6 +7,7 @@
 
 import AttentionCore
 import Profiling
+import MPIBinding
 
 final class RingExchange {
     let communicator: Communicator

@@ -7,6 +7,7 @@
 
 import AttentionCore
 import Profiling
+import MPIBinding
 
 public struct S2Attention: SequenceParallelStrategy {
     public var inputLayout: TokenLayout { .zigzag }

@@ -4,6 +4,7 @@
 // never gathering a whole tensor on one rank.
 
 import AttentionCore
+import MPIBinding
 
 /// Where the inputs come from.
 public enum InputSource: Sendable {

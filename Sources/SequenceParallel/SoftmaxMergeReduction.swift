@@ -6,6 +6,7 @@
 import AttentionCore
 import CMPI
 import Profiling
+import MPIBinding
 
 public final class SoftmaxMergeReduction {
     /// Floats per record: 1 + headDim.

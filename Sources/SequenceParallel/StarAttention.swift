@@ -5,6 +5,7 @@
 
 import AttentionCore
 import Profiling
+import MPIBinding
 
 public struct StarAttention: SequenceParallelStrategy {
     public let queries: Int

@@ -3,6 +3,7 @@
 // `groupSize` say) and returns the attention output of the rows in `outputSegments`.
 
 import AttentionCore
+@_exported import MPIBinding
 
 /// One attention problem as a strategy sees it.
 public struct AttentionJob {

@@ -4,6 +4,7 @@
 // spread over the ranks, and each rank reports its largest errors with where they are.
 
 import AttentionCore
+import MPIBinding
 
 /// The largest error between two arrays and where it is.
 public struct ErrorStats: Sendable, Equatable {

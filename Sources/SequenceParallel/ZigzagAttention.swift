@@ -4,6 +4,7 @@
 // are the ring's; only the layout differs, and the kernel skips the hidden chunk pairs.
 
 import AttentionCore
+import MPIBinding
 
 public struct ZigzagAttention: SequenceParallelStrategy {
     public var inputLayout: TokenLayout { .zigzag }

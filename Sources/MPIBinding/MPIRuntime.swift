@@ -14,7 +14,7 @@ public struct MPIError: Error, CustomStringConvertible, Sendable {
 
 /// Turns an MPI return code into a Swift error with MPI's own message.
 @inline(__always)
-func check(_ code: Int32, _ call: @autoclosure () -> String) throws(MPIError) {
+package func check(_ code: Int32, _ call: @autoclosure () -> String) throws(MPIError) {
     if code != seqpar_success() { throw MPIError(call: call(), code: code, message: MPIRuntime.errorString(code)) }
 }
 

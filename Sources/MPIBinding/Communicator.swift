@@ -27,6 +27,7 @@ public enum ReduceOperation: Sendable {
 
 /// An outstanding non-blocking operation. Its buffer must stay alive until it completes.
 public struct Request {
+    public init() {}
     var handle: MPI_Request? = seqpar_request_null()
     public var isDone: Bool { handle == seqpar_request_null() }
     /// What a profile records on completion: the transfer, its peer (world rank), bytes, and when it was posted.
@@ -38,7 +39,7 @@ public struct Request {
 
 /// Checks that `count` fits MPI's Int32 counts.
 @inline(__always)
-func mpiCount(_ count: Int, _ call: String) throws(MPIError) -> Int32 {
+package func mpiCount(_ count: Int, _ call: String) throws(MPIError) -> Int32 {
     guard count <= Int(Int32.max) else {
         throw MPIError(call: call, code: -1, message: "\(count) elements exceed MPI's 32-bit count limit; use more ranks")
     }
@@ -57,7 +58,7 @@ public final class TrafficCounter {
 }
 
 public final class Communicator {
-    let handle: MPI_Comm
+    package let handle: MPI_Comm
     public let rank: Int
     public let size: Int
     public let traffic: TrafficCounter
@@ -119,7 +120,7 @@ public final class Communicator {
         return try Communicator(handle: sub!, owned: true, traffic: traffic)
     }
 
-    func countTransfer(sent: Int, received: Int) {
+    package func countTransfer(sent: Int, received: Int) {
         traffic.bytesSent += sent
         traffic.bytesReceived += received
     }
@@ -191,7 +192,7 @@ public final class Communicator {
 
     /// Runs a blocking collective, recorded as one `kind` event carrying the bytes it moved.
     @inline(__always)
-    func collective(_ kind: EventKind, sent: Int, received: Int, _ body: () throws(MPIError) -> Void) throws(MPIError) {
+    package func collective(_ kind: EventKind, sent: Int, received: Int, _ body: () throws(MPIError) -> Void) throws(MPIError) {
         guard let recorder else { return try body() }
         let start = ProfileClock.now()
         try body()

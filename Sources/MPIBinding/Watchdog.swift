@@ -17,7 +17,7 @@ import Synchronization
 /// What this rank is blocked in, if anything: set by `Communicator` around blocking MPI calls.
 public enum WaitState {
     /// The blocking operations, by code.
-    enum Operation: Int {
+    package enum Operation: Int {
         case none = 0, sendWait, receiveWait, barrier, allreduce, allgather, gather, alltoall, broadcast, sendrecv, reduce
 
         var text: String {
@@ -41,12 +41,12 @@ public enum WaitState {
     static let word = Atomic<Int>(0)
 
     @inline(__always)
-    static func enter(_ operation: Operation, peer: Int = -1, ranks: Int = 0) {
+    package static func enter(_ operation: Operation, peer: Int = -1, ranks: Int = 0) {
         word.store(operation.rawValue | (peer + 1) << 8 | ranks << 32, ordering: .relaxed)
     }
 
     @inline(__always)
-    static func leave() { word.store(0, ordering: .relaxed) }
+    package static func leave() { word.store(0, ordering: .relaxed) }
 
     /// A sentence: what this rank is blocked in and on whom.
     static func describe(worldSize: Int) -> String {
