@@ -51,13 +51,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // seqpar as a library: a program holding its own shards calls DistributedAttention (run by the tests under mpirun).
+        .executableTarget(name: "sharded-attention-example", dependencies: ["AttentionCore", "SequenceParallel"], path: "Examples/ShardedAttention"),
         // What the test targets that start processes share (package root, the binary under test,
         // a process runner with a time limit); no test framework.
         .target(name: "SeqparTestSupport", path: "Tests/SeqparTestSupport"),
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
         .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel"]),
-        .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar", "AttentionCore", "Profiling", "SeqparTestSupport"]),
+        .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "Profiling", "SeqparTestSupport"]),
         .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel"]),
         .testTarget(name: "MultiHostTests", dependencies: ["seqpar", "SeqparTestSupport"]),
     ]
