@@ -4,7 +4,8 @@
 // Modules are split by dependency so the numeric core is testable in one process:
 //   CMPI, CBLAS        C shims (system libraries, static inline accessors only)
 //   AttentionCore      tensors, masks, reference + fused local kernel, merge, .npy (BLAS, no MPI)
-//   Profiling          event log, per-rank profile figures, Chrome trace, SVG timeline, cost model (no MPI)
+//   Profiling          event log, per-rank profile figures, Chrome trace, SVG timeline (no MPI)
+//   Planning           probe figures and the cost model, over the numeric core's masks (no MPI)
 //   MPIBinding         the MPI binding: Communicator (every return code checked), runtime, failure
 //                      agreement, clock sync, the watchdog (MPI, no attention)
 //   SequenceParallel   the distributed strategies, their registry, per-rank I/O, verification
@@ -20,6 +21,7 @@ let package = Package(
         .library(name: "SequenceParallel", targets: ["SequenceParallel"]),
         .library(name: "MPIBinding", targets: ["MPIBinding"]),
         .library(name: "Profiling", targets: ["Profiling"]),
+        .library(name: "Planning", targets: ["Planning"]),
         .library(name: "ClusterConfig", targets: ["ClusterConfig"]),
     ],
     dependencies: [
@@ -38,8 +40,9 @@ let package = Package(
         ),
         .target(name: "AttentionCore", dependencies: ["CBLAS"]),
         .target(name: "Profiling"),
+        .target(name: "Planning", dependencies: ["AttentionCore"]),
         .target(name: "MPIBinding", dependencies: ["CMPI", "Profiling"]),
-        .target(name: "SequenceParallel", dependencies: ["AttentionCore", "Profiling", "MPIBinding", "CMPI", "CBLAS"]),
+        .target(name: "SequenceParallel", dependencies: ["AttentionCore", "Profiling", "Planning", "MPIBinding", "CMPI", "CBLAS"]),
         .target(name: "ClusterConfig"),
         .executableTarget(
             name: "seqpar",
@@ -47,6 +50,7 @@ let package = Package(
                 "AttentionCore",
                 "SequenceParallel",
                 "Profiling",
+                "Planning",
                 "ClusterConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -58,7 +62,7 @@ let package = Package(
         .target(name: "SeqparTestSupport", path: "Tests/SeqparTestSupport"),
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
         .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
-        .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel"]),
+        .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel", "Planning"]),
         .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "Profiling", "SeqparTestSupport"]),
         .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel"]),
         .testTarget(name: "MultiHostTests", dependencies: ["seqpar", "SeqparTestSupport"]),

@@ -8,6 +8,7 @@
 import AttentionCore
 import Profiling
 import MPIBinding
+import Planning
 
 public enum Probe {
     /// 8 B to 16 MiB, by factors of 8 (and 16 MiB itself).

@@ -7,6 +7,7 @@
 import AttentionCore
 import Profiling
 import MPIBinding
+import Planning
 
 /// A strategy's name, as users type it. Only registered names can be made (`init?(rawValue:)`).
 public struct StrategyName: RawRepresentable, Hashable, Sendable, CustomStringConvertible {

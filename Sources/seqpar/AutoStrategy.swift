@@ -7,6 +7,7 @@ import AttentionCore
 import Foundation
 import Profiling
 import SequenceParallel
+import Planning
 
 enum AutoStrategy {
     /// The probe's figures: from --probe (read by rank 0 and shared), else measured now.
@@ -32,13 +33,13 @@ enum AutoStrategy {
     static func problem(_ source: InputSource, mask: AttentionMask, ranks: Int) throws -> AttentionProblem {
         switch source {
         case let .synthetic(_, tokens, shape):
-            return AttentionProblem(tokens: tokens, heads: shape.heads, kvHeads: shape.kvHeads, headDim: shape.headDim, causal: mask.isCausal, ranks: ranks)
+            return AttentionProblem(tokens: tokens, heads: shape.heads, kvHeads: shape.kvHeads, headDim: shape.headDim, mask: mask, ranks: ranks)
         case let .files(q, k, _, _):
             let qs = try NpyFile.open(reading: q).header.shape, ks = try NpyFile.open(reading: k).header.shape
             guard qs.count == 3, ks.count == 3 else { throw AutoStrategyError(description: "--strategy auto needs 3-dimensional Q and K files") }
             // The same checks as loading makes (positive, heads a multiple of kv heads), before the model divides by them.
             let shape = try AttentionShape(heads: qs[1], kvHeads: ks[1], headDim: qs[2])
-            return AttentionProblem(tokens: ks[0], heads: shape.heads, kvHeads: shape.kvHeads, headDim: shape.headDim, causal: mask.isCausal, ranks: ranks)
+            return AttentionProblem(tokens: ks[0], heads: shape.heads, kvHeads: shape.kvHeads, headDim: shape.headDim, mask: mask, ranks: ranks)
         }
     }
 

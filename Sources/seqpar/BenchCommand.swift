@@ -3,6 +3,7 @@ import AttentionCore
 import Foundation
 import Profiling
 import SequenceParallel
+import Planning
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -4,6 +4,7 @@ import ArgumentParser
 import AttentionCore
 import Profiling
 import SequenceParallel
+import Planning
 
 extension StrategyName: ExpressibleByArgument {
     public init?(argument: String) { self.init(rawValue: argument) }

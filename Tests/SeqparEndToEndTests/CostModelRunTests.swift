@@ -3,6 +3,7 @@
 
 import Foundation
 import Testing
+import Planning
 
 extension EndToEnd {
     @Suite("cost model")

@@ -2,10 +2,12 @@
 // mesh shape, zigzag never slower than ring under a causal mask at P > 1 with equal bandwidth,
 // pair counts that match brute force, and probe figures that survive JSON.
 
+import AttentionCore
 import Foundation
 import Profiling
 import SequenceParallel
 import Testing
+import Planning
 
 @Suite("cost model")
 struct CostModelTests {
@@ -63,6 +65,34 @@ struct CostModelTests {
             #expect(visiblePairs(queries: q, keys: k, causal: true) == Double(brute), "\(q) x \(k)")
             #expect(visiblePairs(queries: q, keys: k, causal: false) == Double(q.count * k.count))
         }
+    }
+
+    @Test("every mask's pair counts between ranges match its definition, per head")
+    func maskPairs() throws {
+        let masks: [AttentionMask] = [.none, .causal, .window(7), .s2(try S2Pattern(block: 4, local: 2, stride: 3))]
+        for mask in masks {
+            for (q, k) in [(0 ..< 10, 0 ..< 10), (5 ..< 17, 0 ..< 8), (0 ..< 8, 5 ..< 17), (20 ..< 30, 3 ..< 9), (0 ..< 0, 0 ..< 5)] {
+                let heads = 3
+                let brute = (0 ..< heads).reduce(0) { total, h in
+                    total + q.reduce(0) { sum, i in sum + k.filter { mask.allows(query: i, key: $0, head: h) }.count }
+                }
+                #expect(abs(visiblePairs(queries: q, keys: k, mask: mask, heads: heads) - Double(brute) / Double(heads)) < 1e-9, "\(mask) \(q) x \(k)")
+            }
+        }
+    }
+
+    /// The model sees windows and S2 as what they are, not as causal: fewer pairs, less time.
+    @Test("a sliding window or an S2 pattern is predicted cheaper than the causal mask")
+    func sparseMasks() throws {
+        let model = CostModel(figures: Self.figures)
+        func zigzag(_ mask: AttentionMask) -> Double {
+            StrategyRegistry.predictions(model, AttentionProblem(tokens: 16384, heads: 8, kvHeads: 2, headDim: 64, mask: mask, ranks: 4))
+                .first { $0.strategy == "zigzag" }!.computeSeconds
+        }
+        let causal = zigzag(.causal)
+        #expect(zigzag(.window(1024)) < 0.25 * causal)
+        #expect(zigzag(.s2(try S2Pattern(block: 128, local: 2, stride: 8))) < 0.5 * causal)
+        #expect(abs(zigzag(.window(1 << 20)) - causal) / causal < 1e-9, "a window longer than the sequence is causal")
     }
 
     @Test("probe figures survive JSON")

@@ -79,15 +79,15 @@ public struct ProbeFigures: Codable, Equatable, Sendable {
     public func table() -> String {
         var lines = ["point to point, rank 0 <-> rank 1 (ping-pong):", "       bytes   one-way us        MB/s"]
         for p in pointToPoint {
-            lines.append(pad("\(p.bytes)", 12) + pad(fixed(p.latencyMicroseconds, 2), 13) + pad(fixed(p.bandwidthMBps, 1), 12))
+            lines.append(String(format: "%12d %12.2f %11.1f", p.bytes, p.latencyMicroseconds, p.bandwidthMBps))
         }
         if pointToPoint.isEmpty { lines.append("  (one rank: nothing to measure)") }
         lines.append("all-to-all, \(ranks) ranks (slowest rank):")
         lines.append(" bytes/peer      time us   MB/s sent per rank")
         for a in allToAll {
-            lines.append(pad("\(a.bytesPerPeer)", 11) + pad(fixed(a.microseconds, 1), 13) + pad(fixed(a.bandwidthMBps, 1), 12))
+            lines.append(String(format: "%11d %12.1f %11.1f", a.bytesPerPeer, a.microseconds, a.bandwidthMBps))
         }
-        lines.append("sgemm GFLOP/s per rank, all ranks at once: " + sgemmGflops.map { fixed($0, 1) }.joined(separator: ", "))
+        lines.append("sgemm GFLOP/s per rank, all ranks at once: " + sgemmGflops.map { String(format: "%.1f", $0) }.joined(separator: ", "))
         return lines.joined(separator: "\n")
     }
 }

@@ -10,25 +10,35 @@
 // busiest rank and zigzag's balanced work shows. Head all-to-alls are blocking: their time adds.
 // Point to point: t(b) = latency + b / bandwidth, latency from the smallest probed message and
 // bandwidth from the largest. All-to-all among m ranks: latency + (m-1) b / bandwidth, likewise.
-// Not modelled: masks other than none and causal (windows and S2 are predicted as causal),
-// packing copies, and cores shared by more ranks than they can run at once beyond what the
+// Every mask is modelled by its visible pairs (AttentionMask: none and causal in closed form,
+// windows, S2 and the rest counted row by row). Not modelled: packing copies, and cores shared by more ranks than they can run at once beyond what the
 // probe's all-at-once sgemm rate already shows.
+
+import AttentionCore
+import Foundation
 
 public struct AttentionProblem: Equatable, Sendable {
     public var tokens: Int
     public var heads: Int
     public var kvHeads: Int
     public var headDim: Int
-    public var causal: Bool
+    public var mask: AttentionMask
     public var ranks: Int
 
-    public init(tokens: Int, heads: Int, kvHeads: Int, headDim: Int, causal: Bool, ranks: Int) {
+    /// Whether the mask hides later keys (so zigzag layouts balance it).
+    public var causal: Bool { mask.isCausal }
+
+    public init(tokens: Int, heads: Int, kvHeads: Int, headDim: Int, mask: AttentionMask, ranks: Int) {
         self.tokens = tokens
         self.heads = heads
         self.kvHeads = kvHeads
         self.headDim = headDim
-        self.causal = causal
+        self.mask = mask
         self.ranks = ranks
+    }
+
+    public init(tokens: Int, heads: Int, kvHeads: Int, headDim: Int, causal: Bool, ranks: Int) {
+        self.init(tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim, mask: causal ? .causal : .none, ranks: ranks)
     }
 }
 
@@ -110,7 +120,7 @@ public struct CostModel: Sendable {
             for position in 0 ..< positions {
                 let source = (position - step + positions) % positions
                 var pairs = 0.0
-                for q in segments(position) { for k in segments(source) { pairs += visiblePairs(queries: q, keys: k, causal: problem.causal) } }
+                for q in segments(position) { for k in segments(source) { pairs += visiblePairs(queries: q, keys: k, mask: problem.mask, heads: problem.heads) } }
                 let seconds = 4 * d * heads * pairs / computeRate
                 let transfer = step < positions - 1 ? pointToPoint(bytes: 2 * Double(rows[source]) * kvHeads * d * 4) : 0
                 slowest = max(slowest, max(seconds, transfer))
@@ -131,7 +141,7 @@ public struct CostModel: Sendable {
     public static func table(_ predictions: [Prediction]) -> String {
         var lines = ["strategy     predicted s   compute s   exposed comm s"]
         for p in predictions {
-            lines.append(p.label.padding(12) + pad(fixed(p.seconds, 4), 12) + pad(fixed(p.computeSeconds, 4), 12) + pad(fixed(p.communicationSeconds, 4), 17))
+            lines.append(p.label.padding(12) + String(format: "%12.4f%12.4f%17.4f", p.seconds, p.computeSeconds, p.communicationSeconds))
         }
         return lines.joined(separator: "\n")
     }
@@ -140,7 +150,21 @@ public struct CostModel: Sendable {
 /// Chunk `c` of `count` equal-as-possible chunks of `n` (TokenPartition's split).
 func chunk(_ c: Int, of count: Int, _ n: Int) -> Range<Int> { (c * n / count) ..< ((c + 1) * n / count) }
 
-/// (query, key) pairs a mask leaves between two ranges of global positions.
+/// (query, key) pairs a mask leaves between two ranges of global positions, per head (the mean
+/// over `heads` heads for masks that differ by head).
+public func visiblePairs(queries q: Range<Int>, keys k: Range<Int>, mask: AttentionMask, heads: Int) -> Double {
+    switch mask {
+    case .none: return visiblePairs(queries: q, keys: k, causal: false)
+    case .causal: return visiblePairs(queries: q, keys: k, causal: true)
+    default:
+        guard !q.isEmpty, !k.isEmpty else { return 0 }
+        // Keys 0..<k.upperBound minus keys 0..<k.lowerBound, counted row by row.
+        let upTo = { (tokens: Int) in mask.visiblePairs(queries: q, tokens: tokens, heads: heads) }
+        return (upTo(k.upperBound) - upTo(k.lowerBound)) / Double(max(1, heads))
+    }
+}
+
+/// (query, key) pairs between two ranges of global positions, dense or causal, in closed form.
 public func visiblePairs(queries q: Range<Int>, keys k: Range<Int>, causal: Bool) -> Double {
     guard !q.isEmpty, !k.isEmpty else { return 0 }
     guard causal else { return Double(q.count) * Double(k.count) }
