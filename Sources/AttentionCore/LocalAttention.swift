@@ -173,6 +173,9 @@ public final class LocalAttention {
         let headKeys = keys + kvHead * keyCount * d
         let headValues = values + kvHead * keyCount * d
 
+        // A tile that sees no key of the segment (another document's) costs nothing, not even its copy.
+        if mask.keyBlockAlignment == nil, mask.relation(queries: queryPositions, keys: keySegment.positions, head: globalHead) == .hidden { return }
+
         // The tile's queries, contiguous: [tq, d].
         let queryRows = queries + (accRow * qStride + head * d)
         for r in 0 ..< tq { (q + r * d).update(from: queryRows + r * qStride, count: d) }

@@ -1,5 +1,8 @@
 // Which global token positions each rank holds. Uneven splits are normal input: sizes differ by
 // at most one token per chunk, and a rank may hold nothing when there are fewer tokens than chunks.
+// Packed documents get layouts of their own (any lengths, no padding): zigzag inside every
+// document, or whole documents per rank; `balanced` picks, per run, the one that evens out the
+// work (visible pairs of the queries each rank holds) best.
 
 /// How a sequence of `tokens` tokens is cut over `ranks` ranks.
 public enum TokenLayout: String, Sendable, CaseIterable {
@@ -7,6 +10,17 @@ public enum TokenLayout: String, Sendable, CaseIterable {
     case contiguous
     /// The sequence is cut into 2P chunks; rank r holds chunks r and 2P-1-r, which evens out causal work.
     case zigzag
+}
+
+/// How packed documents are laid over the layout's positions.
+public enum DocumentLayout: String, Sendable, CaseIterable {
+    /// Every document cut into 2P chunks, position p holding chunks p and 2P-1-p of it (zigzag per
+    /// document, TransformerEngine's THD scheme for any length); the pairing rotates by one
+    /// position per document, so the odd tokens of short documents spread over the positions.
+    case headTail = "head-tail"
+    /// Whole documents: largest work first, each to the position with the least work that has room
+    /// (at most 5/4 of an even share of the tokens, so memory stays linear in tokens / P).
+    case whole
 }
 
 public struct TokenPartition: Equatable, Sendable {
@@ -17,6 +31,10 @@ public struct TokenPartition: Equatable, Sendable {
     /// ranks / groupSize positions, and each piece of a position's tokens is split evenly over
     /// the group's ranks (rank r is member r % groupSize of position r / groupSize).
     public let groupSize: Int
+    /// Packed documents laid out their own way (nil: `layout` holds); then `documentSegments`
+    /// holds each position's ranges.
+    public let documentLayout: DocumentLayout?
+    private let documentSegments: [[Range<Int>]]
 
     public init(tokens: Int, ranks: Int, layout: TokenLayout, groupSize: Int = 1) {
         precondition(tokens >= 0 && ranks >= 1 && groupSize >= 1 && ranks % groupSize == 0)
@@ -24,6 +42,24 @@ public struct TokenPartition: Equatable, Sendable {
         self.ranks = ranks
         self.layout = layout
         self.groupSize = groupSize
+        documentLayout = nil
+        documentSegments = []
+    }
+
+    /// `documents` laid over the positions as `documentLayout` says (`mask` weighs whole
+    /// documents); nil when whole documents cannot keep every position within its token cap.
+    public init?(documents: DocumentBoundaries, ranks: Int, layout: TokenLayout, groupSize: Int = 1,
+                 documentLayout: DocumentLayout, mask: AttentionMask) {
+        precondition(ranks >= 1 && groupSize >= 1 && ranks % groupSize == 0)
+        let held: [[Range<Int>]]?
+        switch documentLayout {
+        case .headTail: held = Self.headTail(documents, positions: ranks / groupSize)
+        case .whole: held = Self.wholeDocuments(documents, positions: ranks / groupSize, mask: mask)
+        }
+        guard let held else { return nil }
+        (tokens, self.ranks, self.layout, self.groupSize) = (documents.tokens, ranks, layout, groupSize)
+        self.documentLayout = documentLayout
+        documentSegments = held.map(Self.merged)
     }
 
     /// Layout positions (ring length): ranks / groupSize.
@@ -46,6 +82,7 @@ public struct TokenPartition: Equatable, Sendable {
     /// Global token ranges of one layout position (all of its group's rows), in storage order.
     public func positionSegments(_ position: Int) -> [Range<Int>] {
         let n = positions
+        if documentLayout != nil { return documentSegments[position] }
         switch layout {
         case .contiguous:
             return [Self.chunk(position, of: n, tokens: tokens)]
@@ -62,6 +99,82 @@ public struct TokenPartition: Equatable, Sendable {
 
     /// The largest shard: what a buffer that receives any rank's shard must hold.
     public var maxRowCount: Int { (0 ..< ranks).map(rowCount(of:)).max() ?? 0 }
+}
+
+extension TokenPartition {
+    /// The partition for `mask`: with packed documents, the lowest max/mean work over ranks among
+    /// the strategy's own `layout` and the document layouts (only `documentLayout` when given);
+    /// whole documents win near-ties (within 1%), since a ring over them ends after the local
+    /// block. Without documents, `layout` as it is.
+    public static func balanced(tokens: Int, ranks: Int, layout: TokenLayout, groupSize: Int = 1, mask: AttentionMask,
+                                documentLayout: DocumentLayout? = nil) -> TokenPartition {
+        let own = TokenPartition(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize)
+        guard let documents = mask.documents, documents.tokens == tokens else { return own }
+        let laid = (documentLayout.map { [$0] } ?? DocumentLayout.allCases).compactMap {
+            TokenPartition(documents: documents, ranks: ranks, layout: layout, groupSize: groupSize, documentLayout: $0, mask: mask)
+        }
+        let candidates = (documentLayout == nil ? [own] : []) + laid
+        let scored = candidates.map { (partition: $0, imbalance: $0.imbalance(mask: mask)) }
+        let best = scored.min { $0.imbalance < $1.imbalance } ?? (own, 1)
+        return scored.first { $0.partition.documentLayout == .whole && $0.imbalance <= best.imbalance * 1.01 }?.partition ?? best.partition
+    }
+
+    /// Visible (query, key) pairs of the queries `rank` holds, per head: its share of the kernel's work.
+    public func work(of rank: Int, mask: AttentionMask) -> Double {
+        segments(of: rank).reduce(0) { $0 + mask.visiblePairs(queries: $1, tokens: tokens, heads: 1) }
+    }
+
+    /// Max over mean of the ranks' work (1 when there is none).
+    public func imbalance(mask: AttentionMask) -> Double {
+        let work = (0 ..< ranks).map { self.work(of: $0, mask: mask) }
+        let mean = work.reduce(0, +) / Double(ranks)
+        return mean > 0 ? work.max()! / mean : 1
+    }
+
+    /// Each position's ranges for the head-tail layout (see `DocumentLayout.headTail`).
+    static func headTail(_ documents: DocumentBoundaries, positions n: Int) -> [[Range<Int>]] {
+        var held = [[Range<Int>]](repeating: [], count: n)
+        for d in 0 ..< documents.count {
+            let span = documents.range(of: d)
+            for p in 0 ..< n {
+                let head = (p + d) % n
+                for c in [head, 2 * n - 1 - head] {
+                    let part = chunk(c, of: 2 * n, tokens: span.count)
+                    if !part.isEmpty { held[p].append(span.lowerBound + part.lowerBound ..< span.lowerBound + part.upperBound) }
+                }
+            }
+        }
+        return held
+    }
+
+    /// Each position's ranges for whole documents (see `DocumentLayout.whole`); nil when some
+    /// document finds no position with room.
+    static func wholeDocuments(_ documents: DocumentBoundaries, positions n: Int, mask: AttentionMask) -> [[Range<Int>]]? {
+        let cap = (documents.tokens * 5 + 4 * n - 1) / (4 * n)
+        let spans = (0 ..< documents.count).map(documents.range(of:)).filter { !$0.isEmpty }
+        let weighed = spans.map { (span: $0, work: mask.visiblePairs(queries: $0, tokens: documents.tokens, heads: 1)) }
+            .sorted { ($0.work, $0.span.count, -$0.span.lowerBound) > ($1.work, $1.span.count, -$1.span.lowerBound) }
+        var work = [Double](repeating: 0, count: n), rows = [Int](repeating: 0, count: n)
+        var held = [[Range<Int>]](repeating: [], count: n)
+        for (span, w) in weighed {
+            guard let p = (0 ..< n).filter({ rows[$0] + span.count <= cap }).min(by: { work[$0] < work[$1] }) else { return nil }
+            work[p] += w
+            rows[p] += span.count
+            held[p].append(span)
+        }
+        return held
+    }
+
+    /// Ranges sorted by position, touching ones joined.
+    static func merged(_ ranges: [Range<Int>]) -> [Range<Int>] {
+        ranges.sorted { $0.lowerBound < $1.lowerBound }.reduce(into: []) { result, range in
+            if let last = result.last, last.upperBound == range.lowerBound {
+                result[result.count - 1] = last.lowerBound ..< range.upperBound
+            } else {
+                result.append(range)
+            }
+        }
+    }
 }
 
 /// A run of rows stored contiguously in a shard: global positions `positions`, first local row `localRow`.
