@@ -10,6 +10,7 @@ public struct MeshAttention: SequenceParallelStrategy {
     public let ring: Int
     public let inputLayout: TokenLayout
     public var groupSize: Int { headGroup }
+    public var balancesDocuments: Bool { true }
 
     public init(headGroup: Int, ring: Int, causal: Bool) {
         self.headGroup = headGroup

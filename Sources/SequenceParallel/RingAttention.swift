@@ -8,6 +8,7 @@ import AttentionCore
 
 public struct RingAttention: SequenceParallelStrategy {
     public let inputLayout: TokenLayout
+    public var balancesDocuments: Bool { true }
 
     public init(layout: TokenLayout = .contiguous) { inputLayout = layout }
 

@@ -7,6 +7,7 @@ import AttentionCore
 
 public struct ZigzagAttention: SequenceParallelStrategy {
     public var inputLayout: TokenLayout { .zigzag }
+    public var balancesDocuments: Bool { true }
 
     public init() {}
 

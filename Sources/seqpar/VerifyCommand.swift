@@ -32,7 +32,7 @@ struct VerifyCommand: ParsableCommand {
         try Session.run(timeout: compute.timeout) { world in
             let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
-            let run = try DistributedRun.execute(problem.source, strategy: chosen.name, mask: problem.mask,
+            let run = try DistributedRun.execute(problem.source, strategy: chosen.name, mask: try problem.mask(world),
                                                  compute: compute, communicator: world, mesh: chosen.mesh, wholeKeyValues: true)
             let shard = run.shard, shape = run.job.shape, segments = run.segments
             let (k, v) = try world.together { try InputFiles.loadWhole(problem.source, shape: shape, tokens: shard.tokens) }
