@@ -21,6 +21,9 @@ public enum DocumentLayout: String, Sendable, CaseIterable {
     /// Whole documents: largest work first, each to the position with the least work that has room
     /// (at most 5/4 of an even share of the tokens, so memory stays linear in tokens / P).
     case whole
+    /// The documents of most work cut head-tail, the others whole on top: as many cut (1, 2, 4, ...)
+    /// as balance the work best, so long documents even out and short ones need no ring step.
+    case mixed
 }
 
 public struct TokenPartition: Equatable, Sendable {
@@ -53,8 +56,9 @@ public struct TokenPartition: Equatable, Sendable {
         precondition(ranks >= 1 && groupSize >= 1 && ranks % groupSize == 0)
         let held: [[Range<Int>]]?
         switch documentLayout {
-        case .headTail: held = Self.headTail(documents, positions: ranks / groupSize)
-        case .whole: held = Self.wholeDocuments(documents, positions: ranks / groupSize, mask: mask)
+        case .headTail: held = Self.laidOut(documents, positions: ranks / groupSize, mask: mask, split: documents.count)
+        case .whole: held = Self.laidOut(documents, positions: ranks / groupSize, mask: mask, split: 0)
+        case .mixed: held = Self.mixed(documents, positions: ranks / groupSize, mask: mask)
         }
         guard let held else { return nil }
         (tokens, self.ranks, self.layout, self.groupSize) = (documents.tokens, ranks, layout, groupSize)
@@ -105,7 +109,8 @@ extension TokenPartition {
     /// The partition for `mask`: with packed documents, the lowest max/mean work over ranks among
     /// the strategy's own `layout` and the document layouts (only `documentLayout` when given);
     /// whole documents win near-ties (within 1%), since a ring over them ends after the local
-    /// block. Without documents, `layout` as it is.
+    /// block, and mixed wins near-ties over head-tail, as it cuts fewer, larger pieces. Without
+    /// documents, `layout` as it is.
     public static func balanced(tokens: Int, ranks: Int, layout: TokenLayout, groupSize: Int = 1, mask: AttentionMask,
                                 documentLayout: DocumentLayout? = nil) -> TokenPartition {
         let own = TokenPartition(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize)
@@ -116,7 +121,11 @@ extension TokenPartition {
         let candidates = (documentLayout == nil ? [own] : []) + laid
         let scored = candidates.map { (partition: $0, imbalance: $0.imbalance(mask: mask)) }
         let best = scored.min { $0.imbalance < $1.imbalance } ?? (own, 1)
-        return scored.first { $0.partition.documentLayout == .whole && $0.imbalance <= best.imbalance * 1.01 }?.partition ?? best.partition
+        let preferred: [DocumentLayout?] = [.whole, .mixed]
+        for layout in preferred {
+            if let near = scored.first(where: { $0.partition.documentLayout == layout && $0.imbalance <= best.imbalance * 1.01 }) { return near.partition }
+        }
+        return best.partition
     }
 
     /// Visible (query, key) pairs of the queries `rank` holds, per head: its share of the kernel's work.
@@ -131,38 +140,52 @@ extension TokenPartition {
         return mean > 0 ? work.max()! / mean : 1
     }
 
-    /// Each position's ranges for the head-tail layout (see `DocumentLayout.headTail`).
-    static func headTail(_ documents: DocumentBoundaries, positions n: Int) -> [[Range<Int>]] {
+    /// Each position's ranges when the `split` documents of most work are cut head-tail and the
+    /// others placed whole, most work first, on the position with the least work that has room
+    /// (see `DocumentLayout`); nil when some whole document finds no position with room.
+    static func laidOut(_ documents: DocumentBoundaries, positions n: Int, mask: AttentionMask, split: Int) -> [[Range<Int>]]? {
+        let cap = (documents.tokens * 5 + 4 * n - 1) / (4 * n)
+        let weighed = (0 ..< documents.count).filter { !documents.range(of: $0).isEmpty }
+            .map { (document: $0, span: documents.range(of: $0), work: mask.visiblePairs(queries: documents.range(of: $0), tokens: documents.tokens, heads: 1)) }
+            .sorted { ($0.work, $0.span.count, -$0.document) > ($1.work, $1.span.count, -$1.document) }
+        var work = [Double](repeating: 0, count: n), rows = [Int](repeating: 0, count: n)
         var held = [[Range<Int>]](repeating: [], count: n)
-        for d in 0 ..< documents.count {
-            let span = documents.range(of: d)
+        func place(_ piece: Range<Int>, on p: Int) {
+            work[p] += mask.visiblePairs(queries: piece, tokens: documents.tokens, heads: 1)
+            rows[p] += piece.count
+            held[p].append(piece)
+        }
+        for (d, span, _) in weighed.prefix(split) {
             for p in 0 ..< n {
                 let head = (p + d) % n
                 for c in [head, 2 * n - 1 - head] {
                     let part = chunk(c, of: 2 * n, tokens: span.count)
-                    if !part.isEmpty { held[p].append(span.lowerBound + part.lowerBound ..< span.lowerBound + part.upperBound) }
+                    if !part.isEmpty { place(span.lowerBound + part.lowerBound ..< span.lowerBound + part.upperBound, on: p) }
                 }
             }
+        }
+        for (_, span, _) in weighed.dropFirst(split) {
+            guard let p = (0 ..< n).filter({ rows[$0] + span.count <= cap }).min(by: { work[$0] < work[$1] }) else { return nil }
+            place(span, on: p)
         }
         return held
     }
 
-    /// Each position's ranges for whole documents (see `DocumentLayout.whole`); nil when some
-    /// document finds no position with room.
-    static func wholeDocuments(_ documents: DocumentBoundaries, positions n: Int, mask: AttentionMask) -> [[Range<Int>]]? {
-        let cap = (documents.tokens * 5 + 4 * n - 1) / (4 * n)
-        let spans = (0 ..< documents.count).map(documents.range(of:)).filter { !$0.isEmpty }
-        let weighed = spans.map { (span: $0, work: mask.visiblePairs(queries: $0, tokens: documents.tokens, heads: 1)) }
-            .sorted { ($0.work, $0.span.count, -$0.span.lowerBound) > ($1.work, $1.span.count, -$1.span.lowerBound) }
-        var work = [Double](repeating: 0, count: n), rows = [Int](repeating: 0, count: n)
-        var held = [[Range<Int>]](repeating: [], count: n)
-        for (span, w) in weighed {
-            guard let p = (0 ..< n).filter({ rows[$0] + span.count <= cap }).min(by: { work[$0] < work[$1] }) else { return nil }
-            work[p] += w
-            rows[p] += span.count
-            held[p].append(span)
+    /// The mixed layout: of the layouts that cut the 1, 2, 4, ... documents of most work (fewer
+    /// than all), the one with the lowest max/mean work over positions.
+    static func mixed(_ documents: DocumentBoundaries, positions n: Int, mask: AttentionMask) -> [[Range<Int>]]? {
+        var best: (held: [[Range<Int>]], imbalance: Double)?
+        var split = 1
+        while split < documents.count {
+            if let held = laidOut(documents, positions: n, mask: mask, split: split) {
+                let work = held.map { $0.reduce(0) { $0 + mask.visiblePairs(queries: $1, tokens: documents.tokens, heads: 1) } }
+                let mean = work.reduce(0, +) / Double(n)
+                let imbalance = mean > 0 ? work.max()! / mean : 1
+                if best == nil || imbalance < best!.imbalance - 1e-9 { best = (held, imbalance) }
+            }
+            split *= 2
         }
-        return held
+        return best?.held
     }
 
     /// Ranges sorted by position, touching ones joined.

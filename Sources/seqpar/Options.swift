@@ -24,7 +24,7 @@ enum StrategyChoice: String, ExpressibleByArgument, CaseIterable {
 
 /// --document-layout: how packed documents are laid over ranks.
 enum DocumentLayoutChoice: String, ExpressibleByArgument, CaseIterable {
-    case auto, headTail = "head-tail", whole
+    case auto, headTail = "head-tail", whole, mixed
 
     var layout: DocumentLayout? { DocumentLayout(rawValue: rawValue) }
 }
@@ -192,7 +192,7 @@ struct ComputeOptions: ParsableArguments {
     var queryPosition: Int?
     @Flag(name: .customLong("all"), help: "star only: every rank gets the merged result (MPI_Allreduce) instead of rank 0 (MPI_Reduce).")
     var everyRank = false
-    @Option(name: .customLong("document-layout"), help: "Packed documents on ring, zigzag and mesh: auto (the layout with the lowest max/mean work over ranks: the strategy's own, per-document head-tail, or whole documents), head-tail, or whole.")
+    @Option(name: .customLong("document-layout"), help: "Packed documents on ring, zigzag and mesh: auto (the layout with the lowest max/mean work over ranks: the strategy's own, per-document head-tail, whole documents, or mixed: the longest documents head-tail, the others whole), head-tail, whole, or mixed.")
     var documentLayout: DocumentLayoutChoice = .auto
     @Option(parsing: .unconditional, help: "Compute threads per rank, each with one-thread BLAS calls.")
     var threads: Int = 1

@@ -42,7 +42,7 @@ extension EndToEnd {
             #expect(try result.json()["mask"] as? String == (variant.causal ? "causal within 9 documents" : "10 documents"), "\(result)")
         }
 
-        @Test("each document layout, forced, is exact", arguments: ["head-tail", "whole"], ["ring", "mesh"])
+        @Test("each document layout, forced, is exact", arguments: ["head-tail", "whole", "mixed"], ["ring", "mesh"])
         func layouts(layout: String, strategy: String) async throws {
             let result = try await launch(ranks: 4, arguments: ["verify", "--json", "--strategy", strategy, "--mesh", "2x2", "--document-layout", layout,
                                                                 "--causal", "--documents", "60,3,0,1,60,2,70,60", "--heads", "4", "--head-dim", "32"]
