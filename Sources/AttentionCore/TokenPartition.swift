@@ -21,8 +21,8 @@ public enum DocumentLayout: String, Sendable, CaseIterable {
     /// Whole documents: largest work first, each to the position with the least work that has room
     /// (at most 5/4 of an even share of the tokens, so memory stays linear in tokens / P).
     case whole
-    /// The documents of most work cut head-tail, the others whole on top: as many cut (1, 2, 4, ...)
-    /// as balance the work best, so long documents even out and short ones need no ring step.
+    /// The documents of most work cut head-tail, the others whole on top: as many cut as make the
+    /// kernel work most even, so long documents even out and short ones stay in larger segments.
     case mixed
 }
 
@@ -50,20 +50,42 @@ public struct TokenPartition: Equatable, Sendable {
     }
 
     /// `documents` laid over the positions as `documentLayout` says (`mask` weighs whole
-    /// documents); nil when whole documents cannot keep every position within its token cap.
+    /// documents; `tiling` the kernel work that mixed balances); nil when whole documents cannot
+    /// keep every position within its token cap.
     public init?(documents: DocumentBoundaries, ranks: Int, layout: TokenLayout, groupSize: Int = 1,
-                 documentLayout: DocumentLayout, mask: AttentionMask) {
+                 documentLayout: DocumentLayout, mask: AttentionMask, tiling: KernelTiling = KernelTiling()) {
         precondition(ranks >= 1 && groupSize >= 1 && ranks % groupSize == 0)
-        let held: [[Range<Int>]]?
-        switch documentLayout {
-        case .headTail: held = Self.laidOut(documents, positions: ranks / groupSize, mask: mask, split: documents.count)
-        case .whole: held = Self.laidOut(documents, positions: ranks / groupSize, mask: mask, split: 0)
-        case .mixed: held = Self.mixed(documents, positions: ranks / groupSize, mask: mask)
+        let n = ranks / groupSize
+        func partition(_ held: [[Range<Int>]]?) -> TokenPartition? {
+            held.map { TokenPartition(documents.tokens, ranks, layout, groupSize, documentLayout, $0.map(Self.merged)) }
         }
-        guard let held else { return nil }
-        (tokens, self.ranks, self.layout, self.groupSize) = (documents.tokens, ranks, layout, groupSize)
+        switch documentLayout {
+        case .headTail: self = partition(Self.laidOut(documents, positions: n, mask: mask, split: documents.count))!
+        case .whole:
+            guard let laid = partition(Self.laidOut(documents, positions: n, mask: mask, split: 0)) else { return nil }
+            self = laid
+        case .mixed:
+            // Cut the 1, 2, 3, ... documents of most work (1, 2, 4, ... beyond 64), fewer than all,
+            // and keep the count whose kernel work is the most even.
+            var best: (partition: TokenPartition, imbalance: Double)?
+            var split = 1
+            while split < documents.count {
+                if let laid = partition(Self.laidOut(documents, positions: n, mask: mask, split: split)) {
+                    let imbalance = laid.imbalance(mask: mask, tiling: tiling)
+                    if best == nil || imbalance < best!.imbalance - 1e-9 { best = (laid, imbalance) }
+                }
+                split = split < 64 ? split + 1 : 2 * split
+            }
+            guard let best else { return nil }
+            self = best.partition
+        }
+    }
+
+    private init(_ tokens: Int, _ ranks: Int, _ layout: TokenLayout, _ groupSize: Int, _ documentLayout: DocumentLayout,
+                 _ documentSegments: [[Range<Int>]]) {
+        (self.tokens, self.ranks, self.layout, self.groupSize) = (tokens, ranks, layout, groupSize)
         self.documentLayout = documentLayout
-        documentSegments = held.map(Self.merged)
+        self.documentSegments = documentSegments
     }
 
     /// Layout positions (ring length): ranks / groupSize.
@@ -106,20 +128,21 @@ public struct TokenPartition: Equatable, Sendable {
 }
 
 extension TokenPartition {
-    /// The partition for `mask`: with packed documents, the lowest max/mean work over ranks among
+    /// The partition for `mask`: with packed documents, the lowest max/mean kernel work over ranks
+    /// (`imbalance`, at `tiling`) among
     /// the strategy's own `layout` and the document layouts (only `documentLayout` when given);
     /// whole documents win near-ties (within 1%), since a ring over them ends after the local
     /// block, and mixed wins near-ties over head-tail, as it cuts fewer, larger pieces. Without
     /// documents, `layout` as it is.
     public static func balanced(tokens: Int, ranks: Int, layout: TokenLayout, groupSize: Int = 1, mask: AttentionMask,
-                                documentLayout: DocumentLayout? = nil) -> TokenPartition {
+                                documentLayout: DocumentLayout? = nil, tiling: KernelTiling = KernelTiling()) -> TokenPartition {
         let own = TokenPartition(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize)
         guard let documents = mask.documents, documents.tokens == tokens else { return own }
         let laid = (documentLayout.map { [$0] } ?? DocumentLayout.allCases).compactMap {
-            TokenPartition(documents: documents, ranks: ranks, layout: layout, groupSize: groupSize, documentLayout: $0, mask: mask)
+            TokenPartition(documents: documents, ranks: ranks, layout: layout, groupSize: groupSize, documentLayout: $0, mask: mask, tiling: tiling)
         }
         let candidates = (documentLayout == nil ? [own] : []) + laid
-        let scored = candidates.map { (partition: $0, imbalance: $0.imbalance(mask: mask)) }
+        let scored = candidates.map { (partition: $0, imbalance: $0.imbalance(mask: mask, tiling: tiling)) }
         let best = scored.min { $0.imbalance < $1.imbalance } ?? (own, 1)
         let preferred: [DocumentLayout?] = [.whole, .mixed]
         for layout in preferred {
@@ -128,14 +151,56 @@ extension TokenPartition {
         return best.partition
     }
 
-    /// Visible (query, key) pairs of the queries `rank` holds, per head: its share of the kernel's work.
+    /// Visible (query, key) pairs of the queries `rank` holds, per head: its share of the work.
     public func work(of rank: Int, mask: AttentionMask) -> Double {
         segments(of: rank).reduce(0) { $0 + mask.visiblePairs(queries: $1, tokens: tokens, heads: 1) }
     }
 
-    /// Max over mean of the ranks' work (1 when there is none).
-    public func imbalance(mask: AttentionMask) -> Double {
-        let work = (0 ..< ranks).map { self.work(of: $0, mask: mask) }
+    /// Scores the kernel computes, per head, for the query rows of `rank` (of its whole group,
+    /// which shares them head by head, in mesh) when every rank's segments come by as key
+    /// segments, as in a ring pass: the visible pairs, plus the hidden keys of the partial blocks
+    /// the kernel trims but computes (a causal diagonal's masked half). It walks the kernel's
+    /// tiles and blocks, only those a tile may see, so it is exact for masks without S2's alignment.
+    public func kernelWork(of rank: Int, mask: AttentionMask, tiling: KernelTiling = KernelTiling()) -> Double {
+        kernelWork(of: rank, mask: mask, tiling: tiling, keys: (0 ..< ranks).flatMap(segments(of:)).sorted { $0.lowerBound < $1.lowerBound })
+    }
+
+    private func kernelWork(of rank: Int, mask: AttentionMask, tiling: KernelTiling, keys: [Range<Int>]) -> Double {
+        let group = rank / groupSize * groupSize
+        var work = 0.0
+        for querySegment in (group ..< group + groupSize).flatMap(segments(of:)) {
+            for start in stride(from: querySegment.lowerBound, to: querySegment.upperBound, by: tiling.queryTile) {
+                let tile = start ..< min(start + tiling.queryTile, querySegment.upperBound)
+                guard tokens > 0, mask.relation(queries: tile, keys: 0 ..< tokens, head: 0) != .hidden else { continue }
+                let seen = mask.visibleSpan(queries: tile, keys: 0 ..< tokens, head: 0)
+                // The first key segment that ends after the span starts, then on while they start before it ends.
+                var (lo, hi) = (0, keys.count)
+                while lo < hi {
+                    let mid = (lo + hi) / 2
+                    if keys[mid].upperBound <= seen.lowerBound { lo = mid + 1 } else { hi = mid }
+                }
+                for keySegment in keys[lo...] {
+                    if keySegment.lowerBound >= seen.upperBound { break }
+                    var blockStart = keySegment.lowerBound + max(0, (seen.lowerBound - keySegment.lowerBound) / tiling.keyBlock * tiling.keyBlock)
+                    while blockStart < min(keySegment.upperBound, seen.upperBound) {
+                        let block = blockStart ..< min(blockStart + tiling.keyBlock, keySegment.upperBound)
+                        switch mask.relation(queries: tile, keys: block, head: 0) {
+                        case .hidden: break
+                        case .full: work += Double(tile.count * block.count)
+                        case .partial: work += Double(tile.count * mask.visibleSpan(queries: tile, keys: block, head: 0).count)
+                        }
+                        blockStart = block.upperBound
+                    }
+                }
+            }
+        }
+        return work
+    }
+
+    /// Max over mean of the ranks' kernel work (`kernelWork`; 1 when there is none).
+    public func imbalance(mask: AttentionMask, tiling: KernelTiling = KernelTiling()) -> Double {
+        let keys = (0 ..< ranks).flatMap(segments(of:)).sorted { $0.lowerBound < $1.lowerBound }
+        let work = (0 ..< ranks).map { kernelWork(of: $0, mask: mask, tiling: tiling, keys: keys) }
         let mean = work.reduce(0, +) / Double(ranks)
         return mean > 0 ? work.max()! / mean : 1
     }
@@ -169,23 +234,6 @@ extension TokenPartition {
             place(span, on: p)
         }
         return held
-    }
-
-    /// The mixed layout: of the layouts that cut the 1, 2, 4, ... documents of most work (fewer
-    /// than all), the one with the lowest max/mean work over positions.
-    static func mixed(_ documents: DocumentBoundaries, positions n: Int, mask: AttentionMask) -> [[Range<Int>]]? {
-        var best: (held: [[Range<Int>]], imbalance: Double)?
-        var split = 1
-        while split < documents.count {
-            if let held = laidOut(documents, positions: n, mask: mask, split: split) {
-                let work = held.map { $0.reduce(0) { $0 + mask.visiblePairs(queries: $1, tokens: documents.tokens, heads: 1) } }
-                let mean = work.reduce(0, +) / Double(n)
-                let imbalance = mean > 0 ? work.max()! / mean : 1
-                if best == nil || imbalance < best!.imbalance - 1e-9 { best = (held, imbalance) }
-            }
-            split *= 2
-        }
-        return best?.held
     }
 
     /// Ranges sorted by position, touching ones joined.

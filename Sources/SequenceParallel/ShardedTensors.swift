@@ -90,9 +90,10 @@ public final class LocalShard {
     /// picks (only `documentLayout` when given).
     public static func load(_ source: InputSource, layout: TokenLayout, rank: Int, ranks: Int, groupSize: Int = 1,
                             queries selection: QuerySelection = .sameAsKeys, balancing mask: AttentionMask = .none,
-                            documentLayout: DocumentLayout? = nil) throws -> LocalShard {
+                            documentLayout: DocumentLayout? = nil, tiling: KernelTiling = KernelTiling()) throws -> LocalShard {
         func partition(_ tokens: Int) -> TokenPartition {
-            TokenPartition.balanced(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize, mask: mask, documentLayout: documentLayout)
+            TokenPartition.balanced(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize, mask: mask,
+                                    documentLayout: documentLayout, tiling: tiling)
         }
         switch source {
         case let .synthetic(seed, tokens, shape):

@@ -105,7 +105,7 @@ struct RunCommand: ParsableCommand {
                 kernel GFLOP per rank: \(kernelFlops.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", ")) (imbalance, max/mean: \(String(format: "%.3f", imbalance)))
                 """)
                 if let layout = run.documentLayout {
-                    Session.say(world, "documents laid out as \(layout.name): visible pairs per rank max/mean \(String(format: "%.3f", layout.imbalance))")
+                    Session.say(world, "documents laid out as \(layout.name): predicted kernel work per rank max/mean \(String(format: "%.3f", layout.imbalance))")
                 }
                 if let out { Session.say(world, "wrote O to \(out)") }
                 if let lse { Session.say(world, "wrote LSE to \(lse)") }

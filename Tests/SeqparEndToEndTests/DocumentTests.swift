@@ -69,8 +69,9 @@ extension EndToEnd {
             let predicted = try #require(number(json, "predicted_imbalance"), "\(result)")
             let measured = try #require(number(json, "imbalance"), "\(result)")
             #expect(predicted >= 1 && predicted <= 1.05, "\(result)")
-            #expect(measured >= 1 && measured <= 1.2, "\(result)")
-            #expect(["head-tail documents", "whole documents", "zigzag"].contains(json["layout"] as? String ?? ""), "\(result)")
+            // The prediction walks the kernel's tiles and blocks as the ring pass meets them: it is the FLOPs spent.
+            #expect(abs(measured - predicted) <= 1e-9, "predicted \(predicted), measured \(measured)\n\(result)")
+            #expect(["head-tail documents", "whole documents", "mixed documents", "zigzag"].contains(json["layout"] as? String ?? ""), "\(result)")
             let text = try await launch(ranks: 2, arguments: ["run", "--strategy", "ring", "--documents", "10,20,0,30", "--heads", "2", "--head-dim", "16"])
             #expect(text.status == 0 && text.stdout.contains("imbalance, max/mean"), "\(text)")
             #expect(text.stdout.contains("documents laid out as"), "\(text)")
