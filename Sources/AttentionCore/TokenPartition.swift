@@ -131,9 +131,11 @@ extension TokenPartition {
     /// The partition for `mask`: with packed documents, the lowest max/mean kernel work over ranks
     /// (`imbalance`, at `tiling`) among
     /// the strategy's own `layout` and the document layouts (only `documentLayout` when given);
-    /// whole documents win near-ties (within 1%), since a ring over them ends after the local
-    /// block, and mixed wins near-ties over head-tail, as it cuts fewer, larger pieces. Without
-    /// documents, `layout` as it is.
+    /// whole documents win within 5%, since a ring over them ends after the local block and their
+    /// segments are large (measured, 4 ranks, 50 causal documents in 32768 tokens: whole at 1.032
+    /// ran in 0.373 s, head-tail at 1.004 in 0.413 s, mixed at 1.003 in 0.415-0.448 s), and mixed
+    /// wins within 1% over head-tail, as it cuts fewer, larger pieces. Without documents, `layout`
+    /// as it is.
     public static func balanced(tokens: Int, ranks: Int, layout: TokenLayout, groupSize: Int = 1, mask: AttentionMask,
                                 documentLayout: DocumentLayout? = nil, tiling: KernelTiling = KernelTiling()) -> TokenPartition {
         let own = TokenPartition(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize)
@@ -144,9 +146,8 @@ extension TokenPartition {
         let candidates = (documentLayout == nil ? [own] : []) + laid
         let scored = candidates.map { (partition: $0, imbalance: $0.imbalance(mask: mask, tiling: tiling)) }
         let best = scored.min { $0.imbalance < $1.imbalance } ?? (own, 1)
-        let preferred: [DocumentLayout?] = [.whole, .mixed]
-        for layout in preferred {
-            if let near = scored.first(where: { $0.partition.documentLayout == layout && $0.imbalance <= best.imbalance * 1.01 }) { return near.partition }
+        for (layout, margin) in [(DocumentLayout.whole, 1.05), (.mixed, 1.01)] {
+            if let near = scored.first(where: { $0.partition.documentLayout == layout && $0.imbalance <= best.imbalance * margin }) { return near.partition }
         }
         return best.partition
     }

@@ -302,7 +302,7 @@ struct DocumentLayoutTests {
         #expect(segments(mixed) < segments(headTail) / 4, "mixed: \(segments(mixed)) segments, head-tail \(segments(headTail))")
         let chosen = TokenPartition.balanced(tokens: tokens, ranks: 4, layout: .zigzag, mask: mask)
         let lowest = (layouts + [TokenPartition(tokens: tokens, ranks: 4, layout: .zigzag)]).map { $0.imbalance(mask: mask) }.min()!
-        #expect(chosen.imbalance(mask: mask) <= lowest * 1.01)
+        #expect(chosen.imbalance(mask: mask) <= lowest * 1.05, "whole documents may win within 5%")
     }
 
     @Test("without documents the strategy's own layout stays")
