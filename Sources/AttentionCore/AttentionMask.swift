@@ -3,7 +3,9 @@
 // (hidden: skipped; full: no masking work; partial: rows clipped), which keys of a block one
 // query sees (always an interval, given the kernel cuts key blocks at `keyBlockAlignment`), and
 // how many pairs are visible in all (for FLOP counts). `allows` is the plain definition that the
-// float64 reference tests pair by pair.
+// float64 reference tests pair by pair. Packed documents wrap another mask: a query's visible keys
+// are the inner mask's, cut to its document, so they stay an interval whose bounds never decrease
+// along the queries, and a block across document boundaries is hidden.
 
 public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
     /// Every query sees every key.
@@ -14,6 +16,9 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
     case window(Int)
     /// S2-Attention's per-head block-sparse pattern (causal).
     case s2(S2Pattern)
+    /// Packed documents: query i sees key j only when both lie in the same document and `inner`
+    /// (none, causal or window; never S2 or documents) allows the pair.
+    indirect case documents(DocumentBoundaries, within: AttentionMask)
 
     /// How a block of queries relates to a block of keys.
     public enum BlockRelation: Equatable, Sendable { case hidden, partial, full }
@@ -24,11 +29,24 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
         case .causal: return "causal"
         case let .window(w): return "window \(w)"
         case let .s2(p): return "s2 (block \(p.block), local \(p.local), stride \(p.stride))"
+        case let .documents(documents, inner): return inner == .none ? "\(documents)" : "\(inner) within \(documents)"
         }
     }
 
     /// Whether the mask hides every key after the query (so causal load balancing applies).
-    public var isCausal: Bool { self != .none }
+    public var isCausal: Bool {
+        switch self {
+        case .none: return false
+        case .causal, .window, .s2: return true
+        case let .documents(_, inner): return inner.isCausal
+        }
+    }
+
+    /// The documents of a packed sequence, when the mask has them.
+    public var documents: DocumentBoundaries? {
+        if case let .documents(documents, _) = self { return documents }
+        return nil
+    }
 
     /// Key blocks must not straddle a multiple of this (global positions); nil: any cut works.
     public var keyBlockAlignment: Int? {
@@ -43,6 +61,7 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
         case .causal: return j <= i
         case let .window(w): return j <= i && i - j < w
         case let .s2(p): return j <= i && p.isActive(queryBlock: i / p.block, keyBlock: j / p.block, head: head)
+        case let .documents(documents, inner): return documents.range(containing: i).contains(j) && inner.allows(query: i, key: j, head: head)
         }
     }
 
@@ -63,6 +82,13 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
                 return keys.lowerBound ..< keys.lowerBound
             }
             return keys.lowerBound ..< max(keys.lowerBound, min(keys.upperBound, i + 1))
+        case let .documents(documents, inner):
+            // The inner interval cut to the document; both bounds stay non-decreasing in i (an
+            // empty result sits at the keys' start before the document, at their end after it).
+            let document = documents.range(containing: i)
+            let seen = inner.visibleKeys(query: i, head: head, within: keys)
+            let lo = min(max(seen.lowerBound, document.lowerBound), keys.upperBound)
+            return lo ..< max(lo, min(seen.upperBound, document.upperBound))
         }
     }
 
@@ -101,6 +127,23 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
             }
             if active == 0 { return .hidden }
             return active == blocks && lastKey <= firstQuery ? .full : .partial
+        case let .documents(documents, inner):
+            let innerRelation = inner.relation(queries: q, keys: k, head: head)
+            if innerRelation == .hidden { return .hidden }
+            let (firstQueryDocument, lastQueryDocument) = (documents.document(containing: firstQuery), documents.document(containing: lastQuery))
+            let (firstKeyDocument, lastKeyDocument) = (documents.document(containing: firstKey), documents.document(containing: lastKey))
+            let (first, last) = (max(firstQueryDocument, firstKeyDocument), min(lastQueryDocument, lastKeyDocument))
+            if first > last { return .hidden }                  // no document holds both a query and a key
+            if firstQueryDocument == lastQueryDocument && firstKeyDocument == lastKeyDocument { return innerRelation }
+            // Several documents: a non-empty one strictly between the first and last shared ones
+            // lies wholly inside both blocks, and every inner mask lets a query see itself.
+            if last - first >= 2 && documents.offsets[last] > documents.offsets[first + 1] { return .partial }
+            func sees(_ d: Int) -> Bool {
+                let span = documents.range(of: d)
+                let (queries, keys) = (q.clamped(to: span), k.clamped(to: span))
+                return !queries.isEmpty && !keys.isEmpty && inner.relation(queries: queries, keys: keys, head: head) != .hidden
+            }
+            return sees(first) || sees(last) ? .partial : .hidden
         }
     }
 
@@ -118,12 +161,31 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
             return pairs * Double(heads)
         case let .s2(p):
             return (0 ..< heads).reduce(0) { $0 + p.visiblePairs(tokens: tokens, head: $1) }
+        case let .documents(documents, inner):
+            return documents.offsets.indices.dropLast().reduce(0) { total, d in
+                let span = documents.range(of: d).clamped(to: 0 ..< tokens)
+                return total + inner.visiblePairs(tokens: span.count, heads: heads)
+            }
         }
     }
 
     /// Visible (query, key) pairs for the queries at `queries` over keys 0..<tokens, summed over
     /// `heads` heads, counted row by row (for a few queries, as star has).
     public func visiblePairs(queries: Range<Int>, tokens: Int, heads: Int) -> Double {
+        if case let .documents(documents, inner) = self {
+            // Document by document, by arithmetic: the rows of one document see what the inner
+            // mask gives a sequence that starts at the document's start.
+            var pairs = 0.0, start = queries.lowerBound
+            let end = min(queries.upperBound, tokens, documents.tokens)
+            while start < end {
+                let span = documents.range(containing: start)
+                let stop = min(end, span.upperBound)
+                pairs += inner.rowPairs(rows: start - span.lowerBound ..< stop - span.lowerBound,
+                                        length: min(span.upperBound, tokens) - span.lowerBound)
+                start = stop
+            }
+            return pairs * Double(heads)
+        }
         var pairs = 0.0
         for h in 0 ..< heads {
             for i in queries {
@@ -131,6 +193,8 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
                 case .none: pairs += Double(tokens)
                 case .causal: pairs += Double(min(i + 1, tokens))
                 case let .window(w): pairs += Double(max(0, min(i + 1, tokens) - max(0, i - w + 1)))
+                case .documents:
+                    preconditionFailure("handled above")
                 case let .s2(p):
                     var key = 0
                     while key < min(i + 1, tokens) {
@@ -142,6 +206,23 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
             }
         }
         return pairs
+    }
+
+    /// Visible pairs of rows `rows` (0 is the first token) of a sequence of `length` tokens, by
+    /// arithmetic: for none, causal and window masks, which look the same from every start.
+    func rowPairs(rows: Range<Int>, length: Int) -> Double {
+        // Sum of min(r + 1, cap) over the rows: 1 + 2 + ... up to the cap, then cap per row.
+        func capped(_ cap: Int) -> Double {
+            let ramp = rows.clamped(to: rows.lowerBound ..< max(rows.lowerBound, cap))
+            let flat = rows.count - ramp.count
+            return Double(ramp.count) * Double(ramp.lowerBound + 1 + ramp.upperBound) / 2 + Double(flat) * Double(cap)
+        }
+        switch self {
+        case .none: return Double(rows.count) * Double(length)
+        case .causal: return capped(length)
+        case let .window(w): return capped(min(w, length))
+        case .s2, .documents: preconditionFailure("rowPairs is for none, causal and window masks")
+        }
     }
 
     /// FLOPs of attention over `tokens` tokens: 4 per visible pair and head dimension

@@ -124,9 +124,19 @@ public final class LocalAttention {
     ) {
         precondition(accumulator.heads == slice.heads.count && accumulator.headDim == shape.headDim)
         for segment in querySegments { precondition(segment.localRow + segment.positions.count <= accumulator.rows) }
-        let tileCount = { (segment: ShardSegment) in (segment.positions.count + self.tiling.queryTile - 1) / self.tiling.queryTile }
+        guard !keySegment.positions.isEmpty else { return }
+        // A query segment that sees no key of the segment (another document's, or all before the
+        // keys under a causal mask) gets no items: with packed documents most pairs are such. Only
+        // S2's relation depends on the head, and it needs aligned key blocks, so it is left to the tiles.
+        let sees = { (segment: ShardSegment) in
+            self.mask.keyBlockAlignment != nil
+                || self.mask.relation(queries: segment.positions, keys: keySegment.positions, head: self.slice.heads.lowerBound) != .hidden
+        }
+        let tileCount = { (segment: ShardSegment) in
+            segment.positions.isEmpty || !sees(segment) ? 0 : (segment.positions.count + self.tiling.queryTile - 1) / self.tiling.queryTile
+        }
         let items = slice.heads.count * querySegments.reduce(0) { $0 + tileCount($1) }
-        guard items > 0, !keySegment.positions.isEmpty else { return }
+        guard items > 0 else { return }
         let (k, v) = packed.pack(keys: keys, values: values, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
         let work = { (thread: Int, item: Int) in
             // Item -> (segment, head, tile): segments in order, each heads x its tiles.
@@ -172,6 +182,9 @@ public final class LocalAttention {
         let keyCount = keySegment.positions.count
         let headKeys = keys + kvHead * keyCount * d
         let headValues = values + kvHead * keyCount * d
+
+        // A tile that sees no key of the segment (another document's) costs nothing, not even its copy.
+        if mask.keyBlockAlignment == nil, mask.relation(queries: queryPositions, keys: keySegment.positions, head: globalHead) == .hidden { return }
 
         // The tile's queries, contiguous: [tq, d].
         let queryRows = queries + (accRow * qStride + head * d)

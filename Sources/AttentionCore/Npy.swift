@@ -52,6 +52,9 @@ public struct NpyHeader: Equatable, Sendable {
     public let shape: [Int]
     /// Byte offset of the first element.
     public let dataOffset: Int
+    /// The element type ('<f4' unless a reader asked for others, as cu_seqlens' '<i4'/'<i8').
+    public var dtype = "<f4"
+    var elementSize: Int { dtype == "<i8" ? 8 : 4 }
 
     public var elementCount: Int { shape.reduce(1, *) }
 
@@ -61,8 +64,8 @@ public struct NpyHeader: Equatable, Sendable {
 
     /// The bytes of a version 1.0 header (2.0 when the dict is too long for 1.0), padded so the
     /// data starts on a 64-byte boundary as NumPy does.
-    public static func encode(shape: [Int]) -> [UInt8] {
-        let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': \(format(shape)), }"
+    public static func encode(shape: [Int], dtype: String = "<f4") -> [UInt8] {
+        let dict = "{'descr': '\(dtype)', 'fortran_order': False, 'shape': \(format(shape)), }"
         for (major, lengthBytes) in [(1, 2), (2, 4)] {
             let preamble = 6 + 2 + lengthBytes
             let total = (preamble + dict.utf8.count + 1 + 63) / 64 * 64
@@ -79,7 +82,8 @@ public struct NpyHeader: Equatable, Sendable {
 
     /// Parses and checks a header: `<f4`, C order, and a file long enough for its data.
     /// - Parameter prefix: the first bytes of the file (at least the whole header).
-    static func parse(_ prefix: [UInt8], fileSize: Int, path: String) throws -> NpyHeader {
+    /// - Parameter dtypes: the element types taken, with their sizes in bytes.
+    static func parse(_ prefix: [UInt8], fileSize: Int, path: String, dtypes: [String: Int] = ["<f4": 4]) throws -> NpyHeader {
         guard prefix.count >= 10, prefix[0] == 0x93, Array(prefix[1 ..< 6]) == Array("NUMPY".utf8) else {
             throw NpyError.notNpy(path: path)
         }
@@ -114,16 +118,16 @@ public struct NpyHeader: Equatable, Sendable {
         guard case let .tuple(shape)? = dict["shape"] else {
             throw NpyError.malformedHeader(path: path, detail: "no 'shape' tuple")
         }
-        guard descr == "<f4" else { throw NpyError.wrongDType(path: path, found: descr) }
+        guard let elementSize = dtypes[descr] else { throw NpyError.wrongDType(path: path, found: descr) }
         guard !fortran else { throw NpyError.fortranOrder(path: path) }
         // A corrupt shape must not overflow the size arithmetic below.
-        var bytes = MemoryLayout<Float>.size
+        var bytes = elementSize
         for extent in shape {
             let (product, overflow) = bytes.multipliedReportingOverflow(by: extent)
             guard !overflow else { throw NpyError.malformedHeader(path: path, detail: "shape \(format(shape)) is too large to be a real array") }
             bytes = product
         }
-        let header = NpyHeader(shape: shape, dataOffset: start + headerLength)
+        let header = NpyHeader(shape: shape, dataOffset: start + headerLength, dtype: descr)
         let expected = bytes
         let actual = fileSize - header.dataOffset
         guard actual >= expected else { throw NpyError.truncated(path: path, expectedBytes: expected, actualBytes: max(0, actual)) }
@@ -246,7 +250,7 @@ public final class NpyFile {
 
     /// Opens an existing .npy for reading and checks its header against the file's size.
     /// Refuses FIFOs and devices before opening them (a FIFO's open would block).
-    public static func open(reading path: String) throws -> NpyFile {
+    public static func open(reading path: String, dtypes: [String: Int] = ["<f4": 4]) throws -> NpyFile {
         if let kind = irregularKind(path) { throw NpyError.notRegularFile(path: path, kind: kind) }
         let fd = Glibc.open(path, O_RDONLY)
         guard fd >= 0 else { throw NpyError.cannotOpen(path: path, reason: errnoText()) }
@@ -262,7 +266,8 @@ public final class NpyFile {
             throw NpyError.io(path: path, operation: "read header", reason: errnoText())
         }
         do {
-            return NpyFile(path: path, header: try NpyHeader.parse(prefix, fileSize: Int(info.st_size), path: path), descriptor: fd)
+            return NpyFile(path: path, header: try NpyHeader.parse(prefix, fileSize: Int(info.st_size), path: path, dtypes: dtypes),
+                           descriptor: fd)
         } catch {
             close(fd)
             throw error
@@ -302,6 +307,20 @@ public final class NpyFile {
         }
     }
 
+    /// Every element of an int32 or int64 file (opened with those dtypes), as Int.
+    public func readIntegers() throws -> [Int] {
+        precondition(header.dtype == "<i4" || header.dtype == "<i8", "readIntegers reads '<i4' or '<i8' files")
+        func read<T: FixedWidthInteger>(_: T.Type) throws -> [Int] {
+            var values = [T](repeating: 0, count: header.elementCount)
+            try values.withUnsafeMutableBytes { bytes in
+                guard let base = bytes.baseAddress else { return }
+                try move(base, bytes: bytes.count, at: 0, operation: "read") { pread(descriptor, $0, $1, $2) }
+            }
+            return values.map { Int(T(littleEndian: $0)) }
+        }
+        return header.dtype == "<i8" ? try read(Int64.self) : try read(Int32.self)
+    }
+
     /// Writes `count` elements starting at element `offset`.
     public func write(from buffer: UnsafePointer<Float>, elementOffset offset: Int, count: Int) throws {
         try transfer(UnsafeMutableRawPointer(mutating: buffer), offset: offset, count: count, operation: "write") {
@@ -316,10 +335,15 @@ public final class NpyFile {
             throw NpyError.io(path: path, operation: operation,
                               reason: "elements \(offset)..<\(offset + count) lie outside its \(header.elementCount) elements")
         }
+        try move(base, bytes: count * 4, at: offset * 4, operation: operation, call)
+    }
+
+    /// Moves `bytes` bytes at byte `start` of the data.
+    private func move(_ base: UnsafeMutableRawPointer, bytes: Int, at start: Int, operation: String,
+                      _ call: (UnsafeMutableRawPointer, Int, off_t) -> Int) throws {
         var done = 0
-        let bytes = count * 4
         while done < bytes {
-            let n = call(base + done, bytes - done, off_t(header.dataOffset + offset * 4 + done))
+            let n = call(base + done, bytes - done, off_t(header.dataOffset + start + done))
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw NpyError.io(path: path, operation: operation, reason: n == 0 ? "unexpected end of file" : Self.errnoText()) }
             done += n

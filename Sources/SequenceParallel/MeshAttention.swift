@@ -11,6 +11,7 @@ public struct MeshAttention: SequenceParallelStrategy {
     public let ring: Int
     public let inputLayout: TokenLayout
     public var groupSize: Int { headGroup }
+    public var balancesDocuments: Bool { true }
     /// The head group and ring communicators, split on first use and kept: a strategy made once
     /// per job splits once, however often it runs (bench's repeats, the backward).
     private let splits = Splits()

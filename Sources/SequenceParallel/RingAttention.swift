@@ -9,6 +9,7 @@ import MPIBinding
 
 public struct RingAttention: SequenceParallelStrategy {
     public let inputLayout: TokenLayout
+    public var balancesDocuments: Bool { true }
 
     public init(layout: TokenLayout = .contiguous) { inputLayout = layout }
 

@@ -3,7 +3,7 @@
 // the next block from rank r-1 are posted before the caller computes on the block in hand; the
 // caller pokes `progress` while it computes, so MPI moves the data meanwhile. Two receive
 // buffers, allocated once, alternate; the local block itself is sent first and never overwritten.
-// A pass may stop early (sliding window): blocks no later step needs are never sent.
+// A pass may stop early (sliding window, packed documents): blocks no later step needs are never sent.
 
 import AttentionCore
 import Profiling
@@ -65,10 +65,14 @@ struct RingPass {
     private func rows(_ rank: Int) -> Int { LocalShard.rows(blockSegments[rank]) }
 
     /// Steps the pass needs: one more than the furthest ring distance at which some rank's
-    /// queries see a key of the block arriving (everything, unless a window cuts it short).
+    /// queries see a key of the block arriving (everything, unless a window or documents cut it
+    /// short: whole documents per rank need no block but the local one).
     func steps(mask: AttentionMask, heads: Range<Int>) -> Int {
         let ranks = communicator.size
-        guard mask.keyBlockAlignment == nil, case .window = mask else { return ranks }
+        switch mask {
+        case .window, .documents: break
+        case .none, .causal, .s2: return ranks
+        }
         var furthest = 0
         for receiver in 0 ..< ranks {
             for distance in stride(from: ranks - 1, to: furthest, by: -1) {

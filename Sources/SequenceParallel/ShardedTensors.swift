@@ -87,11 +87,18 @@ public final class LocalShard {
     public var values: UnsafeMutablePointer<Float> { keyValues.baseAddress! + keyRows * shape.kvRowWidth }
 
     /// Loads this rank's rows. Throws (on this rank only) with a message naming the file.
+    /// With packed documents in `balancing`, the rows are laid out as `TokenPartition.balanced`
+    /// picks (only `documentLayout` when given).
     public static func load(_ source: InputSource, layout: TokenLayout, rank: Int, ranks: Int, groupSize: Int = 1,
-                            queries selection: QuerySelection = .sameAsKeys) throws -> LocalShard {
+                            queries selection: QuerySelection = .sameAsKeys, balancing mask: AttentionMask = .none,
+                            documentLayout: DocumentLayout? = nil, tiling: KernelTiling = KernelTiling()) throws -> LocalShard {
+        func partition(_ tokens: Int) -> TokenPartition {
+            TokenPartition.balanced(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize, mask: mask,
+                                    documentLayout: documentLayout, tiling: tiling)
+        }
         switch source {
         case let .synthetic(seed, tokens, shape):
-            let partition = TokenPartition(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize)
+            let partition = partition(tokens)
             let shard = LocalShard(shape: shape, partition: partition, rank: rank,
                                    querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: nil))
             shard.fillSynthetic(seed: seed, queries: rank == 0 || selection == .sameAsKeys)
@@ -101,7 +108,7 @@ public final class LocalShard {
             let (q, k, v) = (try NpyFile.open(reading: qPath), try NpyFile.open(reading: kPath), try NpyFile.open(reading: vPath))
             let shape = try InputFiles.shape(q: q, k: k, v: v, scale: scale, selfAttention: selection == .sameAsKeys)
             let tokens = k.header.shape[0]
-            let partition = TokenPartition(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize)
+            let partition = partition(tokens)
             let shard = LocalShard(shape: shape, partition: partition, rank: rank,
                                    querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: q.header.shape[0]))
             // A Q file of the whole sequence is indexed by position; a Q file of just the star

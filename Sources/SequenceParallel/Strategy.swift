@@ -65,6 +65,9 @@ public protocol SequenceParallelStrategy {
     var groupSize: Int { get }
     /// Which queries a rank holds.
     var querySelection: QuerySelection { get }
+    /// Whether a rank's work follows the rows it holds (the ring-shaped strategies), so packed
+    /// documents are laid out to balance it (`TokenPartition.balanced`) instead of `inputLayout`.
+    var balancesDocuments: Bool { get }
 
     /// Refuses, before any communication, a problem this strategy cannot split; the message
     /// names counts that would work. Every rank reaches the same verdict.
@@ -125,6 +128,7 @@ public struct ShardGradients: Sendable {
 extension SequenceParallelStrategy {
     public var groupSize: Int { 1 }
     public var querySelection: QuerySelection { .sameAsKeys }
+    public var balancesDocuments: Bool { false }
     public func check(heads: Int, ranks: Int) throws {}
     public func outputSegments(_ shard: LocalShard) -> [ShardSegment] { shard.querySegments }
     public func fileSegments(_ shard: LocalShard) -> [ShardSegment] { outputSegments(shard) }

@@ -8,6 +8,7 @@ import MPIBinding
 
 public struct ZigzagAttention: SequenceParallelStrategy {
     public var inputLayout: TokenLayout { .zigzag }
+    public var balancesDocuments: Bool { true }
 
     public init() {}
 

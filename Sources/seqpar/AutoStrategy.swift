@@ -45,7 +45,7 @@ enum AutoStrategy {
 
     static func predictions(_ problem: ProblemOptions, _ compute: ComputeOptions, communicator: Communicator) throws -> [Prediction] {
         let figures = try figures(compute, communicator: communicator)
-        let attention = try communicator.together { try Self.problem(problem.source, mask: problem.mask, ranks: communicator.size) }
+        let attention = try communicator.together { try Self.problem(problem.source, mask: problem.mask(), ranks: communicator.size) }
         return StrategyRegistry.predictions(CostModel(figures: figures, kernelEfficiency: compute.kernelEfficiency), attention)
     }
 

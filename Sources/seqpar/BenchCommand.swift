@@ -48,7 +48,7 @@ struct BenchCommand: ParsableCommand {
             let peak = try world.allreduce(BlasPeak.measure(threads: compute.threads), .sum)
             // The same at the kernel's own products, so a reader sees how much of the gap to the
             // square peak is BLAS's (smaller, thinner products) and how much is the kernel's.
-            let headDim = try world.together { try AutoStrategy.problem(problem.source, mask: problem.mask, ranks: world.size).headDim }
+            let headDim = try world.together { try AutoStrategy.problem(problem.source, mask: problem.positionMask, ranks: world.size).headDim }
             let shapes = BlasPeak.measureKernelShapes(headDim: headDim, tiling: compute.tiling, threads: compute.threads)
             let sums = try world.allreduce([shapes.scores, shapes.values], .sum)
             let shapePeaks = [sums[0], sums[1], 2 / (1 / sums[0] + 1 / sums[1])]     // equal FLOPs: the harmonic mean
@@ -63,9 +63,10 @@ struct BenchCommand: ParsableCommand {
             if !output.json { Session.say(world, header.joined(separator: "\n")) }
             var rows: [[String: Any]] = []
             var lines: [String] = []
+            let mask = try problem.mask(world)
             for name in strategies.split(separator: ",").compactMap({ StrategyName(rawValue: String($0)) }) {
                 // Inputs loaded once; one warm-up run, then the best of the timed ones.
-                let prepared = try DistributedRun.prepare(problem.source, strategy: name, mask: problem.mask, compute: compute, communicator: world)
+                let prepared = try DistributedRun.prepare(problem.source, strategy: name, mask: mask, compute: compute, communicator: world)
                 if DistributedRun.showsProgress, world.rank == 0 {     // each strategy as it starts
                     FileHandle.standardError.write(Data("seqpar bench: \(DistributedRun.announcement(prepared, ranks: world.size)); 1 warm-up + \(repeats) timed run(s)\n".utf8))
                 }

@@ -37,6 +37,13 @@ struct StrategyChoice: ExpressibleByArgument, Equatable {
     }
 }
 
+/// --document-layout: how packed documents are laid over ranks.
+enum DocumentLayoutChoice: String, ExpressibleByArgument, CaseIterable {
+    case auto, headTail = "head-tail", whole, mixed
+
+    var layout: DocumentLayout? { DocumentLayout(rawValue: rawValue) }
+}
+
 /// The attention problem: inputs (synthetic or .npy), shape and mask.
 struct ProblemOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Sequence length of the synthetic inputs (default 4099: not divisible by common rank counts).")
@@ -67,6 +74,12 @@ struct ProblemOptions: ParsableArguments {
     var s2Stride: Int?
     @Option(parsing: .unconditional, help: "Softmax scale (default 1/sqrt(head-dim)).")
     var scale: Float?
+    @Option(name: .customLong("cu-seqlens"), help: "Packed documents as a 1-D int32 or int64 .npy [0, l1, l1+l2, ..., tokens] (FlashAttention's cu_seqlens): a query sees only keys of its own document (with --causal/--window as usual).")
+    var cuSeqlens: String?
+    @Option(help: "Packed documents by their lengths, e.g. 100,2000,37 (0 allowed); they sum to the tokens, and --tokens defaults to their sum.")
+    var documents: String?
+    @Option(name: .customLong("random-documents"), parsing: .unconditional, help: "Packed documents: N lengths drawn from --seed (some of 0 to 3 tokens) that sum to the tokens.")
+    var randomDocuments: Int?
 
     func validate() throws {
         let files = [q, k, v].compactMap { $0 }
@@ -101,6 +114,32 @@ struct ProblemOptions: ParsableArguments {
         if files.isEmpty {
             do { _ = try syntheticShape() } catch { throw ValidationError("\(error).") }
         }
+        let documentOptions = [("--cu-seqlens", cuSeqlens != nil), ("--documents", documents != nil), ("--random-documents", randomDocuments != nil)]
+            .filter(\.1).map(\.0)
+        guard documentOptions.count <= 1 else {
+            throw ValidationError("\(documentOptions.joined(separator: " and ")) each give the documents: give one of them.")
+        }
+        if !documentOptions.isEmpty, !s2.isEmpty {
+            throw ValidationError("\(documentOptions[0]) and the S2 pattern do not combine: S2 is a mask of its own; use --causal or --window with documents.")
+        }
+        if let randomDocuments, randomDocuments < 1 { throw ValidationError("--random-documents must be at least 1 (got \(randomDocuments)).") }
+        if let documents {
+            guard let lengths = Self.documentLengths(documents) else {
+                throw ValidationError("--documents takes lengths separated by commas, such as 100,2000,37 (got '\(documents)').")
+            }
+            let total = lengths.reduce(0, +)
+            if let tokens, tokens != total {
+                throw ValidationError("--documents lengths sum to \(total) but --tokens is \(tokens); they must agree (or leave --tokens out).")
+            }
+            if tokens == nil, files.isEmpty, total < 1 { throw ValidationError("--documents lengths sum to 0; a sequence has at least 1 token.") }
+        }
+    }
+
+    /// `--documents` as lengths: non-negative integers separated by commas; nil when malformed.
+    static func documentLengths(_ text: String) -> [Int]? {
+        let lengths = text.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !lengths.isEmpty, lengths.allSatisfy({ $0 != nil && $0! >= 0 && $0! <= 1 << 40 }) else { return nil }
+        return lengths.map { $0! }
     }
 
     /// The largest --heads, --kv-heads and --head-dim taken (products of these stay countable).
@@ -108,22 +147,45 @@ struct ProblemOptions: ParsableArguments {
 
     /// The input files with the options that name them.
     var inputFiles: [(option: String, path: String)] {
-        [("--q", q), ("--k", k), ("--v", v)].compactMap { option, path in path.map { (option: option, path: $0) } }
+        [("--q", q), ("--k", k), ("--v", v), ("--cu-seqlens", cuSeqlens)].compactMap { option, path in path.map { (option: option, path: $0) } }
     }
 
     func syntheticShape() throws -> AttentionShape {
         try AttentionShape(heads: heads ?? 8, kvHeads: kvHeads ?? 2, headDim: headDim ?? 64, scale: scale)
     }
 
-    var mask: AttentionMask {
+    /// The mask within a document (the whole mask without documents).
+    var positionMask: AttentionMask {
         if let s2Block, let s2Local, let s2Stride { return .s2(try! S2Pattern(block: s2Block, local: s2Local, stride: s2Stride)) }   // validated
         if let window { return .window(window) }
         return causal ? .causal : .none
     }
 
+    /// The mask, packed documents included, decided on every rank: a --cu-seqlens file that does
+    /// not fit the sequence fails the run everywhere with what is wrong.
+    func mask(_ communicator: Communicator) throws -> AttentionMask {
+        try communicator.together { try mask() }
+    }
+
+    func mask() throws -> AttentionMask {
+        let inner = positionMask
+        guard cuSeqlens != nil || documents != nil || randomDocuments != nil else { return inner }
+        let tokens = try source.dimensions(selfAttention: false).tokens
+        let boundaries: DocumentBoundaries
+        if let cuSeqlens {
+            boundaries = try DocumentBoundaries.load(cuSeqlens, tokens: tokens)
+        } else if let documents {
+            boundaries = try DocumentBoundaries(lengths: Self.documentLengths(documents)!, tokens: tokens)   // validated
+        } else {
+            boundaries = DocumentBoundaries.random(count: randomDocuments!, tokens: tokens, seed: seed)
+        }
+        return .documents(boundaries, within: inner)
+    }
+
     var source: InputSource {
         if let q, let k, let v { return .files(q: q, k: k, v: v, scale: scale) }
-        return .synthetic(seed: seed, tokens: tokens ?? 4099, shape: try! syntheticShape())   // validated
+        let documentTokens = documents.flatMap(Self.documentLengths).map { $0.reduce(0, +) }
+        return .synthetic(seed: seed, tokens: tokens ?? documentTokens ?? 4099, shape: try! syntheticShape())   // validated
     }
 }
 
@@ -145,6 +207,8 @@ struct ComputeOptions: ParsableArguments {
     var queryPosition: Int?
     @Flag(name: .customLong("all"), help: "star only: every rank gets the merged result (MPI_Allreduce) instead of rank 0 (MPI_Reduce).")
     var everyRank = false
+    @Option(name: .customLong("document-layout"), help: "Packed documents on ring, zigzag and mesh: auto (the layout with the lowest max/mean work over ranks: the strategy's own, per-document head-tail, whole documents, or mixed: the longest documents head-tail, the others whole), head-tail, whole, or mixed.")
+    var documentLayout: DocumentLayoutChoice = .auto
     @Option(parsing: .unconditional, help: "Compute threads per rank, each with one-thread BLAS calls.")
     var threads: Int = 1
     @Option(name: .customLong("query-tile"), parsing: .unconditional, help: "Query rows per kernel tile (the scores of a tile and a key block, 512 KiB at the defaults, stay in L2).")

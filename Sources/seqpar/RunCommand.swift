@@ -68,7 +68,7 @@ struct RunCommand: ParsableCommand {
             }
             let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
-            let prepared = try DistributedRun.prepare(problem.source, strategy: chosen.name, mask: problem.mask, compute: compute,
+            let prepared = try DistributedRun.prepare(problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute,
                                                       communicator: world, mesh: chosen.mesh)
             if backward.backward { try BackwardRun.check(prepared, communicator: world) }
             // Temporaries beside the targets, made and sized now: a full disk fails before the compute.
@@ -103,6 +103,9 @@ struct RunCommand: ParsableCommand {
             let sent = try world.allgather(Int64(run.bytesSent)), received = try world.allgather(Int64(run.bytesReceived))
             let kernelFlops = try world.allgather(run.kernelFlops)
             let gflops = run.flops / run.seconds / 1e9
+            // Work balance: the kernel FLOPs each rank spent, max over mean.
+            let meanFlops = kernelFlops.reduce(0, +) / Double(kernelFlops.count)
+            let imbalance = meanFlops > 0 ? kernelFlops.max()! / meanFlops : 1
             if output.json {
                 var object: [String: Any] = [
                     "command": "run", "strategy": chosen.name.rawValue, "ranks": world.size, "threads": compute.threads,
@@ -111,8 +114,12 @@ struct RunCommand: ParsableCommand {
                     "density": run.job.mask.visiblePairs(tokens: run.shard.tokens, heads: run.job.shape.heads)
                         / (Double(run.shard.tokens) * Double(run.shard.tokens) * Double(run.job.shape.heads)),
                     "seconds": run.seconds, "flops": run.flops, "gflops": gflops, "peak_memory_bytes": memory,
-                    "bytes_sent": sent, "bytes_received": received, "kernel_flops": kernelFlops,
+                    "bytes_sent": sent, "bytes_received": received, "kernel_flops": kernelFlops, "imbalance": imbalance,
                 ]
+                if let layout = run.documentLayout {
+                    object["layout"] = layout.name
+                    object["predicted_imbalance"] = layout.imbalance
+                }
                 if let summary, let profile { object["profile"] = ProfileReport.json(summary, trace: profile) }
                 if let backwardRun {
                     object["backward"] = [
@@ -129,7 +136,7 @@ struct RunCommand: ParsableCommand {
                 time \(String(format: "%.4f", run.seconds)) s, \(String(format: "%.1f", gflops)) GFLOP/s
                 peak memory per rank: \(memory.map(Format.bytes).joined(separator: ", "))
                 sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
-                kernel GFLOP per rank: \(kernelFlops.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", "))
+                kernel GFLOP per rank: \(kernelFlops.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", ")) (imbalance, max/mean: \(String(format: "%.3f", imbalance)))
                 """)
                 if let backwardRun {
                     let kernel = try world.allgather(backwardRun.kernelFlops), sent = try world.allgather(Int64(backwardRun.bytesSent))
@@ -138,6 +145,9 @@ struct RunCommand: ParsableCommand {
                     backward sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
                     backward kernel GFLOP per rank: \(kernel.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", "))
                     """)
+                }
+                if let layout = run.documentLayout {
+                    Session.say(world, "documents laid out as \(layout.name): predicted kernel work per rank max/mean \(String(format: "%.3f", layout.imbalance))")
                 }
                 if let out { Session.say(world, "wrote O to \(out)") }
                 if let lse { Session.say(world, "wrote LSE to \(lse)") }

@@ -100,7 +100,9 @@ struct DistributedRun {
         }
         let shard = try communicator.together {
             try LocalShard.load(source, layout: strategy.inputLayout, rank: communicator.rank, ranks: communicator.size,
-                                groupSize: strategy.groupSize, queries: strategy.querySelection)
+                                groupSize: strategy.groupSize, queries: strategy.querySelection,
+                                balancing: strategy.balancesDocuments ? mask : .none, documentLayout: compute.documentLayout.layout,
+                                tiling: compute.tiling)
         }
         return Prepared(name: name, strategy: strategy, shard: shard, job: AttentionJob(shape: shard.shape, mask: mask, tiling: compute.tiling, threads: compute.threads))
     }
@@ -161,6 +163,14 @@ struct DistributedRun {
 
     /// The global positions the output files cover.
     var extent: Range<Int> { strategy.outputExtent(shard) }
+
+    /// Packed documents: how the rows are laid out, and the max/mean kernel work over ranks that gives.
+    var documentLayout: (name: String, imbalance: Double)? {
+        guard job.mask.documents != nil, strategy.balancesDocuments else { return nil }
+        let partition = shard.partition
+        let name = partition.documentLayout.map { "\($0.rawValue) documents" } ?? partition.layout.rawValue
+        return (name, partition.imbalance(mask: job.mask, tiling: job.tiling))
+    }
 
     /// FLOPs of the problem (visible pairs only): what GFLOP/s figures credit.
     var flops: Double { strategy.problemFlops(shard, job: job) }

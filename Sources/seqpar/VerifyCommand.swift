@@ -38,7 +38,7 @@ struct VerifyCommand: ParsableCommand {
         try Session.run(timeout: compute.timeout) { world in
             let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
-            let prepared = try DistributedRun.prepare(problem.source, strategy: chosen.name, mask: problem.mask, compute: compute,
+            let prepared = try DistributedRun.prepare(problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute,
                                                       communicator: world, mesh: chosen.mesh, wholeKeyValues: true)
             if backward.backward { try BackwardRun.check(prepared, communicator: world) }
             DistributedRun.announce(prepared, communicator: world)

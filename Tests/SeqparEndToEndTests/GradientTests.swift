@@ -59,6 +59,18 @@ extension EndToEnd {
             MaskCase(ranks: 4, strategy: "s2", arguments: ["--tokens", "301", "--heads", "8", "--kv-heads", "2", "--head-dim", "32",
                                                            "--s2-block", "16", "--s2-local", "2", "--s2-stride", "4"]),
             MaskCase(ranks: 4, strategy: "zigzag", arguments: ["--tokens", "3", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal"]),
+            // Packed documents: the same mask in the gradients, on every layout (whole documents
+            // end the pass after one step, so each dK/dV sum goes straight home).
+            MaskCase(ranks: 4, strategy: "ring", arguments: ["--tokens", "403", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
+                                                             "--random-documents", "7"]),
+            MaskCase(ranks: 3, strategy: "zigzag", arguments: ["--tokens", "331", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
+                                                               "--random-documents", "9", "--document-layout", "whole"]),
+            MaskCase(ranks: 3, strategy: "zigzag", arguments: ["--tokens", "331", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
+                                                               "--random-documents", "9", "--document-layout", "head-tail"]),
+            MaskCase(ranks: 4, strategy: "mesh", arguments: ["--tokens", "257", "--heads", "4", "--kv-heads", "1", "--head-dim", "64",
+                                                             "--documents", "100,0,3,154", "--mesh", "2x2"]),
+            MaskCase(ranks: 2, strategy: "heads", arguments: ["--tokens", "257", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
+                                                              "--documents", "1,2,3,251", "--window", "40"]),
         ])
         func masks(_ c: MaskCase) async throws {
             let result = try await launch(ranks: c.ranks, arguments: ["verify", "--backward", "--json", "--strategy", c.strategy] + c.arguments)
