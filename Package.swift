@@ -25,7 +25,7 @@ let package = Package(
         .library(name: "ClusterConfig", targets: ["ClusterConfig"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
     ],
     targets: [
         .systemLibrary(

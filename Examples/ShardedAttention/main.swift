@@ -36,9 +36,11 @@ let gradients = try attention.backward(q: q, k: k, v: v, forward: result, output
 
 // The check: the whole problem on this rank, its rows compared.
 let whole = [0 ..< tokens]
-let (wq, wk, wv) = (SyntheticInput.tensor(.query, seed: seed, heads: shape.heads, headDim: shape.headDim, rows: whole),
-                    SyntheticInput.tensor(.key, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: whole),
-                    SyntheticInput.tensor(.value, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: whole))
+let (wq, wk, wv) = (
+    SyntheticInput.tensor(.query, seed: seed, heads: shape.heads, headDim: shape.headDim, rows: whole),
+    SyntheticInput.tensor(.key, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: whole),
+    SyntheticInput.tensor(.value, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: whole)
+)
 let single = LocalAttention(shape: shape, mask: .causal).attention(q: wq, k: wk, v: wv)
 let singleGradients = LocalAttentionBackward(shape: shape, mask: .causal)
     .gradients(q: wq, k: wk, v: wv, forward: single, outputGrad: SyntheticInput.tensor(.outputGrad, seed: seed, heads: shape.heads, headDim: shape.headDim, rows: whole))

@@ -133,7 +133,7 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
             let (firstQueryDocument, lastQueryDocument) = (documents.document(containing: firstQuery), documents.document(containing: lastQuery))
             let (firstKeyDocument, lastKeyDocument) = (documents.document(containing: firstKey), documents.document(containing: lastKey))
             let (first, last) = (max(firstQueryDocument, firstKeyDocument), min(lastQueryDocument, lastKeyDocument))
-            if first > last { return .hidden }                  // no document holds both a query and a key
+            if first > last { return .hidden }  // no document holds both a query and a key
             if firstQueryDocument == lastQueryDocument && firstKeyDocument == lastKeyDocument { return innerRelation }
             // Several documents: a non-empty one strictly between the first and last shared ones
             // lies wholly inside both blocks, and every inner mask lets a query see itself.
@@ -180,8 +180,9 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
             while start < end {
                 let span = documents.range(containing: start)
                 let stop = min(end, span.upperBound)
-                pairs += inner.rowPairs(rows: start - span.lowerBound ..< stop - span.lowerBound,
-                                        length: min(span.upperBound, tokens) - span.lowerBound)
+                pairs += inner.rowPairs(
+                    rows: start - span.lowerBound ..< stop - span.lowerBound,
+                    length: min(span.upperBound, tokens) - span.lowerBound)
                 start = stop
             }
             return pairs * Double(heads)
@@ -266,13 +267,13 @@ public struct S2Pattern: Equatable, Sendable {
     /// Visible pairs of one head, by arithmetic over query blocks (no per-pair loop).
     public func visiblePairs(tokens: Int, head: Int) -> Double {
         let blocks = (tokens + block - 1) / block
-        let firstStrided = (stride - head % stride) % stride      // smallest kb with (kb + head) % stride == 0
+        let firstStrided = (stride - head % stride) % stride  // smallest kb with (kb + head) % stride == 0
         var pairs = 0.0
         for qb in 0 ..< blocks {
             let rows = Double(min(block, tokens - qb * block))
             // Off-diagonal active blocks are all full-size: only the last block is short, and it is diagonal.
-            let localBlocks = min(local, qb + 1) - 1                  // local blocks before the diagonal
-            let lastStrided = qb - max(local, 1)                      // strided blocks are those before the local band
+            let localBlocks = min(local, qb + 1) - 1  // local blocks before the diagonal
+            let lastStrided = qb - max(local, 1)  // strided blocks are those before the local band
             let strided = lastStrided >= firstStrided ? (lastStrided - firstStrided) / stride + 1 : 0
             pairs += rows * Double(block) * Double(localBlocks + strided) + rows * (rows + 1) / 2
         }

@@ -11,8 +11,9 @@
 // What it does not do: measure (BlasPeak does), or choose among cores of the same instruction set.
 
 import CBLAS
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The instruction-set level of a CPU, or of the kernels an OpenBLAS core uses.
@@ -134,8 +135,10 @@ public enum BlasCore {
     ///   - userCoreType: OPENBLAS_CORETYPE as the user set it (nil or empty: not set).
     ///   - override: SEQPAR_BLAS_CORE: "auto" (replace even a user's setting), "keep" (never
     ///     switch), nil (switch unless the user set OPENBLAS_CORETYPE).
-    public static func decide(cpu: CPUFeatures, reportedCore: String, version: (Int, Int, Int),
-                              userCoreType: String?, override: String? = nil) -> BlasCoreDecision {
+    public static func decide(
+        cpu: CPUFeatures, reportedCore: String, version: (Int, Int, Int),
+        userCoreType: String?, override: String? = nil
+    ) -> BlasCoreDecision {
         let best = bestCore(for: cpu, version: version)
         let versionText = "OpenBLAS \(version.0).\(version.1).\(version.2)"
         guard let reported = level(ofCore: reportedCore) else {
@@ -152,8 +155,9 @@ public enum BlasCore {
         guard belowCPU, let best else {
             return BlasCoreDecision(reason: "\(reportedCore), chosen by \(versionText), matches this CPU (\(cpu.summary))")
         }
-        return BlasCoreDecision(switchTo: best,
-                                reason: "\(best), set by seqpar: \(versionText) chose \(reportedCore) (\(reported) kernels) on this CPU (\(cpu.summary))")
+        return BlasCoreDecision(
+            switchTo: best,
+            reason: "\(best), set by seqpar: \(versionText) chose \(reportedCore) (\(reported) kernels) on this CPU (\(cpu.summary))")
     }
 
     /// The core OpenBLAS runs in this process.
@@ -182,15 +186,17 @@ public enum BlasCore {
     /// what was decided.
     public static func selectAtStartup() {
         let environment = { (name: String) -> String? in getenv(name).map { String(cString: $0) } }
-        if let chosen = environment(reasonVariable) {      // the second start: seqpar set the core
+        if let chosen = environment(reasonVariable) {  // the second start: seqpar set the core
             let wanted = environment("OPENBLAS_CORETYPE") ?? ""
-            reason = current.lowercased() == wanted.lowercased()
+            reason =
+                current.lowercased() == wanted.lowercased()
                 ? chosen : "\(current): seqpar asked OpenBLAS for \(wanted), which it did not take"
-            unsetenv(reasonVariable)       // so that processes this one starts decide for themselves
+            unsetenv(reasonVariable)  // so that processes this one starts decide for themselves
             return
         }
-        let decision = decide(cpu: .current, reportedCore: current, version: version,
-                              userCoreType: environment("OPENBLAS_CORETYPE"), override: environment("SEQPAR_BLAS_CORE"))
+        let decision = decide(
+            cpu: .current, reportedCore: current, version: version,
+            userCoreType: environment("OPENBLAS_CORETYPE"), override: environment("SEQPAR_BLAS_CORE"))
         reason = decision.reason
         guard let core = decision.switchTo else { return }
         setenv("OPENBLAS_CORETYPE", core, 1)

@@ -4,8 +4,9 @@
 
 import CBLAS
 import Dispatch
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 public enum BlasPeak {
@@ -33,12 +34,13 @@ public enum BlasPeak {
         let multiply: @Sendable (Int) -> Void = { t in
             let (a, b, c) = (shared[t][0].baseAddress!, shared[t][1].baseAddress!, shared[t][2].baseAddress!)
             for _ in 0 ..< calls {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
-                            1, a, Int32(k), b, Int32(transposedB ? k : n), 0, c, Int32(n))
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                    1, a, Int32(k), b, Int32(transposedB ? k : n), 0, c, Int32(n))
             }
         }
         var best = Double.infinity
-        for _ in 0 ..< repeats + 1 {            // the first round warms caches and BLAS buffers
+        for _ in 0 ..< repeats + 1 {  // the first round warms caches and BLAS buffers
             let start = monotonicSeconds()
             if threads == 1 { multiply(0) } else { DispatchQueue.concurrentPerform(iterations: threads, execute: multiply) }
             best = min(best, monotonicSeconds() - start)
@@ -50,8 +52,11 @@ public enum BlasPeak {
     /// (queryTile × keyBlock × headDim) and P·V (queryTile × headDim × keyBlock), which do equal
     /// FLOPs, so their combined rate is the harmonic mean. The ceiling of a kernel made of these
     /// products and nothing else.
-    public static func measureKernelShapes(headDim: Int, tiling: KernelTiling, threads: Int = 1, repeats: Int = 5)
-        -> (scores: Double, values: Double, combined: Double) {
+    public static func measureKernelShapes(
+        headDim: Int, tiling: KernelTiling, threads: Int = 1, repeats: Int = 5
+    )
+        -> (scores: Double, values: Double, combined: Double)
+    {
         let scores = measure(m: tiling.queryTile, n: tiling.keyBlock, k: headDim, transposedB: true, repeats: repeats, threads: threads)
         let values = measure(m: tiling.queryTile, n: headDim, k: tiling.keyBlock, repeats: repeats, threads: threads)
         return (scores, values, 2 / (1 / scores + 1 / values))
@@ -74,5 +79,5 @@ public func monotonicSeconds() -> Double {
 public func peakResidentBytes() -> Int {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
-    return usage.ru_maxrss * 1024        // Linux reports KiB
+    return usage.ru_maxrss * 1024  // Linux reports KiB
 }

@@ -49,7 +49,7 @@ public struct DocumentBoundaries: Equatable, Sendable, CustomStringConvertible {
             SyntheticInput.mix(SyntheticInput.mix(seed ^ 0xD0C5_0000 ^ stream) ^ UInt64(index))
         }
         var tiny = (0 ..< count).map { draw($0, 1) % 6 == 0 ? Int(draw($0, 2) % 4) : nil as Int? }
-        if !tiny.contains(where: { $0 == nil }) { tiny[count / 2] = nil }    // someone takes the rest
+        if !tiny.contains(where: { $0 == nil }) { tiny[count / 2] = nil }  // someone takes the rest
         var left = tokens
         for i in 0 ..< count {
             if let length = tiny[i] { tiny[i] = min(length, left); left -= tiny[i]! }
@@ -75,8 +75,9 @@ public struct DocumentBoundaries: Equatable, Sendable, CustomStringConvertible {
         do {
             let file = try NpyFile.open(reading: path, dtypes: ["<i4": 4, "<i8": 8])
             guard file.header.shape.count == 1 else {
-                throw Invalid(description: "\(source): shape \(NpyHeader.format(file.header.shape)) has \(file.header.shape.count) dimensions; "
-                    + "expected a 1-D array [0, l1, l1+l2, ..., tokens]")
+                throw Invalid(
+                    description: "\(source): shape \(NpyHeader.format(file.header.shape)) has \(file.header.shape.count) dimensions; "
+                        + "expected a 1-D array [0, l1, l1+l2, ..., tokens]")
             }
             values = try file.readIntegers()
         } catch let NpyError.wrongDType(_, found) {
@@ -97,7 +98,7 @@ public struct DocumentBoundaries: Equatable, Sendable, CustomStringConvertible {
     /// The document holding `position` (never an empty one): the last d with offsets[d] <= position.
     /// Positions at or past the end belong to the last document.
     @inlinable public func document(containing position: Int) -> Int {
-        var (lo, hi) = (0, count - 1)         // invariant: offsets[lo] <= position, or lo == 0
+        var (lo, hi) = (0, count - 1)  // invariant: offsets[lo] <= position, or lo == 0
         while lo < hi {
             let mid = (lo + hi + 1) / 2
             if offsets[mid] <= position { lo = mid } else { hi = mid - 1 }

@@ -16,8 +16,10 @@ final class PackedKeyValues {
 
     /// The segment's rows of a K/V shard ([rows, kvHeads, headDim]) packed per kv head; with one
     /// kv head the rows already are, and the shard's own rows are returned.
-    func pack(keys source: UnsafePointer<Float>, values sourceValues: UnsafePointer<Float>, segment: ShardSegment,
-              kvHeads: Int, headDim d: Int) -> (keys: UnsafePointer<Float>, values: UnsafePointer<Float>) {
+    func pack(
+        keys source: UnsafePointer<Float>, values sourceValues: UnsafePointer<Float>, segment: ShardSegment,
+        kvHeads: Int, headDim d: Int
+    ) -> (keys: UnsafePointer<Float>, values: UnsafePointer<Float>) {
         let rows = segment.positions.count
         let first = segment.localRow * kvHeads * d
         if kvHeads == 1 { return (source + first, sourceValues + first) }

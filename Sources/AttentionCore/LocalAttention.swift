@@ -82,8 +82,10 @@ public final class LocalAttention {
     public var nonFiniteScoreRows: Int { nonFiniteRows.reduce(0, +) }
 
     /// - Parameter slice: the heads to compute; all of them by default.
-    public init(shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling = KernelTiling(), threads: Int = 1,
-                slice: HeadSlice? = nil) {
+    public init(
+        shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling = KernelTiling(), threads: Int = 1,
+        slice: HeadSlice? = nil
+    ) {
         self.shape = shape
         self.slice = slice ?? .all(shape)
         self.mask = mask
@@ -108,11 +110,14 @@ public final class LocalAttention {
     ///   - keys, values: row 0 of a K/V shard ([rows, slice kv heads, headDim]).
     ///   - progress: called by the calling thread between its query tiles, so a strategy can let
     ///     MPI progress the transfers it posted before computing.
-    public func accumulate(queries: UnsafePointer<Float>, querySegment: ShardSegment,
-                           keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
-                           into accumulator: AttentionAccumulator, progress: () -> Void = {}) {
-        accumulate(queries: queries, querySegments: CollectionOfOne(querySegment), keys: keys, values: values,
-                   keySegment: keySegment, into: accumulator, progress: progress)
+    public func accumulate(
+        queries: UnsafePointer<Float>, querySegment: ShardSegment,
+        keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
+        into accumulator: AttentionAccumulator, progress: () -> Void = {}
+    ) {
+        accumulate(
+            queries: queries, querySegments: CollectionOfOne(querySegment), keys: keys, values: values,
+            keySegment: keySegment, into: accumulator, progress: progress)
     }
 
     /// The same for several query segments of one shard (zigzag's two chunks), with K and V
@@ -148,10 +153,11 @@ public final class LocalAttention {
                     continue
                 }
                 let first = (rest % tiles) * self.tiling.queryTile
-                self.foldTile(head: rest / tiles, queries: queries, querySegment: segment,
-                              tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
-                              keys: k, values: v, keySegment: keySegment,
-                              accumulator: accumulator, scratch: self.scratch[thread], thread: thread)
+                self.foldTile(
+                    head: rest / tiles, queries: queries, querySegment: segment,
+                    tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
+                    keys: k, values: v, keySegment: keySegment,
+                    accumulator: accumulator, scratch: self.scratch[thread], thread: thread)
                 return
             }
         }
@@ -162,9 +168,11 @@ public final class LocalAttention {
     /// One head (local to the slice), one query tile (rows relative to the segment), every key
     /// block of the segment. `keys` and `values` are packed: [kv heads, segment rows, headDim].
     @inline(__always)
-    private func foldTile(head: Int, queries: UnsafePointer<Float>, querySegment: ShardSegment, tileRows: Range<Int>,
-                          keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
-                          accumulator: AttentionAccumulator, scratch: UnsafeMutableBufferPointer<Float>, thread: Int) {
+    private func foldTile(
+        head: Int, queries: UnsafePointer<Float>, querySegment: ShardSegment, tileRows: Range<Int>,
+        keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
+        accumulator: AttentionAccumulator, scratch: UnsafeMutableBufferPointer<Float>, thread: Int
+    ) {
         let d = shape.headDim
         let qStride = slice.heads.count * d
         let globalHead = slice.heads.lowerBound + head
@@ -199,7 +207,7 @@ public final class LocalAttention {
             var keyPositions = blockFirst ..< blockFirst + blockLength
             let relation = mask.relation(queries: queryPositions, keys: keyPositions, head: globalHead)
             if relation == .hidden { continue }
-            if relation == .partial {     // diagonal blocks: skip the keys no row of the tile sees
+            if relation == .partial {  // diagonal blocks: skip the keys no row of the tile sees
                 keyPositions = mask.visibleSpan(queries: queryPositions, keys: keyPositions, head: globalHead)
             }
             let tk = keyPositions.count
@@ -209,8 +217,9 @@ public final class LocalAttention {
             let v = headValues + keyRow * d
 
             // S = scale · Q_tile · K_blockᵀ, [tq, tk]
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
-                        shape.scale, q, Int32(d), k, Int32(d), 0, scores, Int32(tk))
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
+                shape.scale, q, Int32(d), k, Int32(d), 0, scores, Int32(tk))
             if relation == .partial {
                 mask.clipRows(scores, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
             }
@@ -218,11 +227,12 @@ public final class LocalAttention {
             for r in 0 ..< tq {
                 let row = scores + r * tk
                 var alpha = softmaxRow(row, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
-                if alpha.isNaN {             // the block's max overflowed the exp: redo the row
+                if alpha.isNaN {  // the block's max overflowed the exp: redo the row
                     cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), shape.scale, k, Int32(d), q + r * d, 1, 0, row, 1)
                     if relation == .partial {
-                        mask.clipRows(row, rows: 1, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
-                                 keyPositions: keyPositions, head: globalHead)
+                        mask.clipRows(
+                            row, rows: 1, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
+                            keyPositions: keyPositions, head: globalHead)
                     }
                     alpha = exactSoftmaxRow(row, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 }
@@ -238,12 +248,13 @@ public final class LocalAttention {
                 alphas[r] = alpha
                 rescaled = rescaled || alpha != 1
             }
-            if rescaled {                     // rare: a block raised some row's max a lot
+            if rescaled {  // rare: a block raised some row's max a lot
                 for r in 0 ..< tq where alphas[r] != 1 { scaleRow(acc + r * d, count: d, by: alphas[r]) }
             }
             // acc += P · V_block
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(d), Int32(tk),
-                        1, scores, Int32(tk), v, Int32(d), 1, acc, Int32(d))
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(d), Int32(tk),
+                1, scores, Int32(tk), v, Int32(d), 1, acc, Int32(d))
         }
     }
 
@@ -253,8 +264,10 @@ public final class LocalAttention {
     /// fused pass); otherwise the row is rescaled to the new max. Returns NaN when the block's
     /// max lies beyond exp's range from m, so the caller must recompute the row's scores.
     @inline(__always)
-    private func softmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int,
-                            rowMax: inout Float, rowSum: inout Float) -> Float {
+    private func softmaxRow(
+        _ row: UnsafeMutablePointer<Float>, count: Int,
+        rowMax: inout Float, rowSum: inout Float
+    ) -> Float {
         let m = rowMax
         if m == -.infinity { return exactSoftmaxRow(row, count: count, rowMax: &rowMax, rowSum: &rowSum) }
         let width = FloatVector.scalarCount
@@ -270,7 +283,7 @@ public final class LocalAttention {
             sums += p
             c += width
         }
-        if c < count {                        // the tail, padded with -inf lanes that give 0
+        if c < count {  // the tail, padded with -inf lanes that give 0
             var tail = FloatVector(repeating: -.infinity)
             for i in 0 ..< count - c { tail[i] = row[c + i] }
             maxes = vectorMax(maxes, tail)
@@ -280,7 +293,7 @@ public final class LocalAttention {
         }
         let blockMax = maxes.max()
         if !(blockMax - m <= Self.lazyRescaleThreshold) {
-            if blockMax - m > Self.recomputeThreshold { return .nan }     // P may overflow: recompute
+            if blockMax - m > Self.recomputeThreshold { return .nan }  // P may overflow: recompute
             // Move the row to the new max: P and the running state shrink by exp(m - blockMax).
             let alpha = vectorExp(FloatVector(repeating: m - blockMax))[0]
             scaleRow(row, count: count, by: alpha)
@@ -294,8 +307,10 @@ public final class LocalAttention {
 
     /// The two-pass form: the block's max first, then P against max(running max, block max).
     @inline(__always)
-    private func exactSoftmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int,
-                                 rowMax: inout Float, rowSum: inout Float) -> Float {
+    private func exactSoftmaxRow(
+        _ row: UnsafeMutablePointer<Float>, count: Int,
+        rowMax: inout Float, rowSum: inout Float
+    ) -> Float {
         let width = FloatVector.scalarCount
         var maxes = FloatVector(repeating: -.infinity)
         var c = 0
@@ -309,7 +324,7 @@ public final class LocalAttention {
             c += 1
         }
         let newMax = max(rowMax, blockMax)
-        if newMax == -.infinity {            // nothing visible to this row yet: P = 0, state unchanged
+        if newMax == -.infinity {  // nothing visible to this row yet: P = 0, state unchanged
             row.update(repeating: 0, count: count)
             return 1
         }
@@ -358,10 +373,11 @@ extension LocalAttention {
         q.values.withUnsafeBufferPointer { qb in
             k.values.withUnsafeBufferPointer { kb in
                 v.values.withUnsafeBufferPointer { vb in
-                    accumulate(queries: qb.baseAddress!, querySegment: ShardSegment(positions: 0 ..< q.tokens, localRow: 0),
-                               keys: kb.baseAddress!, values: vb.baseAddress!,
-                               keySegment: ShardSegment(positions: 0 ..< k.tokens, localRow: 0),
-                               into: accumulator)
+                    accumulate(
+                        queries: qb.baseAddress!, querySegment: ShardSegment(positions: 0 ..< q.tokens, localRow: 0),
+                        keys: kb.baseAddress!, values: vb.baseAddress!,
+                        keySegment: ShardSegment(positions: 0 ..< k.tokens, localRow: 0),
+                        into: accumulator)
                 }
             }
         }

@@ -33,10 +33,13 @@ public final class GradientAccumulator {
     /// - Parameters:
     ///   - output, outputGrad: O and dO, [rows, heads, headDim].
     ///   - lse: [heads, lseStride] (lseStride defaults to rows), the forward's.
-    public convenience init(rows: Int, heads: Int, headDim: Int, output: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
-                            lse: UnsafePointer<Float>, lseStride: Int? = nil) {
-        let statistics = Self.rowStatistics(rows: rows, heads: heads, headDim: headDim, output: output, outputGrad: outputGrad,
-                                            lse: lse, lseStride: lseStride ?? rows)
+    public convenience init(
+        rows: Int, heads: Int, headDim: Int, output: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
+        lse: UnsafePointer<Float>, lseStride: Int? = nil
+    ) {
+        let statistics = Self.rowStatistics(
+            rows: rows, heads: heads, headDim: headDim, output: output, outputGrad: outputGrad,
+            lse: lse, lseStride: lseStride ?? rows)
         self.init(rows: rows, heads: heads, headDim: headDim, statistics: statistics)
     }
 
@@ -60,8 +63,10 @@ public final class GradientAccumulator {
     }
 
     /// (lse, D = rowsum(dO ∘ O)) per row and head, [rows, heads, 2].
-    public static func rowStatistics(rows: Int, heads: Int, headDim: Int, output: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
-                                     lse: UnsafePointer<Float>, lseStride: Int) -> [Float] {
+    public static func rowStatistics(
+        rows: Int, heads: Int, headDim: Int, output: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
+        lse: UnsafePointer<Float>, lseStride: Int
+    ) -> [Float] {
         var statistics = [Float](repeating: 0, count: rows * heads * 2)
         for r in 0 ..< rows {
             for h in 0 ..< heads {
@@ -110,8 +115,10 @@ public final class LocalAttentionBackward {
     /// FLOPs spent so far: 10·headDim per visible-block score (five products), 2.5 x the forward's.
     public var computedFlops: Double { flopCounts.reduce(0, +) }
 
-    public init(shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling = KernelTiling(), threads: Int = 1,
-                slice: HeadSlice? = nil) {
+    public init(
+        shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling = KernelTiling(), threads: Int = 1,
+        slice: HeadSlice? = nil
+    ) {
         self.shape = shape
         self.mask = mask
         self.tiling = tiling
@@ -138,10 +145,12 @@ public final class LocalAttentionBackward {
     ///   - keys, values: row 0 of a K/V shard ([rows, slice kv heads, headDim]).
     ///   - keyGrad, valueGrad: row 0 of dK/dV shards laid out as K ([rows, slice kv heads, headDim]).
     ///   - progress: called by the calling thread between its items.
-    public func accumulate(queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>, querySegment: ShardSegment,
-                           keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
-                           into gradients: GradientAccumulator,
-                           keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, progress: () -> Void = {}) {
+    public func accumulate(
+        queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>, querySegment: ShardSegment,
+        keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
+        into gradients: GradientAccumulator,
+        keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, progress: () -> Void = {}
+    ) {
         precondition(gradients.heads == slice.heads.count && gradients.headDim == shape.headDim)
         precondition(querySegment.localRow + querySegment.positions.count <= gradients.rows)
         guard !querySegment.positions.isEmpty, !keySegment.positions.isEmpty else { return }
@@ -166,9 +175,10 @@ public final class LocalAttentionBackward {
         let items = slice.kvHeads.count * blocks.count
         let work = { (thread: Int, item: Int) in
             let dq = thread == 0 ? gradients.dq.baseAddress! : self.threadDQ[thread - 1].baseAddress!
-            self.foldBlock(kvHead: item / blocks.count, block: blocks[item % blocks.count], queries: queries, outputGrad: outputGrad,
-                           querySegment: querySegment, keys: k, values: v, keySegment: keySegment, gradients: gradients, dq: dq,
-                           keyGrad: keyGrad, valueGrad: valueGrad, thread: thread)
+            self.foldBlock(
+                kvHead: item / blocks.count, block: blocks[item % blocks.count], queries: queries, outputGrad: outputGrad,
+                querySegment: querySegment, keys: k, values: v, keySegment: keySegment, gradients: gradients, dq: dq,
+                keyGrad: keyGrad, valueGrad: valueGrad, thread: thread)
         }
         runInterleaved(items: items, threads: threads, progress: progress, work)
         for buffer in threadDQ where threads > 1 {
@@ -179,10 +189,12 @@ public final class LocalAttentionBackward {
 
     /// One kv head (local to the slice), one key block (global positions), every query head that
     /// reads the kv head and every query tile of the segment.
-    private func foldBlock(kvHead: Int, block: Range<Int>, queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
-                           querySegment: ShardSegment, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                           keySegment: ShardSegment, gradients: GradientAccumulator, dq: UnsafeMutablePointer<Float>,
-                           keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, thread: Int) {
+    private func foldBlock(
+        kvHead: Int, block: Range<Int>, queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
+        querySegment: ShardSegment, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+        keySegment: ShardSegment, gradients: GradientAccumulator, dq: UnsafeMutablePointer<Float>,
+        keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, thread: Int
+    ) {
         let d = shape.headDim
         let (tqMax, tkMax) = (tiling.queryTile, tiling.keyBlock)
         let base = scratch[thread].baseAddress!
@@ -225,22 +237,27 @@ public final class LocalAttentionBackward {
                 let lse = gradients.lse.baseAddress! + state, delta = gradients.delta.baseAddress! + state
 
                 // P = exp(scale·Q·Kᵀ − lse), exact: the forward's lse is the row's whole normaliser.
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
-                            shape.scale, qTile, Int32(d), k, Int32(d), 0, p, Int32(tk))
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
+                    shape.scale, qTile, Int32(d), k, Int32(d), 0, p, Int32(tk))
                 if relation == .partial { mask.clipRows(p, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead) }
                 for r in 0 ..< tq { probabilities(p + r * tk, count: tk, lse: lse[r]) }
                 // dV += Pᵀ·dO
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
-                            1, p, Int32(tk), doTile, Int32(d), 1, dvBlock + offset * d, Int32(d))
+                cblas_sgemm(
+                    CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
+                    1, p, Int32(tk), doTile, Int32(d), 1, dvBlock + offset * d, Int32(d))
                 // dP = dO·Vᵀ, then dS = P ∘ (dP − D) in place
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
-                            1, doTile, Int32(d), v, Int32(d), 0, ds, Int32(tk))
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
+                    1, doTile, Int32(d), v, Int32(d), 0, ds, Int32(tk))
                 for r in 0 ..< tq { scoreGradient(ds + r * tk, probabilities: p + r * tk, count: tk, delta: delta[r]) }
                 // dQ += scale·dS·K, dK += scale·dSᵀ·Q
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(d), Int32(tk),
-                            shape.scale, ds, Int32(tk), k, Int32(d), 1, dq + state * d, Int32(d))
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
-                            shape.scale, ds, Int32(tk), qTile, Int32(d), 1, dkBlock + offset * d, Int32(d))
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(d), Int32(tk),
+                    shape.scale, ds, Int32(tk), k, Int32(d), 1, dq + state * d, Int32(d))
+                cblas_sgemm(
+                    CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
+                    shape.scale, ds, Int32(tk), qTile, Int32(d), 1, dkBlock + offset * d, Int32(d))
             }
         }
         guard touched else { return }
@@ -297,8 +314,11 @@ public final class LocalAttentionBackward {
 extension LocalAttentionBackward {
     /// Whole-sequence gradients on one rank (positions are row indices): the single-rank backward.
     /// `forward` is the forward's result for the same inputs (its O and lse).
-    public func gradients(q: TokenTensor, k: TokenTensor, v: TokenTensor, forward: PartialResult, outputGrad: TokenTensor)
-        -> (dq: TokenTensor, dk: TokenTensor, dv: TokenTensor) {
+    public func gradients(
+        q: TokenTensor, k: TokenTensor, v: TokenTensor, forward: PartialResult, outputGrad: TokenTensor
+    )
+        -> (dq: TokenTensor, dk: TokenTensor, dv: TokenTensor)
+    {
         var dq = TokenTensor(zerosTokens: q.tokens, heads: q.heads, headDim: q.headDim)
         var dk = TokenTensor(zerosTokens: k.tokens, heads: k.heads, headDim: k.headDim)
         var dv = TokenTensor(zerosTokens: k.tokens, heads: k.heads, headDim: k.headDim)
@@ -306,8 +326,9 @@ extension LocalAttentionBackward {
         let accumulator = forward.output.withUnsafeBufferPointer { o in
             outputGrad.values.withUnsafeBufferPointer { g in
                 forward.lse.withUnsafeBufferPointer { l in
-                    GradientAccumulator(rows: q.tokens, heads: slice.heads.count, headDim: shape.headDim,
-                                        output: o.baseAddress!, outputGrad: g.baseAddress!, lse: l.baseAddress!)
+                    GradientAccumulator(
+                        rows: q.tokens, heads: slice.heads.count, headDim: shape.headDim,
+                        output: o.baseAddress!, outputGrad: g.baseAddress!, lse: l.baseAddress!)
                 }
             }
         }
@@ -317,11 +338,12 @@ extension LocalAttentionBackward {
                     v.values.withUnsafeBufferPointer { vb in
                         dk.values.withUnsafeMutableBufferPointer { dkb in
                             dv.values.withUnsafeMutableBufferPointer { dvb in
-                                accumulate(queries: qb.baseAddress!, outputGrad: gb.baseAddress!,
-                                           querySegment: ShardSegment(positions: 0 ..< q.tokens, localRow: 0),
-                                           keys: kb.baseAddress!, values: vb.baseAddress!,
-                                           keySegment: ShardSegment(positions: 0 ..< k.tokens, localRow: 0),
-                                           into: accumulator, keyGrad: dkb.baseAddress!, valueGrad: dvb.baseAddress!)
+                                accumulate(
+                                    queries: qb.baseAddress!, outputGrad: gb.baseAddress!,
+                                    querySegment: ShardSegment(positions: 0 ..< q.tokens, localRow: 0),
+                                    keys: kb.baseAddress!, values: vb.baseAddress!,
+                                    keySegment: ShardSegment(positions: 0 ..< k.tokens, localRow: 0),
+                                    into: accumulator, keyGrad: dkb.baseAddress!, valueGrad: dvb.baseAddress!)
                             }
                         }
                     }

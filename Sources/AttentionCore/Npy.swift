@@ -4,9 +4,9 @@
 // Every failure names the file and says what was expected.
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 public enum NpyError: Error, Equatable, CustomStringConvertible {
@@ -176,7 +176,7 @@ struct HeaderDictParser {
         let begin = at
         while at < chars.count, chars[at].isNumber { at += 1 }
         guard at > begin, let value = Int(String(chars[begin ..< at])) else { throw Failure(detail: "expected an integer at character \(begin)") }
-        if at < chars.count, chars[at] == "L" { at += 1 }       // Python 2 longs
+        if at < chars.count, chars[at] == "L" { at += 1 }  // Python 2 longs
         return value
     }
 
@@ -266,8 +266,9 @@ public final class NpyFile {
             throw NpyError.io(path: path, operation: "read header", reason: errnoText())
         }
         do {
-            return NpyFile(path: path, header: try NpyHeader.parse(prefix, fileSize: Int(info.st_size), path: path, dtypes: dtypes),
-                           descriptor: fd)
+            return NpyFile(
+                path: path, header: try NpyHeader.parse(prefix, fileSize: Int(info.st_size), path: path, dtypes: dtypes),
+                descriptor: fd)
         } catch {
             close(fd)
             throw error
@@ -329,18 +330,23 @@ public final class NpyFile {
     }
 
     /// Loops until every byte moved: pread/pwrite may move less than asked.
-    private func transfer(_ base: UnsafeMutableRawPointer, offset: Int, count: Int, operation: String,
-                          _ call: (UnsafeMutableRawPointer, Int, off_t) -> Int) throws {
+    private func transfer(
+        _ base: UnsafeMutableRawPointer, offset: Int, count: Int, operation: String,
+        _ call: (UnsafeMutableRawPointer, Int, off_t) -> Int
+    ) throws {
         guard offset >= 0, count >= 0, offset + count <= header.elementCount else {
-            throw NpyError.io(path: path, operation: operation,
-                              reason: "elements \(offset)..<\(offset + count) lie outside its \(header.elementCount) elements")
+            throw NpyError.io(
+                path: path, operation: operation,
+                reason: "elements \(offset)..<\(offset + count) lie outside its \(header.elementCount) elements")
         }
         try move(base, bytes: count * 4, at: offset * 4, operation: operation, call)
     }
 
     /// Moves `bytes` bytes at byte `start` of the data.
-    private func move(_ base: UnsafeMutableRawPointer, bytes: Int, at start: Int, operation: String,
-                      _ call: (UnsafeMutableRawPointer, Int, off_t) -> Int) throws {
+    private func move(
+        _ base: UnsafeMutableRawPointer, bytes: Int, at start: Int, operation: String,
+        _ call: (UnsafeMutableRawPointer, Int, off_t) -> Int
+    ) throws {
         var done = 0
         while done < bytes {
             let n = call(base + done, bytes - done, off_t(header.dataOffset + start + done))

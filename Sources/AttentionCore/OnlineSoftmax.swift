@@ -20,10 +20,12 @@ public enum OnlineSoftmax {
 
     /// Merges the partial `(o2, l2)` into `(o1, l1)` for one row of `count` values.
     @inlinable
-    public static func merge(into o1: UnsafeMutablePointer<Float>, lse l1: inout Float,
-                             from o2: UnsafePointer<Float>, lse l2: Float, count: Int) {
-        if l2 == -.infinity { return }                // the other saw no key: nothing to add
-        if l1 == -.infinity {                          // this one saw none: take the other as it is
+    public static func merge(
+        into o1: UnsafeMutablePointer<Float>, lse l1: inout Float,
+        from o2: UnsafePointer<Float>, lse l2: Float, count: Int
+    ) {
+        if l2 == -.infinity { return }  // the other saw no key: nothing to add
+        if l1 == -.infinity {  // this one saw none: take the other as it is
             o1.update(from: o2, count: count)
             l1 = l2
             return
@@ -74,8 +76,9 @@ public struct PartialResult: Equatable, Sendable {
                         for r in 0 ..< rows {
                             for h in 0 ..< heads {
                                 let at = (r * heads + h) * d
-                                OnlineSoftmax.merge(into: o1.baseAddress! + at, lse: &l1[h * rows + r],
-                                                    from: o2.baseAddress! + at, lse: l2[h * rows + r], count: d)
+                                OnlineSoftmax.merge(
+                                    into: o1.baseAddress! + at, lse: &l1[h * rows + r],
+                                    from: o2.baseAddress! + at, lse: l2[h * rows + r], count: d)
                             }
                         }
                     }
@@ -147,7 +150,7 @@ public final class AttentionAccumulator {
                 } else if l == 0 {
                     o.update(repeating: 0, count: d)
                     lse[h * stride + r] = -.infinity
-                } else {                      // NaN: non-finite inputs reached this row; show it
+                } else {  // NaN: non-finite inputs reached this row; show it
                     o.update(repeating: .nan, count: d)
                     lse[h * stride + r] = .nan
                 }

@@ -15,9 +15,11 @@ public enum ReferenceAttention {
 
     /// Attention of the query rows (global positions `queryPositions`) over all rows of `k`/`v`
     /// (global positions `keyPositions`).
-    public static func compute(q: TokenTensor, queryPositions: [Int],
-                               k: TokenTensor, v: TokenTensor, keyPositions: [Int],
-                               shape: AttentionShape, mask: AttentionMask) -> Result {
+    public static func compute(
+        q: TokenTensor, queryPositions: [Int],
+        k: TokenTensor, v: TokenTensor, keyPositions: [Int],
+        shape: AttentionShape, mask: AttentionMask
+    ) -> Result {
         precondition(q.tokens == queryPositions.count && k.tokens == keyPositions.count && v.tokens == k.tokens)
         let (nq, nk, heads, d) = (q.tokens, k.tokens, shape.heads, shape.headDim)
         var output = [Double](repeating: 0, count: nq * heads * d)
@@ -37,7 +39,7 @@ public enum ReferenceAttention {
                     scores[j] = dot * Double(shape.scale)
                     best = max(best, scores[j])
                 }
-                guard best > -.infinity else { continue }     // sees no key: O = 0, lse = -inf
+                guard best > -.infinity else { continue }  // sees no key: O = 0, lse = -inf
                 var total = 0.0
                 for j in 0 ..< nk where scores[j] > -.infinity {
                     let p = exp(scores[j] - best)
@@ -52,9 +54,12 @@ public enum ReferenceAttention {
     }
 
     /// Whole-sequence self-attention: positions are the row indices.
-    public static func compute(q: TokenTensor, k: TokenTensor, v: TokenTensor,
-                               shape: AttentionShape, mask: AttentionMask) -> Result {
-        compute(q: q, queryPositions: Array(0 ..< q.tokens), k: k, v: v,
-                keyPositions: Array(0 ..< k.tokens), shape: shape, mask: mask)
+    public static func compute(
+        q: TokenTensor, k: TokenTensor, v: TokenTensor,
+        shape: AttentionShape, mask: AttentionMask
+    ) -> Result {
+        compute(
+            q: q, queryPositions: Array(0 ..< q.tokens), k: k, v: v,
+            keyPositions: Array(0 ..< k.tokens), shape: shape, mask: mask)
     }
 }

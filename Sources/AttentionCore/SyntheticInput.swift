@@ -23,8 +23,10 @@ public enum SyntheticInput {
 
     /// Fills `buffer` with the rows `ranges` (global token positions, stacked in order) of a
     /// tensor whose rows hold `rowWidth` values.
-    public static func fill(_ buffer: UnsafeMutableBufferPointer<Float>, seed: UInt64, tensor: Tensor,
-                            rowWidth: Int, rows ranges: [Range<Int>]) {
+    public static func fill(
+        _ buffer: UnsafeMutableBufferPointer<Float>, seed: UInt64, tensor: Tensor,
+        rowWidth: Int, rows ranges: [Range<Int>]
+    ) {
         var at = 0
         for range in ranges {
             for index in range.lowerBound * rowWidth ..< range.upperBound * rowWidth {

@@ -52,8 +52,10 @@ public struct TokenPartition: Equatable, Sendable {
     /// `documents` laid over the positions as `documentLayout` says (`mask` weighs whole
     /// documents; `tiling` the kernel work that mixed balances); nil when whole documents cannot
     /// keep every position within its token cap.
-    public init?(documents: DocumentBoundaries, ranks: Int, layout: TokenLayout, groupSize: Int = 1,
-                 documentLayout: DocumentLayout, mask: AttentionMask, tiling: KernelTiling = KernelTiling()) {
+    public init?(
+        documents: DocumentBoundaries, ranks: Int, layout: TokenLayout, groupSize: Int = 1,
+        documentLayout: DocumentLayout, mask: AttentionMask, tiling: KernelTiling = KernelTiling()
+    ) {
         precondition(ranks >= 1 && groupSize >= 1 && ranks % groupSize == 0)
         let n = ranks / groupSize
         func partition(_ held: [[Range<Int>]]?) -> TokenPartition? {
@@ -81,8 +83,10 @@ public struct TokenPartition: Equatable, Sendable {
         }
     }
 
-    private init(_ tokens: Int, _ ranks: Int, _ layout: TokenLayout, _ groupSize: Int, _ documentLayout: DocumentLayout,
-                 _ documentSegments: [[Range<Int>]]) {
+    private init(
+        _ tokens: Int, _ ranks: Int, _ layout: TokenLayout, _ groupSize: Int, _ documentLayout: DocumentLayout,
+        _ documentSegments: [[Range<Int>]]
+    ) {
         (self.tokens, self.ranks, self.layout, self.groupSize) = (tokens, ranks, layout, groupSize)
         self.documentLayout = documentLayout
         self.documentSegments = documentSegments
@@ -136,8 +140,10 @@ extension TokenPartition {
     /// ran in 0.373 s, head-tail at 1.004 in 0.413 s, mixed at 1.003 in 0.415-0.448 s), and mixed
     /// wins within 1% over head-tail, as it cuts fewer, larger pieces. Without documents, `layout`
     /// as it is.
-    public static func balanced(tokens: Int, ranks: Int, layout: TokenLayout, groupSize: Int = 1, mask: AttentionMask,
-                                documentLayout: DocumentLayout? = nil, tiling: KernelTiling = KernelTiling()) -> TokenPartition {
+    public static func balanced(
+        tokens: Int, ranks: Int, layout: TokenLayout, groupSize: Int = 1, mask: AttentionMask,
+        documentLayout: DocumentLayout? = nil, tiling: KernelTiling = KernelTiling()
+    ) -> TokenPartition {
         let own = TokenPartition(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize)
         guard let documents = mask.documents, documents.tokens == tokens else { return own }
         let laid = (documentLayout.map { [$0] } ?? DocumentLayout.allCases).compactMap {

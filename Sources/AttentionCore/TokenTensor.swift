@@ -15,8 +15,9 @@ public struct TokenTensor: Equatable, Sendable {
     }
 
     public init(zerosTokens tokens: Int, heads: Int, headDim: Int) {
-        self.init(tokens: tokens, heads: heads, headDim: headDim,
-                  values: [Float](repeating: 0, count: tokens * heads * headDim))
+        self.init(
+            tokens: tokens, heads: heads, headDim: headDim,
+            values: [Float](repeating: 0, count: tokens * heads * headDim))
     }
 
     /// Floats in one token row.

@@ -23,7 +23,7 @@ public func vectorExp(_ x: FloatVector) -> FloatVector {
     let b = r * 8.333_451_907_3e-3 + 4.166_579_589_4e-2
     let c = r * 1.987_569_15e-4 + 1.398_199_950_7e-3
     let p = (a + b * r2 + c * r4) * r2 + r + 1
-    let bits = unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- 0x4B40_0000   // n as an integer
+    let bits = unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- 0x4B40_0000  // n as an integer
     let twoToN = unsafeBitCast((bits &+ 127) &<< 23, to: FloatVector.self)
     return (p * twoToN).replacing(with: 0, where: underflow)
 }

@@ -108,7 +108,8 @@ public struct ClusterConfig: Equatable, Sendable {
         }
         return text.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
             guard let first = label.unicodeScalars.first, let last = label.unicodeScalars.last, label.utf8.count <= 63,
-                  first != "-", last != "-" else { return false }
+                first != "-", last != "-"
+            else { return false }
             return label.unicodeScalars.allSatisfy { isWordCharacter($0) || $0 == "-" }
         }
     }
@@ -141,8 +142,9 @@ public struct ClusterConfig: Equatable, Sendable {
 
     init(_ document: TOMLTable, file: String, lastLine: Int, strategies: [String]?) throws {
         self.file = file
-        let top = try Fields(document, "the top level", file: file,
-                             keys: ["host", "ranks_per_node", "blas_threads", "strategy", "bind_to", "oversubscribe", "env", "mpi", "netns", "slurm"])
+        let top = try Fields(
+            document, "the top level", file: file,
+            keys: ["host", "ranks_per_node", "blas_threads", "strategy", "bind_to", "oversubscribe", "env", "mpi", "netns", "slurm"])
         for table in try top.tables("host") {
             let fields = try Fields(table, "[[host]]", file: file, keys: ["name", "address", "slots"])
             guard let name = try fields.string("name") else {
@@ -184,7 +186,7 @@ public struct ClusterConfig: Equatable, Sendable {
         for item in environment {
             let name = item.split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
             guard let first = name.unicodeScalars.first, first == "_" || CharacterSet.letters.contains(first),
-                  name.unicodeScalars.allSatisfy({ $0 == "_" || ("a" ... "z").contains($0) || ("A" ... "Z").contains($0) || ("0" ... "9").contains($0) })
+                name.unicodeScalars.allSatisfy({ $0 == "_" || ("a" ... "z").contains($0) || ("A" ... "Z").contains($0) || ("0" ... "9").contains($0) })
             else { throw top.error("env", "'\(item)' is not NAME or NAME=value (NAME: letters, digits and '_')") }
         }
         if let table = try top.table("mpi") { mpi = try Self.mpi(table, file: file) }
@@ -201,14 +203,19 @@ public struct ClusterConfig: Equatable, Sendable {
         if let table = try top.table("slurm") { slurm = try Self.slurm(table, file: file) }
 
         if hosts.isEmpty && slurm == nil {
-            throw ConfigError(file: file, line: lastLine, "the file describes no host; expected at least one [[host]] table with name and slots (or a [slurm] table, where the allocation names the hosts)")
+            throw ConfigError(
+                file: file, line: lastLine,
+                "the file describes no host; expected at least one [[host]] table with name and slots (or a [slurm] table, where the allocation names the hosts)")
         }
         if slurm != nil, !hosts.isEmpty {
             throw top.error("slurm", "a [slurm] config takes its hosts from the allocation; expected no [[host]] tables beside it")
         }
         if slurm != nil, namespaces != nil { throw top.error("netns", "[netns] describes simulated hosts on this machine; expected it without [slurm]") }
         if let ranksPerNode, !oversubscribe, let host = hosts.first(where: { $0.slots < ranksPerNode }) {
-            throw top.error("ranks_per_node", "ranks_per_node = \(ranksPerNode) exceeds the \(host.slots) slot(s) of host '\(host.name)' (line \(host.line)); expected at most \(hosts.map(\.slots).min()!), or oversubscribe = true")
+            throw top.error(
+                "ranks_per_node",
+                "ranks_per_node = \(ranksPerNode) exceeds the \(host.slots) slot(s) of host '\(host.name)' (line \(host.line)); expected at most \(hosts.map(\.slots).min()!), or oversubscribe = true"
+            )
         }
     }
 
@@ -234,7 +241,9 @@ public struct ClusterConfig: Equatable, Sendable {
                     throw ConfigError(file: file, line: entry.line, "MCA parameter '\(entry.key)' in [mpi.mca] is \(entry.value.kind); expected a string, an integer or a boolean")
                 }
                 guard Self.isMCAName(entry.key) else {
-                    throw ConfigError(file: file, line: entry.line, "MCA parameter name '\(entry.key)' in [mpi.mca] is not a name; expected letters, digits and '_' only (e.g. btl_tcp_if_include)")
+                    throw ConfigError(
+                        file: file, line: entry.line,
+                        "MCA parameter name '\(entry.key)' in [mpi.mca] is not a name; expected letters, digits and '_' only (e.g. btl_tcp_if_include)")
                 }
                 if let key = named[entry.key] {
                     throw ConfigError(file: file, line: entry.line, "MCA parameter '\(entry.key)' has its own key in [mpi]; expected it as \(key) = … there")
@@ -246,8 +255,9 @@ public struct ClusterConfig: Equatable, Sendable {
     }
 
     private static func slurm(_ table: TOMLTable, file: String) throws -> Slurm {
-        let fields = try Fields(table, "[slurm]", file: file,
-                                keys: ["nodes", "ntasks_per_node", "cpus_per_task", "job_name", "partition", "account", "time", "launcher", "srun_mpi", "sbatch", "prologue"])
+        let fields = try Fields(
+            table, "[slurm]", file: file,
+            keys: ["nodes", "ntasks_per_node", "cpus_per_task", "job_name", "partition", "account", "time", "launcher", "srun_mpi", "sbatch", "prologue"])
         guard let nodes = try fields.integer("nodes", atLeast: 1) else {
             throw ConfigError(file: file, line: table.line, "[slurm] has no nodes; expected nodes = N (how many nodes to allocate)")
         }

@@ -19,8 +19,10 @@ public struct LaunchRequest: Sendable {
     /// The Launch/ folder (for netns-rsh); needed by [netns] configs.
     public var launchDirectory: String?
 
-    public init(ranks: Int? = nil, ranksPerNode: Int? = nil, binary: String, arguments: [String] = [],
-                hostfile: String? = nil, launchDirectory: String? = nil) {
+    public init(
+        ranks: Int? = nil, ranksPerNode: Int? = nil, binary: String, arguments: [String] = [],
+        hostfile: String? = nil, launchDirectory: String? = nil
+    ) {
         (self.ranks, self.ranksPerNode, self.binary, self.arguments) = (ranks, ranksPerNode, binary, arguments)
         (self.hostfile, self.launchDirectory) = (hostfile, launchDirectory)
     }
@@ -36,8 +38,9 @@ public struct LaunchMachine: Sendable {
     public init(isRoot: Bool, cores: Int, names: Set<String>) { (self.isRoot, self.cores, self.names) = (isRoot, cores, names) }
 
     public static var current: LaunchMachine {
-        LaunchMachine(isRoot: geteuid() == 0, cores: ProcessInfo.processInfo.activeProcessorCount,
-                      names: ["localhost", "127.0.0.1", "::1", ProcessInfo.processInfo.hostName])
+        LaunchMachine(
+            isRoot: geteuid() == 0, cores: ProcessInfo.processInfo.activeProcessorCount,
+            names: ["localhost", "127.0.0.1", "::1", ProcessInfo.processInfo.hostName])
     }
 }
 
@@ -107,19 +110,22 @@ public struct LaunchPlan: Equatable, Sendable {
         let tasksPerNode = request.ranksPerNode ?? config.ranksPerNode ?? slurm.tasksPerNode ?? 1
         let ranks = request.ranks ?? slurm.nodes * tasksPerNode
         guard ranks <= slurm.nodes * tasksPerNode || config.oversubscribe else {
-            throw ConfigError(file: config.file, line: nil, "\(ranks) ranks do not fit \(slurm.nodes) node(s) x \(tasksPerNode) task(s); expected at most \(slurm.nodes * tasksPerNode)")
+            throw ConfigError(
+                file: config.file, line: nil, "\(ranks) ranks do not fit \(slurm.nodes) node(s) x \(tasksPerNode) task(s); expected at most \(slurm.nodes * tasksPerNode)")
         }
         // Only the nodes the ranks need: --ranks 2 --ranks-per-node 2 is one node, whatever the config's count.
         let nodes = ranks > slurm.nodes * tasksPerNode ? slurm.nodes : min(slurm.nodes, (ranks + tasksPerNode - 1) / tasksPerNode)
         let cpus = slurm.cpusPerTask ?? config.blasThreads
-        var lines = ["#!/bin/bash",
-                     "# seqpar batch job, written by `seqpar cluster-plan --slurm` from \(commentSafe(config.file)).",
-                     "# Submit with: sbatch THIS_FILE",
-                     "#SBATCH --job-name=\(slurm.jobName)",
-                     "#SBATCH --nodes=\(nodes)",
-                     "#SBATCH --ntasks=\(ranks)",
-                     "#SBATCH --ntasks-per-node=\(tasksPerNode)",
-                     "#SBATCH --cpus-per-task=\(cpus)"]
+        var lines = [
+            "#!/bin/bash",
+            "# seqpar batch job, written by `seqpar cluster-plan --slurm` from \(commentSafe(config.file)).",
+            "# Submit with: sbatch THIS_FILE",
+            "#SBATCH --job-name=\(slurm.jobName)",
+            "#SBATCH --nodes=\(nodes)",
+            "#SBATCH --ntasks=\(ranks)",
+            "#SBATCH --ntasks-per-node=\(tasksPerNode)",
+            "#SBATCH --cpus-per-task=\(cpus)",
+        ]
         if let partition = slurm.partition { lines.append("#SBATCH --partition=\(partition)") }
         if let account = slurm.account { lines.append("#SBATCH --account=\(account)") }
         if let time = slurm.time { lines.append("#SBATCH --time=\(time)") }
@@ -149,8 +155,10 @@ public struct LaunchPlan: Equatable, Sendable {
                 }
                 lines.append("export OMPI_MCA_\(parameter.name)=\(shellQuoted(parameter.value))")
             }
-            var srun = ["srun", "--mpi=\(slurm.srunMPI)", "--nodes=\(nodes)", "--ntasks=\(ranks)",
-                        "--ntasks-per-node=\(tasksPerNode)", "--cpus-per-task=\(cpus)"]
+            var srun = [
+                "srun", "--mpi=\(slurm.srunMPI)", "--nodes=\(nodes)", "--ntasks=\(ranks)",
+                "--ntasks-per-node=\(tasksPerNode)", "--cpus-per-task=\(cpus)",
+            ]
             if let bind = config.bindTo { srun.append("--cpu-bind=\(srunBinding(bind))") }
             if config.oversubscribe { srun.append("--overcommit") }
             lines.append((srun + seqpar).map(shellQuoted).joined(separator: " "))
@@ -174,7 +182,8 @@ public struct LaunchPlan: Equatable, Sendable {
         if let asked = request.ranksPerNode {
             guard asked >= 1 else { throw ConfigError(file: config.file, line: nil, "--ranks-per-node \(asked): expected at least 1") }
             if !config.oversubscribe, let fewest = slots.min(), asked > fewest {
-                throw ConfigError(file: config.file, line: nil, "--ranks-per-node \(asked) exceeds the \(fewest) slot(s) of a host; expected at most \(fewest), or oversubscribe = true")
+                throw ConfigError(
+                    file: config.file, line: nil, "--ranks-per-node \(asked) exceeds the \(fewest) slot(s) of a host; expected at most \(fewest), or oversubscribe = true")
             }
         }
         let perNode = request.ranksPerNode ?? config.ranksPerNode
@@ -202,7 +211,8 @@ public struct LaunchPlan: Equatable, Sendable {
     /// seqpar's arguments, with the config's strategy when run or verify names none.
     static func arguments(_ arguments: [String], strategy: String?) -> [String] {
         guard let strategy, let subcommand = arguments.first, ["run", "verify"].contains(subcommand),
-              !arguments.contains(where: { $0 == "--strategy" || $0.hasPrefix("--strategy=") }) else { return arguments }
+            !arguments.contains(where: { $0 == "--strategy" || $0.hasPrefix("--strategy=") })
+        else { return arguments }
         return arguments + ["--strategy", strategy]
     }
 

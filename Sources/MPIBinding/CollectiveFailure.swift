@@ -15,7 +15,9 @@ public struct CollectiveFailure: Error, CustomStringConvertible, Sendable {
             if let i = groups.firstIndex(where: { $0.message == message }) { groups[i].ranks.append(rank) } else { groups.append((message, [rank])) }
         }
         return groups.map { group in
-            let who = group.ranks.count == worldSize && worldSize > 1 ? "every rank" : (group.ranks.count == 1 ? "rank \(group.ranks[0])" : "ranks " + group.ranks.map(String.init).joined(separator: ", "))
+            let who =
+                group.ranks.count == worldSize && worldSize > 1
+                ? "every rank" : (group.ranks.count == 1 ? "rank \(group.ranks[0])" : "ranks " + group.ranks.map(String.init).joined(separator: ", "))
             return "\(who): \(group.message)"
         }.joined(separator: "\n")
     }

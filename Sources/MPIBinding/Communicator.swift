@@ -142,8 +142,9 @@ public final class Communicator {
     public func isend<T: MPIScalar>(_ buffer: UnsafeBufferPointer<T>, to destination: Int, tag: Int = 0) throws(MPIError) -> Request {
         var request = Request()
         let count = try mpiCount(buffer.count, "MPI_Isend")
-        try check(MPI_Isend(buffer.baseAddress, count, T.mpiDatatype, Int32(destination), Int32(tag), handle, &request.handle),
-                  "MPI_Isend to rank \(destination)")
+        try check(
+            MPI_Isend(buffer.baseAddress, count, T.mpiDatatype, Int32(destination), Int32(tag), handle, &request.handle),
+            "MPI_Isend to rank \(destination)")
         if destination != rank { countTransfer(sent: buffer.count * MemoryLayout<T>.stride, received: 0) }
         request.kind = .send
         request.peer = worldRanks[destination]
@@ -157,8 +158,9 @@ public final class Communicator {
     public func irecv<T: MPIScalar>(_ buffer: UnsafeMutableBufferPointer<T>, from source: Int, tag: Int = 0) throws(MPIError) -> Request {
         var request = Request()
         let count = try mpiCount(buffer.count, "MPI_Irecv")
-        try check(MPI_Irecv(buffer.baseAddress, count, T.mpiDatatype, Int32(source), Int32(tag), handle, &request.handle),
-                  "MPI_Irecv from rank \(source)")
+        try check(
+            MPI_Irecv(buffer.baseAddress, count, T.mpiDatatype, Int32(source), Int32(tag), handle, &request.handle),
+            "MPI_Irecv from rank \(source)")
         if source != rank { countTransfer(sent: 0, received: buffer.count * MemoryLayout<T>.stride) }
         request.kind = .receive
         request.peer = worldRanks[source]
@@ -186,8 +188,9 @@ public final class Communicator {
 
     /// The transfer of a request that has just completed, from its posting to `end`.
     private func recordCompletion(_ request: Request, at end: Double, on recorder: EventLog) {
-        recorder.record(request.kind, start: request.posted, end: end, peer: request.peer,
-                        bytesSent: request.kind == .send ? request.bytes : 0, bytesReceived: request.kind == .receive ? request.bytes : 0)
+        recorder.record(
+            request.kind, start: request.posted, end: end, peer: request.peer,
+            bytesSent: request.kind == .send ? request.bytes : 0, bytesReceived: request.kind == .receive ? request.bytes : 0)
     }
 
     /// Runs a blocking collective, recorded as one `kind` event carrying the bytes it moved.
@@ -213,17 +216,21 @@ public final class Communicator {
         return flag != 0
     }
 
-    public func sendrecv<T: MPIScalar>(_ send: UnsafeBufferPointer<T>, to destination: Int,
-                                       _ receive: UnsafeMutableBufferPointer<T>, from source: Int, tag: Int = 0) throws(MPIError) {
+    public func sendrecv<T: MPIScalar>(
+        _ send: UnsafeBufferPointer<T>, to destination: Int,
+        _ receive: UnsafeMutableBufferPointer<T>, from source: Int, tag: Int = 0
+    ) throws(MPIError) {
         let sendCount = try mpiCount(send.count, "MPI_Sendrecv")
         let receiveCount = try mpiCount(receive.count, "MPI_Sendrecv")
         let (sent, received) = (send.count * MemoryLayout<T>.stride, receive.count * MemoryLayout<T>.stride)
         try collective(.sendrecv, sent: sent, received: received) { () throws(MPIError) in
             WaitState.enter(.sendrecv, peer: worldRanks[source], ranks: size)
             defer { WaitState.leave() }
-            try check(MPI_Sendrecv(send.baseAddress, sendCount, T.mpiDatatype, Int32(destination), Int32(tag),
-                                   receive.baseAddress, receiveCount, T.mpiDatatype, Int32(source), Int32(tag),
-                                   handle, seqpar_status_ignore()), "MPI_Sendrecv")
+            try check(
+                MPI_Sendrecv(
+                    send.baseAddress, sendCount, T.mpiDatatype, Int32(destination), Int32(tag),
+                    receive.baseAddress, receiveCount, T.mpiDatatype, Int32(source), Int32(tag),
+                    handle, seqpar_status_ignore()), "MPI_Sendrecv")
         }
         countTransfer(sent: sent, received: received)
     }
@@ -291,8 +298,9 @@ public final class Communicator {
         WaitState.enter(.gather, ranks: size)
         defer { WaitState.leave() }
         let code = values.withUnsafeBufferPointer { send in
-            MPI_Gatherv(send.baseAddress, counts[rank], T.mpiDatatype, receive.baseAddress, counts, displacements, T.mpiDatatype,
-                        Int32(root), handle)
+            MPI_Gatherv(
+                send.baseAddress, counts[rank], T.mpiDatatype, receive.baseAddress, counts, displacements, T.mpiDatatype,
+                Int32(root), handle)
         }
         try check(code, "MPI_Gatherv")
         guard rank == root else { return nil }
@@ -318,8 +326,10 @@ public final class Communicator {
     }
 
     /// Variable counts per peer: element counts and offsets, in rank order, for both sides.
-    public func alltoallv<T: MPIScalar>(_ send: UnsafeBufferPointer<T>, sendCounts: [Int], sendOffsets: [Int],
-                                        _ receive: UnsafeMutableBufferPointer<T>, receiveCounts: [Int], receiveOffsets: [Int]) throws(MPIError) {
+    public func alltoallv<T: MPIScalar>(
+        _ send: UnsafeBufferPointer<T>, sendCounts: [Int], sendOffsets: [Int],
+        _ receive: UnsafeMutableBufferPointer<T>, receiveCounts: [Int], receiveOffsets: [Int]
+    ) throws(MPIError) {
         precondition([sendCounts, sendOffsets, receiveCounts, receiveOffsets].allSatisfy { $0.count == size })
         func int32s(_ values: [Int]) throws(MPIError) -> [Int32] {
             var out = [Int32]()

@@ -3,7 +3,7 @@
 // code that fails, a signal (mpirun ends the ranks of a failed job with SIGTERM) and the watchdog.
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The unfinished output files of this process, removed on failure: by the code that fails,
@@ -38,4 +38,3 @@ public enum OutputCleanup {
     /// Removes every registered file (for the watchdog and aborts).
     public static func removeAll() { unlinkAll() }
 }
-

@@ -89,7 +89,9 @@ public enum Watchdog {
                 guard seconds > 0, Date().timeIntervalSince(begin) >= seconds else { continue }
                 // A rank that was itself stopped wakes after its deadline: say so, not what it waited for.
                 let late = Date().timeIntervalSince(begin) - seconds
-                let what = late > 1.5 ? String(format: "this rank was itself stopped or starved of CPU until %.1f s past the deadline", late)
+                let what =
+                    late > 1.5
+                    ? String(format: "this rank was itself stopped or starved of CPU until %.1f s past the deadline", late)
                     : WaitState.describe(worldSize: size)
                 say("seqpar: rank \(rank): no end after \(format(seconds)) s (--timeout \(format(seconds))): \(what); ending the job\n")
                 // Let the other ranks, whose deadlines fall within moments, say what they wait for;
@@ -110,7 +112,9 @@ public enum Watchdog {
                 OutputCleanup.removeAll()
                 // MPI_Abort from this thread ends the job through mpirun; should it not return
                 // control to nobody within seconds (a wedged MPI library), leave anyway.
-                Thread { Thread.sleep(forTimeInterval: 10); _exit(timeoutStatus) }.start()
+                Thread {
+                    Thread.sleep(forTimeInterval: 10); _exit(timeoutStatus)
+                }.start()
                 MPI_Abort(seqpar_comm_world(), timeoutStatus)
                 _exit(timeoutStatus)
             }

@@ -104,8 +104,9 @@ public struct CostModel: Sendable {
     public func predict(_ problem: AttentionProblem, headGroup: Int, zigzag: Bool, name: String) -> Prediction {
         let positions = problem.ranks / headGroup, d = Double(problem.headDim), t = problem.tokens
         func segments(_ position: Int) -> [Range<Int>] {
-            zigzag ? [chunk(position, of: 2 * positions, t), chunk(2 * positions - 1 - position, of: 2 * positions, t)]
-                   : [chunk(position, of: positions, t)]
+            zigzag
+                ? [chunk(position, of: 2 * positions, t), chunk(2 * positions - 1 - position, of: 2 * positions, t)]
+                : [chunk(position, of: positions, t)]
         }
         let rows = (0 ..< positions).map { segments($0).reduce(0) { $0 + $1.count } }
         // The busiest member of a group: the most heads, and the most kv heads they read.
@@ -129,7 +130,7 @@ public struct CostModel: Sendable {
             total += slowest
             compute += slowestCompute
         }
-        if headGroup > 1 {        // scatter Q, K, V; gather O, LSE: each member's rows of the others' heads
+        if headGroup > 1 {  // scatter Q, K, V; gather O, LSE: each member's rows of the others' heads
             let memberRows = Double(rows.max() ?? 0) / Double(headGroup)
             let exchanges = [heads * d, kvHeads * d, kvHeads * d, heads * d, heads].map { memberRows * $0 * 4 }
             total += exchanges.reduce(0) { $0 + allToAll(bytesPerPeer: $1, members: headGroup) }
@@ -169,7 +170,7 @@ public func visiblePairs(queries q: Range<Int>, keys k: Range<Int>, causal: Bool
     guard !q.isEmpty, !k.isEmpty else { return 0 }
     guard causal else { return Double(q.count) * Double(k.count) }
     // Query i sees min(max(i - k.lo + 1, 0), |k|) keys: zero below k, a ramp across k, all above.
-    func ramp(_ a: Int, _ b: Int) -> Double {        // sum over i in a..<b of (i - k.lo + 1)
+    func ramp(_ a: Int, _ b: Int) -> Double {  // sum over i in a..<b of (i - k.lo + 1)
         guard b > a else { return 0 }
         let first = Double(a - k.lowerBound + 1), last = Double(b - 1 - k.lowerBound + 1)
         return (first + last) * Double(b - a) / 2

@@ -19,8 +19,10 @@ public enum ChromeTrace {
     ///   - events: per rank, on a common clock.
     ///   - origin: the time that becomes 0.
     ///   - label: the name each process gets, e.g. "rank 2 (host)".
-    public static func json(events: [[ProfileEvent]], origin: Double, label: (Int) -> String = { "rank \($0)" },
-                            metadata: [String: String] = [:]) -> String {
+    public static func json(
+        events: [[ProfileEvent]], origin: Double, label: (Int) -> String = { "rank \($0)" },
+        metadata: [String: String] = [:]
+    ) -> String {
         var items: [String] = []
         for (rank, list) in events.enumerated() {
             items.append(#"{"name":"process_name","ph":"M","pid":\#(rank),"tid":0,"args":{"name":\#(quoted(label(rank)))}}"#)
@@ -35,7 +37,9 @@ public enum ChromeTrace {
                 if e.bytesSent > 0 { args.append(#""bytes_sent":\#(Int(e.bytesSent))"#) }
                 if e.bytesReceived > 0 { args.append(#""bytes_received":\#(Int(e.bytesReceived))"#) }
                 let ts = (e.start - origin) * 1e6, dur = max(0, e.duration) * 1e6
-                items.append(#"{"name":"\#(e.kind.name)","cat":"\#(e.kind.isCommunication ? "communication" : "compute")","ph":"X","pid":\#(rank),"tid":\#(lane(e.kind).id),"ts":\#(number(ts)),"dur":\#(number(dur)),"args":{\#(args.joined(separator: ","))}}"#)
+                items.append(
+                    #"{"name":"\#(e.kind.name)","cat":"\#(e.kind.isCommunication ? "communication" : "compute")","ph":"X","pid":\#(rank),"tid":\#(lane(e.kind).id),"ts":\#(number(ts)),"dur":\#(number(dur)),"args":{\#(args.joined(separator: ","))}}"#
+                )
             }
         }
         let meta = metadata.sorted { $0.key < $1.key }.map { "\(quoted($0.key)):\(quoted($0.value))" }.joined(separator: ",")

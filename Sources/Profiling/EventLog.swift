@@ -6,7 +6,7 @@
 // This module knows nothing of MPI, so everything computed from events is testable in one process.
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What an interval of a rank's time was spent on.

@@ -74,9 +74,10 @@ public struct ProfileSummary: Sendable {
     public func table() -> String {
         var lines = ["rank  compute s  exposed comm s  total comm s    sent MiB    recv MiB   bandwidth MB/s  overlap  events"]
         for (r, p) in ranks.enumerated() {
-            lines.append(pad("\(r)", 4) + pad(fixed(p.compute, 4), 11) + pad(fixed(p.exposed, 4), 16) + pad(fixed(p.communication, 4), 14)
-                + pad(fixed(p.bytesSent / 1_048_576, 2), 12) + pad(fixed(p.bytesReceived / 1_048_576, 2), 12)
-                + pad(fixed(p.bandwidth / 1e6, 1), 17) + pad(fixed(p.overlap, 3), 9) + pad("\(p.events)", 8))
+            lines.append(
+                pad("\(r)", 4) + pad(fixed(p.compute, 4), 11) + pad(fixed(p.exposed, 4), 16) + pad(fixed(p.communication, 4), 14)
+                    + pad(fixed(p.bytesSent / 1_048_576, 2), 12) + pad(fixed(p.bytesReceived / 1_048_576, 2), 12)
+                    + pad(fixed(p.bandwidth / 1e6, 1), 17) + pad(fixed(p.overlap, 3), 9) + pad("\(p.events)", 8))
         }
         lines.append("load imbalance (max/mean compute): \(fixed(imbalance, 3)); timeline span \(fixed(span * 1e3, 1)) ms")
         return lines.joined(separator: "\n")

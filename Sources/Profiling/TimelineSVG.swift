@@ -34,10 +34,12 @@ public enum TimelineSVG {
         let width = left + plotWidth + right, height = legendY + Double(colours.count) * 18 + 16
         func x(_ t: Double) -> Double { left + (t - origin) / span * plotWidth }
 
-        var svg = [#"<?xml version="1.0" encoding="UTF-8"?>"#,
-                   #"<svg xmlns="http://www.w3.org/2000/svg" width="\#(fixed(width, 0))" height="\#(fixed(height, 0))" viewBox="0 0 \#(fixed(width, 0)) \#(fixed(height, 0))" font-family="sans-serif" font-size="12">"#,
-                   #"<rect width="100%" height="100%" fill="white"/>"#,
-                   #"<text x="\#(fixed(left, 0))" y="24" font-size="14">\#(escape(title))</text>"#]
+        var svg = [
+            #"<?xml version="1.0" encoding="UTF-8"?>"#,
+            #"<svg xmlns="http://www.w3.org/2000/svg" width="\#(fixed(width, 0))" height="\#(fixed(height, 0))" viewBox="0 0 \#(fixed(width, 0)) \#(fixed(height, 0))" font-family="sans-serif" font-size="12">"#,
+            #"<rect width="100%" height="100%" fill="white"/>"#,
+            #"<text x="\#(fixed(left, 0))" y="24" font-size="14">\#(escape(title))</text>"#,
+        ]
         for (rank, list) in events.enumerated() {
             let y = top + Double(rank) * (rowHeight + rowGap)
             svg.append(#"<g class="rank" id="rank-\#(rank)">"#)
@@ -49,7 +51,9 @@ public enum TimelineSVG {
                 let laneY = kind.isWork ? y : y + laneHeight + 2
                 for e in list where e.kind == kind {
                     let x0 = x(e.start), w = max(0.5, x(e.end) - x0)
-                    svg.append(#"<rect class="\#(kind.name)" x="\#(fixed(x0, 2))" y="\#(fixed(laneY, 1))" width="\#(fixed(w, 2))" height="\#(fixed(laneHeight, 1))" fill="\#(colour(kind))"\#(kind == .send || kind == .receive ? #" fill-opacity="0.55""# : "")/>"#)
+                    svg.append(
+                        #"<rect class="\#(kind.name)" x="\#(fixed(x0, 2))" y="\#(fixed(laneY, 1))" width="\#(fixed(w, 2))" height="\#(fixed(laneHeight, 1))" fill="\#(colour(kind))"\#(kind == .send || kind == .receive ? #" fill-opacity="0.55""# : "")/>"#
+                    )
                 }
             }
             svg.append("</g>")
@@ -73,7 +77,9 @@ public enum TimelineSVG {
         svg.append(#"<g class="legend">"#)
         for (i, entry) in colours.enumerated() {
             let ly = legendY + Double(i) * 18
-            svg.append(#"<rect x="\#(fixed(left, 1))" y="\#(fixed(ly, 1))" width="14" height="12" fill="\#(entry.colour)"/><text x="\#(fixed(left + 20, 1))" y="\#(fixed(ly + 10, 1))">\#(escape(entry.label))</text>"#)
+            svg.append(
+                #"<rect x="\#(fixed(left, 1))" y="\#(fixed(ly, 1))" width="14" height="12" fill="\#(entry.colour)"/><text x="\#(fixed(left + 20, 1))" y="\#(fixed(ly + 10, 1))">\#(escape(entry.label))</text>"#
+            )
         }
         svg.append("</g>")
         svg.append("</svg>")

@@ -27,8 +27,10 @@ public struct DistributedAttention {
     ///   - mask: in global token positions.
     ///   - options: what some strategies read (mesh's shape).
     ///   - threads: compute threads per rank.
-    public init(strategy name: StrategyName = .zigzag, tokens: Int, shape: AttentionShape, mask: AttentionMask = .none,
-                options: StrategyOptions = StrategyOptions(), threads: Int = 1, communicator: Communicator) throws {
+    public init(
+        strategy name: StrategyName = .zigzag, tokens: Int, shape: AttentionShape, mask: AttentionMask = .none,
+        options: StrategyOptions = StrategyOptions(), threads: Int = 1, communicator: Communicator
+    ) throws {
         let strategy = name.make(options, mask: mask, ranks: communicator.size, heads: shape.heads)
         try communicator.together { try strategy.check(heads: shape.heads, ranks: communicator.size) }
         guard strategy.querySelection == .sameAsKeys else {
@@ -72,8 +74,9 @@ public struct DistributedAttention {
     private func shard(q: [Float], k: [Float], v: [Float]) throws -> LocalShard {
         let shape = job.shape, rows = localRows
         guard q.count == rows * shape.queryRowWidth, k.count == rows * shape.kvRowWidth, v.count == k.count else {
-            throw StrategyRefusal(description: "rank \(communicator.rank) holds \(rows) rows (\(localRanges)); expected Q of \(rows * shape.queryRowWidth) floats "
-                + "and K, V of \(rows * shape.kvRowWidth) each, got \(q.count), \(k.count), \(v.count)")
+            throw StrategyRefusal(
+                description: "rank \(communicator.rank) holds \(rows) rows (\(localRanges)); expected Q of \(rows * shape.queryRowWidth) floats "
+                    + "and K, V of \(rows * shape.kvRowWidth) each, got \(q.count), \(k.count), \(v.count)")
         }
         let shard = LocalShard(shape: shape, partition: partition, rank: communicator.rank)
         shard.queries.baseAddress!.update(from: q, count: q.count)

@@ -30,8 +30,9 @@ public enum OutputGradientSource: Sendable {
             }
             try values.withUnsafeMutableBufferPointer { buffer in
                 for segment in segments where !segment.positions.isEmpty {
-                    try file.read(into: buffer.baseAddress! + segment.localRow * width, elementOffset: segment.positions.lowerBound * width,
-                                  count: segment.positions.count * width)
+                    try file.read(
+                        into: buffer.baseAddress! + segment.localRow * width, elementOffset: segment.positions.lowerBound * width,
+                        count: segment.positions.count * width)
                 }
             }
         }
@@ -42,8 +43,9 @@ public enum OutputGradientSource: Sendable {
             let token = segment.map { $0.positions.lowerBound + row - $0.localRow } ?? row
             let name: String
             if case let .file(path) = self { name = path } else { name = "(synthetic)" }
-            throw LocalShard.NonFiniteInput(description: "dO \(name) holds \(values[bad]) at [token \(token), head \((bad % width) / shape.headDim), dim \(bad % shape.headDim)]; "
-                + "expected finite numbers")
+            throw LocalShard.NonFiniteInput(
+                description: "dO \(name) holds \(values[bad]) at [token \(token), head \((bad % width) / shape.headDim), dim \(bad % shape.headDim)]; "
+                    + "expected finite numbers")
         }
         return values
     }
@@ -53,17 +55,22 @@ extension ShardGradients {
     /// Writes this rank's rows of dQ (its `querySegments` of the rows `dq` holds) and of dK and
     /// dV (`keySegments`) into files already created at full size: `[tokens, heads, headDim]`
     /// and `[tokens, kvHeads, headDim]`. Collective: all ranks fail together if one cannot.
-    public func write(dq dqPath: String?, dk dkPath: String?, dv dvPath: String?, querySegments: [ShardSegment],
-                      keySegments: [ShardSegment], shape: AttentionShape, communicator: Communicator) throws {
+    public func write(
+        dq dqPath: String?, dk dkPath: String?, dv dvPath: String?, querySegments: [ShardSegment],
+        keySegments: [ShardSegment], shape: AttentionShape, communicator: Communicator
+    ) throws {
         try communicator.together {
-            for (path, values, width, segments) in [(dqPath, dq, shape.queryRowWidth, querySegments), (dkPath, dk, shape.kvRowWidth, keySegments),
-                                                    (dvPath, dv, shape.kvRowWidth, keySegments)] {
+            for (path, values, width, segments) in [
+                (dqPath, dq, shape.queryRowWidth, querySegments), (dkPath, dk, shape.kvRowWidth, keySegments),
+                (dvPath, dv, shape.kvRowWidth, keySegments),
+            ] {
                 guard let path, !values.isEmpty else { continue }
                 let file = try NpyFile.open(writing: path)
                 try values.withUnsafeBufferPointer { buffer in
                     for s in segments where !s.positions.isEmpty {
-                        try file.write(from: buffer.baseAddress! + s.localRow * width, elementOffset: s.positions.lowerBound * width,
-                                       count: s.positions.count * width)
+                        try file.write(
+                            from: buffer.baseAddress! + s.localRow * width, elementOffset: s.positions.lowerBound * width,
+                            count: s.positions.count * width)
                     }
                 }
             }
@@ -98,8 +105,10 @@ public struct GradientErrors: Sendable, Equatable {
 extension ErrorStats {
     /// Compares rows `rows` (local indices) of `actual` ([rows, heads, headDim]) with `expected`,
     /// whose rows are indexed 0..<rows.count; `positions` are the rows' global positions.
-    public static func compare(_ actual: [Float], rows: [Int], positions: [Int], heads: Int, headDim: Int,
-                               expected: (Int) -> Double) -> ErrorStats {
+    public static func compare(
+        _ actual: [Float], rows: [Int], positions: [Int], heads: Int, headDim: Int,
+        expected: (Int) -> Double
+    ) -> ErrorStats {
         var stats = ErrorStats()
         var scale = 0.0
         let width = heads * headDim

@@ -6,8 +6,8 @@
 // Three alltoallv calls each way (Q, K, V; O, LSE), landing straight in place where the layout allows.
 
 import AttentionCore
-import Profiling
 import MPIBinding
+import Profiling
 
 struct HeadExchange {
     let communicator: Communicator
@@ -35,7 +35,9 @@ struct HeadExchange {
     /// Where each part starts when parts of `counts` elements are laid back to back.
     static func offsets(_ counts: [Int]) -> [Int] {
         var at = 0
-        return counts.map { count in defer { at += count }; return at }
+        return counts.map { count in
+            defer { at += count }; return at
+        }
     }
 
     /// The group's rows, member after member: the rows of every head shard.
@@ -61,9 +63,10 @@ struct HeadExchange {
         let (me, d) = (communicator.rank, shape.headDim)
         let mine = slice(of: me), groupRows = self.groupRows
         let myRows = shard.keyRows
-        let result = HeadShard(slice: mine,
-                               queries: .allocate(capacity: max(1, groupRows * mine.heads.count * d)),
-                               keyValues: .allocate(capacity: max(1, 2 * groupRows * mine.kvHeads.count * d)))
+        let result = HeadShard(
+            slice: mine,
+            queries: .allocate(capacity: max(1, groupRows * mine.heads.count * d)),
+            keyValues: .allocate(capacity: max(1, 2 * groupRows * mine.kvHeads.count * d)))
         result.queries.initialize(repeating: 0)
         result.keyValues.initialize(repeating: 0)
 
@@ -88,8 +91,9 @@ struct HeadExchange {
 
         try local.output.withUnsafeBufferPointer { o in
             try result.output.withUnsafeMutableBufferPointer { out in
-                try gatherRows(o.baseAddress!, width: d, headsOf: { slice(of: $0).heads }, into: out.baseAddress!,
-                               rows: myRows, rowWidth: shape.queryRowWidth)
+                try gatherRows(
+                    o.baseAddress!, width: d, headsOf: { slice(of: $0).heads }, into: out.baseAddress!,
+                    rows: myRows, rowWidth: shape.queryRowWidth)
             }
         }
 
@@ -107,24 +111,27 @@ struct HeadExchange {
             }
         }
         try result.lse.withUnsafeMutableBufferPointer { lse in
-            try communicator.alltoallv(UnsafeBufferPointer(send), sendCounts: sendCounts, sendOffsets: sendOffsets,
-                                       lse, receiveCounts: (0 ..< members).map { slice(of: $0).heads.count * myRows },
-                                       receiveOffsets: (0 ..< members).map { slice(of: $0).heads.lowerBound * myRows })
+            try communicator.alltoallv(
+                UnsafeBufferPointer(send), sendCounts: sendCounts, sendOffsets: sendOffsets,
+                lse, receiveCounts: (0 ..< members).map { slice(of: $0).heads.count * myRows },
+                receiveOffsets: (0 ..< members).map { slice(of: $0).heads.lowerBound * myRows })
         }
     }
 
     /// Sends each member `m` this member's `rows` rows of `source` (`rowWidth` floats each) for the
     /// heads `headsOf(m)` (`width` floats per head); what arrives, `[groupRows, headsOf(me), width]`,
     /// lands at `destination`, member after member.
-    func scatterRows(_ source: UnsafePointer<Float>, rows myRows: Int, rowWidth: Int, width d: Int, headsOf: (Int) -> Range<Int>,
-                     into destination: UnsafeMutablePointer<Float>) throws {
+    func scatterRows(
+        _ source: UnsafePointer<Float>, rows myRows: Int, rowWidth: Int, width d: Int, headsOf: (Int) -> Range<Int>,
+        into destination: UnsafeMutablePointer<Float>
+    ) throws {
         let (members, me) = (communicator.size, communicator.rank)
         let sendCounts = (0 ..< members).map { myRows * headsOf($0).count * d }
         let sendOffsets = Self.offsets(sendCounts)
         let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sendCounts.reduce(0, +)))
         defer { send.deallocate() }
         recording(.merge, on: communicator.recorder) {
-            for m in 0 ..< members {      // pack each member's heads, row by row
+            for m in 0 ..< members {  // pack each member's heads, row by row
                 let heads = headsOf(m)
                 for row in 0 ..< myRows {
                     (send.baseAddress! + sendOffsets[m] + row * heads.count * d)
@@ -133,18 +140,21 @@ struct HeadExchange {
             }
         }
         let width = headsOf(me).count * d
-        try communicator.alltoallv(UnsafeBufferPointer(send), sendCounts: sendCounts, sendOffsets: sendOffsets,
-                                   UnsafeMutableBufferPointer(start: destination, count: groupRows * width),
-                                   receiveCounts: (0 ..< members).map { rows($0) * width },
-                                   receiveOffsets: firstRows.map { $0 * width })
+        try communicator.alltoallv(
+            UnsafeBufferPointer(send), sendCounts: sendCounts, sendOffsets: sendOffsets,
+            UnsafeMutableBufferPointer(start: destination, count: groupRows * width),
+            receiveCounts: (0 ..< members).map { rows($0) * width },
+            receiveOffsets: firstRows.map { $0 * width })
     }
 
     /// The transpose of `scatterRows`: `local` holds every group row for the heads
     /// `headsOf(me)` (`width` floats per head); each member gets its own rows back, written (or,
     /// with `add`, added: kv heads that several members read) into `out`, `[myRows, rowWidth]`,
     /// at each sender's heads.
-    func gatherRows(_ local: UnsafePointer<Float>, width d: Int, headsOf: (Int) -> Range<Int>, into out: UnsafeMutablePointer<Float>,
-                    rows myRows: Int, rowWidth: Int, add: Bool = false) throws {
+    func gatherRows(
+        _ local: UnsafePointer<Float>, width d: Int, headsOf: (Int) -> Range<Int>, into out: UnsafeMutablePointer<Float>,
+        rows myRows: Int, rowWidth: Int, add: Bool = false
+    ) throws {
         let (members, me) = (communicator.size, communicator.rank)
         let mine = headsOf(me), firstRows = self.firstRows
         // The rows of member m are contiguous in `local`; what arrives from m is [myRows, headsOf(m), d].
@@ -152,10 +162,11 @@ struct HeadExchange {
         let receiveOffsets = Self.offsets(receiveCounts)
         let received = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, receiveCounts.reduce(0, +)))
         defer { received.deallocate() }
-        try communicator.alltoallv(UnsafeBufferPointer(start: local, count: groupRows * mine.count * d),
-                                   sendCounts: (0 ..< members).map { rows($0) * mine.count * d },
-                                   sendOffsets: firstRows.map { $0 * mine.count * d },
-                                   received, receiveCounts: receiveCounts, receiveOffsets: receiveOffsets)
+        try communicator.alltoallv(
+            UnsafeBufferPointer(start: local, count: groupRows * mine.count * d),
+            sendCounts: (0 ..< members).map { rows($0) * mine.count * d },
+            sendOffsets: firstRows.map { $0 * mine.count * d },
+            received, receiveCounts: receiveCounts, receiveOffsets: receiveOffsets)
         recording(.merge, on: communicator.recorder) {
             for m in 0 ..< members {
                 let heads = headsOf(m), count = heads.count * d

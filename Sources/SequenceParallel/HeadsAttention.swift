@@ -15,8 +15,9 @@ public struct HeadsAttention: SequenceParallelStrategy {
     public func check(heads: Int, ranks: Int) throws {
         guard heads >= ranks else {
             let mesh = MeshAttention.defaultShape(ranks: ranks, heads: heads)
-            throw StrategyRefusal(description: "the heads strategy gives each rank at least one head, but there are \(heads) heads for \(ranks) ranks: "
-                + "run it on at most \(heads) ranks, or use --strategy mesh --mesh \(mesh.headGroup)x\(mesh.ring), or ring/zigzag")
+            throw StrategyRefusal(
+                description: "the heads strategy gives each rank at least one head, but there are \(heads) heads for \(ranks) ranks: "
+                    + "run it on at most \(heads) ranks, or use --strategy mesh --mesh \(mesh.headGroup)x\(mesh.ring), or ring/zigzag")
         }
     }
 
@@ -42,8 +43,10 @@ extension HeadsAttention {
 
     /// Mesh's backward with one head group of every rank (a ring of one): the all-to-alls of the
     /// forward and their transposes.
-    public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
-                         communicator: Communicator) throws -> ShardGradients {
+    public func backward(
+        _ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+        communicator: Communicator
+    ) throws -> ShardGradients {
         try mesh(communicator).backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
     }
 }

@@ -3,43 +3,55 @@
 // merges with `recording(.merge, on:)`, so no strategy repeats timing code.
 
 import AttentionCore
-import Profiling
 import MPIBinding
+import Profiling
 
 extension LocalAttention {
     /// `accumulate`, recorded as one compute event on `recorder` when there is one and the mask
     /// left the block any work (blocks it hides cost nothing and would only clutter the timeline).
     @inline(__always)
-    func accumulate(queries: UnsafePointer<Float>, querySegment: ShardSegment, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                    keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}) {
+    func accumulate(
+        queries: UnsafePointer<Float>, querySegment: ShardSegment, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+        keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}
+    ) {
         let meter = ProgressMeter.current
         guard recorder != nil || meter != nil else {
-            return accumulate(queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
-                              into: accumulator, progress: progress)
+            return accumulate(
+                queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
+                into: accumulator, progress: progress)
         }
         let flops = computedFlops, start = ProfileClock.now()
         if let meter {
-            accumulate(queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
-                       into: accumulator, progress: { progress(); meter.update(inFlight: self.computedFlops - flops) })
+            accumulate(
+                queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
+                into: accumulator,
+                progress: {
+                    progress(); meter.update(inFlight: self.computedFlops - flops)
+                })
             meter.add(computedFlops - flops)
         } else {
-            accumulate(queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
-                       into: accumulator, progress: progress)
+            accumulate(
+                queries: queries, querySegment: querySegment, keys: keys, values: values, keySegment: keySegment,
+                into: accumulator, progress: progress)
         }
         if let recorder, computedFlops > flops { recorder.record(.compute, start: start, end: ProfileClock.now()) }
     }
 
     /// The same for several query segments against one key segment (K and V packed once).
     @inline(__always)
-    func accumulate(queries: UnsafePointer<Float>, querySegments: [ShardSegment], keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                    keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}) {
+    func accumulate(
+        queries: UnsafePointer<Float>, querySegments: [ShardSegment], keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+        keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}
+    ) {
         guard let recorder else {
-            return accumulate(queries: queries, querySegments: querySegments, keys: keys, values: values, keySegment: keySegment,
-                              into: accumulator, progress: progress)
+            return accumulate(
+                queries: queries, querySegments: querySegments, keys: keys, values: values, keySegment: keySegment,
+                into: accumulator, progress: progress)
         }
         let flops = computedFlops, start = ProfileClock.now()
-        accumulate(queries: queries, querySegments: querySegments, keys: keys, values: values, keySegment: keySegment,
-                   into: accumulator, progress: progress)
+        accumulate(
+            queries: queries, querySegments: querySegments, keys: keys, values: values, keySegment: keySegment,
+            into: accumulator, progress: progress)
         if computedFlops > flops { recorder.record(.compute, start: start, end: ProfileClock.now()) }
     }
 }

@@ -14,13 +14,15 @@ public struct MemoryBudgetExceeded: Error, CustomStringConvertible {
 
 public enum MemoryBudget {
     /// Bytes one rank needs at least, at `ranks` ranks.
-    public static func perRank(tokens: Int, shape: AttentionShape, ranks: Int, threads: Int, tiling: KernelTiling,
-                               wholeKeyValues: Bool) -> Double {
+    public static func perRank(
+        tokens: Int, shape: AttentionShape, ranks: Int, threads: Int, tiling: KernelTiling,
+        wholeKeyValues: Bool
+    ) -> Double {
         let rows = (Double(tokens) / Double(max(1, ranks))).rounded(.up)
         let (h, kv, d) = (Double(shape.heads), Double(shape.kvHeads), Double(shape.headDim))
-        var floats = rows * h * d * 3              // Q rows, the accumulator, O
-        floats += rows * kv * d * 2 * 3            // K and V rows, and the exchange's two receive buffers
-        floats += rows * h * 3                     // running max, sum, LSE
+        var floats = rows * h * d * 3  // Q rows, the accumulator, O
+        floats += rows * kv * d * 2 * 3  // K and V rows, and the exchange's two receive buffers
+        floats += rows * h * 3  // running max, sum, LSE
         floats += Double(threads) * Double(min(tiling.queryTile, tokens)) * Double(min(tiling.keyBlock, tokens))
         if wholeKeyValues { floats += Double(tokens) * kv * d * 2 + rows * h * d }
         return floats * 4
@@ -30,13 +32,16 @@ public enum MemoryBudget {
     public static func available() -> Double? {
         var best: Double?
         if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
-           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
-           let kib = Double(line.split(separator: " ").dropFirst().first ?? "") {
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
+            let kib = Double(line.split(separator: " ").dropFirst().first ?? "")
+        {
             best = kib * 1024
         }
         if let text = try? String(contentsOfFile: "/sys/fs/cgroup/memory.max", encoding: .utf8),
-           let limit = Double(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
-            let used = (try? String(contentsOfFile: "/sys/fs/cgroup/memory.current", encoding: .utf8))
+            let limit = Double(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        {
+            let used =
+                (try? String(contentsOfFile: "/sys/fs/cgroup/memory.current", encoding: .utf8))
                 .flatMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0
             best = min(best ?? .infinity, limit - used)
         }
@@ -54,8 +59,10 @@ public enum MemoryBudget {
 
     /// Throws when a rank needs more than its share of this host's available memory, saying how
     /// much it needs and how many ranks (each with that share) would make the run fit.
-    public static func check(tokens: Int, shape: AttentionShape, ranks: Int, threads: Int, tiling: KernelTiling,
-                             wholeKeyValues: Bool, available: Double? = MemoryBudget.available(), localRanks: Int = MemoryBudget.localRanks) throws {
+    public static func check(
+        tokens: Int, shape: AttentionShape, ranks: Int, threads: Int, tiling: KernelTiling,
+        wholeKeyValues: Bool, available: Double? = MemoryBudget.available(), localRanks: Int = MemoryBudget.localRanks
+    ) throws {
         guard let available else { return }
         let share = available / Double(max(1, localRanks))
         let need = perRank(tokens: tokens, shape: shape, ranks: ranks, threads: threads, tiling: tiling, wholeKeyValues: wholeKeyValues)
@@ -65,7 +72,7 @@ public enum MemoryBudget {
         }
         var advice: String
         if fits(1 << 30) {
-            var (lo, hi) = (ranks, 1 << 30)            // fits(hi), not fits(lo)
+            var (lo, hi) = (ranks, 1 << 30)  // fits(hi), not fits(lo)
             while hi - lo > 1 {
                 let mid = lo + (hi - lo) / 2
                 if fits(mid) { hi = mid } else { lo = mid }
@@ -74,9 +81,10 @@ public enum MemoryBudget {
         } else {
             advice = "no rank count fits it with \(gib(share)) per rank" + (wholeKeyValues ? " (verify holds the whole K and V on every rank; try run)" : "")
         }
-        throw MemoryBudgetExceeded(description: "this run needs about \(gib(need)) per rank at \(ranks) rank(s) "
-            + "(its rows of Q, K, V and O, exchange buffers, kernel tiles\(wholeKeyValues ? ", and the whole K and V for the comparison" : "")), "
-            + "but this host has \(gib(available)) available for its \(localRanks) rank(s), \(gib(share)) each; \(advice)")
+        throw MemoryBudgetExceeded(
+            description: "this run needs about \(gib(need)) per rank at \(ranks) rank(s) "
+                + "(its rows of Q, K, V and O, exchange buffers, kernel tiles\(wholeKeyValues ? ", and the whole K and V for the comparison" : "")), "
+                + "but this host has \(gib(available)) available for its \(localRanks) rank(s), \(gib(share)) each; \(advice)")
     }
 
     static func gib(_ bytes: Double) -> String { String(format: "%.1f GiB", bytes / 1_073_741_824) }

@@ -66,11 +66,13 @@ public struct MeshAttention: SequenceParallelStrategy {
         let heads = try exchange.scatter(shard)
         defer { heads.deallocate() }
         let accumulator = AttentionAccumulator(rows: exchange.groupRows, heads: heads.slice.heads.count, headDim: job.shape.headDim)
-        let pass = RingPass(communicator: ringCommunicator,
-                            blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
-                            kvRowWidth: heads.slice.kvHeads.count * job.shape.headDim)
-        try pass.run(queries: heads.queries.baseAddress!, querySegments: exchange.groupSegments,
-                     keyValues: UnsafeBufferPointer(heads.keyValues), kernel: job.kernel(for: heads.slice), mask: job.mask, into: accumulator)
+        let pass = RingPass(
+            communicator: ringCommunicator,
+            blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
+            kvRowWidth: heads.slice.kvHeads.count * job.shape.headDim)
+        try pass.run(
+            queries: heads.queries.baseAddress!, querySegments: exchange.groupSegments,
+            keyValues: UnsafeBufferPointer(heads.keyValues), kernel: job.kernel(for: heads.slice), mask: job.mask, into: accumulator)
         var result = PartialResult(emptyRows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
         try exchange.gather(accumulator.result(), into: &result)
         return result
@@ -85,8 +87,10 @@ extension MeshAttention {
     /// members with the same heads; dQ, dK and dV come back to their rows' owners, dK and dV
     /// summed over the members whose heads read the same kv head (GQA with fewer kv heads than
     /// members).
-    public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
-                         communicator: Communicator) throws -> ShardGradients {
+    public func backward(
+        _ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+        communicator: Communicator
+    ) throws -> ShardGradients {
         let shape = job.shape, d = shape.headDim
         let position = communicator.rank / headGroup
         let (group, ringCommunicator) = try communicators(communicator)
@@ -102,12 +106,14 @@ extension MeshAttention {
         // dO and (lse, D) to head shards.
         let outputGradHeads = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, groupRows * slice.heads.count * d))
         defer { outputGradHeads.deallocate() }
-        try exchange.scatterRows(outputGrad, rows: myRows, rowWidth: shape.queryRowWidth, width: d, headsOf: headsOf,
-                                 into: outputGradHeads.baseAddress!)
+        try exchange.scatterRows(
+            outputGrad, rows: myRows, rowWidth: shape.queryRowWidth, width: d, headsOf: headsOf,
+            into: outputGradHeads.baseAddress!)
         let statistics = forward.output.withUnsafeBufferPointer { o in
             forward.lse.withUnsafeBufferPointer { l in
-                GradientAccumulator.rowStatistics(rows: myRows, heads: shape.heads, headDim: d, output: o.baseAddress!,
-                                                  outputGrad: outputGrad, lse: l.baseAddress!, lseStride: myRows)
+                GradientAccumulator.rowStatistics(
+                    rows: myRows, heads: shape.heads, headDim: d, output: o.baseAddress!,
+                    outputGrad: outputGrad, lse: l.baseAddress!, lseStride: myRows)
             }
         }
         var headStatistics = [Float](repeating: 0, count: groupRows * slice.heads.count * 2)
@@ -123,32 +129,38 @@ extension MeshAttention {
         let keyValueGrads = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, 2 * groupRows * kvWidth))
         keyValueGrads.initialize(repeating: 0)
         defer { keyValueGrads.deallocate() }
-        let pass = RingPass(communicator: ringCommunicator,
-                            blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
-                            kvRowWidth: kvWidth)
-        try pass.runBackward(queries: heads.queries.baseAddress!, outputGrad: outputGradHeads.baseAddress!,
-                             querySegments: exchange.groupSegments, keyValues: UnsafeBufferPointer(heads.keyValues),
-                             kernel: job.backwardKernel(for: slice), mask: job.mask, gradients: gradients, keyValueGrads: keyValueGrads)
+        let pass = RingPass(
+            communicator: ringCommunicator,
+            blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
+            kvRowWidth: kvWidth)
+        try pass.runBackward(
+            queries: heads.queries.baseAddress!, outputGrad: outputGradHeads.baseAddress!,
+            querySegments: exchange.groupSegments, keyValues: UnsafeBufferPointer(heads.keyValues),
+            kernel: job.backwardKernel(for: slice), mask: job.mask, gradients: gradients, keyValueGrads: keyValueGrads)
 
         // Back to sequence shards.
-        var result = ShardGradients(dq: [Float](repeating: 0, count: myRows * shape.queryRowWidth),
-                                    dk: [Float](repeating: 0, count: shard.keyRows * shape.kvRowWidth),
-                                    dv: [Float](repeating: 0, count: shard.keyRows * shape.kvRowWidth))
+        var result = ShardGradients(
+            dq: [Float](repeating: 0, count: myRows * shape.queryRowWidth),
+            dk: [Float](repeating: 0, count: shard.keyRows * shape.kvRowWidth),
+            dv: [Float](repeating: 0, count: shard.keyRows * shape.kvRowWidth))
         var headDQ = [Float](repeating: 0, count: groupRows * slice.heads.count * d)
         headDQ.withUnsafeMutableBufferPointer { gradients.finish(dq: $0.baseAddress!) }
         try headDQ.withUnsafeBufferPointer { local in
             try result.dq.withUnsafeMutableBufferPointer { out in
-                try exchange.gatherRows(local.baseAddress!, width: d, headsOf: headsOf, into: out.baseAddress!, rows: myRows,
-                                        rowWidth: shape.queryRowWidth)
+                try exchange.gatherRows(
+                    local.baseAddress!, width: d, headsOf: headsOf, into: out.baseAddress!, rows: myRows,
+                    rowWidth: shape.queryRowWidth)
             }
         }
         try result.dk.withUnsafeMutableBufferPointer { out in
-            try exchange.gatherRows(keyValueGrads.baseAddress!, width: d, headsOf: kvHeadsOf, into: out.baseAddress!,
-                                    rows: shard.keyRows, rowWidth: shape.kvRowWidth, add: true)
+            try exchange.gatherRows(
+                keyValueGrads.baseAddress!, width: d, headsOf: kvHeadsOf, into: out.baseAddress!,
+                rows: shard.keyRows, rowWidth: shape.kvRowWidth, add: true)
         }
         try result.dv.withUnsafeMutableBufferPointer { out in
-            try exchange.gatherRows(keyValueGrads.baseAddress! + groupRows * kvWidth, width: d, headsOf: kvHeadsOf, into: out.baseAddress!,
-                                    rows: shard.keyRows, rowWidth: shape.kvRowWidth, add: true)
+            try exchange.gatherRows(
+                keyValueGrads.baseAddress! + groupRows * kvWidth, width: d, headsOf: kvHeadsOf, into: out.baseAddress!,
+                rows: shard.keyRows, rowWidth: shape.kvRowWidth, add: true)
         }
         return result
     }

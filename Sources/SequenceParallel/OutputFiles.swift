@@ -74,7 +74,7 @@ public enum OutputPaths {
         var seen: [(option: String, path: String, identity: FileIdentity)] = []
         for input in inputs {
             var info = stat()
-            guard stat(input.path, &info) == 0 else { continue }     // a missing input is reported when it is read
+            guard stat(input.path, &info) == 0 else { continue }  // a missing input is reported when it is read
             seen.append((input.option, input.path, .node(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))))
         }
         for output in outputs {
@@ -86,8 +86,9 @@ public enum OutputPaths {
             do { identity = try Self.identity(output.path) } catch { throw OutputPathError(description: "\(output.option) \(error)") }
             if let other = seen.first(where: { $0.identity == identity }) {
                 let what = inputs.contains { $0.option == other.option } ? "the input" : "the output"
-                throw OutputPathError(description: "\(output.option) \(output.path) is the same file as \(what) \(other.option) \(other.path); "
-                    + "writing it would destroy that \(what == "the input" ? "input" : "output"). Give another path")
+                throw OutputPathError(
+                    description: "\(output.option) \(output.path) is the same file as \(what) \(other.option) \(other.path); "
+                        + "writing it would destroy that \(what == "the input" ? "input" : "output"). Give another path")
             }
             seen.append((output.option, output.path, identity))
             let folder = parent(of: try resolvedTarget(output.path))
@@ -186,7 +187,7 @@ public final class OutputTransaction {
         guard let folder = ProcessInfo.processInfo.environment["SEQPAR_JOB_DIR"], !folder.isEmpty else { return }
         let list = (folder as NSString).appendingPathComponent("outputs")
         let fd = Glibc.open(list, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        guard fd >= 0 else { return }       // best effort: the launcher's list is a second line of defence
+        guard fd >= 0 else { return }  // best effort: the launcher's list is a second line of defence
         defer { close(fd) }
         var bytes = Array(temporaries.map { $0 + "\u{0}" }.joined().utf8)
         _ = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }

@@ -6,9 +6,9 @@
 // machine with fewer cores than ranks, their waiting takes cores (say so when you quote figures).
 
 import AttentionCore
-import Profiling
 import MPIBinding
 import Planning
+import Profiling
 
 public enum Probe {
     /// 8 B to 16 MiB, by factors of 8 (and 16 MiB itself).
@@ -68,15 +68,18 @@ public enum Probe {
                 try communicator.alltoall(UnsafeBufferPointer(send), receive, countPerRank: bytes)
             }
             let time = try communicator.allreduce((ProfileClock.now() - start) / Double(iterations), .max)
-            allToAll.append(.init(bytesPerPeer: bytes, microseconds: time * 1e6,
-                                  bandwidthMBps: size > 1 ? Double((size - 1) * bytes) / time / 1e6 : 0))
+            allToAll.append(
+                .init(
+                    bytesPerPeer: bytes, microseconds: time * 1e6,
+                    bandwidthMBps: size > 1 ? Double((size - 1) * bytes) / time / 1e6 : 0))
         }
 
         try communicator.barrier()
         let sgemm = try communicator.allgather(BlasPeak.measure(threads: threads))
         let rankHosts = try communicator.allgather(MPIRuntime.processorName())
-        return ProbeFigures(ranks: size, pointToPoint: pointToPoint, allToAll: allToAll, sgemmGflops: sgemm,
-                            note: "\(size) ranks on \(Set(rankHosts).sorted().joined(separator: ", ")); \(MPIRuntime.libraryVersion())",
-                            hosts: rankHosts)
+        return ProbeFigures(
+            ranks: size, pointToPoint: pointToPoint, allToAll: allToAll, sgemmGflops: sgemm,
+            note: "\(size) ranks on \(Set(rankHosts).sorted().joined(separator: ", ")); \(MPIRuntime.libraryVersion())",
+            hosts: rankHosts)
     }
 }

@@ -6,8 +6,8 @@
 // only on rank 0 when stderr is a terminal and --quiet is not given.
 
 import Foundation
-import Profiling
 import MPIBinding
+import Profiling
 
 public final class ProgressMeter {
     /// The meter the kernel calls feed; nil (the default) costs one load per kernel call.

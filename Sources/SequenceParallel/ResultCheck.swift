@@ -25,13 +25,15 @@ extension PartialResult {
                     let r = segment.localRow + offset
                     let l = lse[h * rows + r]
                     if l.isNaN || l == .infinity {
-                        throw NonFiniteResult(description: "the scores of query token \(position), head \(h) are not finite in float32 "
-                            + "(scale * q.k overflows ±3.4e38, or inf - inf): its softmax cannot be computed. "
-                            + "Expected smaller inputs or --scale; no output was written")
+                        throw NonFiniteResult(
+                            description: "the scores of query token \(position), head \(h) are not finite in float32 "
+                                + "(scale * q.k overflows ±3.4e38, or inf - inf): its softmax cannot be computed. "
+                                + "Expected smaller inputs or --scale; no output was written")
                     }
                     if l == -.infinity, !mask.visibleKeys(query: position, head: h, within: 0 ..< tokens).isEmpty {
-                        throw NonFiniteResult(description: "query token \(position), head \(h) sees keys under the mask but its scores "
-                            + "gave no finite maximum (float32 overflow of scale * q.k). Expected smaller inputs or --scale; no output was written")
+                        throw NonFiniteResult(
+                            description: "query token \(position), head \(h) sees keys under the mask but its scores "
+                                + "gave no finite maximum (float32 overflow of scale * q.k). Expected smaller inputs or --scale; no output was written")
                     }
                 }
             }
@@ -39,10 +41,12 @@ extension PartialResult {
         // O: finite where lse is (a sum of huge V values can still overflow).
         for (index, value) in output.enumerated() where !value.isFinite {
             let r = index / (heads * d), h = (index / d) % heads
-            let position = segments.first { r >= $0.localRow && r < $0.localRow + $0.positions.count }
+            let position =
+                segments.first { r >= $0.localRow && r < $0.localRow + $0.positions.count }
                 .map { $0.positions.lowerBound + r - $0.localRow } ?? r
-            throw NonFiniteResult(description: "O of query token \(position), head \(h) is not finite in float32 "
-                + "(the weighted sum of V overflows ±3.4e38). Expected smaller V values; no output was written")
+            throw NonFiniteResult(
+                description: "O of query token \(position), head \(h) is not finite in float32 "
+                    + "(the weighted sum of V overflows ±3.4e38). Expected smaller V values; no output was written")
         }
     }
 }

@@ -15,11 +15,13 @@ public struct RingAttention: SequenceParallelStrategy {
 
     public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
         let accumulator = AttentionAccumulator(rows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
-        let pass = RingPass(communicator: communicator,
-                            blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
-                            kvRowWidth: job.shape.kvRowWidth)
-        try pass.run(queries: shard.queries.baseAddress!, querySegments: shard.querySegments,
-                     keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.kernel, mask: job.mask, into: accumulator)
+        let pass = RingPass(
+            communicator: communicator,
+            blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
+            kvRowWidth: job.shape.kvRowWidth)
+        try pass.run(
+            queries: shard.queries.baseAddress!, querySegments: shard.querySegments,
+            keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.kernel, mask: job.mask, into: accumulator)
         return accumulator.result()
     }
 }
@@ -29,24 +31,29 @@ extension RingAttention {
 
     /// The ring backward (RingPass.runBackward): dQ stays with its queries, dK/dV travel with
     /// their K/V blocks and arrive back at their owner after the pass.
-    public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
-                         communicator: Communicator) throws -> ShardGradients {
+    public func backward(
+        _ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+        communicator: Communicator
+    ) throws -> ShardGradients {
         let shape = job.shape
         let gradients = forward.output.withUnsafeBufferPointer { o in
             forward.lse.withUnsafeBufferPointer { l in
-                GradientAccumulator(rows: shard.queryRows, heads: shape.heads, headDim: shape.headDim,
-                                    output: o.baseAddress!, outputGrad: outputGrad, lse: l.baseAddress!)
+                GradientAccumulator(
+                    rows: shard.queryRows, heads: shape.heads, headDim: shape.headDim,
+                    output: o.baseAddress!, outputGrad: outputGrad, lse: l.baseAddress!)
             }
         }
         let keyValueGrads = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, 2 * shard.keyRows * shape.kvRowWidth))
         keyValueGrads.initialize(repeating: 0)
         defer { keyValueGrads.deallocate() }
-        let pass = RingPass(communicator: communicator,
-                            blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
-                            kvRowWidth: shape.kvRowWidth)
-        try pass.runBackward(queries: shard.queries.baseAddress!, outputGrad: outputGrad, querySegments: shard.querySegments,
-                             keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.backwardKernel(), mask: job.mask,
-                             gradients: gradients, keyValueGrads: keyValueGrads)
+        let pass = RingPass(
+            communicator: communicator,
+            blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
+            kvRowWidth: shape.kvRowWidth)
+        try pass.runBackward(
+            queries: shard.queries.baseAddress!, outputGrad: outputGrad, querySegments: shard.querySegments,
+            keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.backwardKernel(), mask: job.mask,
+            gradients: gradients, keyValueGrads: keyValueGrads)
         return ShardGradients(gradients, keyValueGrads: UnsafeMutableBufferPointer(rebasing: keyValueGrads[0 ..< 2 * shard.keyRows * shape.kvRowWidth]))
     }
 }

@@ -6,8 +6,8 @@
 // A pass may stop early (sliding window, packed documents): blocks no later step needs are never sent.
 
 import AttentionCore
-import Profiling
 import MPIBinding
+import Profiling
 
 final class RingExchange {
     let communicator: Communicator
@@ -16,11 +16,13 @@ final class RingExchange {
     /// - Parameter capacity: floats in the largest block any rank sends.
     init(communicator: Communicator, capacity: Int) {
         self.communicator = communicator
-        buffers = communicator.size > 1 ? (0 ..< 2).map { _ in
-            let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, capacity))
-            buffer.initialize(repeating: 0)
-            return buffer
-        } : []
+        buffers =
+            communicator.size > 1
+            ? (0 ..< 2).map { _ in
+                let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, capacity))
+                buffer.initialize(repeating: 0)
+                return buffer
+            } : []
     }
 
     deinit { buffers.forEach { $0.deallocate() } }
@@ -29,8 +31,10 @@ final class RingExchange {
     /// - Parameters:
     ///   - local: this rank's packed block.
     ///   - blockSize: floats in the block that `rank` starts with.
-    func circulate(_ local: UnsafeBufferPointer<Float>, steps: Int, blockSize: (Int) -> Int,
-                   _ body: (_ source: Int, _ block: UnsafePointer<Float>, _ progress: () -> Void) throws -> Void) throws {
+    func circulate(
+        _ local: UnsafeBufferPointer<Float>, steps: Int, blockSize: (Int) -> Int,
+        _ body: (_ source: Int, _ block: UnsafePointer<Float>, _ progress: () -> Void) throws -> Void
+    ) throws {
         var current = UnsafeBufferPointer(rebasing: local[0 ..< blockSize(communicator.rank)])
         for step in 0 ..< steps {
             let source = communicator.neighbour(-step)
@@ -89,16 +93,19 @@ struct RingPass {
     }
 
     /// Folds every block the queries see into `accumulator`.
-    func run(queries: UnsafePointer<Float>, querySegments: [ShardSegment], keyValues: UnsafeBufferPointer<Float>,
-             kernel: LocalAttention, mask: AttentionMask, into accumulator: AttentionAccumulator) throws {
+    func run(
+        queries: UnsafePointer<Float>, querySegments: [ShardSegment], keyValues: UnsafeBufferPointer<Float>,
+        kernel: LocalAttention, mask: AttentionMask, into accumulator: AttentionAccumulator
+    ) throws {
         let capacity = 2 * (0 ..< communicator.size).map(rows).max()! * kvRowWidth
         let exchange = RingExchange(communicator: communicator, capacity: capacity)
         let steps = steps(mask: mask, heads: kernel.slice.heads)
         try exchange.circulate(keyValues, steps: steps, blockSize: { 2 * rows($0) * kvRowWidth }) { source, block, progress in
             let values = block + rows(source) * kvRowWidth
-            for keySegment in blockSegments[source] {     // every query segment at once: K/V packed once
-                kernel.accumulate(queries: queries, querySegments: querySegments, keys: block, values: values,
-                                  keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
+            for keySegment in blockSegments[source] {  // every query segment at once: K/V packed once
+                kernel.accumulate(
+                    queries: queries, querySegments: querySegments, keys: block, values: values,
+                    keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
             }
         }
     }
@@ -122,9 +129,11 @@ extension RingPass {
     /// `keyValueGrads` (this rank's dK rows then dV rows) ends up holding every rank's share.
     /// K/V sends are posted before the compute they overlap (RingExchange); a dK/dV send is
     /// posted after the compute that completes it and overlaps the next step's compute.
-    func runBackward(queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>, querySegments: [ShardSegment],
-                     keyValues: UnsafeBufferPointer<Float>, kernel: LocalAttentionBackward, mask: AttentionMask,
-                     gradients: GradientAccumulator, keyValueGrads: UnsafeMutableBufferPointer<Float>) throws {
+    func runBackward(
+        queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>, querySegments: [ShardSegment],
+        keyValues: UnsafeBufferPointer<Float>, kernel: LocalAttentionBackward, mask: AttentionMask,
+        gradients: GradientAccumulator, keyValueGrads: UnsafeMutableBufferPointer<Float>
+    ) throws {
         let (ranks, me) = (communicator.size, communicator.rank)
         let blockSize = { (rank: Int) in 2 * rows(rank) * kvRowWidth }
         precondition(keyValueGrads.count >= blockSize(me))
@@ -153,8 +162,10 @@ extension RingPass {
             recording(.compute, on: communicator.recorder) {
                 for querySegment in querySegments {
                     for keySegment in blockSegments[source] {
-                        kernel.accumulate(queries: queries, outputGrad: outputGrad, querySegment: querySegment, keys: block, values: values,
-                                          keySegment: keySegment, into: gradients, keyGrad: keyGrad, valueGrad: valueGrad) {
+                        kernel.accumulate(
+                            queries: queries, outputGrad: outputGrad, querySegment: querySegment, keys: block, values: values,
+                            keySegment: keySegment, into: gradients, keyGrad: keyGrad, valueGrad: valueGrad
+                        ) {
                             // Progress only: a failure resurfaces from the waits below.
                             progress()
                             _ = try? communicator.test(&send)
@@ -180,8 +191,9 @@ extension RingPass {
                 keyValueGrads.baseAddress!.update(from: sum.baseAddress!, count: size)
                 return
             }
-            receive = try communicator.irecv(UnsafeMutableBufferPointer(rebasing: travelling[(step + 1) % 2][0 ..< incoming]),
-                                             from: route.from, tag: tag(step))
+            receive = try communicator.irecv(
+                UnsafeMutableBufferPointer(rebasing: travelling[(step + 1) % 2][0 ..< incoming]),
+                from: route.from, tag: tag(step))
             send = try communicator.isend(UnsafeBufferPointer(rebasing: sum[0 ..< size]), to: route.to, tag: tag(step))
         }
         guard ranks > 1 else { return }

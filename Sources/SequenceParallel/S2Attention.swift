@@ -6,8 +6,8 @@
 // FLOPs and bytes both fall with the pattern's density.
 
 import AttentionCore
-import Profiling
 import MPIBinding
+import Profiling
 
 public struct S2Attention: SequenceParallelStrategy {
     public var inputLayout: TokenLayout { .zigzag }
@@ -69,7 +69,7 @@ public struct S2Attention: SequenceParallelStrategy {
         let sendBuffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sends.map(floats).max() ?? 0))
         let receiveBuffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, receives.map(floats).max() ?? 0))
         let block = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, 2 * (rows.max() ?? 0) * kvWidth))
-        block.initialize(repeating: 0)        // pieces not sent are never read: the mask hides them
+        block.initialize(repeating: 0)  // pieces not sent are never read: the mask hides them
         defer {
             sendBuffer.deallocate()
             receiveBuffer.deallocate()
@@ -86,13 +86,14 @@ public struct S2Attention: SequenceParallelStrategy {
         }
         func post(_ step: Int) throws {
             var at = 0
-            for piece in sends[step] {              // K rows, then V rows, of each piece
+            for piece in sends[step] {  // K rows, then V rows, of each piece
                 copy(piece, tensor: shard.keys, packed: sendBuffer.baseAddress! + at, packing: true)
                 copy(piece, tensor: shard.values, packed: sendBuffer.baseAddress! + at + piece.rows.count * d, packing: true)
                 at += 2 * piece.rows.count * d
             }
-            receive = try communicator.irecv(UnsafeMutableBufferPointer(rebasing: receiveBuffer[0 ..< floats(receives[step])]),
-                                             from: (me - step + ranks) % ranks, tag: step)
+            receive = try communicator.irecv(
+                UnsafeMutableBufferPointer(rebasing: receiveBuffer[0 ..< floats(receives[step])]),
+                from: (me - step + ranks) % ranks, tag: step)
             send = try communicator.isend(UnsafeBufferPointer(rebasing: sendBuffer[0 ..< at]), to: (me + step) % ranks, tag: step)
         }
         func unpack(_ step: Int, ownerRows: Int) {
@@ -112,8 +113,9 @@ public struct S2Attention: SequenceParallelStrategy {
         func fold(keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegments: [ShardSegment]) {
             for querySegment in shard.querySegments {
                 for keySegment in keySegments {
-                    job.kernel.accumulate(queries: shard.queries.baseAddress!, querySegment: querySegment, keys: keys, values: values,
-                                          keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
+                    job.kernel.accumulate(
+                        queries: shard.queries.baseAddress!, querySegment: querySegment, keys: keys, values: values,
+                        keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
                 }
             }
         }
@@ -137,8 +139,10 @@ extension S2Attention {
     /// The ring backward over the same zigzag shards, with the S2 mask: the kernel computes only
     /// the active block pairs, but every K/V block travels the whole ring (the forward's
     /// pattern-aware point-to-point routing is not mirrored for the gradients).
-    public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
-                         communicator: Communicator) throws -> ShardGradients {
+    public func backward(
+        _ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+        communicator: Communicator
+    ) throws -> ShardGradients {
         try RingAttention(layout: .zigzag).backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
     }
 }

@@ -89,18 +89,22 @@ public final class LocalShard {
     /// Loads this rank's rows. Throws (on this rank only) with a message naming the file.
     /// With packed documents in `balancing`, the rows are laid out as `TokenPartition.balanced`
     /// picks (only `documentLayout` when given).
-    public static func load(_ source: InputSource, layout: TokenLayout, rank: Int, ranks: Int, groupSize: Int = 1,
-                            queries selection: QuerySelection = .sameAsKeys, balancing mask: AttentionMask = .none,
-                            documentLayout: DocumentLayout? = nil, tiling: KernelTiling = KernelTiling()) throws -> LocalShard {
+    public static func load(
+        _ source: InputSource, layout: TokenLayout, rank: Int, ranks: Int, groupSize: Int = 1,
+        queries selection: QuerySelection = .sameAsKeys, balancing mask: AttentionMask = .none,
+        documentLayout: DocumentLayout? = nil, tiling: KernelTiling = KernelTiling()
+    ) throws -> LocalShard {
         func partition(_ tokens: Int) -> TokenPartition {
-            TokenPartition.balanced(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize, mask: mask,
-                                    documentLayout: documentLayout, tiling: tiling)
+            TokenPartition.balanced(
+                tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize, mask: mask,
+                documentLayout: documentLayout, tiling: tiling)
         }
         switch source {
         case let .synthetic(seed, tokens, shape):
             let partition = partition(tokens)
-            let shard = LocalShard(shape: shape, partition: partition, rank: rank,
-                                   querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: nil))
+            let shard = LocalShard(
+                shape: shape, partition: partition, rank: rank,
+                querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: nil))
             shard.fillSynthetic(seed: seed, queries: rank == 0 || selection == .sameAsKeys)
             try shard.checkFinite(q: "synthetic", k: "synthetic", v: "synthetic")
             return shard
@@ -109,19 +113,23 @@ public final class LocalShard {
             let shape = try InputFiles.shape(q: q, k: k, v: v, scale: scale, selfAttention: selection == .sameAsKeys)
             let tokens = k.header.shape[0]
             let partition = partition(tokens)
-            let shard = LocalShard(shape: shape, partition: partition, rank: rank,
-                                   querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: q.header.shape[0]))
+            let shard = LocalShard(
+                shape: shape, partition: partition, rank: rank,
+                querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: q.header.shape[0]))
             // A Q file of the whole sequence is indexed by position; a Q file of just the star
             // queries by row.
             let queryOrigin = q.header.shape[0] == tokens ? 0 : shard.querySegments.first?.positions.lowerBound ?? 0
             for segment in shard.querySegments where selection == .sameAsKeys || rank == 0 {
-                try q.read(into: shard.queries.baseAddress! + segment.localRow * shape.queryRowWidth,
-                           elementOffset: (segment.positions.lowerBound - queryOrigin) * shape.queryRowWidth,
-                           count: segment.positions.count * shape.queryRowWidth)
+                try q.read(
+                    into: shard.queries.baseAddress! + segment.localRow * shape.queryRowWidth,
+                    elementOffset: (segment.positions.lowerBound - queryOrigin) * shape.queryRowWidth,
+                    count: segment.positions.count * shape.queryRowWidth)
             }
             for segment in shard.keySegments {
-                let (at, from, count) = (segment.localRow * shape.kvRowWidth, segment.positions.lowerBound * shape.kvRowWidth,
-                                         segment.positions.count * shape.kvRowWidth)
+                let (at, from, count) = (
+                    segment.localRow * shape.kvRowWidth, segment.positions.lowerBound * shape.kvRowWidth,
+                    segment.positions.count * shape.kvRowWidth
+                )
                 try k.read(into: shard.keys + at, elementOffset: from, count: count)
                 try v.read(into: shard.values + at, elementOffset: from, count: count)
             }
@@ -141,8 +149,9 @@ public final class LocalShard {
             throw InputFiles.ShapeMismatch(description: "\(count) queries do not fit before position \(first + count) of a \(tokens)-token sequence; ask for at most \(tokens)")
         }
         guard first + count <= tokens else {
-            throw InputFiles.ShapeMismatch(description: "queries at positions \(first)..<\(first + count) run past the \(tokens)-token sequence; "
-                + "--query-position can be at most \(tokens - count) for \(count) queries")
+            throw InputFiles.ShapeMismatch(
+                description: "queries at positions \(first)..<\(first + count) run past the \(tokens)-token sequence; "
+                    + "--query-position can be at most \(tokens - count) for \(count) queries")
         }
         return [ShardSegment(positions: first ..< first + count, localRow: 0)]
     }
@@ -169,8 +178,9 @@ public final class LocalShard {
             let value = tensor.base[index]
             let what = value.isNaN ? "NaN" : (value > 0 ? "+inf" : "-inf")
             let source = tensor.source == "synthetic" ? "(synthetic)" : tensor.source
-            throw NonFiniteInput(description: "\(tensor.name) \(source) holds \(what) at [token \(token), head \(within / shape.headDim), dim \(within % shape.headDim)]; "
-                + "expected finite numbers (seqpar refuses NaN and infinity rather than compute a wrong result)")
+            throw NonFiniteInput(
+                description: "\(tensor.name) \(source) holds \(what) at [token \(token), head \(within / shape.headDim), dim \(within % shape.headDim)]; "
+                    + "expected finite numbers (seqpar refuses NaN and infinity rather than compute a wrong result)")
         }
     }
 
@@ -204,10 +214,12 @@ public final class LocalShard {
         if fillQueries {
             SyntheticInput.fill(queries, seed: seed, tensor: .query, rowWidth: shape.queryRowWidth, rows: querySegments.map(\.positions))
         }
-        SyntheticInput.fill(UnsafeMutableBufferPointer(rebasing: keyValues[0 ..< kvCount]), seed: seed, tensor: .key,
-                            rowWidth: shape.kvRowWidth, rows: keyRanges)
-        SyntheticInput.fill(UnsafeMutableBufferPointer(rebasing: keyValues[kvCount ..< 2 * kvCount]), seed: seed, tensor: .value,
-                            rowWidth: shape.kvRowWidth, rows: keyRanges)
+        SyntheticInput.fill(
+            UnsafeMutableBufferPointer(rebasing: keyValues[0 ..< kvCount]), seed: seed, tensor: .key,
+            rowWidth: shape.kvRowWidth, rows: keyRanges)
+        SyntheticInput.fill(
+            UnsafeMutableBufferPointer(rebasing: keyValues[kvCount ..< 2 * kvCount]), seed: seed, tensor: .value,
+            rowWidth: shape.kvRowWidth, rows: keyRanges)
     }
 }
 
@@ -257,12 +269,16 @@ public enum InputFiles {
     public static func loadWhole(_ source: InputSource, shape: AttentionShape, tokens: Int) throws -> (k: TokenTensor, v: TokenTensor) {
         switch source {
         case let .synthetic(seed, tokens, shape):
-            return (SyntheticInput.tensor(.key, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: [0 ..< tokens]),
-                    SyntheticInput.tensor(.value, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: [0 ..< tokens]))
+            return (
+                SyntheticInput.tensor(.key, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: [0 ..< tokens]),
+                SyntheticInput.tensor(.value, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: [0 ..< tokens])
+            )
         case let .files(_, kPath, vPath, _):
             let k = try NpyFile.load(kPath), v = try NpyFile.load(vPath)
-            return (TokenTensor(tokens: tokens, heads: shape.kvHeads, headDim: shape.headDim, values: k.values),
-                    TokenTensor(tokens: tokens, heads: shape.kvHeads, headDim: shape.headDim, values: v.values))
+            return (
+                TokenTensor(tokens: tokens, heads: shape.kvHeads, headDim: shape.headDim, values: k.values),
+                TokenTensor(tokens: tokens, heads: shape.kvHeads, headDim: shape.headDim, values: v.values)
+            )
         }
     }
 }
@@ -272,8 +288,10 @@ extension PartialResult {
     /// into files already created at full size (an `OutputTransaction`'s temporaries), where
     /// `extent` is the range of global positions the files cover. Collective: every rank writes
     /// its rows, and all fail together if one cannot.
-    public func write(output outputPath: String?, lse lsePath: String?, segments: [ShardSegment], extent: Range<Int>,
-                      communicator: Communicator) throws {
+    public func write(
+        output outputPath: String?, lse lsePath: String?, segments: [ShardSegment], extent: Range<Int>,
+        communicator: Communicator
+    ) throws {
         let (heads, d, rows, tokens, output, lse) = (self.heads, self.headDim, self.rows, extent.count, self.output, self.lse)
         let rowWidth = heads * d
         try communicator.together {
@@ -283,17 +301,19 @@ extension PartialResult {
                     if let outputPath {
                         let file = try NpyFile.open(writing: outputPath)
                         for s in segments where !s.positions.isEmpty {
-                            try file.write(from: o.baseAddress! + s.localRow * rowWidth,
-                                           elementOffset: (s.positions.lowerBound - extent.lowerBound) * rowWidth,
-                                           count: s.positions.count * rowWidth)
+                            try file.write(
+                                from: o.baseAddress! + s.localRow * rowWidth,
+                                elementOffset: (s.positions.lowerBound - extent.lowerBound) * rowWidth,
+                                count: s.positions.count * rowWidth)
                         }
                     }
                     if let lsePath {
                         let file = try NpyFile.open(writing: lsePath)
                         for h in 0 ..< heads {
                             for s in segments where !s.positions.isEmpty {
-                                try file.write(from: l.baseAddress! + h * rows + s.localRow,
-                                               elementOffset: h * tokens + s.positions.lowerBound - extent.lowerBound, count: s.positions.count)
+                                try file.write(
+                                    from: l.baseAddress! + h * rows + s.localRow,
+                                    elementOffset: h * tokens + s.positions.lowerBound - extent.lowerBound, count: s.positions.count)
                             }
                         }
                     }
@@ -304,11 +324,14 @@ extension PartialResult {
 
     /// Writes O and LSE all or nothing: into the transaction's temporaries, then renamed into
     /// place once every rank has written; on failure the temporaries are removed.
-    public func write(_ transaction: OutputTransaction, outputOption: String, lseOption: String, segments: [ShardSegment],
-                      extent: Range<Int>, communicator: Communicator) throws {
+    public func write(
+        _ transaction: OutputTransaction, outputOption: String, lseOption: String, segments: [ShardSegment],
+        extent: Range<Int>, communicator: Communicator
+    ) throws {
         do {
-            try write(output: transaction.temporary(outputOption), lse: transaction.temporary(lseOption), segments: segments,
-                      extent: extent, communicator: communicator)
+            try write(
+                output: transaction.temporary(outputOption), lse: transaction.temporary(lseOption), segments: segments,
+                extent: extent, communicator: communicator)
             try transaction.commit()
         } catch {
             transaction.abandon()

@@ -5,8 +5,8 @@
 
 import AttentionCore
 import CMPI
-import Profiling
 import MPIBinding
+import Profiling
 
 public final class SoftmaxMergeReduction {
     /// Floats per record: 1 + headDim.
@@ -18,13 +18,16 @@ public final class SoftmaxMergeReduction {
         recordWidth = 1 + headDim
         try check(MPI_Type_contiguous(Int32(recordWidth), seqpar_float(), &datatype), "MPI_Type_contiguous")
         try check(MPI_Type_commit(&datatype), "MPI_Type_commit")
-        try check(MPI_Op_create({ incoming, accumulated, count, type in
-            var bytes: Int32 = 0
-            MPI_Type_size(type!.pointee, &bytes)
-            SoftmaxMergeReduction.merge(records: UnsafePointer(incoming!.assumingMemoryBound(to: Float.self)),
-                                        into: accumulated!.assumingMemoryBound(to: Float.self),
-                                        count: Int(count!.pointee), width: Int(bytes) / MemoryLayout<Float>.size)
-        }, 1, &operation), "MPI_Op_create")
+        try check(
+            MPI_Op_create(
+                { incoming, accumulated, count, type in
+                    var bytes: Int32 = 0
+                    MPI_Type_size(type!.pointee, &bytes)
+                    SoftmaxMergeReduction.merge(
+                        records: UnsafePointer(incoming!.assumingMemoryBound(to: Float.self)),
+                        into: accumulated!.assumingMemoryBound(to: Float.self),
+                        count: Int(count!.pointee), width: Int(bytes) / MemoryLayout<Float>.size)
+                }, 1, &operation), "MPI_Op_create")
     }
 
     deinit {
@@ -49,15 +52,17 @@ public final class SoftmaxMergeReduction {
         precondition(d + 1 == recordWidth)
         let records = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, rows * heads * recordWidth))
         defer { records.deallocate() }
-        recording(.merge, on: communicator.recorder) { partial.output.withUnsafeBufferPointer { output in
-            for row in 0 ..< rows {                       // one record per (row, head): lse, then O
-                for h in 0 ..< heads {
-                    let record = records.baseAddress! + (row * heads + h) * recordWidth
-                    record[0] = partial.lse[h * rows + row]
-                    (record + 1).update(from: output.baseAddress! + (row * heads + h) * d, count: d)
+        recording(.merge, on: communicator.recorder) {
+            partial.output.withUnsafeBufferPointer { output in
+                for row in 0 ..< rows {  // one record per (row, head): lse, then O
+                    for h in 0 ..< heads {
+                        let record = records.baseAddress! + (row * heads + h) * recordWidth
+                        record[0] = partial.lse[h * rows + row]
+                        (record + 1).update(from: output.baseAddress! + (row * heads + h) * d, count: d)
+                    }
                 }
             }
-        } }
+        }
         try reduce(UnsafeMutableBufferPointer(rebasing: records[0 ..< rows * heads * recordWidth]), root: root, communicator: communicator)
         guard root == nil || communicator.rank == root else { return nil }
         var result = PartialResult(emptyRows: rows, heads: heads, headDim: d)
@@ -87,8 +92,10 @@ public final class SoftmaxMergeReduction {
                 let inPlace = communicator.rank == root
                 WaitState.enter(.reduce, ranks: communicator.size)
                 defer { WaitState.leave() }
-                try check(MPI_Reduce(inPlace ? UnsafeRawPointer(seqpar_in_place()) : UnsafeRawPointer(records.baseAddress), records.baseAddress, count,
-                                     datatype, operation, Int32(root), communicator.handle), "MPI_Reduce")
+                try check(
+                    MPI_Reduce(
+                        inPlace ? UnsafeRawPointer(seqpar_in_place()) : UnsafeRawPointer(records.baseAddress), records.baseAddress, count,
+                        datatype, operation, Int32(root), communicator.handle), "MPI_Reduce")
             } else {
                 WaitState.enter(.reduce, ranks: communicator.size)
                 defer { WaitState.leave() }

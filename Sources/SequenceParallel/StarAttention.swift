@@ -4,8 +4,8 @@
 // a user-defined operator (or onto every rank with MPI_Allreduce).
 
 import AttentionCore
-import Profiling
 import MPIBinding
+import Profiling
 
 public struct StarAttention: SequenceParallelStrategy {
     public let queries: Int
@@ -35,9 +35,10 @@ public struct StarAttention: SequenceParallelStrategy {
         try communicator.broadcast(shard.queries, root: 0)
         let accumulator = AttentionAccumulator(rows: m, heads: shape.heads, headDim: d)
         for keySegment in shard.keySegments {
-            job.kernel.accumulate(queries: shard.queries.baseAddress!, querySegment: shard.querySegments[0],
-                                  keys: shard.keys, values: shard.values, keySegment: keySegment, into: accumulator,
-                                  recorder: communicator.recorder)
+            job.kernel.accumulate(
+                queries: shard.queries.baseAddress!, querySegment: shard.querySegments[0],
+                keys: shard.keys, values: shard.values, keySegment: keySegment, into: accumulator,
+                recorder: communicator.recorder)
         }
         let merged = try SoftmaxMergeReduction(headDim: d).merge(accumulator.result(), root: everyRank ? nil : 0, communicator: communicator)
         return merged ?? PartialResult(emptyRows: 0, heads: shape.heads, headDim: d)

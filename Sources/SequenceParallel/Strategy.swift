@@ -99,8 +99,10 @@ public protocol SequenceParallelStrategy {
     /// The gradients of this rank's rows, after `attend` returned `forward` for the same shard:
     /// dQ of the `outputSegments` rows, dK and dV of the shard's key rows. `outputGrad` is dO of
     /// the `outputSegments` rows, [rows, heads, headDim].
-    func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
-                  communicator: Communicator) throws -> ShardGradients
+    func backward(
+        _ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+        communicator: Communicator
+    ) throws -> ShardGradients
 }
 
 /// One rank's gradients: dQ `[rows of outputSegments, heads, headDim]`; dK and dV
@@ -142,8 +144,10 @@ extension SequenceParallelStrategy {
         }
     }
     public var backwardRefusal: String? { "this strategy computes no gradients" }
-    public func backward(_ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
-                         communicator: Communicator) throws -> ShardGradients {
+    public func backward(
+        _ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
+        communicator: Communicator
+    ) throws -> ShardGradients {
         throw StrategyRefusal(description: backwardRefusal ?? "this strategy computes no gradients")
     }
 }

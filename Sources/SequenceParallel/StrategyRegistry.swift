@@ -5,9 +5,9 @@
 // `descriptor`) and one line in `all`.
 
 import AttentionCore
-import Profiling
 import MPIBinding
 import Planning
+import Profiling
 
 /// A strategy's name, as users type it. Only registered names can be made (`init?(rawValue:)`).
 public struct StrategyName: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
@@ -68,9 +68,11 @@ public struct StrategyDescriptor: Sendable {
     /// --strategy auto never picks it).
     public let predictions: @Sendable (CostModel, AttentionProblem) -> [Prediction]
 
-    public init(name: String, summary: String, options: [String] = [], sharding: String,
-                make: @escaping @Sendable (StrategyRequest) -> SequenceParallelStrategy,
-                predictions: @escaping @Sendable (CostModel, AttentionProblem) -> [Prediction] = { _, _ in [] }) {
+    public init(
+        name: String, summary: String, options: [String] = [], sharding: String,
+        make: @escaping @Sendable (StrategyRequest) -> SequenceParallelStrategy,
+        predictions: @escaping @Sendable (CostModel, AttentionProblem) -> [Prediction] = { _, _ in [] }
+    ) {
         self.name = StrategyName(declaring: name)
         self.summary = summary
         self.options = options

@@ -41,8 +41,10 @@ public struct ResultErrors: Sendable, Equatable {
 
     /// Compares `actual` with `expected` on the rows `rows` (local row indices) whose global
     /// positions are `positions`. `expected` rows are indexed 0..<rows.count.
-    public static func compare(actualOutput: [Float], actualLSE: [Float], actualRows: Int, rows: [Int], positions: [Int],
-                               expectedOutput: (Int) -> Double, expectedLSE: (Int) -> Double, heads: Int, headDim: Int) -> ResultErrors {
+    public static func compare(
+        actualOutput: [Float], actualLSE: [Float], actualRows: Int, rows: [Int], positions: [Int],
+        expectedOutput: (Int) -> Double, expectedLSE: (Int) -> Double, heads: Int, headDim: Int
+    ) -> ResultErrors {
         var errors = ResultErrors()
         errors.rows = rows.count
         var outputScale = 0.0, lseScale = 0.0
@@ -89,8 +91,9 @@ public enum Verification {
         k.values.withUnsafeBufferPointer { kb in
             v.values.withUnsafeBufferPointer { vb in
                 for segment in segments {
-                    job.kernel.accumulate(queries: shard.queries.baseAddress!, querySegment: segment,
-                                          keys: kb.baseAddress!, values: vb.baseAddress!, keySegment: whole, into: accumulator)
+                    job.kernel.accumulate(
+                        queries: shard.queries.baseAddress!, querySegment: segment,
+                        keys: kb.baseAddress!, values: vb.baseAddress!, keySegment: whole, into: accumulator)
                 }
             }
         }
@@ -121,9 +124,10 @@ public enum Verification {
         var q = [Float]()
         q.reserveCapacity(rows.count * shape.queryRowWidth)
         for row in rows { q += UnsafeBufferPointer(rebasing: shard.queries[row * shape.queryRowWidth ..< (row + 1) * shape.queryRowWidth]) }
-        return ReferenceAttention.compute(q: TokenTensor(tokens: rows.count, heads: shape.heads, headDim: shape.headDim, values: q),
-                                          queryPositions: rows.map { all[$0] }, k: k, v: v,
-                                          keyPositions: Array(0 ..< shard.tokens), shape: shape, mask: job.mask)
+        return ReferenceAttention.compute(
+            q: TokenTensor(tokens: rows.count, heads: shape.heads, headDim: shape.headDim, values: q),
+            queryPositions: rows.map { all[$0] }, k: k, v: v,
+            keyPositions: Array(0 ..< shard.tokens), shape: shape, mask: job.mask)
     }
 }
 
@@ -137,14 +141,17 @@ public struct GradientCheck {
     /// - Parameters:
     ///   - queryRows: local rows of `gradients.dq` and their global positions (the strategy's output rows).
     ///   - sample: rows per rank checked against float64 (nil: all; 0: none).
-    public init(_ shard: LocalShard, queryRows segments: [ShardSegment], gradients: ShardGradients, source: InputSource,
-                outputGrad: OutputGradientSource, job: AttentionJob, sample: Int?, communicator: Communicator) throws {
+    public init(
+        _ shard: LocalShard, queryRows segments: [ShardSegment], gradients: ShardGradients, source: InputSource,
+        outputGrad: OutputGradientSource, job: AttentionJob, sample: Int?, communicator: Communicator
+    ) throws {
         let (shape, tokens) = (job.shape, shard.tokens)
         let (k, v) = try communicator.together { try InputFiles.loadWhole(source, shape: shape, tokens: tokens) }
         let q = try communicator.together { try InputFiles.loadWholeQueries(source, shape: shape, tokens: tokens) }
         let wholeRows = [ShardSegment(positions: 0 ..< tokens, localRow: 0)]
-        let dO = TokenTensor(tokens: tokens, heads: shape.heads, headDim: shape.headDim,
-                             values: try communicator.together { try outputGrad.load(segments: wholeRows, tokens: tokens, shape: shape) })
+        let dO = TokenTensor(
+            tokens: tokens, heads: shape.heads, headDim: shape.headDim,
+            values: try communicator.together { try outputGrad.load(segments: wholeRows, tokens: tokens, shape: shape) })
         let queryPositions = Verification.positions(segments), keyPositions = Verification.positions(shard.keySegments)
         let queryRows = Array(0 ..< queryPositions.count), keyRows = Array(0 ..< keyPositions.count)
 
@@ -173,8 +180,9 @@ public struct GradientCheck {
                 return TokenTensor(tokens: positions.count, heads: tensor.heads, headDim: tensor.headDim, values: values)
             }
             let all = Array(0 ..< tokens)
-            let mine = ReferenceBackward.statistics(q: rows(q, queryPositions), queryPositions: queryPositions, k: k, v: v, keyPositions: all,
-                                                    outputGrad: rows(dO, queryPositions), shape: shape, mask: job.mask)
+            let mine = ReferenceBackward.statistics(
+                q: rows(q, queryPositions), queryPositions: queryPositions, k: k, v: v, keyPositions: all,
+                outputGrad: rows(dO, queryPositions), shape: shape, mask: job.mask)
             var lse = [Double](repeating: -.infinity, count: shape.heads * tokens), delta = lse
             for part in try communicator.allgatherv(queryPositions.map(Double.init) + mine.lse + mine.delta) {
                 let n = part.count / (1 + 2 * shape.heads)
@@ -200,12 +208,18 @@ public struct GradientCheck {
             let queryIndex = Dictionary(uniqueKeysWithValues: queryPositions.enumerated().map { ($1, $0) })
             let keyIndex = Dictionary(uniqueKeysWithValues: keyPositions.enumerated().map { ($1, $0) })
             (reference.queryRows, reference.keyRows) = (checkedQueries.count, checkedKeys.count)
-            reference.dq = ErrorStats.compare(gradients.dq, rows: checkedQueries.map { queryIndex[$0]! }, positions: checkedQueries,
-                                              heads: shape.heads, headDim: shape.headDim) { forQueries.dq[$0] }
-            reference.dk = ErrorStats.compare(gradients.dk, rows: checkedKeys.map { keyIndex[$0]! }, positions: checkedKeys,
-                                              heads: shape.kvHeads, headDim: shape.headDim) { forKeys.dk[$0] }
-            reference.dv = ErrorStats.compare(gradients.dv, rows: checkedKeys.map { keyIndex[$0]! }, positions: checkedKeys,
-                                              heads: shape.kvHeads, headDim: shape.headDim) { forKeys.dv[$0] }
+            reference.dq = ErrorStats.compare(
+                gradients.dq, rows: checkedQueries.map { queryIndex[$0]! }, positions: checkedQueries,
+                heads: shape.heads, headDim: shape.headDim
+            ) { forQueries.dq[$0] }
+            reference.dk = ErrorStats.compare(
+                gradients.dk, rows: checkedKeys.map { keyIndex[$0]! }, positions: checkedKeys,
+                heads: shape.kvHeads, headDim: shape.headDim
+            ) { forKeys.dk[$0] }
+            reference.dv = ErrorStats.compare(
+                gradients.dv, rows: checkedKeys.map { keyIndex[$0]! }, positions: checkedKeys,
+                heads: shape.kvHeads, headDim: shape.headDim
+            ) { forKeys.dv[$0] }
         }
         self.reference = reference
     }
@@ -214,15 +228,19 @@ public struct GradientCheck {
 extension Verification {
     /// The one-rank backward of the whole problem: the forward kernel over the whole sequence,
     /// then the backward kernel with its O and lse.
-    public static func singleRankGradients(q: TokenTensor, k: TokenTensor, v: TokenTensor, outputGrad: TokenTensor, job: AttentionJob)
-        -> (dq: TokenTensor, dk: TokenTensor, dv: TokenTensor) {
+    public static func singleRankGradients(
+        q: TokenTensor, k: TokenTensor, v: TokenTensor, outputGrad: TokenTensor, job: AttentionJob
+    )
+        -> (dq: TokenTensor, dk: TokenTensor, dv: TokenTensor)
+    {
         let accumulator = AttentionAccumulator(rows: q.tokens, heads: job.shape.heads, headDim: job.shape.headDim)
         let whole = ShardSegment(positions: 0 ..< q.tokens, localRow: 0)
         q.values.withUnsafeBufferPointer { qb in
             k.values.withUnsafeBufferPointer { kb in
                 v.values.withUnsafeBufferPointer { vb in
-                    job.kernel.accumulate(queries: qb.baseAddress!, querySegment: whole, keys: kb.baseAddress!, values: vb.baseAddress!,
-                                          keySegment: whole, into: accumulator)
+                    job.kernel.accumulate(
+                        queries: qb.baseAddress!, querySegment: whole, keys: kb.baseAddress!, values: vb.baseAddress!,
+                        keySegment: whole, into: accumulator)
                 }
             }
         }

@@ -5,9 +5,9 @@
 
 import AttentionCore
 import Foundation
+import Planning
 import Profiling
 import SequenceParallel
-import Planning
 
 enum AutoStrategy {
     /// The probe's figures: from --probe (read by rank 0 and shared), else measured now.
@@ -19,13 +19,17 @@ enum AutoStrategy {
         // Ring, all-to-all and sgemm figures all change with the rank count: another count's would mislead.
         try communicator.together {
             guard figures.ranks == communicator.size else {
-                throw AutoStrategyError(description: "\(path) was recorded at \(figures.ranks) rank(s) and this run has \(communicator.size); "
-                    + "its figures would not hold here. Probe at \(communicator.size) ranks (seqpar probe --out FILE), or leave out --probe to probe now")
+                throw AutoStrategyError(
+                    description: "\(path) was recorded at \(figures.ranks) rank(s) and this run has \(communicator.size); "
+                        + "its figures would not hold here. Probe at \(communicator.size) ranks (seqpar probe --out FILE), or leave out --probe to probe now")
             }
         }
         let hosts = try communicator.allgather(MPIRuntime.processorName())
         if let recorded = figures.hosts, Set(recorded) != Set(hosts), communicator.rank == 0 {
-            FileHandle.standardError.write(Data("seqpar: warning: \(path) was recorded on \(Set(recorded).sorted().joined(separator: ", ")) and this run is on \(Set(hosts).sorted().joined(separator: ", ")); predictions assume the recorded machines\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "seqpar: warning: \(path) was recorded on \(Set(recorded).sorted().joined(separator: ", ")) and this run is on \(Set(hosts).sorted().joined(separator: ", ")); predictions assume the recorded machines\n"
+                        .utf8))
         }
         return figures
     }
@@ -50,8 +54,11 @@ enum AutoStrategy {
     }
 
     /// The strategy to run: the named one, or the fastest prediction (with its mesh shape).
-    static func resolve(_ problem: ProblemOptions, _ compute: ComputeOptions, communicator: Communicator)
-        throws -> (name: StrategyName, mesh: (headGroup: Int, ring: Int)?, predictions: [Prediction]) {
+    static func resolve(
+        _ problem: ProblemOptions, _ compute: ComputeOptions, communicator: Communicator
+    )
+        throws -> (name: StrategyName, mesh: (headGroup: Int, ring: Int)?, predictions: [Prediction])
+    {
         if let name = compute.strategy.named { return (name, nil, []) }
         let predictions = try predictions(problem, compute, communicator: communicator)
         guard let best = predictions.first, let name = StrategyName(rawValue: best.strategy) else {

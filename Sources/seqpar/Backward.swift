@@ -47,8 +47,10 @@ struct BackwardRun {
     }
 
     /// The backward of `run` (a forward just computed), for dO from `source`.
-    static func execute(after run: DistributedRun, outputGrad source: OutputGradientSource, communicator: Communicator,
-                        profile: Bool = false) throws -> BackwardRun {
+    static func execute(
+        after run: DistributedRun, outputGrad source: OutputGradientSource, communicator: Communicator,
+        profile: Bool = false
+    ) throws -> BackwardRun {
         let (shard, job, strategy) = (run.shard, run.job, run.strategy)
         let outputGrad = try communicator.together { try source.load(segments: run.segments, tokens: shard.tokens, shape: job.shape) }
         let log = profile ? EventLog(capacity: 1 << 18) : nil
@@ -63,12 +65,14 @@ struct BackwardRun {
         communicator.recorder = nil
         try communicator.together {
             for (name, values) in [("dQ", gradients.dq), ("dK", gradients.dk), ("dV", gradients.dv)] where values.contains(where: { !$0.isFinite }) {
-                throw NonFiniteResult(description: "the backward's \(name) holds NaN or infinity (float32 overflow in the gradients); "
-                    + "scale the inputs down (--scale) or check dO")
+                throw NonFiniteResult(
+                    description: "the backward's \(name) holds NaN or infinity (float32 overflow in the gradients); "
+                        + "scale the inputs down (--scale) or check dO")
             }
         }
-        return BackwardRun(gradients: gradients, seconds: seconds, flops: 2.5 * run.flops, kernelFlops: job.allBackwardFlops - flops,
-                           bytesSent: communicator.traffic.bytesSent - sent, bytesReceived: communicator.traffic.bytesReceived - received,
-                           events: log?.events ?? [])
+        return BackwardRun(
+            gradients: gradients, seconds: seconds, flops: 2.5 * run.flops, kernelFlops: job.allBackwardFlops - flops,
+            bytesSent: communicator.traffic.bytesSent - sent, bytesReceived: communicator.traffic.bytesReceived - received,
+            events: log?.events ?? [])
     }
 }

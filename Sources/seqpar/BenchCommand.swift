@@ -1,20 +1,20 @@
 import ArgumentParser
 import AttentionCore
 import Foundation
+import Planning
 import Profiling
 import SequenceParallel
-import Planning
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Strategies side by side: best time, GFLOP/s, and the fraction of the sgemm peak measured in the same run.",
         discussion: """
-        The peak is the sum over ranks of each rank's sgemm GFLOP/s, measured with all ranks busy at once.
-        Each strategy's time is also predicted by the cost model (from --probe FILE, or a probe run first) and
-        printed beside the measured time with their ratio; --predict adds the predictions of every strategy
-        and mesh shape the model knows.
-        """
+            The peak is the sum over ranks of each rank's sgemm GFLOP/s, measured with all ranks busy at once.
+            Each strategy's time is also predicted by the cost model (from --probe FILE, or a probe run first) and
+            printed beside the measured time with their ratio; --predict adds the predictions of every strategy
+            and mesh shape the model knows.
+            """
     )
 
     @OptionGroup var problem: ProblemOptions
@@ -35,8 +35,9 @@ struct BenchCommand: ParsableCommand {
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1.") }
         // bench runs the --strategies list; a --strategy would be silently ignored.
         if let one = compute.strategyChoice {
-            throw ValidationError("bench compares the strategies of --strategies (default \(strategies)); --strategy is for run, verify and profile. "
-                + (one == .auto ? "Give --predict to see what auto would pick." : "Give --strategies \(one.rawValue) to bench \(one.rawValue) alone."))
+            throw ValidationError(
+                "bench compares the strategies of --strategies (default \(strategies)); --strategy is for run, verify and profile. "
+                    + (one == .auto ? "Give --predict to see what auto would pick." : "Give --strategies \(one.rawValue) to bench \(one.rawValue) alone."))
         }
     }
 
@@ -51,14 +52,15 @@ struct BenchCommand: ParsableCommand {
             let headDim = try world.together { try AutoStrategy.problem(problem.source, mask: problem.positionMask, ranks: world.size).headDim }
             let shapes = BlasPeak.measureKernelShapes(headDim: headDim, tiling: compute.tiling, threads: compute.threads)
             let sums = try world.allreduce([shapes.scores, shapes.values], .sum)
-            let shapePeaks = [sums[0], sums[1], 2 / (1 / sums[0] + 1 / sums[1])]     // equal FLOPs: the harmonic mean
+            let shapePeaks = [sums[0], sums[1], 2 / (1 / sums[0] + 1 / sums[1])]  // equal FLOPs: the harmonic mean
             let cores = try world.allgather(BlasCore.current)
             let tile = compute.tiling
             let header = [
                 "seqpar bench: \(world.size) rank(s) x \(compute.threads) thread(s)",
                 "OpenBLAS core: \(Set(cores).sorted().joined(separator: ", ")) (rank 0: \(BlasCore.reason))",
-                String(format: "sgemm peak, all ranks at once: %.1f GFLOP/s square (n=1024); at the kernel's products %.1f: Q·Kᵀ %dx%dx%d %.1f, P·V %dx%dx%d %.1f",
-                       peak, shapePeaks[2], tile.queryTile, tile.keyBlock, headDim, shapePeaks[0], tile.queryTile, headDim, tile.keyBlock, shapePeaks[1]),
+                String(
+                    format: "sgemm peak, all ranks at once: %.1f GFLOP/s square (n=1024); at the kernel's products %.1f: Q·Kᵀ %dx%dx%d %.1f, P·V %dx%dx%d %.1f",
+                    peak, shapePeaks[2], tile.queryTile, tile.keyBlock, headDim, shapePeaks[0], tile.queryTile, headDim, tile.keyBlock, shapePeaks[1]),
             ]
             if !output.json { Session.say(world, header.joined(separator: "\n")) }
             var rows: [[String: Any]] = []
@@ -67,15 +69,16 @@ struct BenchCommand: ParsableCommand {
             for name in strategies.split(separator: ",").compactMap({ StrategyName(rawValue: String($0)) }) {
                 // Inputs loaded once; one warm-up run, then the best of the timed ones.
                 let prepared = try DistributedRun.prepare(problem.source, strategy: name, mask: mask, compute: compute, communicator: world)
-                if DistributedRun.showsProgress, world.rank == 0 {     // each strategy as it starts
+                if DistributedRun.showsProgress, world.rank == 0 {  // each strategy as it starts
                     FileHandle.standardError.write(Data("seqpar bench: \(DistributedRun.announcement(prepared, ranks: world.size)); 1 warm-up + \(repeats) timed run(s)\n".utf8))
                 }
                 if backward.backward { try BackwardRun.check(prepared, communicator: world) }
                 var best = Double.infinity, bestBackward = Double.infinity
                 var last: DistributedRun?
                 for repetition in 0 ..< repeats + 1 {
-                    let run = try DistributedRun.run(prepared, communicator: world,
-                                                     progressLabel: repetition == 0 ? "\(name.rawValue) warm-up" : "\(name.rawValue) run \(repetition)/\(repeats)")
+                    let run = try DistributedRun.run(
+                        prepared, communicator: world,
+                        progressLabel: repetition == 0 ? "\(name.rawValue) warm-up" : "\(name.rawValue) run \(repetition)/\(repeats)")
                     if backward.backward {
                         let backwardRun = try BackwardRun.execute(after: run, outputGrad: backward.source(problem), communicator: world)
                         if last != nil { bestBackward = min(bestBackward, backwardRun.seconds) }
@@ -86,8 +89,10 @@ struct BenchCommand: ParsableCommand {
                 let gflops = last!.flops / best / 1e9
                 let label = last!.strategy.label
                 let predicted = predictions.first { $0.label == label }
-                var row: [String: Any] = ["strategy": name.rawValue, "seconds": best, "gflops": gflops, "fraction_of_peak": gflops / peak,
-                                          "fraction_of_kernel_shape_peak": gflops / shapePeaks[2]]
+                var row: [String: Any] = [
+                    "strategy": name.rawValue, "seconds": best, "gflops": gflops, "fraction_of_peak": gflops / peak,
+                    "fraction_of_kernel_shape_peak": gflops / shapePeaks[2],
+                ]
                 if let predicted {
                     row["predicted_seconds"] = predicted.seconds
                     row["measured_over_predicted"] = best / predicted.seconds
@@ -103,13 +108,15 @@ struct BenchCommand: ParsableCommand {
                     lines.append("problem: \(Format.problem(last!))")
                     lines.append("strategy    best s     GFLOP/s   of peak   of kernel-shape peak   predicted s   measured/predicted")
                 }
-                lines.append(String(format: "%@  %9.4f  %9.1f   %.3f     %.3f", label.padding(toLength: 10, withPad: " ", startingAt: 0), best, gflops,
-                                    gflops / peak, gflops / shapePeaks[2])
-                    + (predicted.map { String(format: "                  %9.4f   %.2f", $0.seconds, best / $0.seconds) } ?? "                  (no prediction)"))
+                lines.append(
+                    String(
+                        format: "%@  %9.4f  %9.1f   %.3f     %.3f", label.padding(toLength: 10, withPad: " ", startingAt: 0), best, gflops,
+                        gflops / peak, gflops / shapePeaks[2])
+                        + (predicted.map { String(format: "                  %9.4f   %.2f", $0.seconds, best / $0.seconds) } ?? "                  (no prediction)"))
                 if backward.backward {
                     lines.append(String(format: "  backward  %9.4f  %9.1f   %.3f     (FLOPs: 2.5 x the forward's)", bestBackward, backwardGflops, backwardGflops / peak))
                 }
-                if !output.json {       // each strategy as it finishes: a long bench shows progress
+                if !output.json {  // each strategy as it finishes: a long bench shows progress
                     Session.say(world, lines.joined(separator: "\n"))
                     lines.removeAll()
                 }
@@ -119,10 +126,14 @@ struct BenchCommand: ParsableCommand {
                 lines.append(CostModel.table(predictions))
             }
             if output.json {
-                Session.say(world, Format.json(["command": "bench", "ranks": world.size, "threads": compute.threads, "sgemm_peak_gflops": peak,
-                                                "sgemm_kernel_shapes_gflops": ["scores": shapePeaks[0], "values": shapePeaks[1], "combined": shapePeaks[2]],
-                                                "openblas_cores": cores, "openblas_core_reason": BlasCore.reason, "results": rows,
-                                                "predictions": predictions.map { ["strategy": $0.label, "seconds": $0.seconds] }]))
+                Session.say(
+                    world,
+                    Format.json([
+                        "command": "bench", "ranks": world.size, "threads": compute.threads, "sgemm_peak_gflops": peak,
+                        "sgemm_kernel_shapes_gflops": ["scores": shapePeaks[0], "values": shapePeaks[1], "combined": shapePeaks[2]],
+                        "openblas_cores": cores, "openblas_core_reason": BlasCore.reason, "results": rows,
+                        "predictions": predictions.map { ["strategy": $0.label, "seconds": $0.seconds] },
+                    ]))
             } else if !lines.isEmpty {
                 Session.say(world, lines.joined(separator: "\n"))
             }

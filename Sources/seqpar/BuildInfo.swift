@@ -11,7 +11,7 @@ enum BuildInfo {
     /// key=value lines from seqpar-build-info beside the executable.
     static let recorded: [String: String] = {
         guard let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"),
-              let text = try? String(contentsOfFile: (executable as NSString).deletingLastPathComponent + "/seqpar-build-info", encoding: .utf8)
+            let text = try? String(contentsOfFile: (executable as NSString).deletingLastPathComponent + "/seqpar-build-info", encoding: .utf8)
         else { return [:] }
         var fields: [String: String] = [:]
         for line in text.split(separator: "\n") {
@@ -26,11 +26,11 @@ enum BuildInfo {
     /// The instruction set the code was compiled for (the -D flag Launch/setup passes).
     static var builtFor: String {
         #if SEQPAR_BUILT_FOR_AVX512
-        let level = "AVX512"
+            let level = "AVX512"
         #elseif SEQPAR_BUILT_FOR_AVX2
-        let level = "AVX2"
+            let level = "AVX2"
         #else
-        let level = "baseline"
+            let level = "baseline"
         #endif
         return "\(recorded["target_cpu"] ?? "?") (\(level))"
     }
@@ -38,8 +38,9 @@ enum BuildInfo {
     /// The CPU's marketing name (/proc/cpuinfo's "model name"), when there is one.
     static var cpuName: String? {
         guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
-              let colon = line.firstIndex(of: ":") else { return nil }
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
+            let colon = line.firstIndex(of: ":")
+        else { return nil }
         return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
     }
 

@@ -12,12 +12,12 @@ struct ClusterPlanCommand: ParsableCommand {
         commandName: "cluster-plan",
         abstract: "Print the mpirun command (or Slurm batch script) that runs seqpar on a cluster config's hosts; starts nothing.",
         discussion: """
-        Configs and their format: cluster-configs/README.md. seqpar's own arguments follow '--':
-          seqpar cluster-plan cluster-configs/netns-2host.toml --ranks-per-node 1 -- verify --causal
-        Prints one argument per line, --null for each argument ended by a NUL byte (what Launch/cluster
-        reads: arguments may hold newlines), --shell for one quoted line, --json for a JSON object,
-        --slurm for a batch script.
-        """
+            Configs and their format: cluster-configs/README.md. seqpar's own arguments follow '--':
+              seqpar cluster-plan cluster-configs/netns-2host.toml --ranks-per-node 1 -- verify --causal
+            Prints one argument per line, --null for each argument ended by a NUL byte (what Launch/cluster
+            reads: arguments may hold newlines), --shell for one quoted line, --json for a JSON object,
+            --slurm for a batch script.
+            """
     )
 
     @Argument(help: "The cluster config (a .toml file in cluster-configs/).")
@@ -53,8 +53,9 @@ struct ClusterPlanCommand: ParsableCommand {
         do {
             let cluster = try ClusterConfig.load(config, strategies: StrategyName.allCases.map(\.rawValue))
             let executable = binary ?? Self.thisExecutable
-            let request = LaunchRequest(ranks: ranks, ranksPerNode: ranksPerNode, binary: executable, arguments: arguments,
-                                        hostfile: hostfile, launchDirectory: launchDir ?? Self.launchDirectory(above: executable))
+            let request = LaunchRequest(
+                ranks: ranks, ranksPerNode: ranksPerNode, binary: executable, arguments: arguments,
+                hostfile: hostfile, launchDirectory: launchDir ?? Self.launchDirectory(above: executable))
             if slurm {
                 print(try LaunchPlan.slurmScript(cluster, request), terminator: "")
                 return

@@ -2,9 +2,9 @@
 
 import ArgumentParser
 import AttentionCore
+import Planning
 import Profiling
 import SequenceParallel
-import Planning
 
 extension StrategyName: ExpressibleByArgument {
     public init?(argument: String) { self.init(rawValue: argument) }
@@ -74,7 +74,11 @@ struct ProblemOptions: ParsableArguments {
     var s2Stride: Int?
     @Option(parsing: .unconditional, help: "Softmax scale (default 1/sqrt(head-dim)).")
     var scale: Float?
-    @Option(name: .customLong("cu-seqlens"), help: "Packed documents as a 1-D int32 or int64 .npy [0, l1, l1+l2, ..., tokens] (FlashAttention's cu_seqlens): a query sees only keys of its own document (with --causal/--window as usual).")
+    @Option(
+        name: .customLong("cu-seqlens"),
+        help:
+            "Packed documents as a 1-D int32 or int64 .npy [0, l1, l1+l2, ..., tokens] (FlashAttention's cu_seqlens): a query sees only keys of its own document (with --causal/--window as usual)."
+    )
     var cuSeqlens: String?
     @Option(help: "Packed documents by their lengths, e.g. 100,2000,37 (0 allowed); they sum to the tokens, and --tokens defaults to their sum.")
     var documents: String?
@@ -100,7 +104,9 @@ struct ProblemOptions: ParsableArguments {
             let width = (heads ?? 8) * (headDim ?? 64)
             let (elements, overflow) = tokens.multipliedReportingOverflow(by: width)
             if overflow || elements > Int.max / 64 {
-                throw ValidationError("--tokens \(tokens) with \(heads ?? 8) heads of dimension \(headDim ?? 64) is more than any machine holds; expected at most \(Int.max / 64 / width) tokens at this shape.")
+                throw ValidationError(
+                    "--tokens \(tokens) with \(heads ?? 8) heads of dimension \(headDim ?? 64) is more than any machine holds; expected at most \(Int.max / 64 / width) tokens at this shape."
+                )
             }
         }
         if let scale, !(scale.isFinite && scale > 0) { throw ValidationError("--scale must be a positive number (got \(scale)).") }
@@ -156,7 +162,7 @@ struct ProblemOptions: ParsableArguments {
 
     /// The mask within a document (the whole mask without documents).
     var positionMask: AttentionMask {
-        if let s2Block, let s2Local, let s2Stride { return .s2(try! S2Pattern(block: s2Block, local: s2Local, stride: s2Stride)) }   // validated
+        if let s2Block, let s2Local, let s2Stride { return .s2(try! S2Pattern(block: s2Block, local: s2Local, stride: s2Stride)) }  // validated
         if let window { return .window(window) }
         return causal ? .causal : .none
     }
@@ -175,7 +181,7 @@ struct ProblemOptions: ParsableArguments {
         if let cuSeqlens {
             boundaries = try DocumentBoundaries.load(cuSeqlens, tokens: tokens)
         } else if let documents {
-            boundaries = try DocumentBoundaries(lengths: Self.documentLengths(documents)!, tokens: tokens)   // validated
+            boundaries = try DocumentBoundaries(lengths: Self.documentLengths(documents)!, tokens: tokens)  // validated
         } else {
             boundaries = DocumentBoundaries.random(count: randomDocuments!, tokens: tokens, seed: seed)
         }
@@ -185,7 +191,7 @@ struct ProblemOptions: ParsableArguments {
     var source: InputSource {
         if let q, let k, let v { return .files(q: q, k: k, v: v, scale: scale) }
         let documentTokens = documents.flatMap(Self.documentLengths).map { $0.reduce(0, +) }
-        return .synthetic(seed: seed, tokens: tokens ?? documentTokens ?? 4099, shape: try! syntheticShape())   // validated
+        return .synthetic(seed: seed, tokens: tokens ?? documentTokens ?? 4099, shape: try! syntheticShape())  // validated
     }
 }
 
@@ -197,7 +203,9 @@ struct ComputeOptions: ParsableArguments {
     var strategy: StrategyChoice { strategyChoice ?? .zigzag }
     @Option(help: "Probe figures (seqpar probe --out FILE) for the cost model behind --strategy auto and bench's predictions; without it the machine is probed first.")
     var probe: String?
-    @Option(name: .customLong("kernel-efficiency"), help: "Cost model: the kernel's GFLOP/s as a fraction of sgemm's (default \(CostModel.defaultKernelEfficiency), measured on the development machine).")
+    @Option(
+        name: .customLong("kernel-efficiency"),
+        help: "Cost model: the kernel's GFLOP/s as a fraction of sgemm's (default \(CostModel.defaultKernelEfficiency), measured on the development machine).")
     var kernelEfficiency: Double = CostModel.defaultKernelEfficiency
     @Option(help: "mesh only: Ph x Pr with Ph * Pr = ranks (heads all-to-all inside groups of Ph, ring across Pr); default: the largest Ph <= sqrt(ranks) dividing them.")
     var mesh: String?
@@ -207,15 +215,24 @@ struct ComputeOptions: ParsableArguments {
     var queryPosition: Int?
     @Flag(name: .customLong("all"), help: "star only: every rank gets the merged result (MPI_Allreduce) instead of rank 0 (MPI_Reduce).")
     var everyRank = false
-    @Option(name: .customLong("document-layout"), help: "Packed documents on ring, zigzag and mesh: auto (the layout with the lowest max/mean work over ranks: the strategy's own, per-document head-tail, whole documents, or mixed: the longest documents head-tail, the others whole), head-tail, whole, or mixed.")
+    @Option(
+        name: .customLong("document-layout"),
+        help:
+            "Packed documents on ring, zigzag and mesh: auto (the layout with the lowest max/mean work over ranks: the strategy's own, per-document head-tail, whole documents, or mixed: the longest documents head-tail, the others whole), head-tail, whole, or mixed."
+    )
     var documentLayout: DocumentLayoutChoice = .auto
     @Option(parsing: .unconditional, help: "Compute threads per rank, each with one-thread BLAS calls.")
     var threads: Int = 1
-    @Option(name: .customLong("query-tile"), parsing: .unconditional, help: "Query rows per kernel tile (the scores of a tile and a key block, 512 KiB at the defaults, stay in L2).")
+    @Option(
+        name: .customLong("query-tile"), parsing: .unconditional, help: "Query rows per kernel tile (the scores of a tile and a key block, 512 KiB at the defaults, stay in L2).")
     var queryTile: Int = KernelTiling().queryTile
     @Option(name: .customLong("key-block"), parsing: .unconditional, help: "Keys per kernel block.")
     var keyBlock: Int = KernelTiling().keyBlock
-    @Option(parsing: .unconditional, help: "End the job when it has run this many seconds: every rank still able to act says what (and which rank) it was waiting for, and the job exits with status 124 (default \(Int(Self.defaultTimeout)) s = 24 hours; 0: no limit).")
+    @Option(
+        parsing: .unconditional,
+        help:
+            "End the job when it has run this many seconds: every rank still able to act says what (and which rank) it was waiting for, and the job exits with status 124 (default \(Int(Self.defaultTimeout)) s = 24 hours; 0: no limit)."
+    )
     var timeout: Double = Self.defaultTimeout
 
     static let defaultTimeout: Double = 86_400

@@ -4,8 +4,9 @@
 
 import ArgumentParser
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 enum OutputCheck {

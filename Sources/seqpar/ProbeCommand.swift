@@ -10,12 +10,12 @@ struct ProbeCommand: ParsableCommand {
         commandName: "probe",
         abstract: "Measure ping-pong latency and bandwidth to the ring neighbour, all-to-all bandwidth, and sgemm GFLOP/s per rank.",
         discussion: """
-        OSU-style: warm-up rounds, then iterations scaled down as messages grow. Point to point is rank 0 with
-        rank 1 (one-way time = half the round trip) from 8 B to 16 MiB; all-to-all is every rank, 8 B to 2 MiB per
-        peer, the slowest rank's time. Save the figures with --out and feed them to bench --predict or
-        --strategy auto with --probe, so the cost model need not probe again:
-          Launch/local 4 probe --out probe.json
-        """
+            OSU-style: warm-up rounds, then iterations scaled down as messages grow. Point to point is rank 0 with
+            rank 1 (one-way time = half the round trip) from 8 B to 16 MiB; all-to-all is every rank, 8 B to 2 MiB per
+            peer, the slowest rank's time. Save the figures with --out and feed them to bench --predict or
+            --strategy auto with --probe, so the cost model need not probe again:
+              Launch/local 4 probe --out probe.json
+            """
     )
 
     @Option(help: "Write the figures here as JSON.")

@@ -13,14 +13,14 @@ struct ProfileCommand: ParsableCommand {
         commandName: "profile",
         abstract: "A run with profiling on: per-rank compute, communication, wait and bytes; a Chrome trace and an SVG timeline.",
         discussion: """
-        Takes run's options. Writes the trace (open it in https://ui.perfetto.dev or chrome://tracing) to --trace
-        and the timeline picture beside it with the extension .svg, and prints per rank: compute s, exposed
-        communication (time blocked in waits and collectives) s, total communication (time with any transfer in
-        flight, from post to completion) s, bytes sent and received, achieved bandwidth, overlap = 1 - exposed/total,
-        and the load imbalance (max/mean compute). With --backward the backward pass follows the forward in the
-        same trace and its events count in the table.
-          Launch/local 4 profile --tokens 16384 --causal --strategy zigzag --trace zigzag.json
-        """
+            Takes run's options. Writes the trace (open it in https://ui.perfetto.dev or chrome://tracing) to --trace
+            and the timeline picture beside it with the extension .svg, and prints per rank: compute s, exposed
+            communication (time blocked in waits and collectives) s, total communication (time with any transfer in
+            flight, from post to completion) s, bytes sent and received, achieved bandwidth, overlap = 1 - exposed/total,
+            and the load imbalance (max/mean compute). With --backward the backward pass follows the forward in the
+            same trace and its events count in the table.
+              Launch/local 4 profile --tokens 16384 --causal --strategy zigzag --trace zigzag.json
+            """
     )
 
     @OptionGroup var problem: ProblemOptions
@@ -36,8 +36,9 @@ struct ProfileCommand: ParsableCommand {
     }
 
     func run() throws {
-        try RunCommand.execute(problem: problem, compute: compute, out: nil, lse: nil, profile: trace, output: output, traceOption: "--trace",
-                               backward: backward)
+        try RunCommand.execute(
+            problem: problem, compute: compute, out: nil, lse: nil, profile: trace, output: output, traceOption: "--trace",
+            backward: backward)
     }
 }
 
@@ -64,9 +65,10 @@ enum ProfileReport {
             dropped += Int(values.last ?? 0)
             let width = ProfileEvent.packedWidth
             let offset = rank < offsets.count ? offsets[rank] : 0
-            perRank.append(stride(from: 0, to: max(0, values.count - 1), by: width).compactMap {
-                ProfileEvent(packed: values[$0 ..< $0 + width])?.shifted(by: offset)
-            })
+            perRank.append(
+                stride(from: 0, to: max(0, values.count - 1), by: width).compactMap {
+                    ProfileEvent(packed: values[$0 ..< $0 + width])?.shifted(by: offset)
+                })
         }
         let summary = ProfileSummary(events: perRank)
         // Rank 0 writes; every rank learns whether it could, so a bad path fails them all at once.
@@ -75,9 +77,12 @@ enum ProfileReport {
             let origin = perRank.joined().map(\.start).min() ?? 0
             let label = { (r: Int) in "rank \(r) (\(hosts[r]))" }
             let title = "seqpar \(strategy.rawValue), \(communicator.size) ranks, \(Format.problem(run)); \(String(format: "%.1f", run.seconds * 1e3)) ms"
-            let trace = ChromeTrace.json(events: perRank, origin: origin, label: label,
-                                         metadata: ["command": "seqpar profile", "strategy": strategy.rawValue, "problem": Format.problem(run),
-                                                    "clock_offsets_us": offsets.map { String(format: "%.1f", $0 * 1e6) }.joined(separator: " ")])
+            let trace = ChromeTrace.json(
+                events: perRank, origin: origin, label: label,
+                metadata: [
+                    "command": "seqpar profile", "strategy": strategy.rawValue, "problem": Format.problem(run),
+                    "clock_offsets_us": offsets.map { String(format: "%.1f", $0 * 1e6) }.joined(separator: " "),
+                ])
             try writeFile(trace, to: path, what: "the trace")
             let svg = TimelineSVG.render(events: perRank, origin: origin, title: title, label: { "rank \($0)" })
             try writeFile(svg, to: svgPath(path), what: "the SVG timeline")
@@ -107,11 +112,15 @@ enum ProfileReport {
     }
 
     static func json(_ summary: ProfileSummary, trace: String) -> [String: Any] {
-        ["trace": trace, "svg": svgPath(trace), "load_imbalance": summary.imbalance, "span_seconds": summary.span,
-         "ranks": summary.ranks.map { p -> [String: Any] in
-             ["compute_seconds": p.compute, "merge_seconds": p.merge, "exposed_communication_seconds": p.exposed,
-              "communication_seconds": p.communication, "bytes_sent": p.bytesSent, "bytes_received": p.bytesReceived,
-              "bandwidth_bytes_per_second": p.bandwidth, "overlap": p.overlap, "events": p.events]
-         }]
+        [
+            "trace": trace, "svg": svgPath(trace), "load_imbalance": summary.imbalance, "span_seconds": summary.span,
+            "ranks": summary.ranks.map { p -> [String: Any] in
+                [
+                    "compute_seconds": p.compute, "merge_seconds": p.merge, "exposed_communication_seconds": p.exposed,
+                    "communication_seconds": p.communication, "bytes_sent": p.bytesSent, "bytes_received": p.bytesReceived,
+                    "bandwidth_bytes_per_second": p.bandwidth, "overlap": p.overlap, "events": p.events,
+                ]
+            },
+        ]
     }
 }

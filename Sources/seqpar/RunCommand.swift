@@ -46,14 +46,17 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
-        try Self.execute(problem: problem, compute: compute, out: out, lse: lse, profile: profile, output: output, saveInputs: saveInputs,
-                         backward: backward, gradientPaths: (dq, dk, dv))
+        try Self.execute(
+            problem: problem, compute: compute, out: out, lse: lse, profile: profile, output: output, saveInputs: saveInputs,
+            backward: backward, gradientPaths: (dq, dk, dv))
     }
 
     /// run's work, shared with `seqpar profile`.
-    static func execute(problem: ProblemOptions, compute: ComputeOptions, out: String?, lse: String?, profile: String?,
-                        output: OutputOptions, traceOption: String = "--profile", saveInputs: String? = nil,
-                        backward: BackwardOptions = BackwardOptions(), gradientPaths: (dq: String?, dk: String?, dv: String?) = (nil, nil, nil)) throws {
+    static func execute(
+        problem: ProblemOptions, compute: ComputeOptions, out: String?, lse: String?, profile: String?,
+        output: OutputOptions, traceOption: String = "--profile", saveInputs: String? = nil,
+        backward: BackwardOptions = BackwardOptions(), gradientPaths: (dq: String?, dk: String?, dv: String?) = (nil, nil, nil)
+    ) throws {
         output.setProgress()
         try Session.run(timeout: compute.timeout) { world in
             // Before anything else: no output may overwrite an input or another output, or be a
@@ -68,15 +71,22 @@ struct RunCommand: ParsableCommand {
             }
             let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
-            let prepared = try DistributedRun.prepare(problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute,
-                                                      communicator: world, mesh: chosen.mesh)
+            let prepared = try DistributedRun.prepare(
+                problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute,
+                communicator: world, mesh: chosen.mesh)
             if backward.backward { try BackwardRun.check(prepared, communicator: world) }
             // Temporaries beside the targets, made and sized now: a full disk fails before the compute.
-            let shapes = ["--out": prepared.outputShape, "--lse": prepared.lseShape, "--dq": prepared.outputShape,
-                          "--dk": prepared.keyGradientShape, "--dv": prepared.keyGradientShape]
-            let transaction = outputs.isEmpty ? nil : try OutputTransaction.begin(outputs.map {
-                (option: $0.option, path: $0.path, shape: shapes[$0.option]!)
-            }, communicator: world)
+            let shapes = [
+                "--out": prepared.outputShape, "--lse": prepared.lseShape, "--dq": prepared.outputShape,
+                "--dk": prepared.keyGradientShape, "--dv": prepared.keyGradientShape,
+            ]
+            let transaction =
+                outputs.isEmpty
+                ? nil
+                : try OutputTransaction.begin(
+                    outputs.map {
+                        (option: $0.option, path: $0.path, shape: shapes[$0.option]!)
+                    }, communicator: world)
             DistributedRun.announce(prepared, communicator: world)
             var run: DistributedRun
             var backwardRun: BackwardRun?
@@ -87,11 +97,13 @@ struct RunCommand: ParsableCommand {
                     run.profile?.events += backwardRun!.events
                 }
                 if let transaction {
-                    try run.result.write(output: transaction.temporary("--out"), lse: transaction.temporary("--lse"),
-                                         segments: run.strategy.fileSegments(run.shard), extent: run.extent, communicator: world)
-                    try backwardRun?.gradients.write(dq: transaction.temporary("--dq"), dk: transaction.temporary("--dk"), dv: transaction.temporary("--dv"),
-                                                     querySegments: run.strategy.fileSegments(run.shard), keySegments: run.shard.keySegments,
-                                                     shape: run.job.shape, communicator: world)
+                    try run.result.write(
+                        output: transaction.temporary("--out"), lse: transaction.temporary("--lse"),
+                        segments: run.strategy.fileSegments(run.shard), extent: run.extent, communicator: world)
+                    try backwardRun?.gradients.write(
+                        dq: transaction.temporary("--dq"), dk: transaction.temporary("--dk"), dv: transaction.temporary("--dv"),
+                        querySegments: run.strategy.fileSegments(run.shard), keySegments: run.shard.keySegments,
+                        shape: run.job.shape, communicator: world)
                     try transaction.commit()
                 }
             } catch {
@@ -131,20 +143,24 @@ struct RunCommand: ParsableCommand {
                 }
                 Session.say(world, Format.json(object))
             } else {
-                Session.say(world, """
-                seqpar run: \(chosen.name.rawValue), \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(run))
-                time \(String(format: "%.4f", run.seconds)) s, \(String(format: "%.1f", gflops)) GFLOP/s
-                peak memory per rank: \(memory.map(Format.bytes).joined(separator: ", "))
-                sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
-                kernel GFLOP per rank: \(kernelFlops.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", ")) (imbalance, max/mean: \(String(format: "%.3f", imbalance)))
-                """)
+                Session.say(
+                    world,
+                    """
+                    seqpar run: \(chosen.name.rawValue), \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(run))
+                    time \(String(format: "%.4f", run.seconds)) s, \(String(format: "%.1f", gflops)) GFLOP/s
+                    peak memory per rank: \(memory.map(Format.bytes).joined(separator: ", "))
+                    sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
+                    kernel GFLOP per rank: \(kernelFlops.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", ")) (imbalance, max/mean: \(String(format: "%.3f", imbalance)))
+                    """)
                 if let backwardRun {
                     let kernel = try world.allgather(backwardRun.kernelFlops), sent = try world.allgather(Int64(backwardRun.bytesSent))
-                    Session.say(world, """
-                    backward: time \(String(format: "%.4f", backwardRun.seconds)) s, \(String(format: "%.1f", backwardRun.flops / backwardRun.seconds / 1e9)) GFLOP/s (FLOPs: 2.5 x the forward's)
-                    backward sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
-                    backward kernel GFLOP per rank: \(kernel.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", "))
-                    """)
+                    Session.say(
+                        world,
+                        """
+                        backward: time \(String(format: "%.4f", backwardRun.seconds)) s, \(String(format: "%.1f", backwardRun.flops / backwardRun.seconds / 1e9)) GFLOP/s (FLOPs: 2.5 x the forward's)
+                        backward sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
+                        backward kernel GFLOP per rank: \(kernel.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", "))
+                        """)
                 }
                 if let layout = run.documentLayout {
                     Session.say(world, "documents laid out as \(layout.name): predicted kernel work per rank max/mean \(String(format: "%.3f", layout.imbalance))")
@@ -168,11 +184,11 @@ struct InfoCommand: ParsableCommand {
         commandName: "info",
         abstract: "seqpar's version and build target, MPI library, world size, and per rank: host, CPU, OpenBLAS core and why, BLAS threads, measured sgemm GFLOP/s.",
         discussion: """
-        All ranks measure sgemm at the same time, as they would compute: ranks that share cores show it.
-        The OpenBLAS core is the set of kernels OpenBLAS runs. When the library picked kernels below what
-        the CPU offers (an OpenBLAS older than the CPU), seqpar sets OPENBLAS_CORETYPE and starts again;
-        a user's own OPENBLAS_CORETYPE wins unless SEQPAR_BLAS_CORE=auto (SEQPAR_BLAS_CORE=keep: never switch).
-        """
+            All ranks measure sgemm at the same time, as they would compute: ranks that share cores show it.
+            The OpenBLAS core is the set of kernels OpenBLAS runs. When the library picked kernels below what
+            the CPU offers (an OpenBLAS older than the CPU), seqpar sets OPENBLAS_CORETYPE and starts again;
+            a user's own OPENBLAS_CORETYPE wins unless SEQPAR_BLAS_CORE=auto (SEQPAR_BLAS_CORE=keep: never switch).
+            """
     )
 
     @Option(help: "Threads per rank for the sgemm measurement (as run --threads).")
@@ -191,22 +207,30 @@ struct InfoCommand: ParsableCommand {
             try world.barrier()
             let peaks = try world.allgather(BlasPeak.measure(n: sgemmSize, threads: threads))
             if output.json {
-                Session.say(world, Format.json([
-                    "seqpar_version": BuildInfo.version, "commit": BuildInfo.commit, "built_for": BuildInfo.builtFor,
-                    "mpi_library": MPIRuntime.libraryVersion(), "world_size": world.size, "threads": threads,
-                    "openblas": BlasCore.configuration,
-                    "ranks": (0 ..< world.size).map {
-                        ["rank": $0, "host": hosts[$0], "cpu": cpus[$0], "openblas_core": cores[$0], "openblas_core_reason": reasons[$0],
-                         "blas_threads": Int(blasThreads[$0]), "sgemm_gflops": peaks[$0]]
-                    },
-                ]))
+                Session.say(
+                    world,
+                    Format.json([
+                        "seqpar_version": BuildInfo.version, "commit": BuildInfo.commit, "built_for": BuildInfo.builtFor,
+                        "mpi_library": MPIRuntime.libraryVersion(), "world_size": world.size, "threads": threads,
+                        "openblas": BlasCore.configuration,
+                        "ranks": (0 ..< world.size).map {
+                            [
+                                "rank": $0, "host": hosts[$0], "cpu": cpus[$0], "openblas_core": cores[$0], "openblas_core_reason": reasons[$0],
+                                "blas_threads": Int(blasThreads[$0]), "sgemm_gflops": peaks[$0],
+                            ]
+                        },
+                    ]))
                 return
             }
-            var lines = [BuildInfo.line, "MPI library: \(MPIRuntime.libraryVersion())", "OpenBLAS: \(BlasCore.configuration)", "world size: \(world.size)",
-                         "rank  host                  blas threads  sgemm GFLOP/s (n=\(sgemmSize), \(threads) thread(s))  OpenBLAS core"]
+            var lines = [
+                BuildInfo.line, "MPI library: \(MPIRuntime.libraryVersion())", "OpenBLAS: \(BlasCore.configuration)", "world size: \(world.size)",
+                "rank  host                  blas threads  sgemm GFLOP/s (n=\(sgemmSize), \(threads) thread(s))  OpenBLAS core",
+            ]
             for r in 0 ..< world.size {
-                lines.append(String(format: "%4d  %@  %12d  %8.1f                           %@", r, hosts[r].padding(toLength: 20, withPad: " ", startingAt: 0),
-                                    blasThreads[r], peaks[r], cores[r]))
+                lines.append(
+                    String(
+                        format: "%4d  %@  %12d  %8.1f                           %@", r, hosts[r].padding(toLength: 20, withPad: " ", startingAt: 0),
+                        blasThreads[r], peaks[r], cores[r]))
             }
             for r in 0 ..< world.size {
                 lines.append("rank \(r): CPU \(cpus[r]); OpenBLAS core \(reasons[r])")

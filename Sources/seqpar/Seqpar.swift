@@ -11,12 +11,12 @@ struct Seqpar: ParsableCommand {
         commandName: "seqpar",
         abstract: "Exact softmax attention over sequences sharded across MPI ranks.",
         discussion: """
-        Start it on every rank with mpirun (Launch/local N runs N ranks on this machine):
-          Launch/local 4 verify --causal
-          Launch/local 2 run --tokens 8192 --causal --strategy zigzag --out O.npy --lse LSE.npy
-        Layout: Q and O are [tokens, heads, headDim], K and V [tokens, kvHeads, headDim],
-        LSE [heads, tokens]; all float32 .npy in C order.
-        """,
+            Start it on every rank with mpirun (Launch/local N runs N ranks on this machine):
+              Launch/local 4 verify --causal
+              Launch/local 2 run --tokens 8192 --causal --strategy zigzag --out O.npy --lse LSE.npy
+            Layout: Q and O are [tokens, heads, headDim], K and V [tokens, kvHeads, headDim],
+            LSE [heads, tokens]; all float32 .npy in C order.
+            """,
         version: BuildInfo.line,
         subcommands: [RunCommand.self, VerifyCommand.self, BenchCommand.self, ProfileCommand.self, ProbeCommand.self, InfoCommand.self, ClusterPlanCommand.self]
     )
@@ -26,7 +26,7 @@ struct Seqpar: ParsableCommand {
 enum Main {
     static func main() {
         checkBuildTarget()
-        BlasCore.selectAtStartup()        // may execute this program again, with better BLAS kernels
+        BlasCore.selectAtStartup()  // may execute this program again, with better BLAS kernels
         do {
             var command = try Seqpar.parseAsRoot()
             try command.run()
@@ -52,19 +52,21 @@ enum Main {
     /// CPU without it would die of SIGILL somewhere inside the kernel. Say so instead.
     static func checkBuildTarget() {
         #if SEQPAR_BUILT_FOR_AVX512
-        let builtFor = SimdLevel.avx512
+            let builtFor = SimdLevel.avx512
         #elseif SEQPAR_BUILT_FOR_AVX2
-        let builtFor = SimdLevel.avx2
+            let builtFor = SimdLevel.avx2
         #else
-        let builtFor = SimdLevel.sse
+            let builtFor = SimdLevel.sse
         #endif
         let cpu = CPUFeatures.current
         if cpu.level < builtFor {
-            FileHandle.standardError.write(Data("""
-                seqpar: rank \(launchRank) on \(ProcessInfo.processInfo.hostName): this binary was built for \(builtFor) and this CPU \
-                (\(cpu.summary)) lacks it; build one for every node with SEQPAR_TARGET_CPU=\(cpu.level >= .avx2 ? "haswell" : "generic") Launch/setup
+            FileHandle.standardError.write(
+                Data(
+                    """
+                    seqpar: rank \(launchRank) on \(ProcessInfo.processInfo.hostName): this binary was built for \(builtFor) and this CPU \
+                    (\(cpu.summary)) lacks it; build one for every node with SEQPAR_TARGET_CPU=\(cpu.level >= .avx2 ? "haswell" : "generic") Launch/setup
 
-                """.utf8))
+                    """.utf8))
             exit(1)
         }
     }

@@ -86,8 +86,10 @@ struct DistributedRun {
     /// Makes and checks the strategy and loads this rank's inputs: once, however often it runs.
     /// Refuses, before allocating anything, a problem that does not fit this host's memory.
     /// `wholeKeyValues`: every rank also holds the whole K and V (verify).
-    static func prepare(_ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
-                        communicator: Communicator, mesh: (headGroup: Int, ring: Int)? = nil, wholeKeyValues: Bool = false) throws -> Prepared {
+    static func prepare(
+        _ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
+        communicator: Communicator, mesh: (headGroup: Int, ring: Int)? = nil, wholeKeyValues: Bool = false
+    ) throws -> Prepared {
         let heads = try communicator.together { try source.heads() }
         var options = compute.strategyOptions
         if let mesh { options.mesh = mesh }
@@ -95,23 +97,28 @@ struct DistributedRun {
         try communicator.together { try strategy.check(heads: heads, ranks: communicator.size) }
         try communicator.together {
             let (tokens, shape) = try source.dimensions(selfAttention: strategy.querySelection == .sameAsKeys)
-            try MemoryBudget.check(tokens: tokens, shape: shape, ranks: communicator.size, threads: compute.threads,
-                                   tiling: compute.tiling, wholeKeyValues: wholeKeyValues)
+            try MemoryBudget.check(
+                tokens: tokens, shape: shape, ranks: communicator.size, threads: compute.threads,
+                tiling: compute.tiling, wholeKeyValues: wholeKeyValues)
         }
         let shard = try communicator.together {
-            try LocalShard.load(source, layout: strategy.inputLayout, rank: communicator.rank, ranks: communicator.size,
-                                groupSize: strategy.groupSize, queries: strategy.querySelection,
-                                balancing: strategy.balancesDocuments ? mask : .none, documentLayout: compute.documentLayout.layout,
-                                tiling: compute.tiling)
+            try LocalShard.load(
+                source, layout: strategy.inputLayout, rank: communicator.rank, ranks: communicator.size,
+                groupSize: strategy.groupSize, queries: strategy.querySelection,
+                balancing: strategy.balancesDocuments ? mask : .none, documentLayout: compute.documentLayout.layout,
+                tiling: compute.tiling)
         }
         return Prepared(name: name, strategy: strategy, shard: shard, job: AttentionJob(shape: shard.shape, mask: mask, tiling: compute.tiling, threads: compute.threads))
     }
 
-    static func execute(_ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
-                        communicator: Communicator, profile: Bool = false, mesh: (headGroup: Int, ring: Int)? = nil,
-                        wholeKeyValues: Bool = false) throws -> DistributedRun {
-        let prepared = try prepare(source, strategy: name, mask: mask, compute: compute, communicator: communicator, mesh: mesh,
-                                   wholeKeyValues: wholeKeyValues)
+    static func execute(
+        _ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeOptions,
+        communicator: Communicator, profile: Bool = false, mesh: (headGroup: Int, ring: Int)? = nil,
+        wholeKeyValues: Bool = false
+    ) throws -> DistributedRun {
+        let prepared = try prepare(
+            source, strategy: name, mask: mask, compute: compute, communicator: communicator, mesh: mesh,
+            wholeKeyValues: wholeKeyValues)
         announce(prepared, communicator: communicator)
         return try run(prepared, communicator: communicator, profile: profile)
     }
@@ -137,8 +144,9 @@ struct DistributedRun {
     static func run(_ prepared: Prepared, communicator: Communicator, profile: Bool = false, progressLabel: String? = nil) throws -> DistributedRun {
         let (strategy, shard, job) = (prepared.strategy, prepared.shard, prepared.job)
         if showsProgress, communicator.rank == 0 {
-            ProgressMeter.current = ProgressMeter(label: progressLabel ?? prepared.name.rawValue,
-                                                  expectedFlops: strategy.expectedKernelFlops(shard, job: job, ranks: communicator.size))
+            ProgressMeter.current = ProgressMeter(
+                label: progressLabel ?? prepared.name.rawValue,
+                expectedFlops: strategy.expectedKernelFlops(shard, job: job, ranks: communicator.size))
         }
         defer {
             ProgressMeter.current?.finish()
@@ -155,10 +163,11 @@ struct DistributedRun {
         communicator.recorder = nil
         // Not timed: NaN or infinity in the result (float32 overflow) fails the run on every rank.
         try communicator.together { try result.checkFinite(segments: strategy.outputSegments(shard), mask: job.mask, tokens: shard.tokens) }
-        return DistributedRun(shard: shard, strategy: strategy, job: job, result: result, segments: strategy.outputSegments(shard),
-                              seconds: seconds, bytesSent: communicator.traffic.bytesSent - sent,
-                              bytesReceived: communicator.traffic.bytesReceived - received, kernelFlops: job.allKernelFlops - flops,
-                              profile: log.map { RecordedProfile(events: $0.events, dropped: $0.dropped, clockOffsets: offsets) })
+        return DistributedRun(
+            shard: shard, strategy: strategy, job: job, result: result, segments: strategy.outputSegments(shard),
+            seconds: seconds, bytesSent: communicator.traffic.bytesSent - sent,
+            bytesReceived: communicator.traffic.bytesReceived - received, kernelFlops: job.allKernelFlops - flops,
+            profile: log.map { RecordedProfile(events: $0.events, dropped: $0.dropped, clockOffsets: offsets) })
     }
 
     /// The global positions the output files cover.
@@ -212,7 +221,7 @@ enum Format {
         let s = run.shard.shape
         var text = "tokens \(run.shard.tokens), heads \(s.heads), kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(run.job.mask)"
         if run.extent != 0 ..< run.shard.tokens { text += ", queries \(run.extent.lowerBound)..<\(run.extent.upperBound)" }
-        if run.strategy.label.contains(" ") { text += ", \(run.strategy.label)" }      // a shape, as "mesh 2x2"
+        if run.strategy.label.contains(" ") { text += ", \(run.strategy.label)" }  // a shape, as "mesh 2x2"
         return text
     }
 }

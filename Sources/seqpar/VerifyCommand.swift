@@ -8,17 +8,17 @@ struct VerifyCommand: ParsableCommand {
         commandName: "verify",
         abstract: "Check the distributed result against the single-rank result (and float64), shard by shard.",
         discussion: """
-        Runs the chosen strategy, then each rank recomputes its own rows exactly as a one-rank run does
-        (the same kernel over the whole sequence) and, in float64, the plain reference. Prints the max
-        abs and max rel error of O and LSE per rank (rel = max |error| / max |expected|) and exits
-        non-zero when O's max abs error or LSE's max rel error exceeds the tolerance, naming the rank,
-        token and head of the largest error.
-        With --backward it then runs the distributed backward and checks, rank by rank, dQ of its query
-        rows and dK, dV of its key rows against a one-rank backward of the whole problem (every rank
-        recomputes it: memory and time grow with the whole sequence, as verify's do) and against the
-        float64 reference backward on a sample of rows (--reference-rows), with the same tolerances
-        on the max abs error.
-        """
+            Runs the chosen strategy, then each rank recomputes its own rows exactly as a one-rank run does
+            (the same kernel over the whole sequence) and, in float64, the plain reference. Prints the max
+            abs and max rel error of O and LSE per rank (rel = max |error| / max |expected|) and exits
+            non-zero when O's max abs error or LSE's max rel error exceeds the tolerance, naming the rank,
+            token and head of the largest error.
+            With --backward it then runs the distributed backward and checks, rank by rank, dQ of its query
+            rows and dK, dV of its key rows against a one-rank backward of the whole problem (every rank
+            recomputes it: memory and time grow with the whole sequence, as verify's do) and against the
+            float64 reference backward on a sample of rows (--reference-rows), with the same tolerances
+            on the max abs error.
+            """
     )
 
     @OptionGroup var problem: ProblemOptions
@@ -27,8 +27,9 @@ struct VerifyCommand: ParsableCommand {
     var tolerance: Double = 1e-5
     @Option(name: .customLong("reference-tolerance"), help: "Tolerance against the float64 reference.")
     var referenceTolerance: Double = 1e-4
-    @Option(name: .customLong("reference-rows"),
-            help: "Rows per rank checked against float64 when the problem is large (tokens^2*heads*headDim > 2^31); every row when small. 0 turns the float64 check off.")
+    @Option(
+        name: .customLong("reference-rows"),
+        help: "Rows per rank checked against float64 when the problem is large (tokens^2*heads*headDim > 2^31); every row when small. 0 turns the float64 check off.")
     var referenceRows: Int = 64
     @OptionGroup var backward: BackwardOptions
     @OptionGroup var output: OutputOptions
@@ -38,8 +39,9 @@ struct VerifyCommand: ParsableCommand {
         try Session.run(timeout: compute.timeout) { world in
             let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
-            let prepared = try DistributedRun.prepare(problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute,
-                                                      communicator: world, mesh: chosen.mesh, wholeKeyValues: true)
+            let prepared = try DistributedRun.prepare(
+                problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute,
+                communicator: world, mesh: chosen.mesh, wholeKeyValues: true)
             if backward.backward { try BackwardRun.check(prepared, communicator: world) }
             DistributedRun.announce(prepared, communicator: world)
             let run = try DistributedRun.run(prepared, communicator: world)
@@ -72,14 +74,20 @@ struct VerifyCommand: ParsableCommand {
             if backward.backward {
                 let backwardRun = try BackwardRun.execute(after: run, outputGrad: backward.source(problem), communicator: world)
                 backwardSeconds = backwardRun.seconds
-                let check = try GradientCheck(shard, queryRows: segments, gradients: backwardRun.gradients, source: problem.source,
-                                              outputGrad: backward.source(problem), job: run.job,
-                                              sample: referenceRows == 0 ? 0 : (small ? nil : referenceRows), communicator: world)
+                let check = try GradientCheck(
+                    shard, queryRows: segments, gradients: backwardRun.gradients, source: problem.source,
+                    outputGrad: backward.source(problem), job: run.job,
+                    sample: referenceRows == 0 ? 0 : (small ? nil : referenceRows), communicator: world)
                 let all = try world.allgatherv(check.single.packed + check.reference.packed)
                 let n = GradientErrors.packedCount
-                gradientReport = GradientReport(perRank: all.map { (single: GradientErrors(packed: Array($0[0 ..< n])),
-                                                                    reference: GradientErrors(packed: Array($0[n ..< 2 * n]))) },
-                                                tolerance: tolerance, referenceTolerance: referenceTolerance)
+                gradientReport = GradientReport(
+                    perRank: all.map {
+                        (
+                            single: GradientErrors(packed: Array($0[0 ..< n])),
+                            reference: GradientErrors(packed: Array($0[n ..< 2 * n]))
+                        )
+                    },
+                    tolerance: tolerance, referenceTolerance: referenceTolerance)
             }
             let passed = report.passed && (gradientReport?.passed ?? true)
             if output.json {
@@ -90,7 +98,8 @@ struct VerifyCommand: ParsableCommand {
                 }
                 Session.say(world, Format.json(object))
             } else {
-                Session.say(world, "seqpar verify: \(chosen.name.rawValue), \(world.size) rank(s), \(Format.problem(run)); distributed run \(String(format: "%.4f", run.seconds)) s")
+                Session.say(
+                    world, "seqpar verify: \(chosen.name.rawValue), \(world.size) rank(s), \(Format.problem(run)); distributed run \(String(format: "%.4f", run.seconds)) s")
                 Session.say(world, report.table())
                 if let gradientReport {
                     Session.say(world, "backward: distributed run \(String(format: "%.4f", backwardSeconds)) s")
@@ -134,9 +143,11 @@ struct VerifyReport {
         var lines = ["rank   rows | single-rank: O abs    O rel     lse abs   lse rel | float64: rows  O abs     O rel     lse abs   lse rel"]
         for (r, e) in perRank.enumerated() {
             let s = e.single, f = e.reference
-            lines.append(String(format: "%4d %6d |              %@  %@  %@  %@ |        %5d  %@  %@  %@  %@", r, s.rows,
-                                cell(s.output.maxAbs), cell(s.output.maxRel), cell(s.lse.maxAbs), cell(s.lse.maxRel), f.rows,
-                                cell(f.output.maxAbs), cell(f.output.maxRel), cell(f.lse.maxAbs), cell(f.lse.maxRel)))
+            lines.append(
+                String(
+                    format: "%4d %6d |              %@  %@  %@  %@ |        %5d  %@  %@  %@  %@", r, s.rows,
+                    cell(s.output.maxAbs), cell(s.output.maxRel), cell(s.lse.maxAbs), cell(s.lse.maxRel), f.rows,
+                    cell(f.output.maxAbs), cell(f.output.maxRel), cell(f.lse.maxAbs), cell(f.lse.maxRel)))
         }
         lines.append(sentence("single-rank result", single, tolerance))
         if reference.errors.rows > 0 {
@@ -160,14 +171,18 @@ struct VerifyReport {
     func json(strategy: StrategyName, run: DistributedRun, ranks: Int) -> [String: Any] {
         let shape = run.job.shape
         func errors(_ e: ResultErrors) -> [String: Any] {
-            ["rows": e.rows, "o_max_abs": e.output.maxAbs, "o_max_rel": e.output.maxRel, "o_worst_token": e.output.token, "o_worst_head": e.output.head,
-             "lse_max_abs": e.lse.maxAbs, "lse_max_rel": e.lse.maxRel]
+            [
+                "rows": e.rows, "o_max_abs": e.output.maxAbs, "o_max_rel": e.output.maxRel, "o_worst_token": e.output.token, "o_worst_head": e.output.head,
+                "lse_max_abs": e.lse.maxAbs, "lse_max_rel": e.lse.maxRel,
+            ]
         }
-        return ["command": "verify", "strategy": strategy.rawValue, "ranks": ranks, "tokens": run.shard.tokens,
-                "heads": shape.heads, "kv_heads": shape.kvHeads, "head_dim": shape.headDim, "mask": run.job.mask.description,
-                "seconds": run.seconds, "passed": passed, "tolerance": tolerance, "reference_tolerance": referenceTolerance,
-                "single_rank": errors(single.errors), "worst_rank": single.rank, "reference": errors(reference.errors),
-                "per_rank": perRank.map { ["single_rank": errors($0.single), "reference": errors($0.reference)] }]
+        return [
+            "command": "verify", "strategy": strategy.rawValue, "ranks": ranks, "tokens": run.shard.tokens,
+            "heads": shape.heads, "kv_heads": shape.kvHeads, "head_dim": shape.headDim, "mask": run.job.mask.description,
+            "seconds": run.seconds, "passed": passed, "tolerance": tolerance, "reference_tolerance": referenceTolerance,
+            "single_rank": errors(single.errors), "worst_rank": single.rank, "reference": errors(reference.errors),
+            "per_rank": perRank.map { ["single_rank": errors($0.single), "reference": errors($0.reference)] },
+        ]
     }
 }
 
@@ -204,9 +219,11 @@ struct GradientReport {
         var lines = ["rank  q rows  k rows | single-rank: dQ abs   dK abs    dV abs   | float64: q rows  k rows  dQ abs    dK abs    dV abs"]
         for (r, e) in perRank.enumerated() {
             let s = e.single, f = e.reference
-            lines.append(String(format: "%4d  %6d  %6d |              %@  %@  %@ |          %6d  %6d  %@  %@  %@", r, s.queryRows, s.keyRows,
-                                cell(s.dq.maxAbs), cell(s.dk.maxAbs), cell(s.dv.maxAbs), f.queryRows, f.keyRows,
-                                cell(f.dq.maxAbs), cell(f.dk.maxAbs), cell(f.dv.maxAbs)))
+            lines.append(
+                String(
+                    format: "%4d  %6d  %6d |              %@  %@  %@ |          %6d  %6d  %@  %@  %@", r, s.queryRows, s.keyRows,
+                    cell(s.dq.maxAbs), cell(s.dk.maxAbs), cell(s.dv.maxAbs), f.queryRows, f.keyRows,
+                    cell(f.dq.maxAbs), cell(f.dk.maxAbs), cell(f.dv.maxAbs)))
         }
         func sentence(_ what: String, _ t: (errors: GradientErrors, rank: Int), _ tolerance: Double) -> String {
             let e = t.errors
@@ -216,18 +233,24 @@ struct GradientReport {
                 + "(largest: \(worst.0), rank \(t.rank), token \(worst.1.token), head \(worst.1.head)); \(verdict) tolerance \(Format.sci(tolerance))"
         }
         lines.append(sentence("single-rank backward", single, tolerance))
-        lines.append(referenceChecked ? sentence("float64 reference backward", reference, referenceTolerance)
-            : "float64 reference backward: not checked (--reference-rows 0)")
+        lines.append(
+            referenceChecked
+                ? sentence("float64 reference backward", reference, referenceTolerance)
+                : "float64 reference backward: not checked (--reference-rows 0)")
         return lines.joined(separator: "\n")
     }
 
     func json(seconds: Double) -> [String: Any] {
         func errors(_ e: GradientErrors) -> [String: Any] {
-            ["query_rows": e.queryRows, "key_rows": e.keyRows, "dq_max_abs": e.dq.maxAbs, "dk_max_abs": e.dk.maxAbs, "dv_max_abs": e.dv.maxAbs,
-             "dq_max_rel": e.dq.maxRel, "dk_max_rel": e.dk.maxRel, "dv_max_rel": e.dv.maxRel]
+            [
+                "query_rows": e.queryRows, "key_rows": e.keyRows, "dq_max_abs": e.dq.maxAbs, "dk_max_abs": e.dk.maxAbs, "dv_max_abs": e.dv.maxAbs,
+                "dq_max_rel": e.dq.maxRel, "dk_max_rel": e.dk.maxRel, "dv_max_rel": e.dv.maxRel,
+            ]
         }
-        return ["seconds": seconds, "passed": passed, "single_rank": errors(single.errors), "worst_rank": single.rank,
-                "reference": errors(reference.errors),
-                "per_rank": perRank.map { ["single_rank": errors($0.single), "reference": errors($0.reference)] }]
+        return [
+            "seconds": seconds, "passed": passed, "single_rank": errors(single.errors), "worst_rank": single.rank,
+            "reference": errors(reference.errors),
+            "per_rank": perRank.map { ["single_rank": errors($0.single), "reference": errors($0.reference)] },
+        ]
     }
 }

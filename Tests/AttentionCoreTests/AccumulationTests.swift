@@ -56,9 +56,10 @@ struct AccumulationTests {
             problem.q.values.withUnsafeBufferPointer { q in
                 k.values.withUnsafeBufferPointer { kb in
                     v.values.withUnsafeBufferPointer { vb in
-                        attention.accumulate(queries: q.baseAddress!, querySegment: ShardSegment(positions: 150 ..< 300, localRow: 0),
-                                             keys: kb.baseAddress!, values: vb.baseAddress!,
-                                             keySegment: ShardSegment(positions: range, localRow: 0), into: accumulator)
+                        attention.accumulate(
+                            queries: q.baseAddress!, querySegment: ShardSegment(positions: 150 ..< 300, localRow: 0),
+                            keys: kb.baseAddress!, values: vb.baseAddress!,
+                            keySegment: ShardSegment(positions: range, localRow: 0), into: accumulator)
                     }
                 }
             }
@@ -82,13 +83,16 @@ struct AccumulationTests {
     func querySegments() throws {
         // Query rows are independent: splitting them only changes which tile a row lands in.
         let problem = try problem(.causal)
-        let querySegments = [ShardSegment(positions: 150 ..< 151, localRow: 0),
-                             ShardSegment(positions: 151 ..< 190, localRow: 1),
-                             ShardSegment(positions: 190 ..< 300, localRow: 40)]
+        let querySegments = [
+            ShardSegment(positions: 150 ..< 151, localRow: 0),
+            ShardSegment(positions: 151 ..< 190, localRow: 1),
+            ShardSegment(positions: 190 ..< 300, localRow: 40),
+        ]
         let reference = problem.reference()
         let tolerance = Tolerance(naive: problem.naiveError(against: reference))
-        expectClose(problem.kernel(tiling: Self.tiling, querySegments: querySegments), to: reference, within: tolerance,
-                    "three query segments")
+        expectClose(
+            problem.kernel(tiling: Self.tiling, querySegments: querySegments), to: reference, within: tolerance,
+            "three query segments")
     }
 
     @Test("reset returns the accumulator to no keys seen")
@@ -102,9 +106,10 @@ struct AccumulationTests {
             problem.q.values.withUnsafeBufferPointer { q in
                 problem.k.values.withUnsafeBufferPointer { k in
                     problem.v.values.withUnsafeBufferPointer { v in
-                        attention.accumulate(queries: q.baseAddress!, querySegment: ShardSegment(positions: 150 ..< 300, localRow: 0),
-                                             keys: k.baseAddress!, values: v.baseAddress!,
-                                             keySegment: ShardSegment(positions: 0 ..< 300, localRow: 0), into: accumulator)
+                        attention.accumulate(
+                            queries: q.baseAddress!, querySegment: ShardSegment(positions: 150 ..< 300, localRow: 0),
+                            keys: k.baseAddress!, values: v.baseAddress!,
+                            keySegment: ShardSegment(positions: 0 ..< 300, localRow: 0), into: accumulator)
                     }
                 }
             }

@@ -7,8 +7,9 @@ import Testing
 
 @Suite("Attention shape")
 struct AttentionShapeTests {
-    @Test("heads not a multiple of kv heads is rejected, naming both",
-          arguments: [(8, 3), (4, 8), (6, 4), (7, 2)])
+    @Test(
+        "heads not a multiple of kv heads is rejected, naming both",
+        arguments: [(8, 3), (4, 8), (6, 4), (7, 2)])
     func notMultiple(heads: Int, kvHeads: Int) {
         let error = #expect(throws: AttentionShape.Invalid.headsNotMultipleOfKVHeads(heads: heads, kvHeads: kvHeads)) {
             try AttentionShape(heads: heads, kvHeads: kvHeads, headDim: 64)
@@ -17,9 +18,12 @@ struct AttentionShapeTests {
         #expect(text.contains("\(heads)") && text.contains("\(kvHeads)") && text.contains("multiple"), "\(text)")
     }
 
-    @Test("non-positive sizes are rejected, naming the field and the value",
-          arguments: [(0, 1, 64, "heads", 0), (-4, 1, 64, "heads", -4), (8, 0, 64, "kv-heads", 0),
-                      (8, -2, 64, "kv-heads", -2), (8, 2, 0, "head-dim", 0), (8, 2, -1, "head-dim", -1)])
+    @Test(
+        "non-positive sizes are rejected, naming the field and the value",
+        arguments: [
+            (0, 1, 64, "heads", 0), (-4, 1, 64, "heads", -4), (8, 0, 64, "kv-heads", 0),
+            (8, -2, 64, "kv-heads", -2), (8, 2, 0, "head-dim", 0), (8, 2, -1, "head-dim", -1),
+        ])
     func nonPositive(heads: Int, kvHeads: Int, headDim: Int, field: String, value: Int) {
         // kv-heads 0 must be caught before heads % kvHeads is computed.
         let error = #expect(throws: AttentionShape.Invalid.nonPositive(field, value)) {

@@ -4,9 +4,10 @@
 // float32 backward of the same problem. The reference itself is checked against central finite
 // differences of the float64 forward on a tiny case.
 
-@testable import AttentionCore
 import Foundation
 import Testing
+
+@testable import AttentionCore
 
 /// The backward as a first course writes it: plain loops, Float accumulators, P from a two-pass softmax.
 enum NaiveFloatBackward {
@@ -76,8 +77,9 @@ struct BackwardTests {
     func check(_ c: BackwardCase) throws {
         let problem = try Problem(tokens: c.tokens, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, mask: c.mask)
         let dO = Self.outputGrad(problem)
-        let reference = ReferenceBackward.compute(q: problem.q, queryPositions: problem.queryPositions, k: problem.k, v: problem.v,
-                                                  keyPositions: problem.keyPositions, outputGrad: dO, shape: problem.shape, mask: problem.mask)
+        let reference = ReferenceBackward.compute(
+            q: problem.q, queryPositions: problem.queryPositions, k: problem.k, v: problem.v,
+            keyPositions: problem.keyPositions, outputGrad: dO, shape: problem.shape, mask: problem.mask)
         let naive = NaiveFloatBackward.compute(problem, outputGrad: dO)
         let naiveErrors = [maxAbsError(naive.dq, reference.dq), maxAbsError(naive.dk, reference.dk), maxAbsError(naive.dv, reference.dv)]
         // The yardstick must itself be sane, or a broken reference would widen every tolerance.
@@ -106,14 +108,15 @@ struct BackwardTests {
         for mask in [AttentionMask.none, .causal] {
             let problem = try Problem(tokens: 5, heads: 2, kvHeads: 1, headDim: 4, mask: mask)
             let dO = Self.outputGrad(problem)
-            let gradients = ReferenceBackward.compute(q: problem.q, queryPositions: problem.queryPositions, k: problem.k, v: problem.v,
-                                                      keyPositions: problem.keyPositions, outputGrad: dO, shape: problem.shape, mask: mask)
+            let gradients = ReferenceBackward.compute(
+                q: problem.q, queryPositions: problem.queryPositions, k: problem.k, v: problem.v,
+                keyPositions: problem.keyPositions, outputGrad: dO, shape: problem.shape, mask: mask)
             // f = Σ dO ∘ O, whose gradient is what the backward computes.
             func f(_ p: Problem) -> Double {
                 let o = p.reference().output
                 return zip(o, dO.values).reduce(0) { $0 + $1.0 * Double($1.1) }
             }
-            let epsilon: Float = 1.0 / 1024         // exact in float at these magnitudes
+            let epsilon: Float = 1.0 / 1024  // exact in float at these magnitudes
             let largest = (gradients.dq + gradients.dk + gradients.dv).map(abs).max() ?? 1
             for (tensor, analytic) in [(0, gradients.dq), (1, gradients.dk), (2, gradients.dv)] {
                 for index in 0 ..< analytic.count {
@@ -124,8 +127,9 @@ struct BackwardTests {
                     default: plus.v.values[index] += epsilon; minus.v.values[index] -= epsilon
                     }
                     let numeric = (f(plus) - f(minus)) / (2 * Double(epsilon))
-                    #expect(abs(numeric - analytic[index]) <= 1e-5 * largest + 1e-7,
-                            "\(mask) tensor \(tensor) index \(index): finite difference \(numeric), analytic \(analytic[index])")
+                    #expect(
+                        abs(numeric - analytic[index]) <= 1e-5 * largest + 1e-7,
+                        "\(mask) tensor \(tensor) index \(index): finite difference \(numeric), analytic \(analytic[index])")
                 }
             }
         }
@@ -150,17 +154,19 @@ struct BackwardTests {
             dO.values.withUnsafeBufferPointer { gb in
                 problem.k.values.withUnsafeBufferPointer { kb in
                     problem.v.values.withUnsafeBufferPointer { vb in
-                        kernel.accumulate(queries: qb.baseAddress!, outputGrad: gb.baseAddress!, querySegment: ShardSegment(positions: 3 ..< 8, localRow: 0),
-                                          keys: kb.baseAddress!, values: vb.baseAddress!, keySegment: ShardSegment(positions: 5 ..< 10, localRow: 0),
-                                          into: accumulator, keyGrad: &dk, valueGrad: &dv)
+                        kernel.accumulate(
+                            queries: qb.baseAddress!, outputGrad: gb.baseAddress!, querySegment: ShardSegment(positions: 3 ..< 8, localRow: 0),
+                            keys: kb.baseAddress!, values: vb.baseAddress!, keySegment: ShardSegment(positions: 5 ..< 10, localRow: 0),
+                            into: accumulator, keyGrad: &dk, valueGrad: &dv)
                     }
                 }
             }
         }
         accumulator.finish(dq: &dq)
         #expect(dq[0 ..< 2 * 4 * 32].allSatisfy { $0 == 0 }, "rows 3 and 4 see no key")
-        let reference = ReferenceBackward.compute(q: problem.q, queryPositions: problem.queryPositions, k: problem.k, v: problem.v,
-                                                  keyPositions: problem.keyPositions, outputGrad: dO, shape: problem.shape, mask: problem.mask)
+        let reference = ReferenceBackward.compute(
+            q: problem.q, queryPositions: problem.queryPositions, k: problem.k, v: problem.v,
+            keyPositions: problem.keyPositions, outputGrad: dO, shape: problem.shape, mask: problem.mask)
         #expect(maxAbsError(dq, reference.dq) < 1e-5 && maxAbsError(dk, reference.dk) < 1e-5 && maxAbsError(dv, reference.dv) < 1e-5)
         #expect(kernel.computedFlops > 0)
     }
@@ -187,17 +193,20 @@ struct BackwardTests {
         let problem = try Problem(tokens: 23, heads: 4, kvHeads: 2, headDim: 8, mask: .causal)
         let dO = Self.outputGrad(problem)
         let (q, k, v, shape) = (problem.q, problem.k, problem.v, problem.shape)
-        let whole = ReferenceBackward.compute(q: q, queryPositions: problem.queryPositions, k: k, v: v, keyPositions: problem.keyPositions,
-                                              outputGrad: dO, shape: shape, mask: .causal)
+        let whole = ReferenceBackward.compute(
+            q: q, queryPositions: problem.queryPositions, k: k, v: v, keyPositions: problem.keyPositions,
+            outputGrad: dO, shape: shape, mask: .causal)
         let all = Array(0 ..< 23)
         let (lse, delta) = ReferenceBackward.statistics(q: q, queryPositions: all, k: k, v: v, keyPositions: all, outputGrad: dO, shape: shape, mask: .causal)
         func rows(_ t: TokenTensor, _ positions: [Int]) -> TokenTensor {
-            TokenTensor(tokens: positions.count, heads: t.heads, headDim: t.headDim,
-                        values: positions.flatMap { t.values[$0 * t.rowWidth ..< ($0 + 1) * t.rowWidth] })
+            TokenTensor(
+                tokens: positions.count, heads: t.heads, headDim: t.headDim,
+                values: positions.flatMap { t.values[$0 * t.rowWidth ..< ($0 + 1) * t.rowWidth] })
         }
         let keys = [0, 5, 22], queries = [1, 17]
-        let forKeys = ReferenceBackward.gradients(q: q, queryPositions: all, lse: lse, delta: delta, k: rows(k, keys), v: rows(v, keys),
-                                                  keyPositions: keys, outputGrad: dO, shape: shape, mask: .causal)
+        let forKeys = ReferenceBackward.gradients(
+            q: q, queryPositions: all, lse: lse, delta: delta, k: rows(k, keys), v: rows(v, keys),
+            keyPositions: keys, outputGrad: dO, shape: shape, mask: .causal)
         let width = shape.kvRowWidth
         for (i, key) in keys.enumerated() {
             for e in 0 ..< width {
@@ -206,8 +215,9 @@ struct BackwardTests {
             }
         }
         let queryStatistics = { (values: [Double]) in (0 ..< 4).flatMap { h in queries.map { values[h * 23 + $0] } } }
-        let forQueries = ReferenceBackward.gradients(q: rows(q, queries), queryPositions: queries, lse: queryStatistics(lse), delta: queryStatistics(delta),
-                                                     k: k, v: v, keyPositions: all, outputGrad: rows(dO, queries), shape: shape, mask: .causal)
+        let forQueries = ReferenceBackward.gradients(
+            q: rows(q, queries), queryPositions: queries, lse: queryStatistics(lse), delta: queryStatistics(delta),
+            k: k, v: v, keyPositions: all, outputGrad: rows(dO, queries), shape: shape, mask: .causal)
         for (i, query) in queries.enumerated() {
             for e in 0 ..< shape.queryRowWidth {
                 #expect(abs(forQueries.dq[i * shape.queryRowWidth + e] - whole.dq[query * shape.queryRowWidth + e]) < 1e-12)
@@ -223,9 +233,13 @@ struct BackwardTests {
         let (direct, carried) = forward.output.withUnsafeBufferPointer { o in
             dO.values.withUnsafeBufferPointer { g in
                 forward.lse.withUnsafeBufferPointer { l in
-                    (GradientAccumulator(rows: 9, heads: 2, headDim: 16, output: o.baseAddress!, outputGrad: g.baseAddress!, lse: l.baseAddress!),
-                     GradientAccumulator(rows: 9, heads: 2, headDim: 16, statistics: GradientAccumulator.rowStatistics(
-                         rows: 9, heads: 2, headDim: 16, output: o.baseAddress!, outputGrad: g.baseAddress!, lse: l.baseAddress!, lseStride: 9)))
+                    (
+                        GradientAccumulator(rows: 9, heads: 2, headDim: 16, output: o.baseAddress!, outputGrad: g.baseAddress!, lse: l.baseAddress!),
+                        GradientAccumulator(
+                            rows: 9, heads: 2, headDim: 16,
+                            statistics: GradientAccumulator.rowStatistics(
+                                rows: 9, heads: 2, headDim: 16, output: o.baseAddress!, outputGrad: g.baseAddress!, lse: l.baseAddress!, lseStride: 9))
+                    )
                 }
             }
         }

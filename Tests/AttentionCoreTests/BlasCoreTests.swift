@@ -1,8 +1,9 @@
 // BlasCore.decide, the pure function behind seqpar's choice of OpenBLAS kernels, over a table of
 // (CPU features, core OpenBLAS reported, user setting) cases, and CPUFeatures' levels.
 
-@testable import AttentionCore
 import Testing
+
+@testable import AttentionCore
 
 @Suite("OpenBLAS core selection")
 struct BlasCoreTests {
@@ -21,7 +22,7 @@ struct BlasCoreTests {
         var version = (0, 3, 21)
         var user: String? = nil
         var override: String? = nil
-        let expected: String?          // the core to switch to; nil: keep
+        let expected: String?  // the core to switch to; nil: keep
         var testDescription: String {
             "\(cpu.summary), OpenBLAS \(version) chose \(reported)" + (user.map { ", OPENBLAS_CORETYPE=\($0)" } ?? "")
                 + (override.map { ", SEQPAR_BLAS_CORE=\($0)" } ?? "")
@@ -53,7 +54,7 @@ struct BlasCoreTests {
         Case(cpu: cpu(.avx512bf16), reported: "Haswell", user: "Haswell", expected: nil),
         Case(cpu: cpu(.avx512bf16), reported: "Prescott", user: "Prescott", override: "auto", expected: "Cooperlake"),
         Case(cpu: cpu(.avx512bf16), reported: "Prescott", override: "keep", expected: nil),
-        Case(cpu: cpu(.avx512bf16), reported: "Prescott", user: "", expected: "Cooperlake"),   // empty: not set
+        Case(cpu: cpu(.avx512bf16), reported: "Prescott", user: "", expected: "Cooperlake"),  // empty: not set
     ]
 
     @Test("the decision over a table of CPUs and reported cores", arguments: cases)
@@ -71,8 +72,9 @@ struct BlasCoreTests {
     func keptBelowSaysSo() {
         let decision = BlasCore.decide(cpu: Self.cpu(.avx512bf16), reportedCore: "Haswell", version: (0, 3, 21), userCoreType: "Haswell")
         #expect(decision.switchTo == nil)
-        #expect(decision.reason.contains("OPENBLAS_CORETYPE=Haswell set by the user") && decision.reason.contains("could run Cooperlake"),
-                "\(decision.reason)")
+        #expect(
+            decision.reason.contains("OPENBLAS_CORETYPE=Haswell set by the user") && decision.reason.contains("could run Cooperlake"),
+            "\(decision.reason)")
         let right = BlasCore.decide(cpu: Self.cpu(.avx2), reportedCore: "Haswell", version: (0, 3, 21), userCoreType: "Haswell")
         #expect(!right.reason.contains("could run"), "\(right.reason)")
     }

@@ -63,8 +63,9 @@ struct DocumentMaskTests {
                 if relation == .partial {
                     // The span the kernel trims a partial block to keeps every visible key.
                     let span = mask.visibleSpan(queries: q, keys: k, head: 0)
-                    #expect(q.allSatisfy { i in k.allSatisfy { !mask.allows(query: i, key: $0, head: 0) || span.contains($0) } },
-                            "\(mask): span \(span) of queries \(q) keys \(k) drops a visible key")
+                    #expect(
+                        q.allSatisfy { i in k.allSatisfy { !mask.allows(query: i, key: $0, head: 0) || span.contains($0) } },
+                        "\(mask): span \(span) of queries \(q) keys \(k) drops a visible key")
                 }
             }
         }
@@ -175,14 +176,16 @@ struct CuSeqlensTests {
         }
     }
 
-    @Test("bad files are refused with what is wrong", arguments: [
-        ([1, 5, 10], "<i8", nil, "starts at 1"),
-        ([0, 6, 5, 10], "<i8", nil, "decreases at index 2 (5 after 6)"),
-        ([0, 5, 9], "<i4", nil, "ends at 9 but the sequence has 10 tokens"),
-        ([0, 5, 10], "<f4", nil, "dtype is '<f4'; expected int32 or int64"),
-        ([0, 5, 10, 10], "<i8", [2, 2], "has 2 dimensions; expected a 1-D array"),
-        ([0], "<i8", nil, "holds 1 entry"),
-    ] as [([Int], String, [Int]?, String)])
+    @Test(
+        "bad files are refused with what is wrong",
+        arguments: [
+            ([1, 5, 10], "<i8", nil, "starts at 1"),
+            ([0, 6, 5, 10], "<i8", nil, "decreases at index 2 (5 after 6)"),
+            ([0, 5, 9], "<i4", nil, "ends at 9 but the sequence has 10 tokens"),
+            ([0, 5, 10], "<f4", nil, "dtype is '<f4'; expected int32 or int64"),
+            ([0, 5, 10, 10], "<i8", [2, 2], "has 2 dimensions; expected a 1-D array"),
+            ([0], "<i8", nil, "holds 1 entry"),
+        ] as [([Int], String, [Int]?, String)])
     func refused(_ values: [Int], dtype: String, shape: [Int]?, message: String) throws {
         try withTemporaryPath { path in
             try Self.write(values, dtype: dtype, shape: shape, to: path)
@@ -201,15 +204,19 @@ struct DocumentLayoutTests {
             let documents = boundaries(lengths)
             let mask = AttentionMask.documents(documents, within: .causal)
             for groupSize in [1, 2] where ranks % groupSize == 0 {
-                guard let partition = TokenPartition(documents: documents, ranks: ranks, layout: .zigzag, groupSize: groupSize,
-                                                     documentLayout: layout, mask: mask) else {
+                guard
+                    let partition = TokenPartition(
+                        documents: documents, ranks: ranks, layout: .zigzag, groupSize: groupSize,
+                        documentLayout: layout, mask: mask)
+                else {
                     #expect(layout != .headTail, "only layouts with whole documents may not fit")
                     continue
                 }
                 let all = (0 ..< ranks).flatMap { partition.segments(of: $0).flatMap { Array($0) } }
                 #expect(all.sorted() == Array(0 ..< documents.tokens), "\(layout) \(lengths.count) documents at \(ranks) ranks")
-                #expect(partition.maxRowCount <= (documents.tokens * 5 + 4 * ranks - 1) / (4 * ranks) + 2 * lengths.count,
-                        "memory per rank stays linear in tokens / ranks")
+                #expect(
+                    partition.maxRowCount <= (documents.tokens * 5 + 4 * ranks - 1) / (4 * ranks) + 2 * lengths.count,
+                    "memory per rank stays linear in tokens / ranks")
             }
         }
     }
@@ -221,13 +228,15 @@ struct DocumentLayoutTests {
         let mask = AttentionMask.documents(documents, within: causal ? .causal : .none)
         let tokens = documents.tokens
         for (ranks, groupSize) in [(3, 1), (4, 2)] {
-            let partition = try #require(TokenPartition(documents: documents, ranks: ranks, layout: .zigzag, groupSize: groupSize,
-                                                        documentLayout: layout, mask: mask))
+            let partition = try #require(
+                TokenPartition(
+                    documents: documents, ranks: ranks, layout: .zigzag, groupSize: groupSize,
+                    documentLayout: layout, mask: mask))
             let problem = try Problem(tokens: tokens, heads: 2, kvHeads: 1, headDim: 8, mask: mask)
             for rank in 0 ..< ranks {
                 let group = rank / groupSize * groupSize
                 let queries = (group ..< group + groupSize).flatMap(partition.segments(of:))
-                    .map { ShardSegment(positions: $0, localRow: $0.lowerBound) }   // rows of the whole Q
+                    .map { ShardSegment(positions: $0, localRow: $0.lowerBound) }  // rows of the whole Q
                 let kernel = LocalAttention(shape: problem.shape, mask: mask, tiling: tiling)
                 let accumulator = AttentionAccumulator(rows: tokens, heads: 2, headDim: 8)
                 problem.q.values.withUnsafeBufferPointer { q in
@@ -235,15 +244,17 @@ struct DocumentLayoutTests {
                         problem.v.values.withUnsafeBufferPointer { v in
                             for source in 0 ..< ranks {
                                 for keys in partition.segments(of: source) {
-                                    kernel.accumulate(queries: q.baseAddress!, querySegments: queries, keys: k.baseAddress!, values: v.baseAddress!,
-                                                      keySegment: ShardSegment(positions: keys, localRow: keys.lowerBound), into: accumulator)
+                                    kernel.accumulate(
+                                        queries: q.baseAddress!, querySegments: queries, keys: k.baseAddress!, values: v.baseAddress!,
+                                        keySegment: ShardSegment(positions: keys, localRow: keys.lowerBound), into: accumulator)
                                 }
                             }
                         }
                     }
                 }
-                #expect(kernel.computedFlops == 4 * 8 * 2 * partition.kernelWork(of: rank, mask: mask, tiling: tiling),
-                        "\(layout) rank \(rank) of \(ranks) (groups of \(groupSize))")
+                #expect(
+                    kernel.computedFlops == 4 * 8 * 2 * partition.kernelWork(of: rank, mask: mask, tiling: tiling),
+                    "\(layout) rank \(rank) of \(ranks) (groups of \(groupSize))")
             }
         }
     }

@@ -57,21 +57,23 @@ let kernelConfigurations: [(tiling: KernelTiling, threads: Int)] = [
     (KernelTiling(), 1),
     (KernelTiling(queryTile: 16, keyBlock: 32), 1),
     (KernelTiling(queryTile: 16, keyBlock: 32), 2),
-    (KernelTiling(queryTile: 5, keyBlock: 17), 2),   // tails narrower than one SIMD vector
+    (KernelTiling(queryTile: 5, keyBlock: 17), 2),  // tails narrower than one SIMD vector
 ]
 
 @Suite("Fused kernel against the float64 reference")
 struct KernelAccuracyTests {
     func check(_ c: KernelCase) throws {
-        let problem = try Problem(tokens: c.tokens, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim,
-                                  mask: c.mask, scale: c.scale)
+        let problem = try Problem(
+            tokens: c.tokens, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim,
+            mask: c.mask, scale: c.scale)
         let reference = problem.reference()
         let naiveError = problem.naiveError(against: reference)
         let tolerance = Tolerance(naive: naiveError)
         for (tiling, threads) in kernelConfigurations {
             let result = problem.kernel(tiling: tiling, threads: threads)
-            expectClose(result, to: reference, within: tolerance,
-                        "\(c.testDescription), tiles \(tiling.queryTile)x\(tiling.keyBlock), \(threads) thread(s), naive \(naiveError)")
+            expectClose(
+                result, to: reference, within: tolerance,
+                "\(c.testDescription), tiles \(tiling.queryTile)x\(tiling.keyBlock), \(threads) thread(s), naive \(naiveError)")
         }
     }
 
@@ -97,8 +99,9 @@ struct KernelAccuracyTests {
     @Test("several query segments in one call (K/V packed once) give the bits of one call per segment")
     func severalQuerySegments() throws {
         // Zigzag's shape: a rank's two chunks as query segments, two key segments.
-        let problem = try Problem(heads: 8, kvHeads: 2, headDim: 64, mask: .causal, queryRanges: [0 ..< 37, 90 ..< 130],
-                                  keyRanges: [0 ..< 37, 90 ..< 130])
+        let problem = try Problem(
+            heads: 8, kvHeads: 2, headDim: 64, mask: .causal, queryRanges: [0 ..< 37, 90 ..< 130],
+            keyRanges: [0 ..< 37, 90 ..< 130])
         let querySegments = Problem.segments(of: problem.queryPositions)
         let tiling = KernelTiling(queryTile: 16, keyBlock: 32)
         for threads in [1, 3] {
@@ -109,8 +112,9 @@ struct KernelAccuracyTests {
                 problem.k.values.withUnsafeBufferPointer { kb in
                     problem.v.values.withUnsafeBufferPointer { vb in
                         for keySegment in querySegments {
-                            kernel.accumulate(queries: qb.baseAddress!, querySegments: querySegments, keys: kb.baseAddress!,
-                                              values: vb.baseAddress!, keySegment: keySegment, into: accumulator)
+                            kernel.accumulate(
+                                queries: qb.baseAddress!, querySegments: querySegments, keys: kb.baseAddress!,
+                                values: vb.baseAddress!, keySegment: keySegment, into: accumulator)
                         }
                     }
                 }

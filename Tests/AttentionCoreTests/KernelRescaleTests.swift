@@ -4,8 +4,9 @@
 // and falling scores. Then non-finite scores: NaN inputs and a scale that overflows float32 make
 // the row NaN, counted by the kernel; never "this query sees no key".
 
-@testable import AttentionCore
 import Testing
+
+@testable import AttentionCore
 
 @Suite("Kernel: lazy max, rescaled and recomputed rows, non-finite scores")
 struct KernelRescaleTests {
@@ -36,8 +37,10 @@ struct KernelRescaleTests {
         let problem = try Self.problem(tokens: 200, headDim: 32, mask: c.mask) { c.step * Float($0 / 32) }
         let reference = problem.reference()
         let tolerance = Tolerance(naive: problem.naiveError(against: reference))
-        for (tiling, threads) in [(KernelTiling(queryTile: 16, keyBlock: 32), 1), (KernelTiling(queryTile: 7, keyBlock: 32), 2),
-                                  (KernelTiling(), 1)] {
+        for (tiling, threads) in [
+            (KernelTiling(queryTile: 16, keyBlock: 32), 1), (KernelTiling(queryTile: 7, keyBlock: 32), 2),
+            (KernelTiling(), 1),
+        ] {
             let result = problem.kernel(tiling: tiling, threads: threads)
             expectClose(result, to: reference, within: tolerance, "\(c.testDescription), tiles \(tiling.queryTile)x\(tiling.keyBlock)")
         }
@@ -93,9 +96,10 @@ struct KernelRescaleTests {
         problem.q.values.withUnsafeBufferPointer { qb in
             problem.k.values.withUnsafeBufferPointer { kb in
                 problem.v.values.withUnsafeBufferPointer { vb in
-                    kernel.accumulate(queries: qb.baseAddress!, querySegment: ShardSegment(positions: 3 ..< 8, localRow: 0),
-                                      keys: kb.baseAddress!, values: vb.baseAddress!, keySegment: ShardSegment(positions: 5 ..< 10, localRow: 0),
-                                      into: accumulator)
+                    kernel.accumulate(
+                        queries: qb.baseAddress!, querySegment: ShardSegment(positions: 3 ..< 8, localRow: 0),
+                        keys: kb.baseAddress!, values: vb.baseAddress!, keySegment: ShardSegment(positions: 5 ..< 10, localRow: 0),
+                        into: accumulator)
                 }
             }
         }

@@ -13,9 +13,9 @@ struct ShardPair: Sendable, CustomTestStringConvertible {
     var testDescription: String { "queries \(queries) keys \(keys) \(mask)" }
 
     static let all: [ShardPair] = [
-        (300 ..< 340, 280 ..< 360),   // overlapping: the diagonal cuts through
-        (500 ..< 530, 100 ..< 200),   // keys all before the queries
-        (100 ..< 150, 120 ..< 400),   // the first 20 rows see nothing, inside a partially visible block
+        (300 ..< 340, 280 ..< 360),  // overlapping: the diagonal cuts through
+        (500 ..< 530, 100 ..< 200),  // keys all before the queries
+        (100 ..< 150, 120 ..< 400),  // the first 20 rows see nothing, inside a partially visible block
         (4096 ..< 4133, 4000 ..< 4300),
     ].flatMap { q, k in [AttentionMask.none, .causal].map { ShardPair(queries: q, keys: k, mask: $0) } }
 }
@@ -24,14 +24,16 @@ struct ShardPair: Sendable, CustomTestStringConvertible {
 struct MaskTests {
     @Test("a query shard against a key shard at other offsets equals the reference", arguments: ShardPair.all)
     func offsetShards(_ pair: ShardPair) throws {
-        let problem = try Problem(heads: 4, kvHeads: 2, headDim: 64, mask: pair.mask,
-                                  queryRanges: [pair.queries], keyRanges: [pair.keys])
+        let problem = try Problem(
+            heads: 4, kvHeads: 2, headDim: 64, mask: pair.mask,
+            queryRanges: [pair.queries], keyRanges: [pair.keys])
         let reference = problem.reference()
         let tolerance = Tolerance(naive: problem.naiveError(against: reference))
         for (tiling, threads) in kernelConfigurations {
             let result = problem.kernel(tiling: tiling, threads: threads)
-            expectClose(result, to: reference, within: tolerance,
-                        "\(pair.testDescription), tiles \(tiling.queryTile)x\(tiling.keyBlock), \(threads) thread(s)")
+            expectClose(
+                result, to: reference, within: tolerance,
+                "\(pair.testDescription), tiles \(tiling.queryTile)x\(tiling.keyBlock), \(threads) thread(s)")
             // Rows that see no key are exact, not merely close.
             for (row, position) in problem.queryPositions.enumerated() where pair.mask == .causal && position < pair.keys.lowerBound {
                 for h in 0 ..< 4 {
@@ -45,8 +47,9 @@ struct MaskTests {
 
     @Test("causal, every query before every key: O = 0 exactly and lse = -inf", arguments: [1, 2])
     func fullyMasked(threads: Int) throws {
-        let problem = try Problem(heads: 8, kvHeads: 1, headDim: 80, mask: .causal,
-                                  queryRanges: [0 ..< 10], keyRanges: [50 ..< 80])
+        let problem = try Problem(
+            heads: 8, kvHeads: 1, headDim: 80, mask: .causal,
+            queryRanges: [0 ..< 10], keyRanges: [50 ..< 80])
         for tiling in [KernelTiling(), KernelTiling(queryTile: 4, keyBlock: 8)] {
             let result = problem.kernel(tiling: tiling, threads: threads)
             #expect(result.output.allSatisfy { $0 == 0 })
@@ -61,8 +64,9 @@ struct MaskTests {
     func hiddenBlockAfterVisible() throws {
         // Keys 0..<40 are visible to queries 40..<60; keys 100..<140 are hidden. Folding the hidden
         // segment second must not touch the state (the kernel skips it before any arithmetic).
-        let problem = try Problem(heads: 4, kvHeads: 4, headDim: 32, mask: .causal,
-                                  queryRanges: [40 ..< 60], keyRanges: [0 ..< 40, 100 ..< 140])
+        let problem = try Problem(
+            heads: 4, kvHeads: 4, headDim: 32, mask: .causal,
+            queryRanges: [40 ..< 60], keyRanges: [0 ..< 40, 100 ..< 140])
         let segments = Problem.segments(of: problem.keyPositions)
         #expect(segments.count == 2)
         let visibleOnly = problem.kernel(keySegments: [segments[0]])
@@ -130,22 +134,25 @@ struct ShardedFoldTests {
         let attention = LocalAttention(shape: whole.shape, mask: c.mask, tiling: KernelTiling(queryTile: 8, keyBlock: 16))
         let shards = (0 ..< c.ranks).map { rank in
             let ranges = partition.segments(of: rank)
-            return (segments: ShardSegment.stacked(ranges),
-                    q: whole.q.rows(ranges), k: whole.k.rows(ranges), v: whole.v.rows(ranges))
+            return (
+                segments: ShardSegment.stacked(ranges),
+                q: whole.q.rows(ranges), k: whole.k.rows(ranges), v: whole.v.rows(ranges)
+            )
         }
         for rank in 0 ..< c.ranks {
             let mine = shards[rank]
             let accumulator = AttentionAccumulator(rows: partition.rowCount(of: rank), heads: Self.heads, headDim: Self.headDim)
             for step in 0 ..< c.ranks {
-                let other = shards[(rank - step + c.ranks) % c.ranks]   // the ring's order of arrival
+                let other = shards[(rank - step + c.ranks) % c.ranks]  // the ring's order of arrival
                 mine.q.values.withUnsafeBufferPointer { q in
                     other.k.values.withUnsafeBufferPointer { k in
                         other.v.values.withUnsafeBufferPointer { v in
                             for querySegment in mine.segments {
                                 for keySegment in other.segments {
-                                    attention.accumulate(queries: q.baseAddress!, querySegment: querySegment,
-                                                         keys: k.baseAddress!, values: v.baseAddress!,
-                                                         keySegment: keySegment, into: accumulator)
+                                    attention.accumulate(
+                                        queries: q.baseAddress!, querySegment: querySegment,
+                                        keys: k.baseAddress!, values: v.baseAddress!,
+                                        keySegment: keySegment, into: accumulator)
                                 }
                             }
                         }
@@ -175,16 +182,18 @@ struct ShardedFoldTests {
             q.values.withUnsafeBufferPointer { qb in
                 whole.k.values.withUnsafeBufferPointer { kb in
                     whole.v.values.withUnsafeBufferPointer { vb in
-                        attention.accumulate(queries: qb.baseAddress!, querySegment: ShardSegment(positions: rows, localRow: 0),
-                                             keys: kb.baseAddress!, values: vb.baseAddress!,
-                                             keySegment: ShardSegment(positions: 0 ..< Self.tokens, localRow: 0), into: accumulator)
+                        attention.accumulate(
+                            queries: qb.baseAddress!, querySegment: ShardSegment(positions: rows, localRow: 0),
+                            keys: kb.baseAddress!, values: vb.baseAddress!,
+                            keySegment: ShardSegment(positions: 0 ..< Self.tokens, localRow: 0), into: accumulator)
                     }
                 }
             }
             output.withUnsafeMutableBufferPointer { o in
                 lse.withUnsafeMutableBufferPointer { l in
-                    accumulator.finish(output: o.baseAddress! + rows.lowerBound * whole.shape.queryRowWidth,
-                                       lse: l.baseAddress! + rows.lowerBound, lseStride: Self.tokens)
+                    accumulator.finish(
+                        output: o.baseAddress! + rows.lowerBound * whole.shape.queryRowWidth,
+                        lse: l.baseAddress! + rows.lowerBound, lseStride: Self.tokens)
                 }
             }
         }
@@ -202,14 +211,15 @@ struct ShardedFoldTests {
         problem.q.values.withUnsafeBufferPointer { q in
             problem.k.values.withUnsafeBufferPointer { k in
                 problem.v.values.withUnsafeBufferPointer { v in
-                    attention.accumulate(queries: q.baseAddress!, querySegment: ShardSegment(positions: 0 ..< 50, localRow: 0),
-                                         keys: k.baseAddress!, values: v.baseAddress!,
-                                         keySegment: ShardSegment(positions: 0 ..< 50, localRow: 0), into: accumulator,
-                                         progress: { calls += 1 })
+                    attention.accumulate(
+                        queries: q.baseAddress!, querySegment: ShardSegment(positions: 0 ..< 50, localRow: 0),
+                        keys: k.baseAddress!, values: v.baseAddress!,
+                        keySegment: ShardSegment(positions: 0 ..< 50, localRow: 0), into: accumulator,
+                        progress: { calls += 1 })
                 }
             }
         }
-        let items = 3 * 4   // heads x ceil(50 / 16) tiles
+        let items = 3 * 4  // heads x ceil(50 / 16) tiles
         #expect(calls >= items - 1 && calls <= items, "\(calls) progress calls for \(items) tiles")
     }
 }

@@ -23,9 +23,10 @@ struct MergeTests {
                 problem.q.values.withUnsafeBufferPointer { q in
                     problem.k.values.withUnsafeBufferPointer { k in
                         problem.v.values.withUnsafeBufferPointer { v in
-                            attention.accumulate(queries: q.baseAddress!, querySegment: ShardSegment(positions: 0 ..< 120, localRow: 0),
-                                                 keys: k.baseAddress!, values: v.baseAddress!,
-                                                 keySegment: ShardSegment(positions: cut, localRow: cut.lowerBound), into: accumulator)
+                            attention.accumulate(
+                                queries: q.baseAddress!, querySegment: ShardSegment(positions: 0 ..< 120, localRow: 0),
+                                keys: k.baseAddress!, values: v.baseAddress!,
+                                keySegment: ShardSegment(positions: cut, localRow: cut.lowerBound), into: accumulator)
                         }
                     }
                 }
@@ -35,8 +36,9 @@ struct MergeTests {
     }
 
     static func expectNoNaN(_ result: PartialResult, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
-        #expect(!result.output.contains { $0.isNaN } && !result.lse.contains { $0.isNaN }, "NaN in \(what)",
-                sourceLocation: sourceLocation)
+        #expect(
+            !result.output.contains { $0.isNaN } && !result.lse.contains { $0.isNaN }, "NaN in \(what)",
+            sourceLocation: sourceLocation)
     }
 
     @Test("two halves merged equal the whole", arguments: [AttentionMask.none, .causal])

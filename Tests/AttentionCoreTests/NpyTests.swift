@@ -65,8 +65,9 @@ struct NpyTests {
         }
     }
 
-    @Test("the header is version 1.0, ends in a newline and puts the data on a 64-byte boundary",
-          arguments: [[7, 3, 5], [1], [], [4096, 32, 128], [2, 3, 4, 5, 6, 7, 8, 9]])
+    @Test(
+        "the header is version 1.0, ends in a newline and puts the data on a 64-byte boundary",
+        arguments: [[7, 3, 5], [1], [], [4096, 32, 128], [2, 3, 4, 5, 6, 7, 8, 9]])
     func headerLayout(_ shape: [Int]) throws {
         let bytes = NpyHeader.encode(shape: shape)
         #expect(Array(bytes[0 ..< 6]) == NpyBytes.magic)
@@ -86,12 +87,15 @@ struct NpyTests {
         }
     }
 
-    @Test("version 2.0 and 3.0 headers and other writers' spellings are read",
-          arguments: [(UInt8(2), 64, NpyBytes.dict(shape: "(4, 3)")),
-                      (3, 64, NpyBytes.dict(shape: "(4, 3)")),
-                      (1, 16, NpyBytes.dict(shape: "(4, 3)")),                          // old NumPy: 16-byte alignment
-                      (1, 64, "{\"shape\": (4,3), \"fortran_order\": False, \"descr\": \"<f4\"}"),   // other order and quotes
-                      (1, 64, "{'descr': '<f4', 'fortran_order': False, 'shape': (4L, 3L), }")])     // Python 2 longs
+    @Test(
+        "version 2.0 and 3.0 headers and other writers' spellings are read",
+        arguments: [
+            (UInt8(2), 64, NpyBytes.dict(shape: "(4, 3)")),
+            (3, 64, NpyBytes.dict(shape: "(4, 3)")),
+            (1, 16, NpyBytes.dict(shape: "(4, 3)")),  // old NumPy: 16-byte alignment
+            (1, 64, "{\"shape\": (4,3), \"fortran_order\": False, \"descr\": \"<f4\"}"),  // other order and quotes
+            (1, 64, "{'descr': '<f4', 'fortran_order': False, 'shape': (4L, 3L), }"),
+        ])  // Python 2 longs
     func otherHeaders(major: UInt8, alignment: Int, dict: String) throws {
         let values = Self.values(12)
         try withTemporaryPath { path in
@@ -109,7 +113,7 @@ struct NpyTests {
         try withTemporaryPath { path in
             try NpyFile.create(path, shape: [rows, width])
             let writer = try NpyFile.open(writing: path)
-            for row in [3, 0, 4, 1, 2] {   // as ranks finishing in any order would
+            for row in [3, 0, 4, 1, 2] {  // as ranks finishing in any order would
                 try values.withUnsafeBufferPointer { buffer in
                     try writer.write(from: buffer.baseAddress! + row * width, elementOffset: row * width, count: width)
                 }
@@ -190,14 +194,17 @@ struct NpyTests {
         }
     }
 
-    @Test("a header that is not the dict NumPy writes",
-          arguments: ["{'descr': '<f4', 'fortran_order': False}",
-                      "{'descr': '<f4', 'shape': (2,)}",
-                      "{'fortran_order': False, 'shape': (2,)}",
-                      "['<f4', False, (2,)]",
-                      "{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }",
-                      "{'descr': '<f4', 'fortran_order': False, 'shape': (-2,), }",
-                      "{'descr: '<f4', 'fortran_order': False, 'shape': (2,), }"])
+    @Test(
+        "a header that is not the dict NumPy writes",
+        arguments: [
+            "{'descr': '<f4', 'fortran_order': False}",
+            "{'descr': '<f4', 'shape': (2,)}",
+            "{'fortran_order': False, 'shape': (2,)}",
+            "['<f4', False, (2,)]",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (-2,), }",
+            "{'descr: '<f4', 'fortran_order': False, 'shape': (2,), }",
+        ])
     func malformedHeader(_ dict: String) throws {
         try withTemporaryPath { path in
             try NpyBytes.write(NpyBytes.header(dict: dict) + NpyBytes.littleEndian([1, 2]), to: path)
@@ -263,8 +270,9 @@ struct NumPyInteropTests {
 
     static let numpyAvailable = python("import numpy", []) == 0
 
-    @Test("files written by NumPy load; NumPy loads what we write",
-          .enabled(if: numpyAvailable, "needs python3 with numpy on PATH; the byte-level .npy tests cover the format without it"))
+    @Test(
+        "files written by NumPy load; NumPy loads what we write",
+        .enabled(if: numpyAvailable, "needs python3 with numpy on PATH; the byte-level .npy tests cover the format without it"))
     func numpy() throws {
         try withTemporaryPath("-c.npy") { plain in
             try withTemporaryPath("-v2.npy") { version2 in
@@ -272,15 +280,15 @@ struct NumPyInteropTests {
                     try withTemporaryPath("-fortran.npy") { fortran in
                         try withTemporaryPath("-be.npy") { bigEndian in
                             let script = """
-                            import sys, numpy as np
-                            a = (np.arange(30, dtype='<f4').reshape(2, 3, 5) - 7) / 3
-                            np.save(sys.argv[1], a)
-                            with open(sys.argv[2], 'wb') as f:
-                                np.lib.format.write_array(f, a, version=(2, 0))
-                            np.save(sys.argv[3], a.astype('<f8'))
-                            np.save(sys.argv[4], np.asfortranarray(a))
-                            np.save(sys.argv[5], a.astype('>f4'))
-                            """
+                                import sys, numpy as np
+                                a = (np.arange(30, dtype='<f4').reshape(2, 3, 5) - 7) / 3
+                                np.save(sys.argv[1], a)
+                                with open(sys.argv[2], 'wb') as f:
+                                    np.lib.format.write_array(f, a, version=(2, 0))
+                                np.save(sys.argv[3], a.astype('<f8'))
+                                np.save(sys.argv[4], np.asfortranarray(a))
+                                np.save(sys.argv[5], a.astype('>f4'))
+                                """
                             try #require(Self.python(script, [plain, version2, double, fortran, bigEndian]) == 0)
                             let expected = (0 ..< 30).map { (Float($0) - 7) / 3 }
                             for path in [plain, version2] {
@@ -298,12 +306,12 @@ struct NumPyInteropTests {
         try withTemporaryPath { path in
             try NpyFile.save(path, shape: [4, 3], values: (0 ..< 12).map { Float($0) * 0.25 - 1 })
             let check = """
-            import sys, numpy as np
-            a = np.load(sys.argv[1])
-            ok = a.dtype == np.float32 and a.shape == (4, 3) and a.flags.c_contiguous \\
-                and (a == np.arange(12, dtype=np.float32).reshape(4, 3) * 0.25 - 1).all()
-            sys.exit(0 if ok else 1)
-            """
+                import sys, numpy as np
+                a = np.load(sys.argv[1])
+                ok = a.dtype == np.float32 and a.shape == (4, 3) and a.flags.c_contiguous \\
+                    and (a == np.arange(12, dtype=np.float32).reshape(4, 3) * 0.25 - 1).all()
+                sys.exit(0 if ok else 1)
+                """
             #expect(Self.python(check, [path]) == 0, "numpy rejected or misread \(path)")
         }
     }

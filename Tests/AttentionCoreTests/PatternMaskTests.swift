@@ -127,8 +127,9 @@ let patternMasks: [AttentionMask] = [
             k.withUnsafeBufferPointer { kb in
                 v.withUnsafeBufferPointer { vb in
                     let all = ShardSegment(positions: 0 ..< tokens, localRow: 0)
-                    kernel.accumulate(queries: qb.baseAddress!, querySegment: all, keys: kb.baseAddress!, values: vb.baseAddress!,
-                                      keySegment: all, into: accumulator)
+                    kernel.accumulate(
+                        queries: qb.baseAddress!, querySegment: all, keys: kb.baseAddress!, values: vb.baseAddress!,
+                        keySegment: all, into: accumulator)
                 }
             }
         }
@@ -160,8 +161,10 @@ func progressIsCalledWhenSeveralThreadsCompute(threads: Int) throws {
         problem.k.values.withUnsafeBufferPointer { k in
             problem.v.values.withUnsafeBufferPointer { v in
                 let all = ShardSegment(positions: 0 ..< 200, localRow: 0)
-                kernel.accumulate(queries: q.baseAddress!, querySegment: all, keys: k.baseAddress!, values: v.baseAddress!,
-                                  keySegment: all, into: accumulator) { calls += 1 }
+                kernel.accumulate(
+                    queries: q.baseAddress!, querySegment: all, keys: k.baseAddress!, values: v.baseAddress!,
+                    keySegment: all, into: accumulator
+                ) { calls += 1 }
             }
         }
     }

@@ -59,7 +59,7 @@ struct SyntheticInputTests {
 
     @Test("values lie in [-1, 1) and look uniform")
     func range() {
-        let values = Self.rows(.value, seed: 3, [0 ..< 2000]).values   // 96,000 values
+        let values = Self.rows(.value, seed: 3, [0 ..< 2000]).values  // 96,000 values
         #expect(values.allSatisfy { $0 >= -1 && $0 < 1 })
         let mean = values.reduce(0.0) { $0 + Double($1) } / Double(values.count)
         let meanSquare = values.reduce(0.0) { $0 + Double($1) * Double($1) } / Double(values.count)

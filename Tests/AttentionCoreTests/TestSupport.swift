@@ -17,8 +17,10 @@ struct Problem {
     let keyPositions: [Int]
 
     /// Synthetic rows `queryRanges` of Q and `keyRanges` of K/V (global positions, stacked in order).
-    init(heads: Int, kvHeads: Int, headDim: Int, mask: AttentionMask, scale: Float? = nil, seed: UInt64 = 7,
-         queryRanges: [Range<Int>], keyRanges: [Range<Int>]) throws {
+    init(
+        heads: Int, kvHeads: Int, headDim: Int, mask: AttentionMask, scale: Float? = nil, seed: UInt64 = 7,
+        queryRanges: [Range<Int>], keyRanges: [Range<Int>]
+    ) throws {
         shape = try AttentionShape(heads: heads, kvHeads: kvHeads, headDim: headDim, scale: scale)
         self.mask = mask
         q = SyntheticInput.tensor(.query, seed: seed, heads: heads, headDim: headDim, rows: queryRanges)
@@ -30,38 +32,46 @@ struct Problem {
 
     /// Self-attention over tokens 0..<tokens.
     init(tokens: Int, heads: Int, kvHeads: Int, headDim: Int, mask: AttentionMask, scale: Float? = nil, seed: UInt64 = 7) throws {
-        try self.init(heads: heads, kvHeads: kvHeads, headDim: headDim, mask: mask, scale: scale, seed: seed,
-                      queryRanges: [0 ..< tokens], keyRanges: [0 ..< tokens])
+        try self.init(
+            heads: heads, kvHeads: kvHeads, headDim: headDim, mask: mask, scale: scale, seed: seed,
+            queryRanges: [0 ..< tokens], keyRanges: [0 ..< tokens])
     }
 
     func reference() -> ReferenceAttention.Result {
-        ReferenceAttention.compute(q: q, queryPositions: queryPositions, k: k, v: v, keyPositions: keyPositions,
-                                   shape: shape, mask: mask)
+        ReferenceAttention.compute(
+            q: q, queryPositions: queryPositions, k: k, v: v, keyPositions: keyPositions,
+            shape: shape, mask: mask)
     }
 
     func naive() -> PartialResult {
-        NaiveFloatAttention.compute(q: q, queryPositions: queryPositions, k: k, v: v, keyPositions: keyPositions,
-                                    shape: shape, mask: mask)
+        NaiveFloatAttention.compute(
+            q: q, queryPositions: queryPositions, k: k, v: v, keyPositions: keyPositions,
+            shape: shape, mask: mask)
     }
 
     /// The naive float32 error against `reference`: the yardstick tolerances are built from.
     /// It must itself be small, or a broken reference would widen every tolerance until any kernel
     /// passed: float32 can do far better than these bounds (measured: O about 1e-7, lse about 1e-6,
     /// and about 5e-5 / 2e-4 when scores run into the hundreds).
-    func naiveError(against reference: ReferenceAttention.Result,
-                    sourceLocation: SourceLocation = #_sourceLocation) -> ResultError {
+    func naiveError(
+        against reference: ReferenceAttention.Result,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) -> ResultError {
         let error = ResultError(naive(), reference)
         let lseScale = max(1, reference.lse.lazy.filter(\.isFinite).map(abs).max() ?? 1)
-        #expect(error.output <= 2e-4 && error.lse <= 1e-5 * lseScale,
-                "naive float32 attention disagrees with the float64 reference: \(error)", sourceLocation: sourceLocation)
+        #expect(
+            error.output <= 2e-4 && error.lse <= 1e-5 * lseScale,
+            "naive float32 attention disagrees with the float64 reference: \(error)", sourceLocation: sourceLocation)
         return error
     }
 
     /// The fused kernel over query segments and key segments (each stored back to back, as a shard
     /// holds them), folding the key segments in `keyOrder` (indices into the key segments).
-    func kernel(tiling: KernelTiling = KernelTiling(), threads: Int = 1,
-                querySegments: [ShardSegment]? = nil, keySegments: [ShardSegment]? = nil,
-                keyOrder: [Int]? = nil) -> PartialResult {
+    func kernel(
+        tiling: KernelTiling = KernelTiling(), threads: Int = 1,
+        querySegments: [ShardSegment]? = nil, keySegments: [ShardSegment]? = nil,
+        keyOrder: [Int]? = nil
+    ) -> PartialResult {
         let attention = LocalAttention(shape: shape, mask: mask, tiling: tiling, threads: threads)
         let accumulator = AttentionAccumulator(rows: q.tokens, heads: shape.heads, headDim: shape.headDim)
         let querySegments = querySegments ?? Self.segments(of: queryPositions)
@@ -71,9 +81,10 @@ struct Problem {
                 v.values.withUnsafeBufferPointer { vb in
                     for index in keyOrder ?? Array(keySegments.indices) {
                         for querySegment in querySegments {
-                            attention.accumulate(queries: qb.baseAddress!, querySegment: querySegment,
-                                                 keys: kb.baseAddress!, values: vb.baseAddress!,
-                                                 keySegment: keySegments[index], into: accumulator)
+                            attention.accumulate(
+                                queries: qb.baseAddress!, querySegment: querySegment,
+                                keys: kb.baseAddress!, values: vb.baseAddress!,
+                                keySegment: keySegments[index], into: accumulator)
                         }
                     }
                 }
@@ -99,8 +110,10 @@ struct Problem {
 /// Attention as a first course writes it: plain loops, Float accumulators, a two-pass softmax.
 /// Its error against the float64 reference is what a float32 implementation can be expected to achieve.
 enum NaiveFloatAttention {
-    static func compute(q: TokenTensor, queryPositions: [Int], k: TokenTensor, v: TokenTensor, keyPositions: [Int],
-                        shape: AttentionShape, mask: AttentionMask) -> PartialResult {
+    static func compute(
+        q: TokenTensor, queryPositions: [Int], k: TokenTensor, v: TokenTensor, keyPositions: [Int],
+        shape: AttentionShape, mask: AttentionMask
+    ) -> PartialResult {
         let (nq, nk, heads, d) = (q.tokens, k.tokens, shape.heads, shape.headDim)
         var output = [Float](repeating: 0, count: nq * heads * d)
         var lse = [Float](repeating: -.infinity, count: heads * nq)
@@ -184,15 +197,20 @@ struct Tolerance {
 }
 
 /// Expects `result` to be within `tolerance` of the float64 reference, with no NaN anywhere.
-func expectClose(_ result: PartialResult, to reference: ReferenceAttention.Result, within tolerance: Tolerance,
-                 _ what: @autoclosure () -> String, sourceLocation: SourceLocation = #_sourceLocation) {
+func expectClose(
+    _ result: PartialResult, to reference: ReferenceAttention.Result, within tolerance: Tolerance,
+    _ what: @autoclosure () -> String, sourceLocation: SourceLocation = #_sourceLocation
+) {
     let error = ResultError(result, reference)
-    #expect(!result.output.contains { $0.isNaN } && !result.lse.contains { $0.isNaN },
-            "\(what()): NaN in the result", sourceLocation: sourceLocation)
-    #expect(error.output <= tolerance.output,
-            "\(what()): O error \(error.output) above \(tolerance.output)", sourceLocation: sourceLocation)
-    #expect(error.lse <= tolerance.lse,
-            "\(what()): lse error \(error.lse) above \(tolerance.lse)", sourceLocation: sourceLocation)
+    #expect(
+        !result.output.contains { $0.isNaN } && !result.lse.contains { $0.isNaN },
+        "\(what()): NaN in the result", sourceLocation: sourceLocation)
+    #expect(
+        error.output <= tolerance.output,
+        "\(what()): O error \(error.output) above \(tolerance.output)", sourceLocation: sourceLocation)
+    #expect(
+        error.lse <= tolerance.lse,
+        "\(what()): lse error \(error.lse) above \(tolerance.lse)", sourceLocation: sourceLocation)
 }
 
 /// The bits of a partial result: for checks that must be exact, -0.0 and NaN payloads included.
@@ -201,8 +219,11 @@ func bits(_ result: PartialResult) -> [UInt32] {
 }
 
 /// Reference rows `rows` (query indices) of a whole-sequence reference result.
-func referenceRows(_ reference: ReferenceAttention.Result, rows: [Int], totalRows: Int, heads: Int, headDim: Int)
-    -> ReferenceAttention.Result {
+func referenceRows(
+    _ reference: ReferenceAttention.Result, rows: [Int], totalRows: Int, heads: Int, headDim: Int
+)
+    -> ReferenceAttention.Result
+{
     var copy = reference
     copy.output = rows.flatMap { r in reference.output[r * heads * headDim ..< (r + 1) * heads * headDim] }
     copy.lse = (0 ..< heads).flatMap { h in rows.map { r in reference.lse[h * totalRows + r] } }

@@ -103,9 +103,12 @@ struct TokenPartitionTests {
     @Test("stacked segments number rows back to back")
     func stacked() {
         let segments = ShardSegment.stacked([10 ..< 14, 30 ..< 31, 50 ..< 57])
-        #expect(segments == [ShardSegment(positions: 10 ..< 14, localRow: 0),
-                             ShardSegment(positions: 30 ..< 31, localRow: 4),
-                             ShardSegment(positions: 50 ..< 57, localRow: 5)])
+        #expect(
+            segments == [
+                ShardSegment(positions: 10 ..< 14, localRow: 0),
+                ShardSegment(positions: 30 ..< 31, localRow: 4),
+                ShardSegment(positions: 50 ..< 57, localRow: 5),
+            ])
         #expect(ShardSegment.stacked([]).isEmpty)
     }
 }

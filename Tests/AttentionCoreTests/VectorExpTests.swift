@@ -40,7 +40,7 @@ struct VectorExpTests {
         var worst = (ulps: 0.0, x: Float(0))
         for (x, y) in zip(inputs, outputs) {
             let error = Self.ulps(y, x)
-            if !(error <= worst.ulps) { worst = (error, x) }   // NaN counts as worst
+            if !(error <= worst.ulps) { worst = (error, x) }  // NaN counts as worst
         }
         #expect(worst.ulps <= Self.maxUlps, "worst \(worst.ulps) ulp at x = \(worst.x)")
         // Also against Foundation's float exp: relative difference a few ulp.

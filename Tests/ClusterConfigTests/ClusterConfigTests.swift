@@ -80,24 +80,25 @@ func shipped(_ name: String) throws -> ClusterConfig {
 
 @Suite struct TOMLSubset {
     @Test func valuesOfEveryKind() throws {
-        let document = try TOML.parse(#"""
-        # comment
-        a = "tab\tquote\" backslash\\ \u00e9"   # trailing comment
-        b = 'C:\path\no escapes'
-        c = -1_000
-        d = true
-        e = [
-            "x",   # inside an array
-            'y',
-        ]
-        f = { k = 1, "quoted key" = "v", inner = { z = false } }
-        [t.u]
-        g = []
-        [[list]]
-        n = 1
-        [[list]]
-        n = 2
-        """#, file: "kinds.toml")
+        let document = try TOML.parse(
+            #"""
+            # comment
+            a = "tab\tquote\" backslash\\ \u00e9"   # trailing comment
+            b = 'C:\path\no escapes'
+            c = -1_000
+            d = true
+            e = [
+                "x",   # inside an array
+                'y',
+            ]
+            f = { k = 1, "quoted key" = "v", inner = { z = false } }
+            [t.u]
+            g = []
+            [[list]]
+            n = 1
+            [[list]]
+            n = 2
+            """#, file: "kinds.toml")
         #expect(document["a"]?.value == .string("tab\tquote\" backslash\\ é"))
         #expect(document["b"]?.value == .string(#"C:\path\no escapes"#))
         #expect(document["c"]?.value == .integer(-1000))
@@ -117,11 +118,12 @@ func shipped(_ name: String) throws -> ClusterConfig {
     }
 
     @Test func hostsAsAnArrayOfInlineTables() throws {
-        let config = try ClusterConfig.parse("""
-        host = [{ name = "a", slots = 2 }, { name = "b", address = "10.0.0.2", slots = 1 }]
-        [mpi]
-        mca = { btl_tcp_links = 2, mpi_leave_pinned = true, coll = "^hcoll" }
-        """, file: "inline.toml")
+        let config = try ClusterConfig.parse(
+            """
+            host = [{ name = "a", slots = 2 }, { name = "b", address = "10.0.0.2", slots = 1 }]
+            [mpi]
+            mca = { btl_tcp_links = 2, mpi_leave_pinned = true, coll = "^hcoll" }
+            """, file: "inline.toml")
         #expect(config.hosts == [.init(name: "a", slots: 2), .init(name: "b", address: "10.0.0.2", slots: 1)])
         #expect(config.mpi.mca == [.init(name: "btl_tcp_links", value: "2"), .init(name: "mpi_leave_pinned", value: "1"), .init(name: "coll", value: "^hcoll")])
     }
@@ -138,31 +140,34 @@ func shipped(_ name: String) throws -> ClusterConfig {
     let binary = "/opt/seqpar/bin/seqpar"
 
     @Test func netnsTwoHostsFourRanks() throws {
-        let plan = try LaunchPlan.mpirun(shipped("netns-2host"),
-                                         LaunchRequest(binary: binary, arguments: ["verify", "--causal"], launchDirectory: "/src/Launch"), on: twoCores)
+        let plan = try LaunchPlan.mpirun(
+            shipped("netns-2host"),
+            LaunchRequest(binary: binary, arguments: ["verify", "--causal"], launchDirectory: "/src/Launch"), on: twoCores)
         #expect(plan.ranks == 4)
-        #expect(plan.command == [
-            "/src/Launch/netns-rsh", "--exec", "seqpar-h1",
-            "mpirun", "--allow-run-as-root", "-np", "4", "--host", "10.213.7.1:2,10.213.7.2:2", "--map-by", "slot", "--bind-to", "none",
-            "-x", "OPENBLAS_NUM_THREADS=1",
-            "--mca", "btl", "tcp,self", "--mca", "pml", "ob1",
-            "--mca", "btl_tcp_if_include", "10.213.7.0/24", "--mca", "oob_tcp_if_include", "10.213.7.0/24",
-            "--mca", "plm_rsh_agent", "/src/Launch/netns-rsh",
-            binary, "verify", "--causal", "--strategy", "zigzag",
-        ])
+        #expect(
+            plan.command == [
+                "/src/Launch/netns-rsh", "--exec", "seqpar-h1",
+                "mpirun", "--allow-run-as-root", "-np", "4", "--host", "10.213.7.1:2,10.213.7.2:2", "--map-by", "slot", "--bind-to", "none",
+                "-x", "OPENBLAS_NUM_THREADS=1",
+                "--mca", "btl", "tcp,self", "--mca", "pml", "ob1",
+                "--mca", "btl_tcp_if_include", "10.213.7.0/24", "--mca", "oob_tcp_if_include", "10.213.7.0/24",
+                "--mca", "plm_rsh_agent", "/src/Launch/netns-rsh",
+                binary, "verify", "--causal", "--strategy", "zigzag",
+            ])
     }
 
     @Test func oneRankPerHostAndAHostfile() throws {
-        let plan = try LaunchPlan.mpirun(shipped("netns-2host"),
-                                         LaunchRequest(ranksPerNode: 1, binary: binary, arguments: ["info"], hostfile: "/tmp/h", launchDirectory: "/L"),
-                                         on: LaunchMachine(isRoot: false, cores: 2, names: []))
+        let plan = try LaunchPlan.mpirun(
+            shipped("netns-2host"),
+            LaunchRequest(ranksPerNode: 1, binary: binary, arguments: ["info"], hostfile: "/tmp/h", launchDirectory: "/L"),
+            on: LaunchMachine(isRoot: false, cores: 2, names: []))
         #expect(plan.ranks == 2)
         #expect(plan.hostfile?.path == "/tmp/h")
         #expect(plan.hostfile?.contents == "10.213.7.1 slots=2\n10.213.7.2 slots=2\n")
         #expect(plan.command.contains("--hostfile") && !plan.command.contains("--host"))
         #expect(plan.command.contains("ppr:1:node"))
         #expect(!plan.command.contains("--allow-run-as-root"))
-        #expect(plan.command.suffix(2) == [binary, "info"])   // info takes no --strategy
+        #expect(plan.command.suffix(2) == [binary, "info"])  // info takes no --strategy
     }
 
     @Test func localOversubscribesOnlyWhenSlotsExceedCores() throws {
@@ -196,16 +201,25 @@ func shipped(_ name: String) throws -> ClusterConfig {
     }
 
     @Test func tooManyRanks() throws {
-        #expect(throws: ConfigError(file: configFolder.appendingPathComponent("netns-2host.toml").path, line: nil,
-                                    "5 ranks exceed the 4 slot(s) of 2 host(s); expected at most 4, more slots, or oversubscribe = true")) {
+        #expect(
+            throws: ConfigError(
+                file: configFolder.appendingPathComponent("netns-2host.toml").path, line: nil,
+                "5 ranks exceed the 4 slot(s) of 2 host(s); expected at most 4, more slots, or oversubscribe = true")
+        ) {
             try LaunchPlan.mpirun(shipped("netns-2host"), LaunchRequest(ranks: 5, binary: binary, launchDirectory: "/L"), on: twoCores)
         }
-        #expect(throws: ConfigError(file: configFolder.appendingPathComponent("netns-4host.toml").path, line: nil,
-                                    "5 ranks exceed 4 host(s) x 1 rank(s) per node; expected at most 4, more slots, or oversubscribe = true")) {
+        #expect(
+            throws: ConfigError(
+                file: configFolder.appendingPathComponent("netns-4host.toml").path, line: nil,
+                "5 ranks exceed 4 host(s) x 1 rank(s) per node; expected at most 4, more slots, or oversubscribe = true")
+        ) {
             try LaunchPlan.mpirun(shipped("netns-4host"), LaunchRequest(ranks: 5, binary: binary, launchDirectory: "/L"), on: twoCores)
         }
-        #expect(throws: ConfigError(file: configFolder.appendingPathComponent("netns-2host.toml").path, line: nil,
-                                    "--ranks-per-node 3 exceeds the 2 slot(s) of a host; expected at most 2, or oversubscribe = true")) {
+        #expect(
+            throws: ConfigError(
+                file: configFolder.appendingPathComponent("netns-2host.toml").path, line: nil,
+                "--ranks-per-node 3 exceeds the 2 slot(s) of a host; expected at most 2, or oversubscribe = true")
+        ) {
             try LaunchPlan.mpirun(shipped("netns-2host"), LaunchRequest(ranksPerNode: 3, binary: binary, launchDirectory: "/L"), on: twoCores)
         }
     }
@@ -226,10 +240,11 @@ func shipped(_ name: String) throws -> ClusterConfig {
         let script = try LaunchPlan.slurmScript(shipped("slurm"), LaunchRequest(binary: binary, arguments: ["verify", "--tokens", "131072", "--causal"]))
         let lines = script.split(separator: "\n").map(String.init)
         #expect(lines.first == "#!/bin/bash")
-        #expect(lines.filter { $0.hasPrefix("#SBATCH") } == [
-            "#SBATCH --job-name=seqpar", "#SBATCH --nodes=4", "#SBATCH --ntasks=128", "#SBATCH --ntasks-per-node=32",
-            "#SBATCH --cpus-per-task=1", "#SBATCH --partition=cpu", "#SBATCH --time=00:30:00", "#SBATCH --exclusive",
-        ])
+        #expect(
+            lines.filter { $0.hasPrefix("#SBATCH") } == [
+                "#SBATCH --job-name=seqpar", "#SBATCH --nodes=4", "#SBATCH --ntasks=128", "#SBATCH --ntasks-per-node=32",
+                "#SBATCH --cpus-per-task=1", "#SBATCH --partition=cpu", "#SBATCH --time=00:30:00", "#SBATCH --exclusive",
+            ])
         // #SBATCH lines must come before the first command, or sbatch ignores them.
         let firstCommand = try #require(lines.firstIndex { !$0.hasPrefix("#") })
         #expect(lines[firstCommand...].allSatisfy { !$0.hasPrefix("#SBATCH") })
@@ -240,20 +255,23 @@ func shipped(_ name: String) throws -> ClusterConfig {
         #expect(lines.contains("export OPENBLAS_NUM_THREADS=1"))
         // The example names no transport: Open MPI's own choice (UCX, InfiniBand) stays.
         #expect(!lines.contains { $0.hasPrefix("export OMPI_MCA_") }, "\(lines)")
-        #expect(lines.last == "srun --mpi=pmix --nodes=4 --ntasks=128 --ntasks-per-node=32 --cpus-per-task=1 --cpu-bind=cores \(binary) verify --tokens 131072 --causal --strategy zigzag")
+        #expect(
+            lines.last
+                == "srun --mpi=pmix --nodes=4 --ntasks=128 --ntasks-per-node=32 --cpus-per-task=1 --cpu-bind=cores \(binary) verify --tokens 131072 --causal --strategy zigzag")
     }
 
     @Test func mpirunInsideTheAllocation() throws {
-        let config = try ClusterConfig.parse("""
-        blas_threads = 2
-        env = ["MY_VAR=a b"]
-        [slurm]
-        nodes = 2
-        ntasks_per_node = 4
-        launcher = "mpirun"
-        [mpi]
-        btl = "self,vader,tcp"
-        """, file: "m.toml")
+        let config = try ClusterConfig.parse(
+            """
+            blas_threads = 2
+            env = ["MY_VAR=a b"]
+            [slurm]
+            nodes = 2
+            ntasks_per_node = 4
+            launcher = "mpirun"
+            [mpi]
+            btl = "self,vader,tcp"
+            """, file: "m.toml")
         let script = try LaunchPlan.slurmScript(config, LaunchRequest(ranks: 6, binary: binary, arguments: ["info"]))
         let lines = script.split(separator: "\n").map(String.init)
         #expect(lines.contains("#SBATCH --cpus-per-task=2"))
@@ -303,86 +321,128 @@ struct BadConfig: CustomTestStringConvertible, Sendable {
 let host = "[[host]]\nname = \"a\"\nslots = 1\n"
 
 let badConfigs: [BadConfig] = [
-    BadConfig(what: "unknown top-level key", text: "stratgy = \"ring\"\n" + host,
-              message: "bad.toml:1: unknown key 'stratgy' in the top level; expected one of host, ranks_per_node, blas_threads, strategy, bind_to, oversubscribe, env, mpi, netns, slurm (did you mean 'strategy'?)"),
-    BadConfig(what: "unknown host key", text: "[[host]]\nname = \"a\"\nslot = 2\n",
-              message: "bad.toml:3: unknown key 'slot' in [[host]]; expected one of name, address, slots (did you mean 'slots'?)"),
-    BadConfig(what: "unknown mpi key", text: host + "[mpi]\nbtls = \"tcp\"\n",
-              message: "bad.toml:5: unknown key 'btls' in [mpi]; expected one of mpirun, btl, pml, interfaces, rsh_agent, mca, args (did you mean 'btl'?)"),
-    BadConfig(what: "unknown table", text: host + "[mpich]\n",
-              message: "bad.toml:4: unknown key 'mpich' in the top level; expected one of host, ranks_per_node, blas_threads, strategy, bind_to, oversubscribe, env, mpi, netns, slurm"),
-    BadConfig(what: "zero slots", text: "[[host]]\nname = \"a\"\nslots = 0\n",
-              message: "bad.toml:3: host 'a' has slots = 0; expected at least 1"),
-    BadConfig(what: "no slots", text: "# one host\n[[host]]\nname = \"a\"\n",
-              message: "bad.toml:2: [[host]] 'a' has no slots; expected slots = N (how many ranks it may run, at least 1)"),
-    BadConfig(what: "slots as text", text: "[[host]]\nname = \"a\"\nslots = \"2\"\n",
-              message: "bad.toml:3: 'slots' in [[host]] is a string; expected an integer"),
-    BadConfig(what: "host without a name", text: "[[host]]\nslots = 2\n",
-              message: "bad.toml:1: [[host]] has no name; expected name = \"…\" (the host's name)"),
-    BadConfig(what: "empty host name", text: "[[host]]\nname = \"\"\nslots = 2\n",
-              message: "bad.toml:2: a host name must not be empty"),
-    BadConfig(what: "missing host", text: "strategy = \"ring\"\n\n[mpi]\nbtl = \"tcp,self\"\n",
-              message: "bad.toml:4: the file describes no host; expected at least one [[host]] table with name and slots (or a [slurm] table, where the allocation names the hosts)"),
-    BadConfig(what: "the same host twice", text: host + host,
-              message: "bad.toml:4: host 'a' is already described on line 1; expected each host once"),
-    BadConfig(what: "unknown strategy", text: "strategy = \"ringg\"\n" + host,
-              message: "bad.toml:1: unknown strategy 'ringg'; expected one of ring, zigzag, heads, mesh, s2, star"),
-    BadConfig(what: "unknown binding", text: "bind_to = \"cores\"\n" + host,
-              message: "bad.toml:1: unknown binding 'cores'; expected one of none, hwthread, core, l2cache, l3cache, socket, numa, board"),
-    BadConfig(what: "zero BLAS threads", text: "blas_threads = 0\n" + host,
-              message: "bad.toml:1: blas_threads = 0 in the top level; expected at least 1"),
-    BadConfig(what: "more ranks per node than slots", text: "ranks_per_node = 2\n" + host,
-              message: "bad.toml:1: ranks_per_node = 2 exceeds the 1 slot(s) of host 'a' (line 2); expected at most 1, or oversubscribe = true"),
-    BadConfig(what: "bad environment name", text: "env = [\"1X=2\"]\n" + host,
-              message: "bad.toml:1: '1X=2' is not NAME or NAME=value (NAME: letters, digits and '_')"),
-    BadConfig(what: "environment not strings", text: "env = [1]\n" + host,
-              message: "bad.toml:1: 'env' in the top level holds an integer; expected an array of one-line strings"),
-    BadConfig(what: "MCA parameter that [mpi] names", text: host + "[mpi.mca]\nbtl_tcp_if_include = \"eth0\"\n",
-              message: "bad.toml:5: MCA parameter 'btl_tcp_if_include' has its own key in [mpi]; expected it as interfaces = … there"),
-    BadConfig(what: "MCA parameter as an array", text: host + "[mpi.mca]\nx = [1]\n",
-              message: "bad.toml:5: MCA parameter 'x' in [mpi.mca] is an array; expected a string, an integer or a boolean"),
-    BadConfig(what: "netns host that is not a host", text: host + "[netns]\nmpirun_host = \"b\"\n",
-              message: "bad.toml:5: mpirun_host 'b' is not one of the hosts; expected one of a"),
-    BadConfig(what: "slurm without nodes", text: "[slurm]\npartition = \"cpu\"\n",
-              message: "bad.toml:1: [slurm] has no nodes; expected nodes = N (how many nodes to allocate)"),
-    BadConfig(what: "unknown slurm launcher", text: "[slurm]\nnodes = 1\nlauncher = \"aprun\"\n",
-              message: "bad.toml:3: unknown launcher 'aprun'; expected srun or mpirun"),
-    BadConfig(what: "slurm with hosts", text: host + "[slurm]\nnodes = 1\n",
-              message: "bad.toml:4: a [slurm] config takes its hosts from the allocation; expected no [[host]] tables beside it"),
-    BadConfig(what: "key set twice", text: "strategy = \"ring\"\nstrategy = \"zigzag\"\n" + host,
-              message: "bad.toml:2: the key 'strategy' is already set on line 1"),
-    BadConfig(what: "table twice", text: host + "[mpi]\n[mpi]\n",
-              message: "bad.toml:5: [mpi] is already defined on line 4"),
-    BadConfig(what: "unterminated string", text: "strategy = \"ring\n" + host,
-              message: "bad.toml:1: unterminated string: expected a closing '\"' on this line"),
-    BadConfig(what: "float", text: "blas_threads = 1.5\n" + host,
-              message: "bad.toml:1: floating-point numbers are not part of this format; every number here is an integer"),
-    BadConfig(what: "bare word", text: "strategy = ring\n" + host,
-              message: "bad.toml:1: expected a value (a \"string\", an integer, true or false, an [array] or an { inline table }), found 'r'"),
-    BadConfig(what: "missing '='", text: "strategy \"ring\"\n" + host,
-              message: "bad.toml:1: expected '=' after the key 'strategy', found '\"'"),
-    BadConfig(what: "text after a value", text: "blas_threads = 1 2\n" + host,
-              message: "bad.toml:1: expected the end of the line after the value, found '2'"),
-    BadConfig(what: "dotted key", text: "mpi.btl = \"tcp\"\n" + host,
-              message: "bad.toml:1: dotted keys ('mpi.…') are not part of this format; write a [mpi] table"),
-    BadConfig(what: "unknown escape", text: "strategy = \"a\\qb\"\n" + host,
-              message: "bad.toml:1: unknown escape '\\q' in a string; use \\\\ for a backslash, or a 'literal string'"),
-    BadConfig(what: "unclosed array", text: "env = [\"A\",\n\"B\"\n",
-              message: "bad.toml:3: unterminated array: expected ']' to close the array opened on line 1"),
-    BadConfig(what: "unclosed header", text: "[mpi\n" + host,
-              message: "bad.toml:1: expected ']' to close the table header, found the end of the line"),
-    BadConfig(what: "MCA name with shell characters", text: host + "[mpi.mca]\n\"x;touch /tmp/pwned;y\" = 1\n",
-              message: "bad.toml:5: MCA parameter name 'x;touch /tmp/pwned;y' in [mpi.mca] is not a name; expected letters, digits and '_' only (e.g. btl_tcp_if_include)"),
-    BadConfig(what: "host name with a space", text: "[[host]]\nname = \"a b\"\nslots = 1\n",
-              message: "bad.toml:2: host name 'a b' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IP address"),
-    BadConfig(what: "host address with a comma", text: "[[host]]\nname = \"a\"\naddress = \"10.0.0.1,evil:4\"\nslots = 1\n",
-              message: "bad.toml:3: address '10.0.0.1,evil:4' of host 'a' is not a host name or IP address; expected e.g. 10.0.0.2 or node-01.cluster"),
-    BadConfig(what: "host name starting with a dash", text: "[[host]]\nname = \"-x\"\nslots = 1\n",
-              message: "bad.toml:2: host name '-x' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IP address"),
-    BadConfig(what: "slurm partition of two words", text: "[slurm]\nnodes = 1\npartition = \"cpu --wrap=x\"\n",
-              message: "bad.toml:3: partition = 'cpu --wrap=x' in [slurm]; expected one word of letters, digits and _ . , : + @ % - (it is written into an #SBATCH line)"),
-    BadConfig(what: "table where a value is", text: "mpi = \"tcp\"\n" + host,
-              message: "bad.toml:1: 'mpi' in the top level is a string; expected a table ([mpi] or { … })"),
+    BadConfig(
+        what: "unknown top-level key", text: "stratgy = \"ring\"\n" + host,
+        message:
+            "bad.toml:1: unknown key 'stratgy' in the top level; expected one of host, ranks_per_node, blas_threads, strategy, bind_to, oversubscribe, env, mpi, netns, slurm (did you mean 'strategy'?)"
+    ),
+    BadConfig(
+        what: "unknown host key", text: "[[host]]\nname = \"a\"\nslot = 2\n",
+        message: "bad.toml:3: unknown key 'slot' in [[host]]; expected one of name, address, slots (did you mean 'slots'?)"),
+    BadConfig(
+        what: "unknown mpi key", text: host + "[mpi]\nbtls = \"tcp\"\n",
+        message: "bad.toml:5: unknown key 'btls' in [mpi]; expected one of mpirun, btl, pml, interfaces, rsh_agent, mca, args (did you mean 'btl'?)"),
+    BadConfig(
+        what: "unknown table", text: host + "[mpich]\n",
+        message: "bad.toml:4: unknown key 'mpich' in the top level; expected one of host, ranks_per_node, blas_threads, strategy, bind_to, oversubscribe, env, mpi, netns, slurm"),
+    BadConfig(
+        what: "zero slots", text: "[[host]]\nname = \"a\"\nslots = 0\n",
+        message: "bad.toml:3: host 'a' has slots = 0; expected at least 1"),
+    BadConfig(
+        what: "no slots", text: "# one host\n[[host]]\nname = \"a\"\n",
+        message: "bad.toml:2: [[host]] 'a' has no slots; expected slots = N (how many ranks it may run, at least 1)"),
+    BadConfig(
+        what: "slots as text", text: "[[host]]\nname = \"a\"\nslots = \"2\"\n",
+        message: "bad.toml:3: 'slots' in [[host]] is a string; expected an integer"),
+    BadConfig(
+        what: "host without a name", text: "[[host]]\nslots = 2\n",
+        message: "bad.toml:1: [[host]] has no name; expected name = \"…\" (the host's name)"),
+    BadConfig(
+        what: "empty host name", text: "[[host]]\nname = \"\"\nslots = 2\n",
+        message: "bad.toml:2: a host name must not be empty"),
+    BadConfig(
+        what: "missing host", text: "strategy = \"ring\"\n\n[mpi]\nbtl = \"tcp,self\"\n",
+        message: "bad.toml:4: the file describes no host; expected at least one [[host]] table with name and slots (or a [slurm] table, where the allocation names the hosts)"),
+    BadConfig(
+        what: "the same host twice", text: host + host,
+        message: "bad.toml:4: host 'a' is already described on line 1; expected each host once"),
+    BadConfig(
+        what: "unknown strategy", text: "strategy = \"ringg\"\n" + host,
+        message: "bad.toml:1: unknown strategy 'ringg'; expected one of ring, zigzag, heads, mesh, s2, star"),
+    BadConfig(
+        what: "unknown binding", text: "bind_to = \"cores\"\n" + host,
+        message: "bad.toml:1: unknown binding 'cores'; expected one of none, hwthread, core, l2cache, l3cache, socket, numa, board"),
+    BadConfig(
+        what: "zero BLAS threads", text: "blas_threads = 0\n" + host,
+        message: "bad.toml:1: blas_threads = 0 in the top level; expected at least 1"),
+    BadConfig(
+        what: "more ranks per node than slots", text: "ranks_per_node = 2\n" + host,
+        message: "bad.toml:1: ranks_per_node = 2 exceeds the 1 slot(s) of host 'a' (line 2); expected at most 1, or oversubscribe = true"),
+    BadConfig(
+        what: "bad environment name", text: "env = [\"1X=2\"]\n" + host,
+        message: "bad.toml:1: '1X=2' is not NAME or NAME=value (NAME: letters, digits and '_')"),
+    BadConfig(
+        what: "environment not strings", text: "env = [1]\n" + host,
+        message: "bad.toml:1: 'env' in the top level holds an integer; expected an array of one-line strings"),
+    BadConfig(
+        what: "MCA parameter that [mpi] names", text: host + "[mpi.mca]\nbtl_tcp_if_include = \"eth0\"\n",
+        message: "bad.toml:5: MCA parameter 'btl_tcp_if_include' has its own key in [mpi]; expected it as interfaces = … there"),
+    BadConfig(
+        what: "MCA parameter as an array", text: host + "[mpi.mca]\nx = [1]\n",
+        message: "bad.toml:5: MCA parameter 'x' in [mpi.mca] is an array; expected a string, an integer or a boolean"),
+    BadConfig(
+        what: "netns host that is not a host", text: host + "[netns]\nmpirun_host = \"b\"\n",
+        message: "bad.toml:5: mpirun_host 'b' is not one of the hosts; expected one of a"),
+    BadConfig(
+        what: "slurm without nodes", text: "[slurm]\npartition = \"cpu\"\n",
+        message: "bad.toml:1: [slurm] has no nodes; expected nodes = N (how many nodes to allocate)"),
+    BadConfig(
+        what: "unknown slurm launcher", text: "[slurm]\nnodes = 1\nlauncher = \"aprun\"\n",
+        message: "bad.toml:3: unknown launcher 'aprun'; expected srun or mpirun"),
+    BadConfig(
+        what: "slurm with hosts", text: host + "[slurm]\nnodes = 1\n",
+        message: "bad.toml:4: a [slurm] config takes its hosts from the allocation; expected no [[host]] tables beside it"),
+    BadConfig(
+        what: "key set twice", text: "strategy = \"ring\"\nstrategy = \"zigzag\"\n" + host,
+        message: "bad.toml:2: the key 'strategy' is already set on line 1"),
+    BadConfig(
+        what: "table twice", text: host + "[mpi]\n[mpi]\n",
+        message: "bad.toml:5: [mpi] is already defined on line 4"),
+    BadConfig(
+        what: "unterminated string", text: "strategy = \"ring\n" + host,
+        message: "bad.toml:1: unterminated string: expected a closing '\"' on this line"),
+    BadConfig(
+        what: "float", text: "blas_threads = 1.5\n" + host,
+        message: "bad.toml:1: floating-point numbers are not part of this format; every number here is an integer"),
+    BadConfig(
+        what: "bare word", text: "strategy = ring\n" + host,
+        message: "bad.toml:1: expected a value (a \"string\", an integer, true or false, an [array] or an { inline table }), found 'r'"),
+    BadConfig(
+        what: "missing '='", text: "strategy \"ring\"\n" + host,
+        message: "bad.toml:1: expected '=' after the key 'strategy', found '\"'"),
+    BadConfig(
+        what: "text after a value", text: "blas_threads = 1 2\n" + host,
+        message: "bad.toml:1: expected the end of the line after the value, found '2'"),
+    BadConfig(
+        what: "dotted key", text: "mpi.btl = \"tcp\"\n" + host,
+        message: "bad.toml:1: dotted keys ('mpi.…') are not part of this format; write a [mpi] table"),
+    BadConfig(
+        what: "unknown escape", text: "strategy = \"a\\qb\"\n" + host,
+        message: "bad.toml:1: unknown escape '\\q' in a string; use \\\\ for a backslash, or a 'literal string'"),
+    BadConfig(
+        what: "unclosed array", text: "env = [\"A\",\n\"B\"\n",
+        message: "bad.toml:3: unterminated array: expected ']' to close the array opened on line 1"),
+    BadConfig(
+        what: "unclosed header", text: "[mpi\n" + host,
+        message: "bad.toml:1: expected ']' to close the table header, found the end of the line"),
+    BadConfig(
+        what: "MCA name with shell characters", text: host + "[mpi.mca]\n\"x;touch /tmp/pwned;y\" = 1\n",
+        message: "bad.toml:5: MCA parameter name 'x;touch /tmp/pwned;y' in [mpi.mca] is not a name; expected letters, digits and '_' only (e.g. btl_tcp_if_include)"),
+    BadConfig(
+        what: "host name with a space", text: "[[host]]\nname = \"a b\"\nslots = 1\n",
+        message: "bad.toml:2: host name 'a b' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IP address"),
+    BadConfig(
+        what: "host address with a comma", text: "[[host]]\nname = \"a\"\naddress = \"10.0.0.1,evil:4\"\nslots = 1\n",
+        message: "bad.toml:3: address '10.0.0.1,evil:4' of host 'a' is not a host name or IP address; expected e.g. 10.0.0.2 or node-01.cluster"),
+    BadConfig(
+        what: "host name starting with a dash", text: "[[host]]\nname = \"-x\"\nslots = 1\n",
+        message: "bad.toml:2: host name '-x' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IP address"),
+    BadConfig(
+        what: "slurm partition of two words", text: "[slurm]\nnodes = 1\npartition = \"cpu --wrap=x\"\n",
+        message: "bad.toml:3: partition = 'cpu --wrap=x' in [slurm]; expected one word of letters, digits and _ . , : + @ % - (it is written into an #SBATCH line)"),
+    BadConfig(
+        what: "table where a value is", text: "mpi = \"tcp\"\n" + host,
+        message: "bad.toml:1: 'mpi' in the top level is a string; expected a table ([mpi] or { … })"),
 ]
 
 @Suite struct RefusedConfigs {

@@ -99,14 +99,16 @@ import Testing
         // Foundation refuses a newline in a file name; the file system does not: written, then renamed.
         let plain = folder.appendingPathComponent("plain.toml")
         let config = folder.path + "/evil\ntouch \(relative)\n.toml"
-        try Data("""
-        env = ["SEQPAR_X=$(touch \(marker))'\\"; touch \(marker)"]
-        [slurm]
-        nodes = 1
-        [mpi.mca]
-        btl_foo = "a'b\\"c; touch \(marker) $(touch \(marker))"
+        try Data(
+            """
+            env = ["SEQPAR_X=$(touch \(marker))'\\"; touch \(marker)"]
+            [slurm]
+            nodes = 1
+            [mpi.mca]
+            btl_foo = "a'b\\"c; touch \(marker) $(touch \(marker))"
 
-        """.utf8).write(to: plain)
+            """.utf8
+        ).write(to: plain)
         #expect(rename(plain.path, config) == 0)
         let script = folder.appendingPathComponent("job.sbatch")
         let arguments = ["run", "--out", "a\nb c", "it's", "$(touch \(marker))", "; touch \(marker)", "`touch \(marker)`"]

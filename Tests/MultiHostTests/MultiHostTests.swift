@@ -8,8 +8,9 @@
 import Foundation
 @_exported import SeqparTestSupport
 import Testing
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 func launch(_ script: String) -> String { packageRoot.appendingPathComponent("Launch").appendingPathComponent(script).path }
@@ -79,7 +80,8 @@ enum SimulatedHosts {
         // -o puts everything on one line: "... RX: bytes packets ... \    BYTES PACKETS ..."
         let fields = shown.stdout.split(whereSeparator: { $0 == " " || $0 == "\\" }).map(String.init)
         guard let rx = fields.firstIndex(of: "RX:"), let mcast = fields[rx...].firstIndex(of: "mcast"), mcast + 1 < fields.count,
-              let bytes = Int(fields[mcast + 1]) else {
+            let bytes = Int(fields[mcast + 1])
+        else {
             Issue.record("cannot read eth0's counters of \(host)\n\(shown.transcript)")
             return 0
         }
@@ -96,49 +98,58 @@ func rankHosts(_ info: Outcome) throws -> [String] {
 
 let verifyArguments = ["verify", "--tokens", "8192", "--causal", "--strategy", "zigzag"]
 
-@Suite(.serialized, .enabled(if: SimulatedHosts.available,
-                             "simulated hosts need root, iproute2's ip, unshare and timeout, and the right to create network namespaces; this machine lacks one, so no multi-host test ran"))
+@Suite(
+    .serialized,
+    .enabled(
+        if: SimulatedHosts.available,
+        "simulated hosts need root, iproute2's ip, unshare and timeout, and the right to create network namespaces; this machine lacks one, so no multi-host test ran"))
 struct MultiHostTests {
     @Test("verify across 2 hosts, one rank each, over TCP on the simulated network")
     func twoHosts() throws {
-        try SimulatedHosts.exclusive { try SimulatedHosts.with(2) {
-            let before = try SimulatedHosts.receivedBytes("seqpar-h2")
-            let verify = try run([launch("cluster"), clusterConfig("netns-2host"), "--ranks-per-node", "1"] + verifyArguments)
-            #expect(verify.status == 0, "\(verify.transcript)")
-            #expect(verify.stdout.contains("zigzag, 2 rank(s), tokens 8192"), "\(verify.transcript)")
-            #expect(verify.stdout.hasSuffix("PASS\n"), "\(verify.transcript)")
-            // A ring step of this problem moves 4096 tokens x 2 kv heads x 64 x 4 bytes x (K and V) = 4 MiB.
-            let received = try SimulatedHosts.receivedBytes("seqpar-h2") - before
-            #expect(received > 4 << 20, "seqpar-h2's eth0 received only \(received) bytes")
-            let info = try run([launch("cluster"), clusterConfig("netns-2host"), "--ranks-per-node", "1", "info", "--json", "--sgemm-size", "256"])
-            #expect(info.status == 0, "\(info.transcript)")
-            #expect(try rankHosts(info) == ["seqpar-h1", "seqpar-h2"])
-        } }
+        try SimulatedHosts.exclusive {
+            try SimulatedHosts.with(2) {
+                let before = try SimulatedHosts.receivedBytes("seqpar-h2")
+                let verify = try run([launch("cluster"), clusterConfig("netns-2host"), "--ranks-per-node", "1"] + verifyArguments)
+                #expect(verify.status == 0, "\(verify.transcript)")
+                #expect(verify.stdout.contains("zigzag, 2 rank(s), tokens 8192"), "\(verify.transcript)")
+                #expect(verify.stdout.hasSuffix("PASS\n"), "\(verify.transcript)")
+                // A ring step of this problem moves 4096 tokens x 2 kv heads x 64 x 4 bytes x (K and V) = 4 MiB.
+                let received = try SimulatedHosts.receivedBytes("seqpar-h2") - before
+                #expect(received > 4 << 20, "seqpar-h2's eth0 received only \(received) bytes")
+                let info = try run([launch("cluster"), clusterConfig("netns-2host"), "--ranks-per-node", "1", "info", "--json", "--sgemm-size", "256"])
+                #expect(info.status == 0, "\(info.transcript)")
+                #expect(try rankHosts(info) == ["seqpar-h1", "seqpar-h2"])
+            }
+        }
     }
 
     @Test("verify with 4 ranks over 2 hosts")
     func fourRanksOverTwoHosts() throws {
-        try SimulatedHosts.exclusive { try SimulatedHosts.with(2) {
-            let verify = try run([launch("cluster"), clusterConfig("netns-2host")] + verifyArguments)
-            #expect(verify.status == 0, "\(verify.transcript)")
-            #expect(verify.stdout.contains("zigzag, 4 rank(s), tokens 8192"), "\(verify.transcript)")
-            #expect(verify.stdout.hasSuffix("PASS\n"), "\(verify.transcript)")
-            let info = try run([launch("cluster"), clusterConfig("netns-2host"), "info", "--json", "--sgemm-size", "256"])
-            #expect(info.status == 0, "\(info.transcript)")
-            #expect(try rankHosts(info) == ["seqpar-h1", "seqpar-h1", "seqpar-h2", "seqpar-h2"])
-        } }
+        try SimulatedHosts.exclusive {
+            try SimulatedHosts.with(2) {
+                let verify = try run([launch("cluster"), clusterConfig("netns-2host")] + verifyArguments)
+                #expect(verify.status == 0, "\(verify.transcript)")
+                #expect(verify.stdout.contains("zigzag, 4 rank(s), tokens 8192"), "\(verify.transcript)")
+                #expect(verify.stdout.hasSuffix("PASS\n"), "\(verify.transcript)")
+                let info = try run([launch("cluster"), clusterConfig("netns-2host"), "info", "--json", "--sgemm-size", "256"])
+                #expect(info.status == 0, "\(info.transcript)")
+                #expect(try rankHosts(info) == ["seqpar-h1", "seqpar-h1", "seqpar-h2", "seqpar-h2"])
+            }
+        }
     }
 
     @Test("verify across 4 hosts, one rank each")
     func fourHosts() throws {
-        try SimulatedHosts.exclusive { try SimulatedHosts.with(4) {
-            let verify = try run([launch("cluster"), clusterConfig("netns-4host")] + verifyArguments)
-            #expect(verify.status == 0, "\(verify.transcript)")
-            #expect(verify.stdout.hasSuffix("PASS\n"), "\(verify.transcript)")
-            let info = try run([launch("cluster"), clusterConfig("netns-4host"), "info", "--json", "--sgemm-size", "256"])
-            #expect(info.status == 0, "\(info.transcript)")
-            #expect(try rankHosts(info) == ["seqpar-h1", "seqpar-h2", "seqpar-h3", "seqpar-h4"])
-        } }
+        try SimulatedHosts.exclusive {
+            try SimulatedHosts.with(4) {
+                let verify = try run([launch("cluster"), clusterConfig("netns-4host")] + verifyArguments)
+                #expect(verify.status == 0, "\(verify.transcript)")
+                #expect(verify.stdout.hasSuffix("PASS\n"), "\(verify.transcript)")
+                let info = try run([launch("cluster"), clusterConfig("netns-4host"), "info", "--json", "--sgemm-size", "256"])
+                #expect(info.status == 0, "\(info.transcript)")
+                #expect(try rankHosts(info) == ["seqpar-h1", "seqpar-h2", "seqpar-h3", "seqpar-h4"])
+            }
+        }
     }
 
     @Test("a failing run is reported, and nothing is left behind")
@@ -146,8 +157,10 @@ struct MultiHostTests {
         try SimulatedHosts.exclusive {
             try SimulatedHosts.with(2) {
                 // Zero tolerance cannot pass (float32 against float64): verify exits 1, and Launch/cluster with it.
-                let verify = try run([launch("cluster"), clusterConfig("netns-2host"), "verify", "--tokens", "512", "--causal",
-                                      "--tolerance", "0", "--reference-tolerance", "0"])
+                let verify = try run([
+                    launch("cluster"), clusterConfig("netns-2host"), "verify", "--tokens", "512", "--causal",
+                    "--tolerance", "0", "--reference-tolerance", "0",
+                ])
                 #expect(verify.status == 1, "\(verify.transcript)")
                 #expect(verify.stdout.contains("FAIL"), "\(verify.transcript)")
             }
@@ -161,25 +174,27 @@ struct MultiHostTests {
 
     @Test("shaping: --rate with tbf; --delay with netem or a clear refusal")
     func shaping() throws {
-        try SimulatedHosts.exclusive { try SimulatedHosts.with(2, shaping: ["--rate", "200mbit"]) {
-            let status = try run([launch("netns-hosts"), "status"])
-            #expect(status.stdout.contains("tbf") && status.stdout.contains("200Mbit"), "\(status.transcript)")
-            let delay = try run([launch("netns-hosts"), "shape", "--delay", "1ms"])
-            if delay.status == 0 {
-                let shown = try run([launch("netns-hosts"), "status"])
-                #expect(shown.stdout.contains("netem"), "\(shown.transcript)")
-            } else {
-                // This kernel has no netem: the script says so and exits 3.
-                #expect(delay.status == 3, "\(delay.transcript)")
-                #expect(delay.stderr.contains("no netem qdisc"), "\(delay.transcript)")
-                print("MultiHostTests: netem is not available on this kernel; --delay is refused as designed:\n\(delay.stderr)")
-                let after = try run([launch("netns-hosts"), "status"])
-                #expect(!after.stdout.contains("tbf"), "a refused shaping must leave no host shaped\n\(after.transcript)")
+        try SimulatedHosts.exclusive {
+            try SimulatedHosts.with(2, shaping: ["--rate", "200mbit"]) {
+                let status = try run([launch("netns-hosts"), "status"])
+                #expect(status.stdout.contains("tbf") && status.stdout.contains("200Mbit"), "\(status.transcript)")
+                let delay = try run([launch("netns-hosts"), "shape", "--delay", "1ms"])
+                if delay.status == 0 {
+                    let shown = try run([launch("netns-hosts"), "status"])
+                    #expect(shown.stdout.contains("netem"), "\(shown.transcript)")
+                } else {
+                    // This kernel has no netem: the script says so and exits 3.
+                    #expect(delay.status == 3, "\(delay.transcript)")
+                    #expect(delay.stderr.contains("no netem qdisc"), "\(delay.transcript)")
+                    print("MultiHostTests: netem is not available on this kernel; --delay is refused as designed:\n\(delay.stderr)")
+                    let after = try run([launch("netns-hosts"), "status"])
+                    #expect(!after.stdout.contains("tbf"), "a refused shaping must leave no host shaped\n\(after.transcript)")
+                }
+                let none = try run([launch("netns-hosts"), "shape", "none"])
+                #expect(none.status == 0, "\(none.transcript)")
             }
-            let none = try run([launch("netns-hosts"), "shape", "none"])
-            #expect(none.status == 0, "\(none.transcript)")
+            try expectNothingLeft()
         }
-        try expectNothingLeft() }
     }
 
     func expectNothingLeft() throws {

@@ -9,8 +9,9 @@
 
 import Foundation
 import Testing
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 enum LocalSlurm {
@@ -21,7 +22,8 @@ enum LocalSlurm {
         .allSatisfy { FileManager.default.isExecutableFile(atPath: $0) }
 
     /// Root, and Slurm installed or installable with apt.
-    static let available: Bool = geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/timeout")
+    static let available: Bool =
+        geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/timeout")
         && (installed || FileManager.default.isExecutableFile(atPath: "/usr/bin/apt-get"))
 
     /// One local Slurm per machine: test runs of other checkouts wait here for each other.
@@ -37,7 +39,8 @@ enum LocalSlurm {
     /// Whether `pid` runs: a zombie (a stopped daemon that init has not reaped yet) does not.
     static func running(_ pid: Int32) -> Bool {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.range(of: ") ", options: .backwards) else { return false }
+            let close = stat.range(of: ") ", options: .backwards)
+        else { return false }
         return !stat[close.upperBound...].hasPrefix("Z")
     }
 
@@ -70,8 +73,11 @@ func slurmRun(_ arguments: [String], in folder: URL, environment extra: [String:
     return try runToEnd(URL(fileURLWithPath: "/usr/bin/env"), arguments, environment: environment, directory: folder, timeout: Double(seconds))
 }
 
-@Suite(.serialized, .enabled(if: LocalSlurm.available,
-                             "the local Slurm needs root, and slurm-wlm and munge installed or apt-get to install them; this machine lacks one, so no Slurm job ran"))
+@Suite(
+    .serialized,
+    .enabled(
+        if: LocalSlurm.available,
+        "the local Slurm needs root, and slurm-wlm and munge installed or apt-get to install them; this machine lacks one, so no Slurm job ran"))
 struct SlurmJobTests {
     var binary: String { binaryUnderTest }
 
@@ -97,7 +103,9 @@ struct SlurmJobTests {
             let started = Date()
             let up = try slurmRun([launch("slurm-local"), "up", "--nodes", "2"], in: folder, seconds: 600)
             try #require(up.status == 0, "Launch/slurm-local up --nodes 2 failed\n\(up.transcript)")
-            print("SlurmJobTests: Launch/slurm-local up --nodes 2 took \(String(format: "%.1f", Date().timeIntervalSince(started))) s\(LocalSlurm.installed ? "" : " (packages installed by it)")")
+            print(
+                "SlurmJobTests: Launch/slurm-local up --nodes 2 took \(String(format: "%.1f", Date().timeIntervalSince(started))) s\(LocalSlurm.installed ? "" : " (packages installed by it)")"
+            )
             let daemons = LocalSlurm.daemonPids()
             defer {
                 let down = try? slurmRun([launch("slurm-local"), "down"], in: folder)
@@ -120,15 +128,19 @@ struct SlurmJobTests {
                 Case(name: "mpirun, 1 node", launcher: "mpirun", ranks: 2, perNode: 2, nodes: 1, passes: true),
                 Case(name: "mpirun, 2 nodes", launcher: "mpirun", ranks: 2, perNode: 1, nodes: 2, passes: true),
                 // Zero tolerance cannot pass (float32 against float64): verify exits 1, and the job fails.
-                Case(name: "srun, 2 nodes, failing", launcher: "srun", ranks: 2, perNode: 1, nodes: 2, passes: false,
-                     extra: ["--tolerance", "0", "--reference-tolerance", "0"]),
+                Case(
+                    name: "srun, 2 nodes, failing", launcher: "srun", ranks: 2, perNode: 1, nodes: 2, passes: false,
+                    extra: ["--tolerance", "0", "--reference-tolerance", "0"]),
             ]
             var jobs: [(Case, String)] = []
             for item in cases {
                 let config = try exampleConfig(launcher: item.launcher, in: folder)
                 let script = folder.appendingPathComponent("\(jobs.count).sbatch")
-                let written = try slurmRun([launch("slurm"), config, "--ranks", String(item.ranks), "--ranks-per-node", String(item.perNode),
-                                            "--output", script.path] + verify + item.extra, in: folder, environment: ["SEQPAR_BIN": binary])
+                let written = try slurmRun(
+                    [
+                        launch("slurm"), config, "--ranks", String(item.ranks), "--ranks-per-node", String(item.perNode),
+                        "--output", script.path,
+                    ] + verify + item.extra, in: folder, environment: ["SEQPAR_BIN": binary])
                 try #require(written.status == 0, "\(written.transcript)")
                 let submitted = try slurmRun(["sbatch", "--parsable", "--output=\(folder.path)/job-%j.out", script.path], in: folder)
                 try #require(submitted.status == 0, "\(submitted.transcript)")
@@ -137,8 +149,9 @@ struct SlurmJobTests {
             // Launch/slurm --submit: the job is queued and the temporary script is gone.
             let scratch = folder.appendingPathComponent("tmp")
             try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
-            let submit = try slurmRun([launch("slurm"), try exampleConfig(launcher: "srun", in: folder), "--ranks", "1", "--ranks-per-node", "1", "--submit"] + verify,
-                                      in: folder, environment: ["SEQPAR_BIN": binary, "TMPDIR": scratch.path])
+            let submit = try slurmRun(
+                [launch("slurm"), try exampleConfig(launcher: "srun", in: folder), "--ranks", "1", "--ranks-per-node", "1", "--submit"] + verify,
+                in: folder, environment: ["SEQPAR_BIN": binary, "TMPDIR": scratch.path])
             #expect(submit.status == 0, "\(submit.transcript)")
             #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).isEmpty, "Launch/slurm --submit left its script behind")
             let submitID = submit.stdout.components(separatedBy: "Submitted batch job ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""

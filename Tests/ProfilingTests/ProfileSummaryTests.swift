@@ -3,11 +3,12 @@
 // back (JSON with JSONSerialization, the SVG with Foundation's XML parser).
 
 import Foundation
-#if canImport(FoundationXML)
-import FoundationXML
-#endif
 import Profiling
 import Testing
+
+#if canImport(FoundationXML)
+    import FoundationXML
+#endif
 
 @Suite("profile figures from events")
 struct ProfileSummaryTests {
@@ -41,8 +42,10 @@ struct ProfileSummaryTests {
 
     @Test("collectives are exposed for their whole span; a rank that never communicates has overlap 1")
     func collectives() {
-        let p = RankProfile([ProfileEvent(kind: .compute, start: 0, end: 1), ProfileEvent(kind: .alltoall, start: 1, end: 3, bytesSent: 10, bytesReceived: 10),
-                             ProfileEvent(kind: .merge, start: 3, end: 3.5), ProfileEvent(kind: .reduce, start: 2.5, end: 4)])
+        let p = RankProfile([
+            ProfileEvent(kind: .compute, start: 0, end: 1), ProfileEvent(kind: .alltoall, start: 1, end: 3, bytesSent: 10, bytesReceived: 10),
+            ProfileEvent(kind: .merge, start: 3, end: 3.5), ProfileEvent(kind: .reduce, start: 2.5, end: 4),
+        ])
         #expect(p.exposed == 3 && p.communication == 3 && p.overlap == 0)
         #expect(p.merge == 0.5)
         #expect(RankProfile([ProfileEvent(kind: .compute, start: 0, end: 1)]).overlap == 1)
@@ -50,8 +53,10 @@ struct ProfileSummaryTests {
 
     @Test("imbalance is max over mean compute")
     func imbalance() {
-        let summary = ProfileSummary(events: [[ProfileEvent(kind: .compute, start: 0, end: 1)],
-                                              [ProfileEvent(kind: .compute, start: 0, end: 3)]])
+        let summary = ProfileSummary(events: [
+            [ProfileEvent(kind: .compute, start: 0, end: 1)],
+            [ProfileEvent(kind: .compute, start: 0, end: 3)],
+        ])
         #expect(summary.imbalance == 1.5)
         #expect(summary.span == 3)
         #expect(ProfileSummary.imbalance([2, 2, 2]) == 1)
@@ -63,8 +68,8 @@ struct ProfileSummaryTests {
     @Test("clock offset from the minimum round-trip sample")
     func offset() {
         let samples: [(sent: Double, remote: Double, received: Double)] = [
-            (0, 100.004, 0.010),          // slow, asymmetric: would say 99.999
-            (1, 101.000001, 1.000002),    // fast: 100 - 1e-6... within 1 us
+            (0, 100.004, 0.010),  // slow, asymmetric: would say 99.999
+            (1, 101.000001, 1.000002),  // fast: 100 - 1e-6... within 1 us
             (2, 102.02, 2.03),
         ]
         #expect(abs(clockOffset(samples: samples) - 100) < 1e-6)
@@ -90,11 +95,13 @@ struct ProfileSummaryTests {
 
     static let threeRanks: [[ProfileEvent]] = (0 ..< 3).map { r in
         let t = Double(r) * 0.001
-        return [ProfileEvent(kind: .compute, start: t, end: t + 0.010),
-                ProfileEvent(kind: .send, start: t, end: t + 0.004, peer: (r + 1) % 3, bytesSent: 1_048_576),
-                ProfileEvent(kind: .receive, start: t, end: t + 0.012, peer: (r + 2) % 3, bytesReceived: 1_048_576),
-                ProfileEvent(kind: .wait, start: t + 0.010, end: t + 0.012, peer: (r + 2) % 3),
-                ProfileEvent(kind: .alltoall, start: t + 0.012, end: t + 0.015, bytesSent: 64, bytesReceived: 64)]
+        return [
+            ProfileEvent(kind: .compute, start: t, end: t + 0.010),
+            ProfileEvent(kind: .send, start: t, end: t + 0.004, peer: (r + 1) % 3, bytesSent: 1_048_576),
+            ProfileEvent(kind: .receive, start: t, end: t + 0.012, peer: (r + 2) % 3, bytesReceived: 1_048_576),
+            ProfileEvent(kind: .wait, start: t + 0.010, end: t + 0.012, peer: (r + 2) % 3),
+            ProfileEvent(kind: .alltoall, start: t + 0.012, end: t + 0.015, bytesSent: 64, bytesReceived: 64),
+        ]
     }
 
     @Test("the Chrome trace is JSON with one named process per rank and a lane per kind")

@@ -16,8 +16,10 @@ struct BadInputCase: Sendable, CustomTestStringConvertible {
     /// Writes q.npy, k.npy and v.npy (and whatever else) into the directory.
     let write: @Sendable (ScratchDirectory) throws -> Void
 
-    init(_ name: String, offender: String, phrases: [String], extraArguments: [String] = [],
-         write: @escaping @Sendable (ScratchDirectory) throws -> Void) {
+    init(
+        _ name: String, offender: String, phrases: [String], extraArguments: [String] = [],
+        write: @escaping @Sendable (ScratchDirectory) throws -> Void
+    ) {
         self.name = name
         self.offender = offender
         self.phrases = phrases
@@ -41,59 +43,99 @@ struct BadInputCase: Sendable, CustomTestStringConvertible {
     }
 
     static let all: [BadInputCase] = [
-        BadInputCase("not a .npy file", offender: "q", phrases: ["not a .npy"], write: valid { dir in
-            var generator = SeededGenerator(state: 9)
-            try writeBytes(dir.path("q.npy"), (0 ..< 700).map { _ in UInt8.random(in: 0 ... 255, using: &generator) & 0x7F })
-        }),
-        BadInputCase("empty file", offender: "v", phrases: ["not a .npy"], write: valid { dir in
-            try writeBytes(dir.path("v.npy"), [])
-        }),
-        BadInputCase("float64 data", offender: "k", phrases: ["dtype", "<f8", "<f4"], write: valid { dir in
-            let count = tokens * kvHeads * headDim
-            try writeBytes(dir.path("k.npy"), handWrittenNpy(descr: "<f8", shape: [tokens, kvHeads, headDim],
-                                                             data: littleEndianBytes(floats: count, width: 8, seed: 4)))
-        }),
-        BadInputCase("big-endian float32", offender: "q", phrases: ["dtype", ">f4"], write: valid { dir in
-            let count = tokens * heads * headDim
-            try writeBytes(dir.path("q.npy"), handWrittenNpy(descr: ">f4", shape: [tokens, heads, headDim],
-                                                             data: littleEndianBytes(floats: count, width: 4, seed: 4)))
-        }),
-        BadInputCase("Fortran order", offender: "v", phrases: ["Fortran order"], write: valid { dir in
-            let count = tokens * kvHeads * headDim
-            try writeBytes(dir.path("v.npy"), handWrittenNpy(fortranOrder: true, shape: [tokens, kvHeads, headDim],
-                                                             data: littleEndianBytes(floats: count, width: 4, seed: 5)))
-        }),
-        BadInputCase("2-D array", offender: "q", phrases: ["2 dimensions", "expected 3"], write: valid { dir in
-            try writeRandomNpy(dir.path("q.npy"), shape: [tokens, heads * headDim], seed: 6)
-        }),
-        BadInputCase("K has fewer tokens than Q", offender: "k", phrases: ["tokens", "same token count"], write: valid { dir in
-            try writeRandomNpy(dir.path("k.npy"), shape: [tokens - 1, kvHeads, headDim], seed: 7)
-            try writeRandomNpy(dir.path("v.npy"), shape: [tokens - 1, kvHeads, headDim], seed: 8)
-        }),
-        BadInputCase("K and V shapes differ", offender: "v", phrases: ["must match"], write: valid { dir in
-            try writeRandomNpy(dir.path("v.npy"), shape: [tokens, 1, headDim], seed: 8)
-        }),
-        BadInputCase("head dims differ", offender: "k", phrases: ["head dim"], write: valid { dir in
-            try writeRandomNpy(dir.path("k.npy"), shape: [tokens, kvHeads, headDim / 2], seed: 7)
-            try writeRandomNpy(dir.path("v.npy"), shape: [tokens, kvHeads, headDim / 2], seed: 8)
-        }),
-        BadInputCase("heads not a multiple of kv heads", offender: "q", phrases: ["multiple"], write: valid { dir in
-            try writeRandomNpy(dir.path("q.npy"), shape: [tokens, 3, headDim], seed: 6)
-        }),
-        BadInputCase("truncated data", offender: "k", phrases: ["truncated"], write: valid { dir in
-            let count = tokens * kvHeads * headDim
-            try writeBytes(dir.path("k.npy"), handWrittenNpy(shape: [tokens, kvHeads, headDim],
-                                                             data: littleEndianBytes(floats: count - 17, width: 4, seed: 5)))
-        }),
-        BadInputCase("unsupported version", offender: "q", phrases: ["version 9.0"], write: valid { dir in
-            try writeBytes(dir.path("q.npy"), handWrittenNpy(shape: [tokens, heads, headDim], data: [], version: (9, 0)))
-        }),
-        BadInputCase("malformed header", offender: "v", phrases: ["malformed"], write: valid { dir in
-            try writeBytes(dir.path("v.npy"), handWrittenNpy(shape: [], data: [], dict: "{'descr': '<f4', 'shape': (10, 2, 16), "))
-        }),
-        BadInputCase("nonexistent path", offender: "k", phrases: ["cannot open", "No such file"], write: valid { dir in
-            try FileManager.default.removeItem(atPath: dir.path("k.npy"))
-        }),
+        BadInputCase(
+            "not a .npy file", offender: "q", phrases: ["not a .npy"],
+            write: valid { dir in
+                var generator = SeededGenerator(state: 9)
+                try writeBytes(dir.path("q.npy"), (0 ..< 700).map { _ in UInt8.random(in: 0 ... 255, using: &generator) & 0x7F })
+            }),
+        BadInputCase(
+            "empty file", offender: "v", phrases: ["not a .npy"],
+            write: valid { dir in
+                try writeBytes(dir.path("v.npy"), [])
+            }),
+        BadInputCase(
+            "float64 data", offender: "k", phrases: ["dtype", "<f8", "<f4"],
+            write: valid { dir in
+                let count = tokens * kvHeads * headDim
+                try writeBytes(
+                    dir.path("k.npy"),
+                    handWrittenNpy(
+                        descr: "<f8", shape: [tokens, kvHeads, headDim],
+                        data: littleEndianBytes(floats: count, width: 8, seed: 4)))
+            }),
+        BadInputCase(
+            "big-endian float32", offender: "q", phrases: ["dtype", ">f4"],
+            write: valid { dir in
+                let count = tokens * heads * headDim
+                try writeBytes(
+                    dir.path("q.npy"),
+                    handWrittenNpy(
+                        descr: ">f4", shape: [tokens, heads, headDim],
+                        data: littleEndianBytes(floats: count, width: 4, seed: 4)))
+            }),
+        BadInputCase(
+            "Fortran order", offender: "v", phrases: ["Fortran order"],
+            write: valid { dir in
+                let count = tokens * kvHeads * headDim
+                try writeBytes(
+                    dir.path("v.npy"),
+                    handWrittenNpy(
+                        fortranOrder: true, shape: [tokens, kvHeads, headDim],
+                        data: littleEndianBytes(floats: count, width: 4, seed: 5)))
+            }),
+        BadInputCase(
+            "2-D array", offender: "q", phrases: ["2 dimensions", "expected 3"],
+            write: valid { dir in
+                try writeRandomNpy(dir.path("q.npy"), shape: [tokens, heads * headDim], seed: 6)
+            }),
+        BadInputCase(
+            "K has fewer tokens than Q", offender: "k", phrases: ["tokens", "same token count"],
+            write: valid { dir in
+                try writeRandomNpy(dir.path("k.npy"), shape: [tokens - 1, kvHeads, headDim], seed: 7)
+                try writeRandomNpy(dir.path("v.npy"), shape: [tokens - 1, kvHeads, headDim], seed: 8)
+            }),
+        BadInputCase(
+            "K and V shapes differ", offender: "v", phrases: ["must match"],
+            write: valid { dir in
+                try writeRandomNpy(dir.path("v.npy"), shape: [tokens, 1, headDim], seed: 8)
+            }),
+        BadInputCase(
+            "head dims differ", offender: "k", phrases: ["head dim"],
+            write: valid { dir in
+                try writeRandomNpy(dir.path("k.npy"), shape: [tokens, kvHeads, headDim / 2], seed: 7)
+                try writeRandomNpy(dir.path("v.npy"), shape: [tokens, kvHeads, headDim / 2], seed: 8)
+            }),
+        BadInputCase(
+            "heads not a multiple of kv heads", offender: "q", phrases: ["multiple"],
+            write: valid { dir in
+                try writeRandomNpy(dir.path("q.npy"), shape: [tokens, 3, headDim], seed: 6)
+            }),
+        BadInputCase(
+            "truncated data", offender: "k", phrases: ["truncated"],
+            write: valid { dir in
+                let count = tokens * kvHeads * headDim
+                try writeBytes(
+                    dir.path("k.npy"),
+                    handWrittenNpy(
+                        shape: [tokens, kvHeads, headDim],
+                        data: littleEndianBytes(floats: count - 17, width: 4, seed: 5)))
+            }),
+        BadInputCase(
+            "unsupported version", offender: "q", phrases: ["version 9.0"],
+            write: valid { dir in
+                try writeBytes(dir.path("q.npy"), handWrittenNpy(shape: [tokens, heads, headDim], data: [], version: (9, 0)))
+            }),
+        BadInputCase(
+            "malformed header", offender: "v", phrases: ["malformed"],
+            write: valid { dir in
+                try writeBytes(dir.path("v.npy"), handWrittenNpy(shape: [], data: [], dict: "{'descr': '<f4', 'shape': (10, 2, 16), "))
+            }),
+        BadInputCase(
+            "nonexistent path", offender: "k", phrases: ["cannot open", "No such file"],
+            write: valid { dir in
+                try FileManager.default.removeItem(atPath: dir.path("k.npy"))
+            }),
     ]
 }
 
@@ -110,8 +152,9 @@ struct ArgumentErrorCase: Sendable, CustomTestStringConvertible {
         ArgumentErrorCase(arguments: ["verify", "--heads", "6", "--kv-heads", "4"], message: "heads (6) must be a multiple of kv-heads (4)"),
         ArgumentErrorCase(arguments: ["run", "--strategy", "spiral"], message: "'spiral' is invalid for '--strategy"),
         ArgumentErrorCase(arguments: ["bench", "--strategies", "ring,spiral"], message: "unknown strategy 'spiral'"),
-        ArgumentErrorCase(arguments: ["run", "--q", "q.npy", "--k", "k.npy", "--v", "v.npy", "--tokens", "8"],
-                          message: "describe synthetic inputs"),
+        ArgumentErrorCase(
+            arguments: ["run", "--q", "q.npy", "--k", "k.npy", "--v", "v.npy", "--tokens", "8"],
+            message: "describe synthetic inputs"),
         ArgumentErrorCase(arguments: ["run", "--scale", "0"], message: "--scale must be a positive number"),
         ArgumentErrorCase(arguments: ["run", "--threads", "0"], message: "--threads must be between 1 and 4096"),
         ArgumentErrorCase(arguments: ["run", "--tokens", "-5"], message: "--tokens must be at least 1 (got -5)"),
@@ -139,11 +182,14 @@ extension EndToEnd {
         func badNpy(_ bad: BadInputCase) async throws {
             let dir = try ScratchDirectory()
             try bad.write(dir)
-            let paths = ["q": dir.path("q.npy"), "k": dir.path("k.npy"), "v": dir.path("v.npy"),
-                         "out": dir.path("missing-dir/o.npy")]
+            let paths = [
+                "q": dir.path("q.npy"), "k": dir.path("k.npy"), "v": dir.path("v.npy"),
+                "out": dir.path("missing-dir/o.npy"),
+            ]
             let extra = bad.extraArguments.map { $0 == "OUT" ? paths["out"]! : $0 }
-            let result = try await launch(ranks: 2, arguments: ["run", "--q", paths["q"]!, "--k", paths["k"]!, "--v", paths["v"]!] + extra,
-                                          timeout: 60)
+            let result = try await launch(
+                ranks: 2, arguments: ["run", "--q", paths["q"]!, "--k", paths["k"]!, "--v", paths["v"]!] + extra,
+                timeout: 60)
             #expect(result.status == 1, "exit status \(result.status), expected 1\n\(result)")
             #expect(!result.timedOut)
             #expect(result.seconds < 20, "a failing job took \(result.seconds) s: did a rank wait for the others?")
@@ -164,11 +210,15 @@ extension EndToEnd {
         func badNpyVerify() async throws {
             let dir = try ScratchDirectory()
             try BadInputCase.valid { dir in
-                try writeBytes(dir.path("v.npy"), handWrittenNpy(fortranOrder: true, shape: [10, 2, 16],
-                                                                 data: littleEndianBytes(floats: 320, width: 4, seed: 5)))
+                try writeBytes(
+                    dir.path("v.npy"),
+                    handWrittenNpy(
+                        fortranOrder: true, shape: [10, 2, 16],
+                        data: littleEndianBytes(floats: 320, width: 4, seed: 5)))
             }(dir)
-            let result = try await launch(ranks: 3, arguments: ["verify", "--q", dir.path("q.npy"), "--k", dir.path("k.npy"), "--v", dir.path("v.npy")],
-                                          timeout: 60)
+            let result = try await launch(
+                ranks: 3, arguments: ["verify", "--q", dir.path("q.npy"), "--k", dir.path("k.npy"), "--v", dir.path("v.npy")],
+                timeout: 60)
             #expect(result.status == 1, "\(result)")
             #expect(result.seqparStderr.contains(dir.path("v.npy")) && result.seqparStderr.contains("Fortran order"), "\(result)")
             #expect(occurrences(of: "seqpar: error:", in: result.seqparStderr) == 1, "\(result)")

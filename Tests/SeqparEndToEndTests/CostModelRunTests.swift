@@ -2,8 +2,8 @@
 // passes with it), from a probe file or probing first; bench prints predicted against measured.
 
 import Foundation
-import Testing
 import Planning
+import Testing
 
 extension EndToEnd {
     @Suite("cost model")
@@ -25,8 +25,12 @@ extension EndToEnd {
 
         @Test("bench prints predicted and measured time with their ratio")
         func bench() async throws {
-            let result = try await launch(ranks: 2, arguments: ["bench", "--json", "--repeats", "1", "--strategies", "ring,zigzag,heads",
-                                                                "--tokens", "2048", "--causal", "--heads", "4", "--kv-heads", "2", "--head-dim", "32"])
+            let result = try await launch(
+                ranks: 2,
+                arguments: [
+                    "bench", "--json", "--repeats", "1", "--strategies", "ring,zigzag,heads",
+                    "--tokens", "2048", "--causal", "--heads", "4", "--kv-heads", "2", "--head-dim", "32",
+                ])
             #expect(result.status == 0, "\(result)")
             let rows = try #require(array(try result.json(), "results"))
             #expect(rows.count == 3)

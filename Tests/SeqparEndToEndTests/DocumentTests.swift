@@ -44,9 +44,13 @@ extension EndToEnd {
 
         @Test("each document layout, forced, is exact", arguments: ["head-tail", "whole", "mixed"], ["ring", "mesh"])
         func layouts(layout: String, strategy: String) async throws {
-            let result = try await launch(ranks: 4, arguments: ["verify", "--json", "--strategy", strategy, "--mesh", "2x2", "--document-layout", layout,
-                                                                "--causal", "--documents", "60,3,0,1,60,2,70,60", "--heads", "4", "--head-dim", "32"]
-                                                                .filter { strategy == "mesh" || !["--mesh", "2x2"].contains($0) })
+            let result = try await launch(
+                ranks: 4,
+                arguments: [
+                    "verify", "--json", "--strategy", strategy, "--mesh", "2x2", "--document-layout", layout,
+                    "--causal", "--documents", "60,3,0,1,60,2,70,60", "--heads", "4", "--head-dim", "32",
+                ]
+                .filter { strategy == "mesh" || !["--mesh", "2x2"].contains($0) })
             try expectVerified(result, ranks: 4, tokens: 256)
         }
 
@@ -54,16 +58,24 @@ extension EndToEnd {
         func cuSeqlensFile() async throws {
             let dir = try ScratchDirectory()
             try writeCuSeqlens(dir.path("cu.npy"), [0, 0, 1, 3, 140, 140, 200, 301], dtype: "<i8")
-            let result = try await launch(ranks: 3, arguments: ["verify", "--json", "--strategy", "zigzag", "--tokens", "301", "--window", "40",
-                                                                "--cu-seqlens", dir.path("cu.npy"), "--heads", "4", "--head-dim", "32"])
+            let result = try await launch(
+                ranks: 3,
+                arguments: [
+                    "verify", "--json", "--strategy", "zigzag", "--tokens", "301", "--window", "40",
+                    "--cu-seqlens", dir.path("cu.npy"), "--heads", "4", "--head-dim", "32",
+                ])
             try expectVerified(result, ranks: 3, tokens: 301)
             #expect(try result.json()["mask"] as? String == "window 40 within 7 documents", "\(result)")
         }
 
         @Test("run reports the layout and the work balance it got")
         func balanceReported() async throws {
-            let result = try await launch(ranks: 4, arguments: ["run", "--json", "--strategy", "zigzag", "--causal", "--random-documents", "12",
-                                                                "--tokens", "3000", "--heads", "2", "--kv-heads", "1", "--head-dim", "32"])
+            let result = try await launch(
+                ranks: 4,
+                arguments: [
+                    "run", "--json", "--strategy", "zigzag", "--causal", "--random-documents", "12",
+                    "--tokens", "3000", "--heads", "2", "--kv-heads", "1", "--head-dim", "32",
+                ])
             #expect(result.status == 0, "\(result)")
             let json = try result.json()
             let predicted = try #require(number(json, "predicted_imbalance"), "\(result)")
@@ -77,20 +89,26 @@ extension EndToEnd {
             #expect(text.stdout.contains("documents laid out as"), "\(text)")
         }
 
-        @Test("bad cu_seqlens is refused on every rank with one message", arguments: [
-            ([1, 100, 200], "<i4", nil, "starts at 1; cu_seqlens must start at 0"),
-            ([0, 150, 120, 200], "<i8", nil, "decreases at index 2 (120 after 150)"),
-            ([0, 100, 199], "<i4", nil, "ends at 199 but the sequence has 200 tokens"),
-            ([0, 100, 150, 200], "<f4", nil, "dtype is '<f4'; expected int32 or int64"),
-            ([0, 100, 150, 200], "<i4", [2, 2], "has 2 dimensions; expected a 1-D array"),
-        ] as [([Int], String, [Int]?, String)])
+        @Test(
+            "bad cu_seqlens is refused on every rank with one message",
+            arguments: [
+                ([1, 100, 200], "<i4", nil, "starts at 1; cu_seqlens must start at 0"),
+                ([0, 150, 120, 200], "<i8", nil, "decreases at index 2 (120 after 150)"),
+                ([0, 100, 199], "<i4", nil, "ends at 199 but the sequence has 200 tokens"),
+                ([0, 100, 150, 200], "<f4", nil, "dtype is '<f4'; expected int32 or int64"),
+                ([0, 100, 150, 200], "<i4", [2, 2], "has 2 dimensions; expected a 1-D array"),
+            ] as [([Int], String, [Int]?, String)])
         func badCuSeqlens(_ offsets: [Int], dtype: String, shape: [Int]?, message: String) async throws {
             let dir = try ScratchDirectory()
             let path = dir.path("cu.npy")
             if dtype == "<f4" {
-                try writeBytes(path, handWrittenNpy(shape: [offsets.count], data: offsets.flatMap { value in
-                    withUnsafeBytes(of: Float(value).bitPattern.littleEndian, Array.init)
-                }))
+                try writeBytes(
+                    path,
+                    handWrittenNpy(
+                        shape: [offsets.count],
+                        data: offsets.flatMap { value in
+                            withUnsafeBytes(of: Float(value).bitPattern.littleEndian, Array.init)
+                        }))
             } else {
                 try writeCuSeqlens(path, offsets, dtype: dtype, shape: shape)
             }
@@ -100,12 +118,14 @@ extension EndToEnd {
             #expect(occurrences(of: "--cu-seqlens \(path)", in: result.seqparStderr) == 1, "\(result)")
         }
 
-        @Test("documents that cannot combine are refused before any work", arguments: [
-            (["--documents", "5,5", "--random-documents", "2"], "--documents and --random-documents each give the documents"),
-            (["--documents", "5,x"], "--documents takes lengths separated by commas"),
-            (["--documents", "5,5", "--tokens", "11"], "--documents lengths sum to 10 but --tokens is 11"),
-            (["--random-documents", "3", "--s2-block", "4", "--s2-local", "1", "--s2-stride", "2"], "do not combine: S2 is a mask of its own"),
-        ])
+        @Test(
+            "documents that cannot combine are refused before any work",
+            arguments: [
+                (["--documents", "5,5", "--random-documents", "2"], "--documents and --random-documents each give the documents"),
+                (["--documents", "5,x"], "--documents takes lengths separated by commas"),
+                (["--documents", "5,5", "--tokens", "11"], "--documents lengths sum to 10 but --tokens is 11"),
+                (["--random-documents", "3", "--s2-block", "4", "--s2-local", "1", "--s2-stride", "2"], "do not combine: S2 is a mask of its own"),
+            ])
         func refusedArguments(_ arguments: [String], message: String) async throws {
             let result = try await launch(ranks: 2, arguments: ["run"] + arguments, timeout: 60)
             #expect(result.status == 64, "\(result)")

@@ -8,7 +8,7 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// FNV-1a of a file's bytes (nil when it does not exist): printed in failure messages.
@@ -37,9 +37,10 @@ func processes(withArgument argument: String, program: String? = nil) -> [(pid: 
         guard let pid = Int32(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { return nil }
         let words = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
         guard words.contains(argument), program.map({ p in words.first.map { $0.hasSuffix(p) } ?? false }) ?? true else { return nil }
-        let environment = FileManager.default.contents(atPath: "/proc/\(entry)/environ").map {
-            $0.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-        } ?? []
+        let environment =
+            FileManager.default.contents(atPath: "/proc/\(entry)/environ").map {
+                $0.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            } ?? []
         let rank = environment.first { $0.hasPrefix("OMPI_COMM_WORLD_RANK=") }.flatMap { Int($0.dropFirst("OMPI_COMM_WORLD_RANK=".count)) }
         return (pid, rank)
     }
@@ -82,8 +83,10 @@ extension EndToEnd {
         }
 
         /// The folder holds exactly the files it held, byte for byte, and no temporary.
-        static func unchanged(_ dir: ScratchDirectory, _ before: [String: UInt64], _ result: LaunchResult,
-                              sourceLocation: SourceLocation = #_sourceLocation) {
+        static func unchanged(
+            _ dir: ScratchDirectory, _ before: [String: UInt64], _ result: LaunchResult,
+            sourceLocation: SourceLocation = #_sourceLocation
+        ) {
             let after = checksums(dir.url.path)
             #expect(after == before, "files changed or were left behind: before \(before), after \(after)\n\(result)", sourceLocation: sourceLocation)
             let hidden = ((try? FileManager.default.contentsOfDirectory(atPath: dir.url.path)) ?? []).filter { $0.contains(".seqpar-") }
@@ -92,8 +95,9 @@ extension EndToEnd {
 
         // MARK: outputs
 
-        @Test("an output that is an input or another output is refused before any compute",
-              arguments: ["out=q", "lse=link to v", "out=hard link to k", "out=lse spelled differently", "lse=dangling link to out"])
+        @Test(
+            "an output that is an input or another output is refused before any compute",
+            arguments: ["out=q", "lse=link to v", "out=hard link to k", "out=lse spelled differently", "lse=dangling link to out"])
         func outputIsInput(_ kind: String) async throws {
             let dir = try ScratchDirectory()
             let inputs = try Self.inputs(dir)
@@ -176,7 +180,7 @@ extension EndToEnd {
             let dir = try ScratchDirectory()
             try writeRandomNpy(dir.path("o.npy"), shape: [16, 2, 8], seed: 9)
             let before = checksums(dir.url.path)
-            let marker = "271828"      // a seed no other test uses: finds this job's ranks
+            let marker = "271828"  // a seed no other test uses: finds this job's ranks
             let arguments = ["run", "--tokens", "24576", "--causal", "--seed", marker, "--out", dir.path("o.npy")]
             let job = Task { try await launch(ranks: 2, arguments: arguments, timeout: 120) }
             let temporaryAppeared = await eventually(30) {
@@ -213,8 +217,9 @@ extension EndToEnd {
             Self.unchanged(dir, before, result)
         }
 
-        @Test("overflowing scores stop the run instead of reporting rows that see no key",
-              arguments: [["--scale", "1e38"], ["HUGE-Q"]])
+        @Test(
+            "overflowing scores stop the run instead of reporting rows that see no key",
+            arguments: [["--scale", "1e38"], ["HUGE-Q"]])
         func overflow(_ arguments: [String]) async throws {
             let dir = try ScratchDirectory()
             var inputs = try Self.inputs(dir)
@@ -246,7 +251,8 @@ extension EndToEnd {
             let result = try await launch(ranks: 1, arguments: ["run", "--tokens", "3000000", "--heads", "64", "--head-dim", "128"], timeout: 60)
             #expect(result.status == 1, "\(result)")
             #expect(result.seconds < 20, "took \(result.seconds) s")
-            #expect(result.seqparStderr.contains("this run needs about") && result.seqparStderr.contains("per rank at 1 rank(s)")
+            #expect(
+                result.seqparStderr.contains("this run needs about") && result.seqparStderr.contains("per rank at 1 rank(s)")
                     && result.seqparStderr.contains("ranks with"), "\(result)")
         }
 

@@ -34,8 +34,10 @@ func writeRandomNpy(_ path: String, shape: [Int], spread: Float = 1, seed: UInt6
 
 /// The bytes of a .npy file written by hand: magic, version, little-endian header length, the
 /// header dict padded with spaces to a 64-byte boundary and ended by a newline, then `data`.
-func handWrittenNpy(descr: String = "<f4", fortranOrder: Bool = false, shape: [Int], data: [UInt8],
-                    version: (major: UInt8, minor: UInt8) = (1, 0), dict: String? = nil) -> [UInt8] {
+func handWrittenNpy(
+    descr: String = "<f4", fortranOrder: Bool = false, shape: [Int], data: [UInt8],
+    version: (major: UInt8, minor: UInt8) = (1, 0), dict: String? = nil
+) -> [UInt8] {
     let shapeText = "(" + shape.map(String.init).joined(separator: ", ") + (shape.count == 1 ? ",)" : ")")
     let text = dict ?? "{'descr': '\(descr)', 'fortran_order': \(fortranOrder ? "True" : "False"), 'shape': \(shapeText), }"
     let lengthBytes = version.major == 1 ? 2 : 4
@@ -74,7 +76,7 @@ func maxAbsDifference<A: BinaryFloatingPoint, B: BinaryFloatingPoint>(_ a: [A], 
     var worst = 0.0
     for i in a.indices {
         let x = Double(a[i]), y = Double(b[i])
-        if x == y { continue }                       // equal infinities included
+        if x == y { continue }  // equal infinities included
         let d = abs(x - y)
         if d.isNaN { return .infinity }
         worst = max(worst, d)

@@ -10,8 +10,10 @@ import Testing
 /// Asserts what a passing `verify --backward --json` must say: gradients within 1e-5 of the
 /// single-rank backward, and within 1e-4 of float64, on every row of both.
 @discardableResult
-func expectGradientsVerified(_ result: LaunchResult, ranks: Int, tokens: Int,
-                             sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
+func expectGradientsVerified(
+    _ result: LaunchResult, ranks: Int, tokens: Int,
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws -> [String: Any] {
     try expectVerified(result, ranks: ranks, tokens: tokens, sourceLocation: sourceLocation)
     let json = try result.json(sourceLocation: sourceLocation)
     let backward = try #require(dictionary(json, "backward"), "no backward section\n\(result)", sourceLocation: sourceLocation)
@@ -37,8 +39,12 @@ extension EndToEnd {
         /// 203 tokens divide by none of 2, 3, 4 or 2P.
         @Test("verify --backward, uneven tokens, causal, at 1-4 ranks", arguments: [1, 2, 3, 4], ["ring", "zigzag", "heads", "mesh"])
         func causal(ranks: Int, strategy: String) async throws {
-            let result = try await launch(ranks: ranks, arguments: ["verify", "--backward", "--json", "--tokens", "203", "--causal",
-                                                                    "--strategy", strategy] + Self.shape)
+            let result = try await launch(
+                ranks: ranks,
+                arguments: [
+                    "verify", "--backward", "--json", "--tokens", "203", "--causal",
+                    "--strategy", strategy,
+                ] + Self.shape)
             try expectGradientsVerified(result, ranks: ranks, tokens: 203)
         }
 
@@ -49,29 +55,55 @@ extension EndToEnd {
             var testDescription: String { "\(strategy) at \(ranks) ranks \(arguments.joined(separator: " "))" }
         }
 
-        @Test("verify --backward, other masks and shapes", arguments: [
-            MaskCase(ranks: 3, strategy: "ring", arguments: ["--tokens", "157", "--heads", "4", "--kv-heads", "4", "--head-dim", "128"]),
-            MaskCase(ranks: 3, strategy: "zigzag", arguments: ["--tokens", "157", "--heads", "6", "--kv-heads", "1", "--head-dim", "48"]),
-            MaskCase(ranks: 2, strategy: "heads", arguments: ["--tokens", "131", "--heads", "4", "--kv-heads", "1", "--head-dim", "64"]),
-            MaskCase(ranks: 4, strategy: "mesh", arguments: ["--tokens", "131", "--heads", "8", "--kv-heads", "2", "--head-dim", "80", "--mesh", "2x2"]),
-            MaskCase(ranks: 4, strategy: "heads", arguments: ["--tokens", "99", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--window", "9"]),
-            MaskCase(ranks: 3, strategy: "ring", arguments: ["--tokens", "211", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--window", "23"]),
-            MaskCase(ranks: 4, strategy: "s2", arguments: ["--tokens", "301", "--heads", "8", "--kv-heads", "2", "--head-dim", "32",
-                                                           "--s2-block", "16", "--s2-local", "2", "--s2-stride", "4"]),
-            MaskCase(ranks: 4, strategy: "zigzag", arguments: ["--tokens", "3", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal"]),
-            // Packed documents: the same mask in the gradients, on every layout (whole documents
-            // end the pass after one step, so each dK/dV sum goes straight home).
-            MaskCase(ranks: 4, strategy: "ring", arguments: ["--tokens", "403", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
-                                                             "--random-documents", "7"]),
-            MaskCase(ranks: 3, strategy: "zigzag", arguments: ["--tokens", "331", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
-                                                               "--random-documents", "9", "--document-layout", "whole"]),
-            MaskCase(ranks: 3, strategy: "zigzag", arguments: ["--tokens", "331", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
-                                                               "--random-documents", "9", "--document-layout", "head-tail"]),
-            MaskCase(ranks: 4, strategy: "mesh", arguments: ["--tokens", "257", "--heads", "4", "--kv-heads", "1", "--head-dim", "64",
-                                                             "--documents", "100,0,3,154", "--mesh", "2x2"]),
-            MaskCase(ranks: 2, strategy: "heads", arguments: ["--tokens", "257", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
-                                                              "--documents", "1,2,3,251", "--window", "40"]),
-        ])
+        @Test(
+            "verify --backward, other masks and shapes",
+            arguments: [
+                MaskCase(ranks: 3, strategy: "ring", arguments: ["--tokens", "157", "--heads", "4", "--kv-heads", "4", "--head-dim", "128"]),
+                MaskCase(ranks: 3, strategy: "zigzag", arguments: ["--tokens", "157", "--heads", "6", "--kv-heads", "1", "--head-dim", "48"]),
+                MaskCase(ranks: 2, strategy: "heads", arguments: ["--tokens", "131", "--heads", "4", "--kv-heads", "1", "--head-dim", "64"]),
+                MaskCase(ranks: 4, strategy: "mesh", arguments: ["--tokens", "131", "--heads", "8", "--kv-heads", "2", "--head-dim", "80", "--mesh", "2x2"]),
+                MaskCase(ranks: 4, strategy: "heads", arguments: ["--tokens", "99", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--window", "9"]),
+                MaskCase(ranks: 3, strategy: "ring", arguments: ["--tokens", "211", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--window", "23"]),
+                MaskCase(
+                    ranks: 4, strategy: "s2",
+                    arguments: [
+                        "--tokens", "301", "--heads", "8", "--kv-heads", "2", "--head-dim", "32",
+                        "--s2-block", "16", "--s2-local", "2", "--s2-stride", "4",
+                    ]),
+                MaskCase(ranks: 4, strategy: "zigzag", arguments: ["--tokens", "3", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal"]),
+                // Packed documents: the same mask in the gradients, on every layout (whole documents
+                // end the pass after one step, so each dK/dV sum goes straight home).
+                MaskCase(
+                    ranks: 4, strategy: "ring",
+                    arguments: [
+                        "--tokens", "403", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
+                        "--random-documents", "7",
+                    ]),
+                MaskCase(
+                    ranks: 3, strategy: "zigzag",
+                    arguments: [
+                        "--tokens", "331", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
+                        "--random-documents", "9", "--document-layout", "whole",
+                    ]),
+                MaskCase(
+                    ranks: 3, strategy: "zigzag",
+                    arguments: [
+                        "--tokens", "331", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
+                        "--random-documents", "9", "--document-layout", "head-tail",
+                    ]),
+                MaskCase(
+                    ranks: 4, strategy: "mesh",
+                    arguments: [
+                        "--tokens", "257", "--heads", "4", "--kv-heads", "1", "--head-dim", "64",
+                        "--documents", "100,0,3,154", "--mesh", "2x2",
+                    ]),
+                MaskCase(
+                    ranks: 2, strategy: "heads",
+                    arguments: [
+                        "--tokens", "257", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
+                        "--documents", "1,2,3,251", "--window", "40",
+                    ]),
+            ])
         func masks(_ c: MaskCase) async throws {
             let result = try await launch(ranks: c.ranks, arguments: ["verify", "--backward", "--json", "--strategy", c.strategy] + c.arguments)
             let tokens = Int(c.arguments[c.arguments.firstIndex(of: "--tokens")! + 1])!
@@ -86,8 +118,12 @@ extension EndToEnd {
         func errorsDoNotGrow(strategy: String) async throws {
             var errors: [Double] = []
             for ranks in 1 ... 4 {
-                let result = try await launch(ranks: ranks, arguments: ["verify", "--backward", "--json", "--tokens", "509", "--causal",
-                                                                        "--heads", "4", "--kv-heads", "2", "--head-dim", "64", "--strategy", strategy])
+                let result = try await launch(
+                    ranks: ranks,
+                    arguments: [
+                        "verify", "--backward", "--json", "--tokens", "509", "--causal",
+                        "--heads", "4", "--kv-heads", "2", "--head-dim", "64", "--strategy", strategy,
+                    ])
                 let backward = try expectGradientsVerified(result, ranks: ranks, tokens: 509)
                 errors.append(["dq", "dk", "dv"].compactMap { number(backward, "reference", "\($0)_max_abs") }.max()!)
             }
@@ -105,11 +141,13 @@ extension EndToEnd {
             let k = try writeRandomNpy(scratch.path("k.npy"), shape: [tokens, kvHeads, d], seed: 2)
             let v = try writeRandomNpy(scratch.path("v.npy"), shape: [tokens, kvHeads, d], seed: 3)
             let dO = try writeRandomNpy(scratch.path("do.npy"), shape: [tokens, heads, d], seed: 4)
-            let result = try await launch(ranks: 3, arguments: [
-                "run", "--json", "--backward", "--strategy", "zigzag", "--causal", "--q", scratch.path("q.npy"), "--k", scratch.path("k.npy"),
-                "--v", scratch.path("v.npy"), "--do", scratch.path("do.npy"), "--dq", scratch.path("dq.npy"), "--dk", scratch.path("dk.npy"),
-                "--dv", scratch.path("dv.npy"),
-            ])
+            let result = try await launch(
+                ranks: 3,
+                arguments: [
+                    "run", "--json", "--backward", "--strategy", "zigzag", "--causal", "--q", scratch.path("q.npy"), "--k", scratch.path("k.npy"),
+                    "--v", scratch.path("v.npy"), "--do", scratch.path("do.npy"), "--dq", scratch.path("dq.npy"), "--dk", scratch.path("dk.npy"),
+                    "--dv", scratch.path("dv.npy"),
+                ])
             #expect(result.status == 0, "\(result)")
             let json = try result.json()
             let forwardFlops = try #require(number(json, "flops"))
@@ -119,8 +157,9 @@ extension EndToEnd {
             let shape = try AttentionShape(heads: heads, kvHeads: kvHeads, headDim: d)
             let tensor = { (values: [Float], h: Int) in TokenTensor(tokens: tokens, heads: h, headDim: d, values: values) }
             let all = Array(0 ..< tokens)
-            let reference = ReferenceBackward.compute(q: tensor(q, heads), queryPositions: all, k: tensor(k, kvHeads), v: tensor(v, kvHeads),
-                                                      keyPositions: all, outputGrad: tensor(dO, heads), shape: shape, mask: .causal)
+            let reference = ReferenceBackward.compute(
+                q: tensor(q, heads), queryPositions: all, k: tensor(k, kvHeads), v: tensor(v, kvHeads),
+                keyPositions: all, outputGrad: tensor(dO, heads), shape: shape, mask: .causal)
             for (name, expected, rowShape) in [("dq", reference.dq, [heads, d]), ("dk", reference.dk, [kvHeads, d]), ("dv", reference.dv, [kvHeads, d])] {
                 let file = try NpyFile.load(scratch.path("\(name).npy"))
                 #expect(file.shape == [tokens] + rowShape, "\(name) shape")

@@ -8,7 +8,7 @@ import SeqparTestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What one job left behind.
@@ -36,8 +36,10 @@ extension ProcessResult: CustomStringConvertible {
 /// Runs `Launch/local ranks arguments...` and records an issue when it is killed for running
 /// past `timeout` seconds.
 /// `environment` sets (or, with nil, removes) variables for this job only.
-func launch(ranks: Int, arguments: [String], timeout: Double = 120, environment: [String: String?] = [:],
-            sourceLocation: SourceLocation = #_sourceLocation) async throws -> LaunchResult {
+func launch(
+    ranks: Int, arguments: [String], timeout: Double = 120, environment: [String: String?] = [:],
+    sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> LaunchResult {
     let result = try await launch(ranks: ranks, arguments: arguments, timeout: timeout, binary: try seqparBinary(), environment: environment)
     if result.timedOut {
         Issue.record("the job ran past its \(Int(timeout)) s limit and was killed: a hang\n\(result)", sourceLocation: sourceLocation)

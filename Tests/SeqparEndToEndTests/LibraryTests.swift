@@ -15,8 +15,9 @@ extension EndToEnd {
             return path
         }
 
-        @Test("a program with its own shards computes attention and gradients through DistributedAttention",
-              arguments: [(1, "zigzag"), (2, "ring"), (3, "zigzag"), (3, "heads"), (4, "mesh")])
+        @Test(
+            "a program with its own shards computes attention and gradients through DistributedAttention",
+            arguments: [(1, "zigzag"), (2, "ring"), (3, "zigzag"), (3, "heads"), (4, "mesh")])
         func example(ranks: Int, strategy: String) async throws {
             let result = try await launch(ranks: ranks, arguments: [strategy], timeout: 120, binary: try Self.example())
             #expect(result.status == 0, "\(result)")

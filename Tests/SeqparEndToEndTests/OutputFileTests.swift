@@ -29,8 +29,9 @@ extension EndToEnd {
                 let o = try NpyFile.load(oPath), lse = try NpyFile.load(lsePath)
                 #expect(o.shape == [t, h, d], "O has shape \(o.shape) at \(ranks) ranks")
                 #expect(lse.shape == [h, t], "LSE has shape \(lse.shape) at \(ranks) ranks")
-                #expect(!o.values.contains { !$0.isFinite } && !lse.values.contains { !$0.isFinite },
-                        "non-finite values at \(ranks) ranks (every query sees at least one key)")
+                #expect(
+                    !o.values.contains { !$0.isFinite } && !lse.values.contains { !$0.isFinite },
+                    "non-finite values at \(ranks) ranks (every query sees at least one key)")
                 return (o.values, lse.values)
             }
 
@@ -65,8 +66,12 @@ extension EndToEnd {
             let q = try writeRandomNpy(dir.path("q.npy"), shape: [t, h, d], spread: 2, seed: 21)
             let k = try writeRandomNpy(dir.path("k.npy"), shape: [t, kvh, d], seed: 22)
             let v = try writeRandomNpy(dir.path("v.npy"), shape: [t, kvh, d], seed: 23)
-            let result = try await launch(ranks: 2, arguments: ["run", "--q", dir.path("q.npy"), "--k", dir.path("k.npy"), "--v", dir.path("v.npy"),
-                                                                "--scale", "0.7", "--causal", "--out", dir.path("o.npy"), "--lse", dir.path("lse.npy")])
+            let result = try await launch(
+                ranks: 2,
+                arguments: [
+                    "run", "--q", dir.path("q.npy"), "--k", dir.path("k.npy"), "--v", dir.path("v.npy"),
+                    "--scale", "0.7", "--causal", "--out", dir.path("o.npy"), "--lse", dir.path("lse.npy"),
+                ])
             try #require(result.status == 0, "\(result)")
             let shape = try AttentionShape(heads: h, kvHeads: kvh, headDim: d, scale: 0.7)
             let reference = ReferenceAttention.compute(

@@ -5,18 +5,20 @@
 
 import AttentionCore
 import Foundation
-#if canImport(FoundationXML)
-import FoundationXML
-#endif
 import Testing
+
+#if canImport(FoundationXML)
+    import FoundationXML
+#endif
 
 extension EndToEnd {
     @Suite("profiling")
     struct Profiling {
         static let shape = ["--tokens", "1001", "--heads", "6", "--kv-heads", "2", "--head-dim", "32"]
 
-        @Test("profile: trace with a lane per rank, SVG with a row per rank, recorded bytes = traffic counters",
-              arguments: [2, 3], ["zigzag", "heads", "star"])
+        @Test(
+            "profile: trace with a lane per rank, SVG with a row per rank, recorded bytes = traffic counters",
+            arguments: [2, 3], ["zigzag", "heads", "star"])
         func trace(ranks: Int, strategy: String) async throws {
             let folder = FileManager.default.temporaryDirectory.appendingPathComponent("seqpar-profile-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
@@ -33,11 +35,12 @@ extension EndToEnd {
             let complete = events.filter { $0["ph"] as? String == "X" }
             #expect(Set(complete.compactMap { $0["pid"] as? Int }) == Set(0 ..< ranks))
             let names = Set(complete.compactMap { $0["name"] as? String })
-            let expected: Set<String> = switch strategy {
-            case "heads": ["compute", "merge", "alltoall"]
-            case "star": ["compute", "merge", "bcast", "reduce"]
-            default: ["compute", "send", "recv"]
-            }
+            let expected: Set<String> =
+                switch strategy {
+                case "heads": ["compute", "merge", "alltoall"]
+                case "star": ["compute", "merge", "bcast", "reduce"]
+                default: ["compute", "send", "recv"]
+                }
             #expect(names.isSuperset(of: expected), "event names \(names)")
             #expect(complete.allSatisfy { (number($0["ts"]) ?? -1) >= 0 && (number($0["dur"]) ?? -1) >= 0 })
 
@@ -67,8 +70,12 @@ extension EndToEnd {
         @Test("heads bytes equal the all-to-all volumes, uneven tokens and heads", arguments: [2, 3, 4])
         func headsBytes(ranks: Int) async throws {
             let (tokens, heads, kvHeads, d) = (1001, 6, 2, 32)
-            let result = try await launch(ranks: ranks, arguments: ["run", "--json", "--strategy", "heads", "--tokens", "\(tokens)",
-                                                                    "--heads", "\(heads)", "--kv-heads", "\(kvHeads)", "--head-dim", "\(d)"])
+            let result = try await launch(
+                ranks: ranks,
+                arguments: [
+                    "run", "--json", "--strategy", "heads", "--tokens", "\(tokens)",
+                    "--heads", "\(heads)", "--kv-heads", "\(kvHeads)", "--head-dim", "\(d)",
+                ])
             #expect(result.status == 0, "\(result)")
             let json = try result.json()
             let rows = (0 ..< ranks).map { TokenPartition.chunk($0, of: ranks, tokens: tokens).count }
@@ -80,14 +87,16 @@ extension EndToEnd {
             }
             let sent = (0 ..< ranks).map { r in
                 (0 ..< ranks).filter { $0 != r }.reduce(0) { total, m in
-                    total + 4 * (rows[r] * headsOf[m] * d + 2 * rows[r] * kvHeadsOf[m] * d     // Q, K, V out
-                                 + rows[m] * headsOf[r] * d + headsOf[r] * rows[m])            // O, LSE back
+                    total + 4
+                        * (rows[r] * headsOf[m] * d + 2 * rows[r] * kvHeadsOf[m] * d  // Q, K, V out
+                            + rows[m] * headsOf[r] * d + headsOf[r] * rows[m])  // O, LSE back
                 }
             }
             let received = (0 ..< ranks).map { r in
                 (0 ..< ranks).filter { $0 != r }.reduce(0) { total, m in
-                    total + 4 * (rows[m] * headsOf[r] * d + 2 * rows[m] * kvHeadsOf[r] * d
-                                 + rows[r] * headsOf[m] * d + headsOf[m] * rows[r])
+                    total + 4
+                        * (rows[m] * headsOf[r] * d + 2 * rows[m] * kvHeadsOf[r] * d
+                            + rows[r] * headsOf[m] * d + headsOf[m] * rows[r])
                 }
             }
             #expect(perRank(json, "bytes_sent") == sent.map(Double.init))

@@ -17,17 +17,23 @@ extension EndToEnd {
             var values = try NpyFile.load(x).values
             values[(50 * 2 + 0) * 32 + 3] = .nan
             try NpyFile.save(v, shape: [100, 2, 32], values: values)
-            let result = try await launch(ranks: 2, arguments: ["verify", "--json", "--strategy", "ring", "--causal",
-                                                                "--q", x, "--k", x, "--v", v])
+            let result = try await launch(
+                ranks: 2,
+                arguments: [
+                    "verify", "--json", "--strategy", "ring", "--causal",
+                    "--q", x, "--k", x, "--v", v,
+                ])
             #expect(result.status == 1, "\(result)")
             #expect(!result.stdout.contains("\"passed\":true"), "\(result)")
             #expect(occurrences(of: "V \(v) holds NaN at [token 50, head 0, dim 3]", in: result.seqparStderr) == 1, "\(result)")
         }
 
-        @Test("star refuses queries past the end of the sequence", arguments: [
-            ["--tokens", "100", "--queries", "4", "--query-position", "98"],
-            ["--tokens", "100", "--queries", "101"],
-        ])
+        @Test(
+            "star refuses queries past the end of the sequence",
+            arguments: [
+                ["--tokens", "100", "--queries", "4", "--query-position", "98"],
+                ["--tokens", "100", "--queries", "101"],
+            ])
         func starPastTheEnd(arguments: [String]) async throws {
             let result = try await launch(ranks: 2, arguments: ["run", "--strategy", "star", "--causal"] + arguments)
             #expect(result.status == 1, "\(result)")

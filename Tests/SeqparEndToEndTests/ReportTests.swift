@@ -35,8 +35,10 @@ extension EndToEnd {
         }
 
         /// The level of an OpenBLAS core's kernels (0 SSE ... 4 AVX-512 with BF16).
-        static let coreLevels = ["prescott": 0, "core2": 0, "nehalem": 0, "barcelona": 0, "sandybridge": 1, "bulldozer": 1, "piledriver": 1,
-                                 "steamroller": 1, "excavator": 1, "haswell": 2, "zen": 2, "skylakex": 3, "cooperlake": 4, "sapphirerapids": 4]
+        static let coreLevels = [
+            "prescott": 0, "core2": 0, "nehalem": 0, "barcelona": 0, "sandybridge": 1, "bulldozer": 1, "piledriver": 1,
+            "steamroller": 1, "excavator": 1, "haswell": 2, "zen": 2, "skylakex": 3, "cooperlake": 4, "sapphirerapids": 4,
+        ]
 
         static func infoCores(environment: [String: String?]) async throws -> (cores: [String], reasons: [String], result: LaunchResult) {
             let result = try await launch(ranks: 2, arguments: ["info", "--json", "--sgemm-size", "128"], environment: environment)
@@ -86,8 +88,12 @@ extension EndToEnd {
 
         @Test("run --json reports time, GFLOP/s and memory per rank")
         func runReport() async throws {
-            let result = try await launch(ranks: 2, arguments: ["run", "--json", "--tokens", "1000", "--heads", "4", "--kv-heads", "2",
-                                                                "--head-dim", "64", "--causal", "--strategy", "zigzag"])
+            let result = try await launch(
+                ranks: 2,
+                arguments: [
+                    "run", "--json", "--tokens", "1000", "--heads", "4", "--kv-heads", "2",
+                    "--head-dim", "64", "--causal", "--strategy", "zigzag",
+                ])
             try #require(result.status == 0, "\(result)")
             let json = try result.json()
             #expect(number(json, "ranks") == 2)
@@ -108,8 +114,12 @@ extension EndToEnd {
 
         @Test("bench --json compares the self-attention strategies against the sgemm peak")
         func bench() async throws {
-            let result = try await launch(ranks: 2, arguments: ["bench", "--json", "--repeats", "1", "--tokens", "512", "--heads", "4",
-                                                                "--kv-heads", "2", "--head-dim", "64"])
+            let result = try await launch(
+                ranks: 2,
+                arguments: [
+                    "bench", "--json", "--repeats", "1", "--tokens", "512", "--heads", "4",
+                    "--kv-heads", "2", "--head-dim", "64",
+                ])
             try #require(result.status == 0, "\(result)")
             let json = try result.json()
             let peak = try #require(number(json, "sgemm_peak_gflops"))
@@ -146,8 +156,12 @@ extension EndToEnd {
         @Test("memory per rank grows with tokens / ranks, not tokens^2")
         func memoryGrowsWithTokens() async throws {
             func peak(tokens: Int) async throws -> [Double] {
-                let result = try await launch(ranks: 2, arguments: ["run", "--json", "--tokens", String(tokens), "--heads", "1", "--kv-heads", "1",
-                                                                    "--head-dim", "64", "--causal", "--strategy", "ring"])
+                let result = try await launch(
+                    ranks: 2,
+                    arguments: [
+                        "run", "--json", "--tokens", String(tokens), "--heads", "1", "--kv-heads", "1",
+                        "--head-dim", "64", "--causal", "--strategy", "ring",
+                    ])
                 try #require(result.status == 0, "\(result)")
                 let memory = try #require(try result.json()["peak_memory_bytes"] as? [Any]).compactMap(number)
                 try #require(memory.count == 2 && memory.allSatisfy { $0 > 0 }, "peak memory \(memory)")
@@ -158,7 +172,7 @@ extension EndToEnd {
             for (rank, bytes) in large.enumerated() {
                 #expect(bytes < 200 * mib, "rank \(rank) peaks at \(bytes / mib) MiB for 16384 tokens: a tokens^2 buffer?")
             }
-            let addedRowBytes = Double((16384 - 4096) / 2 * 64 * 4)      // per rank, per tensor
+            let addedRowBytes = Double((16384 - 4096) / 2 * 64 * 4)  // per rank, per tensor
             let allowed = 16 * addedRowBytes + 8 * mib
             for rank in 0 ..< 2 {
                 let growth = large[rank] - small[rank]
@@ -176,8 +190,12 @@ extension EndToEnd {
         @Test("memory per rank shrinks with ranks")
         func memoryShrinksWithRanks() async throws {
             func peak(ranks: Int, tokens: Int) async throws -> Double {
-                let result = try await launch(ranks: ranks, arguments: ["run", "--json", "--tokens", String(tokens), "--heads", "16", "--kv-heads", "16",
-                                                                        "--head-dim", "128", "--causal", "--strategy", "zigzag"])
+                let result = try await launch(
+                    ranks: ranks,
+                    arguments: [
+                        "run", "--json", "--tokens", String(tokens), "--heads", "16", "--kv-heads", "16",
+                        "--head-dim", "128", "--causal", "--strategy", "zigzag",
+                    ])
                 try #require(result.status == 0, "\(result)")
                 let memory = try #require(try result.json()["peak_memory_bytes"] as? [Any]).compactMap(number)
                 try #require(memory.count == ranks, "peak memory \(memory)")

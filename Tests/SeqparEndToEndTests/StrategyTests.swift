@@ -34,23 +34,27 @@ extension EndToEnd {
         @Test("heads and mesh at 1-4 ranks, uneven tokens", arguments: [1, 2, 3, 4], ["heads", "mesh"])
         func headSharded(ranks: Int, strategy: String) async throws {
             for causal in [false, true] {
-                let result = try await launch(ranks: ranks, arguments: ["verify", "--json", "--strategy", strategy] + Self.shape
-                                                                       + (causal ? ["--causal"] : []))
+                let result = try await launch(
+                    ranks: ranks,
+                    arguments: ["verify", "--json", "--strategy", strategy] + Self.shape
+                        + (causal ? ["--causal"] : []))
                 try expectPassed(result, rows: 203)
             }
         }
 
         /// Heads that do not divide by the ranks, kv heads fewer than the ranks (GQA, MQA), and
         /// every mesh shape of 4 ranks.
-        @Test("uneven heads and kv heads below the rank count", arguments: [
-            (4, ["--strategy", "heads", "--heads", "6", "--kv-heads", "3", "--causal"]),
-            (4, ["--strategy", "heads", "--heads", "5", "--kv-heads", "1", "--head-dim", "80"]),
-            (3, ["--strategy", "heads", "--heads", "8", "--kv-heads", "2", "--head-dim", "64", "--causal"]),
-            (4, ["--strategy", "mesh", "--mesh", "2x2", "--heads", "5", "--kv-heads", "1"]),
-            (4, ["--strategy", "mesh", "--mesh", "4x1", "--heads", "4", "--kv-heads", "1", "--causal"]),
-            (4, ["--strategy", "mesh", "--mesh", "1x4", "--heads", "4", "--kv-heads", "2", "--causal"]),
-            (2, ["--strategy", "mesh", "--mesh", "2x1", "--heads", "3", "--kv-heads", "3", "--head-dim", "128"]),
-        ])
+        @Test(
+            "uneven heads and kv heads below the rank count",
+            arguments: [
+                (4, ["--strategy", "heads", "--heads", "6", "--kv-heads", "3", "--causal"]),
+                (4, ["--strategy", "heads", "--heads", "5", "--kv-heads", "1", "--head-dim", "80"]),
+                (3, ["--strategy", "heads", "--heads", "8", "--kv-heads", "2", "--head-dim", "64", "--causal"]),
+                (4, ["--strategy", "mesh", "--mesh", "2x2", "--heads", "5", "--kv-heads", "1"]),
+                (4, ["--strategy", "mesh", "--mesh", "4x1", "--heads", "4", "--kv-heads", "1", "--causal"]),
+                (4, ["--strategy", "mesh", "--mesh", "1x4", "--heads", "4", "--kv-heads", "2", "--causal"]),
+                (2, ["--strategy", "mesh", "--mesh", "2x1", "--heads", "3", "--kv-heads", "3", "--head-dim", "128"]),
+            ])
         func unevenHeads(ranks: Int, arguments: [String]) async throws {
             let result = try await launch(ranks: ranks, arguments: ["verify", "--json", "--tokens", "151", "--head-dim", "48"] + arguments)
             try expectPassed(result, rows: 151)
@@ -59,8 +63,12 @@ extension EndToEnd {
         @Test("sliding window for every self-attention strategy", arguments: [2, 3, 4], ["ring", "zigzag", "heads", "mesh"])
         func window(ranks: Int, strategy: String) async throws {
             for window in ["1", "37", "500"] {
-                let result = try await launch(ranks: ranks, arguments: ["verify", "--json", "--strategy", strategy, "--window", window,
-                                                                        "--tokens", "301", "--heads", "4", "--kv-heads", "2", "--head-dim", "32"])
+                let result = try await launch(
+                    ranks: ranks,
+                    arguments: [
+                        "verify", "--json", "--strategy", strategy, "--window", window,
+                        "--tokens", "301", "--heads", "4", "--kv-heads", "2", "--head-dim", "32",
+                    ])
                 try expectPassed(result, rows: 301)
             }
         }
@@ -70,9 +78,12 @@ extension EndToEnd {
         func s2(ranks: Int) async throws {
             for (heads, kvHeads, block, local, stride) in [(8, 2, 16, 2, 4), (4, 4, 8, 1, 8), (4, 1, 13, 3, 6)] {
                 for strategy in ["s2", "zigzag"] {
-                    let result = try await launch(ranks: ranks, arguments: [
-                        "verify", "--json", "--strategy", strategy, "--tokens", "411", "--heads", "\(heads)", "--kv-heads", "\(kvHeads)",
-                        "--head-dim", "32", "--s2-block", "\(block)", "--s2-local", "\(local)", "--s2-stride", "\(stride)"])
+                    let result = try await launch(
+                        ranks: ranks,
+                        arguments: [
+                            "verify", "--json", "--strategy", strategy, "--tokens", "411", "--heads", "\(heads)", "--kv-heads", "\(kvHeads)",
+                            "--head-dim", "32", "--s2-block", "\(block)", "--s2-local", "\(local)", "--s2-stride", "\(stride)",
+                        ])
                     try expectPassed(result, rows: 411)
                 }
             }
@@ -80,8 +91,10 @@ extension EndToEnd {
 
         @Test("star with one and with many queries", arguments: [1, 2, 3, 4])
         func star(ranks: Int) async throws {
-            for extra in [["--queries", "1"], ["--queries", "40", "--causal"], ["--queries", "3", "--query-position", "100"],
-                          ["--queries", "17", "--window", "64"]] {
+            for extra in [
+                ["--queries", "1"], ["--queries", "40", "--causal"], ["--queries", "3", "--query-position", "100"],
+                ["--queries", "17", "--window", "64"],
+            ] {
                 let result = try await launch(ranks: ranks, arguments: ["verify", "--json", "--strategy", "star"] + Self.shape + extra)
                 try expectPassed(result, rows: Int(extra[1])!)
             }
@@ -97,8 +110,12 @@ extension EndToEnd {
             var outputs: [[Float]] = [], lses: [[Float]] = []
             for ranks in 1 ... 4 {
                 let (o, l) = (folder.path("o\(ranks).npy"), folder.path("l\(ranks).npy"))
-                let result = try await launch(ranks: ranks, arguments: ["run", "--strategy", "star", "--queries", "24", "--tokens", "997",
-                                                                        "--heads", "4", "--kv-heads", "2", "--head-dim", "48", "--out", o, "--lse", l])
+                let result = try await launch(
+                    ranks: ranks,
+                    arguments: [
+                        "run", "--strategy", "star", "--queries", "24", "--tokens", "997",
+                        "--heads", "4", "--kv-heads", "2", "--head-dim", "48", "--out", o, "--lse", l,
+                    ])
                 #expect(result.status == 0, "\(result)")
                 let output = try NpyFile.load(o), lse = try NpyFile.load(l)
                 #expect(output.shape == [24, 4, 48] && lse.shape == [4, 24])
@@ -111,8 +128,12 @@ extension EndToEnd {
             }
             // --all: every rank holds the merged rows, rank 0 alone writes them; the files are the same.
             let (o, l) = (folder.path("o-all.npy"), folder.path("l-all.npy"))
-            let all = try await launch(ranks: 3, arguments: ["run", "--strategy", "star", "--queries", "24", "--tokens", "997", "--all",
-                                                             "--heads", "4", "--kv-heads", "2", "--head-dim", "48", "--out", o, "--lse", l])
+            let all = try await launch(
+                ranks: 3,
+                arguments: [
+                    "run", "--strategy", "star", "--queries", "24", "--tokens", "997", "--all",
+                    "--heads", "4", "--kv-heads", "2", "--head-dim", "48", "--out", o, "--lse", l,
+                ])
             #expect(all.status == 0, "\(all)")
             #expect(maxAbsDifference(try NpyFile.load(o).values, outputs[0]) <= 1e-6)
             #expect(maxAbsDifference(try NpyFile.load(l).values, lses[0]) <= 1e-5)
@@ -126,9 +147,13 @@ extension EndToEnd {
             let (tokens, kvHeads, headDim) = (1001, 2, 32)
             let blocks = (0 ..< ranks).map { 2 * TokenPartition.chunk($0, of: ranks, tokens: tokens).count * kvHeads * headDim * 4 }
             for window in [nil, "100"] {
-                let result = try await launch(ranks: ranks, arguments: ["run", "--json", "--strategy", "ring", "--tokens", "\(tokens)",
-                                                                        "--heads", "4", "--kv-heads", "\(kvHeads)", "--head-dim", "\(headDim)"]
-                                                                       + (window.map { ["--window", $0] } ?? ["--causal"]))
+                let result = try await launch(
+                    ranks: ranks,
+                    arguments: [
+                        "run", "--json", "--strategy", "ring", "--tokens", "\(tokens)",
+                        "--heads", "4", "--kv-heads", "\(kvHeads)", "--head-dim", "\(headDim)",
+                    ]
+                        + (window.map { ["--window", $0] } ?? ["--causal"]))
                 #expect(result.status == 0, "\(result)")
                 let sent = perRank(try result.json(), "bytes_sent"), received = perRank(try result.json(), "bytes_received")
                 let steps = window == nil ? ranks - 1 : min(1, ranks - 1)
@@ -154,12 +179,14 @@ extension EndToEnd {
             #expect(perRank(a, "kernel_flops").allSatisfy { $0 > 0 })
         }
 
-        @Test("impossible splits are refused before any communication, once, with counts that work", arguments: [
-            (4, ["run", "--strategy", "heads", "--heads", "3", "--kv-heads", "1"], "at most 3 ranks"),
-            (4, ["run", "--strategy", "mesh", "--mesh", "3x2"], "needs 6 ranks"),
-            (4, ["run", "--strategy", "mesh", "--mesh", "4x1", "--heads", "2", "--kv-heads", "1"], "Ph <= 2"),
-            (2, ["run", "--strategy", "s2"], "--s2-block"),
-        ])
+        @Test(
+            "impossible splits are refused before any communication, once, with counts that work",
+            arguments: [
+                (4, ["run", "--strategy", "heads", "--heads", "3", "--kv-heads", "1"], "at most 3 ranks"),
+                (4, ["run", "--strategy", "mesh", "--mesh", "3x2"], "needs 6 ranks"),
+                (4, ["run", "--strategy", "mesh", "--mesh", "4x1", "--heads", "2", "--kv-heads", "1"], "Ph <= 2"),
+                (2, ["run", "--strategy", "s2"], "--s2-block"),
+            ])
         func refusals(ranks: Int, arguments: [String], phrase: String) async throws {
             let result = try await launch(ranks: ranks, arguments: arguments + ["--tokens", "64"])
             #expect(result.status == 1, "\(result)")

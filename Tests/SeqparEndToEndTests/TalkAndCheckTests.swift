@@ -29,15 +29,18 @@ extension EndToEnd {
             let arguments = ["run", "--tokens", "3000", "--causal", "--strategy", "ring"]
             let shown = try await launch(ranks: 2, arguments: arguments + ["--json"], environment: ["SEQPAR_PROGRESS": "1"])
             #expect(shown.status == 0, "\(shown)")
-            #expect(occurrences(of: "seqpar: running ring on 2 rank(s) x 1 thread(s): tokens 3000, heads 8, kv-heads 2, head-dim 64, mask causal",
-                                in: shown.stderr) == 1, "\(shown)")
+            #expect(
+                occurrences(
+                    of: "seqpar: running ring on 2 rank(s) x 1 thread(s): tokens 3000, heads 8, kv-heads 2, head-dim 64, mask causal",
+                    in: shown.stderr) == 1, "\(shown)")
             #expect(shown.stderr.contains("\rring: 0%"), "\(shown)")
             #expect(shown.stderr.contains("\u{1B}[K"), "the progress line is not cleared\n\(shown)")
             #expect(!shown.stdout.contains("%") && (try? shown.json()) != nil, "progress leaked into stdout\n\(shown)")
             let quiet = try await launch(ranks: 2, arguments: arguments + ["--quiet"], environment: ["SEQPAR_PROGRESS": "1"])
             #expect(quiet.status == 0 && quiet.stderr.isEmpty, "\(quiet)")
-            let bench = try await launch(ranks: 2, arguments: ["bench", "--tokens", "1024", "--repeats", "1", "--strategies", "ring,zigzag"],
-                                         environment: ["SEQPAR_PROGRESS": "1"])
+            let bench = try await launch(
+                ranks: 2, arguments: ["bench", "--tokens", "1024", "--repeats", "1", "--strategies", "ring,zigzag"],
+                environment: ["SEQPAR_PROGRESS": "1"])
             #expect(bench.status == 0, "\(bench)")
             for strategy in ["ring", "zigzag"] {
                 #expect(occurrences(of: "seqpar bench: \(strategy) on 2 rank(s)", in: bench.stderr) == 1, "\(bench)")
@@ -61,8 +64,12 @@ extension EndToEnd {
         @Test("run --save-inputs writes Q, K, V that verify reads back")
         func saveInputs() async throws {
             let dir = try ScratchDirectory()
-            let run = try await launch(ranks: 2, arguments: ["run", "--tokens", "777", "--heads", "4", "--kv-heads", "2", "--head-dim", "32",
-                                                              "--save-inputs", dir.url.path, "--out", dir.path("o.npy")])
+            let run = try await launch(
+                ranks: 2,
+                arguments: [
+                    "run", "--tokens", "777", "--heads", "4", "--kv-heads", "2", "--head-dim", "32",
+                    "--save-inputs", dir.url.path, "--out", dir.path("o.npy"),
+                ])
             try #require(run.status == 0, "\(run)")
             let files = ["Q", "K", "V"].map { dir.path("\($0).npy") }
             let verify = try await launch(ranks: 3, arguments: ["verify", "--q", files[0], "--k", files[1], "--v", files[2]])

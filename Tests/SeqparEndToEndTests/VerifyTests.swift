@@ -18,8 +18,10 @@ struct Variant: Sendable, CustomTestStringConvertible {
 }
 
 /// Asserts what a passing `verify --json` must say about a run of `tokens` tokens on `ranks` ranks.
-func expectVerified(_ result: LaunchResult, ranks: Int, tokens: Int,
-                    sourceLocation: SourceLocation = #_sourceLocation) throws {
+func expectVerified(
+    _ result: LaunchResult, ranks: Int, tokens: Int,
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws {
     #expect(result.status == 0, "verify failed\n\(result)", sourceLocation: sourceLocation)
     let json = try result.json(sourceLocation: sourceLocation)
     #expect(boolean(json["passed"]) == true, "passed is not true\n\(result)", sourceLocation: sourceLocation)
@@ -54,24 +56,34 @@ extension EndToEnd {
         /// 203 tokens divide by none of 2, 3, 4 (or 2P for zigzag): every shard is uneven.
         @Test("uneven tokens at 1-4 ranks", arguments: [1, 2, 3, 4], Variant.all)
         func unevenTokens(ranks: Int, variant: Variant) async throws {
-            let result = try await launch(ranks: ranks, arguments: ["verify", "--json", "--tokens", "203", "--heads", "4",
-                                                                    "--kv-heads", "2", "--head-dim", "32"] + variant.arguments)
+            let result = try await launch(
+                ranks: ranks,
+                arguments: [
+                    "verify", "--json", "--tokens", "203", "--heads", "4",
+                    "--kv-heads", "2", "--head-dim", "32",
+                ] + variant.arguments)
             try expectVerified(result, ranks: ranks, tokens: 203)
         }
 
         /// Ranks with no tokens at all (zigzag at 4 ranks cuts 3 tokens into 8 chunks) must still
         /// take part in every exchange and hold nothing.
-        @Test("fewer tokens than ranks", arguments: [
-            (ranks: 4, tokens: 3, variant: Variant(strategy: "ring", causal: true)),
-            (ranks: 4, tokens: 3, variant: Variant(strategy: "zigzag", causal: true)),
-            (ranks: 4, tokens: 5, variant: Variant(strategy: "zigzag", causal: false)),
-            (ranks: 3, tokens: 1, variant: Variant(strategy: "ring", causal: false)),
-            (ranks: 4, tokens: 1, variant: Variant(strategy: "zigzag", causal: true)),
-            (ranks: 1, tokens: 1, variant: Variant(strategy: "ring", causal: true)),
-        ])
+        @Test(
+            "fewer tokens than ranks",
+            arguments: [
+                (ranks: 4, tokens: 3, variant: Variant(strategy: "ring", causal: true)),
+                (ranks: 4, tokens: 3, variant: Variant(strategy: "zigzag", causal: true)),
+                (ranks: 4, tokens: 5, variant: Variant(strategy: "zigzag", causal: false)),
+                (ranks: 3, tokens: 1, variant: Variant(strategy: "ring", causal: false)),
+                (ranks: 4, tokens: 1, variant: Variant(strategy: "zigzag", causal: true)),
+                (ranks: 1, tokens: 1, variant: Variant(strategy: "ring", causal: true)),
+            ])
         func fewerTokensThanRanks(ranks: Int, tokens: Int, variant: Variant) async throws {
-            let result = try await launch(ranks: ranks, arguments: ["verify", "--json", "--tokens", String(tokens), "--heads", "4",
-                                                                    "--kv-heads", "2", "--head-dim", "32"] + variant.arguments)
+            let result = try await launch(
+                ranks: ranks,
+                arguments: [
+                    "verify", "--json", "--tokens", String(tokens), "--heads", "4",
+                    "--kv-heads", "2", "--head-dim", "32",
+                ] + variant.arguments)
             try expectVerified(result, ranks: ranks, tokens: tokens)
         }
 
@@ -85,23 +97,29 @@ extension EndToEnd {
         /// A covering set rather than the cross product: every head dim, every head grouping
         /// (MHA 4/4, GQA 8/2, MQA 8/1), both masks and both strategies appear; tilings smaller
         /// than a shard and an explicit scale are in the mix.
-        @Test("shapes at 3 ranks", arguments: [
-            ShapeCase(heads: 4, kvHeads: 4, headDim: 32, variant: Variant(strategy: "ring", causal: true)),
-            ShapeCase(heads: 8, kvHeads: 2, headDim: 64, variant: Variant(strategy: "zigzag", causal: false)),
-            ShapeCase(heads: 8, kvHeads: 1, headDim: 80, variant: Variant(strategy: "zigzag", causal: true)),
-            ShapeCase(heads: 4, kvHeads: 4, headDim: 128, variant: Variant(strategy: "ring", causal: false)),
-            ShapeCase(heads: 8, kvHeads: 1, headDim: 128, variant: Variant(strategy: "ring", causal: true)),
-            ShapeCase(heads: 8, kvHeads: 2, headDim: 80, variant: Variant(strategy: "ring", causal: false), extra: ["--scale", "0.3"]),
-            ShapeCase(heads: 8, kvHeads: 2, headDim: 32, variant: Variant(strategy: "zigzag", causal: true),
-                      extra: ["--query-tile", "7", "--key-block", "13"]),
-            ShapeCase(heads: 4, kvHeads: 1, headDim: 64, variant: Variant(strategy: "ring", causal: false),
-                      extra: ["--query-tile", "16", "--key-block", "5", "--threads", "2"]),
-        ])
+        @Test(
+            "shapes at 3 ranks",
+            arguments: [
+                ShapeCase(heads: 4, kvHeads: 4, headDim: 32, variant: Variant(strategy: "ring", causal: true)),
+                ShapeCase(heads: 8, kvHeads: 2, headDim: 64, variant: Variant(strategy: "zigzag", causal: false)),
+                ShapeCase(heads: 8, kvHeads: 1, headDim: 80, variant: Variant(strategy: "zigzag", causal: true)),
+                ShapeCase(heads: 4, kvHeads: 4, headDim: 128, variant: Variant(strategy: "ring", causal: false)),
+                ShapeCase(heads: 8, kvHeads: 1, headDim: 128, variant: Variant(strategy: "ring", causal: true)),
+                ShapeCase(heads: 8, kvHeads: 2, headDim: 80, variant: Variant(strategy: "ring", causal: false), extra: ["--scale", "0.3"]),
+                ShapeCase(
+                    heads: 8, kvHeads: 2, headDim: 32, variant: Variant(strategy: "zigzag", causal: true),
+                    extra: ["--query-tile", "7", "--key-block", "13"]),
+                ShapeCase(
+                    heads: 4, kvHeads: 1, headDim: 64, variant: Variant(strategy: "ring", causal: false),
+                    extra: ["--query-tile", "16", "--key-block", "5", "--threads", "2"]),
+            ])
         func shapes(_ shape: ShapeCase) async throws {
-            let result = try await launch(ranks: 3, arguments: [
-                "verify", "--json", "--tokens", "131", "--heads", String(shape.heads), "--kv-heads", String(shape.kvHeads),
-                "--head-dim", String(shape.headDim), "--seed", "5",
-            ] + shape.variant.arguments + shape.extra)
+            let result = try await launch(
+                ranks: 3,
+                arguments: [
+                    "verify", "--json", "--tokens", "131", "--heads", String(shape.heads), "--kv-heads", String(shape.kvHeads),
+                    "--head-dim", String(shape.headDim), "--seed", "5",
+                ] + shape.variant.arguments + shape.extra)
             try expectVerified(result, ranks: 3, tokens: 131)
             let json = try result.json()
             #expect(number(json, "heads") == Double(shape.heads))
@@ -112,11 +130,13 @@ extension EndToEnd {
         /// The exit status is the verdict: 1 exactly when an error exceeds its tolerance. With a
         /// tolerance of 1e-15 (below float32's resolution) the verdict is read from the errors the
         /// run reports, and the status is checked against them.
-        @Test("exit status follows the tolerance", arguments: [
-            ["--tolerance", "1e-15"],
-            ["--reference-tolerance", "1e-15"],
-            [],
-        ])
+        @Test(
+            "exit status follows the tolerance",
+            arguments: [
+                ["--tolerance", "1e-15"],
+                ["--reference-tolerance", "1e-15"],
+                [],
+            ])
         func exitStatusFollowsTolerance(tolerances: [String]) async throws {
             let problem = ["--tokens", "203", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal", "--strategy", "zigzag"]
             let result = try await launch(ranks: 3, arguments: ["verify", "--json"] + problem + tolerances)

@@ -3,8 +3,9 @@
 // scratch folders. No test framework here: each target judges the results itself.
 
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The package root, from this file's path (Tests/SeqparTestSupport/Processes.swift).
@@ -52,8 +53,10 @@ public struct ProcessResult: Sendable {
 /// process below it) SIGKILL. Output goes to files, so no amount of it can fill a pipe. Blocks
 /// the calling thread; `runProcess` is the same for async tests.
 /// - Parameter environment: the child's whole environment (nil: this process's).
-public func runToEnd(_ executable: URL, _ arguments: [String], environment: [String: String]? = nil, directory: URL = packageRoot,
-                     timeout: Double) throws -> ProcessResult {
+public func runToEnd(
+    _ executable: URL, _ arguments: [String], environment: [String: String]? = nil, directory: URL = packageRoot,
+    timeout: Double
+) throws -> ProcessResult {
     let scratch = try ScratchDirectory(prefix: "seqpar-run")
     let outURL = URL(fileURLWithPath: scratch.path("stdout")), errURL = URL(fileURLWithPath: scratch.path("stderr"))
     _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
@@ -91,14 +94,17 @@ public func runToEnd(_ executable: URL, _ arguments: [String], environment: [Str
         }
     }
     let seconds = Date().timeIntervalSince(start)
-    return ProcessResult(command: command, status: process.isRunning ? -1 : process.terminationStatus,
-                         stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-                         stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "", seconds: seconds, timedOut: !finished)
+    return ProcessResult(
+        command: command, status: process.isRunning ? -1 : process.terminationStatus,
+        stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+        stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "", seconds: seconds, timedOut: !finished)
 }
 
 /// `runToEnd` on a thread of its own, not on the test's cooperative thread.
-public func runProcess(_ executable: URL, _ arguments: [String], environment: [String: String]? = nil, directory: URL = packageRoot,
-                       timeout: Double) async throws -> ProcessResult {
+public func runProcess(
+    _ executable: URL, _ arguments: [String], environment: [String: String]? = nil, directory: URL = packageRoot,
+    timeout: Double
+) async throws -> ProcessResult {
     try await withCheckedThrowingContinuation { continuation in
         Thread {
             continuation.resume(with: Result { try runToEnd(executable, arguments, environment: environment, directory: directory, timeout: timeout) })
@@ -122,7 +128,8 @@ private func descendants(of root: Int32) -> [Int32] {
     var parents: [Int32: Int32] = [:]
     for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
         guard let pid = Int32(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { continue }
+            let close = stat.lastIndex(of: ")")
+        else { continue }
         // After "pid (comm)": state, then the parent pid.
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         if fields.count > 1, let parent = Int32(fields[1]) { parents[pid] = parent }

@@ -4,10 +4,10 @@
 
 import AttentionCore
 import Foundation
+import Planning
 import Profiling
 import SequenceParallel
 import Testing
-import Planning
 
 @Suite("cost model")
 struct CostModelTests {

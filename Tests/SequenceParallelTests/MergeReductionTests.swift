@@ -8,8 +8,11 @@ import Testing
 
 @Suite struct MergeReductionTests {
     /// Partials of `parts` disjoint key pieces for the same queries, as star's records, plus the whole.
-    static func partials(parts: Int, tokens: Int = 97, queries: Int = 5, heads: Int = 4, headDim: Int = 16)
-        throws -> (records: [[Float]], whole: PartialResult, width: Int) {
+    static func partials(
+        parts: Int, tokens: Int = 97, queries: Int = 5, heads: Int = 4, headDim: Int = 16
+    )
+        throws -> (records: [[Float]], whole: PartialResult, width: Int)
+    {
         let shape = try AttentionShape(heads: heads, kvHeads: 2, headDim: headDim)
         let queryRange = tokens - queries ..< tokens
         let q = SyntheticInput.tensor(.query, seed: 3, heads: heads, headDim: headDim, rows: [queryRange])
@@ -21,9 +24,10 @@ import Testing
             q.values.withUnsafeBufferPointer { qb in
                 k.values.withUnsafeBufferPointer { kb in
                     v.values.withUnsafeBufferPointer { vb in
-                        kernel.accumulate(queries: qb.baseAddress!, querySegment: ShardSegment(positions: queryRange, localRow: 0),
-                                          keys: kb.baseAddress!, values: vb.baseAddress!,
-                                          keySegment: ShardSegment(positions: keys, localRow: keys.lowerBound), into: accumulator)
+                        kernel.accumulate(
+                            queries: qb.baseAddress!, querySegment: ShardSegment(positions: queryRange, localRow: 0),
+                            keys: kb.baseAddress!, values: vb.baseAddress!,
+                            keySegment: ShardSegment(positions: keys, localRow: keys.lowerBound), into: accumulator)
                     }
                 }
             }

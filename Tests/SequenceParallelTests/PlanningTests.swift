@@ -4,8 +4,9 @@
 // rank counts the end-to-end tests happen to use.
 
 import AttentionCore
-@testable import SequenceParallel
 import Testing
+
+@testable import SequenceParallel
 
 @Suite("plans of the strategies, in process")
 struct PlanningTests {
@@ -30,8 +31,9 @@ struct PlanningTests {
                     arriving[route.to] = sum
                     // The sender must be who the receiver expects, carrying the block it expects.
                     let receiver = RingPass.gradientRoute(rank: route.to, ranks: ranks, steps: steps, step: step)
-                    #expect(receiver.from == rank && receiver.arriving == sum.owner,
-                            "P=\(ranks) steps=\(steps) step \(step): rank \(route.to) expects block \(receiver.arriving) from \(receiver.from), gets \(sum.owner) from \(rank)")
+                    #expect(
+                        receiver.from == rank && receiver.arriving == sum.owner,
+                        "P=\(ranks) steps=\(steps) step \(step): rank \(route.to) expects block \(receiver.arriving) from \(receiver.from), gets \(sum.owner) from \(rank)")
                 }
                 holding = arriving
             }

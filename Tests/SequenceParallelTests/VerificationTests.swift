@@ -6,8 +6,9 @@ import Testing
 
 @Suite struct VerificationTests {
     static func compare(_ actual: [Float], _ expected: [Double], lse: [Float] = [0], expectedLSE: [Double] = [0]) -> ResultErrors {
-        ResultErrors.compare(actualOutput: actual, actualLSE: lse, actualRows: 1, rows: [0], positions: [7],
-                             expectedOutput: { expected[$0] }, expectedLSE: { expectedLSE[$0] }, heads: 1, headDim: actual.count)
+        ResultErrors.compare(
+            actualOutput: actual, actualLSE: lse, actualRows: 1, rows: [0], positions: [7],
+            expectedOutput: { expected[$0] }, expectedLSE: { expectedLSE[$0] }, heads: 1, headDim: actual.count)
     }
 
     @Test(arguments: [0, 1, 3])
