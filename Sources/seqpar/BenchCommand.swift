@@ -63,7 +63,7 @@ struct BenchCommand: ParsableCommand {
                     peak, shapePeaks[2], tile.queryTile, tile.keyBlock, headDim, shapePeaks[0], tile.queryTile, headDim, tile.keyBlock, shapePeaks[1]),
             ]
             if !output.json { Session.say(world, header.joined(separator: "\n")) }
-            var rows: [[String: Any]] = []
+            var rows: [BenchJSON.Result] = []
             var lines: [String] = []
             let mask = try problem.mask(world)
             for name in strategies.split(separator: ",").compactMap({ StrategyName(rawValue: String($0)) }) {
@@ -89,19 +89,17 @@ struct BenchCommand: ParsableCommand {
                 let gflops = last!.flops / best / 1e9
                 let label = last!.strategy.label
                 let predicted = predictions.first { $0.label == label }
-                var row: [String: Any] = [
-                    "strategy": name.rawValue, "seconds": best, "gflops": gflops, "fraction_of_peak": gflops / peak,
-                    "fraction_of_kernel_shape_peak": gflops / shapePeaks[2],
-                ]
+                var row = BenchJSON.Result(
+                    strategy: name.rawValue, seconds: best, gflops: gflops, fractionOfPeak: gflops / peak, fractionOfKernelShapePeak: gflops / shapePeaks[2])
                 if let predicted {
-                    row["predicted_seconds"] = predicted.seconds
-                    row["measured_over_predicted"] = best / predicted.seconds
+                    row.predictedSeconds = predicted.seconds
+                    row.measuredOverPredicted = best / predicted.seconds
                 }
                 let backwardGflops = 2.5 * last!.flops / bestBackward / 1e9
                 if backward.backward {
-                    row["backward_seconds"] = bestBackward
-                    row["backward_gflops"] = backwardGflops
-                    row["backward_fraction_of_peak"] = backwardGflops / peak
+                    row.backwardSeconds = bestBackward
+                    row.backwardGflops = backwardGflops
+                    row.backwardFractionOfPeak = backwardGflops / peak
                 }
                 rows.append(row)
                 if rows.count == 1 {
@@ -128,12 +126,12 @@ struct BenchCommand: ParsableCommand {
             if output.json {
                 Session.say(
                     world,
-                    Format.json([
-                        "command": "bench", "ranks": world.size, "threads": compute.threads, "sgemm_peak_gflops": peak,
-                        "sgemm_kernel_shapes_gflops": ["scores": shapePeaks[0], "values": shapePeaks[1], "combined": shapePeaks[2]],
-                        "openblas_cores": cores, "openblas_core_reason": BlasCore.reason, "results": rows,
-                        "predictions": predictions.map { ["strategy": $0.label, "seconds": $0.seconds] },
-                    ]))
+                    JSONReport.text(
+                        BenchJSON(
+                            ranks: world.size, threads: compute.threads, sgemmPeakGflops: peak,
+                            sgemmKernelShapesGflops: .init(scores: shapePeaks[0], values: shapePeaks[1], combined: shapePeaks[2]),
+                            openblasCores: cores, openblasCoreReason: BlasCore.reason, results: rows,
+                            predictions: predictions.map { .init(strategy: $0.label, seconds: $0.seconds) })))
             } else if !lines.isEmpty {
                 Session.say(world, lines.joined(separator: "\n"))
             }

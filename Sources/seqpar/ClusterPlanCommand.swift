@@ -65,15 +65,11 @@ struct ClusterPlanCommand: ParsableCommand {
                 try Data(hostfile.contents.utf8).write(to: URL(fileURLWithPath: hostfile.path))
             }
             if json {
-                let hosts = cluster.hosts.map { host -> [String: Any] in
-                    var entry: [String: Any] = ["name": host.name, "slots": host.slots]
-                    if let address = host.address { entry["address"] = address }
-                    return entry
-                }
-                var object: [String: Any] = ["config": config, "command": plan.command, "shell": plan.shellLine, "ranks": plan.ranks, "hosts": hosts]
-                if let perNode = plan.ranksPerNode { object["ranks_per_node"] = perNode }
-                if let hostfile = plan.hostfile { object["hostfile"] = hostfile.path }
-                print(Format.json(object))
+                let hosts = cluster.hosts.map { ClusterPlanJSON.Host(name: $0.name, slots: $0.slots, address: $0.address) }
+                var object = ClusterPlanJSON(config: config, command: plan.command, shell: plan.shellLine, ranks: plan.ranks, hosts: hosts)
+                object.ranksPerNode = plan.ranksPerNode
+                object.hostfile = plan.hostfile?.path
+                print(JSONReport.text(object))
             } else if shell {
                 print(plan.shellLine)
             } else if null {

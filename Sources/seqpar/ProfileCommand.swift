@@ -110,17 +110,4 @@ enum ProfileReport {
         let url = URL(fileURLWithPath: trace)
         return url.pathExtension.isEmpty ? trace + ".svg" : url.deletingPathExtension().appendingPathExtension("svg").path
     }
-
-    static func json(_ summary: ProfileSummary, trace: String) -> [String: Any] {
-        [
-            "trace": trace, "svg": svgPath(trace), "load_imbalance": summary.imbalance, "span_seconds": summary.span,
-            "ranks": summary.ranks.map { p -> [String: Any] in
-                [
-                    "compute_seconds": p.compute, "merge_seconds": p.merge, "exposed_communication_seconds": p.exposed,
-                    "communication_seconds": p.communication, "bytes_sent": p.bytesSent, "bytes_received": p.bytesReceived,
-                    "bandwidth_bytes_per_second": p.bandwidth, "overlap": p.overlap, "events": p.events,
-                ]
-            },
-        ]
-    }
 }

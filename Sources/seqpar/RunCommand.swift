@@ -119,29 +119,23 @@ struct RunCommand: ParsableCommand {
             let meanFlops = kernelFlops.reduce(0, +) / Double(kernelFlops.count)
             let imbalance = meanFlops > 0 ? kernelFlops.max()! / meanFlops : 1
             if output.json {
-                var object: [String: Any] = [
-                    "command": "run", "strategy": chosen.name.rawValue, "ranks": world.size, "threads": compute.threads,
-                    "tokens": run.shard.tokens, "heads": run.job.shape.heads, "kv_heads": run.job.shape.kvHeads,
-                    "head_dim": run.job.shape.headDim, "mask": run.job.mask.description,
-                    "density": run.job.mask.visiblePairs(tokens: run.shard.tokens, heads: run.job.shape.heads)
+                var report = RunReport(
+                    strategy: chosen.name.rawValue, ranks: world.size, threads: compute.threads, tokens: run.shard.tokens,
+                    heads: run.job.shape.heads, kvHeads: run.job.shape.kvHeads, headDim: run.job.shape.headDim, mask: run.job.mask.description,
+                    density: run.job.mask.visiblePairs(tokens: run.shard.tokens, heads: run.job.shape.heads)
                         / (Double(run.shard.tokens) * Double(run.shard.tokens) * Double(run.job.shape.heads)),
-                    "seconds": run.seconds, "flops": run.flops, "gflops": gflops, "peak_memory_bytes": memory,
-                    "bytes_sent": sent, "bytes_received": received, "kernel_flops": kernelFlops, "imbalance": imbalance,
-                ]
-                if let layout = run.documentLayout {
-                    object["layout"] = layout.name
-                    object["predicted_imbalance"] = layout.imbalance
-                }
-                if let summary, let profile { object["profile"] = ProfileReport.json(summary, trace: profile) }
+                    seconds: run.seconds, flops: run.flops, gflops: gflops, peakMemoryBytes: memory, bytesSent: sent, bytesReceived: received,
+                    kernelFlops: kernelFlops, imbalance: imbalance)
+                report.layout = run.documentLayout?.name
+                report.predictedImbalance = run.documentLayout?.imbalance
+                if let summary, let profile { report.profile = ProfileFigures(summary, trace: profile, svg: ProfileReport.svgPath(profile)) }
                 if let backwardRun {
-                    object["backward"] = [
-                        "seconds": backwardRun.seconds, "flops": backwardRun.flops, "gflops": backwardRun.flops / backwardRun.seconds / 1e9,
-                        "kernel_flops": try world.allgather(backwardRun.kernelFlops),
-                        "bytes_sent": try world.allgather(Int64(backwardRun.bytesSent)),
-                        "bytes_received": try world.allgather(Int64(backwardRun.bytesReceived)),
-                    ]
+                    report.backward = RunReport.BackwardFigures(
+                        seconds: backwardRun.seconds, flops: backwardRun.flops, gflops: backwardRun.flops / backwardRun.seconds / 1e9,
+                        kernelFlops: try world.allgather(backwardRun.kernelFlops), bytesSent: try world.allgather(Int64(backwardRun.bytesSent)),
+                        bytesReceived: try world.allgather(Int64(backwardRun.bytesReceived)))
                 }
-                Session.say(world, Format.json(object))
+                Session.say(world, JSONReport.text(report))
             } else {
                 Session.say(
                     world,
@@ -207,19 +201,17 @@ struct InfoCommand: ParsableCommand {
             try world.barrier()
             let peaks = try world.allgather(BlasPeak.measure(n: sgemmSize, threads: threads))
             if output.json {
+                let ranks = (0 ..< world.size).map {
+                    InfoJSON.Rank(
+                        rank: $0, host: hosts[$0], cpu: cpus[$0], openblasCore: cores[$0], openblasCoreReason: reasons[$0],
+                        blasThreads: Int(blasThreads[$0]), sgemmGflops: peaks[$0])
+                }
                 Session.say(
                     world,
-                    Format.json([
-                        "seqpar_version": BuildInfo.version, "commit": BuildInfo.commit, "built_for": BuildInfo.builtFor,
-                        "mpi_library": MPIRuntime.libraryVersion(), "world_size": world.size, "threads": threads,
-                        "openblas": BlasCore.configuration,
-                        "ranks": (0 ..< world.size).map {
-                            [
-                                "rank": $0, "host": hosts[$0], "cpu": cpus[$0], "openblas_core": cores[$0], "openblas_core_reason": reasons[$0],
-                                "blas_threads": Int(blasThreads[$0]), "sgemm_gflops": peaks[$0],
-                            ]
-                        },
-                    ]))
+                    JSONReport.text(
+                        InfoJSON(
+                            seqparVersion: BuildInfo.version, commit: BuildInfo.commit, builtFor: BuildInfo.builtFor, mpiLibrary: MPIRuntime.libraryVersion(),
+                            worldSize: world.size, threads: threads, openblas: BlasCore.configuration, ranks: ranks)))
                 return
             }
             var lines = [

@@ -201,22 +201,6 @@ enum Format {
 
     static func sci(_ x: Double) -> String { x == 0 ? "0" : String(format: "%.2e", x) }
 
-    /// One JSON object. JSON has no infinity or NaN (an error can be either), so those are
-    /// written as the strings "inf", "-inf" and "nan".
-    static func json(_ object: [String: Any]) -> String {
-        func finite(_ value: Any) -> Any {
-            switch value {
-            case let x as Double where !x.isFinite: return x.isNaN ? "nan" : (x > 0 ? "inf" : "-inf")
-            case let x as Float where !x.isFinite: return finite(Double(x))
-            case let array as [Any]: return array.map(finite)
-            case let dictionary as [String: Any]: return dictionary.mapValues(finite)
-            default: return value
-            }
-        }
-        let data = try! JSONSerialization.data(withJSONObject: finite(object), options: [.sortedKeys])
-        return String(decoding: data, as: UTF8.self)
-    }
-
     static func problem(_ run: DistributedRun) -> String {
         let s = run.shard.shape
         var text = "tokens \(run.shard.tokens), heads \(s.heads), kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(run.job.mask)"

@@ -91,12 +91,9 @@ struct VerifyCommand: ParsableCommand {
             }
             let passed = report.passed && (gradientReport?.passed ?? true)
             if output.json {
-                var object = report.json(strategy: chosen.name, run: run, ranks: world.size)
-                if let gradientReport {
-                    object["backward"] = gradientReport.json(seconds: backwardSeconds)
-                    object["passed"] = passed
-                }
-                Session.say(world, Format.json(object))
+                var object = report.json(strategy: chosen.name, run: run, ranks: world.size, passed: passed)
+                object.backward = gradientReport?.json(seconds: backwardSeconds)
+                Session.say(world, JSONReport.text(object))
             } else {
                 Session.say(
                     world, "seqpar verify: \(chosen.name.rawValue), \(world.size) rank(s), \(Format.problem(run)); distributed run \(String(format: "%.4f", run.seconds)) s")
@@ -168,21 +165,14 @@ struct VerifyReport {
             + "LSE max rel error \(Format.sci(l.maxRel)) (token \(l.token), head \(l.head)); \(verdict) tolerance \(Format.sci(tolerance))"
     }
 
-    func json(strategy: StrategyName, run: DistributedRun, ranks: Int) -> [String: Any] {
+    /// The report as `--json` prints it; `passed` covers the backward too when it ran.
+    func json(strategy: StrategyName, run: DistributedRun, ranks: Int, passed: Bool) -> VerifyJSON {
         let shape = run.job.shape
-        func errors(_ e: ResultErrors) -> [String: Any] {
-            [
-                "rows": e.rows, "o_max_abs": e.output.maxAbs, "o_max_rel": e.output.maxRel, "o_worst_token": e.output.token, "o_worst_head": e.output.head,
-                "lse_max_abs": e.lse.maxAbs, "lse_max_rel": e.lse.maxRel,
-            ]
-        }
-        return [
-            "command": "verify", "strategy": strategy.rawValue, "ranks": ranks, "tokens": run.shard.tokens,
-            "heads": shape.heads, "kv_heads": shape.kvHeads, "head_dim": shape.headDim, "mask": run.job.mask.description,
-            "seconds": run.seconds, "passed": passed, "tolerance": tolerance, "reference_tolerance": referenceTolerance,
-            "single_rank": errors(single.errors), "worst_rank": single.rank, "reference": errors(reference.errors),
-            "per_rank": perRank.map { ["single_rank": errors($0.single), "reference": errors($0.reference)] },
-        ]
+        return VerifyJSON(
+            strategy: strategy.rawValue, ranks: ranks, tokens: run.shard.tokens, heads: shape.heads, kvHeads: shape.kvHeads, headDim: shape.headDim,
+            mask: run.job.mask.description, seconds: run.seconds, passed: passed, tolerance: tolerance, referenceTolerance: referenceTolerance,
+            singleRank: .init(single.errors), worstRank: single.rank, reference: .init(reference.errors),
+            perRank: perRank.map { .init(singleRank: .init($0.single), reference: .init($0.reference)) })
     }
 }
 
@@ -240,17 +230,9 @@ struct GradientReport {
         return lines.joined(separator: "\n")
     }
 
-    func json(seconds: Double) -> [String: Any] {
-        func errors(_ e: GradientErrors) -> [String: Any] {
-            [
-                "query_rows": e.queryRows, "key_rows": e.keyRows, "dq_max_abs": e.dq.maxAbs, "dk_max_abs": e.dk.maxAbs, "dv_max_abs": e.dv.maxAbs,
-                "dq_max_rel": e.dq.maxRel, "dk_max_rel": e.dk.maxRel, "dv_max_rel": e.dv.maxRel,
-            ]
-        }
-        return [
-            "seconds": seconds, "passed": passed, "single_rank": errors(single.errors), "worst_rank": single.rank,
-            "reference": errors(reference.errors),
-            "per_rank": perRank.map { ["single_rank": errors($0.single), "reference": errors($0.reference)] },
-        ]
+    func json(seconds: Double) -> GradientJSON {
+        GradientJSON(
+            seconds: seconds, passed: passed, singleRank: .init(single.errors), worstRank: single.rank, reference: .init(reference.errors),
+            perRank: perRank.map { .init(singleRank: .init($0.single), reference: .init($0.reference)) })
     }
 }
