@@ -102,28 +102,37 @@ public struct CostModel: Sendable {
     /// ring, zigzag or contiguous (ring and zigzag: Ph = 1; heads: Ph = P; mesh: in between).
     /// Each strategy's descriptor calls it with its own shape (`StrategyRegistry.predictions`).
     public func predict(_ problem: AttentionProblem, headGroup: Int, zigzag: Bool, name: String) -> Prediction {
-        let positions = problem.ranks / headGroup, d = Double(problem.headDim), t = problem.tokens
-        func segments(_ position: Int) -> [Range<Int>] {
-            zigzag
-                ? [chunk(position, of: 2 * positions, t), chunk(2 * positions - 1 - position, of: 2 * positions, t)]
-                : [chunk(position, of: positions, t)]
-        }
-        let rows = (0 ..< positions).map { segments($0).reduce(0) { $0 + $1.count } }
+        let positions = problem.ranks / headGroup, d = Double(problem.headDim)
+        // The layout the run would use: zigzag or contiguous chunks, or for packed documents the
+        // balanced layout the ring strategies pick (whole documents, head-tail or mixed).
+        let partition = TokenPartition.balanced(
+            tokens: problem.tokens, ranks: problem.ranks, layout: zigzag ? .zigzag : .contiguous, groupSize: headGroup, mask: problem.mask)
+        let segments = (0 ..< positions).map(partition.positionSegments)
+        let rows = segments.map { $0.reduce(0) { $0 + $1.count } }
         // The busiest member of a group: the most heads, and the most kv heads they read.
         let group = problem.heads / problem.kvHeads
         let memberHeads = (0 ..< headGroup).map { chunk($0, of: headGroup, problem.heads) }
         let heads = Double(memberHeads.map(\.count).max() ?? 0)
         let kvHeads = Double(memberHeads.map { ($0.upperBound - 1) / group - $0.lowerBound / group + 1 }.max() ?? 0)
 
+        // Pairs each position sees at each step; the pass ends after the furthest step at which
+        // some position still sees the block arriving (RingPass.steps), so later blocks never move.
+        let pairs = (0 ..< positions).map { step in
+            (0 ..< positions).map { position in
+                let source = (position - step + positions) % positions
+                return segments[position].reduce(0.0) { sum, q in
+                    segments[source].reduce(sum) { $0 + visiblePairs(queries: q, keys: $1, mask: problem.mask, heads: problem.heads) }
+                }
+            }
+        }
+        let steps = 1 + ((1 ..< positions).last { step in pairs[step].contains { $0 > 0 } } ?? 0)
         var compute = 0.0, total = 0.0
-        for step in 0 ..< positions {
+        for step in 0 ..< steps {
             var slowest = 0.0, slowestCompute = 0.0
             for position in 0 ..< positions {
                 let source = (position - step + positions) % positions
-                var pairs = 0.0
-                for q in segments(position) { for k in segments(source) { pairs += visiblePairs(queries: q, keys: k, mask: problem.mask, heads: problem.heads) } }
-                let seconds = 4 * d * heads * pairs / computeRate
-                let transfer = step < positions - 1 ? pointToPoint(bytes: 2 * Double(rows[source]) * kvHeads * d * 4) : 0
+                let seconds = 4 * d * heads * pairs[step][position] / computeRate
+                let transfer = step < steps - 1 ? pointToPoint(bytes: 2 * Double(rows[source]) * kvHeads * d * 4) : 0
                 slowest = max(slowest, max(seconds, transfer))
                 slowestCompute = max(slowestCompute, seconds)
             }
@@ -159,9 +168,12 @@ public func visiblePairs(queries q: Range<Int>, keys k: Range<Int>, mask: Attent
     case .causal: return visiblePairs(queries: q, keys: k, causal: true)
     default:
         guard !q.isEmpty, !k.isEmpty else { return 0 }
-        // Keys 0..<k.upperBound minus keys 0..<k.lowerBound, counted row by row.
-        let upTo = { (tokens: Int) in mask.visiblePairs(queries: q, tokens: tokens, heads: heads) }
-        return (upTo(k.upperBound) - upTo(k.lowerBound)) / Double(max(1, heads))
+        // Keys 0..<k.upperBound minus keys 0..<k.lowerBound, counted row by row; over every head
+        // only where the mask differs by head (S2).
+        var perHead = heads
+        if case .s2 = mask {} else { perHead = 1 }
+        let upTo = { (tokens: Int) in mask.visiblePairs(queries: q, tokens: tokens, heads: perHead) }
+        return (upTo(k.upperBound) - upTo(k.lowerBound)) / Double(max(1, perHead))
     }
 }
 

@@ -95,6 +95,23 @@ struct CostModelTests {
         #expect(abs(zigzag(.window(1 << 20)) - causal) / causal < 1e-9, "a window longer than the sequence is causal")
     }
 
+    /// Packed documents are predicted on the layout the run uses: 8 documents of 512 tokens over 4
+    /// ranks lie whole on their ranks, so the ring pass ends after the local block and moves
+    /// nothing, and the compute is the documents' pairs, not the causal sequence's.
+    @Test("packed documents: the balanced layout, a ring pass that moves nothing, the documents' work")
+    func packedDocuments() throws {
+        let documents = try DocumentBoundaries(lengths: Array(repeating: 512, count: 8), tokens: 4096)
+        let model = CostModel(figures: Self.figures)
+        let problem = AttentionProblem(tokens: 4096, heads: 8, kvHeads: 2, headDim: 64, mask: .documents(documents, within: .causal), ranks: 4)
+        let predictions = StrategyRegistry.predictions(model, problem)
+        let zigzag = try #require(predictions.first { $0.strategy == "zigzag" })
+        #expect(zigzag.communicationSeconds == 0, "\(zigzag)")
+        let causal = StrategyRegistry.predictions(model, AttentionProblem(tokens: 4096, heads: 8, kvHeads: 2, headDim: 64, causal: true, ranks: 4))
+            .first { $0.strategy == "zigzag" }!
+        // 8 causal documents of 512 hold about an eighth of the causal sequence's pairs.
+        #expect(zigzag.computeSeconds < 0.2 * causal.computeSeconds, "\(zigzag.computeSeconds) against \(causal.computeSeconds)")
+    }
+
     @Test("probe figures survive JSON")
     func json() throws {
         let data = try Self.figures.encoded()
