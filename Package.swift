@@ -25,7 +25,8 @@ let package = Package(
         .library(name: "ClusterConfig", targets: ["ClusterConfig"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
     ],
     targets: [
         .systemLibrary(
@@ -38,7 +39,7 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
-        .target(name: "AttentionCore", dependencies: ["CBLAS"]),
+        .target(name: "AttentionCore", dependencies: ["CBLAS", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "Profiling"),
         .target(name: "Planning", dependencies: ["AttentionCore"]),
         .target(name: "MPIBinding", dependencies: ["CMPI", "Profiling"]),

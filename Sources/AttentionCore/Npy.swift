@@ -1,7 +1,10 @@
 // NumPy .npy files (format 1.0, 2.0 and 3.0 headers), float32 little-endian, C order: what
 // researchers already have and what NumPy, PyTorch and JAX read and write. Reading and writing
-// are positioned (pread/pwrite), so each rank touches only its own rows of a shared file.
+// are positioned (swift-system's FileDescriptor: pread/pwrite, retried on EINTR), so each rank
+// touches only its own rows of a shared file.
 // Every failure names the file and says what was expected.
+
+import SystemPackage
 
 #if canImport(Glibc)
     import Glibc
@@ -220,17 +223,15 @@ struct HeaderDictParser {
 public final class NpyFile {
     public let path: String
     public let header: NpyHeader
-    private let descriptor: Int32
+    private let descriptor: FileDescriptor
 
-    private init(path: String, header: NpyHeader, descriptor: Int32) {
+    private init(path: String, header: NpyHeader, descriptor: FileDescriptor) {
         self.path = path
         self.header = header
         self.descriptor = descriptor
     }
 
-    deinit { close(descriptor) }
-
-    private static func errnoText() -> String { String(cString: strerror(errno)) }
+    deinit { try? descriptor.close() }
 
     /// What `path` (links followed) is when it exists and is not a regular file ("a FIFO", ...);
     /// nil for a regular file or a missing one. Never opens it: opening a FIFO blocks.
@@ -252,26 +253,22 @@ public final class NpyFile {
     /// Refuses FIFOs and devices before opening them (a FIFO's open would block).
     public static func open(reading path: String, dtypes: [String: Int] = ["<f4": 4]) throws -> NpyFile {
         if let kind = irregularKind(path) { throw NpyError.notRegularFile(path: path, kind: kind) }
-        let fd = Glibc.open(path, O_RDONLY)
-        guard fd >= 0 else { throw NpyError.cannotOpen(path: path, reason: errnoText()) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else {
-            close(fd)
-            throw NpyError.io(path: path, operation: "stat", reason: errnoText())
-        }
-        var prefix = [UInt8](repeating: 0, count: min(Int(info.st_size), 1 << 16))
-        let got = prefix.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
-        guard got == prefix.count else {
-            close(fd)
-            throw NpyError.io(path: path, operation: "read header", reason: errnoText())
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(FilePath(path), .readOnly)
+        } catch {
+            throw NpyError.cannotOpen(path: path, reason: "\(error)")
         }
         do {
-            return NpyFile(
-                path: path, header: try NpyHeader.parse(prefix, fileSize: Int(info.st_size), path: path, dtypes: dtypes),
-                descriptor: fd)
+            let size = try Int(fd.seek(offset: 0, from: .end))
+            var prefix = [UInt8](repeating: 0, count: min(size, 1 << 16))
+            let got = try prefix.withUnsafeMutableBytes { try fd.read(fromAbsoluteOffset: 0, into: $0) }
+            guard got == prefix.count else { throw NpyError.io(path: path, operation: "read header", reason: "read \(got) of \(prefix.count) bytes") }
+            return NpyFile(path: path, header: try NpyHeader.parse(prefix, fileSize: size, path: path, dtypes: dtypes), descriptor: fd)
         } catch {
-            close(fd)
-            throw error
+            try? fd.close()
+            if error is NpyError { throw error }
+            throw NpyError.io(path: path, operation: "read header", reason: "\(error)")
         }
     }
 
@@ -280,15 +277,24 @@ public final class NpyFile {
     @discardableResult
     public static func create(_ path: String, shape: [Int]) throws -> NpyHeader {
         if let kind = irregularKind(path) { throw NpyError.notRegularFile(path: path, kind: kind) }
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else { throw NpyError.cannotOpen(path: path, reason: errnoText()) }
-        defer { close(fd) }
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        } catch {
+            throw NpyError.cannotOpen(path: path, reason: "\(error)")
+        }
+        defer { try? fd.close() }
         let bytes = NpyHeader.encode(shape: shape)
         let header = NpyHeader(shape: shape, dataOffset: bytes.count)
-        let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
-        guard written == bytes.count else { throw NpyError.io(path: path, operation: "write header", reason: errnoText()) }
-        guard ftruncate(fd, off_t(header.dataOffset + header.elementCount * 4)) == 0 else {
-            throw NpyError.io(path: path, operation: "resize", reason: errnoText())
+        do {
+            _ = try bytes.withUnsafeBytes { try fd.writeAll(toAbsoluteOffset: 0, $0) }
+        } catch {
+            throw NpyError.io(path: path, operation: "write header", reason: "\(error)")
+        }
+        do {
+            try fd.resize(to: Int64(header.dataOffset + header.elementCount * 4))
+        } catch {
+            throw NpyError.io(path: path, operation: "resize", reason: "\(error)")
         }
         return header
     }
@@ -296,16 +302,17 @@ public final class NpyFile {
     /// Opens a file made by `create` for positioned writes.
     public static func open(writing path: String) throws -> NpyFile {
         let reader = try open(reading: path)
-        let fd = Glibc.open(path, O_WRONLY)
-        guard fd >= 0 else { throw NpyError.cannotOpen(path: path, reason: errnoText()) }
-        return NpyFile(path: path, header: reader.header, descriptor: fd)
+        do {
+            return NpyFile(path: path, header: reader.header, descriptor: try FileDescriptor.open(FilePath(path), .writeOnly))
+        } catch {
+            throw NpyError.cannotOpen(path: path, reason: "\(error)")
+        }
     }
 
     /// Reads `count` elements starting at element `offset`.
     public func read(into buffer: UnsafeMutablePointer<Float>, elementOffset offset: Int, count: Int) throws {
-        try transfer(UnsafeMutableRawPointer(buffer), offset: offset, count: count, operation: "read") {
-            pread(descriptor, $0, $1, $2)
-        }
+        try checkRange(offset: offset, count: count, operation: "read")
+        try readBytes(UnsafeMutableRawBufferPointer(start: buffer, count: count * 4), at: offset * 4)
     }
 
     /// Every element of an int32 or int64 file (opened with those dtypes), as Int.
@@ -313,10 +320,7 @@ public final class NpyFile {
         precondition(header.dtype == "<i4" || header.dtype == "<i8", "readIntegers reads '<i4' or '<i8' files")
         func read<T: FixedWidthInteger>(_: T.Type) throws -> [Int] {
             var values = [T](repeating: 0, count: header.elementCount)
-            try values.withUnsafeMutableBytes { bytes in
-                guard let base = bytes.baseAddress else { return }
-                try move(base, bytes: bytes.count, at: 0, operation: "read") { pread(descriptor, $0, $1, $2) }
-            }
+            try values.withUnsafeMutableBytes { try readBytes($0, at: 0) }
             return values.map { Int(T(littleEndian: $0)) }
         }
         return header.dtype == "<i8" ? try read(Int64.self) : try read(Int32.self)
@@ -324,34 +328,33 @@ public final class NpyFile {
 
     /// Writes `count` elements starting at element `offset`.
     public func write(from buffer: UnsafePointer<Float>, elementOffset offset: Int, count: Int) throws {
-        try transfer(UnsafeMutableRawPointer(mutating: buffer), offset: offset, count: count, operation: "write") {
-            pwrite(descriptor, $0, $1, $2)
+        try checkRange(offset: offset, count: count, operation: "write")
+        do {
+            _ = try descriptor.writeAll(toAbsoluteOffset: Int64(header.dataOffset + offset * 4), UnsafeRawBufferPointer(start: buffer, count: count * 4))
+        } catch {
+            throw NpyError.io(path: path, operation: "write", reason: "\(error)")
         }
     }
 
-    /// Loops until every byte moved: pread/pwrite may move less than asked.
-    private func transfer(
-        _ base: UnsafeMutableRawPointer, offset: Int, count: Int, operation: String,
-        _ call: (UnsafeMutableRawPointer, Int, off_t) -> Int
-    ) throws {
+    private func checkRange(offset: Int, count: Int, operation: String) throws {
         guard offset >= 0, count >= 0, offset + count <= header.elementCount else {
             throw NpyError.io(
                 path: path, operation: operation,
                 reason: "elements \(offset)..<\(offset + count) lie outside its \(header.elementCount) elements")
         }
-        try move(base, bytes: count * 4, at: offset * 4, operation: operation, call)
     }
 
-    /// Moves `bytes` bytes at byte `start` of the data.
-    private func move(
-        _ base: UnsafeMutableRawPointer, bytes: Int, at start: Int, operation: String,
-        _ call: (UnsafeMutableRawPointer, Int, off_t) -> Int
-    ) throws {
+    /// Reads every byte of `bytes` from byte `start` of the data: a read may return less than asked.
+    private func readBytes(_ bytes: UnsafeMutableRawBufferPointer, at start: Int) throws {
         var done = 0
-        while done < bytes {
-            let n = call(base + done, bytes - done, off_t(header.dataOffset + start + done))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw NpyError.io(path: path, operation: operation, reason: n == 0 ? "unexpected end of file" : Self.errnoText()) }
+        while done < bytes.count {
+            let n: Int
+            do {
+                n = try descriptor.read(fromAbsoluteOffset: Int64(header.dataOffset + start + done), into: UnsafeMutableRawBufferPointer(rebasing: bytes[done...]))
+            } catch {
+                throw NpyError.io(path: path, operation: "read", reason: "\(error)")
+            }
+            guard n > 0 else { throw NpyError.io(path: path, operation: "read", reason: "unexpected end of file") }
             done += n
         }
     }
