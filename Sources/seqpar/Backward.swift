@@ -51,8 +51,17 @@ struct BackwardRun {
         after run: DistributedRun, outputGrad source: OutputGradientSource, communicator: Communicator,
         profile: Bool = false
     ) throws -> BackwardRun {
+        try execute(after: run, outputGrad: try loadOutputGrad(source, for: run, communicator: communicator), communicator: communicator, profile: profile)
+    }
+
+    /// dO of `run`'s output rows (read or generated once; bench's repetitions share it).
+    static func loadOutputGrad(_ source: OutputGradientSource, for run: DistributedRun, communicator: Communicator) throws -> [Float] {
+        try communicator.together { try source.load(segments: run.segments, tokens: run.shard.tokens, shape: run.job.shape) }
+    }
+
+    /// The backward of `run` for dO already loaded (`loadOutputGrad`).
+    static func execute(after run: DistributedRun, outputGrad: [Float], communicator: Communicator, profile: Bool = false) throws -> BackwardRun {
         let (shard, job, strategy) = (run.shard, run.job, run.strategy)
-        let outputGrad = try communicator.together { try source.load(segments: run.segments, tokens: shard.tokens, shape: job.shape) }
         let log = profile ? EventLog(capacity: 1 << 18) : nil
         let (sent, received, flops) = (communicator.traffic.bytesSent, communicator.traffic.bytesReceived, job.allBackwardFlops)
         communicator.recorder = log

@@ -75,12 +75,14 @@ struct BenchCommand: ParsableCommand {
                 if backward.backward { try BackwardRun.check(prepared, communicator: world) }
                 var best = Double.infinity, bestBackward = Double.infinity
                 var last: DistributedRun?
+                var outputGrad: [Float]?  // dO, loaded once per strategy (its rows follow the strategy's layout)
                 for repetition in 0 ..< repeats + 1 {
                     let run = try DistributedRun.run(
                         prepared, communicator: world,
                         progressLabel: repetition == 0 ? "\(name.rawValue) warm-up" : "\(name.rawValue) run \(repetition)/\(repeats)")
                     if backward.backward {
-                        let backwardRun = try BackwardRun.execute(after: run, outputGrad: backward.source(problem), communicator: world)
+                        if outputGrad == nil { outputGrad = try BackwardRun.loadOutputGrad(backward.source(problem), for: run, communicator: world) }
+                        let backwardRun = try BackwardRun.execute(after: run, outputGrad: outputGrad!, communicator: world)
                         if last != nil { bestBackward = min(bestBackward, backwardRun.seconds) }
                     }
                     if last != nil { best = min(best, run.seconds) }

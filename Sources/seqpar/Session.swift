@@ -51,6 +51,7 @@ enum Session {
 
 /// One distributed attention run on this rank.
 struct DistributedRun {
+    let name: StrategyName
     let shard: LocalShard
     let strategy: SequenceParallelStrategy
     let job: AttentionJob
@@ -164,7 +165,7 @@ struct DistributedRun {
         // Not timed: NaN or infinity in the result (float32 overflow) fails the run on every rank.
         try communicator.together { try result.checkFinite(segments: strategy.outputSegments(shard), mask: job.mask, tokens: shard.tokens) }
         return DistributedRun(
-            shard: shard, strategy: strategy, job: job, result: result, segments: strategy.outputSegments(shard),
+            name: prepared.name, shard: shard, strategy: strategy, job: job, result: result, segments: strategy.outputSegments(shard),
             seconds: seconds, bytesSent: communicator.traffic.bytesSent - sent,
             bytesReceived: communicator.traffic.bytesReceived - received, kernelFlops: job.allKernelFlops - flops,
             profile: log.map { RecordedProfile(events: $0.events, dropped: $0.dropped, clockOffsets: offsets) })
@@ -205,7 +206,7 @@ enum Format {
         let s = run.shard.shape
         var text = "tokens \(run.shard.tokens), heads \(s.heads), kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(run.job.mask)"
         if run.extent != 0 ..< run.shard.tokens { text += ", queries \(run.extent.lowerBound)..<\(run.extent.upperBound)" }
-        if run.strategy.label.contains(" ") { text += ", \(run.strategy.label)" }  // a shape, as "mesh 2x2"
+        if run.strategy.label != run.name.rawValue { text += ", \(run.strategy.label)" }  // its shape, as "mesh 2x2"
         return text
     }
 }

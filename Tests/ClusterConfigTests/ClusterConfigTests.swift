@@ -21,10 +21,11 @@ func shipped(_ name: String) throws -> ClusterConfig {
 }
 
 @Suite struct ShippedConfigs {
-    /// The names a config may give are the registered strategies', and every one is taken.
+    /// Every registered strategy is a name a config may give (and the refusal of an unknown one,
+    /// in RefusedConfigs, lists them).
     @Test func strategyNamesAreTheEngines() throws {
         let names = StrategyName.allCases.map(\.rawValue)
-        #expect(names == StrategyRegistry.all.map(\.name.rawValue) && names.contains("zigzag"))
+        #expect(names.count == Set(names).count && names.contains("zigzag"), "\(names)")
         for name in names {
             let text = "strategy = \"\(name)\"\n[[host]]\nname = \"a\"\nslots = 1\n"
             #expect(try ClusterConfig.parse(text, file: "c.toml", strategies: names).strategy == name)
