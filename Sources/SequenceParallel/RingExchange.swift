@@ -3,8 +3,8 @@
 // the next block from rank r-1 are posted before the caller computes on the block in hand; the
 // caller pokes `progress` while it computes, so MPI moves the data meanwhile. Two receive
 // buffers, allocated once, alternate; the local block itself is sent first and never overwritten.
-// Every buffer a request points into is owned by an object or array that is used again after the
-// request's wait, so it outlives the request (OwnedBuffer's "Lifetime").
+// Requests point only into OwnedBuffers that outlive their waits: the exchange's own (alive while
+// `circulate` runs) and the backward's sums (kept alive past the last wait; OwnedBuffer's "Lifetime").
 // A pass may stop early (sliding window, packed documents): blocks no later step needs are never sent.
 
 import AttentionCore
