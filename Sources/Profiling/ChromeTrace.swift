@@ -63,20 +63,6 @@ public struct ChromeTraceEvent: Codable, Equatable, Sendable {
             self.bytesReceived = bytesReceived
         }
     }
-
-    public init(
-        name: String, cat: String? = nil, ph: String, pid: Int, tid: Int, ts: Double? = nil, dur: Double? = nil,
-        args: Arguments = Arguments()
-    ) {
-        self.name = name
-        self.cat = cat
-        self.ph = ph
-        self.pid = pid
-        self.tid = tid
-        self.ts = ts
-        self.dur = dur
-        self.args = args
-    }
 }
 
 public enum ChromeTrace {
