@@ -3,6 +3,7 @@
 //
 // Modules are split by dependency so the numeric core is testable in one process:
 //   CMPI, CBLAS        C shims (system libraries, static inline accessors only)
+//   Buffers            OwnedBuffer: a heap buffer freed by its deinit (no dependencies)
 //   AttentionCore      tensors, masks, reference + fused local kernel, merge, .npy (BLAS, no MPI)
 //   Profiling          event log, per-rank profile figures, Chrome trace, SVG timeline (no MPI)
 //   Planning           probe figures and the cost model, over the numeric core's masks (no MPI)
@@ -39,11 +40,12 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
-        .target(name: "AttentionCore", dependencies: ["CBLAS", .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "Profiling"),
+        .target(name: "Buffers"),
+        .target(name: "AttentionCore", dependencies: ["Buffers", "CBLAS", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Profiling", dependencies: ["Buffers"]),
         .target(name: "Planning", dependencies: ["AttentionCore"]),
-        .target(name: "MPIBinding", dependencies: ["CMPI", "Profiling"]),
-        .target(name: "SequenceParallel", dependencies: ["AttentionCore", "Profiling", "Planning", "MPIBinding", "CMPI", "CBLAS"]),
+        .target(name: "MPIBinding", dependencies: ["Buffers", "CMPI", "Profiling"]),
+        .target(name: "SequenceParallel", dependencies: ["Buffers", "AttentionCore", "Profiling", "Planning", "MPIBinding", "CMPI", "CBLAS"]),
         .target(name: "ClusterConfig"),
         .executableTarget(
             name: "seqpar",
@@ -61,6 +63,7 @@ let package = Package(
         // What the test targets that start processes share (package root, the binary under test,
         // a process runner with a time limit); no test framework.
         .target(name: "SeqparTestSupport", path: "Tests/SeqparTestSupport"),
+        .testTarget(name: "BuffersTests", dependencies: ["Buffers"]),
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
         .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel", "Planning"]),

@@ -2,6 +2,7 @@
 // same threads the kernel uses (each thread multiplies its own matrices with one-thread BLAS,
 // as the kernel's threads do), so a kernel's GFLOP/s can be stated as a fraction of it.
 
+import Buffers
 import CBLAS
 import Dispatch
 
@@ -21,18 +22,18 @@ public enum BlasPeak {
     public static func measure(m: Int, n: Int, k: Int, transposedB: Bool = false, repeats: Int = 5, threads: Int = 1) -> Double {
         let threads = max(1, threads)
         let sizes = [m * k, k * n, m * n]
-        let matrices = (0 ..< threads).map { t -> [UnsafeMutableBufferPointer<Float>] in
+        let matrices = (0 ..< threads).map { t -> [OwnedBuffer<Float>] in
             sizes.enumerated().map { index, size in
-                let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: size)
+                let matrix = OwnedBuffer<Float>(uninitializedCount: size)
+                let buffer = matrix.buffer
                 for i in 0 ..< size { buffer[i] = Float((i &* 31 &+ index &* 7 &+ t) % 17) / 17 - 0.5 }
-                return buffer
+                return matrix
             }
         }
-        defer { matrices.joined().forEach { $0.deallocate() } }
         let calls = max(1, Int(1e9 / (2 * Double(m) * Double(n) * Double(k))))
         nonisolated(unsafe) let shared = matrices
         let multiply: @Sendable (Int) -> Void = { t in
-            let (a, b, c) = (shared[t][0].baseAddress!, shared[t][1].baseAddress!, shared[t][2].baseAddress!)
+            let (a, b, c) = (shared[t][0].baseAddress, shared[t][1].baseAddress, shared[t][2].baseAddress)
             for _ in 0 ..< calls {
                 cblas_sgemm(
                     CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),

@@ -1,18 +1,14 @@
 // What the forward and backward kernels share: contiguous copies of K and V per kv head, and the
 // clipping of a partial block's scores to the keys each row sees, and running items on threads.
 
+import Buffers
 import Dispatch
 
 /// K and V of one call, one contiguous [keys, headDim] run per kv head (kv head g at
 /// g·keys·headDim), in buffers that grow as needed and are reused across calls.
 final class PackedKeyValues {
-    private var keys = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
-    private var values = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
-
-    deinit {
-        keys.deallocate()
-        values.deallocate()
-    }
+    private var keys = OwnedBuffer<Float>(uninitializedCount: 0)
+    private var values = OwnedBuffer<Float>(uninitializedCount: 0)
 
     /// The segment's rows of a K/V shard ([rows, kvHeads, headDim]) packed per kv head; with one
     /// kv head the rows already are, and the shard's own rows are returned.
@@ -24,18 +20,17 @@ final class PackedKeyValues {
         let first = segment.localRow * kvHeads * d
         if kvHeads == 1 { return (source + first, sourceValues + first) }
         let count = rows * kvHeads * d
-        if keys.count < count {
-            keys.deallocate()
-            values.deallocate()
-            keys = .allocate(capacity: count)
-            values = .allocate(capacity: count)
+        if keys.count < count {  // the old buffers go with the last reference to them
+            keys = OwnedBuffer(uninitializedCount: count)
+            values = OwnedBuffer(uninitializedCount: count)
         }
-        for (from, to) in [(source + first, keys.baseAddress!), (sourceValues + first, values.baseAddress!)] {
+        let (packedKeys, packedValues) = (keys.baseAddress, values.baseAddress)
+        for (from, to) in [(source + first, packedKeys), (sourceValues + first, packedValues)] {
             for g in 0 ..< kvHeads {
                 for row in 0 ..< rows { (to + (g * rows + row) * d).update(from: from + (row * kvHeads + g) * d, count: d) }
             }
         }
-        return (UnsafePointer(keys.baseAddress!), UnsafePointer(values.baseAddress!))
+        return (UnsafePointer(packedKeys), UnsafePointer(packedValues))
     }
 }
 
@@ -74,11 +69,4 @@ func runInterleaved(items: Int, threads: Int, progress: () -> Void, _ work: @esc
         progress()
     }
     others.wait()
-}
-
-/// A buffer of `count` zeros, for the kernels' per-thread scratch and counters (freed by their deinit).
-func zeroedBuffer<T: Numeric>(_ type: T.Type, count: Int) -> UnsafeMutableBufferPointer<T> {
-    let buffer = UnsafeMutableBufferPointer<T>.allocate(capacity: count)
-    buffer.initialize(repeating: 0)
-    return buffer
 }

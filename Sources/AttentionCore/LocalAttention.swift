@@ -19,6 +19,7 @@
 // What it does not do: normalise (the accumulator's `finish` does), or know about ranks (a
 // strategy hands it the key blocks it holds, with their global positions).
 
+import Buffers
 import CBLAS
 import Dispatch
 
@@ -66,20 +67,20 @@ public final class LocalAttention {
 
     /// Per thread: scores [queryTile, keyBlock], the packed query tile [queryTile, headDim], and
     /// row rescale factors [queryTile].
-    private let scratch: [UnsafeMutableBufferPointer<Float>]
+    private let scratch: [OwnedBuffer<Float>]
     /// K and V of the current call, packed per kv head.
     private let packed = PackedKeyValues()
     /// Per thread: FLOPs of the blocks computed (4·headDim per score, masked or not).
-    private let flopCounts: UnsafeMutableBufferPointer<Double>
+    private let flopCounts: OwnedBuffer<Double>
     /// Per thread: rows whose scores were NaN or +inf (overflowing inputs or scale).
-    private let nonFiniteRows: UnsafeMutableBufferPointer<Int>
+    private let nonFiniteRows: OwnedBuffer<Int>
 
     /// FLOPs this kernel has spent so far: the work it did, which block skipping reduces.
-    public var computedFlops: Double { flopCounts.reduce(0, +) }
+    public var computedFlops: Double { flopCounts.buffer.reduce(0, +) }
 
     /// Query rows (counted per head and per call) whose scores were NaN or +inf, so their output
     /// is NaN: inputs or a scale that overflow float32. Zero in any sane run.
-    public var nonFiniteScoreRows: Int { nonFiniteRows.reduce(0, +) }
+    public var nonFiniteScoreRows: Int { nonFiniteRows.buffer.reduce(0, +) }
 
     /// - Parameter slice: the heads to compute; all of them by default.
     public init(
@@ -92,15 +93,9 @@ public final class LocalAttention {
         self.tiling = tiling
         self.threads = max(1, threads)
         let perThread = tiling.queryTile * tiling.keyBlock + tiling.queryTile * shape.headDim + tiling.queryTile
-        scratch = (0 ..< self.threads).map { _ in zeroedBuffer(Float.self, count: perThread) }
-        flopCounts = zeroedBuffer(Double.self, count: self.threads)
-        nonFiniteRows = zeroedBuffer(Int.self, count: self.threads)
-    }
-
-    deinit {
-        scratch.forEach { $0.deallocate() }
-        flopCounts.deallocate()
-        nonFiniteRows.deallocate()
+        scratch = (0 ..< self.threads).map { _ in OwnedBuffer(repeating: 0, count: perThread) }
+        flopCounts = OwnedBuffer(repeating: 0, count: self.threads)
+        nonFiniteRows = OwnedBuffer(repeating: 0, count: self.threads)
     }
 
     /// Folds the keys of `keySegment` into the accumulator rows of `querySegment`.
@@ -157,7 +152,7 @@ public final class LocalAttention {
                     head: rest / tiles, queries: queries, querySegment: segment,
                     tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
                     keys: k, values: v, keySegment: keySegment,
-                    accumulator: accumulator, scratch: self.scratch[thread], thread: thread)
+                    accumulator: accumulator, scratch: self.scratch[thread].buffer, thread: thread)
                 return
             }
         }
@@ -190,6 +185,7 @@ public final class LocalAttention {
         let keyCount = keySegment.positions.count
         let headKeys = keys + kvHead * keyCount * d
         let headValues = values + kvHead * keyCount * d
+        let flopCounts = self.flopCounts.buffer, nonFiniteRows = self.nonFiniteRows.buffer
 
         // A tile that sees no key of the segment (another document's) costs nothing, not even its copy.
         if mask.keyBlockAlignment == nil, mask.relation(queries: queryPositions, keys: keySegment.positions, head: globalHead) == .hidden { return }

@@ -13,6 +13,7 @@
 // partial blocks trimmed and clipped; rows that see no key (lse = -inf) get no gradient.
 // What it does not do: the forward (LocalAttention), or know about ranks.
 
+import Buffers
 import CBLAS
 import Dispatch
 
@@ -24,11 +25,12 @@ public final class GradientAccumulator {
     public let heads: Int
     public let headDim: Int
     /// [heads, rows]
-    public let lse: UnsafeMutableBufferPointer<Float>
+    public var lse: UnsafeMutableBufferPointer<Float> { lseStorage.buffer }
     /// [heads, rows]: rowsum(dO ∘ O)
-    public let delta: UnsafeMutableBufferPointer<Float>
+    public var delta: UnsafeMutableBufferPointer<Float> { deltaStorage.buffer }
     /// [heads, rows, headDim]
-    public let dq: UnsafeMutableBufferPointer<Float>
+    public var dq: UnsafeMutableBufferPointer<Float> { dqStorage.buffer }
+    private let lseStorage: OwnedBuffer<Float>, deltaStorage: OwnedBuffer<Float>, dqStorage: OwnedBuffer<Float>
 
     /// - Parameters:
     ///   - output, outputGrad: O and dO, [rows, heads, headDim].
@@ -50,10 +52,10 @@ public final class GradientAccumulator {
         self.rows = rows
         self.heads = heads
         self.headDim = headDim
-        lse = .allocate(capacity: max(1, heads * rows))
-        delta = .allocate(capacity: max(1, heads * rows))
-        dq = .allocate(capacity: max(1, rows * heads * headDim))
-        dq.initialize(repeating: 0)
+        lseStorage = OwnedBuffer(uninitializedCount: max(1, heads * rows))
+        deltaStorage = OwnedBuffer(uninitializedCount: max(1, heads * rows))
+        dqStorage = OwnedBuffer(repeating: 0, count: max(1, rows * heads * headDim))
+        let (lse, delta) = (lseStorage.buffer, deltaStorage.buffer)
         for h in 0 ..< heads {
             for r in 0 ..< rows {
                 lse[h * rows + r] = statistics[(r * heads + h) * 2]
@@ -80,14 +82,9 @@ public final class GradientAccumulator {
         return statistics
     }
 
-    deinit {
-        lse.deallocate()
-        delta.deallocate()
-        dq.deallocate()
-    }
-
     /// Writes dQ in Q's layout, [rows, heads, headDim].
     public func finish(dq out: UnsafeMutablePointer<Float>) {
+        let dq = dqStorage.buffer
         for h in 0 ..< heads {
             for r in 0 ..< rows {
                 (out + (r * heads + h) * headDim).update(from: dq.baseAddress! + (h * rows + r) * headDim, count: headDim)
@@ -105,15 +102,15 @@ public final class LocalAttentionBackward {
 
     /// Per thread: P and dP/dS [queryTile, keyBlock], Q and dO tiles [queryTile, headDim],
     /// dK and dV of the block [keyBlock, headDim].
-    private let scratch: [UnsafeMutableBufferPointer<Float>]
+    private let scratch: [OwnedBuffer<Float>]
     /// dQ of threads other than the calling one, each the size of the accumulator's; grows.
-    private var threadDQ: [UnsafeMutableBufferPointer<Float>] = []
+    private var threadDQ: [OwnedBuffer<Float>] = []
     /// K and V of the current call, packed per kv head.
     private let packed = PackedKeyValues()
-    private let flopCounts: UnsafeMutableBufferPointer<Double>
+    private let flopCounts: OwnedBuffer<Double>
 
     /// FLOPs spent so far: 10·headDim per visible-block score (five products), 2.5 x the forward's.
-    public var computedFlops: Double { flopCounts.reduce(0, +) }
+    public var computedFlops: Double { flopCounts.buffer.reduce(0, +) }
 
     public init(
         shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling = KernelTiling(), threads: Int = 1,
@@ -126,14 +123,8 @@ public final class LocalAttentionBackward {
         self.threads = max(1, threads)
         let (tq, tk, d) = (tiling.queryTile, tiling.keyBlock, shape.headDim)
         let perThread = 2 * tq * tk + 2 * tq * d + 2 * tk * d
-        scratch = (0 ..< self.threads).map { _ in zeroedBuffer(Float.self, count: perThread) }
-        flopCounts = zeroedBuffer(Double.self, count: self.threads)
-    }
-
-    deinit {
-        scratch.forEach { $0.deallocate() }
-        threadDQ.forEach { $0.deallocate() }
-        flopCounts.deallocate()
+        scratch = (0 ..< self.threads).map { _ in OwnedBuffer(repeating: 0, count: perThread) }
+        flopCounts = OwnedBuffer(repeating: 0, count: self.threads)
     }
 
     /// Adds the gradients from the keys of `keySegment` and the query rows of `querySegment`:
@@ -167,14 +158,13 @@ public final class LocalAttentionBackward {
         let dqCount = gradients.rows * gradients.heads * gradients.headDim
         if threads > 1 {
             if threadDQ.first.map({ $0.count < dqCount }) ?? true {
-                threadDQ.forEach { $0.deallocate() }
-                threadDQ = (1 ..< threads).map { _ in .allocate(capacity: dqCount) }
+                threadDQ = (1 ..< threads).map { _ in OwnedBuffer(uninitializedCount: dqCount) }
             }
-            threadDQ.forEach { $0.update(repeating: 0) }
+            threadDQ.forEach { $0.buffer.update(repeating: 0) }
         }
         let items = slice.kvHeads.count * blocks.count
         let work = { (thread: Int, item: Int) in
-            let dq = thread == 0 ? gradients.dq.baseAddress! : self.threadDQ[thread - 1].baseAddress!
+            let dq = thread == 0 ? gradients.dq.baseAddress! : self.threadDQ[thread - 1].baseAddress
             self.foldBlock(
                 kvHead: item / blocks.count, block: blocks[item % blocks.count], queries: queries, outputGrad: outputGrad,
                 querySegment: querySegment, keys: k, values: v, keySegment: keySegment, gradients: gradients, dq: dq,
@@ -182,8 +172,8 @@ public final class LocalAttentionBackward {
         }
         runInterleaved(items: items, threads: threads, progress: progress, work)
         for buffer in threadDQ where threads > 1 {
-            let dq = gradients.dq.baseAddress!
-            for i in 0 ..< dqCount { dq[i] += buffer[i] }
+            let dq = gradients.dq.baseAddress!, partial = buffer.baseAddress
+            for i in 0 ..< dqCount { dq[i] += partial[i] }
         }
     }
 
@@ -197,7 +187,7 @@ public final class LocalAttentionBackward {
     ) {
         let d = shape.headDim
         let (tqMax, tkMax) = (tiling.queryTile, tiling.keyBlock)
-        let base = scratch[thread].baseAddress!
+        let base = scratch[thread].baseAddress, flopCounts = self.flopCounts.buffer
         let p = base, ds = base + tqMax * tkMax
         let qTile = ds + tqMax * tkMax, doTile = qTile + tqMax * d
         let dkBlock = doTile + tqMax * d, dvBlock = dkBlock + tkMax * d

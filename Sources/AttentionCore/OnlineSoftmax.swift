@@ -4,6 +4,7 @@
 // Within a kernel the same algebra runs unnormalised (running max, running sum), which
 // `AttentionAccumulator` holds; `PartialResult` is the normalised form that crosses ranks.
 
+import Buffers
 import Foundation
 
 public enum OnlineSoftmax {
@@ -103,26 +104,21 @@ public final class AttentionAccumulator {
     public let heads: Int
     public let headDim: Int
     /// [heads, rows, headDim]: head-major, so one head's rows are contiguous for the kernel's GEMMs.
-    public let sum: UnsafeMutableBufferPointer<Float>
+    public var sum: UnsafeMutableBufferPointer<Float> { sumStorage.buffer }
     /// [heads, rows]
-    public let rowMax: UnsafeMutableBufferPointer<Float>
+    public var rowMax: UnsafeMutableBufferPointer<Float> { rowMaxStorage.buffer }
     /// [heads, rows]
-    public let rowSum: UnsafeMutableBufferPointer<Float>
+    public var rowSum: UnsafeMutableBufferPointer<Float> { rowSumStorage.buffer }
+    private let sumStorage: OwnedBuffer<Float>, rowMaxStorage: OwnedBuffer<Float>, rowSumStorage: OwnedBuffer<Float>
 
     public init(rows: Int, heads: Int, headDim: Int) {
         self.rows = rows
         self.heads = heads
         self.headDim = headDim
-        sum = .allocate(capacity: max(1, rows * heads * headDim))
-        rowMax = .allocate(capacity: max(1, heads * rows))
-        rowSum = .allocate(capacity: max(1, heads * rows))
+        sumStorage = OwnedBuffer(uninitializedCount: max(1, rows * heads * headDim))
+        rowMaxStorage = OwnedBuffer(uninitializedCount: max(1, heads * rows))
+        rowSumStorage = OwnedBuffer(uninitializedCount: max(1, heads * rows))
         reset()
-    }
-
-    deinit {
-        sum.deallocate()
-        rowMax.deallocate()
-        rowSum.deallocate()
     }
 
     /// Back to "no keys seen".
@@ -138,6 +134,7 @@ public final class AttentionAccumulator {
     public func finish(output: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, lseStride: Int? = nil) {
         let stride = lseStride ?? rows
         let d = headDim
+        let (sum, rowMax, rowSum) = (self.sum, self.rowMax, self.rowSum)
         for h in 0 ..< heads {
             for r in 0 ..< rows {
                 let l = rowSum[h * rows + r]

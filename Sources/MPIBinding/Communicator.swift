@@ -2,11 +2,12 @@
 // need, and split. Buffers are Swift buffer pointers of `MPIScalar` elements; counts are checked
 // against MPI's Int32 limit rather than silently truncated.
 
+import Buffers
 import CMPI
 import Profiling
 
 /// Element types with an MPI datatype.
-public protocol MPIScalar { static var mpiDatatype: MPI_Datatype { get } }
+public protocol MPIScalar: BitwiseCopyable { static var mpiDatatype: MPI_Datatype { get } }
 extension Float: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_float() } }
 extension Double: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_double() } }
 extension Int32: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_int32() } }
@@ -275,15 +276,16 @@ public final class Communicator {
         var displacements = [Int32](repeating: 0, count: size)
         for r in 1 ..< max(1, size) { displacements[r] = displacements[r - 1] + counts[r - 1] }
         let total = Int(counts.reduce(0, +))
-        let receive = UnsafeMutableBufferPointer<T>.allocate(capacity: max(1, total))
-        defer { receive.deallocate() }
+        let receive = OwnedBuffer<T>(uninitializedCount: max(1, total))
         WaitState.enter(.allgather, ranks: size)
         defer { WaitState.leave() }
         let code = values.withUnsafeBufferPointer { send in
-            MPI_Allgatherv(send.baseAddress, counts[rank], T.mpiDatatype, receive.baseAddress, counts, displacements, T.mpiDatatype, handle)
+            receive.withUnsafeMutableBufferPointer { receive in
+                MPI_Allgatherv(send.baseAddress, counts[rank], T.mpiDatatype, receive.baseAddress, counts, displacements, T.mpiDatatype, handle)
+            }
         }
         try check(code, "MPI_Allgatherv")
-        return (0 ..< size).map { Array(receive[Int(displacements[$0]) ..< Int(displacements[$0] + counts[$0])]) }
+        return (0 ..< size).map { Array(receive.buffer[Int(displacements[$0]) ..< Int(displacements[$0] + counts[$0])]) }
     }
 
     /// Variable-length arrays from every rank onto `root`, indexed by rank; nil on the other ranks
@@ -293,18 +295,19 @@ public final class Communicator {
         var displacements = [Int32](repeating: 0, count: size)
         for r in 1 ..< max(1, size) { displacements[r] = displacements[r - 1] + counts[r - 1] }
         let total = rank == root ? Int(counts.reduce(0, +)) : 0
-        let receive = UnsafeMutableBufferPointer<T>.allocate(capacity: max(1, total))
-        defer { receive.deallocate() }
+        let receive = OwnedBuffer<T>(uninitializedCount: max(1, total))
         WaitState.enter(.gather, ranks: size)
         defer { WaitState.leave() }
         let code = values.withUnsafeBufferPointer { send in
-            MPI_Gatherv(
-                send.baseAddress, counts[rank], T.mpiDatatype, receive.baseAddress, counts, displacements, T.mpiDatatype,
-                Int32(root), handle)
+            receive.withUnsafeMutableBufferPointer { receive in
+                MPI_Gatherv(
+                    send.baseAddress, counts[rank], T.mpiDatatype, receive.baseAddress, counts, displacements, T.mpiDatatype,
+                    Int32(root), handle)
+            }
         }
         try check(code, "MPI_Gatherv")
         guard rank == root else { return nil }
-        return (0 ..< size).map { Array(receive[Int(displacements[$0]) ..< Int(displacements[$0] + counts[$0])]) }
+        return (0 ..< size).map { Array(receive.buffer[Int(displacements[$0]) ..< Int(displacements[$0] + counts[$0])]) }
     }
 
     /// Strings from every rank (host names, error messages), indexed by rank.

@@ -5,12 +5,14 @@
 // stored, so a long run degrades to a truncated timeline instead of a crash.
 // This module knows nothing of MPI, so everything computed from events is testable in one process.
 
+import Buffers
+
 #if canImport(Glibc)
     import Glibc
 #endif
 
 /// What an interval of a rank's time was spent on.
-public enum EventKind: UInt8, CaseIterable, Sendable {
+public enum EventKind: UInt8, CaseIterable, Sendable, BitwiseCopyable {
     /// A kernel call on one (query, key) block.
     case compute
     /// Local work that merges or reshuffles results between communication steps (star's record
@@ -52,7 +54,7 @@ public enum EventKind: UInt8, CaseIterable, Sendable {
 }
 
 /// One interval on one rank. Times are seconds on this rank's `ProfileClock`.
-public struct ProfileEvent: Equatable, Sendable {
+public struct ProfileEvent: Equatable, Sendable, BitwiseCopyable {
     public var kind: EventKind
     /// The other rank (world numbering) of a point-to-point transfer; -1 otherwise.
     public var peer: Int32
@@ -104,23 +106,21 @@ public enum ProfileClock {
 
 /// A rank's events, in a buffer allocated once.
 public final class EventLog {
-    private let storage: UnsafeMutableBufferPointer<ProfileEvent>
+    private let storage: OwnedBuffer<ProfileEvent>
     public private(set) var count = 0
     /// Events that did not fit.
     public private(set) var dropped = 0
 
     public init(capacity: Int = 1 << 16) {
-        storage = .allocate(capacity: max(1, capacity))
+        storage = OwnedBuffer(uninitializedCount: max(1, capacity))
     }
-
-    deinit { storage.deallocate() }
 
     public var capacity: Int { storage.count }
 
     @inline(__always)
     public func record(_ event: ProfileEvent) {
         guard count < storage.count else { dropped &+= 1; return }
-        (storage.baseAddress! + count).initialize(to: event)
+        (storage.baseAddress + count).initialize(to: event)
         count &+= 1
     }
 
@@ -137,7 +137,7 @@ public final class EventLog {
         return try body()
     }
 
-    public var events: [ProfileEvent] { Array(storage[0 ..< count]) }
+    public var events: [ProfileEvent] { Array(storage.buffer[0 ..< count]) }
 
     public func removeAll() {
         count = 0

@@ -6,6 +6,7 @@
 // Three alltoallv calls each way (Q, K, V; O, LSE), landing straight in place where the layout allows.
 
 import AttentionCore
+import Buffers
 import MPIBinding
 import Profiling
 
@@ -47,14 +48,18 @@ struct HeadExchange {
     private var firstRows: [Int] { Self.offsets((0 ..< communicator.size).map(rows)) }
 
     /// This member's head shard: Q `[groupRows, slice heads, d]`, K then V `[groupRows, slice kv heads, d]`.
+    /// It owns its buffers: they are freed with the last copy of the shard.
     struct HeadShard {
         let slice: HeadSlice
-        let queries: UnsafeMutableBufferPointer<Float>
-        let keyValues: UnsafeMutableBufferPointer<Float>
+        private let queryStorage: OwnedBuffer<Float>, keyValueStorage: OwnedBuffer<Float>
+        var queries: UnsafeMutableBufferPointer<Float> { queryStorage.buffer }
+        var keyValues: UnsafeMutableBufferPointer<Float> { keyValueStorage.buffer }
 
-        func deallocate() {
-            queries.deallocate()
-            keyValues.deallocate()
+        /// Zeroed buffers of `queries` and `keyValues` floats.
+        init(slice: HeadSlice, queries: Int, keyValues: Int) {
+            self.slice = slice
+            queryStorage = OwnedBuffer(repeating: 0, count: queries)
+            keyValueStorage = OwnedBuffer(repeating: 0, count: keyValues)
         }
     }
 
@@ -64,11 +69,7 @@ struct HeadExchange {
         let mine = slice(of: me), groupRows = self.groupRows
         let myRows = shard.keyRows
         let result = HeadShard(
-            slice: mine,
-            queries: .allocate(capacity: max(1, groupRows * mine.heads.count * d)),
-            keyValues: .allocate(capacity: max(1, 2 * groupRows * mine.kvHeads.count * d)))
-        result.queries.initialize(repeating: 0)
-        result.keyValues.initialize(repeating: 0)
+            slice: mine, queries: max(1, groupRows * mine.heads.count * d), keyValues: max(1, 2 * groupRows * mine.kvHeads.count * d))
 
         // (source tensor, its row width, the head range each member takes, where received rows land)
         let parts: [(UnsafePointer<Float>, Int, (Int) -> Range<Int>, UnsafeMutablePointer<Float>)] = [
@@ -101,9 +102,9 @@ struct HeadExchange {
         // which is exactly its block of the [heads, myRows] result.
         let sendCounts = (0 ..< members).map { mine.count * rows($0) }
         let sendOffsets = Self.offsets(sendCounts)
-        let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sendCounts.reduce(0, +)))
-        defer { send.deallocate() }
+        let send = OwnedBuffer<Float>(uninitializedCount: max(1, sendCounts.reduce(0, +)))
         recording(.merge, on: communicator.recorder) {
+            let send = send.buffer
             for m in 0 ..< members {
                 for h in 0 ..< mine.count {
                     for row in 0 ..< rows(m) { send[sendOffsets[m] + h * rows(m) + row] = local.lse[h * local.rows + firstRows[m] + row] }
@@ -112,7 +113,7 @@ struct HeadExchange {
         }
         try result.lse.withUnsafeMutableBufferPointer { lse in
             try communicator.alltoallv(
-                UnsafeBufferPointer(send), sendCounts: sendCounts, sendOffsets: sendOffsets,
+                UnsafeBufferPointer(send.buffer), sendCounts: sendCounts, sendOffsets: sendOffsets,
                 lse, receiveCounts: (0 ..< members).map { slice(of: $0).heads.count * myRows },
                 receiveOffsets: (0 ..< members).map { slice(of: $0).heads.lowerBound * myRows })
         }
@@ -128,20 +129,19 @@ struct HeadExchange {
         let (members, me) = (communicator.size, communicator.rank)
         let sendCounts = (0 ..< members).map { myRows * headsOf($0).count * d }
         let sendOffsets = Self.offsets(sendCounts)
-        let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sendCounts.reduce(0, +)))
-        defer { send.deallocate() }
+        let send = OwnedBuffer<Float>(uninitializedCount: max(1, sendCounts.reduce(0, +)))
         recording(.merge, on: communicator.recorder) {
             for m in 0 ..< members {  // pack each member's heads, row by row
                 let heads = headsOf(m)
                 for row in 0 ..< myRows {
-                    (send.baseAddress! + sendOffsets[m] + row * heads.count * d)
+                    (send.baseAddress + sendOffsets[m] + row * heads.count * d)
                         .update(from: source + row * rowWidth + heads.lowerBound * d, count: heads.count * d)
                 }
             }
         }
         let width = headsOf(me).count * d
         try communicator.alltoallv(
-            UnsafeBufferPointer(send), sendCounts: sendCounts, sendOffsets: sendOffsets,
+            UnsafeBufferPointer(send.buffer), sendCounts: sendCounts, sendOffsets: sendOffsets,
             UnsafeMutableBufferPointer(start: destination, count: groupRows * width),
             receiveCounts: (0 ..< members).map { rows($0) * width },
             receiveOffsets: firstRows.map { $0 * width })
@@ -160,19 +160,18 @@ struct HeadExchange {
         // The rows of member m are contiguous in `local`; what arrives from m is [myRows, headsOf(m), d].
         let receiveCounts = (0 ..< members).map { myRows * headsOf($0).count * d }
         let receiveOffsets = Self.offsets(receiveCounts)
-        let received = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, receiveCounts.reduce(0, +)))
-        defer { received.deallocate() }
+        let received = OwnedBuffer<Float>(uninitializedCount: max(1, receiveCounts.reduce(0, +)))
         try communicator.alltoallv(
             UnsafeBufferPointer(start: local, count: groupRows * mine.count * d),
             sendCounts: (0 ..< members).map { rows($0) * mine.count * d },
             sendOffsets: firstRows.map { $0 * mine.count * d },
-            received, receiveCounts: receiveCounts, receiveOffsets: receiveOffsets)
+            received.buffer, receiveCounts: receiveCounts, receiveOffsets: receiveOffsets)
         recording(.merge, on: communicator.recorder) {
             for m in 0 ..< members {
                 let heads = headsOf(m), count = heads.count * d
                 for row in 0 ..< myRows {
                     let target = out + row * rowWidth + heads.lowerBound * d
-                    let from = received.baseAddress! + receiveOffsets[m] + row * count
+                    let from = received.baseAddress + receiveOffsets[m] + row * count
                     if add {
                         for x in 0 ..< count { target[x] += from[x] }
                     } else {

@@ -4,6 +4,7 @@
 // around the ring; a final all-to-all returns rows to their owners. Ph = P is heads, Ph = 1 is ring.
 
 import AttentionCore
+import Buffers
 import MPIBinding
 
 public struct MeshAttention: SequenceParallelStrategy {
@@ -64,7 +65,6 @@ public struct MeshAttention: SequenceParallelStrategy {
 
         let exchange = HeadExchange(communicator: group, shape: job.shape, memberRanges: members(of: position))
         let heads = try exchange.scatter(shard)
-        defer { heads.deallocate() }
         let accumulator = AttentionAccumulator(rows: exchange.groupRows, heads: heads.slice.heads.count, headDim: job.shape.headDim)
         let pass = RingPass(
             communicator: ringCommunicator,
@@ -99,16 +99,14 @@ extension MeshAttention {
 
         let exchange = HeadExchange(communicator: group, shape: shape, memberRanges: members(of: position))
         let heads = try exchange.scatter(shard)
-        defer { heads.deallocate() }
         let slice = heads.slice, groupRows = exchange.groupRows, myRows = shard.queryRows
         let headsOf = { exchange.slice(of: $0).heads }, kvHeadsOf = { exchange.slice(of: $0).kvHeads }
 
         // dO and (lse, D) to head shards.
-        let outputGradHeads = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, groupRows * slice.heads.count * d))
-        defer { outputGradHeads.deallocate() }
+        let outputGradHeads = OwnedBuffer<Float>(uninitializedCount: max(1, groupRows * slice.heads.count * d))
         try exchange.scatterRows(
             outputGrad, rows: myRows, rowWidth: shape.queryRowWidth, width: d, headsOf: headsOf,
-            into: outputGradHeads.baseAddress!)
+            into: outputGradHeads.baseAddress)
         let statistics = forward.output.withUnsafeBufferPointer { o in
             forward.lse.withUnsafeBufferPointer { l in
                 GradientAccumulator.rowStatistics(
@@ -126,17 +124,15 @@ extension MeshAttention {
 
         // The ring backward across groups, over this member's heads.
         let kvWidth = slice.kvHeads.count * d
-        let keyValueGrads = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, 2 * groupRows * kvWidth))
-        keyValueGrads.initialize(repeating: 0)
-        defer { keyValueGrads.deallocate() }
+        let keyValueGrads = OwnedBuffer<Float>(repeating: 0, count: max(1, 2 * groupRows * kvWidth))
         let pass = RingPass(
             communicator: ringCommunicator,
             blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
             kvRowWidth: kvWidth)
         try pass.runBackward(
-            queries: heads.queries.baseAddress!, outputGrad: outputGradHeads.baseAddress!,
+            queries: heads.queries.baseAddress!, outputGrad: outputGradHeads.baseAddress,
             querySegments: exchange.groupSegments, keyValues: UnsafeBufferPointer(heads.keyValues),
-            kernel: job.backwardKernel(for: slice), mask: job.mask, gradients: gradients, keyValueGrads: keyValueGrads)
+            kernel: job.backwardKernel(for: slice), mask: job.mask, gradients: gradients, keyValueGrads: keyValueGrads.buffer)
 
         // Back to sequence shards.
         var result = ShardGradients(
@@ -154,12 +150,12 @@ extension MeshAttention {
         }
         try result.dk.withUnsafeMutableBufferPointer { out in
             try exchange.gatherRows(
-                keyValueGrads.baseAddress!, width: d, headsOf: kvHeadsOf, into: out.baseAddress!,
+                keyValueGrads.baseAddress, width: d, headsOf: kvHeadsOf, into: out.baseAddress!,
                 rows: shard.keyRows, rowWidth: shape.kvRowWidth, add: true)
         }
         try result.dv.withUnsafeMutableBufferPointer { out in
             try exchange.gatherRows(
-                keyValueGrads.baseAddress! + groupRows * kvWidth, width: d, headsOf: kvHeadsOf, into: out.baseAddress!,
+                keyValueGrads.baseAddress + groupRows * kvWidth, width: d, headsOf: kvHeadsOf, into: out.baseAddress!,
                 rows: shard.keyRows, rowWidth: shape.kvRowWidth, add: true)
         }
         return result

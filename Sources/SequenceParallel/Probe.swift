@@ -6,6 +6,7 @@
 // machine with fewer cores than ranks, their waiting takes cores (say so when you quote figures).
 
 import AttentionCore
+import Buffers
 import MPIBinding
 import Planning
 import Profiling
@@ -22,11 +23,9 @@ public enum Probe {
         let (rank, size) = (communicator.rank, communicator.size)
         var pointToPoint: [ProbeFigures.PointToPoint] = []
         if size > 1 {
-            let buffer = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: pointToPointSizes.max()!)
-            buffer.initialize(repeating: 1)
-            defer { buffer.deallocate() }
+            let buffer = OwnedBuffer<UInt8>(repeating: 1, count: pointToPointSizes.max()!)
             for bytes in pointToPointSizes {
-                let message = UnsafeMutableBufferPointer(rebasing: buffer[0 ..< bytes])
+                let message = UnsafeMutableBufferPointer(rebasing: buffer.buffer[0 ..< bytes])
                 let iterations = iterations(bytes: bytes, budget: 64 << 20), warmup = max(2, iterations / 10)
                 try communicator.barrier()
                 var start = 0.0
@@ -48,24 +47,19 @@ public enum Probe {
                 let figure = try communicator.allgather(oneWay)[0]
                 pointToPoint.append(.init(bytes: bytes, latencyMicroseconds: figure * 1e6, bandwidthMBps: Double(bytes) / figure / 1e6))
             }
+            withExtendedLifetime(buffer) {}  // through the last request into it
         }
 
         var allToAll: [ProbeFigures.AllToAll] = []
         let largest = allToAllSizes.max()! * size
-        let send = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: largest), receive = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: largest)
-        send.initialize(repeating: 2)
-        receive.initialize(repeating: 0)
-        defer {
-            send.deallocate()
-            receive.deallocate()
-        }
+        let send = OwnedBuffer<UInt8>(repeating: 2, count: largest), receive = OwnedBuffer<UInt8>(repeating: 0, count: largest)
         for bytes in allToAllSizes {
             let iterations = max(5, min(200, (32 << 20) / max(1, bytes * size))), warmup = max(2, iterations / 10)
             try communicator.barrier()
             var start = 0.0
             for i in 0 ..< warmup + iterations {
                 if i == warmup { start = ProfileClock.now() }
-                try communicator.alltoall(UnsafeBufferPointer(send), receive, countPerRank: bytes)
+                try communicator.alltoall(UnsafeBufferPointer(send.buffer), receive.buffer, countPerRank: bytes)
             }
             let time = try communicator.allreduce((ProfileClock.now() - start) / Double(iterations), .max)
             allToAll.append(

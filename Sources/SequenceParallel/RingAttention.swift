@@ -5,6 +5,7 @@
 // and a sliding window ends the pass once no rank sees the blocks still to come.
 
 import AttentionCore
+import Buffers
 import MPIBinding
 
 public struct RingAttention: SequenceParallelStrategy {
@@ -43,9 +44,7 @@ extension RingAttention {
                     output: o.baseAddress!, outputGrad: outputGrad, lse: l.baseAddress!)
             }
         }
-        let keyValueGrads = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, 2 * shard.keyRows * shape.kvRowWidth))
-        keyValueGrads.initialize(repeating: 0)
-        defer { keyValueGrads.deallocate() }
+        let keyValueGrads = OwnedBuffer<Float>(repeating: 0, count: max(1, 2 * shard.keyRows * shape.kvRowWidth))
         let pass = RingPass(
             communicator: communicator,
             blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
@@ -53,8 +52,9 @@ extension RingAttention {
         try pass.runBackward(
             queries: shard.queries.baseAddress!, outputGrad: outputGrad, querySegments: shard.querySegments,
             keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.backwardKernel(), mask: job.mask,
-            gradients: gradients, keyValueGrads: keyValueGrads)
-        return ShardGradients(gradients, keyValueGrads: UnsafeMutableBufferPointer(rebasing: keyValueGrads[0 ..< 2 * shard.keyRows * shape.kvRowWidth]))
+            gradients: gradients, keyValueGrads: keyValueGrads.buffer)
+        return ShardGradients(
+            gradients, keyValueGrads: UnsafeMutableBufferPointer(rebasing: keyValueGrads.buffer[0 ..< 2 * shard.keyRows * shape.kvRowWidth]))
     }
 }
 

@@ -3,29 +3,24 @@
 // the next block from rank r-1 are posted before the caller computes on the block in hand; the
 // caller pokes `progress` while it computes, so MPI moves the data meanwhile. Two receive
 // buffers, allocated once, alternate; the local block itself is sent first and never overwritten.
+// Requests point only into OwnedBuffers that outlive their waits: the exchange's own (alive while
+// `circulate` runs) and the backward's sums (kept alive past the last wait; OwnedBuffer's "Lifetime").
 // A pass may stop early (sliding window, packed documents): blocks no later step needs are never sent.
 
 import AttentionCore
+import Buffers
 import MPIBinding
 import Profiling
 
 final class RingExchange {
     let communicator: Communicator
-    private let buffers: [UnsafeMutableBufferPointer<Float>]
+    private let buffers: [OwnedBuffer<Float>]
 
     /// - Parameter capacity: floats in the largest block any rank sends.
     init(communicator: Communicator, capacity: Int) {
         self.communicator = communicator
-        buffers =
-            communicator.size > 1
-            ? (0 ..< 2).map { _ in
-                let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, capacity))
-                buffer.initialize(repeating: 0)
-                return buffer
-            } : []
+        buffers = communicator.size > 1 ? (0 ..< 2).map { _ in OwnedBuffer(repeating: 0, count: max(1, capacity)) } : []
     }
-
-    deinit { buffers.forEach { $0.deallocate() } }
 
     /// Runs `body` for `steps` ring steps with the block that rank `source` started with.
     /// - Parameters:
@@ -41,7 +36,7 @@ final class RingExchange {
             var send = Request(), receive = Request()
             var incoming = current
             if step < steps - 1 {
-                let buffer = buffers[step % 2]
+                let buffer = buffers[step % 2].buffer
                 let next = UnsafeMutableBufferPointer(rebasing: buffer[0 ..< blockSize(communicator.neighbour(-step - 1))])
                 receive = try communicator.irecv(next, from: communicator.neighbour(-1), tag: step)
                 send = try communicator.isend(current, to: communicator.neighbour(1), tag: step)
@@ -142,13 +137,8 @@ extension RingPass {
         let steps = steps(mask: mask, heads: kernel.slice.heads)
         // The block's dK/dV from this rank's queries, and two buffers for the travelling sums
         // (one being sent, one being received), allocated once.
-        let buffers = (0 ..< 3).map { _ in
-            let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, capacity))
-            buffer.initialize(repeating: 0)
-            return buffer
-        }
-        let partial = buffers[0], travelling = Array(buffers[1...])
-        defer { buffers.forEach { $0.deallocate() } }
+        let buffers = (0 ..< 3).map { _ in OwnedBuffer<Float>(repeating: 0, count: max(1, capacity)) }
+        let partial = buffers[0].buffer, travelling = buffers[1...].map(\.buffer)
         var send = Request(), receive = Request()
         // Tags after the K/V exchange's (0 ..< steps), so the two streams never match each other.
         let tag = { (step: Int) in steps + step }
@@ -196,9 +186,12 @@ extension RingPass {
                 from: route.from, tag: tag(step))
             send = try communicator.isend(UnsafeBufferPointer(rebasing: sum[0 ..< size]), to: route.to, tag: tag(step))
         }
-        guard ranks > 1 else { return }
-        try communicator.wait(&send)
-        try communicator.wait(&receive)
-        keyValueGrads.baseAddress!.update(from: travelling[steps % 2].baseAddress!, count: blockSize(me))
+        // The owners stay alive until the requests into their memory are done.
+        try withExtendedLifetime(buffers) {
+            guard ranks > 1 else { return }
+            try communicator.wait(&send)
+            try communicator.wait(&receive)
+            keyValueGrads.baseAddress!.update(from: travelling[steps % 2].baseAddress!, count: blockSize(me))
+        }
     }
 }

@@ -6,6 +6,7 @@
 // FLOPs and bytes both fall with the pattern's density.
 
 import AttentionCore
+import Buffers
 import MPIBinding
 import Profiling
 
@@ -66,15 +67,14 @@ public struct S2Attention: SequenceParallelStrategy {
             s == 0 ? [] : Self.pieces(pattern: pattern, shape: shape, ownerSegments: segments[(me - s + ranks) % ranks], receiverSegments: segments[me])
         }
         func floats(_ pieces: [Piece]) -> Int { pieces.reduce(0) { $0 + 2 * $1.rows.count * d } }
-        let sendBuffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, sends.map(floats).max() ?? 0))
-        let receiveBuffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, receives.map(floats).max() ?? 0))
-        let block = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, 2 * (rows.max() ?? 0) * kvWidth))
-        block.initialize(repeating: 0)  // pieces not sent are never read: the mask hides them
-        defer {
-            sendBuffer.deallocate()
-            receiveBuffer.deallocate()
-            block.deallocate()
-        }
+        // Requests point into these until their waits: the owners are kept alive to the end (below).
+        let owners = (
+            send: OwnedBuffer<Float>(uninitializedCount: max(1, sends.map(floats).max() ?? 0)),
+            receive: OwnedBuffer<Float>(uninitializedCount: max(1, receives.map(floats).max() ?? 0)),
+            // pieces not sent are never read: the mask hides them
+            block: OwnedBuffer<Float>(repeating: 0, count: max(1, 2 * (rows.max() ?? 0) * kvWidth))
+        )
+        let (sendBuffer, receiveBuffer, block) = (owners.send.buffer, owners.receive.buffer, owners.block.buffer)
 
         var send = Request(), receive = Request()
         /// Copies `piece`'s rows of one kv head between a [rows, kvHeads, d] tensor and packed rows.
@@ -129,6 +129,7 @@ public struct S2Attention: SequenceParallelStrategy {
             if step + 1 < ranks { try post(step + 1) }
             fold(keys: block.baseAddress!, values: block.baseAddress! + rows[owner] * kvWidth, keySegments: segments[owner])
         }
+        withExtendedLifetime(owners) {}
         return accumulator.result()
     }
 }

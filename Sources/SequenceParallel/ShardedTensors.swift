@@ -4,6 +4,7 @@
 // never gathering a whole tensor on one rank.
 
 import AttentionCore
+import Buffers
 import MPIBinding
 
 /// Where the inputs come from.
@@ -56,9 +57,10 @@ public final class LocalShard {
     public let rank: Int
     public let querySegments: [ShardSegment]
     public let keySegments: [ShardSegment]
-    public let queries: UnsafeMutableBufferPointer<Float>
+    public var queries: UnsafeMutableBufferPointer<Float> { queryStorage.buffer }
     /// K rows then V rows.
-    public let keyValues: UnsafeMutableBufferPointer<Float>
+    public var keyValues: UnsafeMutableBufferPointer<Float> { keyValueStorage.buffer }
+    private let queryStorage: OwnedBuffer<Float>, keyValueStorage: OwnedBuffer<Float>
 
     public var queryRows: Int { Self.rows(querySegments) }
     public var keyRows: Int { Self.rows(keySegments) }
@@ -72,15 +74,8 @@ public final class LocalShard {
         self.rank = rank
         keySegments = partition.stackedSegments(of: rank)
         self.querySegments = querySegments ?? keySegments
-        queries = .allocate(capacity: max(1, Self.rows(self.querySegments) * shape.queryRowWidth))
-        keyValues = .allocate(capacity: max(1, 2 * Self.rows(keySegments) * shape.kvRowWidth))
-        queries.initialize(repeating: 0)
-        keyValues.initialize(repeating: 0)
-    }
-
-    deinit {
-        queries.deallocate()
-        keyValues.deallocate()
+        queryStorage = OwnedBuffer(repeating: 0, count: max(1, Self.rows(self.querySegments) * shape.queryRowWidth))
+        keyValueStorage = OwnedBuffer(repeating: 0, count: max(1, 2 * Self.rows(keySegments) * shape.kvRowWidth))
     }
 
     public var keys: UnsafeMutablePointer<Float> { keyValues.baseAddress! }

@@ -4,6 +4,7 @@
 // associative and commutative, so MPI may combine ranks in any order).
 
 import AttentionCore
+import Buffers
 import CMPI
 import MPIBinding
 import Profiling
@@ -50,27 +51,28 @@ public final class SoftmaxMergeReduction {
     public func merge(_ partial: PartialResult, root: Int?, communicator: Communicator) throws -> PartialResult? {
         let (rows, heads, d) = (partial.rows, partial.heads, partial.headDim)
         precondition(d + 1 == recordWidth)
-        let records = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, rows * heads * recordWidth))
-        defer { records.deallocate() }
+        let records = OwnedBuffer<Float>(uninitializedCount: max(1, rows * heads * recordWidth))
         recording(.merge, on: communicator.recorder) {
             partial.output.withUnsafeBufferPointer { output in
+                let records = records.baseAddress
                 for row in 0 ..< rows {  // one record per (row, head): lse, then O
                     for h in 0 ..< heads {
-                        let record = records.baseAddress! + (row * heads + h) * recordWidth
+                        let record = records + (row * heads + h) * recordWidth
                         record[0] = partial.lse[h * rows + row]
                         (record + 1).update(from: output.baseAddress! + (row * heads + h) * d, count: d)
                     }
                 }
             }
         }
-        try reduce(UnsafeMutableBufferPointer(rebasing: records[0 ..< rows * heads * recordWidth]), root: root, communicator: communicator)
+        try reduce(UnsafeMutableBufferPointer(rebasing: records.buffer[0 ..< rows * heads * recordWidth]), root: root, communicator: communicator)
         guard root == nil || communicator.rank == root else { return nil }
         var result = PartialResult(emptyRows: rows, heads: heads, headDim: d)
         recording(.merge, on: communicator.recorder) {
             result.output.withUnsafeMutableBufferPointer { output in
+                let records = records.baseAddress
                 for row in 0 ..< rows {
                     for h in 0 ..< heads {
-                        let record = records.baseAddress! + (row * heads + h) * recordWidth
+                        let record = records + (row * heads + h) * recordWidth
                         result.lse[h * rows + row] = record[0]
                         (output.baseAddress! + (row * heads + h) * d).update(from: record + 1, count: d)
                     }

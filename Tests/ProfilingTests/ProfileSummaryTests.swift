@@ -1,6 +1,7 @@
 // The profile's arithmetic on hand-made event lists: unions of intervals, exposed and total
 // communication, overlap, imbalance, clock offsets; and the trace and SVG writers' output parsed
-// back (JSON with JSONSerialization, the SVG with Foundation's XML parser).
+// back (JSON with JSONSerialization and into the trace's Codable types, the SVG with Foundation's
+// XML parser).
 
 import Foundation
 import Profiling
@@ -118,6 +119,45 @@ struct ProfileSummaryTests {
         let compute = try #require(complete.first { $0["pid"] as? Int == 1 && $0["name"] as? String == "compute" })
         #expect(number(compute["ts"]) == 1000 && number(compute["dur"]) == 10000)
         #expect(Set(complete.map { $0["tid"] as? Int }).count == 5)
+    }
+
+    @Test("the Chrome trace decodes into its Codable types: names, pids, lanes, times in the events' order")
+    func chromeTraceDecodes() throws {
+        let origin = -0.002
+        let metadata = ["command": "seqpar profile", "problem": "a/b \"c\""]
+        let text = ChromeTrace.json(events: Self.threeRanks, origin: origin, metadata: metadata)
+        let trace = try JSONDecoder().decode(ChromeTraceFile.self, from: Data(text.utf8))
+        #expect(trace == ChromeTrace.file(events: Self.threeRanks, origin: origin, metadata: metadata))
+        #expect(trace.displayTimeUnit == "ms" && trace.otherData == metadata)
+        #expect(text.hasSuffix("}\n") && text.range(of: #"[0-9]e[-+]?[0-9]"#, options: .regularExpression) == nil, "an exponent in \(text)")
+
+        let named = trace.traceEvents.filter { $0.name == "process_name" }
+        #expect(named.map(\.pid) == [0, 1, 2] && named.map(\.args.name) == ["rank 0", "rank 1", "rank 2"])
+        #expect(trace.traceEvents.filter { $0.name == "process_sort_index" }.map(\.args.sortIndex) == [0, 1, 2])
+        for rank in 0 ..< 3 {
+            let lanes = trace.traceEvents.filter { $0.name == "thread_name" && $0.pid == rank }
+            #expect(lanes.map(\.tid) == [0, 1, 2, 3, 4])
+            #expect(lanes.map(\.args.name) == ["compute", "send", "receive", "wait", "collective"])
+        }
+        #expect(trace.traceEvents.filter { $0.ph == "M" }.allSatisfy { $0.ts == nil && $0.dur == nil && $0.cat == nil })
+
+        for (rank, list) in Self.threeRanks.enumerated() {
+            let complete = trace.traceEvents.filter { $0.ph == "X" && $0.pid == rank }
+            #expect(complete.map(\.name) == ["compute", "send", "recv", "wait", "alltoall"])
+            #expect(complete.map(\.tid) == [0, 1, 2, 3, 4])
+            #expect(complete.map(\.cat) == ["compute", "communication", "communication", "communication", "communication"])
+            let times = complete.map { ($0.ts ?? -1, $0.dur ?? -1) }
+            for (event, (ts, dur)) in zip(list, times) {
+                #expect(abs(ts - (event.start - origin) * 1e6) < 1e-6 && abs(dur - event.duration * 1e6) < 1e-6)
+            }
+            // Start times in the trace keep the events' order (the wait and the all-to-all come last).
+            for i in list.indices {
+                for j in list.indices where list[i].start < list[j].start { #expect(times[i].0 < times[j].0) }
+            }
+            #expect(complete[1].args == .init(peer: (rank + 1) % 3, bytesSent: 1_048_576))
+            #expect(complete[2].args == .init(peer: (rank + 2) % 3, bytesReceived: 1_048_576))
+            #expect(complete[4].args == .init(bytesSent: 64, bytesReceived: 64) && complete[0].args == .init())
+        }
     }
 
     @Test("the SVG timeline is well-formed XML with one row per rank and every colour in the legend")
