@@ -9,8 +9,11 @@
 //   MPIBinding         the MPI binding: Communicator (every return code checked), runtime, failure
 //                      agreement, clock sync, the watchdog (MPI, no attention)
 //   SequenceParallel   the distributed strategies, their registry, per-rank I/O, verification
+//   AttentionJobs      a job as the commands run it: prepare, timed run, backward, verify against one
+//                      rank and float64, profile gathering, --strategy auto, the Codable --json reports
+//                      (no ArgumentParser, nothing printed to stdout)
 //   ClusterConfig      cluster configs and the mpirun / Slurm command built from them (no MPI)
-//   seqpar             the command-line tool
+//   seqpar             the command-line tool: argument parsing into AttentionJobs' values, printing
 import PackageDescription
 
 let package = Package(
@@ -19,6 +22,7 @@ let package = Package(
         .executable(name: "seqpar", targets: ["seqpar"]),
         .library(name: "AttentionCore", targets: ["AttentionCore"]),
         .library(name: "SequenceParallel", targets: ["SequenceParallel"]),
+        .library(name: "AttentionJobs", targets: ["AttentionJobs"]),
         .library(name: "MPIBinding", targets: ["MPIBinding"]),
         .library(name: "Profiling", targets: ["Profiling"]),
         .library(name: "Planning", targets: ["Planning"]),
@@ -44,12 +48,14 @@ let package = Package(
         .target(name: "Planning", dependencies: ["AttentionCore"]),
         .target(name: "MPIBinding", dependencies: ["CMPI", "Profiling"]),
         .target(name: "SequenceParallel", dependencies: ["AttentionCore", "Profiling", "Planning", "MPIBinding", "CMPI", "CBLAS"]),
+        .target(name: "AttentionJobs", dependencies: ["AttentionCore", "SequenceParallel", "Profiling", "Planning"]),
         .target(name: "ClusterConfig"),
         .executableTarget(
             name: "seqpar",
             dependencies: [
                 "AttentionCore",
                 "SequenceParallel",
+                "AttentionJobs",
                 "Profiling",
                 "Planning",
                 "ClusterConfig",

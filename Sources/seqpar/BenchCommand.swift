@@ -1,5 +1,6 @@
 import ArgumentParser
 import AttentionCore
+import AttentionJobs
 import Foundation
 import Planning
 import Profiling
@@ -44,7 +45,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         output.setProgress()
         try Session.run(timeout: compute.timeout) { world in
-            let predictions = try AutoStrategy.predictions(problem, compute, communicator: world)
+            let predictions = try AutoStrategy.predictions(problem.configuration, compute.configuration, communicator: world)
             try world.barrier()
             let peak = try world.allreduce(BlasPeak.measure(threads: compute.threads), .sum)
             // The same at the kernel's own products, so a reader sees how much of the gap to the
@@ -68,7 +69,7 @@ struct BenchCommand: ParsableCommand {
             let mask = try problem.mask(world)
             for name in strategies.split(separator: ",").compactMap({ StrategyName(rawValue: String($0)) }) {
                 // Inputs loaded once; one warm-up run, then the best of the timed ones.
-                let prepared = try DistributedRun.prepare(problem.source, strategy: name, mask: mask, compute: compute, communicator: world)
+                let prepared = try DistributedRun.prepare(problem.source, strategy: name, mask: mask, compute: compute.configuration, communicator: world)
                 if DistributedRun.showsProgress, world.rank == 0 {  // each strategy as it starts
                     FileHandle.standardError.write(Data("seqpar bench: \(DistributedRun.announcement(prepared, ranks: world.size)); 1 warm-up + \(repeats) timed run(s)\n".utf8))
                 }

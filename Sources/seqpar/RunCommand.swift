@@ -1,5 +1,6 @@
 import ArgumentParser
 import AttentionCore
+import AttentionJobs
 import Foundation
 import Profiling
 import SequenceParallel
@@ -69,10 +70,10 @@ struct RunCommand: ParsableCommand {
                 try SavedInputs.write(saveInputs, seed: seed, tokens: tokens, shape: shape, communicator: world)
                 if !output.json { Session.say(world, "wrote the inputs to \(SavedInputs.paths(saveInputs).joined(separator: ", "))") }
             }
-            let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
+            let chosen = try AutoStrategy.resolve(problem.configuration, compute.configuration, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
             let prepared = try DistributedRun.prepare(
-                problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute,
+                problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute.configuration,
                 communicator: world, mesh: chosen.mesh)
             if backward.backward { try BackwardRun.check(prepared, communicator: world) }
             // Temporaries beside the targets, made and sized now: a full disk fails before the compute.
@@ -111,51 +112,12 @@ struct RunCommand: ParsableCommand {
                 throw error
             }
             let summary = try profile.map { try ProfileReport.write(run, strategy: chosen.name, to: $0, communicator: world) }
-            let memory = try world.allgather(Int64(peakResidentBytes())).map(Double.init)
-            let sent = try world.allgather(Int64(run.bytesSent)), received = try world.allgather(Int64(run.bytesReceived))
-            let kernelFlops = try world.allgather(run.kernelFlops)
-            let gflops = run.flops / run.seconds / 1e9
-            // Work balance: the kernel FLOPs each rank spent, max over mean.
-            let meanFlops = kernelFlops.reduce(0, +) / Double(kernelFlops.count)
-            let imbalance = meanFlops > 0 ? kernelFlops.max()! / meanFlops : 1
+            let figures = try RunFigures(run, backward: backwardRun, communicator: world)
             if output.json {
-                var report = RunReport(
-                    strategy: chosen.name.rawValue, ranks: world.size, threads: compute.threads, tokens: run.shard.tokens,
-                    heads: run.job.shape.heads, kvHeads: run.job.shape.kvHeads, headDim: run.job.shape.headDim, mask: run.job.mask.description,
-                    density: run.job.mask.visiblePairs(tokens: run.shard.tokens, heads: run.job.shape.heads)
-                        / (Double(run.shard.tokens) * Double(run.shard.tokens) * Double(run.job.shape.heads)),
-                    seconds: run.seconds, flops: run.flops, gflops: gflops, peakMemoryBytes: memory, bytesSent: sent, bytesReceived: received,
-                    kernelFlops: kernelFlops, imbalance: imbalance)
-                report.layout = run.documentLayout?.name
-                report.predictedImbalance = run.documentLayout?.imbalance
-                if let summary, let profile { report.profile = ProfileFigures(summary, trace: profile, svg: ProfileReport.svgPath(profile)) }
-                if let backwardRun {
-                    report.backward = RunReport.BackwardFigures(
-                        seconds: backwardRun.seconds, flops: backwardRun.flops, gflops: backwardRun.flops / backwardRun.seconds / 1e9,
-                        kernelFlops: try world.allgather(backwardRun.kernelFlops), bytesSent: try world.allgather(Int64(backwardRun.bytesSent)),
-                        bytesReceived: try world.allgather(Int64(backwardRun.bytesReceived)))
-                }
-                Session.say(world, JSONReport.text(report))
+                let profileFigures = summary.flatMap { summary in profile.map { ProfileFigures(summary, trace: $0, svg: ProfileReport.svgPath($0)) } }
+                Session.say(world, JSONReport.text(figures.report(ranks: world.size, threads: compute.threads, profile: profileFigures)))
             } else {
-                Session.say(
-                    world,
-                    """
-                    seqpar run: \(chosen.name.rawValue), \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(run))
-                    time \(String(format: "%.4f", run.seconds)) s, \(String(format: "%.1f", gflops)) GFLOP/s
-                    peak memory per rank: \(memory.map(Format.bytes).joined(separator: ", "))
-                    sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
-                    kernel GFLOP per rank: \(kernelFlops.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", ")) (imbalance, max/mean: \(String(format: "%.3f", imbalance)))
-                    """)
-                if let backwardRun {
-                    let kernel = try world.allgather(backwardRun.kernelFlops), sent = try world.allgather(Int64(backwardRun.bytesSent))
-                    Session.say(
-                        world,
-                        """
-                        backward: time \(String(format: "%.4f", backwardRun.seconds)) s, \(String(format: "%.1f", backwardRun.flops / backwardRun.seconds / 1e9)) GFLOP/s (FLOPs: 2.5 x the forward's)
-                        backward sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
-                        backward kernel GFLOP per rank: \(kernel.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", "))
-                        """)
-                }
+                Session.say(world, figures.text(ranks: world.size, threads: compute.threads))
                 if let layout = run.documentLayout {
                     Session.say(world, "documents laid out as \(layout.name): predicted kernel work per rank max/mean \(String(format: "%.3f", layout.imbalance))")
                 }
