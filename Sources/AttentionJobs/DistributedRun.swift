@@ -62,7 +62,7 @@ public struct DistributedRun {
     ) throws -> Prepared {
         let heads = try communicator.together { try source.heads() }
         var options = compute.strategyOptions
-        if let mesh { options.mesh = mesh }
+        if let mesh { options[MeshOptions.self].shape = mesh }
         let strategy = name.make(options, mask: mask, ranks: communicator.size, heads: heads)
         try communicator.together { try strategy.check(heads: heads, ranks: communicator.size) }
         try communicator.together {

@@ -265,12 +265,8 @@ struct ComputeOptions: ParsableArguments {
     }
 
     var strategyOptions: StrategyOptions {
-        var options = StrategyOptions()
-        options.mesh = mesh.flatMap(Self.parseMesh)
-        options.starQueries = queries
-        options.starPosition = queryPosition
-        options.starEveryRank = everyRank
-        return options
+        StrategyOptions(
+            MeshOptions(shape: mesh.flatMap(Self.parseMesh)), StarOptions(queries: queries, position: queryPosition, everyRank: everyRank))
     }
 
     var tiling: KernelTiling { KernelTiling(queryTile: queryTile, keyBlock: keyBlock) }
