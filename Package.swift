@@ -70,7 +70,8 @@ let package = Package(
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
         .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel", "Planning"]),
-        .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "Profiling", "SeqparTestSupport"]),
+        .testTarget(
+            name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "AttentionJobs", "Profiling", "SeqparTestSupport"]),
         .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel"]),
         .testTarget(name: "MultiHostTests", dependencies: ["seqpar", "SeqparTestSupport"]),
     ]
