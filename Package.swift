@@ -9,9 +9,9 @@
 //   MPIBinding         the MPI binding: Communicator (every return code checked), runtime, failure
 //                      agreement, clock sync, the watchdog (MPI, no attention)
 //   SequenceParallel   the distributed strategies, their registry, per-rank I/O, verification
-//   AttentionJobs      a job as the commands run it: prepare, timed run, backward, verify against one
-//                      rank and float64, profile gathering, --strategy auto, the Codable --json reports
-//                      (no ArgumentParser, nothing printed to stdout)
+//   AttentionJobs      a job as the commands run it: prepare, timed run, backward, output files, verify
+//                      against one rank and float64, bench's best of N, profile gathering, --strategy
+//                      auto, the Codable --json reports (no ArgumentParser, nothing printed to stdout)
 //   ClusterConfig      cluster configs and the mpirun / Slurm command built from them (no MPI)
 //   seqpar             the command-line tool: argument parsing into AttentionJobs' values, printing
 import PackageDescription

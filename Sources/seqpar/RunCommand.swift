@@ -62,10 +62,12 @@ struct RunCommand: ParsableCommand {
         try Session.run(timeout: compute.timeout) { world in
             // Before anything else: no output may overwrite an input or another output, or be a
             // FIFO or device, and each must be writable (OutputFiles.swift).
-            let outputs = [("--out", out), ("--lse", lse), ("--dq", gradientPaths.dq), ("--dk", gradientPaths.dk), ("--dv", gradientPaths.dv)]
-                .compactMap { option, path in path.map { (option: option, path: $0) } }
+            let named = { (option: String, path: String?) in path.map { (option: option, path: $0) } }
+            let files = RunJob.Files(
+                output: named("--out", out), lse: named("--lse", lse), dq: named("--dq", gradientPaths.dq), dk: named("--dk", gradientPaths.dk),
+                dv: named("--dv", gradientPaths.dv))
             let traces = profile.map { [(option: traceOption, path: $0), (option: "\(traceOption)'s timeline", path: ProfileReport.svgPath($0))] } ?? []
-            try world.together { try OutputPaths.check(outputs: outputs + traces, inputs: problem.inputFiles + backward.inputFiles) }
+            try world.together { try OutputPaths.check(outputs: files.named + traces, inputs: problem.inputFiles + backward.inputFiles) }
             if let saveInputs, case let .synthetic(seed, tokens, shape) = problem.source {
                 try SavedInputs.write(saveInputs, seed: seed, tokens: tokens, shape: shape, communicator: world)
                 if !output.json { Session.say(world, "wrote the inputs to \(SavedInputs.paths(saveInputs).joined(separator: ", "))") }
@@ -75,44 +77,9 @@ struct RunCommand: ParsableCommand {
             let prepared = try DistributedRun.prepare(
                 problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute.configuration,
                 communicator: world, mesh: chosen.mesh)
-            if backward.backward { try BackwardRun.check(prepared, communicator: world) }
-            // Temporaries beside the targets, made and sized now: a full disk fails before the compute.
-            let shapes = [
-                "--out": prepared.outputShape, "--lse": prepared.lseShape, "--dq": prepared.outputShape,
-                "--dk": prepared.keyGradientShape, "--dv": prepared.keyGradientShape,
-            ]
-            let transaction =
-                outputs.isEmpty
-                ? nil
-                : try OutputTransaction.begin(
-                    outputs.map {
-                        (option: $0.option, path: $0.path, shape: shapes[$0.option]!)
-                    }, communicator: world)
-            DistributedRun.announce(prepared, communicator: world)
-            var run: DistributedRun
-            var backwardRun: BackwardRun?
-            do {
-                run = try DistributedRun.run(prepared, communicator: world, profile: profile != nil)
-                if backward.backward {
-                    backwardRun = try BackwardRun.execute(after: run, outputGrad: backward.source(problem), communicator: world, profile: profile != nil)
-                    run.profile?.events += backwardRun!.events
-                }
-                if let transaction {
-                    try run.result.write(
-                        output: transaction.temporary("--out"), lse: transaction.temporary("--lse"),
-                        segments: run.strategy.fileSegments(run.shard), extent: run.extent, communicator: world)
-                    try backwardRun?.gradients.write(
-                        dq: transaction.temporary("--dq"), dk: transaction.temporary("--dk"), dv: transaction.temporary("--dv"),
-                        querySegments: run.strategy.fileSegments(run.shard), keySegments: run.shard.keySegments,
-                        shape: run.job.shape, communicator: world)
-                    try transaction.commit()
-                }
-            } catch {
-                transaction?.abandon()
-                throw error
-            }
-            let summary = try profile.map { try ProfileReport.write(run, strategy: chosen.name, to: $0, communicator: world) }
-            let figures = try RunFigures(run, backward: backwardRun, communicator: world)
+            let outcome = try RunJob.execute(
+                prepared, files: files, outputGrad: backward.backward ? backward.source(problem) : nil, trace: profile, communicator: world)
+            let (run, summary, figures) = (outcome.run, outcome.profile, outcome.figures)
             if output.json {
                 let profileFigures = summary.flatMap { summary in profile.map { ProfileFigures(summary, trace: $0, svg: ProfileReport.svgPath($0)) } }
                 Session.say(world, JSONReport.text(figures.report(ranks: world.size, threads: compute.threads, profile: profileFigures)))

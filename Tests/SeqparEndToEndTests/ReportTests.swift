@@ -206,3 +206,24 @@ extension EndToEnd {
         }
     }
 }
+
+/// The report types themselves, in process: what `--json` writes reads back as the same value.
+@Suite("report types")
+struct ReportTypes {
+    @Test("a report reads back as written: snake_case keys, infinity and NaN as strings, absent optionals left out")
+    func roundTrip() throws {
+        var row = BenchJSON.Result(strategy: "ring", seconds: 1, gflops: .infinity, fractionOfPeak: .nan, fractionOfKernelShapePeak: 0.5)
+        row.predictedSeconds = 2
+        let report = BenchJSON(
+            ranks: 2, threads: 1, sgemmPeakGflops: 10, sgemmKernelShapesGflops: .init(scores: 1, values: 2, combined: 4.0 / 3),
+            openblasCores: ["Haswell", "Haswell"], openblasCoreReason: "chosen", results: [row], predictions: [.init(strategy: "mesh 2x2", seconds: 3)])
+        let text = JSONReport.text(report)
+        #expect(text.contains(#""sgemm_kernel_shapes_gflops":{"#) && text.contains(#""gflops":"inf""#) && text.contains(#""fraction_of_peak":"nan""#), "\(text)")
+        #expect(!text.contains("backward_seconds"), "\(text)")
+        let back = try JSONReport.decode(BenchJSON.self, from: text)
+        #expect(back.command == "bench" && back.results.count == 1 && back.predictions[0].strategy == "mesh 2x2")
+        #expect(back.results[0].gflops == .infinity && back.results[0].fractionOfPeak.isNaN && back.results[0].predictedSeconds == 2)
+        #expect(back.results[0].backwardSeconds == nil)
+        #expect(JSONReport.text(back) == text)
+    }
+}
