@@ -10,8 +10,11 @@
 //   MPIBinding         the MPI binding: Communicator (every return code checked), runtime, failure
 //                      agreement, clock sync, the watchdog (MPI, no attention)
 //   SequenceParallel   the distributed strategies, their registry, per-rank I/O, verification
+//   AttentionJobs      a job as the commands run it: prepare, timed run, backward, output files, verify
+//                      against one rank and float64, bench's best of N, profile gathering, --strategy
+//                      auto, the Codable --json reports (no ArgumentParser, nothing printed to stdout)
 //   ClusterConfig      cluster configs and the mpirun / Slurm command built from them (no MPI)
-//   seqpar             the command-line tool
+//   seqpar             the command-line tool: argument parsing into AttentionJobs' values, printing
 import PackageDescription
 
 let package = Package(
@@ -20,6 +23,7 @@ let package = Package(
         .executable(name: "seqpar", targets: ["seqpar"]),
         .library(name: "AttentionCore", targets: ["AttentionCore"]),
         .library(name: "SequenceParallel", targets: ["SequenceParallel"]),
+        .library(name: "AttentionJobs", targets: ["AttentionJobs"]),
         .library(name: "MPIBinding", targets: ["MPIBinding"]),
         .library(name: "Profiling", targets: ["Profiling"]),
         .library(name: "Planning", targets: ["Planning"]),
@@ -46,12 +50,14 @@ let package = Package(
         .target(name: "Planning", dependencies: ["AttentionCore"]),
         .target(name: "MPIBinding", dependencies: ["Buffers", "CMPI", "Profiling"]),
         .target(name: "SequenceParallel", dependencies: ["Buffers", "AttentionCore", "Profiling", "Planning", "MPIBinding", "CMPI", "CBLAS"]),
+        .target(name: "AttentionJobs", dependencies: ["AttentionCore", "SequenceParallel", "Profiling", "Planning"]),
         .target(name: "ClusterConfig"),
         .executableTarget(
             name: "seqpar",
             dependencies: [
                 "AttentionCore",
                 "SequenceParallel",
+                "AttentionJobs",
                 "Profiling",
                 "Planning",
                 "ClusterConfig",
@@ -67,7 +73,8 @@ let package = Package(
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
         .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel", "Planning"]),
-        .testTarget(name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "Profiling", "SeqparTestSupport"]),
+        .testTarget(
+            name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "AttentionJobs", "Profiling", "SeqparTestSupport"]),
         .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel"]),
         .testTarget(name: "MultiHostTests", dependencies: ["seqpar", "SeqparTestSupport"]),
         // The strategies in the test process itself on MPI_COMM_WORLD, started alone and under mpirun -np 2 and 3.

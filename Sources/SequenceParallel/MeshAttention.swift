@@ -172,10 +172,10 @@ extension MeshAttention {
 
     public static let descriptor = StrategyDescriptor(
         name: "mesh", summary: "2D: heads all-to-all inside groups of Ph ranks, ring across the Pr groups (--mesh PhxPr)",
-        options: ["--mesh"],
+        options: ["--mesh"], optionsType: MeshOptions.self,
         sharding: "Ph x Pr ranks: head groups of Ph ranks share a ring position (zigzag when causal); heads all-to-all inside a group, ring across",
         make: { request in
-            let shape = request.options.mesh ?? MeshAttention.defaultShape(ranks: request.ranks, heads: request.heads)
+            let shape = request.options[MeshOptions.self].shape ?? MeshAttention.defaultShape(ranks: request.ranks, heads: request.heads)
             return MeshAttention(headGroup: shape.headGroup, ring: shape.ring, causal: request.mask.isCausal)
         },
         predictions: { model, problem in
@@ -186,4 +186,14 @@ extension MeshAttention {
                 return prediction
             }
         })
+}
+
+/// mesh's options (--mesh).
+public struct MeshOptions: StrategyOptionSet {
+    /// Heads split over `headGroup` ranks, ring over `ring` groups; nil picks `MeshAttention.defaultShape`.
+    public var shape: (headGroup: Int, ring: Int)?
+
+    public init() {}
+
+    public init(shape: (headGroup: Int, ring: Int)?) { self.shape = shape }
 }

@@ -69,9 +69,28 @@ extension StarAttention {
 
     public static let descriptor = StrategyDescriptor(
         name: "star", summary: "Star Attention phase 2: queries broadcast, local attention per K/V shard, merged by an MPI reduction",
-        options: ["--queries", "--query-position", "--all"],
+        options: ["--queries", "--query-position", "--all"], optionsType: StarOptions.self,
         sharding: "contiguous K/V chunks; the queries broadcast from rank 0; partials merged by MPI_Reduce",
         make: { request in
-            StarAttention(queries: request.options.starQueries, position: request.options.starPosition, everyRank: request.options.starEveryRank)
+            let options = request.options[StarOptions.self]
+            return StarAttention(queries: options.queries, position: options.position, everyRank: options.everyRank)
         })
+}
+
+/// star's options (--queries, --query-position, --all).
+public struct StarOptions: StrategyOptionSet {
+    /// How many query tokens.
+    public var queries = 1
+    /// Global position of the first query; nil: the last `queries` tokens.
+    public var position: Int?
+    /// Every rank gets the merged result (MPI_Allreduce) instead of rank 0 (MPI_Reduce).
+    public var everyRank = false
+
+    public init() {}
+
+    public init(queries: Int, position: Int? = nil, everyRank: Bool = false) {
+        self.queries = queries
+        self.position = position
+        self.everyRank = everyRank
+    }
 }

@@ -157,14 +157,30 @@ public struct StrategyRefusal: Error, CustomStringConvertible {
     public init(description: String) { self.description = description }
 }
 
-/// Options some strategies take.
+/// Options one strategy reads beyond the common ones. Each strategy that takes some declares its own
+/// type in its own file (`MeshOptions`, `StarOptions`), its defaults in `init()`, and its descriptor
+/// names it (`StrategyDescriptor.optionsType`).
+public protocol StrategyOptionSet: Sendable {
+    /// The defaults: what the strategy reads when nobody set its options.
+    init()
+}
+
+/// The options of every strategy that takes some, one value per option type:
+/// `options[MeshOptions.self].shape = (2, 2)`. A strategy reads its own type's; a type never set
+/// reads as its defaults.
 public struct StrategyOptions: Sendable {
-    /// mesh: heads split over `headGroup` ranks, ring over `ring` groups; nil picks a shape.
-    public var mesh: (headGroup: Int, ring: Int)?
-    /// star: how many query tokens, at which position (nil: the last ones), and whether every rank gets the result.
-    public var starQueries = 1
-    public var starPosition: Int?
-    public var starEveryRank = false
+    private var sets: [ObjectIdentifier: any StrategyOptionSet] = [:]
 
     public init() {}
+
+    /// Options holding `sets` (one value per type; a later one of the same type wins).
+    public init(_ sets: any StrategyOptionSet...) {
+        for set in sets { self.sets[ObjectIdentifier(type(of: set))] = set }
+    }
+
+    /// The options of one type: the value set, or its defaults.
+    public subscript<Options: StrategyOptionSet>(_ type: Options.Type) -> Options {
+        get { sets[ObjectIdentifier(type)] as? Options ?? Options() }
+        set { sets[ObjectIdentifier(type)] = newValue }
+    }
 }

@@ -38,7 +38,8 @@ public struct StrategyName: RawRepresentable, Hashable, Sendable, CustomStringCo
     public static let star = StarAttention.descriptor.name
 }
 
-/// What a strategy is made for: the problem's mask, the world and head counts, the options.
+/// What a strategy is made for: the problem's mask, the world and head counts, the options (each
+/// strategy reads its own type's: `options[MeshOptions.self]`).
 public struct StrategyRequest: Sendable {
     public var mask: AttentionMask
     public var ranks: Int
@@ -60,6 +61,9 @@ public struct StrategyDescriptor: Sendable {
     public let summary: String
     /// The command-line options it reads beyond the common ones.
     public let options: [String]
+    /// The type those options fill (its own, declared in its file), which `make` reads from
+    /// `StrategyRequest.options`; nil when it takes none.
+    public let optionsType: (any StrategyOptionSet.Type)?
     /// How it shards the work (for the docs and --help).
     public let sharding: String
     /// Makes the strategy for a problem (checked afterwards with `check`).
@@ -69,13 +73,14 @@ public struct StrategyDescriptor: Sendable {
     public let predictions: @Sendable (CostModel, AttentionProblem) -> [Prediction]
 
     public init(
-        name: String, summary: String, options: [String] = [], sharding: String,
+        name: String, summary: String, options: [String] = [], optionsType: (any StrategyOptionSet.Type)? = nil, sharding: String,
         make: @escaping @Sendable (StrategyRequest) -> SequenceParallelStrategy,
         predictions: @escaping @Sendable (CostModel, AttentionProblem) -> [Prediction] = { _, _ in [] }
     ) {
         self.name = StrategyName(declaring: name)
         self.summary = summary
         self.options = options
+        self.optionsType = optionsType
         self.sharding = sharding
         self.make = make
         self.predictions = predictions

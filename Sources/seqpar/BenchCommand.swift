@@ -1,5 +1,6 @@
 import ArgumentParser
 import AttentionCore
+import AttentionJobs
 import Foundation
 import Planning
 import Profiling
@@ -44,7 +45,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         output.setProgress()
         try Session.run(timeout: compute.timeout) { world in
-            let predictions = try AutoStrategy.predictions(problem, compute, communicator: world)
+            let predictions = try AutoStrategy.predictions(problem.configuration, compute.configuration, communicator: world)
             try world.barrier()
             let peak = try world.allreduce(BlasPeak.measure(threads: compute.threads), .sum)
             // The same at the kernel's own products, so a reader sees how much of the gap to the
@@ -68,28 +69,12 @@ struct BenchCommand: ParsableCommand {
             let mask = try problem.mask(world)
             for name in strategies.split(separator: ",").compactMap({ StrategyName(rawValue: String($0)) }) {
                 // Inputs loaded once; one warm-up run, then the best of the timed ones.
-                let prepared = try DistributedRun.prepare(problem.source, strategy: name, mask: mask, compute: compute, communicator: world)
-                if DistributedRun.showsProgress, world.rank == 0 {  // each strategy as it starts
-                    FileHandle.standardError.write(Data("seqpar bench: \(DistributedRun.announcement(prepared, ranks: world.size)); 1 warm-up + \(repeats) timed run(s)\n".utf8))
-                }
-                if backward.backward { try BackwardRun.check(prepared, communicator: world) }
-                var best = Double.infinity, bestBackward = Double.infinity
-                var last: DistributedRun?
-                var outputGrad: [Float]?  // dO, loaded once per strategy (its rows follow the strategy's layout)
-                for repetition in 0 ..< repeats + 1 {
-                    let run = try DistributedRun.run(
-                        prepared, communicator: world,
-                        progressLabel: repetition == 0 ? "\(name.rawValue) warm-up" : "\(name.rawValue) run \(repetition)/\(repeats)")
-                    if backward.backward {
-                        if outputGrad == nil { outputGrad = try BackwardRun.loadOutputGrad(backward.source(problem), for: run, communicator: world) }
-                        let backwardRun = try BackwardRun.execute(after: run, outputGrad: outputGrad!, communicator: world)
-                        if last != nil { bestBackward = min(bestBackward, backwardRun.seconds) }
-                    }
-                    if last != nil { best = min(best, run.seconds) }
-                    last = run
-                }
-                let gflops = last!.flops / best / 1e9
-                let label = last!.strategy.label
+                let measured = try BenchJob.measure(
+                    name, source: problem.source, mask: mask, compute: compute.configuration, repeats: repeats,
+                    outputGrad: backward.backward ? backward.source(problem) : nil, communicator: world)
+                let (last, best, bestBackward) = (measured.run, measured.best, measured.bestBackward ?? .infinity)
+                let gflops = last.flops / best / 1e9
+                let label = last.strategy.label
                 let predicted = predictions.first { $0.label == label }
                 var row = BenchJSON.Result(
                     strategy: name.rawValue, seconds: best, gflops: gflops, fractionOfPeak: gflops / peak, fractionOfKernelShapePeak: gflops / shapePeaks[2])
@@ -97,7 +82,7 @@ struct BenchCommand: ParsableCommand {
                     row.predictedSeconds = predicted.seconds
                     row.measuredOverPredicted = best / predicted.seconds
                 }
-                let backwardGflops = 2.5 * last!.flops / bestBackward / 1e9
+                let backwardGflops = 2.5 * last.flops / bestBackward / 1e9
                 if backward.backward {
                     row.backwardSeconds = bestBackward
                     row.backwardGflops = backwardGflops
@@ -105,7 +90,7 @@ struct BenchCommand: ParsableCommand {
                 }
                 rows.append(row)
                 if rows.count == 1 {
-                    lines.append("problem: \(Format.problem(last!))")
+                    lines.append("problem: \(Format.problem(last))")
                     lines.append("strategy    best s     GFLOP/s   of peak   of kernel-shape peak   predicted s   measured/predicted")
                 }
                 lines.append(

@@ -3,6 +3,7 @@
 // anywhere, on one process, before anything is launched.
 
 import ArgumentParser
+import AttentionJobs
 import ClusterConfig
 import Foundation
 import SequenceParallel

@@ -2,6 +2,7 @@
 
 import ArgumentParser
 import AttentionCore
+import AttentionJobs
 import Planning
 import Profiling
 import SequenceParallel
@@ -169,23 +170,21 @@ struct ProblemOptions: ParsableArguments {
 
     /// The mask, packed documents included, decided on every rank: a --cu-seqlens file that does
     /// not fit the sequence fails the run everywhere with what is wrong.
-    func mask(_ communicator: Communicator) throws -> AttentionMask {
-        try communicator.together { try mask() }
-    }
+    func mask(_ communicator: Communicator) throws -> AttentionMask { try configuration.mask(communicator) }
 
-    func mask() throws -> AttentionMask {
-        let inner = positionMask
-        guard cuSeqlens != nil || documents != nil || randomDocuments != nil else { return inner }
-        let tokens = try source.dimensions(selfAttention: false).tokens
-        let boundaries: DocumentBoundaries
+    func mask() throws -> AttentionMask { try configuration.mask() }
+
+    /// The problem as the library takes it.
+    var configuration: ProblemConfiguration {
+        var documents: ProblemConfiguration.Documents?
         if let cuSeqlens {
-            boundaries = try DocumentBoundaries.load(cuSeqlens, tokens: tokens)
-        } else if let documents {
-            boundaries = try DocumentBoundaries(lengths: Self.documentLengths(documents)!, tokens: tokens)  // validated
-        } else {
-            boundaries = DocumentBoundaries.random(count: randomDocuments!, tokens: tokens, seed: seed)
+            documents = .cuSeqlens(path: cuSeqlens)
+        } else if let lengths = self.documents.flatMap(Self.documentLengths) {
+            documents = .lengths(lengths)  // validated
+        } else if let randomDocuments {
+            documents = .random(count: randomDocuments, seed: seed)
         }
-        return .documents(boundaries, within: inner)
+        return ProblemConfiguration(source: source, positionMask: positionMask, documents: documents)
     }
 
     var source: InputSource {
@@ -258,13 +257,16 @@ struct ComputeOptions: ParsableArguments {
         return (parts[0], parts[1])
     }
 
+    /// How each rank computes, as the library takes it.
+    var configuration: ComputeConfiguration {
+        ComputeConfiguration(
+            strategy: strategy.named, strategyOptions: strategyOptions, threads: threads, tiling: tiling, documentLayout: documentLayout.layout,
+            probe: probe, kernelEfficiency: kernelEfficiency)
+    }
+
     var strategyOptions: StrategyOptions {
-        var options = StrategyOptions()
-        options.mesh = mesh.flatMap(Self.parseMesh)
-        options.starQueries = queries
-        options.starPosition = queryPosition
-        options.starEveryRank = everyRank
-        return options
+        StrategyOptions(
+            MeshOptions(shape: mesh.flatMap(Self.parseMesh)), StarOptions(queries: queries, position: queryPosition, everyRank: everyRank))
     }
 
     var tiling: KernelTiling { KernelTiling(queryTile: queryTile, keyBlock: keyBlock) }

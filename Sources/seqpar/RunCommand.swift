@@ -1,5 +1,6 @@
 import ArgumentParser
 import AttentionCore
+import AttentionJobs
 import Foundation
 import Profiling
 import SequenceParallel
@@ -61,101 +62,29 @@ struct RunCommand: ParsableCommand {
         try Session.run(timeout: compute.timeout) { world in
             // Before anything else: no output may overwrite an input or another output, or be a
             // FIFO or device, and each must be writable (OutputFiles.swift).
-            let outputs = [("--out", out), ("--lse", lse), ("--dq", gradientPaths.dq), ("--dk", gradientPaths.dk), ("--dv", gradientPaths.dv)]
-                .compactMap { option, path in path.map { (option: option, path: $0) } }
+            let named = { (option: String, path: String?) in path.map { (option: option, path: $0) } }
+            let files = RunJob.Files(
+                output: named("--out", out), lse: named("--lse", lse), dq: named("--dq", gradientPaths.dq), dk: named("--dk", gradientPaths.dk),
+                dv: named("--dv", gradientPaths.dv))
             let traces = profile.map { [(option: traceOption, path: $0), (option: "\(traceOption)'s timeline", path: ProfileReport.svgPath($0))] } ?? []
-            try world.together { try OutputPaths.check(outputs: outputs + traces, inputs: problem.inputFiles + backward.inputFiles) }
+            try world.together { try OutputPaths.check(outputs: files.named + traces, inputs: problem.inputFiles + backward.inputFiles) }
             if let saveInputs, case let .synthetic(seed, tokens, shape) = problem.source {
                 try SavedInputs.write(saveInputs, seed: seed, tokens: tokens, shape: shape, communicator: world)
                 if !output.json { Session.say(world, "wrote the inputs to \(SavedInputs.paths(saveInputs).joined(separator: ", "))") }
             }
-            let chosen = try AutoStrategy.resolve(problem, compute, communicator: world)
+            let chosen = try AutoStrategy.resolve(problem.configuration, compute.configuration, communicator: world)
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
             let prepared = try DistributedRun.prepare(
-                problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute,
+                problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute.configuration,
                 communicator: world, mesh: chosen.mesh)
-            if backward.backward { try BackwardRun.check(prepared, communicator: world) }
-            // Temporaries beside the targets, made and sized now: a full disk fails before the compute.
-            let shapes = [
-                "--out": prepared.outputShape, "--lse": prepared.lseShape, "--dq": prepared.outputShape,
-                "--dk": prepared.keyGradientShape, "--dv": prepared.keyGradientShape,
-            ]
-            let transaction =
-                outputs.isEmpty
-                ? nil
-                : try OutputTransaction.begin(
-                    outputs.map {
-                        (option: $0.option, path: $0.path, shape: shapes[$0.option]!)
-                    }, communicator: world)
-            DistributedRun.announce(prepared, communicator: world)
-            var run: DistributedRun
-            var backwardRun: BackwardRun?
-            do {
-                run = try DistributedRun.run(prepared, communicator: world, profile: profile != nil)
-                if backward.backward {
-                    backwardRun = try BackwardRun.execute(after: run, outputGrad: backward.source(problem), communicator: world, profile: profile != nil)
-                    run.profile?.events += backwardRun!.events
-                }
-                if let transaction {
-                    try run.result.write(
-                        output: transaction.temporary("--out"), lse: transaction.temporary("--lse"),
-                        segments: run.strategy.fileSegments(run.shard), extent: run.extent, communicator: world)
-                    try backwardRun?.gradients.write(
-                        dq: transaction.temporary("--dq"), dk: transaction.temporary("--dk"), dv: transaction.temporary("--dv"),
-                        querySegments: run.strategy.fileSegments(run.shard), keySegments: run.shard.keySegments,
-                        shape: run.job.shape, communicator: world)
-                    try transaction.commit()
-                }
-            } catch {
-                transaction?.abandon()
-                throw error
-            }
-            let summary = try profile.map { try ProfileReport.write(run, strategy: chosen.name, to: $0, communicator: world) }
-            let memory = try world.allgather(Int64(peakResidentBytes())).map(Double.init)
-            let sent = try world.allgather(Int64(run.bytesSent)), received = try world.allgather(Int64(run.bytesReceived))
-            let kernelFlops = try world.allgather(run.kernelFlops)
-            let gflops = run.flops / run.seconds / 1e9
-            // Work balance: the kernel FLOPs each rank spent, max over mean.
-            let meanFlops = kernelFlops.reduce(0, +) / Double(kernelFlops.count)
-            let imbalance = meanFlops > 0 ? kernelFlops.max()! / meanFlops : 1
+            let outcome = try RunJob.execute(
+                prepared, files: files, outputGrad: backward.backward ? backward.source(problem) : nil, trace: profile, communicator: world)
+            let (run, summary, figures) = (outcome.run, outcome.profile, outcome.figures)
             if output.json {
-                var report = RunReport(
-                    strategy: chosen.name.rawValue, ranks: world.size, threads: compute.threads, tokens: run.shard.tokens,
-                    heads: run.job.shape.heads, kvHeads: run.job.shape.kvHeads, headDim: run.job.shape.headDim, mask: run.job.mask.description,
-                    density: run.job.mask.visiblePairs(tokens: run.shard.tokens, heads: run.job.shape.heads)
-                        / (Double(run.shard.tokens) * Double(run.shard.tokens) * Double(run.job.shape.heads)),
-                    seconds: run.seconds, flops: run.flops, gflops: gflops, peakMemoryBytes: memory, bytesSent: sent, bytesReceived: received,
-                    kernelFlops: kernelFlops, imbalance: imbalance)
-                report.layout = run.documentLayout?.name
-                report.predictedImbalance = run.documentLayout?.imbalance
-                if let summary, let profile { report.profile = ProfileFigures(summary, trace: profile, svg: ProfileReport.svgPath(profile)) }
-                if let backwardRun {
-                    report.backward = RunReport.BackwardFigures(
-                        seconds: backwardRun.seconds, flops: backwardRun.flops, gflops: backwardRun.flops / backwardRun.seconds / 1e9,
-                        kernelFlops: try world.allgather(backwardRun.kernelFlops), bytesSent: try world.allgather(Int64(backwardRun.bytesSent)),
-                        bytesReceived: try world.allgather(Int64(backwardRun.bytesReceived)))
-                }
-                Session.say(world, JSONReport.text(report))
+                let profileFigures = summary.flatMap { summary in profile.map { ProfileFigures(summary, trace: $0, svg: ProfileReport.svgPath($0)) } }
+                Session.say(world, JSONReport.text(figures.report(ranks: world.size, threads: compute.threads, profile: profileFigures)))
             } else {
-                Session.say(
-                    world,
-                    """
-                    seqpar run: \(chosen.name.rawValue), \(world.size) rank(s) x \(compute.threads) thread(s), \(Format.problem(run))
-                    time \(String(format: "%.4f", run.seconds)) s, \(String(format: "%.1f", gflops)) GFLOP/s
-                    peak memory per rank: \(memory.map(Format.bytes).joined(separator: ", "))
-                    sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
-                    kernel GFLOP per rank: \(kernelFlops.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", ")) (imbalance, max/mean: \(String(format: "%.3f", imbalance)))
-                    """)
-                if let backwardRun {
-                    let kernel = try world.allgather(backwardRun.kernelFlops), sent = try world.allgather(Int64(backwardRun.bytesSent))
-                    Session.say(
-                        world,
-                        """
-                        backward: time \(String(format: "%.4f", backwardRun.seconds)) s, \(String(format: "%.1f", backwardRun.flops / backwardRun.seconds / 1e9)) GFLOP/s (FLOPs: 2.5 x the forward's)
-                        backward sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
-                        backward kernel GFLOP per rank: \(kernel.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", "))
-                        """)
-                }
+                Session.say(world, figures.text(ranks: world.size, threads: compute.threads))
                 if let layout = run.documentLayout {
                     Session.say(world, "documents laid out as \(layout.name): predicted kernel work per rank max/mean \(String(format: "%.3f", layout.imbalance))")
                 }

@@ -1,6 +1,7 @@
 // The cost model under mpirun: --strategy auto picks a strategy the run can use (and verify
 // passes with it), from a probe file or probing first; bench prints predicted against measured.
 
+import AttentionJobs
 import Foundation
 import Planning
 import Testing
@@ -17,7 +18,7 @@ extension EndToEnd {
             let shape = ["--tokens", "2003", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal", "--strategy", "auto"]
             let run = try await launch(ranks: ranks, arguments: ["run", "--json", "--probe", file] + shape)
             #expect(run.status == 0, "\(run)")
-            #expect(["ring", "zigzag", "heads", "mesh"].contains(try run.json()["strategy"] as? String ?? ""), "\(run)")
+            #expect(["ring", "zigzag", "heads", "mesh"].contains(try run.report(RunReport.self).strategy), "\(run)")
             let verify = try await launch(ranks: ranks, arguments: ["verify"] + shape)
             #expect(verify.status == 0, "\(verify)")
             #expect(verify.stdout.contains("strategy auto: ") && verify.stdout.contains("PASS"), "\(verify)")
@@ -32,12 +33,12 @@ extension EndToEnd {
                     "--tokens", "2048", "--causal", "--heads", "4", "--kv-heads", "2", "--head-dim", "32",
                 ])
             #expect(result.status == 0, "\(result)")
-            let rows = try #require(array(try result.json(), "results"))
+            let rows = try result.report(BenchJSON.self).results
             #expect(rows.count == 3)
             for row in rows {
-                let predicted = try #require(number(row["predicted_seconds"])), ratio = try #require(number(row["measured_over_predicted"]))
+                let predicted = try #require(row.predictedSeconds), ratio = try #require(row.measuredOverPredicted)
                 #expect(predicted > 0 && predicted.isFinite && ratio > 0 && ratio.isFinite)
-                #expect(abs(ratio - (number(row["seconds"]) ?? 0) / predicted) < 1e-9)
+                #expect(abs(ratio - row.seconds / predicted) < 1e-9)
             }
         }
     }

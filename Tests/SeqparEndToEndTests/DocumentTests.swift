@@ -4,6 +4,7 @@
 // and bad cu_seqlens refused on every rank with one message.
 
 import AttentionCore
+import AttentionJobs
 import Foundation
 import Testing
 
@@ -39,7 +40,7 @@ extension EndToEnd {
         func verify(ranks: Int, variant: DocumentVariant) async throws {
             let result = try await launch(ranks: ranks, arguments: ["verify", "--json"] + variant.arguments)
             try expectVerified(result, ranks: ranks, tokens: variant.tokens)
-            #expect(try result.json()["mask"] as? String == (variant.causal ? "causal within 9 documents" : "10 documents"), "\(result)")
+            #expect(try result.report(VerifyJSON.self).mask == (variant.causal ? "causal within 9 documents" : "10 documents"), "\(result)")
         }
 
         @Test("each document layout, forced, is exact", arguments: ["head-tail", "whole", "mixed"], ["ring", "mesh"])
@@ -65,7 +66,7 @@ extension EndToEnd {
                     "--cu-seqlens", dir.path("cu.npy"), "--heads", "4", "--head-dim", "32",
                 ])
             try expectVerified(result, ranks: 3, tokens: 301)
-            #expect(try result.json()["mask"] as? String == "window 40 within 7 documents", "\(result)")
+            #expect(try result.report(VerifyJSON.self).mask == "window 40 within 7 documents", "\(result)")
         }
 
         @Test("run reports the layout and the work balance it got")
@@ -77,13 +78,12 @@ extension EndToEnd {
                     "--tokens", "3000", "--heads", "2", "--kv-heads", "1", "--head-dim", "32",
                 ])
             #expect(result.status == 0, "\(result)")
-            let json = try result.json()
-            let predicted = try #require(number(json, "predicted_imbalance"), "\(result)")
-            let measured = try #require(number(json, "imbalance"), "\(result)")
+            let json = try result.report(RunReport.self)
+            let predicted = try #require(json.predictedImbalance, "\(result)"), measured = json.imbalance
             #expect(predicted >= 1 && predicted <= 1.05, "\(result)")
             // The prediction walks the kernel's tiles and blocks as the ring pass meets them: it is the FLOPs spent.
             #expect(abs(measured - predicted) <= 1e-9, "predicted \(predicted), measured \(measured)\n\(result)")
-            #expect(["head-tail documents", "whole documents", "mixed documents", "zigzag"].contains(json["layout"] as? String ?? ""), "\(result)")
+            #expect(["head-tail documents", "whole documents", "mixed documents", "zigzag"].contains(json.layout ?? ""), "\(result)")
             let text = try await launch(ranks: 2, arguments: ["run", "--strategy", "ring", "--documents", "10,20,0,30", "--heads", "2", "--head-dim", "16"])
             #expect(text.status == 0 && text.stdout.contains("imbalance, max/mean"), "\(text)")
             #expect(text.stdout.contains("documents laid out as"), "\(text)")

@@ -4,6 +4,7 @@
 // backward computed here, and the refusals (star, a bad dO, gradients asked without --backward).
 
 import AttentionCore
+import AttentionJobs
 import Foundation
 import Testing
 
@@ -13,21 +14,20 @@ import Testing
 func expectGradientsVerified(
     _ result: LaunchResult, ranks: Int, tokens: Int,
     sourceLocation: SourceLocation = #_sourceLocation
-) throws -> [String: Any] {
+) throws -> GradientJSON {
     try expectVerified(result, ranks: ranks, tokens: tokens, sourceLocation: sourceLocation)
-    let json = try result.json(sourceLocation: sourceLocation)
-    let backward = try #require(dictionary(json, "backward"), "no backward section\n\(result)", sourceLocation: sourceLocation)
-    #expect(boolean(backward["passed"]) == true, "backward not passed\n\(result)", sourceLocation: sourceLocation)
-    for tensor in ["dq", "dk", "dv"] {
-        let single = try #require(number(backward, "single_rank", "\(tensor)_max_abs"), sourceLocation: sourceLocation)
-        let reference = try #require(number(backward, "reference", "\(tensor)_max_abs"), sourceLocation: sourceLocation)
+    let json = try result.report(VerifyJSON.self, sourceLocation: sourceLocation)
+    let backward = try #require(json.backward, "no backward section\n\(result)", sourceLocation: sourceLocation)
+    #expect(backward.passed, "backward not passed\n\(result)", sourceLocation: sourceLocation)
+    let maxAbs = { (e: GradientJSON.Errors) in [("dq", e.dqMaxAbs), ("dk", e.dkMaxAbs), ("dv", e.dvMaxAbs)] }
+    for ((tensor, single), (_, reference)) in zip(maxAbs(backward.singleRank), maxAbs(backward.reference)) {
         #expect(single <= 1e-5, "\(tensor) differs from the single-rank backward by \(single)", sourceLocation: sourceLocation)
         #expect(reference <= 1e-4, "\(tensor) differs from float64 by \(reference)", sourceLocation: sourceLocation)
     }
     // Every query row and every key row compared, once.
-    #expect(number(backward, "single_rank", "query_rows") == Double(tokens), sourceLocation: sourceLocation)
-    #expect(number(backward, "single_rank", "key_rows") == Double(tokens), sourceLocation: sourceLocation)
-    #expect(number(backward, "reference", "key_rows") == Double(tokens), "small problems are checked on every row", sourceLocation: sourceLocation)
+    #expect(backward.singleRank.queryRows == tokens, sourceLocation: sourceLocation)
+    #expect(backward.singleRank.keyRows == tokens, sourceLocation: sourceLocation)
+    #expect(backward.reference.keyRows == tokens, "small problems are checked on every row", sourceLocation: sourceLocation)
     return backward
 }
 
@@ -125,7 +125,7 @@ extension EndToEnd {
                         "--heads", "4", "--kv-heads", "2", "--head-dim", "64", "--strategy", strategy,
                     ])
                 let backward = try expectGradientsVerified(result, ranks: ranks, tokens: 509)
-                errors.append(["dq", "dk", "dv"].compactMap { number(backward, "reference", "\($0)_max_abs") }.max()!)
+                errors.append([backward.reference.dqMaxAbs, backward.reference.dkMaxAbs, backward.reference.dvMaxAbs].max()!)
             }
             #expect(errors[0] > 0, "the one-rank error should be float32 rounding, not zero: \(errors)")
             #expect(errors.allSatisfy { $0 <= 2 * errors[0] }, "float64 errors at 1, 2, 3, 4 ranks: \(errors)")
@@ -149,10 +149,9 @@ extension EndToEnd {
                     "--dv", scratch.path("dv.npy"),
                 ])
             #expect(result.status == 0, "\(result)")
-            let json = try result.json()
-            let forwardFlops = try #require(number(json, "flops"))
-            #expect(number(json, "backward", "flops") == 2.5 * forwardFlops)
-            #expect((number(json, "backward", "gflops") ?? 0) > 0)
+            let json = try result.report(RunReport.self)
+            #expect(json.backward?.flops == 2.5 * json.flops)
+            #expect((json.backward?.gflops ?? 0) > 0)
 
             let shape = try AttentionShape(heads: heads, kvHeads: kvHeads, headDim: d)
             let tensor = { (values: [Float], h: Int) in TokenTensor(tokens: tokens, heads: h, headDim: d, values: values) }

@@ -3,6 +3,7 @@
 // the job), and a job that runs past its time limit is stopped (SIGTERM to mpirun, then SIGKILL
 // to it and every process below it) and recorded as a failure: a hang never passes silently.
 
+import AttentionJobs
 import Foundation
 import SeqparTestSupport
 import Testing
@@ -17,10 +18,19 @@ typealias LaunchResult = ProcessResult
 extension ProcessResult: CustomStringConvertible {
     /// Rank 0's JSON object: the one line of stdout that is a JSON object.
     func json(sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
-        let line = stdout.split(whereSeparator: \.isNewline).first { $0.hasPrefix("{") }
-        let text = try #require(line, "no JSON object on stdout of `\(command)`\n\(self)", sourceLocation: sourceLocation)
-        let object = try JSONSerialization.jsonObject(with: Data(text.utf8))
+        let object = try JSONSerialization.jsonObject(with: Data(try jsonLine(sourceLocation: sourceLocation).utf8))
         return try #require(object as? [String: Any], "stdout of `\(command)` is not a JSON object", sourceLocation: sourceLocation)
+    }
+
+    /// Rank 0's JSON object decoded as one of AttentionJobs' report types (`RunReport`, `VerifyJSON`, ...).
+    func report<Report: Decodable>(_ type: Report.Type, sourceLocation: SourceLocation = #_sourceLocation) throws -> Report {
+        try JSONReport.decode(type, from: try jsonLine(sourceLocation: sourceLocation))
+    }
+
+    /// The one line of stdout that is a JSON object.
+    func jsonLine(sourceLocation: SourceLocation) throws -> String {
+        let line = stdout.split(whereSeparator: \.isNewline).first { $0.hasPrefix("{") }
+        return String(try #require(line, "no JSON object on stdout of `\(command)`\n\(self)", sourceLocation: sourceLocation))
     }
 
     /// stderr without Open MPI's own framed notices ("Primary job terminated normally, but 1
@@ -74,6 +84,11 @@ func number(_ object: [String: Any], _ path: String...) -> Double? {
 func dictionary(_ object: [String: Any], _ key: String) -> [String: Any]? { object[key] as? [String: Any] }
 
 func array(_ object: [String: Any], _ key: String) -> [[String: Any]]? { object[key] as? [[String: Any]] }
+
+/// Figures per rank: `object[key]` as numbers.
+func perRank(_ json: [String: Any], _ key: String) -> [Double] {
+    (json[key] as? [Any] ?? []).compactMap(number)
+}
 
 func boolean(_ value: Any?) -> Bool? {
     if let b = value as? Bool { return b }

@@ -4,6 +4,7 @@
 // the all-to-all volumes computed from the token partition and the head split.
 
 import AttentionCore
+import AttentionJobs
 import Foundation
 import Testing
 
@@ -26,7 +27,7 @@ extension EndToEnd {
             let trace = folder.appendingPathComponent("trace.json").path
             let result = try await launch(ranks: ranks, arguments: ["profile", "--json", "--causal", "--strategy", strategy, "--trace", trace] + Self.shape)
             #expect(result.status == 0, "\(result)")
-            let json = try result.json()
+            let json = try result.report(RunReport.self)
 
             let object = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: trace))) as? [String: Any])
             let events = try #require(object["traceEvents"] as? [[String: Any]])
@@ -51,17 +52,15 @@ extension EndToEnd {
             #expect(parser.parse(), "SVG not well-formed: \(parser.parserError.map { "\($0)" } ?? "")")
             #expect(rows.root == "svg" && rows.ranks == (0 ..< ranks).map { "rank-\($0)" })
 
-            let profile = try #require(dictionary(json, "profile"))
-            let perRankProfile = try #require(array(profile, "ranks"))
-            #expect(perRankProfile.compactMap { number($0["bytes_sent"]) } == perRank(json, "bytes_sent"))
-            #expect(perRankProfile.compactMap { number($0["bytes_received"]) } == perRank(json, "bytes_received"))
-            for p in perRankProfile {
-                let overlap = try #require(number(p["overlap"]))
-                #expect(overlap >= 0 && overlap <= 1)
-                #expect((number(p["compute_seconds"]) ?? 0) > 0)
-                #expect((number(p["exposed_communication_seconds"]) ?? 0) <= (number(p["communication_seconds"]) ?? 0) + 1e-9)
+            let profile = try #require(json.profile)
+            #expect(profile.ranks.map(\.bytesSent) == json.bytesSent.map(Double.init))
+            #expect(profile.ranks.map(\.bytesReceived) == json.bytesReceived.map(Double.init))
+            for p in profile.ranks {
+                #expect(p.overlap >= 0 && p.overlap <= 1)
+                #expect(p.computeSeconds > 0)
+                #expect(p.exposedCommunicationSeconds <= p.communicationSeconds + 1e-9)
             }
-            #expect((number(profile, "load_imbalance") ?? 0) >= 1)
+            #expect(profile.loadImbalance >= 1)
         }
 
         /// Heads: Q, K and V go out in one all-to-all each, O and LSE come back in one each. A rank
@@ -77,7 +76,7 @@ extension EndToEnd {
                     "--heads", "\(heads)", "--kv-heads", "\(kvHeads)", "--head-dim", "\(d)",
                 ])
             #expect(result.status == 0, "\(result)")
-            let json = try result.json()
+            let json = try result.report(RunReport.self)
             let rows = (0 ..< ranks).map { TokenPartition.chunk($0, of: ranks, tokens: tokens).count }
             let headsOf = (0 ..< ranks).map { TokenPartition.chunk($0, of: ranks, tokens: heads).count }
             let group = heads / kvHeads
@@ -99,8 +98,8 @@ extension EndToEnd {
                             + rows[r] * headsOf[m] * d + headsOf[m] * rows[r])
                 }
             }
-            #expect(perRank(json, "bytes_sent") == sent.map(Double.init))
-            #expect(perRank(json, "bytes_received") == received.map(Double.init))
+            #expect(json.bytesSent == sent.map(Int64.init))
+            #expect(json.bytesReceived == received.map(Int64.init))
         }
     }
 }

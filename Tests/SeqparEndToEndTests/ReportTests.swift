@@ -1,6 +1,7 @@
 // The figures seqpar reports (info, run, bench as JSON) and what they say about memory: per-rank
 // peak memory must grow with tokens / ranks, never with tokens^2 (docs/DESIGN.md, "Memory").
 
+import AttentionJobs
 import Foundation
 import Testing
 
@@ -11,17 +12,16 @@ extension EndToEnd {
         func info() async throws {
             let result = try await launch(ranks: 2, arguments: ["info", "--json", "--sgemm-size", "256"])
             try #require(result.status == 0, "\(result)")
-            let json = try result.json()
-            #expect(number(json, "world_size") == 2)
-            #expect((json["mpi_library"] as? String)?.isEmpty == false, "no MPI library version")
-            let ranks = try #require(array(json, "ranks"), "no ranks array\n\(result)")
-            #expect(ranks.count == 2)
-            for (i, rank) in ranks.enumerated() {
-                #expect(number(rank, "rank") == Double(i))
-                #expect((rank["host"] as? String)?.isEmpty == false, "rank \(i) has no host")
+            let json = try result.report(InfoJSON.self)
+            #expect(json.worldSize == 2)
+            #expect(!json.mpiLibrary.isEmpty, "no MPI library version")
+            #expect(json.ranks.count == 2)
+            for (i, rank) in json.ranks.enumerated() {
+                #expect(rank.rank == i)
+                #expect(!rank.host.isEmpty, "rank \(i) has no host")
                 // Launch/local exports OPENBLAS_NUM_THREADS=1: ranks must not oversubscribe cores.
-                #expect(number(rank, "blas_threads") == 1, "rank \(i): blas_threads \(rank["blas_threads"] ?? "none")")
-                #expect((number(rank, "sgemm_gflops") ?? 0) > 0, "rank \(i): sgemm_gflops \(rank["sgemm_gflops"] ?? "none")")
+                #expect(rank.blasThreads == 1, "rank \(i): blas_threads \(rank.blasThreads)")
+                #expect(rank.sgemmGflops > 0, "rank \(i): sgemm_gflops \(rank.sgemmGflops)")
             }
         }
 
@@ -43,8 +43,8 @@ extension EndToEnd {
         static func infoCores(environment: [String: String?]) async throws -> (cores: [String], reasons: [String], result: LaunchResult) {
             let result = try await launch(ranks: 2, arguments: ["info", "--json", "--sgemm-size", "128"], environment: environment)
             try #require(result.status == 0, "\(result)")
-            let ranks = try #require(array(try result.json(), "ranks"), "no ranks array\n\(result)")
-            return (ranks.map { $0["openblas_core"] as? String ?? "" }, ranks.map { $0["openblas_core_reason"] as? String ?? "" }, result)
+            let ranks = try result.report(InfoJSON.self).ranks
+            return (ranks.map(\.openblasCore), ranks.map(\.openblasCoreReason), result)
         }
 
         @Test("with nothing set by hand, OpenBLAS runs kernels that match the CPU on every rank")
@@ -95,19 +95,18 @@ extension EndToEnd {
                     "--head-dim", "64", "--causal", "--strategy", "zigzag",
                 ])
             try #require(result.status == 0, "\(result)")
-            let json = try result.json()
-            #expect(number(json, "ranks") == 2)
-            #expect(number(json, "tokens") == 1000)
-            #expect(json["mask"] as? String == "causal")
-            #expect(json["strategy"] as? String == "zigzag")
-            let seconds = try #require(number(json, "seconds")), gflops = try #require(number(json, "gflops"))
-            let flops = try #require(number(json, "flops"))
+            let json = try result.report(RunReport.self)
+            #expect(json.ranks == 2)
+            #expect(json.tokens == 1000)
+            #expect(json.mask == "causal")
+            #expect(json.strategy == "zigzag")
+            let (seconds, gflops, flops) = (json.seconds, json.gflops, json.flops)
             #expect(seconds > 0 && gflops > 0)
             // docs/DESIGN.md's count: 4 * tokens^2 * heads * headDim, the visible half (with the diagonal) for causal.
             let visiblePairs: Double = 1000.0 * 1001 / 2
             #expect(flops == 4 * 64 * 4 * visiblePairs)
             #expect(abs(gflops - flops / seconds / 1e9) <= 1e-6 * gflops, "gflops is not flops / seconds")
-            let memory = try #require(json["peak_memory_bytes"] as? [Any], "no peak_memory_bytes\n\(result)").compactMap(number)
+            let memory = json.peakMemoryBytes
             #expect(memory.count == 2)
             #expect(memory.allSatisfy { $0 > 0 }, "peak memory \(memory)")
         }
@@ -121,25 +120,23 @@ extension EndToEnd {
                     "--kv-heads", "2", "--head-dim", "64",
                 ])
             try #require(result.status == 0, "\(result)")
-            let json = try result.json()
-            let peak = try #require(number(json, "sgemm_peak_gflops"))
+            let json = try result.report(BenchJSON.self)
+            let peak = json.sgemmPeakGflops
             #expect(peak > 0)
-            let rows = try #require(array(json, "results"), "no results\n\(result)")
-            #expect(Set(rows.compactMap { $0["strategy"] as? String }) == ["ring", "zigzag", "heads", "mesh"])
-            for row in rows {
-                let gflops = number(row, "gflops") ?? 0, fraction = number(row, "fraction_of_peak") ?? 0
+            #expect(Set(json.results.map(\.strategy)) == ["ring", "zigzag", "heads", "mesh"])
+            for row in json.results {
+                let gflops = row.gflops, fraction = row.fractionOfPeak
                 #expect(gflops > 0, "\(row)")
                 #expect(fraction > 0, "\(row)")
                 #expect(abs(fraction - gflops / peak) <= 1e-9 * max(1, fraction), "fraction_of_peak is not gflops / peak: \(row)")
-                #expect((number(row, "fraction_of_kernel_shape_peak") ?? 0) > 0, "\(row)")
+                #expect(row.fractionOfKernelShapePeak > 0, "\(row)")
             }
             // The sgemm rate at the kernel's own products: both measured, combined as their harmonic mean.
-            let shapes = try #require(json["sgemm_kernel_shapes_gflops"] as? [String: Any], "no kernel-shape peak\n\(result)")
-            let scores = try #require(number(shapes, "scores")), values = try #require(number(shapes, "values"))
-            let combined = try #require(number(shapes, "combined"))
+            let shapes = json.sgemmKernelShapesGflops
+            let (scores, values, combined) = (shapes.scores, shapes.values, shapes.combined)
             #expect(scores > 0 && values > 0)
             #expect(abs(combined - 2 / (1 / scores + 1 / values)) <= 1e-6 * combined, "\(shapes)")
-            #expect((json["openblas_cores"] as? [String])?.count == 2)
+            #expect(json.openblasCores.count == 2)
         }
 
         /// Peak resident memory per rank (getrusage) at 2 ranks, one head of dim 64, causal:
@@ -163,7 +160,7 @@ extension EndToEnd {
                         "--head-dim", "64", "--causal", "--strategy", "ring",
                     ])
                 try #require(result.status == 0, "\(result)")
-                let memory = try #require(try result.json()["peak_memory_bytes"] as? [Any]).compactMap(number)
+                let memory = try result.report(RunReport.self).peakMemoryBytes
                 try #require(memory.count == 2 && memory.allSatisfy { $0 > 0 }, "peak memory \(memory)")
                 return memory
             }
@@ -197,7 +194,7 @@ extension EndToEnd {
                         "--head-dim", "128", "--causal", "--strategy", "zigzag",
                     ])
                 try #require(result.status == 0, "\(result)")
-                let memory = try #require(try result.json()["peak_memory_bytes"] as? [Any]).compactMap(number)
+                let memory = try result.report(RunReport.self).peakMemoryBytes
                 try #require(memory.count == ranks, "peak memory \(memory)")
                 return memory.max()!
             }
@@ -207,5 +204,26 @@ extension EndToEnd {
             #expect(one > 32 * mib, "one rank's state is only \(one / mib) MiB: the measurement cannot tell anything")
             #expect(four < 0.6 * one, "per-rank state at 4 ranks is \(four / mib) MiB, at 1 rank \(one / mib) MiB: not O(tokens / P)")
         }
+    }
+}
+
+/// The report types themselves, in process: what `--json` writes reads back as the same value.
+@Suite("report types")
+struct ReportTypes {
+    @Test("a report reads back as written: snake_case keys, infinity and NaN as strings, absent optionals left out")
+    func roundTrip() throws {
+        var row = BenchJSON.Result(strategy: "ring", seconds: 1, gflops: .infinity, fractionOfPeak: .nan, fractionOfKernelShapePeak: 0.5)
+        row.predictedSeconds = 2
+        let report = BenchJSON(
+            ranks: 2, threads: 1, sgemmPeakGflops: 10, sgemmKernelShapesGflops: .init(scores: 1, values: 2, combined: 4.0 / 3),
+            openblasCores: ["Haswell", "Haswell"], openblasCoreReason: "chosen", results: [row], predictions: [.init(strategy: "mesh 2x2", seconds: 3)])
+        let text = JSONReport.text(report)
+        #expect(text.contains(#""sgemm_kernel_shapes_gflops":{"#) && text.contains(#""gflops":"inf""#) && text.contains(#""fraction_of_peak":"nan""#), "\(text)")
+        #expect(!text.contains("backward_seconds"), "\(text)")
+        let back = try JSONReport.decode(BenchJSON.self, from: text)
+        #expect(back.command == "bench" && back.results.count == 1 && back.predictions[0].strategy == "mesh 2x2")
+        #expect(back.results[0].gflops == .infinity && back.results[0].fractionOfPeak.isNaN && back.results[0].predictedSeconds == 2)
+        #expect(back.results[0].backwardSeconds == nil)
+        #expect(JSONReport.text(back) == text)
     }
 }

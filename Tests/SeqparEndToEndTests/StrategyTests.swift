@@ -5,25 +5,21 @@
 // volumes; and refusals of impossible splits before any communication.
 
 import AttentionCore
+import AttentionJobs
 import Foundation
 import Testing
 
 /// Asserts a passing `verify --json` whose ranks together produced `rows` rows.
 func expectPassed(_ result: LaunchResult, rows: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
     #expect(result.status == 0, "verify failed\n\(result)", sourceLocation: sourceLocation)
-    let json = try result.json(sourceLocation: sourceLocation)
-    #expect(boolean(json["passed"]) == true, "passed is not true\n\(result)", sourceLocation: sourceLocation)
-    let single = try #require(number(json, "single_rank", "o_max_abs"), sourceLocation: sourceLocation)
+    let json = try result.report(VerifyJSON.self, sourceLocation: sourceLocation)
+    #expect(json.passed, "passed is not true\n\(result)", sourceLocation: sourceLocation)
+    let single = json.singleRank.oMaxAbs
     #expect(single <= 1e-5, "O differs from the single-rank result by \(single)", sourceLocation: sourceLocation)
-    #expect((number(json, "single_rank", "lse_max_rel") ?? 1) <= 1e-5, sourceLocation: sourceLocation)
-    #expect(number(json, "single_rank", "rows") == Double(rows), "checked rows\n\(result)", sourceLocation: sourceLocation)
-    let reference = try #require(number(json, "reference", "o_max_abs"), sourceLocation: sourceLocation)
-    #expect((number(json, "reference", "rows") ?? 0) > 0 && reference <= 1e-4, "float64: \(reference)", sourceLocation: sourceLocation)
-}
-
-/// `run --json` figures per rank.
-func perRank(_ json: [String: Any], _ key: String) -> [Double] {
-    (json[key] as? [Any] ?? []).compactMap(number)
+    #expect(json.singleRank.lseMaxRel <= 1e-5, sourceLocation: sourceLocation)
+    #expect(json.singleRank.rows == rows, "checked rows\n\(result)", sourceLocation: sourceLocation)
+    let reference = json.reference.oMaxAbs
+    #expect(json.reference.rows > 0 && reference <= 1e-4, "float64: \(reference)", sourceLocation: sourceLocation)
 }
 
 extension EndToEnd {
@@ -155,7 +151,8 @@ extension EndToEnd {
                     ]
                         + (window.map { ["--window", $0] } ?? ["--causal"]))
                 #expect(result.status == 0, "\(result)")
-                let sent = perRank(try result.json(), "bytes_sent"), received = perRank(try result.json(), "bytes_received")
+                let report = try result.report(RunReport.self)
+                let sent = report.bytesSent.map(Double.init), received = report.bytesReceived.map(Double.init)
                 let steps = window == nil ? ranks - 1 : min(1, ranks - 1)
                 let expected = (0 ..< ranks).map { r in (0 ..< steps).reduce(0) { $0 + blocks[(r - $1 + ranks) % ranks] } }
                 #expect(sent == expected.map(Double.init), "window \(window ?? "none"): sent \(sent), expected \(expected)")
@@ -171,12 +168,11 @@ extension EndToEnd {
             let s2 = try await launch(ranks: 4, arguments: ["run", "--json", "--strategy", "s2", "--s2-block", "64", "--s2-local", "2", "--s2-stride", "8"] + problem)
             let zigzag = try await launch(ranks: 4, arguments: ["run", "--json", "--strategy", "zigzag", "--causal"] + problem)
             #expect(s2.status == 0 && zigzag.status == 0, "\(s2)\n\(zigzag)")
-            let (a, b) = (try s2.json(), try zigzag.json())
-            let density = try #require(number(a, "density"))
-            #expect(density < 0.2, "density \(density)")
-            #expect(perRank(a, "bytes_sent").reduce(0, +) < 0.4 * perRank(b, "bytes_sent").reduce(0, +))
-            #expect(perRank(a, "kernel_flops").reduce(0, +) < 0.4 * perRank(b, "kernel_flops").reduce(0, +))
-            #expect(perRank(a, "kernel_flops").allSatisfy { $0 > 0 })
+            let (a, b) = (try s2.report(RunReport.self), try zigzag.report(RunReport.self))
+            #expect(a.density < 0.2, "density \(a.density)")
+            #expect(Double(a.bytesSent.reduce(0, +)) < 0.4 * Double(b.bytesSent.reduce(0, +)))
+            #expect(a.kernelFlops.reduce(0, +) < 0.4 * b.kernelFlops.reduce(0, +))
+            #expect(a.kernelFlops.allSatisfy { $0 > 0 })
         }
 
         @Test(

@@ -3,6 +3,7 @@
 // set of shapes (head dims 32..128, MHA/GQA/MQA, causal or not, odd tilings); and the exit
 // status and text that follow the tolerance.
 
+import AttentionJobs
 import Foundation
 import Testing
 
@@ -23,31 +24,27 @@ func expectVerified(
     sourceLocation: SourceLocation = #_sourceLocation
 ) throws {
     #expect(result.status == 0, "verify failed\n\(result)", sourceLocation: sourceLocation)
-    let json = try result.json(sourceLocation: sourceLocation)
-    #expect(boolean(json["passed"]) == true, "passed is not true\n\(result)", sourceLocation: sourceLocation)
-    #expect(number(json, "ranks") == Double(ranks), sourceLocation: sourceLocation)
-    #expect(number(json, "tokens") == Double(tokens), sourceLocation: sourceLocation)
+    let json = try result.report(VerifyJSON.self, sourceLocation: sourceLocation)
+    #expect(json.passed, "passed is not true\n\(result)", sourceLocation: sourceLocation)
+    #expect(json.ranks == ranks, sourceLocation: sourceLocation)
+    #expect(json.tokens == tokens, sourceLocation: sourceLocation)
 
     // Against the single-rank result of the same kernel: only the merge order differs.
-    let single = try #require(number(json, "single_rank", "o_max_abs"), "no single_rank.o_max_abs\n\(result)", sourceLocation: sourceLocation)
-    let singleLSE = try #require(number(json, "single_rank", "lse_max_rel"), sourceLocation: sourceLocation)
+    let single = json.singleRank.oMaxAbs, singleLSE = json.singleRank.lseMaxRel
     #expect(single <= 1e-5, "O differs from the single-rank result by \(single)", sourceLocation: sourceLocation)
     #expect(singleLSE <= 1e-5, "LSE differs from the single-rank result by \(singleLSE) (rel)", sourceLocation: sourceLocation)
-    #expect(number(json, "single_rank", "rows") == Double(tokens), "not every row was compared", sourceLocation: sourceLocation)
+    #expect(json.singleRank.rows == tokens, "not every row was compared", sourceLocation: sourceLocation)
 
     // Against float64: a small problem is checked on every row.
-    let referenceRows = try #require(number(json, "reference", "rows"), sourceLocation: sourceLocation)
-    #expect(referenceRows > 0, "no row was checked against float64", sourceLocation: sourceLocation)
-    let reference = try #require(number(json, "reference", "o_max_abs"), sourceLocation: sourceLocation)
-    let referenceLSE = try #require(number(json, "reference", "lse_max_rel"), sourceLocation: sourceLocation)
+    #expect(json.reference.rows > 0, "no row was checked against float64", sourceLocation: sourceLocation)
+    let reference = json.reference.oMaxAbs, referenceLSE = json.reference.lseMaxRel
     #expect(reference <= 1e-4, "O differs from float64 by \(reference)", sourceLocation: sourceLocation)
     #expect(referenceLSE <= 1e-4, "LSE differs from float64 by \(referenceLSE) (rel)", sourceLocation: sourceLocation)
 
     // One entry per rank, and together they hold every token once.
-    let perRank = try #require(array(json, "per_rank"), sourceLocation: sourceLocation)
-    #expect(perRank.count == ranks, sourceLocation: sourceLocation)
-    let rows = perRank.compactMap { number($0, "single_rank", "rows") }.reduce(0, +)
-    #expect(rows == Double(tokens), "per-rank rows add up to \(rows), not \(tokens)", sourceLocation: sourceLocation)
+    #expect(json.perRank.count == ranks, sourceLocation: sourceLocation)
+    let rows = json.perRank.map(\.singleRank.rows).reduce(0, +)
+    #expect(rows == tokens, "per-rank rows add up to \(rows), not \(tokens)", sourceLocation: sourceLocation)
 }
 
 extension EndToEnd {
@@ -121,10 +118,10 @@ extension EndToEnd {
                     "--head-dim", String(shape.headDim), "--seed", "5",
                 ] + shape.variant.arguments + shape.extra)
             try expectVerified(result, ranks: 3, tokens: 131)
-            let json = try result.json()
-            #expect(number(json, "heads") == Double(shape.heads))
-            #expect(number(json, "kv_heads") == Double(shape.kvHeads))
-            #expect(number(json, "head_dim") == Double(shape.headDim))
+            let json = try result.report(VerifyJSON.self)
+            #expect(json.heads == shape.heads)
+            #expect(json.kvHeads == shape.kvHeads)
+            #expect(json.headDim == shape.headDim)
         }
 
         /// The exit status is the verdict: 1 exactly when an error exceeds its tolerance. With a
@@ -140,16 +137,15 @@ extension EndToEnd {
         func exitStatusFollowsTolerance(tolerances: [String]) async throws {
             let problem = ["--tokens", "203", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal", "--strategy", "zigzag"]
             let result = try await launch(ranks: 3, arguments: ["verify", "--json"] + problem + tolerances)
-            let json = try result.json()
-            let tolerance = try #require(number(json, "tolerance"))
-            let referenceTolerance = try #require(number(json, "reference_tolerance"))
+            let json = try result.report(VerifyJSON.self)
+            let tolerance = json.tolerance, referenceTolerance = json.referenceTolerance
             #expect(tolerance == (tolerances.first == "--tolerance" ? 1e-15 : 1e-5))
             #expect(referenceTolerance == (tolerances.first == "--reference-tolerance" ? 1e-15 : 1e-4))
-            let single = (try #require(number(json, "single_rank", "o_max_abs")), try #require(number(json, "single_rank", "lse_max_rel")))
-            let reference = (try #require(number(json, "reference", "o_max_abs")), try #require(number(json, "reference", "lse_max_rel")))
+            let single = (json.singleRank.oMaxAbs, json.singleRank.lseMaxRel)
+            let reference = (json.reference.oMaxAbs, json.reference.lseMaxRel)
             let above = single.0 > tolerance || single.1 > tolerance || reference.0 > referenceTolerance || reference.1 > referenceTolerance
             #expect(result.status == (above ? 1 : 0), "exit status \(result.status) with errors \(single), \(reference)\n\(result)")
-            #expect(boolean(json["passed"]) == !above)
+            #expect(json.passed == !above)
             if tolerances.isEmpty {
                 #expect(!above, "the default tolerances fail\n\(result)")
             } else if tolerances.first == "--reference-tolerance" {

@@ -1,5 +1,5 @@
-// --strategy auto and bench's predictions: the cost model (Profiling) fed with probe figures,
-// loaded from --probe or measured now on every rank (a few seconds: the probe's sizes up to
+// --strategy auto and bench's predictions: the cost model (Planning) fed with probe figures,
+// loaded from a probe's JSON or measured now on every rank (a few seconds: the probe's sizes up to
 // 16 MiB and one sgemm measurement). Every rank computes the same predictions from the same
 // figures (rank 0's, broadcast), so every rank picks the same strategy.
 
@@ -9,9 +9,13 @@ import Planning
 import Profiling
 import SequenceParallel
 
-enum AutoStrategy {
-    /// The probe's figures: from --probe (read by rank 0 and shared), else measured now.
-    static func figures(_ compute: ComputeOptions, communicator: Communicator) throws -> ProbeFigures {
+/// The strategy the cost model predicts fastest, and the predictions behind it.
+public enum AutoStrategy {
+    /// The probe's figures, on every rank: from `compute.probe` (read by rank 0 and shared), else
+    /// measured now (a few seconds). Warns on stderr (rank 0) when the file was recorded on other hosts.
+    /// - Throws: `CollectiveFailure` on every rank when the file cannot be read or decoded, or was
+    ///   recorded at another rank count (`AutoStrategyError`).
+    public static func figures(_ compute: ComputeConfiguration, communicator: Communicator) throws -> ProbeFigures {
         guard let path = compute.probe else { return try Probe.measure(communicator, threads: compute.threads) }
         let text = try communicator.together { communicator.rank == 0 ? String(decoding: try Data(contentsOf: URL(fileURLWithPath: path)), as: UTF8.self) : "" }
         let shared = try communicator.allgather(text)[0]
@@ -34,7 +38,9 @@ enum AutoStrategy {
         return figures
     }
 
-    static func problem(_ source: InputSource, mask: AttentionMask, ranks: Int) throws -> AttentionProblem {
+    /// The problem as the cost model sees it: the shapes from the synthetic inputs or the files' headers.
+    /// - Throws: `AutoStrategyError` for files that are not 3-dimensional; the shape's own checks.
+    public static func problem(_ source: InputSource, mask: AttentionMask, ranks: Int) throws -> AttentionProblem {
         switch source {
         case let .synthetic(_, tokens, shape):
             return AttentionProblem(tokens: tokens, heads: shape.heads, kvHeads: shape.kvHeads, headDim: shape.headDim, mask: mask, ranks: ranks)
@@ -47,34 +53,45 @@ enum AutoStrategy {
         }
     }
 
-    static func predictions(_ problem: ProblemOptions, _ compute: ComputeOptions, communicator: Communicator) throws -> [Prediction] {
+    /// Every modelled strategy's prediction for `problem` on this communicator, fastest first (the
+    /// same on every rank).
+    /// - Throws: what `figures` throws; `CollectiveFailure` when the mask or shapes cannot be read.
+    public static func predictions(_ problem: ProblemConfiguration, _ compute: ComputeConfiguration, communicator: Communicator) throws -> [Prediction] {
         let figures = try figures(compute, communicator: communicator)
         let attention = try communicator.together { try Self.problem(problem.source, mask: problem.mask(), ranks: communicator.size) }
         return StrategyRegistry.predictions(CostModel(figures: figures, kernelEfficiency: compute.kernelEfficiency), attention)
     }
 
-    /// The strategy to run: the named one, or the fastest prediction (with its mesh shape).
-    static func resolve(
-        _ problem: ProblemOptions, _ compute: ComputeOptions, communicator: Communicator
-    )
-        throws -> (name: StrategyName, mesh: (headGroup: Int, ring: Int)?, predictions: [Prediction])
-    {
-        if let name = compute.strategy.named { return (name, nil, []) }
+    /// The strategy to run: `compute.strategy`, or for auto (nil) the fastest prediction with its
+    /// mesh shape; every rank picks the same.
+    /// - Throws: what `predictions` throws; `AutoStrategyError` when no strategy is modelled for the problem.
+    public static func resolve(_ problem: ProblemConfiguration, _ compute: ComputeConfiguration, communicator: Communicator) throws -> ResolvedStrategy {
+        if let name = compute.strategy { return ResolvedStrategy(name: name, mesh: nil, predictions: []) }
         let predictions = try predictions(problem, compute, communicator: communicator)
         guard let best = predictions.first, let name = StrategyName(rawValue: best.strategy) else {
             throw AutoStrategyError(description: "--strategy auto: the cost model has no prediction for this problem on \(communicator.size) rank(s); name a strategy")
         }
-        return (name, best.mesh, predictions)
+        return ResolvedStrategy(name: name, mesh: best.mesh, predictions: predictions)
     }
 
-    /// One line saying what auto picked and why.
-    static func choiceLine(_ resolved: (name: StrategyName, mesh: (headGroup: Int, ring: Int)?, predictions: [Prediction])) -> String? {
+    /// One line saying what auto picked and why; nil for a named strategy.
+    public static func choiceLine(_ resolved: ResolvedStrategy) -> String? {
         guard let best = resolved.predictions.first else { return nil }
         let rest = resolved.predictions.dropFirst().prefix(3).map { "\($0.label) \(String(format: "%.4f", $0.seconds)) s" }.joined(separator: ", ")
         return "strategy auto: \(best.label) (predicted \(String(format: "%.4f", best.seconds)) s; next: \(rest.isEmpty ? "none" : rest))"
     }
 }
 
-struct AutoStrategyError: Error, CustomStringConvertible {
-    let description: String
+/// The strategy a job runs, as `AutoStrategy.resolve` settled it.
+public struct ResolvedStrategy {
+    public let name: StrategyName
+    /// mesh's shape when auto picked one; nil otherwise (the strategy's own choice).
+    public let mesh: (headGroup: Int, ring: Int)?
+    /// The predictions auto chose from, fastest first; empty for a named strategy.
+    public let predictions: [Prediction]
+}
+
+/// Why `--strategy auto` or a probe file cannot be used; the description says what to do instead.
+public struct AutoStrategyError: Error, CustomStringConvertible {
+    public let description: String
 }

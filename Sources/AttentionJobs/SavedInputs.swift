@@ -7,12 +7,18 @@ import AttentionCore
 import Foundation
 import SequenceParallel
 
-enum SavedInputs {
-    static let names: [(SyntheticInput.Tensor, String)] = [(.query, "Q.npy"), (.key, "K.npy"), (.value, "V.npy")]
+/// The synthetic inputs written as `.npy` files, for a later run from files (or NumPy).
+public enum SavedInputs {
+    /// Each tensor and its file name.
+    public static let names: [(SyntheticInput.Tensor, String)] = [(.query, "Q.npy"), (.key, "K.npy"), (.value, "V.npy")]
 
-    static func paths(_ folder: String) -> [String] { names.map { (folder as NSString).appendingPathComponent($0.1) } }
+    /// The three files in `folder`: Q.npy, K.npy, V.npy.
+    public static func paths(_ folder: String) -> [String] { names.map { (folder as NSString).appendingPathComponent($0.1) } }
 
-    static func write(_ folder: String, seed: UInt64, tokens: Int, shape: AttentionShape, communicator: Communicator) throws {
+    /// Writes the synthetic Q, K and V of `seed` to `folder`; called by every rank alike, each
+    /// writing an even share of the rows.
+    /// - Throws: `CollectiveFailure` on every rank when any rank cannot create or write a file.
+    public static func write(_ folder: String, seed: UInt64, tokens: Int, shape: AttentionShape, communicator: Communicator) throws {
         let files = paths(folder)
         let widths = [shape.heads, shape.kvHeads, shape.kvHeads]
         try communicator.together {

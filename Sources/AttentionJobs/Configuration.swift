@@ -1,0 +1,88 @@
+// The plain values a job is described by: the problem (inputs, mask, packed documents) and how
+// each rank computes (strategy, its options, threads, tiling, the cost model's inputs). The
+// command line fills them from its options; a Swift program fills them directly.
+
+import AttentionCore
+import Foundation
+import Planning
+import SequenceParallel
+
+/// The attention problem: where Q, K and V come from and which keys each query sees.
+public struct ProblemConfiguration: Sendable {
+    /// Synthetic inputs (seed, tokens, shape) or three `.npy` files.
+    public var source: InputSource
+    /// The mask within a document (the whole mask when there are no packed documents).
+    public var positionMask: AttentionMask
+    /// Packed documents, when the sequence holds several.
+    public var documents: Documents?
+
+    /// Where the document boundaries of a packed sequence come from.
+    public enum Documents: Sendable {
+        /// A 1-D int32 or int64 `.npy` of cumulative lengths `[0, l1, l1+l2, ..., tokens]`.
+        case cuSeqlens(path: String)
+        /// The documents' lengths, summing to the tokens.
+        case lengths([Int])
+        /// `count` lengths drawn from `seed` that sum to the tokens.
+        case random(count: Int, seed: UInt64)
+    }
+
+    public init(source: InputSource, positionMask: AttentionMask = .none, documents: Documents? = nil) {
+        self.source = source
+        self.positionMask = positionMask
+        self.documents = documents
+    }
+
+    /// The mask, packed documents included. Reads the sequence length from `source` (the K file's
+    /// header for file inputs) and, for `.cuSeqlens`, the boundaries file.
+    /// - Throws: the file's error, or `DocumentBoundaries`' when the documents do not fit the sequence.
+    public func mask() throws -> AttentionMask {
+        guard let documents else { return positionMask }
+        let tokens = try source.dimensions(selfAttention: false).tokens
+        let boundaries: DocumentBoundaries
+        switch documents {
+        case let .cuSeqlens(path): boundaries = try DocumentBoundaries.load(path, tokens: tokens)
+        case let .lengths(lengths): boundaries = try DocumentBoundaries(lengths: lengths, tokens: tokens)
+        case let .random(count, seed): boundaries = DocumentBoundaries.random(count: count, tokens: tokens, seed: seed)
+        }
+        return .documents(boundaries, within: positionMask)
+    }
+
+    /// `mask()` decided on every rank of `communicator`: a boundaries file that does not fit the
+    /// sequence fails every rank with what is wrong (`CollectiveFailure`).
+    public func mask(_ communicator: Communicator) throws -> AttentionMask {
+        try communicator.together { try mask() }
+    }
+}
+
+/// How each rank computes: the strategy (or auto), its options, threads and kernel tiling, the
+/// layout of packed documents, and the cost model's inputs for auto.
+public struct ComputeConfiguration: Sendable {
+    /// The strategy to run; nil for auto (the cost model's fastest prediction, `AutoStrategy.resolve`).
+    public var strategy: StrategyName?
+    /// What some strategies read (mesh's shape, star's queries).
+    public var strategyOptions: StrategyOptions
+    /// Compute threads per rank.
+    public var threads: Int
+    /// Query rows per kernel tile and keys per kernel block.
+    public var tiling: KernelTiling
+    /// How packed documents are laid over ranks; nil picks the layout with the lowest max/mean work.
+    public var documentLayout: DocumentLayout?
+    /// A probe's JSON (`seqpar probe --out FILE`) for the cost model; nil measures the machine first.
+    public var probe: String?
+    /// The kernel's GFLOP/s as a fraction of sgemm's, for the cost model.
+    public var kernelEfficiency: Double
+
+    public init(
+        strategy: StrategyName? = .zigzag, strategyOptions: StrategyOptions = StrategyOptions(), threads: Int = 1,
+        tiling: KernelTiling = KernelTiling(), documentLayout: DocumentLayout? = nil, probe: String? = nil,
+        kernelEfficiency: Double = CostModel.defaultKernelEfficiency
+    ) {
+        self.strategy = strategy
+        self.strategyOptions = strategyOptions
+        self.threads = threads
+        self.tiling = tiling
+        self.documentLayout = documentLayout
+        self.probe = probe
+        self.kernelEfficiency = kernelEfficiency
+    }
+}

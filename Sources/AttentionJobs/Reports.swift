@@ -1,0 +1,242 @@
+// The JSON the commands print with --json, as Codable values: one way of writing JSON for every
+// command, and the same types read it back (the tests decode them). Keys are the properties in
+// snake_case, sorted; JSON has no infinity or NaN (an error can be either), so those are written
+// as the strings "inf", "-inf" and "nan".
+
+import AttentionCore
+import Foundation
+import Profiling
+import SequenceParallel
+
+/// How the reports are written and read.
+public enum JSONReport {
+    /// One JSON object on one line.
+    public static func text<T: Encodable>(_ value: T) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        // Only numbers, strings, arrays and objects of them: encoding cannot fail.
+        return String(decoding: try! encoder.encode(value), as: UTF8.self)
+    }
+
+    /// A report read back from `text`'s JSON.
+    /// - Throws: `DecodingError` when `json` is not such a report.
+    public static func decode<T: Decodable>(_ type: T.Type, from json: String) throws -> T {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return try decoder.decode(type, from: Data(json.utf8))
+    }
+}
+
+/// `run --json` (and `profile --json`).
+public struct RunReport: Codable {
+    public var command = "run"
+    public let strategy: String
+    public let ranks, threads, tokens, heads, kvHeads, headDim: Int
+    public let mask: String
+    /// Visible pairs over tokens² x heads.
+    public let density: Double
+    public let seconds, flops, gflops: Double
+    public let peakMemoryBytes: [Double]
+    public let bytesSent, bytesReceived: [Int64]
+    public let kernelFlops: [Double]
+    /// Max over mean of the kernel FLOPs.
+    public let imbalance: Double
+    /// Packed documents: how the rows are laid out, and the max/mean kernel work that predicts.
+    public var layout: String?
+    public var predictedImbalance: Double?
+    public var profile: ProfileFigures?
+    public var backward: BackwardFigures?
+
+    /// The backward pass's figures (`--backward`).
+    public struct BackwardFigures: Codable {
+        public let seconds, flops, gflops: Double
+        public let kernelFlops: [Double]
+        public let bytesSent, bytesReceived: [Int64]
+    }
+}
+
+/// A profiled run's figures, per rank.
+public struct ProfileFigures: Codable {
+    public let trace, svg: String
+    public let loadImbalance, spanSeconds: Double
+    public let ranks: [Rank]
+
+    public struct Rank: Codable {
+        public let computeSeconds, mergeSeconds, exposedCommunicationSeconds, communicationSeconds: Double
+        public let bytesSent, bytesReceived, bandwidthBytesPerSecond, overlap: Double
+        public let events: Int
+    }
+
+    /// The figures of `summary`, with where the trace and the timeline were written.
+    public init(_ summary: ProfileSummary, trace: String, svg: String) {
+        self.trace = trace
+        self.svg = svg
+        loadImbalance = summary.imbalance
+        spanSeconds = summary.span
+        ranks = summary.ranks.map {
+            Rank(
+                computeSeconds: $0.compute, mergeSeconds: $0.merge, exposedCommunicationSeconds: $0.exposed, communicationSeconds: $0.communication,
+                bytesSent: $0.bytesSent, bytesReceived: $0.bytesReceived, bandwidthBytesPerSecond: $0.bandwidth, overlap: $0.overlap,
+                events: $0.events)
+        }
+    }
+}
+
+/// `verify --json`.
+public struct VerifyJSON: Codable {
+    public var command = "verify"
+    public let strategy: String
+    public let ranks, tokens, heads, kvHeads, headDim: Int
+    public let mask: String
+    public let seconds: Double
+    public let passed: Bool
+    public let tolerance, referenceTolerance: Double
+    public let singleRank: Errors
+    public let worstRank: Int
+    public let reference: Errors
+    public let perRank: [PerRank]
+    public var backward: GradientJSON?
+
+    public struct Errors: Codable {
+        public let rows: Int
+        public let oMaxAbs, oMaxRel: Double
+        public let oWorstToken, oWorstHead: Int
+        public let lseMaxAbs, lseMaxRel: Double
+
+        public init(_ e: ResultErrors) {
+            rows = e.rows
+            (oMaxAbs, oMaxRel, oWorstToken, oWorstHead) = (e.output.maxAbs, e.output.maxRel, e.output.token, e.output.head)
+            (lseMaxAbs, lseMaxRel) = (e.lse.maxAbs, e.lse.maxRel)
+        }
+    }
+
+    public struct PerRank: Codable {
+        public let singleRank, reference: Errors
+    }
+}
+
+/// `verify --backward --json`'s backward section.
+public struct GradientJSON: Codable {
+    public let seconds: Double
+    public let passed: Bool
+    public let singleRank: Errors
+    public let worstRank: Int
+    public let reference: Errors
+    public let perRank: [PerRank]
+
+    public struct Errors: Codable {
+        public let queryRows, keyRows: Int
+        public let dqMaxAbs, dkMaxAbs, dvMaxAbs, dqMaxRel, dkMaxRel, dvMaxRel: Double
+
+        public init(_ e: GradientErrors) {
+            (queryRows, keyRows) = (e.queryRows, e.keyRows)
+            (dqMaxAbs, dkMaxAbs, dvMaxAbs) = (e.dq.maxAbs, e.dk.maxAbs, e.dv.maxAbs)
+            (dqMaxRel, dkMaxRel, dvMaxRel) = (e.dq.maxRel, e.dk.maxRel, e.dv.maxRel)
+        }
+    }
+
+    public struct PerRank: Codable {
+        public let singleRank, reference: Errors
+    }
+}
+
+/// `info --json`.
+public struct InfoJSON: Codable {
+    public let seqparVersion, commit, builtFor, mpiLibrary: String
+    public let worldSize, threads: Int
+    public let openblas: String
+    public let ranks: [Rank]
+
+    public init(
+        seqparVersion: String, commit: String, builtFor: String, mpiLibrary: String, worldSize: Int, threads: Int, openblas: String, ranks: [Rank]
+    ) {
+        (self.seqparVersion, self.commit, self.builtFor, self.mpiLibrary) = (seqparVersion, commit, builtFor, mpiLibrary)
+        (self.worldSize, self.threads, self.openblas, self.ranks) = (worldSize, threads, openblas, ranks)
+    }
+
+    public struct Rank: Codable {
+        public let rank: Int
+        public let host, cpu, openblasCore, openblasCoreReason: String
+        public let blasThreads: Int
+        public let sgemmGflops: Double
+
+        public init(rank: Int, host: String, cpu: String, openblasCore: String, openblasCoreReason: String, blasThreads: Int, sgemmGflops: Double) {
+            (self.rank, self.host, self.cpu, self.openblasCore, self.openblasCoreReason) = (rank, host, cpu, openblasCore, openblasCoreReason)
+            (self.blasThreads, self.sgemmGflops) = (blasThreads, sgemmGflops)
+        }
+    }
+}
+
+/// `bench --json`.
+public struct BenchJSON: Codable {
+    public var command = "bench"
+    public let ranks, threads: Int
+    public let sgemmPeakGflops: Double
+    public let sgemmKernelShapesGflops: KernelShapes
+    public let openblasCores: [String]
+    public let openblasCoreReason: String
+    public let results: [Result]
+    public let predictions: [Prediction]
+
+    public init(
+        ranks: Int, threads: Int, sgemmPeakGflops: Double, sgemmKernelShapesGflops: KernelShapes, openblasCores: [String], openblasCoreReason: String,
+        results: [Result], predictions: [Prediction]
+    ) {
+        (self.ranks, self.threads, self.sgemmPeakGflops, self.sgemmKernelShapesGflops) = (ranks, threads, sgemmPeakGflops, sgemmKernelShapesGflops)
+        (self.openblasCores, self.openblasCoreReason, self.results, self.predictions) = (openblasCores, openblasCoreReason, results, predictions)
+    }
+
+    /// The sgemm peak at the kernel's two products, and their harmonic mean.
+    public struct KernelShapes: Codable {
+        public let scores, values, combined: Double
+
+        public init(scores: Double, values: Double, combined: Double) { (self.scores, self.values, self.combined) = (scores, values, combined) }
+    }
+
+    /// One strategy's best time and its figures.
+    public struct Result: Codable {
+        public let strategy: String
+        public let seconds, gflops, fractionOfPeak, fractionOfKernelShapePeak: Double
+        public var predictedSeconds, measuredOverPredicted: Double?
+        public var backwardSeconds, backwardGflops, backwardFractionOfPeak: Double?
+
+        public init(strategy: String, seconds: Double, gflops: Double, fractionOfPeak: Double, fractionOfKernelShapePeak: Double) {
+            (self.strategy, self.seconds, self.gflops) = (strategy, seconds, gflops)
+            (self.fractionOfPeak, self.fractionOfKernelShapePeak) = (fractionOfPeak, fractionOfKernelShapePeak)
+        }
+    }
+
+    /// The cost model's prediction for one strategy (and shape).
+    public struct Prediction: Codable {
+        public let strategy: String
+        public let seconds: Double
+
+        public init(strategy: String, seconds: Double) { (self.strategy, self.seconds) = (strategy, seconds) }
+    }
+}
+
+/// `cluster-plan --json`.
+public struct ClusterPlanJSON: Codable {
+    public let config: String
+    public let command: [String]
+    public let shell: String
+    public let ranks: Int
+    public let hosts: [Host]
+    public var ranksPerNode: Int?
+    public var hostfile: String?
+
+    public init(config: String, command: [String], shell: String, ranks: Int, hosts: [Host]) {
+        (self.config, self.command, self.shell, self.ranks, self.hosts) = (config, command, shell, ranks, hosts)
+    }
+
+    public struct Host: Codable {
+        public let name: String
+        public let slots: Int
+        public var address: String?
+
+        public init(name: String, slots: Int, address: String? = nil) { (self.name, self.slots, self.address) = (name, slots, address) }
+    }
+}
