@@ -15,9 +15,12 @@ struct StrategyCase: CustomStringConvertible, Sendable {
     let kvHeads: Int
     let headDim: Int
     let mask: AttentionMask
+    /// The strategy's own options for a world size (the defaults unless a case says otherwise).
+    var options: @Sendable (_ ranks: Int) -> StrategyOptions = { _ in StrategyOptions() }
+    var optionsLabel = ""
 
     var description: String {
-        "\(strategy) \(tokens) tokens x \(heads) heads (kv \(kvHeads)) x \(headDim), mask \(mask)"
+        "\(strategy)\(optionsLabel) \(tokens) tokens x \(heads) heads (kv \(kvHeads)) x \(headDim), mask \(mask)"
     }
 
     /// Every case, in one order on every rank (each is a collective).
@@ -39,6 +42,12 @@ struct StrategyCase: CustomStringConvertible, Sendable {
             StrategyCase(strategy: .s2, tokens: 203, heads: 6, kvHeads: 2, headDim: 64, mask: .s2(s2)),
             StrategyCase(strategy: .star, tokens: 203, heads: 6, kvHeads: 2, headDim: 64, mask: .none),
             StrategyCase(strategy: .star, tokens: 157, heads: 4, kvHeads: 4, headDim: 128, mask: .causal),
+            StrategyCase(
+                strategy: .star, tokens: 203, heads: 6, kvHeads: 2, headDim: 48, mask: .causal,
+                options: { _ in StrategyOptions(StarOptions(queries: 5, position: 40, everyRank: true)) }, optionsLabel: " (5 queries at 40, every rank)"),
+            StrategyCase(
+                strategy: .mesh, tokens: 203, heads: 6, kvHeads: 2, headDim: 64, mask: .causal,
+                options: { StrategyOptions(MeshOptions(shape: (headGroup: 1, ring: $0))) }, optionsLabel: " 1xP (a ring)"),
         ]
     }()
 
@@ -57,7 +66,8 @@ struct StrategyCase: CustomStringConvertible, Sendable {
     /// Runs this case on every rank of `communicator` (a collective).
     func run(on communicator: Communicator, seed: UInt64 = 23) throws -> Errors {
         let shape = try AttentionShape(heads: heads, kvHeads: kvHeads, headDim: headDim)
-        let strategy = strategy.descriptor.make(StrategyRequest(mask: mask, ranks: communicator.size, heads: heads))
+        let options = options(communicator.size)
+        let strategy = strategy.descriptor.make(StrategyRequest(mask: mask, ranks: communicator.size, heads: heads, options: options))
         try communicator.together { try strategy.check(heads: heads, ranks: communicator.size) }
         let source = InputSource.synthetic(seed: seed, tokens: tokens, shape: shape)
         let shard = try communicator.together {
@@ -89,7 +99,7 @@ struct StrategyCase: CustomStringConvertible, Sendable {
         errors.reference.lse.maxRel = try communicator.allreduce(errors.reference.lse.maxRel, .max)
         errors.outputRows = Int(try communicator.allreduce(Int32(result.rows), .sum))
         if case let .root(count, _) = strategy.querySelection {
-            errors.expectedRows = count
+            errors.expectedRows = options[StarOptions.self].everyRank ? count * communicator.size : count
         } else {
             errors.expectedRows = tokens
         }
