@@ -42,12 +42,17 @@ public enum RunJob {
     /// `files` (all or none) and, with `trace`, the Chrome trace there and the SVG timeline beside
     /// it (`ProfileReport.svgPath`).
     /// - Throws: `CollectiveFailure` on every rank when the strategy computes no gradients but
-    ///   `outputGrad` asks for them, a file cannot be made or written, or a collective step fails;
+    ///   `outputGrad` asks for them, gradient files are named without `outputGrad`, a file cannot be made or written, or a collective step fails;
     ///   what `DistributedRun.run` and `BackwardRun.execute` throw. Files already begun are removed.
     public static func execute(
         _ prepared: DistributedRun.Prepared, files: Files, outputGrad: OutputGradientSource?, trace: String?, communicator world: Communicator
     ) throws -> Outcome {
-        if outputGrad != nil { try BackwardRun.check(prepared, communicator: world) }
+        if outputGrad != nil {
+            try BackwardRun.check(prepared, communicator: world)
+        } else if let file = [files.dq, files.dk, files.dv].compactMap({ $0 }).first {
+            // Without a backward nothing would fill the gradient files: refuse before making any.
+            try world.together { throw StrategyRefusal(description: "\(file.option) \(file.path) asks for gradients, but no dO was given (outputGrad)") }
+        }
         // Temporaries beside the targets, made and sized now: a full disk fails before the compute.
         let shaped = [
             (files.output, prepared.outputShape), (files.lse, prepared.lseShape), (files.dq, prepared.outputShape),

@@ -50,13 +50,15 @@ public enum VerifyJob {
     /// with `outputGrad`, also runs the backward for that dO and checks the gradients. Called by
     /// every rank alike; every rank gets the whole outcome.
     /// - Throws: what `DistributedRun.run` and `BackwardRun.execute` throw, and
-    ///   `CollectiveFailure` on every rank when the whole K and V cannot be loaded. A failed check
+    ///   `CollectiveFailure` on every rank, before any work, when `outputGrad` is given to a
+    ///   strategy with no backward, or when the whole K and V cannot be loaded. A failed check
     ///   is no error: see `Outcome.passed`.
     public static func check(
         _ prepared: DistributedRun.Prepared, source: InputSource, tolerances: Tolerances, outputGrad: OutputGradientSource?,
         communicator world: Communicator
     ) throws -> Outcome {
         let (tolerance, referenceTolerance, referenceRows) = (tolerances.tolerance, tolerances.referenceTolerance, tolerances.referenceRows)
+        if outputGrad != nil { try BackwardRun.check(prepared, communicator: world) }
         let run = try DistributedRun.run(prepared, communicator: world)
         let shard = run.shard, shape = run.job.shape, segments = run.segments
         let (k, v) = try world.together { try InputFiles.loadWhole(source, shape: shape, tokens: shard.tokens) }

@@ -69,7 +69,7 @@ public struct MeshAttention: SequenceParallelStrategy {
         let pass = RingPass(
             communicator: ringCommunicator,
             blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
-            kvRowWidth: heads.slice.kvHeads.count * job.shape.headDim)
+            kvRowWidth: heads.slice.kvHeads.count * job.shape.headDim, buffers: job.exchangeBuffers)
         try pass.run(
             queries: heads.queries.baseAddress!, querySegments: exchange.groupSegments,
             keyValues: UnsafeBufferPointer(heads.keyValues), kernel: job.kernel(for: heads.slice), mask: job.mask, into: accumulator)
@@ -128,7 +128,7 @@ extension MeshAttention {
         let pass = RingPass(
             communicator: ringCommunicator,
             blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
-            kvRowWidth: kvWidth)
+            kvRowWidth: kvWidth, buffers: job.exchangeBuffers)
         try pass.runBackward(
             queries: heads.queries.baseAddress!, outputGrad: outputGradHeads.baseAddress,
             querySegments: exchange.groupSegments, keyValues: UnsafeBufferPointer(heads.keyValues),

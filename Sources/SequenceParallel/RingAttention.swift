@@ -19,7 +19,7 @@ public struct RingAttention: SequenceParallelStrategy {
         let pass = RingPass(
             communicator: communicator,
             blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
-            kvRowWidth: job.shape.kvRowWidth)
+            kvRowWidth: job.shape.kvRowWidth, buffers: job.exchangeBuffers)
         try pass.run(
             queries: shard.queries.baseAddress!, querySegments: shard.querySegments,
             keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.kernel, mask: job.mask, into: accumulator)
@@ -48,7 +48,7 @@ extension RingAttention {
         let pass = RingPass(
             communicator: communicator,
             blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
-            kvRowWidth: shape.kvRowWidth)
+            kvRowWidth: shape.kvRowWidth, buffers: job.exchangeBuffers)
         try pass.runBackward(
             queries: shard.queries.baseAddress!, outputGrad: outputGrad, querySegments: shard.querySegments,
             keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.backwardKernel(), mask: job.mask,

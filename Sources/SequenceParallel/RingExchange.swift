@@ -2,9 +2,11 @@
 // around the ring. At every step the send of the block in hand to rank r+1 and the receive of
 // the next block from rank r-1 are posted before the caller computes on the block in hand; the
 // caller pokes `progress` while it computes, so MPI moves the data meanwhile. Two receive
-// buffers, allocated once, alternate; the local block itself is sent first and never overwritten.
-// Requests point only into OwnedBuffers that outlive their waits: the exchange's own (alive while
-// `circulate` runs) and the backward's sums (kept alive past the last wait; OwnedBuffer's "Lifetime").
+// buffers alternate, kept by the job from pass to pass (ExchangeBuffers); the local block itself
+// is sent first and never overwritten. Requests point only into memory that outlives their waits:
+// the caller's shard (the first send), the receive blocks (held by the exchange while `circulate`
+// runs, and by the job) and the backward's sums (kept alive past the last wait; OwnedBuffer's
+// "Lifetime").
 // A pass may stop early (sliding window, packed documents): blocks no later step needs are never sent.
 
 import AttentionCore
@@ -12,14 +14,34 @@ import Buffers
 import MPIBinding
 import Profiling
 
+/// Buffers a job's ring passes reuse from call to call (the two receive blocks; the backward's
+/// partial and travelling dK/dV sums), so a repeated pass neither allocates them nor faults their
+/// pages in again: at 2 ranks x 4096 tokens x 8 heads x 128, zeroing fresh receive blocks cost 5%
+/// of a forward pass. A set is replaced only when a pass needs more or larger buffers. Never
+/// zeroed: every block is written by its message, and every sum by its first step, before it is
+/// read. Held by the job, so they live as long as it does (memory: blocks of tokens / ranks).
+final class ExchangeBuffers {
+    enum Purpose: Hashable { case blocks, sums }
+    private var held: [Purpose: [OwnedBuffer<Float>]] = [:]
+
+    /// `count` buffers of at least `capacity` floats each.
+    func take(_ purpose: Purpose, count: Int, capacity: Int) -> [OwnedBuffer<Float>] {
+        if let buffers = held[purpose], buffers.count == count, buffers.allSatisfy({ $0.count >= capacity }) { return buffers }
+        held[purpose] = nil  // the old set goes before the new one is made
+        let made = (0 ..< count).map { _ in OwnedBuffer<Float>(uninitializedCount: max(1, capacity)) }
+        held[purpose] = made
+        return made
+    }
+}
+
 final class RingExchange {
     let communicator: Communicator
     private let buffers: [OwnedBuffer<Float>]
 
     /// - Parameter capacity: floats in the largest block any rank sends.
-    init(communicator: Communicator, capacity: Int) {
+    init(communicator: Communicator, capacity: Int, reusing cache: ExchangeBuffers) {
         self.communicator = communicator
-        buffers = communicator.size > 1 ? (0 ..< 2).map { _ in OwnedBuffer(repeating: 0, count: max(1, capacity)) } : []
+        buffers = communicator.size > 1 ? cache.take(.blocks, count: 2, capacity: capacity) : []
     }
 
     /// Runs `body` for `steps` ring steps with the block that rank `source` started with.
@@ -60,6 +82,8 @@ struct RingPass {
     /// For each ring rank, the segments of the block it starts with (queries and keys alike).
     let blockSegments: [[ShardSegment]]
     let kvRowWidth: Int
+    /// Where its exchange buffers come from (the job's, so repeated passes reuse them).
+    var buffers = ExchangeBuffers()
 
     private func rows(_ rank: Int) -> Int { LocalShard.rows(blockSegments[rank]) }
 
@@ -93,7 +117,7 @@ struct RingPass {
         kernel: LocalAttention, mask: AttentionMask, into accumulator: AttentionAccumulator
     ) throws {
         let capacity = 2 * (0 ..< communicator.size).map(rows).max()! * kvRowWidth
-        let exchange = RingExchange(communicator: communicator, capacity: capacity)
+        let exchange = RingExchange(communicator: communicator, capacity: capacity, reusing: buffers)
         let steps = steps(mask: mask, heads: kernel.slice.heads)
         try exchange.circulate(keyValues, steps: steps, blockSize: { 2 * rows($0) * kvRowWidth }) { source, block, progress in
             let values = block + rows(source) * kvRowWidth
@@ -133,11 +157,11 @@ extension RingPass {
         let blockSize = { (rank: Int) in 2 * rows(rank) * kvRowWidth }
         precondition(keyValueGrads.count >= blockSize(me))
         let capacity = (0 ..< ranks).map(blockSize).max()!
-        let exchange = RingExchange(communicator: communicator, capacity: capacity)
+        let exchange = RingExchange(communicator: communicator, capacity: capacity, reusing: buffers)
         let steps = steps(mask: mask, heads: kernel.slice.heads)
-        // The block's dK/dV from this rank's queries, and two buffers for the travelling sums
-        // (one being sent, one being received), allocated once.
-        let buffers = (0 ..< 3).map { _ in OwnedBuffer<Float>(repeating: 0, count: max(1, capacity)) }
+        // The block's dK/dV from this rank's queries (zeroed at every step), and two buffers for
+        // the travelling sums (one being sent, one being received; each written before it is read).
+        let buffers = buffers.take(.sums, count: 3, capacity: capacity)
         let partial = buffers[0].buffer, travelling = buffers[1...].map(\.buffer)
         var send = Request(), receive = Request()
         // Tags after the K/V exchange's (0 ..< steps), so the two streams never match each other.

@@ -52,6 +52,9 @@ public struct AttentionJob {
 
     /// FLOPs every backward kernel of this job has spent.
     public var allBackwardFlops: Double { sliceKernels.backward.reduce(0) { $0 + $1.computedFlops } }
+
+    /// The ring passes' exchange buffers, kept for this job's later passes.
+    let exchangeBuffers = ExchangeBuffers()
 }
 
 public protocol SequenceParallelStrategy {

@@ -56,7 +56,8 @@ struct InProcessStrategies {
     }
 }
 
-@Suite("Strategies in-process at 1, 2 and 3 ranks")
+/// One world size at a time: the jobs do not compete with each other for the cores.
+@Suite("Strategies in-process at 1, 2 and 3 ranks", .serialized)
 struct InProcessLaunch {
     @Test(
         "strategies in-process at 1, 2 and 3 ranks", .enabled(if: !isInProcessChild, "this process is the in-process child"),
