@@ -81,20 +81,6 @@ public struct DistributedRun {
         return Prepared(name: name, strategy: strategy, shard: shard, job: AttentionJob(shape: shard.shape, mask: mask, tiling: compute.tiling, threads: compute.threads))
     }
 
-    /// `prepare`, `announce` and `run` in one: one timed run of `name` on every rank.
-    /// - Throws: what `prepare` and `run` throw.
-    public static func execute(
-        _ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeConfiguration,
-        communicator: Communicator, profile: Bool = false, mesh: (headGroup: Int, ring: Int)? = nil,
-        wholeKeyValues: Bool = false
-    ) throws -> DistributedRun {
-        let prepared = try prepare(
-            source, strategy: name, mask: mask, compute: compute, communicator: communicator, mesh: mesh,
-            wholeKeyValues: wholeKeyValues)
-        announce(prepared, communicator: communicator)
-        return try run(prepared, communicator: communicator, profile: profile)
-    }
-
     /// Rank 0 says on stderr what is about to run, when it shows progress.
     public static func announce(_ prepared: Prepared, communicator: Communicator) {
         if showsProgress, communicator.rank == 0 {

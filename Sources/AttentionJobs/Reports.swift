@@ -64,6 +64,8 @@ public struct ProfileFigures: Codable {
     public let loadImbalance, spanSeconds: Double
     public let ranks: [Rank]
 
+    /// One rank's profiled figures: seconds in the kernel, in merges and in communication (all of
+    /// it, and the part no computation hid), its traffic and bandwidth, overlap and events recorded.
     public struct Rank: Codable {
         public let computeSeconds, mergeSeconds, exposedCommunicationSeconds, communicationSeconds: Double
         public let bytesSent, bytesReceived, bandwidthBytesPerSecond, overlap: Double
@@ -100,6 +102,8 @@ public struct VerifyJSON: Codable {
     public let perRank: [PerRank]
     public var backward: GradientJSON?
 
+    /// The errors of O and LSE against one comparison (the single-rank run or the float64
+    /// reference): the rows compared, O's worst absolute and relative error and where, LSE's worst.
     public struct Errors: Codable {
         public let rows: Int
         public let oMaxAbs, oMaxRel: Double
@@ -113,6 +117,7 @@ public struct VerifyJSON: Codable {
         }
     }
 
+    /// One rank's output errors against the single-rank run and against the float64 reference.
     public struct PerRank: Codable {
         public let singleRank, reference: Errors
     }
@@ -127,6 +132,8 @@ public struct GradientJSON: Codable {
     public let reference: Errors
     public let perRank: [PerRank]
 
+    /// The errors of dQ, dK and dV against one comparison (the single-rank backward or the
+    /// float64 reference): the query and key rows compared, and each gradient's worst absolute and relative error.
     public struct Errors: Codable {
         public let queryRows, keyRows: Int
         public let dqMaxAbs, dkMaxAbs, dvMaxAbs, dqMaxRel, dkMaxRel, dvMaxRel: Double
@@ -138,6 +145,7 @@ public struct GradientJSON: Codable {
         }
     }
 
+    /// One rank's gradient errors against the single-rank backward and against the float64 reference.
     public struct PerRank: Codable {
         public let singleRank, reference: Errors
     }
@@ -157,6 +165,7 @@ public struct InfoJSON: Codable {
         (self.worldSize, self.threads, self.openblas, self.ranks) = (worldSize, threads, openblas, ranks)
     }
 
+    /// One rank's host and CPU, the OpenBLAS core it runs and why, its BLAS threads and measured sgemm rate.
     public struct Rank: Codable {
         public let rank: Int
         public let host, cpu, openblasCore, openblasCoreReason: String
@@ -232,6 +241,7 @@ public struct ClusterPlanJSON: Codable {
         (self.config, self.command, self.shell, self.ranks, self.hosts) = (config, command, shell, ranks, hosts)
     }
 
+    /// One host of the plan: its name, the ranks (slots) it runs and, when the config gives one, its address.
     public struct Host: Codable {
         public let name: String
         public let slots: Int

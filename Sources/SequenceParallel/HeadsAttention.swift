@@ -7,6 +7,8 @@
 import AttentionCore
 import MPIBinding
 
+/// Head-sharded attention (Ulysses-style): an all-to-all gives each rank the whole sequence for its
+/// heads, and a second one returns each rank its rows; it runs as `MeshAttention` with one head group of every rank.
 public struct HeadsAttention: SequenceParallelStrategy {
     public var inputLayout: TokenLayout { .contiguous }
 

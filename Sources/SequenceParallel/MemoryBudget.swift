@@ -8,10 +8,12 @@ import AttentionCore
 import Foundation
 import MPIBinding
 
+/// A run that needs more memory per rank than this host has available for it: how much, and how many ranks would fit it.
 public struct MemoryBudgetExceeded: Error, CustomStringConvertible {
     public let description: String
 }
 
+/// A rank's memory need, estimated before anything is allocated, and the check that refuses a run this host cannot hold.
 public enum MemoryBudget {
     /// Bytes one rank needs at least, at `ranks` ranks.
     public static func perRank(

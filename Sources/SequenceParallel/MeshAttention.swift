@@ -7,6 +7,8 @@ import AttentionCore
 import Buffers
 import MPIBinding
 
+/// 2D attention (USP-style) on `headGroup` x `ring` ranks: heads all-to-alls inside each head group, and a
+/// ring (zigzag when causal) across the groups among members holding the same heads.
 public struct MeshAttention: SequenceParallelStrategy {
     public let headGroup: Int
     public let ring: Int

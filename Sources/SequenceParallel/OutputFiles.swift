@@ -15,6 +15,8 @@ import AttentionCore
 import Foundation
 import MPIBinding
 
+/// An output path refused before anything is computed: the same file as an input or another output, not a
+/// regular file, or in a folder that is missing or cannot be written.
 public struct OutputPathError: Error, CustomStringConvertible {
     public let description: String
 }
@@ -26,6 +28,8 @@ enum FileIdentity: Equatable {
     case future(String)
 }
 
+/// The checks of output paths made on every rank before a run: links resolved, and each output's identity
+/// compared with the inputs' and the other outputs'.
 public enum OutputPaths {
     /// The file a write to `path` replaces: `path` with every link resolved, also for a file
     /// that does not exist yet (its folder resolved, or a dangling link followed).
@@ -101,6 +105,8 @@ public enum OutputPaths {
 
 /// The output files of one command: temporaries until `commit` renames them into place.
 public final class OutputTransaction {
+    /// One output file: the option and path the user gave, the file the rename replaces, and the temporary
+    /// the ranks write their rows into.
     public struct Target {
         public let option: String
         /// As the user gave it (for messages).

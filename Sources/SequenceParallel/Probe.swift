@@ -11,6 +11,8 @@ import MPIBinding
 import Planning
 import Profiling
 
+/// Measures the machine as the strategies see it: ping-pong and all-to-all times over message sizes, and
+/// each rank's sgemm rate with all ranks busy (`ProbeFigures`).
 public enum Probe {
     /// 8 B to 16 MiB, by factors of 8 (and 16 MiB itself).
     public static let pointToPointSizes = [8, 64, 512, 4096, 32768, 262_144, 2_097_152, 16_777_216]

@@ -9,6 +9,7 @@ import Foundation
 import MPIBinding
 import Profiling
 
+/// Rank 0's progress line on stderr: the share of its expected kernel FLOPs done, the time so far and the time left.
 public final class ProgressMeter {
     /// The meter the kernel calls feed; nil (the default) costs one load per kernel call.
     nonisolated(unsafe) public static var current: ProgressMeter?

@@ -8,6 +8,7 @@
 import AttentionCore
 import MPIBinding
 
+/// A result row holding NaN or infinity (float32 overflowed), or claiming no visible key while the mask shows it one.
 public struct NonFiniteResult: Error, CustomStringConvertible {
     public let description: String
     public init(description: String) { self.description = description }

@@ -8,6 +8,8 @@ import AttentionCore
 import Buffers
 import MPIBinding
 
+/// Ring attention: K/V blocks travel the ring while each rank folds the block in hand into its queries'
+/// online-softmax state; key blocks the mask hides are skipped.
 public struct RingAttention: SequenceParallelStrategy {
     public let inputLayout: TokenLayout
     public var balancesDocuments: Bool { true }

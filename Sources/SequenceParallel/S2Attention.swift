@@ -10,6 +10,8 @@ import Buffers
 import MPIBinding
 import Profiling
 
+/// S2-Attention across zigzag shards: each rank receives, point to point, only the K/V pieces its queries'
+/// heads read under the S2 pattern, and the kernel computes only the active block pairs.
 public struct S2Attention: SequenceParallelStrategy {
     public var inputLayout: TokenLayout { .zigzag }
     public let pattern: S2Pattern?

@@ -151,6 +151,7 @@ public final class LocalShard {
         return [ShardSegment(positions: first ..< first + count, localRow: 0)]
     }
 
+    /// An input row holding NaN or infinity, named by tensor, file and the first bad element's position.
     public struct NonFiniteInput: Error, CustomStringConvertible {
         public let description: String
     }
@@ -218,7 +219,10 @@ public final class LocalShard {
     }
 }
 
+/// The .npy input files: the attention shape they describe, and whole tensors read from them (or made
+/// synthetic) for verify's single-rank comparison.
 public enum InputFiles {
+    /// Input files (or a star query request) whose shapes do not fit together or the sequence, saying which and why.
     public struct ShapeMismatch: Error, CustomStringConvertible {
         public let description: String
     }

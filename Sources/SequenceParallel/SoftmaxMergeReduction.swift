@@ -9,6 +9,8 @@ import CMPI
 import MPIBinding
 import Profiling
 
+/// The online-softmax merge as a user-defined MPI reduction over (lse, O) records, with its datatype: merges
+/// every rank's partial result for the same rows onto one rank or all.
 public final class SoftmaxMergeReduction {
     /// Floats per record: 1 + headDim.
     public let recordWidth: Int

@@ -7,6 +7,8 @@ import AttentionCore
 import MPIBinding
 import Profiling
 
+/// Star Attention's global phase (inference only): rank 0's few query tokens are broadcast, each rank
+/// attends over its own K/V, and the partial results are merged onto rank 0 (or every rank) by an MPI reduction.
 public struct StarAttention: SequenceParallelStrategy {
     public let queries: Int
     public let position: Int?

@@ -87,6 +87,7 @@ public struct StrategyDescriptor: Sendable {
     }
 }
 
+/// The strategies the tool offers, by their descriptors, and the cost model's predictions over all of them.
 public enum StrategyRegistry {
     /// Every strategy, in the order --help lists them.
     public static let all: [StrategyDescriptor] = [

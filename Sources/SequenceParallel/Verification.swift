@@ -82,6 +82,8 @@ public struct ResultErrors: Sendable, Equatable {
     }
 }
 
+/// What verify compares a distributed result with: the same kernel on one rank over the whole sequence,
+/// and a float64 reference on all or a sample of the rows; for gradients, the one-rank backward.
 public enum Verification {
     /// The rows of `segments` (this rank's output, whose queries the shard holds) as a one-rank
     /// run computes them: the same kernel over keys 0..<tokens.

@@ -6,6 +6,8 @@
 import AttentionCore
 import MPIBinding
 
+/// Ring attention over a zigzag layout (rank r holds chunks r and 2P-1-r of 2P), so a causal mask gives
+/// every rank the same work.
 public struct ZigzagAttention: SequenceParallelStrategy {
     public var inputLayout: TokenLayout { .zigzag }
     public var balancesDocuments: Bool { true }

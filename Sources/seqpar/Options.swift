@@ -172,8 +172,6 @@ struct ProblemOptions: ParsableArguments {
     /// not fit the sequence fails the run everywhere with what is wrong.
     func mask(_ communicator: Communicator) throws -> AttentionMask { try configuration.mask(communicator) }
 
-    func mask() throws -> AttentionMask { try configuration.mask() }
-
     /// The problem as the library takes it.
     var configuration: ProblemConfiguration {
         var documents: ProblemConfiguration.Documents?

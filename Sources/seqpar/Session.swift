@@ -6,7 +6,6 @@
 
 import ArgumentParser
 import AttentionCore
-import AttentionJobs
 import Foundation
 import SequenceParallel
 

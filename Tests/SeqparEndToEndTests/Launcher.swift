@@ -81,18 +81,11 @@ func number(_ object: [String: Any], _ path: String...) -> Double? {
     return number(current)
 }
 
-func dictionary(_ object: [String: Any], _ key: String) -> [String: Any]? { object[key] as? [String: Any] }
-
 func array(_ object: [String: Any], _ key: String) -> [[String: Any]]? { object[key] as? [[String: Any]] }
 
 /// Figures per rank: `object[key]` as numbers.
 func perRank(_ json: [String: Any], _ key: String) -> [Double] {
     (json[key] as? [Any] ?? []).compactMap(number)
-}
-
-func boolean(_ value: Any?) -> Bool? {
-    if let b = value as? Bool { return b }
-    return (value as? NSNumber)?.boolValue
 }
 
 /// Non-overlapping occurrences of `needle` in `haystack`.
