@@ -57,6 +57,10 @@ public struct AttentionJob {
     let exchangeBuffers = ExchangeBuffers()
 }
 
+/// A way of splitting attention over the ranks of a communicator: how the inputs are sharded
+/// (`inputLayout`, `groupSize`, `querySelection`), which splits it refuses (`check`), the
+/// forward (`attend`: this rank's shard in, the rows of `outputSegments` out) and, unless
+/// `backwardRefusal` says why not, the backward. Every rank calls each requirement alike.
 public protocol SequenceParallelStrategy {
     /// The strategy's name and, where it has a shape, that too ("mesh 2x2"): what reports and
     /// the cost model's predictions call it.
@@ -155,6 +159,8 @@ extension SequenceParallelStrategy {
     }
 }
 
+/// A request a strategy cannot serve (a split it cannot do, a backward it does not compute, inputs
+/// of the wrong size), said in a sentence that names what to change.
 public struct StrategyRefusal: Error, CustomStringConvertible {
     public let description: String
     public init(description: String) { self.description = description }
