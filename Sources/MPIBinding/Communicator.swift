@@ -146,13 +146,7 @@ public final class Communicator {
         try check(
             MPI_Isend(buffer.baseAddress, count, T.mpiDatatype, Int32(destination), Int32(tag), handle, &request.handle),
             "MPI_Isend to rank \(destination)")
-        if destination != rank { countTransfer(sent: buffer.count * MemoryLayout<T>.stride, received: 0) }
-        request.kind = .send
-        request.peer = worldRanks[destination]
-        if recorder != nil {
-            request.bytes = destination != rank ? buffer.count * MemoryLayout<T>.stride : 0
-            request.posted = ProfileClock.now()
-        }
+        account(&request, .send, peer: destination, bytes: buffer.count * MemoryLayout<T>.stride)
         return request
     }
 
@@ -162,14 +156,21 @@ public final class Communicator {
         try check(
             MPI_Irecv(buffer.baseAddress, count, T.mpiDatatype, Int32(source), Int32(tag), handle, &request.handle),
             "MPI_Irecv from rank \(source)")
-        if source != rank { countTransfer(sent: 0, received: buffer.count * MemoryLayout<T>.stride) }
-        request.kind = .receive
-        request.peer = worldRanks[source]
+        account(&request, .receive, peer: source, bytes: buffer.count * MemoryLayout<T>.stride)
+        return request
+    }
+
+    /// A posted transfer's bookkeeping: its bytes counted (none to itself), and what a profile
+    /// records when it completes (kind, world rank of the peer, bytes, when it was posted).
+    private func account(_ request: inout Request, _ kind: EventKind, peer: Int, bytes: Int) {
+        let moved = peer != rank ? bytes : 0
+        if kind == .send { countTransfer(sent: moved, received: 0) } else { countTransfer(sent: 0, received: moved) }
+        request.kind = kind
+        request.peer = worldRanks[peer]
         if recorder != nil {
-            request.bytes = source != rank ? buffer.count * MemoryLayout<T>.stride : 0
+            request.bytes = moved
             request.posted = ProfileClock.now()
         }
-        return request
     }
 
     public func wait(_ request: inout Request) throws(MPIError) {
