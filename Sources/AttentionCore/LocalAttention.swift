@@ -15,7 +15,9 @@
 //   raises it by more than `lazyRescaleThreshold` (then P and the running sums are rescaled), so
 //   there is no separate max pass and the accumulator is almost never rescaled. Values of P stay
 //   below e^threshold, far inside float's range; the result is the same softmax, exactly.
-// - exp is `vectorExpScores`: Cephes' polynomial without the clamps its inputs cannot need.
+// - Scores are in base 2 (the first GEMM's alpha is scale·log2 e), so exp is `vectorExp2Scores`:
+//   a rounding by two additions and a degree-6 polynomial, 7 multiplies per vector where Cephes'
+//   expf needs 12; at head dim 64 the softmax is an eighth of the kernel's time, so this counts.
 // What it does not do: normalise (the accumulator's `finish` does), or know about ranks (a
 // strategy hands it the key blocks it holds, with their global positions).
 
@@ -58,12 +60,20 @@ public final class LocalAttention {
     public let slice: HeadSlice
     /// Threads that run query tiles concurrently (each with one-thread BLAS calls of its own).
     public let threads: Int
+    /// The scores' GEMM alpha: the shape's scale times log2(e), rounded once.
+    private let scoreScale: Float
+    /// What one unit of these scores is in natural log: scale / scoreScale, ln 2 but for rounding.
+    private let maxUnit: Double
 
-    /// A block may raise a row's max by this much (natural log) before the row is rescaled.
-    static let lazyRescaleThreshold: Float = 8
-    /// Beyond this, P against the old max could overflow its sums (e^64 x a block stays finite), so
-    /// the row's scores are recomputed and done in two passes.
-    static let recomputeThreshold: Float = 64
+    /// A block may raise a row's max by this much (base 2, like the scores: e^8) before the row
+    /// is rescaled.
+    static let lazyRescaleThreshold: Float = 8 / log2e
+    /// Beyond this (e^64), P against the old max could overflow its sums, so the row's scores are
+    /// recomputed and done in two passes.
+    static let recomputeThreshold: Float = 64 / log2e
+    /// Scores are kept in base-2 units, scale·log2(e)·q·k, so the softmax's exp is an exp2 with
+    /// no multiply in its range reduction. `AttentionAccumulator` stores its maxima in these units.
+    static let log2e: Float = 1.442_695_04
 
     /// Per thread: scores [queryTile, keyBlock], the packed query tile [queryTile, headDim], and
     /// row rescale factors [queryTile].
@@ -92,6 +102,9 @@ public final class LocalAttention {
         self.mask = mask
         self.tiling = tiling
         self.threads = max(1, threads)
+        scoreScale = Float(Double(shape.scale) * 1.442_695_040_888_963_4)
+        let unit = Double(shape.scale) / Double(scoreScale)
+        maxUnit = unit.isFinite && unit > 0 ? unit : 0.693_147_180_559_945_3
         let perThread = tiling.queryTile * tiling.keyBlock + tiling.queryTile * shape.headDim + tiling.queryTile
         scratch = (0 ..< self.threads).map { _ in OwnedBuffer(repeating: 0, count: perThread) }
         flopCounts = OwnedBuffer(repeating: 0, count: self.threads)
@@ -137,6 +150,7 @@ public final class LocalAttention {
         }
         let items = slice.heads.count * querySegments.reduce(0) { $0 + tileCount($1) }
         guard items > 0 else { return }
+        accumulator.maxUnit = maxUnit
         let (k, v) = packed.pack(keys: keys, values: values, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
         let work = { (thread: Int, item: Int) in
             // Item -> (segment, head, tile): segments in order, each heads x its tiles.
@@ -215,7 +229,7 @@ public final class LocalAttention {
             // S = scale · Q_tile · K_blockᵀ, [tq, tk]
             cblas_sgemm(
                 CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
-                shape.scale, q, Int32(d), k, Int32(d), 0, scores, Int32(tk))
+                scoreScale, q, Int32(d), k, Int32(d), 0, scores, Int32(tk))
             if relation == .partial {
                 mask.clipRows(scores, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
             }
@@ -224,7 +238,7 @@ public final class LocalAttention {
                 let row = scores + r * tk
                 var alpha = softmaxRow(row, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 if alpha.isNaN {  // the block's max overflowed the exp: redo the row
-                    cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), shape.scale, k, Int32(d), q + r * d, 1, 0, row, 1)
+                    cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), scoreScale, k, Int32(d), q + r * d, 1, 0, row, 1)
                     if relation == .partial {
                         mask.clipRows(
                             row, rows: 1, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
@@ -274,7 +288,7 @@ public final class LocalAttention {
         while c + width <= count {
             let s = loadVector(row + c)
             maxes = vectorMax(maxes, s)
-            let p = vectorExpScores(s - shift)
+            let p = vectorExp2Scores(s - shift)
             storeVector(p, row + c)
             sums += p
             c += width
@@ -283,21 +297,21 @@ public final class LocalAttention {
             var tail = FloatVector(repeating: -.infinity)
             for i in 0 ..< count - c { tail[i] = row[c + i] }
             maxes = vectorMax(maxes, tail)
-            let p = vectorExpScores(tail - shift)
+            let p = vectorExp2Scores(tail - shift)
             for i in 0 ..< count - c { row[c + i] = p[i] }
             sums += p
         }
-        let blockMax = maxes.max()
+        let blockMax = horizontalMax(maxes)
         if !(blockMax - m <= Self.lazyRescaleThreshold) {
             if blockMax - m > Self.recomputeThreshold { return .nan }  // P may overflow: recompute
             // Move the row to the new max: P and the running state shrink by exp(m - blockMax).
-            let alpha = vectorExp(FloatVector(repeating: m - blockMax))[0]
+            let alpha = vectorExp2Scores(FloatVector(repeating: m - blockMax))[0]
             scaleRow(row, count: count, by: alpha)
-            rowSum = (rowSum + sums.sum()) * alpha
+            rowSum = (rowSum + horizontalSum(sums)) * alpha
             rowMax = blockMax
             return alpha
         }
-        rowSum += sums.sum()
+        rowSum += horizontalSum(sums)
         return 1
     }
 
@@ -314,7 +328,7 @@ public final class LocalAttention {
             maxes = vectorMax(maxes, loadVector(row + c))
             c += width
         }
-        var blockMax = maxes.max()
+        var blockMax = horizontalMax(maxes)
         while c < count {
             blockMax = max(blockMax, row[c])
             c += 1
@@ -328,7 +342,7 @@ public final class LocalAttention {
         var sums = FloatVector()
         c = 0
         while c + width <= count {
-            let p = vectorExp(loadVector(row + c) - shift)
+            let p = vectorExp2Scores(loadVector(row + c) - shift)
             storeVector(p, row + c)
             sums += p
             c += width
@@ -336,12 +350,12 @@ public final class LocalAttention {
         if c < count {
             var tail = FloatVector(repeating: -.infinity)
             for i in 0 ..< count - c { tail[i] = row[c + i] }
-            let p = vectorExp(tail - shift)
+            let p = vectorExp2Scores(tail - shift)
             for i in 0 ..< count - c { row[c + i] = p[i] }
             sums += p
         }
-        let alpha = rowMax == -.infinity ? 1 : vectorExp(FloatVector(repeating: rowMax - newMax))[0]
-        rowSum = rowSum * alpha + sums.sum()
+        let alpha = rowMax == -.infinity ? 1 : vectorExp2Scores(FloatVector(repeating: rowMax - newMax))[0]
+        rowSum = rowSum * alpha + horizontalSum(sums)
         rowMax = newMax
         return alpha
     }

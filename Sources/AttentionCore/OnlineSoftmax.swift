@@ -96,8 +96,9 @@ public struct PartialResult: Equatable, Sendable {
 }
 
 /// The running, unnormalised online-softmax state of `rows` query rows for every head:
-/// `sum` holds Σ exp(s - m)·v, `rowMax` the shift m (the kernel's running max, which may lag the
-/// true max by a bounded amount), `rowSum` Σ exp(s - m).
+/// `sum` holds Σ 2^(s - m)·v, `rowMax` the shift m (the kernel's running max, which may lag the
+/// true max by a bounded amount), `rowSum` Σ 2^(s - m); s and m are in base-2 units (the natural
+/// scores times log2 e), as the kernel computes them.
 /// Storage is allocated once; a kernel folds key blocks in, `finish` normalises.
 public final class AttentionAccumulator {
     public let rows: Int
@@ -110,6 +111,9 @@ public final class AttentionAccumulator {
     /// [heads, rows]
     public var rowSum: UnsafeMutableBufferPointer<Float> { rowSumStorage.buffer }
     private let sumStorage: OwnedBuffer<Float>, rowMaxStorage: OwnedBuffer<Float>, rowSumStorage: OwnedBuffer<Float>
+    /// One unit of `rowMax` in natural log: ln 2, or exactly scale / (the kernel's float scale·log2 e),
+    /// which the kernel sets, so the LSE carries no error from rounding that product.
+    public var maxUnit: Double = M_LN2
 
     public init(rows: Int, heads: Int, headDim: Int) {
         self.rows = rows
@@ -143,7 +147,7 @@ public final class AttentionAccumulator {
                     let inv = 1 / l
                     let s = sum.baseAddress! + (h * rows + r) * d
                     for i in 0 ..< d { o[i] = s[i] * inv }
-                    lse[h * stride + r] = rowMax[h * rows + r] + log(l)
+                    lse[h * stride + r] = Float(Double(rowMax[h * rows + r]) * maxUnit + Foundation.log(Double(l)))
                 } else if l == 0 {
                     o.update(repeating: 0, count: d)
                     lse[h * stride + r] = -.infinity

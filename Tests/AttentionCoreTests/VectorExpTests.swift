@@ -109,4 +109,58 @@ struct VectorExpTests {
         for (i, x) in [Float(-1e30), -1000, -104, -88, -87.5, -87.34, (-87.33 as Float).nextDown].enumerated() { low[i + 1] = x }
         #expect(vectorExpScores(low) == FloatVector(repeating: 0))
     }
+
+    /// Error of `y` against 2^x in units of the float32 spacing at 2^x.
+    static func ulps2(_ y: Float, _ x: Float) -> Double {
+        let exact = exp2(Double(x))
+        return abs(Double(y) - exact) / Double(Float(exact).ulp)
+    }
+
+    /// vectorExp2Scores, the kernel's exp on base-2 scores: within 2 ulp over [-125, 92.4] (the
+    /// recompute threshold), exactly 0 below -125 and for -inf, exactly 1 at 0, NaN kept.
+    @Test("the kernel's exp2: within a few ulp over [-125, 92.4], 0 below, 1 at 0, NaN kept")
+    func kernelExp2() {
+        let count = 1 << 21
+        let inputs = (0 ... count).map { -125 + (125 + 92.4) * Float($0) / Float(count) }
+            + [0, -0.0, 0.5, -0.5, 1, -1, 0.49999997, -0.49999997, 127, -125]
+        var worst = (ulps: 0.0, x: Float(0))
+        var at = 0
+        while at < inputs.count {
+            var lanes = FloatVector(repeating: 0)
+            let n = min(FloatVector.scalarCount, inputs.count - at)
+            for i in 0 ..< n { lanes[i] = inputs[at + i] }
+            let result = vectorExp2Scores(lanes)
+            for i in 0 ..< n {
+                let error = Self.ulps2(result[i], lanes[i])
+                if !(error <= worst.ulps) { worst = (error, lanes[i]) }
+            }
+            at += n
+        }
+        #expect(worst.ulps <= Self.maxUlps, "worst \(worst.ulps) ulp at x = \(worst.x)")
+        #expect(vectorExp2Scores(FloatVector(repeating: 0)) == FloatVector(repeating: 1))
+        for k in -125 ... 127 {  // whole powers of two are exact
+            #expect(vectorExp2Scores(FloatVector(repeating: Float(k)))[0] == Float(sign: .plus, exponent: k, significand: 1))
+        }
+        var low = FloatVector(repeating: -.infinity)
+        for (i, x) in [Float(-1e30), -1000, -200, -127, -126, -125.5, (-125 as Float).nextDown].enumerated() { low[i + 1] = x }
+        #expect(vectorExp2Scores(low) == FloatVector(repeating: 0))
+        var withNaN = FloatVector(repeating: 1)
+        withNaN[3] = .nan
+        withNaN[5] = Float(bitPattern: 0x7FC0_01FF)  // a NaN with payload bits where 2^n's exponent goes
+        let result = vectorExp2Scores(withNaN)
+        #expect(result[3].isNaN && result[5].isNaN && result[0] == 2)
+    }
+
+    @Test("horizontal max and sum over 16 lanes")
+    func horizontal() {
+        for seed in 0 ..< 64 {
+            var lanes = FloatVector(repeating: 0)
+            for i in 0 ..< FloatVector.scalarCount { lanes[i] = Float((i * 7 + seed * 13) % 23) - 11.5 }
+            lanes[seed % 16] = seed % 3 == 0 ? -.infinity : lanes[seed % 16]
+            #expect(horizontalMax(lanes) == lanes.max())
+            let exact = (0 ..< 16).reduce(0.0) { $0 + Double(lanes[$1]) }
+            #expect(abs(Double(horizontalSum(lanes)) - exact) <= 1e-5 * max(1, abs(exact)) || exact == -.infinity)
+        }
+        #expect(horizontalMax(FloatVector(repeating: -.infinity)) == -.infinity)
+    }
 }
