@@ -34,6 +34,23 @@ final class PackedKeyValues {
     }
 }
 
+/// Both kernels keep scores in base-2 units, scale·log2(e)·q·k, so their exp is an exp2 whose
+/// range reduction needs no multiply (`vectorExp2Scores`).
+struct BaseTwoScores {
+    /// The scores' GEMM alpha: scale·log2 e, rounded once to float.
+    let alpha: Float
+    /// What one unit of these scores is in natural log: exactly scale / alpha, so converting a
+    /// max to an LSE and back carries no error from the rounding of alpha (ln 2 if that ratio
+    /// is not a positive number: a zero or non-finite scale).
+    let unit: Double
+
+    init(scale: Float) {
+        alpha = Float(Double(scale) * 1.442_695_040_888_963_4)
+        let ratio = Double(scale) / Double(alpha)
+        unit = ratio.isFinite && ratio > 0 ? ratio : 0.693_147_180_559_945_3
+    }
+}
+
 extension AttentionMask {
     /// Sets the scores this mask hides to -inf, row by row: `scores` is [rows, keys] for the
     /// queries from `queryPositions.lowerBound` on and the keys `keyPositions`.

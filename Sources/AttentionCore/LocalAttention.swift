@@ -60,10 +60,8 @@ public final class LocalAttention {
     public let slice: HeadSlice
     /// Threads that run query tiles concurrently (each with one-thread BLAS calls of its own).
     public let threads: Int
-    /// The scores' GEMM alpha: the shape's scale times log2(e), rounded once.
-    private let scoreScale: Float
-    /// What one unit of these scores is in natural log: scale / scoreScale, ln 2 but for rounding.
-    private let maxUnit: Double
+    /// The scores' GEMM alpha and their unit.
+    private let baseTwo: BaseTwoScores
 
     /// A block may raise a row's max by this much (base 2, like the scores: e^8) before the row
     /// is rescaled.
@@ -102,9 +100,7 @@ public final class LocalAttention {
         self.mask = mask
         self.tiling = tiling
         self.threads = max(1, threads)
-        scoreScale = Float(Double(shape.scale) * 1.442_695_040_888_963_4)
-        let unit = Double(shape.scale) / Double(scoreScale)
-        maxUnit = unit.isFinite && unit > 0 ? unit : 0.693_147_180_559_945_3
+        baseTwo = BaseTwoScores(scale: shape.scale)
         let perThread = tiling.queryTile * tiling.keyBlock + tiling.queryTile * shape.headDim + tiling.queryTile
         scratch = (0 ..< self.threads).map { _ in OwnedBuffer(repeating: 0, count: perThread) }
         flopCounts = OwnedBuffer(repeating: 0, count: self.threads)
@@ -150,7 +146,7 @@ public final class LocalAttention {
         }
         let items = slice.heads.count * querySegments.reduce(0) { $0 + tileCount($1) }
         guard items > 0 else { return }
-        accumulator.maxUnit = maxUnit
+        accumulator.maxUnit = baseTwo.unit
         let (k, v) = packed.pack(keys: keys, values: values, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
         let work = { (thread: Int, item: Int) in
             // Item -> (segment, head, tile): segments in order, each heads x its tiles.
@@ -229,7 +225,7 @@ public final class LocalAttention {
             // S = scale · Q_tile · K_blockᵀ, [tq, tk]
             cblas_sgemm(
                 CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
-                scoreScale, q, Int32(d), k, Int32(d), 0, scores, Int32(tk))
+                baseTwo.alpha, q, Int32(d), k, Int32(d), 0, scores, Int32(tk))
             if relation == .partial {
                 mask.clipRows(scores, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
             }
@@ -238,7 +234,7 @@ public final class LocalAttention {
                 let row = scores + r * tk
                 var alpha = softmaxRow(row, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 if alpha.isNaN {  // the block's max overflowed the exp: redo the row
-                    cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), scoreScale, k, Int32(d), q + r * d, 1, 0, row, 1)
+                    cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), baseTwo.alpha, k, Int32(d), q + r * d, 1, 0, row, 1)
                     if relation == .partial {
                         mask.clipRows(
                             row, rows: 1, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
