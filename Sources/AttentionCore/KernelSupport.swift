@@ -1,5 +1,6 @@
 // What the forward and backward kernels share: contiguous copies of K and V per kv head, and the
-// clipping of a partial block's scores to the keys each row sees, and running items on threads.
+// clipping of a partial block's scores to the keys each row sees, and running items on threads;
+// and the forward's base-2 scale.
 
 import Buffers
 import Dispatch
@@ -34,8 +35,9 @@ final class PackedKeyValues {
     }
 }
 
-/// Both kernels keep scores in base-2 units, scale·log2(e)·q·k, so their exp is an exp2 whose
-/// range reduction needs no multiply (`vectorExp2Scores`).
+/// The forward kernel keeps scores in base-2 units, scale·log2(e)·q·k, so its exp is an exp2
+/// whose range reduction needs no multiply (`vectorExp2Scores`). (The backward stays in natural
+/// units: see VectorMath.swift.)
 struct BaseTwoScores {
     /// The scores' GEMM alpha: scale·log2 e, rounded once to float.
     let alpha: Float
