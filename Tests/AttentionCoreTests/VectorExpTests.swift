@@ -90,24 +90,32 @@ struct VectorExpTests {
     func kernelExp() {
         let count = 1 << 20
         let inputs = (0 ... count).map { -87.3 + (87.3 + 64) * Float($0) / Float(count) } + [0, -0.0, 1, 88]
+        let worst = Self.worst(of: vectorExpScores, over: inputs, ulps: Self.ulps)
+        #expect(worst.ulps <= Self.maxUlps, "worst \(worst.ulps) ulp at x = \(worst.x)")
+        #expect(vectorExpScores(FloatVector(repeating: 0)) == FloatVector(repeating: 1))
+        var low = FloatVector(repeating: -.infinity)
+        for (i, x) in [Float(-1e30), -1000, -104, -88, -87.5, -87.34, (-87.33 as Float).nextDown].enumerated() { low[i + 1] = x }
+        #expect(vectorExpScores(low) == FloatVector(repeating: 0))
+    }
+
+    /// The largest error of `function` over `inputs`, 16 lanes at a time, and where (NaN counts as worst).
+    static func worst(
+        of function: (FloatVector) -> FloatVector, over inputs: [Float], ulps: (Float, Float) -> Double
+    ) -> (ulps: Double, x: Float) {
         var worst = (ulps: 0.0, x: Float(0))
         var at = 0
         while at < inputs.count {
             var lanes = FloatVector(repeating: 0)
             let n = min(FloatVector.scalarCount, inputs.count - at)
             for i in 0 ..< n { lanes[i] = inputs[at + i] }
-            let result = vectorExpScores(lanes)
+            let result = function(lanes)
             for i in 0 ..< n {
-                let error = Self.ulps(result[i], lanes[i])
+                let error = ulps(result[i], lanes[i])
                 if !(error <= worst.ulps) { worst = (error, lanes[i]) }
             }
             at += n
         }
-        #expect(worst.ulps <= Self.maxUlps, "worst \(worst.ulps) ulp at x = \(worst.x)")
-        #expect(vectorExpScores(FloatVector(repeating: 0)) == FloatVector(repeating: 1))
-        var low = FloatVector(repeating: -.infinity)
-        for (i, x) in [Float(-1e30), -1000, -104, -88, -87.5, -87.34, (-87.33 as Float).nextDown].enumerated() { low[i + 1] = x }
-        #expect(vectorExpScores(low) == FloatVector(repeating: 0))
+        return worst
     }
 
     /// Error of `y` against 2^x in units of the float32 spacing at 2^x.
@@ -123,19 +131,7 @@ struct VectorExpTests {
         let count = 1 << 21
         let sweep = (0 ... count).map { -125 + (125 + 92.4) * Float($0) / Float(count) }
         let inputs = sweep + [0, -0.0, 0.5, -0.5, 1, -1, 0.49999997, -0.49999997, 127, -125]
-        var worst = (ulps: 0.0, x: Float(0))
-        var at = 0
-        while at < inputs.count {
-            var lanes = FloatVector(repeating: 0)
-            let n = min(FloatVector.scalarCount, inputs.count - at)
-            for i in 0 ..< n { lanes[i] = inputs[at + i] }
-            let result = vectorExp2Scores(lanes)
-            for i in 0 ..< n {
-                let error = Self.ulps2(result[i], lanes[i])
-                if !(error <= worst.ulps) { worst = (error, lanes[i]) }
-            }
-            at += n
-        }
+        let worst = Self.worst(of: vectorExp2Scores, over: inputs, ulps: Self.ulps2)
         #expect(worst.ulps <= Self.maxUlps, "worst \(worst.ulps) ulp at x = \(worst.x)")
         #expect(vectorExp2Scores(FloatVector(repeating: 0)) == FloatVector(repeating: 1))
         for k in -125 ... 127 {  // whole powers of two are exact
