@@ -300,7 +300,7 @@ public final class LocalAttention {
         let blockMax = horizontalMax(maxes)
         if !(blockMax - m <= Self.lazyRescaleThreshold) {
             if blockMax - m > Self.recomputeThreshold { return .nan }  // P may overflow: recompute
-            // Move the row to the new max: P and the running state shrink by exp(m - blockMax).
+            // Move the row to the new max: P and the running state shrink by 2^(m - blockMax).
             let alpha = vectorExp2Scores(FloatVector(repeating: m - blockMax))[0]
             scaleRow(row, count: count, by: alpha)
             rowSum = (rowSum + horizontalSum(sums)) * alpha
