@@ -1,39 +1,14 @@
-// Vectorised exp and exp2. Swift's exp on a SIMD vector is a libm call per lane. `vectorExp` is
-// Cephes' expf (range reduction by ln 2, its degree-7 polynomial, 2^n built from the exponent bits),
-// about 1 ulp, all lanes at once; inputs below -87.3 (including -inf) give exactly 0. The forward
-// kernel uses `vectorExp2Scores`, cheaper, on scores it keeps in base 2; the backward kernel uses
-// `vectorExpScores`: there exp2 raised dV's largest error against float64 by 10-40% over six seeds
-// at head dim 128 (P is recomputed against the forward's float LSE, with nothing to cancel).
+// Vectorised exp and exp2 for the kernels; Swift's exp on a SIMD vector is a libm call per lane.
+// The forward kernel uses `vectorExp2Scores` on scores it keeps in base 2. The backward kernel uses
+// `vectorExpScores`, Cephes' expf: there exp2 raised dV's largest error against float64 by 10-40%
+// over six seeds at head dim 128 (P is recomputed against the forward's float LSE, with nothing to
+// cancel the extra rounding).
 
 public typealias FloatVector = SIMD16<Float>
 
-@inlinable @inline(__always)
-public func vectorExp(_ x: FloatVector) -> FloatVector {
-    // Compare-and-select, not clamped()/pointwiseMin: those stay generic calls per vector.
-    let underflow = x .< -87.33
-    let clamped = x.replacing(with: -87.33, where: underflow).replacing(with: 88.37, where: x .> 88.37)
-    // n = round(x / ln2) by the 1.5·2^23 trick: the integer lands in the low mantissa bits.
-    let shifter = FloatVector(repeating: 12_582_912)
-    let shifted = clamped * 1.442_695_04 + shifter
-    let n = shifted - shifter
-    var r = clamped - n * 0.693_359_375
-    r = r - n * -2.121_944_4e-4
-    // exp(r) = 1 + r + r²·(p5 + p4 r + p3 r² + p2 r³ + p1 r⁴ + p0 r⁵), evaluated by Estrin's
-    // scheme: three independent pairs, then two levels, instead of a 12-deep Horner chain.
-    let r2 = r * r
-    let r4 = r2 * r2
-    let a = r * 1.666_666_545_9e-1 + 5.000_000_120_1e-1
-    let b = r * 8.333_451_907_3e-3 + 4.166_579_589_4e-2
-    let c = r * 1.987_569_15e-4 + 1.398_199_950_7e-3
-    let p = (a + b * r2 + c * r4) * r2 + r + 1
-    let bits = unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- 0x4B40_0000  // n as an integer
-    let twoToN = unsafeBitCast((bits &+ 127) &<< 23, to: FloatVector.self)
-    return (p * twoToN).replacing(with: 0, where: underflow)
-}
-
 /// exp for the backward kernel's probabilities, whose inputs are scores minus the row's LSE and so
-/// at most 88: the same polynomial and accuracy as `vectorExp`, without its clamps (the
-/// exponent trick needs none below the limit). Exactly 0 below -87.33 and for -inf; lanes above
+/// at most 88: Cephes' expf (range reduction by ln 2, its degree-7 polynomial, 2^n from the
+/// exponent bits), about 1 ulp, without clamps (the exponent trick needs none below the limit). Exactly 0 below -87.33 and for -inf; lanes above
 /// the limit or NaN give unspecified values (the kernel checks its shifts keep inputs below it).
 @inlinable @inline(__always)
 public func vectorExpScores(_ x: FloatVector) -> FloatVector {
@@ -73,7 +48,7 @@ func storeVector(_ v: FloatVector, _ p: UnsafeMutablePointer<Float>) {
 /// 2^x for the kernel's softmax, whose scores arrive in base-2 units (the GEMM's alpha carries
 /// log2 e), so the range reduction is two additions and no multiply: n = round(x), r = x - n
 /// (exact), 2^r by a degree-6 minimax polynomial (0.93 ulp in float32 on [-1/2, 1/2]), and 2^n
-/// from the exponent bits. 6 FMAs and 1 multiply per vector, against 12 in `vectorExp`.
+/// from the exponent bits. 6 FMAs and 1 multiply per vector, against 12 in `vectorExpScores`.
 /// Exactly 1 at 0; exactly 0 below -125 and for -inf; NaN stays NaN. Inputs must be at most
 /// 127 (the kernel keeps them below its recompute threshold).
 @inlinable @inline(__always)
