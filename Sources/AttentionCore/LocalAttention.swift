@@ -11,13 +11,16 @@
 //   L1 sets; the kernel copies each kv head's keys and values once per call, each query tile once,
 //   and the accumulator is head-major ([heads, rows, headDim]), so every GEMM sees leading
 //   dimension headDim.
+// - S is never zeroed by OpenBLAS: with beta 0 it clears C before every product (2% of the time
+//   at head dim 64). The scores' GEMM adds to an S that is all zero (beta 1, the same result bit
+//   for bit), and the softmax pass, which reads S anyway, writes P to a second tile and zeroes S.
 // - The shift m is lazy (FlashAttention-4's trick): a row keeps its running max until a block
 //   raises it by more than `lazyRescaleThreshold` (then P and the running sums are rescaled), so
 //   there is no separate max pass and the accumulator is almost never rescaled. Values of P stay
 //   below e^threshold, far inside float's range; the result is the same softmax, exactly.
 // - Scores are in base 2 (the first GEMM's alpha is scale·log2 e), so exp is `vectorExp2Scores`:
 //   a rounding by two additions and a degree-6 polynomial, 7 multiplies per vector where Cephes'
-//   expf needs 12; at head dim 64 the softmax is an eighth of the kernel's time, so this counts.
+//   expf needs 12; at head dim 64 the softmax was an eighth of the kernel's time, so this counts.
 // What it does not do: normalise (the accumulator's `finish` does), or know about ranks (a
 // strategy hands it the key blocks it holds, with their global positions).
 
@@ -73,8 +76,9 @@ public final class LocalAttention {
     /// no multiply in its range reduction. `AttentionAccumulator` stores its maxima in these units.
     static let log2e: Float = 1.442_695_04
 
-    /// Per thread: scores [queryTile, keyBlock], the packed query tile [queryTile, headDim], and
-    /// row rescale factors [queryTile].
+    /// Per thread: scores [queryTile, keyBlock] (all zero between blocks), probabilities
+    /// [queryTile, keyBlock], the packed query tile [queryTile, headDim], and row rescale
+    /// factors [queryTile].
     private let scratch: [OwnedBuffer<Float>]
     /// K and V of the current call, packed per kv head.
     private let packed = PackedKeyValues()
@@ -101,7 +105,7 @@ public final class LocalAttention {
         self.tiling = tiling
         self.threads = max(1, threads)
         baseTwo = BaseTwoScores(scale: shape.scale)
-        let perThread = tiling.queryTile * tiling.keyBlock + tiling.queryTile * shape.headDim + tiling.queryTile
+        let perThread = 2 * tiling.queryTile * tiling.keyBlock + tiling.queryTile * shape.headDim + tiling.queryTile
         scratch = (0 ..< self.threads).map { _ in OwnedBuffer(repeating: 0, count: perThread) }
         flopCounts = OwnedBuffer(repeating: 0, count: self.threads)
         nonFiniteRows = OwnedBuffer(repeating: 0, count: self.threads)
@@ -189,8 +193,11 @@ public final class LocalAttention {
         let stateBase = head * accumulator.rows + accRow
         let rowMax = accumulator.rowMax.baseAddress! + stateBase
         let rowSum = accumulator.rowSum.baseAddress! + stateBase
+        // S is zero between blocks (the scores' GEMM adds to it, beta 1, so OpenBLAS does not
+        // zero it first); the softmax reads S, writes P to its own buffer and zeroes S as it goes.
         let scores = scratch.baseAddress!
-        let q = scores + tiling.queryTile * tiling.keyBlock
+        let probabilities = scores + tiling.queryTile * tiling.keyBlock
+        let q = probabilities + tiling.queryTile * tiling.keyBlock
         let alphas = q + tiling.queryTile * d
         let keyCount = keySegment.positions.count
         let headKeys = keys + kvHead * keyCount * d
@@ -225,14 +232,14 @@ public final class LocalAttention {
             // S = scale · Q_tile · K_blockᵀ, [tq, tk]
             cblas_sgemm(
                 CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
-                baseTwo.alpha, q, Int32(d), k, Int32(d), 0, scores, Int32(tk))
+                baseTwo.alpha, q, Int32(d), k, Int32(d), 1, scores, Int32(tk))
             if relation == .partial {
                 mask.clipRows(scores, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
             }
             var rescaled = false
             for r in 0 ..< tq {
-                let row = scores + r * tk
-                var alpha = softmaxRow(row, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                let row = scores + r * tk, p = probabilities + r * tk
+                var alpha = softmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 if alpha.isNaN {  // the block's max overflowed the exp: redo the row
                     cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), baseTwo.alpha, k, Int32(d), q + r * d, 1, 0, row, 1)
                     if relation == .partial {
@@ -240,7 +247,7 @@ public final class LocalAttention {
                             row, rows: 1, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
                             keyPositions: keyPositions, head: globalHead)
                     }
-                    alpha = exactSoftmaxRow(row, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                    alpha = exactSoftmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 }
                 if rowMax[r] == -.infinity && !rowSum[r].isNaN {
                     // Every score -inf: the mask hid this block's keys from the row, or the scores
@@ -260,7 +267,7 @@ public final class LocalAttention {
             // acc += P · V_block
             cblas_sgemm(
                 CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(d), Int32(tk),
-                1, scores, Int32(tk), v, Int32(d), 1, acc, Int32(d))
+                1, probabilities, Int32(tk), v, Int32(d), 1, acc, Int32(d))
         }
     }
 
@@ -271,11 +278,11 @@ public final class LocalAttention {
     /// max lies beyond exp's range from m, so the caller must recompute the row's scores.
     @inline(__always)
     private func softmaxRow(
-        _ row: UnsafeMutablePointer<Float>, count: Int,
+        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, count: Int,
         rowMax: inout Float, rowSum: inout Float
     ) -> Float {
         let m = rowMax
-        if m == -.infinity { return exactSoftmaxRow(row, count: count, rowMax: &rowMax, rowSum: &rowSum) }
+        if m == -.infinity { return exactSoftmaxRow(row, into: p, count: count, rowMax: &rowMax, rowSum: &rowSum) }
         let width = FloatVector.scalarCount
         let shift = FloatVector(repeating: m)
         var sums = FloatVector()
@@ -283,26 +290,28 @@ public final class LocalAttention {
         var c = 0
         while c + width <= count {
             let s = loadVector(row + c)
+            storeVector(FloatVector(), row + c)
             maxes = vectorMax(maxes, s)
-            let p = vectorExp2Scores(s - shift)
-            storeVector(p, row + c)
-            sums += p
+            let e = vectorExp2Scores(s - shift)
+            storeVector(e, p + c)
+            sums += e
             c += width
         }
         if c < count {  // the tail, padded with -inf lanes that give 0
             var tail = FloatVector(repeating: -.infinity)
             for i in 0 ..< count - c { tail[i] = row[c + i] }
+            (row + c).update(repeating: 0, count: count - c)
             maxes = vectorMax(maxes, tail)
-            let p = vectorExp2Scores(tail - shift)
-            for i in 0 ..< count - c { row[c + i] = p[i] }
-            sums += p
+            let e = vectorExp2Scores(tail - shift)
+            for i in 0 ..< count - c { p[c + i] = e[i] }
+            sums += e
         }
         let blockMax = horizontalMax(maxes)
         if !(blockMax - m <= Self.lazyRescaleThreshold) {
             if blockMax - m > Self.recomputeThreshold { return .nan }  // P may overflow: recompute
             // Move the row to the new max: P and the running state shrink by 2^(m - blockMax).
             let alpha = vectorExp2Scores(FloatVector(repeating: m - blockMax))[0]
-            scaleRow(row, count: count, by: alpha)
+            scaleRow(p, count: count, by: alpha)
             rowSum = (rowSum + horizontalSum(sums)) * alpha
             rowMax = blockMax
             return alpha
@@ -314,7 +323,7 @@ public final class LocalAttention {
     /// The two-pass form: the block's max first, then P against max(running max, block max).
     @inline(__always)
     private func exactSoftmaxRow(
-        _ row: UnsafeMutablePointer<Float>, count: Int,
+        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, count: Int,
         rowMax: inout Float, rowSum: inout Float
     ) -> Float {
         let width = FloatVector.scalarCount
@@ -332,23 +341,26 @@ public final class LocalAttention {
         let newMax = max(rowMax, blockMax)
         if newMax == -.infinity {  // nothing visible to this row yet: P = 0, state unchanged
             row.update(repeating: 0, count: count)
+            p.update(repeating: 0, count: count)
             return 1
         }
         let shift = FloatVector(repeating: newMax)
         var sums = FloatVector()
         c = 0
         while c + width <= count {
-            let p = vectorExp2Scores(loadVector(row + c) - shift)
-            storeVector(p, row + c)
-            sums += p
+            let e = vectorExp2Scores(loadVector(row + c) - shift)
+            storeVector(FloatVector(), row + c)
+            storeVector(e, p + c)
+            sums += e
             c += width
         }
         if c < count {
             var tail = FloatVector(repeating: -.infinity)
             for i in 0 ..< count - c { tail[i] = row[c + i] }
-            let p = vectorExp2Scores(tail - shift)
-            for i in 0 ..< count - c { row[c + i] = p[i] }
-            sums += p
+            (row + c).update(repeating: 0, count: count - c)
+            let e = vectorExp2Scores(tail - shift)
+            for i in 0 ..< count - c { p[c + i] = e[i] }
+            sums += e
         }
         let alpha = rowMax == -.infinity ? 1 : vectorExp2Scores(FloatVector(repeating: rowMax - newMax))[0]
         rowSum = rowSum * alpha + horizontalSum(sums)

@@ -1,8 +1,8 @@
 // Refusing a run that cannot fit, before anything is allocated. Linux overcommits: an allocation
 // far beyond the machine "succeeds" and the rank is killed later, or Swift traps. So the bytes a
-// rank needs (its rows of Q, K, V and O, the ring's two receive buffers, the kernel's score
-// tiles, and for verify the whole K and V) are estimated in floating point (no overflow) and
-// compared with what this host has available for the ranks it runs.
+// rank needs (its rows of Q, K, V and O, the ring's two receive buffers, the kernel's score and
+// probability tiles, and for verify the whole K and V) are estimated in floating point (no
+// overflow) and compared with what this host has available for the ranks it runs.
 
 import AttentionCore
 import Foundation
@@ -25,7 +25,7 @@ public enum MemoryBudget {
         var floats = rows * h * d * 3  // Q rows, the accumulator, O
         floats += rows * kv * d * 2 * 3  // K and V rows, and the exchange's two receive buffers
         floats += rows * h * 3  // running max, sum, LSE
-        floats += Double(threads) * Double(min(tiling.queryTile, tokens)) * Double(min(tiling.keyBlock, tokens))
+        floats += Double(threads) * 2 * Double(min(tiling.queryTile, tokens)) * Double(min(tiling.keyBlock, tokens))  // S and P
         if wholeKeyValues { floats += Double(tokens) * kv * d * 2 + rows * h * d }
         return floats * 4
     }

@@ -54,6 +54,23 @@ struct KernelRescaleTests {
         expectClose(problem.kernel(tiling: KernelTiling(queryTile: 9, keyBlock: 23)), to: reference, within: tolerance, "jump of 90 at key 70")
     }
 
+    @Test("a kernel reused after recomputed, masked, NaN and ragged rows gives a fresh kernel's bits")
+    func reuseLeavesNoScores() throws {
+        // The kernel's score tile must be all zero between blocks (its GEMM adds to it), so
+        // whatever a call did, the next one sees exactly what a fresh kernel sees.
+        let tiling = KernelTiling(queryTile: 9, keyBlock: 23)
+        var first = try Self.problem(tokens: 150, headDim: 64, mask: .causal) { $0 < 70 ? 0 : 90 }
+        first.q[41, 2, 7] = .nan
+        let second = try Self.problem(tokens: 131, headDim: 64, mask: .causal) { Float($0 % 5) }
+        let reused = LocalAttention(shape: first.shape, mask: .causal, tiling: tiling)
+        let dirty = reused.attention(q: first.q, k: first.k, v: first.v)
+        #expect(dirty.lse.contains { $0.isNaN } && reused.nonFiniteScoreRows >= 1)
+        let fresh = LocalAttention(shape: second.shape, mask: .causal, tiling: tiling)
+        let (again, once) = (reused.attention(q: second.q, k: second.k, v: second.v), fresh.attention(q: second.q, k: second.k, v: second.v))
+        let differing = zip(bits(again), bits(once)).filter { $0 != $1 }.count
+        #expect(differing == 0, "\(differing) output and LSE values differ from a fresh kernel's")
+    }
+
     @Test("a NaN in Q makes its rows NaN, not empty, and is counted")
     func nanQuery() throws {
         var problem = try Problem(tokens: 100, heads: 4, kvHeads: 2, headDim: 32, mask: .causal)
