@@ -55,20 +55,65 @@ public struct S2Attention: SequenceParallelStrategy {
         return pieces
     }
 
+    /// Every step's pieces for one rank, derived before the loop: at step s it sends its keys'
+    /// pieces that rank r+s reads (`sends[s]`) and receives those of rank r-s that it reads
+    /// (`receives[s]`); the backward returns gradients for the same pieces the other way.
+    struct Routes {
+        let segments: [[ShardSegment]]
+        let rows: [Int]
+        let sends: [[Piece]]
+        let receives: [[Piece]]
+        let headDim: Int
+
+        init(pattern: S2Pattern, shape: AttentionShape, shard: LocalShard, ranks: Int, me: Int) {
+            segments = (0 ..< ranks).map(shard.partition.stackedSegments)
+            rows = segments.map(LocalShard.rows)
+            headDim = shape.headDim
+            sends = (0 ..< ranks).map { [segments] s in
+                s == 0 ? [] : S2Attention.pieces(pattern: pattern, shape: shape, ownerSegments: segments[me], receiverSegments: segments[(me + s) % ranks])
+            }
+            receives = (0 ..< ranks).map { [segments] s in
+                s == 0
+                    ? [] : S2Attention.pieces(pattern: pattern, shape: shape, ownerSegments: segments[(me - s + ranks) % ranks], receiverSegments: segments[me])
+            }
+        }
+
+        /// Floats of `pieces` packed: each piece's K (or dK) rows, then its V (or dV) rows.
+        func floats(_ pieces: [Piece]) -> Int { pieces.reduce(0) { $0 + 2 * $1.rows.count * headDim } }
+    }
+
+    enum PieceCopy { case pack, unpack, add }
+
+    /// Moves `pieces` between a K/V (or dK/dV) pair of [rows, kvHeads, headDim] tensors, the V
+    /// one `valuesOffset` floats after the K one, and the packed form that travels.
+    static func copy(
+        _ pieces: [Piece], _ direction: PieceCopy, tensor: UnsafeMutablePointer<Float>, valuesOffset: Int,
+        packed: UnsafeMutablePointer<Float>, kvWidth: Int, headDim d: Int
+    ) {
+        var at = 0
+        for piece in pieces {
+            for half in 0 ..< 2 {
+                let base = tensor + half * valuesOffset
+                for (i, row) in piece.rows.enumerated() {
+                    let (t, p) = (base + row * kvWidth + piece.kvHead * d, packed + at + i * d)
+                    switch direction {
+                    case .pack: p.update(from: t, count: d)
+                    case .unpack: t.update(from: p, count: d)
+                    case .add: for c in 0 ..< d { t[c] += p[c] }
+                    }
+                }
+                at += piece.rows.count * d
+            }
+        }
+    }
+
     public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
         guard case let .s2(pattern) = job.mask else { preconditionFailure("check() refuses s2 without its pattern") }
         let shape = job.shape, d = shape.headDim, kvWidth = shape.kvRowWidth
         let (ranks, me) = (communicator.size, communicator.rank)
-        let segments = (0 ..< ranks).map(shard.partition.stackedSegments)
-        let rows = segments.map(LocalShard.rows)
-        // Everything the loop needs, derived before it: what goes to r+s and comes from r-s.
-        let sends = (0 ..< ranks).map { s in
-            s == 0 ? [] : Self.pieces(pattern: pattern, shape: shape, ownerSegments: segments[me], receiverSegments: segments[(me + s) % ranks])
-        }
-        let receives = (0 ..< ranks).map { s in
-            s == 0 ? [] : Self.pieces(pattern: pattern, shape: shape, ownerSegments: segments[(me - s + ranks) % ranks], receiverSegments: segments[me])
-        }
-        func floats(_ pieces: [Piece]) -> Int { pieces.reduce(0) { $0 + 2 * $1.rows.count * d } }
+        let routes = Routes(pattern: pattern, shape: shape, shard: shard, ranks: ranks, me: me)
+        let (segments, rows, sends, receives) = (routes.segments, routes.rows, routes.sends, routes.receives)
+        let floats = routes.floats
         // Requests point into these until their waits: the owners are kept alive to the end (below).
         let owners = (
             send: OwnedBuffer<Float>(uninitializedCount: max(1, sends.map(floats).max() ?? 0)),
@@ -79,32 +124,20 @@ public struct S2Attention: SequenceParallelStrategy {
         let (sendBuffer, receiveBuffer, block) = (owners.send.buffer, owners.receive.buffer, owners.block.buffer)
 
         var send = Request(), receive = Request()
-        /// Copies `piece`'s rows of one kv head between a [rows, kvHeads, d] tensor and packed rows.
-        func copy(_ piece: Piece, tensor: UnsafeMutablePointer<Float>, packed: UnsafeMutablePointer<Float>, packing: Bool) {
-            for (i, row) in piece.rows.enumerated() {
-                let (t, p) = (tensor + row * kvWidth + piece.kvHead * d, packed + i * d)
-                if packing { p.update(from: t, count: d) } else { t.update(from: p, count: d) }
-            }
-        }
         func post(_ step: Int) throws {
-            var at = 0
-            for piece in sends[step] {  // K rows, then V rows, of each piece
-                copy(piece, tensor: shard.keys, packed: sendBuffer.baseAddress! + at, packing: true)
-                copy(piece, tensor: shard.values, packed: sendBuffer.baseAddress! + at + piece.rows.count * d, packing: true)
-                at += 2 * piece.rows.count * d
-            }
+            Self.copy(
+                sends[step], .pack, tensor: shard.keys, valuesOffset: shard.keyRows * kvWidth, packed: sendBuffer.baseAddress!,
+                kvWidth: kvWidth, headDim: d)
             receive = try communicator.irecv(
                 UnsafeMutableBufferPointer(rebasing: receiveBuffer[0 ..< floats(receives[step])]),
                 from: (me - step + ranks) % ranks, tag: step)
-            send = try communicator.isend(UnsafeBufferPointer(rebasing: sendBuffer[0 ..< at]), to: (me + step) % ranks, tag: step)
+            send = try communicator.isend(
+                UnsafeBufferPointer(rebasing: sendBuffer[0 ..< floats(sends[step])]), to: (me + step) % ranks, tag: step)
         }
         func unpack(_ step: Int, ownerRows: Int) {
-            var at = 0
-            for piece in receives[step] {
-                copy(piece, tensor: block.baseAddress!, packed: receiveBuffer.baseAddress! + at, packing: false)
-                copy(piece, tensor: block.baseAddress! + ownerRows * kvWidth, packed: receiveBuffer.baseAddress! + at + piece.rows.count * d, packing: false)
-                at += 2 * piece.rows.count * d
-            }
+            Self.copy(
+                receives[step], .unpack, tensor: block.baseAddress!, valuesOffset: ownerRows * kvWidth,
+                packed: receiveBuffer.baseAddress!, kvWidth: kvWidth, headDim: d)
         }
 
         let accumulator = AttentionAccumulator(rows: shard.queryRows, heads: shape.heads, headDim: d)
@@ -139,14 +172,120 @@ public struct S2Attention: SequenceParallelStrategy {
 extension S2Attention {
     public var backwardRefusal: String? { nil }
 
-    /// The ring backward over the same zigzag shards, with the S2 mask: the kernel computes only
-    /// the active block pairs, but every K/V block travels the whole ring (the forward's
-    /// pattern-aware point-to-point routing is not mirrored for the gradients).
+    /// The forward's routes, mirrored: at step s a rank receives from r-s the K/V pieces its
+    /// queries read (as the forward does), computes dQ and that owner's dK/dV for those pieces
+    /// only, and sends them back to r-s, while r+s returns the dK/dV of the pieces this rank sent
+    /// it, which are added into this rank's own. So the backward, too, moves only what the
+    /// pattern reads. The gradient exchange of one step overlaps the next step's compute.
     public func backward(
         _ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
         communicator: Communicator
     ) throws -> ShardGradients {
-        try RingAttention(layout: .zigzag).backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
+        guard case let .s2(pattern) = job.mask else { preconditionFailure("check() refuses s2 without its pattern") }
+        let shape = job.shape, d = shape.headDim, kvWidth = shape.kvRowWidth
+        let (ranks, me) = (communicator.size, communicator.rank)
+        let routes = Routes(pattern: pattern, shape: shape, shard: shard, ranks: ranks, me: me)
+        let (segments, rows, sends, receives) = (routes.segments, routes.rows, routes.sends, routes.receives)
+        let most = { (lists: [[Piece]]) in max(1, lists.map(routes.floats).max() ?? 0) }
+        let gradients = forward.output.withUnsafeBufferPointer { o in
+            forward.lse.withUnsafeBufferPointer { l in
+                GradientAccumulator(
+                    rows: shard.queryRows, heads: shape.heads, headDim: d,
+                    output: o.baseAddress!, outputGrad: outputGrad, lse: l.baseAddress!)
+            }
+        }
+        let kernel = job.backwardKernel()
+        // Requests point into these until their waits: the owners are kept alive to the end (below).
+        let owners = (
+            keyValueGrads: OwnedBuffer<Float>(repeating: 0, count: max(1, 2 * shard.keyRows * kvWidth)),
+            send: OwnedBuffer<Float>(uninitializedCount: most(sends)),
+            receive: OwnedBuffer<Float>(uninitializedCount: most(receives)),
+            // pieces not received are never read: the mask hides them
+            block: OwnedBuffer<Float>(repeating: 0, count: max(1, 2 * (rows.max() ?? 0) * kvWidth)),
+            // an owner's dK/dV from this rank's queries, then packed to go back; what comes back
+            partial: OwnedBuffer<Float>(uninitializedCount: max(1, 2 * (rows.max() ?? 0) * kvWidth)),
+            gradientSend: OwnedBuffer<Float>(uninitializedCount: most(receives)),
+            gradientReceive: OwnedBuffer<Float>(uninitializedCount: most(sends))
+        )
+        let keyValueGrads = owners.keyValueGrads.baseAddress, block = owners.block.baseAddress, partial = owners.partial.baseAddress
+        var send = Request(), receive = Request(), gradientSend = Request(), gradientReceive = Request()
+        // Gradient tags after the K/V exchange's (0 ..< ranks), so the two streams never match.
+        let gradientTag = { (step: Int) in ranks + step }
+        func testAll() {  // progress only: a failure resurfaces from the waits
+            _ = try? communicator.test(&send)
+            _ = try? communicator.test(&receive)
+            _ = try? communicator.test(&gradientSend)
+            _ = try? communicator.test(&gradientReceive)
+        }
+        func post(_ step: Int) throws {
+            Self.copy(
+                sends[step], .pack, tensor: shard.keys, valuesOffset: shard.keyRows * kvWidth, packed: owners.send.baseAddress,
+                kvWidth: kvWidth, headDim: d)
+            receive = try communicator.irecv(
+                UnsafeMutableBufferPointer(rebasing: owners.receive.buffer[0 ..< routes.floats(receives[step])]),
+                from: (me - step + ranks) % ranks, tag: step)
+            send = try communicator.isend(
+                UnsafeBufferPointer(rebasing: owners.send.buffer[0 ..< routes.floats(sends[step])]), to: (me + step) % ranks, tag: step)
+        }
+        /// Waits for step `step`'s gradient exchange and adds what came back into this rank's dK/dV.
+        func finishGradients(_ step: Int) throws {
+            try communicator.wait(&gradientSend)
+            try communicator.wait(&gradientReceive)
+            recording(.merge, on: communicator.recorder) {
+                Self.copy(
+                    sends[step], .add, tensor: keyValueGrads, valuesOffset: shard.keyRows * kvWidth,
+                    packed: owners.gradientReceive.baseAddress, kvWidth: kvWidth, headDim: d)
+            }
+        }
+        func fold(
+            keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegments: [ShardSegment], keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>
+        ) {
+            recording(.compute, on: communicator.recorder) {
+                for querySegment in shard.querySegments {
+                    for keySegment in keySegments {
+                        kernel.accumulate(
+                            queries: shard.queries.baseAddress!, outputGrad: outputGrad, querySegment: querySegment,
+                            keys: keys, values: values, keySegment: keySegment, into: gradients,
+                            keyGrad: keyGrad, valueGrad: valueGrad, progress: testAll)
+                    }
+                }
+            }
+        }
+
+        if ranks > 1 { try post(1) }
+        fold(
+            keys: shard.keys, values: shard.values, keySegments: shard.keySegments,
+            keyGrad: keyValueGrads, valueGrad: keyValueGrads + shard.keyRows * kvWidth)
+        for step in 1 ..< max(1, ranks) {
+            try communicator.wait(&send)
+            try communicator.wait(&receive)
+            let owner = (me - step + ranks) % ranks
+            let ownerKeys = rows[owner] * kvWidth
+            recording(.merge, on: communicator.recorder) {
+                Self.copy(
+                    receives[step], .unpack, tensor: block, valuesOffset: ownerKeys, packed: owners.receive.baseAddress,
+                    kvWidth: kvWidth, headDim: d)
+            }
+            if step + 1 < ranks { try post(step + 1) }
+            partial.update(repeating: 0, count: 2 * ownerKeys)
+            fold(keys: block, values: block + ownerKeys, keySegments: segments[owner], keyGrad: partial, valueGrad: partial + ownerKeys)
+            if step > 1 { try finishGradients(step - 1) }
+            Self.copy(
+                receives[step], .pack, tensor: partial, valuesOffset: ownerKeys, packed: owners.gradientSend.baseAddress,
+                kvWidth: kvWidth, headDim: d)
+            gradientReceive = try communicator.irecv(
+                UnsafeMutableBufferPointer(rebasing: owners.gradientReceive.buffer[0 ..< routes.floats(sends[step])]),
+                from: (me + step) % ranks, tag: gradientTag(step))
+            gradientSend = try communicator.isend(
+                UnsafeBufferPointer(rebasing: owners.gradientSend.buffer[0 ..< routes.floats(receives[step])]), to: owner,
+                tag: gradientTag(step))
+        }
+        if ranks > 1 { try finishGradients(ranks - 1) }
+        return withExtendedLifetime(owners) {
+            ShardGradients(
+                gradients,
+                keyValueGrads: UnsafeMutableBufferPointer(rebasing: owners.keyValueGrads.buffer[0 ..< 2 * shard.keyRows * kvWidth]))
+        }
     }
 }
 

@@ -161,10 +161,10 @@ extension EndToEnd {
         }
 
         /// S2's point: compared with dense causal zigzag on the same problem, far fewer FLOPs in
-        /// the kernel and far fewer bytes moved, both as counted during the run.
-        @Test("s2 moves fewer bytes and computes fewer FLOPs than zigzag")
+        /// the kernel and far fewer bytes moved, forward and backward, as counted during the run.
+        @Test("s2 moves fewer bytes and computes fewer FLOPs than zigzag, forward and backward")
         func s2Savings() async throws {
-            let problem = ["--tokens", "4096", "--heads", "8", "--kv-heads", "8", "--head-dim", "32"]
+            let problem = ["--tokens", "4096", "--heads", "8", "--kv-heads", "8", "--head-dim", "32", "--backward"]
             let s2 = try await launch(ranks: 4, arguments: ["run", "--json", "--strategy", "s2", "--s2-block", "64", "--s2-local", "2", "--s2-stride", "8"] + problem)
             let zigzag = try await launch(ranks: 4, arguments: ["run", "--json", "--strategy", "zigzag", "--causal"] + problem)
             #expect(s2.status == 0 && zigzag.status == 0, "\(s2)\n\(zigzag)")
@@ -173,6 +173,13 @@ extension EndToEnd {
             #expect(Double(a.bytesSent.reduce(0, +)) < 0.4 * Double(b.bytesSent.reduce(0, +)))
             #expect(a.kernelFlops.reduce(0, +) < 0.4 * b.kernelFlops.reduce(0, +))
             #expect(a.kernelFlops.allSatisfy { $0 > 0 })
+            // The backward sends the forward's K/V pieces again and returns dK/dV for the pieces it
+            // received: per rank, what the forward sent plus what it received (the ring's backward
+            // sends every block).
+            let (backward, dense) = (try #require(a.backward), try #require(b.backward))
+            let expected = zip(a.bytesSent, a.bytesReceived).map { $0 + $1 }
+            #expect(backward.bytesSent == expected, "backward \(backward.bytesSent), forward sent + received \(expected)")
+            #expect(Double(backward.bytesSent.reduce(0, +)) < 0.4 * Double(dense.bytesSent.reduce(0, +)))
         }
 
         @Test(
