@@ -45,6 +45,18 @@ public final class GradientAccumulator {
         self.init(rows: rows, heads: heads, headDim: headDim, statistics: statistics)
     }
 
+    /// For the rows of a forward result: its O and LSE, and dO ([rows, heads, headDim]).
+    public convenience init(forward: PartialResult, outputGrad: UnsafePointer<Float>) {
+        let statistics = forward.output.withUnsafeBufferPointer { o in
+            forward.lse.withUnsafeBufferPointer { l in
+                Self.rowStatistics(
+                    rows: forward.rows, heads: forward.heads, headDim: forward.headDim, output: o.baseAddress!,
+                    outputGrad: outputGrad, lse: l.baseAddress!, lseStride: forward.rows)
+            }
+        }
+        self.init(rows: forward.rows, heads: forward.heads, headDim: forward.headDim, statistics: statistics)
+    }
+
     /// - Parameter statistics: (lse, D) per row and head, [rows, heads, 2], as `rowStatistics`
     ///   makes them (the form in which the head exchange carries them between ranks).
     public init(rows: Int, heads: Int, headDim: Int, statistics: [Float]) {
@@ -313,15 +325,7 @@ extension LocalAttentionBackward {
         var dk = TokenTensor(zerosTokens: k.tokens, heads: k.heads, headDim: k.headDim)
         var dv = TokenTensor(zerosTokens: k.tokens, heads: k.heads, headDim: k.headDim)
         guard q.tokens > 0, k.tokens > 0 else { return (dq, dk, dv) }
-        let accumulator = forward.output.withUnsafeBufferPointer { o in
-            outputGrad.values.withUnsafeBufferPointer { g in
-                forward.lse.withUnsafeBufferPointer { l in
-                    GradientAccumulator(
-                        rows: q.tokens, heads: slice.heads.count, headDim: shape.headDim,
-                        output: o.baseAddress!, outputGrad: g.baseAddress!, lse: l.baseAddress!)
-                }
-            }
-        }
+        let accumulator = outputGrad.values.withUnsafeBufferPointer { GradientAccumulator(forward: forward, outputGrad: $0.baseAddress!) }
         q.values.withUnsafeBufferPointer { qb in
             outputGrad.values.withUnsafeBufferPointer { gb in
                 k.values.withUnsafeBufferPointer { kb in

@@ -39,13 +39,7 @@ extension RingAttention {
         communicator: Communicator
     ) throws -> ShardGradients {
         let shape = job.shape
-        let gradients = forward.output.withUnsafeBufferPointer { o in
-            forward.lse.withUnsafeBufferPointer { l in
-                GradientAccumulator(
-                    rows: shard.queryRows, heads: shape.heads, headDim: shape.headDim,
-                    output: o.baseAddress!, outputGrad: outputGrad, lse: l.baseAddress!)
-            }
-        }
+        let gradients = GradientAccumulator(forward: forward, outputGrad: outputGrad)
         let keyValueGrads = OwnedBuffer<Float>(repeating: 0, count: max(1, 2 * shard.keyRows * shape.kvRowWidth))
         let pass = RingPass(
             communicator: communicator,

@@ -55,41 +55,126 @@ public struct S2Attention: SequenceParallelStrategy {
         return pieces
     }
 
-    /// Every step's pieces for one rank, derived before the loop: at step s it sends its keys'
-    /// pieces that rank r+s reads (`sends[s]`) and receives those of rank r-s that it reads
-    /// (`receives[s]`); the backward returns gradients for the same pieces the other way.
-    struct Routes {
-        let segments: [[ShardSegment]]
-        let rows: [Int]
-        let sends: [[Piece]]
-        let receives: [[Piece]]
-        let headDim: Int
-
-        init(pattern: S2Pattern, shape: AttentionShape, shard: LocalShard, ranks: Int, me: Int) {
-            segments = (0 ..< ranks).map(shard.partition.stackedSegments)
-            rows = segments.map(LocalShard.rows)
-            headDim = shape.headDim
-            sends = (0 ..< ranks).map { [segments] s in
-                s == 0 ? [] : S2Attention.pieces(pattern: pattern, shape: shape, ownerSegments: segments[me], receiverSegments: segments[(me + s) % ranks])
-            }
-            receives = (0 ..< ranks).map { [segments] s in
-                s == 0
-                    ? [] : S2Attention.pieces(pattern: pattern, shape: shape, ownerSegments: segments[(me - s + ranks) % ranks], receiverSegments: segments[me])
+    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
+        guard case let .s2(pattern) = job.mask else { preconditionFailure("check() refuses s2 without its pattern") }
+        let exchange = PieceExchange(pattern: pattern, shape: job.shape, shard: shard, communicator: communicator)
+        let accumulator = AttentionAccumulator(rows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
+        func fold(_ keys: KeyValues) {
+            for querySegment in shard.querySegments {
+                for keySegment in keys.segments {
+                    job.kernel.accumulate(
+                        queries: shard.queries.baseAddress!, querySegment: querySegment, keys: keys.keys, values: keys.values,
+                        keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: exchange.progress)
+                }
             }
         }
+        if exchange.ranks > 1 { try exchange.post(1) }
+        fold(exchange.own)
+        for step in 1 ..< max(1, exchange.ranks) {
+            let received = try exchange.receive(step)
+            if step + 1 < exchange.ranks { try exchange.post(step + 1) }
+            fold(received)
+        }
+        return accumulator.result()
+    }
+}
 
-        /// Floats of `pieces` packed: each piece's K (or dK) rows, then its V (or dV) rows.
-        func floats(_ pieces: [Piece]) -> Int { pieces.reduce(0) { $0 + 2 * $1.rows.count * headDim } }
+/// One rank's keys as the kernel reads them: K and V ([rows, kvHeads, headDim] each) and their
+/// segments.
+struct KeyValues {
+    let keys: UnsafeMutablePointer<Float>
+    let values: UnsafeMutablePointer<Float>
+    let rows: Int
+    let segments: [ShardSegment]
+}
+
+/// S2's traffic, point to point, for the forward and the backward alike. At step s a rank sends
+/// rank r+s the pieces of its keys that r+s reads (`sends[s]`) and receives from r-s the pieces
+/// of r-s's keys that it reads (`receives[s]`), unpacked into one owner-sized block (pieces not
+/// received are never read there: the mask hides them). The backward returns dK/dV for the same
+/// pieces the other way.
+final class PieceExchange {
+    let communicator: Communicator
+    let ranks: Int
+    private let me: Int
+    private let shard: LocalShard
+    private let segments: [[ShardSegment]]
+    private let rows: [Int]
+    let sends: [[S2Attention.Piece]]
+    let receives: [[S2Attention.Piece]]
+    private let headDim: Int, kvWidth: Int
+    // Requests point into these until their waits, and the exchange outlives them.
+    private let sendBuffer: OwnedBuffer<Float>, receiveBuffer: OwnedBuffer<Float>, block: OwnedBuffer<Float>
+    private var send = Request(), receiving = Request()
+
+    init(pattern: S2Pattern, shape: AttentionShape, shard: LocalShard, communicator: Communicator) {
+        (self.communicator, self.shard) = (communicator, shard)
+        (ranks, me) = (communicator.size, communicator.rank)
+        (headDim, kvWidth) = (shape.headDim, shape.kvRowWidth)
+        let segments = (0 ..< ranks).map(shard.partition.stackedSegments)
+        let (ranks, me) = (ranks, me)
+        sends = (0 ..< ranks).map { s in
+            s == 0 ? [] : S2Attention.pieces(pattern: pattern, shape: shape, ownerSegments: segments[me], receiverSegments: segments[(me + s) % ranks])
+        }
+        receives = (0 ..< ranks).map { s in
+            s == 0
+                ? [] : S2Attention.pieces(pattern: pattern, shape: shape, ownerSegments: segments[(me - s + ranks) % ranks], receiverSegments: segments[me])
+        }
+        self.segments = segments
+        rows = segments.map(LocalShard.rows)
+        sendBuffer = OwnedBuffer(uninitializedCount: max(1, sends.map { S2Attention.floats($0, headDim: shape.headDim) }.max() ?? 0))
+        receiveBuffer = OwnedBuffer(uninitializedCount: max(1, receives.map { S2Attention.floats($0, headDim: shape.headDim) }.max() ?? 0))
+        block = OwnedBuffer(repeating: 0, count: max(1, 2 * (rows.max() ?? 0) * kvWidth))
     }
 
-    enum PieceCopy { case pack, unpack, add }
+    /// The rank that owns the keys received at `step`.
+    func owner(_ step: Int) -> Int { (me - step + ranks) % ranks }
+
+    /// This rank's own keys.
+    var own: KeyValues { KeyValues(keys: shard.keys, values: shard.values, rows: shard.keyRows, segments: shard.keySegments) }
+
+    /// Floats of the largest K/V pair a step can receive.
+    var blockCount: Int { block.count }
+
+    func floats(_ pieces: [S2Attention.Piece]) -> Int { S2Attention.floats(pieces, headDim: headDim) }
+
+    /// Packs and posts step `step`'s pieces: the send to r+s, the receive from r-s.
+    func post(_ step: Int) throws {
+        copy(sends[step], .pack, tensor: shard.keys, valuesOffset: shard.keyRows * kvWidth, packed: sendBuffer.baseAddress)
+        receiving = try communicator.irecv(
+            UnsafeMutableBufferPointer(rebasing: receiveBuffer.buffer[0 ..< floats(receives[step])]), from: owner(step), tag: step)
+        send = try communicator.isend(
+            UnsafeBufferPointer(rebasing: sendBuffer.buffer[0 ..< floats(sends[step])]), to: (me + step) % ranks, tag: step)
+    }
+
+    /// Waits for step `step`'s exchange and unpacks what arrived: the owner's keys, as far as
+    /// this rank reads them.
+    func receive(_ step: Int) throws -> KeyValues {
+        try communicator.wait(&send)
+        try communicator.wait(&receiving)
+        let ownerRows = rows[owner(step)]
+        recording(.merge, on: communicator.recorder) {
+            copy(receives[step], .unpack, tensor: block.baseAddress, valuesOffset: ownerRows * kvWidth, packed: receiveBuffer.baseAddress)
+        }
+        return KeyValues(keys: block.baseAddress, values: block.baseAddress + ownerRows * kvWidth, rows: ownerRows, segments: segments[owner(step)])
+    }
+
+    /// Lets MPI progress the posted transfers between query tiles (a failure resurfaces from the waits).
+    func progress() {
+        _ = try? communicator.test(&send)
+        _ = try? communicator.test(&receiving)
+    }
+
+    enum Direction { case pack, unpack, add }
 
     /// Moves `pieces` between a K/V (or dK/dV) pair of [rows, kvHeads, headDim] tensors, the V
-    /// one `valuesOffset` floats after the K one, and the packed form that travels.
-    static func copy(
-        _ pieces: [Piece], _ direction: PieceCopy, tensor: UnsafeMutablePointer<Float>, valuesOffset: Int,
-        packed: UnsafeMutablePointer<Float>, kvWidth: Int, headDim d: Int
+    /// one `valuesOffset` floats after the K one, and the packed form that travels: each piece's
+    /// K rows, then its V rows.
+    func copy(
+        _ pieces: [S2Attention.Piece], _ direction: Direction, tensor: UnsafeMutablePointer<Float>, valuesOffset: Int,
+        packed: UnsafeMutablePointer<Float>
     ) {
+        let d = headDim
         var at = 0
         for piece in pieces {
             for half in 0 ..< 2 {
@@ -106,70 +191,12 @@ public struct S2Attention: SequenceParallelStrategy {
             }
         }
     }
-
-    public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
-        guard case let .s2(pattern) = job.mask else { preconditionFailure("check() refuses s2 without its pattern") }
-        let shape = job.shape, d = shape.headDim, kvWidth = shape.kvRowWidth
-        let (ranks, me) = (communicator.size, communicator.rank)
-        let routes = Routes(pattern: pattern, shape: shape, shard: shard, ranks: ranks, me: me)
-        let (segments, rows, sends, receives) = (routes.segments, routes.rows, routes.sends, routes.receives)
-        let floats = routes.floats
-        // Requests point into these until their waits: the owners are kept alive to the end (below).
-        let owners = (
-            send: OwnedBuffer<Float>(uninitializedCount: max(1, sends.map(floats).max() ?? 0)),
-            receive: OwnedBuffer<Float>(uninitializedCount: max(1, receives.map(floats).max() ?? 0)),
-            // pieces not sent are never read: the mask hides them
-            block: OwnedBuffer<Float>(repeating: 0, count: max(1, 2 * (rows.max() ?? 0) * kvWidth))
-        )
-        let (sendBuffer, receiveBuffer, block) = (owners.send.buffer, owners.receive.buffer, owners.block.buffer)
-
-        var send = Request(), receive = Request()
-        func post(_ step: Int) throws {
-            Self.copy(
-                sends[step], .pack, tensor: shard.keys, valuesOffset: shard.keyRows * kvWidth, packed: sendBuffer.baseAddress!,
-                kvWidth: kvWidth, headDim: d)
-            receive = try communicator.irecv(
-                UnsafeMutableBufferPointer(rebasing: receiveBuffer[0 ..< floats(receives[step])]),
-                from: (me - step + ranks) % ranks, tag: step)
-            send = try communicator.isend(
-                UnsafeBufferPointer(rebasing: sendBuffer[0 ..< floats(sends[step])]), to: (me + step) % ranks, tag: step)
-        }
-        func unpack(_ step: Int, ownerRows: Int) {
-            Self.copy(
-                receives[step], .unpack, tensor: block.baseAddress!, valuesOffset: ownerRows * kvWidth,
-                packed: receiveBuffer.baseAddress!, kvWidth: kvWidth, headDim: d)
-        }
-
-        let accumulator = AttentionAccumulator(rows: shard.queryRows, heads: shape.heads, headDim: d)
-        let progress = {
-            _ = try? communicator.test(&send)
-            _ = try? communicator.test(&receive)
-        }
-        func fold(keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegments: [ShardSegment]) {
-            for querySegment in shard.querySegments {
-                for keySegment in keySegments {
-                    job.kernel.accumulate(
-                        queries: shard.queries.baseAddress!, querySegment: querySegment, keys: keys, values: values,
-                        keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
-                }
-            }
-        }
-        if ranks > 1 { try post(1) }
-        fold(keys: shard.keys, values: shard.values, keySegments: shard.keySegments)
-        for step in 1 ..< max(1, ranks) {
-            try communicator.wait(&send)
-            try communicator.wait(&receive)
-            let owner = (me - step + ranks) % ranks
-            recording(.merge, on: communicator.recorder) { unpack(step, ownerRows: rows[owner]) }
-            if step + 1 < ranks { try post(step + 1) }
-            fold(keys: block.baseAddress!, values: block.baseAddress! + rows[owner] * kvWidth, keySegments: segments[owner])
-        }
-        withExtendedLifetime(owners) {}
-        return accumulator.result()
-    }
 }
 
 extension S2Attention {
+    /// Floats of `pieces` packed: each piece's K (or dK) rows, then its V (or dV) rows.
+    static func floats(_ pieces: [Piece], headDim: Int) -> Int { pieces.reduce(0) { $0 + 2 * $1.rows.count * headDim } }
+
     public var backwardRefusal: String? { nil }
 
     /// The forward's routes, mirrored: at step s a rank receives from r-s the K/V pieces its
@@ -182,103 +209,67 @@ extension S2Attention {
         communicator: Communicator
     ) throws -> ShardGradients {
         guard case let .s2(pattern) = job.mask else { preconditionFailure("check() refuses s2 without its pattern") }
-        let shape = job.shape, d = shape.headDim, kvWidth = shape.kvRowWidth
-        let (ranks, me) = (communicator.size, communicator.rank)
-        let routes = Routes(pattern: pattern, shape: shape, shard: shard, ranks: ranks, me: me)
-        let (segments, rows, sends, receives) = (routes.segments, routes.rows, routes.sends, routes.receives)
-        let most = { (lists: [[Piece]]) in max(1, lists.map(routes.floats).max() ?? 0) }
-        let gradients = forward.output.withUnsafeBufferPointer { o in
-            forward.lse.withUnsafeBufferPointer { l in
-                GradientAccumulator(
-                    rows: shard.queryRows, heads: shape.heads, headDim: d,
-                    output: o.baseAddress!, outputGrad: outputGrad, lse: l.baseAddress!)
-            }
-        }
+        let exchange = PieceExchange(pattern: pattern, shape: job.shape, shard: shard, communicator: communicator)
+        let (ranks, me, kvWidth) = (exchange.ranks, communicator.rank, job.shape.kvRowWidth)
+        let gradients = GradientAccumulator(forward: forward, outputGrad: outputGrad)
         let kernel = job.backwardKernel()
+        let most = { (lists: [[Piece]]) in max(1, lists.map(exchange.floats).max() ?? 0) }
         // Requests point into these until their waits: the owners are kept alive to the end (below).
         let owners = (
             keyValueGrads: OwnedBuffer<Float>(repeating: 0, count: max(1, 2 * shard.keyRows * kvWidth)),
-            send: OwnedBuffer<Float>(uninitializedCount: most(sends)),
-            receive: OwnedBuffer<Float>(uninitializedCount: most(receives)),
-            // pieces not received are never read: the mask hides them
-            block: OwnedBuffer<Float>(repeating: 0, count: max(1, 2 * (rows.max() ?? 0) * kvWidth)),
-            // an owner's dK/dV from this rank's queries, then packed to go back; what comes back
-            partial: OwnedBuffer<Float>(uninitializedCount: max(1, 2 * (rows.max() ?? 0) * kvWidth)),
-            gradientSend: OwnedBuffer<Float>(uninitializedCount: most(receives)),
-            gradientReceive: OwnedBuffer<Float>(uninitializedCount: most(sends))
+            // an owner's dK/dV from this rank's queries, packed to go back; what comes back
+            partial: OwnedBuffer<Float>(uninitializedCount: exchange.blockCount),
+            gradientSend: OwnedBuffer<Float>(uninitializedCount: most(exchange.receives)),
+            gradientReceive: OwnedBuffer<Float>(uninitializedCount: most(exchange.sends))
         )
-        let keyValueGrads = owners.keyValueGrads.baseAddress, block = owners.block.baseAddress, partial = owners.partial.baseAddress
-        var send = Request(), receive = Request(), gradientSend = Request(), gradientReceive = Request()
+        let (keyValueGrads, partial) = (owners.keyValueGrads.baseAddress, owners.partial.baseAddress)
+        var gradientSend = Request(), gradientReceive = Request()
         // Gradient tags after the K/V exchange's (0 ..< ranks), so the two streams never match.
         let gradientTag = { (step: Int) in ranks + step }
-        func testAll() {  // progress only: a failure resurfaces from the waits
-            _ = try? communicator.test(&send)
-            _ = try? communicator.test(&receive)
+        func progress() {
+            exchange.progress()
             _ = try? communicator.test(&gradientSend)
             _ = try? communicator.test(&gradientReceive)
         }
-        func post(_ step: Int) throws {
-            Self.copy(
-                sends[step], .pack, tensor: shard.keys, valuesOffset: shard.keyRows * kvWidth, packed: owners.send.baseAddress,
-                kvWidth: kvWidth, headDim: d)
-            receive = try communicator.irecv(
-                UnsafeMutableBufferPointer(rebasing: owners.receive.buffer[0 ..< routes.floats(receives[step])]),
-                from: (me - step + ranks) % ranks, tag: step)
-            send = try communicator.isend(
-                UnsafeBufferPointer(rebasing: owners.send.buffer[0 ..< routes.floats(sends[step])]), to: (me + step) % ranks, tag: step)
+        func fold(_ keys: KeyValues, keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>) {
+            recording(.compute, on: communicator.recorder) {
+                for querySegment in shard.querySegments {
+                    for keySegment in keys.segments {
+                        kernel.accumulate(
+                            queries: shard.queries.baseAddress!, outputGrad: outputGrad, querySegment: querySegment,
+                            keys: keys.keys, values: keys.values, keySegment: keySegment, into: gradients,
+                            keyGrad: keyGrad, valueGrad: valueGrad, progress: progress)
+                    }
+                }
+            }
         }
         /// Waits for step `step`'s gradient exchange and adds what came back into this rank's dK/dV.
         func finishGradients(_ step: Int) throws {
             try communicator.wait(&gradientSend)
             try communicator.wait(&gradientReceive)
             recording(.merge, on: communicator.recorder) {
-                Self.copy(
-                    sends[step], .add, tensor: keyValueGrads, valuesOffset: shard.keyRows * kvWidth,
-                    packed: owners.gradientReceive.baseAddress, kvWidth: kvWidth, headDim: d)
-            }
-        }
-        func fold(
-            keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegments: [ShardSegment], keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>
-        ) {
-            recording(.compute, on: communicator.recorder) {
-                for querySegment in shard.querySegments {
-                    for keySegment in keySegments {
-                        kernel.accumulate(
-                            queries: shard.queries.baseAddress!, outputGrad: outputGrad, querySegment: querySegment,
-                            keys: keys, values: values, keySegment: keySegment, into: gradients,
-                            keyGrad: keyGrad, valueGrad: valueGrad, progress: testAll)
-                    }
-                }
+                exchange.copy(
+                    exchange.sends[step], .add, tensor: keyValueGrads, valuesOffset: shard.keyRows * kvWidth,
+                    packed: owners.gradientReceive.baseAddress)
             }
         }
 
-        if ranks > 1 { try post(1) }
-        fold(
-            keys: shard.keys, values: shard.values, keySegments: shard.keySegments,
-            keyGrad: keyValueGrads, valueGrad: keyValueGrads + shard.keyRows * kvWidth)
+        if ranks > 1 { try exchange.post(1) }
+        fold(exchange.own, keyGrad: keyValueGrads, valueGrad: keyValueGrads + shard.keyRows * kvWidth)
         for step in 1 ..< max(1, ranks) {
-            try communicator.wait(&send)
-            try communicator.wait(&receive)
-            let owner = (me - step + ranks) % ranks
-            let ownerKeys = rows[owner] * kvWidth
-            recording(.merge, on: communicator.recorder) {
-                Self.copy(
-                    receives[step], .unpack, tensor: block, valuesOffset: ownerKeys, packed: owners.receive.baseAddress,
-                    kvWidth: kvWidth, headDim: d)
-            }
-            if step + 1 < ranks { try post(step + 1) }
+            let received = try exchange.receive(step)
+            if step + 1 < ranks { try exchange.post(step + 1) }
+            let ownerKeys = received.rows * kvWidth
             partial.update(repeating: 0, count: 2 * ownerKeys)
-            fold(keys: block, values: block + ownerKeys, keySegments: segments[owner], keyGrad: partial, valueGrad: partial + ownerKeys)
+            fold(received, keyGrad: partial, valueGrad: partial + ownerKeys)
             if step > 1 { try finishGradients(step - 1) }
-            Self.copy(
-                receives[step], .pack, tensor: partial, valuesOffset: ownerKeys, packed: owners.gradientSend.baseAddress,
-                kvWidth: kvWidth, headDim: d)
+            exchange.copy(exchange.receives[step], .pack, tensor: partial, valuesOffset: ownerKeys, packed: owners.gradientSend.baseAddress)
             gradientReceive = try communicator.irecv(
-                UnsafeMutableBufferPointer(rebasing: owners.gradientReceive.buffer[0 ..< routes.floats(sends[step])]),
+                UnsafeMutableBufferPointer(rebasing: owners.gradientReceive.buffer[0 ..< exchange.floats(exchange.sends[step])]),
                 from: (me + step) % ranks, tag: gradientTag(step))
             gradientSend = try communicator.isend(
-                UnsafeBufferPointer(rebasing: owners.gradientSend.buffer[0 ..< routes.floats(receives[step])]), to: owner,
-                tag: gradientTag(step))
+                UnsafeBufferPointer(rebasing: owners.gradientSend.buffer[0 ..< exchange.floats(exchange.receives[step])]),
+                to: exchange.owner(step), tag: gradientTag(step))
         }
         if ranks > 1 { try finishGradients(ranks - 1) }
         return withExtendedLifetime(owners) {
