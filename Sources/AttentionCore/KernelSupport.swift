@@ -55,12 +55,15 @@ struct BaseTwoScores {
 
 extension AttentionMask {
     /// Sets the scores this mask hides to -inf, row by row: `scores` is [rows, keys] for the
-    /// queries from `queryPositions.lowerBound` on and the keys `keyPositions`.
-    func clipRows(_ scores: UnsafeMutablePointer<Float>, rows: Int, queryPositions: Range<Int>, keyPositions: Range<Int>, head: Int) {
+    /// queries from `queryPositions.lowerBound` on and the keys `keyPositions`, rows `rowStride`
+    /// floats apart (the number of keys by default).
+    func clipRows(
+        _ scores: UnsafeMutablePointer<Float>, rows: Int, rowStride: Int? = nil, queryPositions: Range<Int>, keyPositions: Range<Int>, head: Int
+    ) {
         let columns = keyPositions.count
         for r in 0 ..< rows {
             let visible = visibleKeys(query: queryPositions.lowerBound + r, head: head, within: keyPositions)
-            let row = scores + r * columns
+            let row = scores + r * (rowStride ?? columns)
             let lo = visible.isEmpty ? columns : visible.lowerBound - keyPositions.lowerBound
             let hi = visible.isEmpty ? columns : visible.upperBound - keyPositions.lowerBound
             if lo > 0 { row.update(repeating: -.infinity, count: lo) }

@@ -11,9 +11,11 @@
 //   L1 sets; the kernel copies each kv head's keys and values once per call, each query tile once,
 //   and the accumulator is head-major ([heads, rows, headDim]), so every GEMM sees leading
 //   dimension headDim.
-// - S is never zeroed by OpenBLAS: with beta 0 it clears C before every product (2% of the time
-//   at head dim 64). The scores' GEMM adds to an S that is all zero (beta 1, the same result bit
-//   for bit), and the softmax pass, which reads S anyway, writes P to a second tile and zeroes S.
+// - S carries the shift. The scores' GEMM adds (beta 1) to an S whose rows hold -m, each row's
+//   running max, so it leaves s - m: OpenBLAS does not clear C first (with beta 0 it does, 2% of
+//   the time at head dim 64) and the softmax subtracts nothing (an eighth of its time). A tile fills
+//   its rows' -m once; the softmax pass, which reads S anyway, writes P to a second tile and
+//   stores -m back over S for the next block.
 // - The shift m is lazy (FlashAttention-4's trick): a row keeps its running max until a block
 //   raises it by more than `lazyRescaleThreshold` (then P and the running sums are rescaled), so
 //   there is no separate max pass and the accumulator is almost never rescaled. Values of P stay
@@ -45,11 +47,17 @@ public struct HeadSlice: Equatable, Sendable {
 }
 
 /// Tile sizes of the kernel. Query tiles are the unit of parallel work; key blocks bound scratch.
+///
+/// Square by default: every Q·Kᵀ call has OpenBLAS pack the key block (a cost per score that
+/// shrinks with the query tile) and the query tile (shrinking with the key block), every P·V call
+/// the values (shrinking with the query tile), while the scratch a thread streams through, S and P,
+/// grows with their product. 384 × 384 (576 KiB each) ran 1-2% faster than 256 × 512 at head dim 64
+/// and 128 without a mask, and the same with a causal one (README, "Speed").
 public struct KernelTiling: Equatable, Sendable {
     public var queryTile: Int
     public var keyBlock: Int
 
-    public init(queryTile: Int = 256, keyBlock: Int = 512) {
+    public init(queryTile: Int = 384, keyBlock: Int = 384) {
         precondition(queryTile > 0 && keyBlock > 0)
         self.queryTile = queryTile
         self.keyBlock = keyBlock
@@ -76,7 +84,7 @@ public final class LocalAttention {
     /// no multiply in its range reduction. `AttentionAccumulator` stores its maxima in these units.
     static let log2e: Float = 1.442_695_04
 
-    /// Per thread: scores [queryTile, keyBlock] (all zero between blocks), probabilities
+    /// Per thread: scores [queryTile, keyBlock] (each row holding its shift between blocks), probabilities
     /// [queryTile, keyBlock], the packed query tile [queryTile, headDim], and row rescale
     /// factors [queryTile].
     private let scratch: [OwnedBuffer<Float>]
@@ -193,9 +201,9 @@ public final class LocalAttention {
         let stateBase = head * accumulator.rows + accRow
         let rowMax = accumulator.rowMax.baseAddress! + stateBase
         let rowSum = accumulator.rowSum.baseAddress! + stateBase
-        // S is zero between blocks (the scores' GEMM adds to it, beta 1, so OpenBLAS does not
-        // zero it first); the softmax reads S, writes P to its own buffer and zeroes S as it goes.
+        // S (rows keyBlock floats apart, whatever a block's width) and P ([tq, tk], contiguous).
         let scores = scratch.baseAddress!
+        let ldS = tiling.keyBlock
         let probabilities = scores + tiling.queryTile * tiling.keyBlock
         let q = probabilities + tiling.queryTile * tiling.keyBlock
         let alphas = q + tiling.queryTile * d
@@ -211,6 +219,12 @@ public final class LocalAttention {
         let queryRows = queries + (accRow * qStride + head * d)
         for r in 0 ..< tq { (q + r * d).update(from: queryRows + r * qStride, count: d) }
 
+        // S's rows carry their shift into the scores' GEMM (beta 1): row r holds -rowMax[r] (0
+        // while the max is not finite, when the softmax subtracts it itself) in every column a
+        // block may use. Filled once per tile, at its first block; each block's softmax stores it back.
+        let width = min(tiling.keyBlock, keyCount)
+        var filled = false
+        let shiftValue = { (max: Float) -> Float in max.isFinite ? -max : 0 }
         var blockStart = 0
         while blockStart < keyCount {
             let blockFirst = keySegment.positions.lowerBound + blockStart
@@ -228,27 +242,41 @@ public final class LocalAttention {
             let keyRow = keyPositions.lowerBound - keySegment.positions.lowerBound
             let k = headKeys + keyRow * d
             let v = headValues + keyRow * d
+            if !filled {
+                for r in 0 ..< tq { (scores + r * ldS).update(repeating: shiftValue(rowMax[r]), count: width) }
+                filled = true
+            }
 
-            // S = scale · Q_tile · K_blockᵀ, [tq, tk]
+            // S = scale · Q_tile · K_blockᵀ - m, [tq, tk], rows ldS apart
             cblas_sgemm(
                 CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
-                baseTwo.alpha, q, Int32(d), k, Int32(d), 1, scores, Int32(tk))
+                baseTwo.alpha, q, Int32(d), k, Int32(d), 1, scores, Int32(ldS))
             if relation == .partial {
-                mask.clipRows(scores, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
+                mask.clipRows(scores, rows: tq, rowStride: ldS, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
             }
             var rescaled = false
             for r in 0 ..< tq {
-                let row = scores + r * tk, p = probabilities + r * tk
-                var alpha = softmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
-                if alpha.isNaN {  // the block's max overflowed the exp: redo the row
+                let row = scores + r * ldS, p = probabilities + r * tk
+                let before = shiftValue(rowMax[r])
+                var stored = before  // what the softmax leaves over the row's first tk scores
+                var alpha: Float
+                if rowMax[r].isFinite {
+                    alpha = softmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                } else {  // no max yet (or an overflowed one): S holds the scores themselves
+                    alpha = exactSoftmaxRow(row, into: p, count: tk, stored: &stored, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                }
+                if alpha.isNaN {  // the block's max overflowed the exp: redo the row from its scores
                     cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), baseTwo.alpha, k, Int32(d), q + r * d, 1, 0, row, 1)
                     if relation == .partial {
                         mask.clipRows(
                             row, rows: 1, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
                             keyPositions: keyPositions, head: globalHead)
                     }
-                    alpha = exactSoftmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                    alpha = exactSoftmaxRow(row, into: p, count: tk, stored: &stored, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 }
+                let after = shiftValue(rowMax[r])  // the row's max moved: its shift follows
+                if stored != after { row.update(repeating: after, count: tk) }
+                if before != after && width > tk { (row + tk).update(repeating: after, count: width - tk) }
                 if rowMax[r] == -.infinity && !rowSum[r].isNaN {
                     // Every score -inf: the mask hid this block's keys from the row, or the scores
                     // overflowed (huge inputs or scale). Only the mask may make a row see no key.
@@ -271,28 +299,48 @@ public final class LocalAttention {
         }
     }
 
-    /// Turns one row of scores into unnormalised probabilities P = exp(s - m), adds them to the
-    /// running sum, and returns the factor that rescales the row's accumulator (1: unchanged).
-    /// m is the running max while the block does not raise it by more than the threshold (one
-    /// fused pass); otherwise the row is rescaled to the new max. Returns NaN when the block's
-    /// max lies beyond exp's range from m, so the caller must recompute the row's scores.
+    /// Turns one row of shifted scores, x = s - m (m the row's running max, finite), into
+    /// unnormalised probabilities P = 2^x, adds them to the running sum, stores -m back over the
+    /// row, and returns the factor that rescales the row's accumulator (1: unchanged). m stays
+    /// while the block does not raise it by more than the threshold (one fused pass); otherwise
+    /// the row is rescaled to the new max (and the caller stores its shift). Returns NaN when the
+    /// block's max lies beyond exp's range from m, so the caller must recompute the row's scores.
     @inline(__always)
     private func softmaxRow(
-        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, count: Int,
-        rowMax: inout Float, rowSum: inout Float
+        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, count: Int, rowMax: inout Float, rowSum: inout Float
     ) -> Float {
         let m = rowMax
-        if m == -.infinity { return exactSoftmaxRow(row, into: p, count: count, rowMax: &rowMax, rowSum: &rowSum) }
+        let (sum, rise) = exp2Pass(row, into: p, count: count, storing: -m) { $0 }
+        if !(rise <= Self.lazyRescaleThreshold) {
+            if rise > Self.recomputeThreshold { return .nan }  // P may overflow: recompute
+            // Move the row to the new max: P and the running state shrink by 2^-rise.
+            let alpha = vectorExp2Scores(FloatVector(repeating: -rise))[0]
+            scaleRow(p, count: count, by: alpha)
+            rowSum = (rowSum + sum) * alpha
+            rowMax = m + rise
+            return alpha
+        }
+        rowSum += sum
+        return 1
+    }
+
+    /// One pass over a row: x = shift(loaded) (the -inf lanes that pad the tail give 0), P = 2^x,
+    /// `storing` over the row; returns the sum of P and the largest x.
+    @inline(__always)
+    private func exp2Pass(
+        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, count: Int, storing: Float,
+        _ shift: (FloatVector) -> FloatVector
+    ) -> (sum: Float, max: Float) {
         let width = FloatVector.scalarCount
-        let shift = FloatVector(repeating: m)
+        let store = FloatVector(repeating: storing)
         var sums = FloatVector()
         var maxes = FloatVector(repeating: -.infinity)
         var c = 0
         while c + width <= count {
-            let s = loadVector(row + c)
-            storeVector(FloatVector(), row + c)
-            maxes = vectorMax(maxes, s)
-            let e = vectorExp2Scores(s - shift)
+            let x = shift(loadVector(row + c))
+            storeVector(store, row + c)
+            maxes = vectorMax(maxes, x)
+            let e = vectorExp2Scores(x)
             storeVector(e, p + c)
             sums += e
             c += width
@@ -300,31 +348,23 @@ public final class LocalAttention {
         if c < count {  // the tail, padded with -inf lanes that give 0
             var tail = FloatVector(repeating: -.infinity)
             for i in 0 ..< count - c { tail[i] = row[c + i] }
-            (row + c).update(repeating: 0, count: count - c)
-            maxes = vectorMax(maxes, tail)
-            let e = vectorExp2Scores(tail - shift)
+            (row + c).update(repeating: storing, count: count - c)
+            let x = shift(tail)
+            maxes = vectorMax(maxes, x)
+            let e = vectorExp2Scores(x)
             for i in 0 ..< count - c { p[c + i] = e[i] }
             sums += e
         }
-        let blockMax = horizontalMax(maxes)
-        if !(blockMax - m <= Self.lazyRescaleThreshold) {
-            if blockMax - m > Self.recomputeThreshold { return .nan }  // P may overflow: recompute
-            // Move the row to the new max: P and the running state shrink by 2^(m - blockMax).
-            let alpha = vectorExp2Scores(FloatVector(repeating: m - blockMax))[0]
-            scaleRow(p, count: count, by: alpha)
-            rowSum = (rowSum + horizontalSum(sums)) * alpha
-            rowMax = blockMax
-            return alpha
-        }
-        rowSum += horizontalSum(sums)
-        return 1
+        return (horizontalSum(sums), horizontalMax(maxes))
     }
 
-    /// The two-pass form: the block's max first, then P against max(running max, block max).
+    /// The two-pass form, on a row that holds the scores themselves: the block's max first, then
+    /// P against max(running max, block max). Stores the new max's shift over the row (0 while
+    /// no max is finite) and says which in `stored`.
     @inline(__always)
     private func exactSoftmaxRow(
         _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, count: Int,
-        rowMax: inout Float, rowSum: inout Float
+        stored: inout Float, rowMax: inout Float, rowSum: inout Float
     ) -> Float {
         let width = FloatVector.scalarCount
         var maxes = FloatVector(repeating: -.infinity)
@@ -339,31 +379,15 @@ public final class LocalAttention {
             c += 1
         }
         let newMax = max(rowMax, blockMax)
+        stored = newMax.isFinite ? -newMax : 0
         if newMax == -.infinity {  // nothing visible to this row yet: P = 0, state unchanged
-            row.update(repeating: 0, count: count)
+            row.update(repeating: stored, count: count)
             p.update(repeating: 0, count: count)
             return 1
         }
-        let shift = FloatVector(repeating: newMax)
-        var sums = FloatVector()
-        c = 0
-        while c + width <= count {
-            let e = vectorExp2Scores(loadVector(row + c) - shift)
-            storeVector(FloatVector(), row + c)
-            storeVector(e, p + c)
-            sums += e
-            c += width
-        }
-        if c < count {
-            var tail = FloatVector(repeating: -.infinity)
-            for i in 0 ..< count - c { tail[i] = row[c + i] }
-            (row + c).update(repeating: 0, count: count - c)
-            let e = vectorExp2Scores(tail - shift)
-            for i in 0 ..< count - c { p[c + i] = e[i] }
-            sums += e
-        }
+        let (sum, _) = exp2Pass(row, into: p, count: count, storing: stored) { $0 - FloatVector(repeating: newMax) }
         let alpha = rowMax == -.infinity ? 1 : vectorExp2Scores(FloatVector(repeating: rowMax - newMax))[0]
-        rowSum = rowSum * alpha + horizontalSum(sums)
+        rowSum = rowSum * alpha + sum
         rowMax = newMax
         return alpha
     }

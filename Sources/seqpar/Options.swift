@@ -221,7 +221,7 @@ struct ComputeOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Compute threads per rank, each with one-thread BLAS calls.")
     var threads: Int = 1
     @Option(
-        name: .customLong("query-tile"), parsing: .unconditional, help: "Query rows per kernel tile (the scores of a tile and a key block, 512 KiB at the defaults, stay in L2).")
+        name: .customLong("query-tile"), parsing: .unconditional, help: "Query rows per kernel tile (the scores of a tile and a key block: 576 KiB at the defaults).")
     var queryTile: Int = KernelTiling().queryTile
     @Option(name: .customLong("key-block"), parsing: .unconditional, help: "Keys per kernel block.")
     var keyBlock: Int = KernelTiling().keyBlock

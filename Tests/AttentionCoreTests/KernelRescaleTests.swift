@@ -55,9 +55,9 @@ struct KernelRescaleTests {
     }
 
     @Test("a kernel reused after recomputed, masked, NaN and ragged rows gives a fresh kernel's bits")
-    func reuseLeavesNoScores() throws {
-        // The kernel's score tile must be all zero between blocks (its GEMM adds to it), so
-        // whatever a call did, the next one sees exactly what a fresh kernel sees.
+    func reuseCarriesNothingOver() throws {
+        // The kernel's score tile carries each row's shift between blocks (its GEMM adds to it),
+        // so whatever a call did, the next one must see exactly what a fresh kernel sees.
         let tiling = KernelTiling(queryTile: 9, keyBlock: 23)
         var first = try Self.problem(tokens: 150, headDim: 64, mask: .causal) { $0 < 70 ? 0 : 90 }
         first.q[41, 2, 7] = .nan
