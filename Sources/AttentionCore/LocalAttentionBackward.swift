@@ -124,10 +124,12 @@ public final class LocalAttentionBackward {
     /// FLOPs spent so far: 10·headDim per visible-block score (five products), 2.5 x the forward's.
     public var computedFlops: Double { flopCounts.buffer.reduce(0, +) }
 
+    /// `tiling`: nil for `KernelTiling.defaults(for: mask)`, as the forward's.
     public init(
-        shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling = KernelTiling(), threads: Int = 1,
+        shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling? = nil, threads: Int = 1,
         slice: HeadSlice? = nil
     ) {
+        let tiling = tiling ?? .defaults(for: mask)
         self.shape = shape
         self.mask = mask
         self.tiling = tiling

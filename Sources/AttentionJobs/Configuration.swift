@@ -63,8 +63,10 @@ public struct ComputeConfiguration: Sendable {
     public var strategyOptions: StrategyOptions
     /// Compute threads per rank.
     public var threads: Int
-    /// Query rows per kernel tile and keys per kernel block.
-    public var tiling: KernelTiling
+    /// Query rows per kernel tile and keys per kernel block; nil for the kernel's default for the
+    /// mask (`KernelTiling.defaults(for:)`), each on its own.
+    public var queryTile: Int?
+    public var keyBlock: Int?
     /// How packed documents are laid over ranks; nil picks the layout with the lowest max/mean work.
     public var documentLayout: DocumentLayout?
     /// A probe's JSON (`seqpar probe --out FILE`) for the cost model; nil measures the machine first.
@@ -74,15 +76,22 @@ public struct ComputeConfiguration: Sendable {
 
     public init(
         strategy: StrategyName? = .zigzag, strategyOptions: StrategyOptions = StrategyOptions(), threads: Int = 1,
-        tiling: KernelTiling = KernelTiling(), documentLayout: DocumentLayout? = nil, probe: String? = nil,
+        queryTile: Int? = nil, keyBlock: Int? = nil, documentLayout: DocumentLayout? = nil, probe: String? = nil,
         kernelEfficiency: Double = CostModel.defaultKernelEfficiency
     ) {
         self.strategy = strategy
         self.strategyOptions = strategyOptions
         self.threads = threads
-        self.tiling = tiling
+        self.queryTile = queryTile
+        self.keyBlock = keyBlock
         self.documentLayout = documentLayout
         self.probe = probe
         self.kernelEfficiency = kernelEfficiency
+    }
+
+    /// The kernel's tiles for `mask`: the ones given, the mask's defaults for the others.
+    public func tiling(for mask: AttentionMask) -> KernelTiling {
+        let defaults = KernelTiling.defaults(for: mask)
+        return KernelTiling(queryTile: queryTile ?? defaults.queryTile, keyBlock: keyBlock ?? defaults.keyBlock)
     }
 }

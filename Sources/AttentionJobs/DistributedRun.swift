@@ -64,21 +64,22 @@ public struct DistributedRun {
         var options = compute.strategyOptions
         if let mesh { options[MeshOptions.self].shape = mesh }
         let strategy = name.make(options, mask: mask, ranks: communicator.size, heads: heads)
+        let tiling = compute.tiling(for: mask)
         try communicator.together { try strategy.check(heads: heads, ranks: communicator.size) }
         try communicator.together {
             let (tokens, shape) = try source.dimensions(selfAttention: strategy.querySelection == .sameAsKeys)
             try MemoryBudget.check(
                 tokens: tokens, shape: shape, ranks: communicator.size, threads: compute.threads,
-                tiling: compute.tiling, wholeKeyValues: wholeKeyValues)
+                tiling: tiling, wholeKeyValues: wholeKeyValues)
         }
         let shard = try communicator.together {
             try LocalShard.load(
                 source, layout: strategy.inputLayout, rank: communicator.rank, ranks: communicator.size,
                 groupSize: strategy.groupSize, queries: strategy.querySelection,
                 balancing: strategy.balancesDocuments ? mask : .none, documentLayout: compute.documentLayout,
-                tiling: compute.tiling)
+                tiling: tiling)
         }
-        return Prepared(name: name, strategy: strategy, shard: shard, job: AttentionJob(shape: shard.shape, mask: mask, tiling: compute.tiling, threads: compute.threads))
+        return Prepared(name: name, strategy: strategy, shard: shard, job: AttentionJob(shape: shard.shape, mask: mask, tiling: tiling, threads: compute.threads))
     }
 
     /// Rank 0 says on stderr what is about to run, when it shows progress.

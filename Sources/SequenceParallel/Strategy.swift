@@ -14,7 +14,9 @@ public struct AttentionJob {
     /// The kernel over every head.
     public let kernel: LocalAttention
 
-    public init(shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling = KernelTiling(), threads: Int = 1) {
+    /// `tiling`: nil for `KernelTiling.defaults(for: mask)`.
+    public init(shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling? = nil, threads: Int = 1) {
+        let tiling = tiling ?? .defaults(for: mask)
         self.shape = shape
         self.mask = mask
         self.tiling = tiling

@@ -51,11 +51,12 @@ struct BenchCommand: ParsableCommand {
             // The same at the kernel's own products, so a reader sees how much of the gap to the
             // square peak is BLAS's (smaller, thinner products) and how much is the kernel's.
             let headDim = try world.together { try AutoStrategy.problem(problem.source, mask: problem.positionMask, ranks: world.size).headDim }
-            let shapes = BlasPeak.measureKernelShapes(headDim: headDim, tiling: compute.tiling, threads: compute.threads)
+            let mask = try problem.mask(world)
+            let tile = compute.configuration.tiling(for: mask)
+            let shapes = BlasPeak.measureKernelShapes(headDim: headDim, tiling: tile, threads: compute.threads)
             let sums = try world.allreduce([shapes.scores, shapes.values], .sum)
             let shapePeaks = [sums[0], sums[1], 2 / (1 / sums[0] + 1 / sums[1])]  // equal FLOPs: the harmonic mean
             let cores = try world.allgather(BlasCore.current)
-            let tile = compute.tiling
             let header = [
                 "seqpar bench: \(world.size) rank(s) x \(compute.threads) thread(s)",
                 "OpenBLAS core: \(Set(cores).sorted().joined(separator: ", ")) (rank 0: \(BlasCore.reason))",
@@ -66,7 +67,6 @@ struct BenchCommand: ParsableCommand {
             if !output.json { Session.say(world, header.joined(separator: "\n")) }
             var rows: [BenchJSON.Result] = []
             var lines: [String] = []
-            let mask = try problem.mask(world)
             for name in strategies.split(separator: ",").compactMap({ StrategyName(rawValue: String($0)) }) {
                 // Inputs loaded once; one warm-up run, then the best of the timed ones.
                 let measured = try BenchJob.measure(

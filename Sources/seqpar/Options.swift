@@ -221,10 +221,13 @@ struct ComputeOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Compute threads per rank, each with one-thread BLAS calls.")
     var threads: Int = 1
     @Option(
-        name: .customLong("query-tile"), parsing: .unconditional, help: "Query rows per kernel tile (the scores of a tile and a key block: 576 KiB at the defaults).")
-    var queryTile: Int = KernelTiling().queryTile
-    @Option(name: .customLong("key-block"), parsing: .unconditional, help: "Keys per kernel block.")
-    var keyBlock: Int = KernelTiling().keyBlock
+        name: .customLong("query-tile"), parsing: .unconditional,
+        help:
+            "Query rows per kernel tile (default \(KernelTiling.defaults(for: .none).queryTile) without a mask, \(KernelTiling.defaults(for: .causal).queryTile) with one; the scores and probabilities of a tile and a key block take 1.5 MiB at 384 x 512)."
+    )
+    var queryTile: Int?
+    @Option(name: .customLong("key-block"), parsing: .unconditional, help: "Keys per kernel block (default \(KernelTiling().keyBlock)).")
+    var keyBlock: Int?
     @Option(
         parsing: .unconditional,
         help:
@@ -237,8 +240,8 @@ struct ComputeOptions: ParsableArguments {
     func validate() throws {
         guard kernelEfficiency > 0, kernelEfficiency <= 1 else { throw ValidationError("--kernel-efficiency is a fraction in (0, 1] (got \(kernelEfficiency)).") }
         guard (1 ... 4096).contains(threads) else { throw ValidationError("--threads must be between 1 and 4096 (got \(threads)).") }
-        guard (1 ... 1 << 16).contains(queryTile), (1 ... 1 << 16).contains(keyBlock) else {
-            throw ValidationError("--query-tile and --key-block must be between 1 and 65536 (got \(queryTile) and \(keyBlock)).")
+        for (flag, value) in [("--query-tile", queryTile), ("--key-block", keyBlock)] {
+            if let value, !(1 ... 1 << 16).contains(value) { throw ValidationError("\(flag) must be between 1 and 65536 (got \(value)).") }
         }
         guard timeout.isFinite, timeout >= 0 else { throw ValidationError("--timeout takes seconds, 0 or more (got \(timeout)).") }
         if let mesh, Self.parseMesh(mesh) == nil {
@@ -258,7 +261,7 @@ struct ComputeOptions: ParsableArguments {
     /// How each rank computes, as the library takes it.
     var configuration: ComputeConfiguration {
         ComputeConfiguration(
-            strategy: strategy.named, strategyOptions: strategyOptions, threads: threads, tiling: tiling, documentLayout: documentLayout.layout,
+            strategy: strategy.named, strategyOptions: strategyOptions, threads: threads, queryTile: queryTile, keyBlock: keyBlock, documentLayout: documentLayout.layout,
             probe: probe, kernelEfficiency: kernelEfficiency)
     }
 
@@ -267,7 +270,6 @@ struct ComputeOptions: ParsableArguments {
             MeshOptions(shape: mesh.flatMap(Self.parseMesh)), StarOptions(queries: queries, position: queryPosition, everyRank: everyRank))
     }
 
-    var tiling: KernelTiling { KernelTiling(queryTile: queryTile, keyBlock: keyBlock) }
 }
 
 struct OutputOptions: ParsableArguments {

@@ -159,7 +159,7 @@ struct ArgumentErrorCase: Sendable, CustomTestStringConvertible {
         ArgumentErrorCase(arguments: ["run", "--threads", "0"], message: "--threads must be between 1 and 4096"),
         ArgumentErrorCase(arguments: ["run", "--tokens", "-5"], message: "--tokens must be at least 1 (got -5)"),
         ArgumentErrorCase(arguments: ["run", "--tokens", "9223372036854775807"], message: "is more than any machine holds"),
-        ArgumentErrorCase(arguments: ["verify", "--query-tile", "9223372036854775807"], message: "--query-tile and --key-block must be between 1 and 65536"),
+        ArgumentErrorCase(arguments: ["verify", "--query-tile", "9223372036854775807"], message: "--query-tile must be between 1 and 65536 (got 9223372036854775807)"),
         ArgumentErrorCase(arguments: ["run", "--heads", "4611686018427387904"], message: "--heads must be at most 1048576"),
         ArgumentErrorCase(arguments: ["bench", "--timeout", "-1"], message: "--timeout takes seconds, 0 or more"),
         // Checked before any work (an output that cannot be written used to fail after the whole run).
