@@ -89,6 +89,11 @@ public final class LocalAttention {
     /// no multiply in its range reduction. `AttentionAccumulator` stores its maxima in these units.
     static let log2e: Float = 1.442_695_04
 
+    /// What a row of S holds before the scores' GEMM adds to it: -m for a finite running max m,
+    /// so the GEMM leaves s - m; 0 otherwise (no key seen yet, or an overflowed max), when the
+    /// softmax subtracts the max itself.
+    static func shift(for max: Float) -> Float { max.isFinite ? -max : 0 }
+
     /// Per thread: scores [queryTile, keyBlock] (each row holding its shift between blocks), probabilities
     /// [queryTile, keyBlock], the packed query tile [queryTile, headDim], and row rescale
     /// factors [queryTile].
@@ -227,12 +232,11 @@ public final class LocalAttention {
         let queryRows = queries + (accRow * qStride + head * d)
         for r in 0 ..< tq { (q + r * d).update(from: queryRows + r * qStride, count: d) }
 
-        // S's rows carry their shift into the scores' GEMM (beta 1): row r holds -rowMax[r] (0
-        // while the max is not finite, when the softmax subtracts it itself) in every column a
-        // block may use. Filled once per tile, at its first block; each block's softmax stores it back.
+        // S's rows carry their shift into the scores' GEMM (beta 1): row r holds
+        // `shift(for: rowMax[r])` in every column a block may use. Filled once per tile, at its
+        // first block; each block's softmax stores the row's shift back over the columns it reads.
         let width = min(tiling.keyBlock, keyCount)
         var filled = false
-        let shiftValue = { (max: Float) -> Float in max.isFinite ? -max : 0 }
         var blockStart = 0
         while blockStart < keyCount {
             let blockFirst = keySegment.positions.lowerBound + blockStart
@@ -251,7 +255,7 @@ public final class LocalAttention {
             let k = headKeys + keyRow * d
             let v = headValues + keyRow * d
             if !filled {
-                for r in 0 ..< tq { (scores + r * ldS).update(repeating: shiftValue(rowMax[r]), count: width) }
+                for r in 0 ..< tq { (scores + r * ldS).update(repeating: Self.shift(for: rowMax[r]), count: width) }
                 filled = true
             }
 
@@ -265,13 +269,12 @@ public final class LocalAttention {
             var rescaled = false
             for r in 0 ..< tq {
                 let row = scores + r * ldS, p = probabilities + r * tk
-                let before = shiftValue(rowMax[r])
-                var stored = before  // what the softmax leaves over the row's first tk scores
+                let before = Self.shift(for: rowMax[r])
                 var alpha: Float
                 if rowMax[r].isFinite {
                     alpha = softmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 } else {  // no max yet (or an overflowed one): S holds the scores themselves
-                    alpha = exactSoftmaxRow(row, into: p, count: tk, stored: &stored, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                    alpha = exactSoftmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 }
                 if alpha.isNaN {  // the block's max overflowed the exp: redo the row from its scores
                     cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), baseTwo.alpha, k, Int32(d), q + r * d, 1, 0, row, 1)
@@ -280,11 +283,12 @@ public final class LocalAttention {
                             row, rows: 1, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
                             keyPositions: keyPositions, head: globalHead)
                     }
-                    alpha = exactSoftmaxRow(row, into: p, count: tk, stored: &stored, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                    alpha = exactSoftmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 }
-                let after = shiftValue(rowMax[r])  // the row's max moved: its shift follows
-                if stored != after { row.update(repeating: after, count: tk) }
-                if before != after && width > tk { (row + tk).update(repeating: after, count: width - tk) }
+                // The softmax left the row's shift over its first tk columns; if the max moved,
+                // the columns a wider block would use follow.
+                let after = Self.shift(for: rowMax[r])
+                if after != before && width > tk { (row + tk).update(repeating: after, count: width - tk) }
                 if rowMax[r] == -.infinity && !rowSum[r].isNaN {
                     // Every score -inf: the mask hid this block's keys from the row, or the scores
                     // overflowed (huge inputs or scale). Only the mask may make a row see no key.
@@ -308,10 +312,10 @@ public final class LocalAttention {
     }
 
     /// Turns one row of shifted scores, x = s - m (m the row's running max, finite), into
-    /// unnormalised probabilities P = 2^x, adds them to the running sum, stores -m back over the
-    /// row, and returns the factor that rescales the row's accumulator (1: unchanged). m stays
-    /// while the block does not raise it by more than the threshold (one fused pass); otherwise
-    /// the row is rescaled to the new max (and the caller stores its shift). Returns NaN when the
+    /// unnormalised probabilities P = 2^x, adds them to the running sum, stores the row's shift
+    /// back over it, and returns the factor that rescales the row's accumulator (1: unchanged).
+    /// m stays while the block does not raise it by more than the threshold (one fused pass);
+    /// otherwise the row is rescaled to the new max and takes its shift. Returns NaN when the
     /// block's max lies beyond exp's range from m, so the caller must recompute the row's scores.
     @inline(__always)
     private func softmaxRow(
@@ -326,6 +330,7 @@ public final class LocalAttention {
             scaleRow(p, count: count, by: alpha)
             rowSum = (rowSum + sum) * alpha
             rowMax = m + rise
+            row.update(repeating: Self.shift(for: rowMax), count: count)
             return alpha
         }
         rowSum += sum
@@ -367,12 +372,10 @@ public final class LocalAttention {
     }
 
     /// The two-pass form, on a row that holds the scores themselves: the block's max first, then
-    /// P against max(running max, block max). Stores the new max's shift over the row (0 while
-    /// no max is finite) and says which in `stored`.
+    /// P against max(running max, block max). Stores the new max's shift over the row.
     @inline(__always)
     private func exactSoftmaxRow(
-        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, count: Int,
-        stored: inout Float, rowMax: inout Float, rowSum: inout Float
+        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, count: Int, rowMax: inout Float, rowSum: inout Float
     ) -> Float {
         let width = FloatVector.scalarCount
         var maxes = FloatVector(repeating: -.infinity)
@@ -387,13 +390,13 @@ public final class LocalAttention {
             c += 1
         }
         let newMax = max(rowMax, blockMax)
-        stored = newMax.isFinite ? -newMax : 0
+        let shift = Self.shift(for: newMax)
         if newMax == -.infinity {  // nothing visible to this row yet: P = 0, state unchanged
-            row.update(repeating: stored, count: count)
+            row.update(repeating: shift, count: count)
             p.update(repeating: 0, count: count)
             return 1
         }
-        let (sum, _) = exp2Pass(row, into: p, count: count, storing: stored) { $0 - FloatVector(repeating: newMax) }
+        let (sum, _) = exp2Pass(row, into: p, count: count, storing: shift) { $0 - FloatVector(repeating: newMax) }
         let alpha = rowMax == -.infinity ? 1 : vectorExp2Scores(FloatVector(repeating: rowMax - newMax))[0]
         rowSum = rowSum * alpha + sum
         rowMax = newMax
