@@ -20,6 +20,18 @@ public enum BlasPeak {
     /// as the kernel's Q·Kᵀ), on `threads` threads at once. Small products are repeated so each
     /// timed round does at least about 1 GFLOP per thread.
     public static func measure(m: Int, n: Int, k: Int, transposedB: Bool = false, repeats: Int = 5, threads: Int = 1) -> Double {
+        measure(m: m, n: n, k: k, repeats: repeats, threads: threads) { a, b, c in
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                1, a, Int32(k), b, Int32(transposedB ? k : n), 0, c, Int32(n))
+        }
+    }
+
+    /// The same for any m×n×k product of A [m, k], B [k, n] (or [n, k]) into C [m, n].
+    static func measure(
+        m: Int, n: Int, k: Int, repeats: Int, threads: Int,
+        product: @escaping @Sendable (UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void
+    ) -> Double {
         let threads = max(1, threads)
         let sizes = [m * k, k * n, m * n]
         let matrices = (0 ..< threads).map { t -> [OwnedBuffer<Float>] in
@@ -34,11 +46,7 @@ public enum BlasPeak {
         nonisolated(unsafe) let shared = matrices
         let multiply: @Sendable (Int) -> Void = { t in
             let (a, b, c) = (shared[t][0].baseAddress, shared[t][1].baseAddress, shared[t][2].baseAddress)
-            for _ in 0 ..< calls {
-                cblas_sgemm(
-                    CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
-                    1, a, Int32(k), b, Int32(transposedB ? k : n), 0, c, Int32(n))
-            }
+            for _ in 0 ..< calls { product(a, b, c) }
         }
         var best = Double.infinity
         for _ in 0 ..< repeats + 1 {  // the first round warms caches and BLAS buffers
@@ -50,16 +58,20 @@ public enum BlasPeak {
     }
 
     /// The sgemm rate at the kernel's own products for one head dim and tiling: Q·Kᵀ
-    /// (queryTile × keyBlock × headDim) and P·V (queryTile × headDim × keyBlock), which do equal
-    /// FLOPs, so their combined rate is the harmonic mean. The ceiling of a kernel made of these
-    /// products and nothing else.
+    /// (queryTile × keyBlock × headDim) and P·V (queryTile × headDim × keyBlock, computed as
+    /// `valueProduct` says, adding to its output as the kernel does), which do equal FLOPs, so
+    /// their combined rate is the harmonic mean. The ceiling of a kernel made of these products
+    /// and nothing else.
     public static func measureKernelShapes(
-        headDim: Int, tiling: KernelTiling, threads: Int = 1, repeats: Int = 5
+        headDim: Int, tiling: KernelTiling, valueProduct: ValueProduct, threads: Int = 1, repeats: Int = 5
     )
         -> (scores: Double, values: Double, combined: Double)
     {
-        let scores = measure(m: tiling.queryTile, n: tiling.keyBlock, k: headDim, transposedB: true, repeats: repeats, threads: threads)
-        let values = measure(m: tiling.queryTile, n: headDim, k: tiling.keyBlock, repeats: repeats, threads: threads)
+        let (rows, keys) = (tiling.queryTile, tiling.keyBlock)
+        let scores = measure(m: rows, n: keys, k: headDim, transposedB: true, repeats: repeats, threads: threads)
+        let values = measure(m: rows, n: headDim, k: keys, repeats: repeats, threads: threads) { p, v, acc in
+            valueProduct.multiplyAdd(rows: rows, keys: keys, headDim: headDim, p: p, ldp: keys, v: v, into: acc)
+        }
         return (scores, values, 2 / (1 / scores + 1 / values))
     }
 

@@ -2,8 +2,9 @@
 //
 // For a tile of queries of one head it walks key blocks: S = scale·Q·Kᵀ (cblas_sgemm), clips rows
 // the mask cuts, turns S into P = exp(S - m) in one fused pass that also sums P and finds the
-// block's max, and adds P·V (cblas_sgemm, beta 1) straight into the accumulator. Blocks the mask
-// hides are skipped before any arithmetic, and partial blocks are trimmed to the keys the tile sees.
+// block's max, and adds P·V (cblas_sgemm, beta 1, whole or in pieces: `ValueProduct`) straight
+// into the accumulator. Blocks the mask hides are skipped before any arithmetic, and partial
+// blocks are trimmed to the keys the tile sees.
 //
 // Where the time goes, and why the kernel is shaped this way (README, "Speed", has the figures):
 // - The GEMMs run on contiguous operands. Q, K and V rows hold every head, so one head's rows sit
@@ -20,6 +21,8 @@
 //   raises it by more than `lazyRescaleThreshold` (then P and the running sums are rescaled), so
 //   there is no separate max pass and the accumulator is almost never rescaled. Values of P stay
 //   below e^threshold, far inside float's range; the result is the same softmax, exactly.
+// - At small head dims P·V skips OpenBLAS's copy of P: on AVX-512 cores it runs in pieces that
+//   OpenBLAS's small-matrix kernel reads in place (`ValueProduct`).
 // - Scores are in base 2 (the first GEMM's alpha is scale·log2 e), so exp is `vectorExp2Scores`:
 //   a rounding by two additions and a degree-6 polynomial, 7 multiplies per vector where Cephes'
 //   expf needs 12; at head dim 64 the softmax was an eighth of the kernel's time, so this counts.
@@ -57,9 +60,9 @@ public struct KernelTiling: Equatable, Sendable {
         self.keyBlock = keyBlock
     }
 
-    /// The kernel's tiles for `mask` when the caller names none. Every Q·Kᵀ and P·V call has
-    /// OpenBLAS pack the key or value block afresh, a cost per score that shrinks as the query
-    /// tile grows, so without a mask the tile is 384 rows (2-3% faster than 256 at head dim 64,
+    /// The kernel's tiles for `mask` when the caller names none. Every Q·Kᵀ call (and P·V call,
+    /// when `ValueProduct` packs) has OpenBLAS pack the key or value block afresh, a cost per
+    /// score that shrinks as the query tile grows, so without a mask the tile is 384 rows (2-3% faster than 256 at head dim 64,
     /// the same or better at 128). A mask's diagonal blocks are computed up to the last key any
     /// row of the tile sees, about queryTile²/2 scores thrown away per diagonal, and there 384
     /// rows ran 3% slower causal at head dim 64, so masks keep 256. Key blocks stay at 512 keys:
@@ -73,6 +76,8 @@ public final class LocalAttention {
     public let shape: AttentionShape
     public let mask: AttentionMask
     public let tiling: KernelTiling
+    /// How P·V is multiplied (`ValueProduct.current(headDim:)` unless the caller names one).
+    public let valueProduct: ValueProduct
     public let slice: HeadSlice
     /// Threads that run query tiles concurrently (each with one-thread BLAS calls of its own).
     public let threads: Int
@@ -115,11 +120,13 @@ public final class LocalAttention {
     /// - Parameters:
     ///   - tiling: nil for `KernelTiling.defaults(for: mask)`.
     ///   - slice: the heads to compute; all of them by default.
+    ///   - valueProduct: nil for `ValueProduct.current(headDim:)`.
     public init(
         shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling? = nil, threads: Int = 1,
-        slice: HeadSlice? = nil
+        slice: HeadSlice? = nil, valueProduct: ValueProduct? = nil
     ) {
         let tiling = tiling ?? .defaults(for: mask)
+        self.valueProduct = valueProduct ?? .current(headDim: shape.headDim)
         self.shape = shape
         self.slice = slice ?? .all(shape)
         self.mask = mask
@@ -305,9 +312,7 @@ public final class LocalAttention {
                 for r in 0 ..< tq where alphas[r] != 1 { scaleRow(acc + r * d, count: d, by: alphas[r]) }
             }
             // acc += P · V_block
-            cblas_sgemm(
-                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(d), Int32(tk),
-                1, probabilities, Int32(tk), v, Int32(d), 1, acc, Int32(d))
+            valueProduct.multiplyAdd(rows: tq, keys: tk, headDim: d, p: probabilities, ldp: tk, v: v, into: acc)
         }
     }
 

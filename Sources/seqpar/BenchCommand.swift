@@ -53,7 +53,8 @@ struct BenchCommand: ParsableCommand {
             let headDim = try world.together { try AutoStrategy.problem(problem.source, mask: problem.positionMask, ranks: world.size).headDim }
             let mask = try problem.mask(world)
             let tile = compute.configuration.tiling(for: mask)
-            let shapes = BlasPeak.measureKernelShapes(headDim: headDim, tiling: tile, threads: compute.threads)
+            let valueProduct = ValueProduct.current(headDim: headDim)
+            let shapes = BlasPeak.measureKernelShapes(headDim: headDim, tiling: tile, valueProduct: valueProduct, threads: compute.threads)
             let sums = try world.allreduce([shapes.scores, shapes.values], .sum)
             let shapePeaks = [sums[0], sums[1], 2 / (1 / sums[0] + 1 / sums[1])]  // equal FLOPs: the harmonic mean
             let cores = try world.allgather(BlasCore.current)
@@ -61,8 +62,9 @@ struct BenchCommand: ParsableCommand {
                 "seqpar bench: \(world.size) rank(s) x \(compute.threads) thread(s)",
                 "OpenBLAS core: \(Set(cores).sorted().joined(separator: ", ")) (rank 0: \(BlasCore.reason))",
                 String(
-                    format: "sgemm peak, all ranks at once: %.1f GFLOP/s square (n=1024); at the kernel's products %.1f: Q·Kᵀ %dx%dx%d %.1f, P·V %dx%dx%d %.1f",
-                    peak, shapePeaks[2], tile.queryTile, tile.keyBlock, headDim, shapePeaks[0], tile.queryTile, headDim, tile.keyBlock, shapePeaks[1]),
+                    format: "sgemm peak, all ranks at once: %.1f GFLOP/s square (n=1024); at the kernel's products %.1f: Q·Kᵀ %dx%dx%d %.1f, P·V %dx%dx%d %.1f (%@)",
+                    peak, shapePeaks[2], tile.queryTile, tile.keyBlock, headDim, shapePeaks[0], tile.queryTile, headDim, tile.keyBlock, shapePeaks[1],
+                    valueProduct.description),
             ]
             if !output.json { Session.say(world, header.joined(separator: "\n")) }
             var rows: [BenchJSON.Result] = []

@@ -52,12 +52,16 @@ struct KernelCase: Sendable, CustomTestStringConvertible {
     ]
 }
 
-/// The kernel configurations every case runs under.
-let kernelConfigurations: [(tiling: KernelTiling, threads: Int)] = [
-    (KernelTiling(), 1),
-    (KernelTiling(queryTile: 16, keyBlock: 32), 1),
-    (KernelTiling(queryTile: 16, keyBlock: 32), 2),
-    (KernelTiling(queryTile: 5, keyBlock: 17), 2),  // tails narrower than one SIMD vector
+/// The kernel configurations every case runs under; a nil P·V product is the one the kernel
+/// picks for the head dim and this OpenBLAS, and each of the two products also runs forced.
+let kernelConfigurations: [(tiling: KernelTiling, threads: Int, valueProduct: ValueProduct?)] = [
+    (KernelTiling(), 1, nil),
+    (KernelTiling(), 1, .packed),
+    (KernelTiling(), 1, .pieces(rows: 48, keys: 128)),
+    (KernelTiling(queryTile: 16, keyBlock: 32), 1, nil),
+    (KernelTiling(queryTile: 16, keyBlock: 32), 2, nil),
+    (KernelTiling(queryTile: 5, keyBlock: 17), 2, nil),  // tails narrower than one SIMD vector
+    (KernelTiling(queryTile: 16, keyBlock: 32), 1, .pieces(rows: 5, keys: 7)),  // ragged pieces
 ]
 
 @Suite("Fused kernel against the float64 reference")
@@ -69,11 +73,12 @@ struct KernelAccuracyTests {
         let reference = problem.reference()
         let naiveError = problem.naiveError(against: reference)
         let tolerance = Tolerance(naive: naiveError)
-        for (tiling, threads) in kernelConfigurations {
-            let result = problem.kernel(tiling: tiling, threads: threads)
+        for (tiling, threads, valueProduct) in kernelConfigurations {
+            let result = problem.kernel(tiling: tiling, threads: threads, valueProduct: valueProduct)
             expectClose(
                 result, to: reference, within: tolerance,
-                "\(c.testDescription), tiles \(tiling.queryTile)x\(tiling.keyBlock), \(threads) thread(s), naive \(naiveError)")
+                "\(c.testDescription), tiles \(tiling.queryTile)x\(tiling.keyBlock), \(threads) thread(s), "
+                    + "P·V \(valueProduct.map { "\($0)" } ?? "default"), naive \(naiveError)")
         }
     }
 

@@ -29,11 +29,11 @@ struct MaskTests {
             queryRanges: [pair.queries], keyRanges: [pair.keys])
         let reference = problem.reference()
         let tolerance = Tolerance(naive: problem.naiveError(against: reference))
-        for (tiling, threads) in kernelConfigurations {
-            let result = problem.kernel(tiling: tiling, threads: threads)
+        for (tiling, threads, valueProduct) in kernelConfigurations {
+            let result = problem.kernel(tiling: tiling, threads: threads, valueProduct: valueProduct)
             expectClose(
                 result, to: reference, within: tolerance,
-                "\(pair.testDescription), tiles \(tiling.queryTile)x\(tiling.keyBlock), \(threads) thread(s)")
+                "\(pair.testDescription), tiles \(tiling.queryTile)x\(tiling.keyBlock), \(threads) thread(s), P·V \(valueProduct.map { "\($0)" } ?? "default")")
             // Rows that see no key are exact, not merely close.
             for (row, position) in problem.queryPositions.enumerated() where pair.mask == .causal && position < pair.keys.lowerBound {
                 for h in 0 ..< 4 {
