@@ -66,7 +66,7 @@ struct BenchCommand: ParsableCommand {
                     peak, shapePeaks[2], tile.queryTile, tile.keyBlock, headDim, shapePeaks[0], tile.queryTile, headDim, tile.keyBlock, shapePeaks[1],
                     valueProduct.description),
             ]
-            if !output.json { Session.say(world, header.joined(separator: "\n")) }
+            if !output.json { Session.say(world, (header + (BuildInfo.belowCPU.map { [$0] } ?? [])).joined(separator: "\n")) }
             var rows: [BenchJSON.Result] = []
             var lines: [String] = []
             for name in strategies.split(separator: ",").compactMap({ StrategyName(rawValue: String($0)) }) {

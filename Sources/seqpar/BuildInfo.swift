@@ -3,6 +3,7 @@
 // constant compiled in, so that a new commit does not rebuild every module; a binary built
 // without Launch/setup (or copied without the file) says its commit is unknown.
 
+import AttentionCore
 import Foundation
 
 enum BuildInfo {
@@ -33,6 +34,26 @@ enum BuildInfo {
             let level = "baseline"
         #endif
         return "\(recorded["target_cpu"] ?? "?") (\(level))"
+    }
+
+    /// The instruction-set level the code was compiled for.
+    static var builtLevel: SimdLevel {
+        #if SEQPAR_BUILT_FOR_AVX512
+            .avx512
+        #elseif SEQPAR_BUILT_FOR_AVX2
+            .avx2
+        #else
+            .sse
+        #endif
+    }
+
+    /// A warning when this CPU runs vector instructions the binary was not built for (a plain
+    /// `swift build`): its kernel ran at 0.7 of Launch/setup's at head dim 64; nil otherwise.
+    static var belowCPU: String? {
+        let cpu = CPUFeatures.current
+        let usable: SimdLevel = cpu.level >= .avx512 ? .avx512 : cpu.level >= .avx2 ? .avx2 : .sse
+        guard builtLevel < usable else { return nil }
+        return "note: this binary was built for \(builtLevel) and this CPU has \(usable); Launch/setup builds for it (its kernel is faster)"
     }
 
     /// The CPU's marketing name (/proc/cpuinfo's "model name"), when there is one.

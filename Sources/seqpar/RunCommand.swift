@@ -143,8 +143,9 @@ struct InfoCommand: ParsableCommand {
                             worldSize: world.size, threads: threads, openblas: BlasCore.configuration, ranks: ranks)))
                 return
             }
-            var lines = [
-                BuildInfo.line, "MPI library: \(MPIRuntime.libraryVersion())", "OpenBLAS: \(BlasCore.configuration)", "world size: \(world.size)",
+            var lines = [BuildInfo.line] + (BuildInfo.belowCPU.map { [$0] } ?? [])
+            lines += [
+                "MPI library: \(MPIRuntime.libraryVersion())", "OpenBLAS: \(BlasCore.configuration)", "world size: \(world.size)",
                 "rank  host                  blas threads  sgemm GFLOP/s (n=\(sgemmSize), \(threads) thread(s))  OpenBLAS core",
             ]
             for r in 0 ..< world.size {

@@ -51,13 +51,7 @@ enum Main {
     /// Launch/setup builds for the instruction set of the machine it runs on; a binary carried to a
     /// CPU without it would die of SIGILL somewhere inside the kernel. Say so instead.
     static func checkBuildTarget() {
-        #if SEQPAR_BUILT_FOR_AVX512
-            let builtFor = SimdLevel.avx512
-        #elseif SEQPAR_BUILT_FOR_AVX2
-            let builtFor = SimdLevel.avx2
-        #else
-            let builtFor = SimdLevel.sse
-        #endif
+        let builtFor = BuildInfo.builtLevel
         let cpu = CPUFeatures.current
         if cpu.level < builtFor {
             FileHandle.standardError.write(
