@@ -62,8 +62,8 @@ public struct KernelTiling: Equatable, Sendable {
 
     /// The kernel's tiles for `mask` when the caller names none. Every Q·Kᵀ call (and P·V call,
     /// when `ValueProduct` packs) has OpenBLAS pack the key or value block afresh, a cost per
-    /// score that shrinks as the query tile grows, so without a mask the tile is 384 rows (2-3% faster than 256 at head dim 64,
-    /// the same or better at 128). A mask's diagonal blocks are computed up to the last key any
+    /// score that shrinks as the query tile grows, so without a mask the tile is 384 rows (2-3%
+    /// faster than 256 at head dim 64, the same or better at 128). A mask's diagonal blocks are computed up to the last key any
     /// row of the tile sees, about queryTile²/2 scores thrown away per diagonal, and there 384
     /// rows ran 3% slower causal at head dim 64, so masks keep 256. Key blocks stay at 512 keys:
     /// the LSE's largest error against float64 grew by up to 12% with 384-key blocks.

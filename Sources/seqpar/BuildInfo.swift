@@ -24,19 +24,10 @@ enum BuildInfo {
 
     static var commit: String { recorded["commit"] ?? "unknown (not built by Launch/setup)" }
 
-    /// The instruction set the code was compiled for (the -D flag Launch/setup passes).
-    static var builtFor: String {
-        #if SEQPAR_BUILT_FOR_AVX512
-            let level = "AVX512"
-        #elseif SEQPAR_BUILT_FOR_AVX2
-            let level = "AVX2"
-        #else
-            let level = "baseline"
-        #endif
-        return "\(recorded["target_cpu"] ?? "?") (\(level))"
-    }
+    /// The target CPU and instruction set the code was compiled for, e.g. "skylake-avx512 (AVX-512)".
+    static var builtFor: String { "\(recorded["target_cpu"] ?? "?") (\(builtLevel == .sse ? "baseline" : "\(builtLevel)"))" }
 
-    /// The instruction-set level the code was compiled for.
+    /// The instruction-set level the code was compiled for (the -D flag Launch/setup passes).
     static var builtLevel: SimdLevel {
         #if SEQPAR_BUILT_FOR_AVX512
             .avx512

@@ -66,7 +66,7 @@ struct ValueProductTests {
     }
 
     @Test("this process's OpenBLAS: the symbol lookup agrees with the core it runs")
-    func thisLibrary() {
+    func thisLibrary() throws {
         // Debian's OpenBLAS (0.3.21, DYNAMIC_ARCH) exports every core's small kernel, so the answer
         // follows the core alone; a core seqpar lifted to SkylakeX or Cooperlake must find it.
         let core = BlasCore.current.lowercased()
@@ -75,7 +75,10 @@ struct ValueProductTests {
         } else {
             #expect(!BlasCore.hasSmallMatrixKernel, "\(BlasCore.current) has no AVX-512 small-matrix kernel")
         }
-        #expect(ValueProduct.current(headDim: 64) == ValueProduct.choice(headDim: 64, smallMatrixKernel: BlasCore.hasSmallMatrixKernel))
+        // A kernel made without a product takes this library's: pieces at 64 where it has the kernel, packed at 128.
+        let pieces = ValueProduct.choice(headDim: 64, smallMatrixKernel: true)
+        #expect(LocalAttention(shape: try AttentionShape(heads: 2, kvHeads: 1, headDim: 64), mask: .none).valueProduct == (BlasCore.hasSmallMatrixKernel ? pieces : .packed))
+        #expect(LocalAttention(shape: try AttentionShape(heads: 2, kvHeads: 1, headDim: 128), mask: .none).valueProduct == .packed)
     }
 
     @Test("packed and pieces give the same result to float rounding")
