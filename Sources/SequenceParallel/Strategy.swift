@@ -31,9 +31,11 @@ public struct AttentionJob {
         var backward: [LocalAttentionBackward] = []
     }
 
-    /// A kernel over some heads only.
+    /// A kernel over some heads only (made on first use, then kept: heads and mesh ask for the
+    /// same slice in every timed run).
     public func kernel(for slice: HeadSlice) -> LocalAttention {
         if slice == kernel.slice { return kernel }
+        if let made = sliceKernels.made.first(where: { $0.slice == slice }) { return made }
         let made = LocalAttention(shape: shape, mask: mask, tiling: tiling, threads: threads, slice: slice)
         sliceKernels.made.append(made)
         return made

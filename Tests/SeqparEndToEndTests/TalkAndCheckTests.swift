@@ -50,6 +50,24 @@ extension EndToEnd {
             #expect(plain.status == 0 && plain.stderr.isEmpty, "\(plain)")
         }
 
+        @Test(
+            "under a pseudo-terminal the progress line moves: at least two values strictly between 0% and 100% at 1 and 2 ranks",
+            arguments: [(ranks: 1, strategy: "zigzag"), (ranks: 2, strategy: "zigzag"), (ranks: 2, strategy: "heads")])
+        func progressMoves(ranks: Int, strategy: String) async throws {
+            // script(1) gives Launch/local a terminal for stderr, as a user's shell does.
+            let command = [packageRoot.appendingPathComponent("Launch/local").path, String(ranks), "run", "--tokens", "16384", "--causal", "--strategy", strategy]
+            var environment = ProcessInfo.processInfo.environment
+            environment["SEQPAR_BIN"] = try seqparBinary()
+            environment["SEQPAR_PROGRESS"] = nil
+            let line = command.map { "'" + $0.replacingOccurrences(of: "'", with: #"'\''"#) + "'" }.joined(separator: " ")
+            let result = try await runProcess(
+                URL(fileURLWithPath: "/usr/bin/script"), ["-q", "-e", "-c", line, "/dev/null"], environment: environment, timeout: 180)
+            #expect(result.status == 0 && !result.timedOut, "\(result)")
+            let label = try Regex("\r\(strategy): ([0-9]+)%")
+            let shares = Set(result.stdout.matches(of: label).compactMap { Int($0.output[1].substring ?? "") })
+            #expect(shares.filter { $0 > 0 && $0 < 100 }.count >= 2, "the progress line showed only \(shares.sorted())\n\(result)")
+        }
+
         @Test("a probe recorded at another rank count is refused with both counts")
         func probeAtOtherRankCount() async throws {
             let dir = try ScratchDirectory()
