@@ -54,7 +54,7 @@ seqpar_die() {
 # when it has ended (even by SIGKILL), seqpar's unfinished output files listed in $SEQPAR_JOB_DIR,
 # Open MPI's session directory of this mpirun (${TMPDIR:-/tmp}/ompi.HOST.UID/pid.PID) and the
 # shared-memory segments of its job (/dev/shm/vader_segment.HOST.JOBID.RANK, the job family read
-# from the session's contact.txt) are removed. Ranks whose mpirun died end by themselves (seqpar's
+# from the session's contact.txt) are removed, each removal going on past one that fails. Ranks whose mpirun died end by themselves (seqpar's
 # watchdog notices within a second). Returns the command's exit status.
 seqpar_run_job() {
     SEQPAR_JOB_DIR=$(mktemp -d "${TMPDIR:-/tmp}/seqpar-job.XXXXXX")
@@ -64,35 +64,50 @@ seqpar_run_job() {
     # leaving its ranks behind.
     set -m
     "$@" &
-    local child=$! status=0 family=
+    local child=$! status=0 family='' signalled=''
     set +m
-    trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
+    trap 'signalled=SIGTERM; kill -TERM "$child" 2>/dev/null' TERM
+    trap 'signalled=SIGINT; kill -TERM "$child" 2>/dev/null' INT
+    trap 'signalled=SIGHUP; kill -TERM "$child" 2>/dev/null' HUP
     while :; do
         wait "$child" && status=0 || status=$?
         kill -0 "$child" 2>/dev/null || break      # a trapped signal ended the wait, not the child
     done
-    trap - TERM INT HUP
+    # From here on a signal is noted, not obeyed: the job has ended, and its clean-up must finish.
+    trap 'signalled=${signalled:-SIGTERM}' TERM
+    trap 'signalled=${signalled:-SIGINT}' INT
+    trap 'signalled=${signalled:-SIGHUP}' HUP
     if [ "$status" -ne 0 ]; then
         sleep 1                                      # let ranks whose mpirun died notice and leave
         local file
         if [ -f "$SEQPAR_JOB_DIR/outputs" ]; then
             while IFS= read -r -d '' file; do
-                case ${file##*/} in .*.seqpar-??????) rm -f -- "$file" ;; esac
+                case ${file##*/} in .*.seqpar-??????) rm -f -- "$file" || true ;; esac
             done < "$SEQPAR_JOB_DIR/outputs"
         fi
         local session
         for session in "${TMPDIR:-/tmp}"/ompi.*."$(id -u)"/pid."$child"; do
             [ -d "$session" ] || continue
             if [ -f "$session/contact.txt" ]; then
-                family=$(sed -n '1s/^\([0-9]*\).*/\1/p' "$session/contact.txt")
+                family=$(sed -n '1s/^\([0-9]*\).*/\1/p' "$session/contact.txt" || true)
                 if [[ "$family" =~ ^[0-9]+$ ]] && [ "$family" -gt 0 ]; then
                     family=$(printf '%x' $((family >> 16)))
-                    rm -f -- /dev/shm/vader_segment.*."$family"[0-9a-f][0-9a-f][0-9a-f][0-9a-f].*
+                    rm -f -- /dev/shm/vader_segment.*."$family"[0-9a-f][0-9a-f][0-9a-f][0-9a-f].* || true
                 fi
             fi
-            rm -rf -- "$session"
+            rm -rf -- "$session" || true
         done
     fi
-    rm -rf -- "$SEQPAR_JOB_DIR"
+    # mpirun exits non-zero once signalled, even when its ranks went on to finish: rank 0 leaves
+    # "finished" in the job folder when the command ended well (its outputs committed whole).
+    if [ -n "$signalled" ] && [ "$status" -ne 0 ]; then
+        if [ -f "$SEQPAR_JOB_DIR/finished" ]; then
+            echo "$(basename "$0"): $signalled came as the job was ending; it had finished and its outputs are written whole" >&2
+            status=0
+        else
+            echo "$(basename "$0"): stopped by $signalled; the outputs were left as they were (none written or changed)" >&2
+        fi
+    fi
+    rm -rf -- "$SEQPAR_JOB_DIR" || true
     return "$status"
 }

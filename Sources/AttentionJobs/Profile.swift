@@ -24,7 +24,7 @@ public enum ProfileReport {
     /// and returns the summary: the whole one on rank 0, which prints it; an empty one elsewhere.
     /// Called by every rank alike with a run made with `profile: true`. Warns on stderr (rank 0)
     /// when events were dropped.
-    /// - Throws: `CollectiveFailure` (holding a `WriteFailure`) on every rank when rank 0 cannot
+    /// - Throws: `CollectiveFailure` (holding an `OutputPathError`) on every rank when rank 0 cannot
     ///   write a file.
     public static func write(_ run: DistributedRun, strategy: StrategyName, to path: String, communicator: Communicator) throws -> ProfileSummary {
         let recorded = run.profile!
@@ -56,28 +56,14 @@ public enum ProfileReport {
                     "command": "seqpar profile", "strategy": strategy.rawValue, "problem": Format.problem(run),
                     "clock_offsets_us": offsets.map { String(format: "%.1f", $0 * 1e6) }.joined(separator: " "),
                 ])
-            try writeFile(trace, to: path, what: "the trace")
             let svg = TimelineSVG.render(events: perRank, origin: origin, title: title, label: { "rank \($0)" })
-            try writeFile(svg, to: svgPath(path), what: "the SVG timeline")
+            // The trace and its timeline, both or neither (a full disk leaves no empty file).
+            try WholeFiles.write([(Array(trace.utf8), path, "the trace"), (Array(svg.utf8), svgPath(path), "the SVG timeline")])
             if dropped > 0 {
                 FileHandle.standardError.write(Data("seqpar: warning: \(dropped) profile events did not fit the log and were dropped\n".utf8))
             }
         }
         return summary
-    }
-
-    /// A file that could not be written, and why.
-    public struct WriteFailure: Error, CustomStringConvertible { public let description: String }
-
-    /// Writes `text` to `path`, or says which file could not be written and why.
-    /// - Throws: `WriteFailure`.
-    public static func writeFile(_ text: String, to path: String, what: String) throws {
-        do {
-            try Data(text.utf8).write(to: URL(fileURLWithPath: path))
-        } catch {
-            let reason = ((error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError)?.localizedDescription ?? error.localizedDescription
-            throw WriteFailure(description: "cannot write \(what) to \(path): \(reason)")
-        }
     }
 
     /// The SVG beside the trace: the same name with .svg in place of its extension.

@@ -163,7 +163,7 @@ public final class OutputTransaction {
     private static func create(_ output: (option: String, path: String, shape: [Int])) throws -> Target {
         let final = try OutputPaths.resolvedTarget(output.path)
         let folder = OutputPaths.parent(of: final), name = (final as NSString).lastPathComponent
-        var template = Array(((folder as NSString).appendingPathComponent(".\(name).seqpar-XXXXXX")).utf8CString)
+        var template = Array(((folder as NSString).appendingPathComponent(".\(temporaryStem(name)).seqpar-XXXXXX")).utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard fd >= 0 else {
             throw OutputPathError(description: "\(output.option) \(output.path): cannot create a file in \(folder) (\(String(cString: strerror(errno))))")
@@ -188,6 +188,18 @@ public final class OutputTransaction {
         return Target(option: output.option, path: output.path, final: final, temporary: temporary, shape: output.shape)
     }
 
+    /// The target's name as its temporary carries it: cut short (at a character) so that
+    /// ".NAME.seqpar-XXXXXX" fits a file name's 255 bytes whatever the target's length.
+    static func temporaryStem(_ name: String) -> String {
+        var stem = "", bytes = 0
+        for scalar in name.unicodeScalars {
+            bytes += String(scalar).utf8.count
+            guard bytes <= 255 - ".".utf8.count - ".seqpar-XXXXXX".utf8.count else { break }
+            stem.unicodeScalars.append(scalar)
+        }
+        return stem
+    }
+
     /// Tells the launcher which files to remove should the job be killed before it ends.
     private static func listForLauncher(_ temporaries: [String]) throws {
         guard let folder = ProcessInfo.processInfo.environment["SEQPAR_JOB_DIR"], !folder.isEmpty else { return }
@@ -200,18 +212,72 @@ public final class OutputTransaction {
     }
 
     /// Collective, after every rank has written its rows without error: renames the
-    /// temporaries over the targets.
+    /// temporaries over the targets, all or none. Rank 0 first takes the commit lock of each
+    /// target's folder (so two jobs writing the same files never leave a mix of both), checks
+    /// every target (none may have become a folder or another kind of file since the start),
+    /// keeps a link to each file it replaces, then renames; should a rename fail, or a signal
+    /// arrive meanwhile, what was replaced is put back and the commit fails on every rank.
     public func commit() throws {
+        OutputCleanup.deferSignals()
         try communicator.together {
             guard communicator.rank == 0 else { return }
+            let locks = try CommitLock(folders: targets.map { OutputPaths.parent(of: $0.final) })
+            defer { locks.release() }
             for target in targets {
-                guard rename(target.temporary, target.final) == 0 else {
-                    throw OutputPathError(description: "\(target.option) \(target.path): cannot move the finished file into place (\(String(cString: strerror(errno))))")
+                if let kind = NpyFile.irregularKind(target.final) {
+                    throw OutputPathError(
+                        description: "\(target.option) \(target.path) is now \(kind), not a regular file; no output was written or changed")
                 }
             }
+            var replaced: [(target: Target, kept: String?)] = []
+            func putBack() {
+                for (target, kept) in replaced.reversed() {
+                    if let kept { rename(kept, target.final) } else { unlink(target.final) }
+                }
+            }
+            for target in targets {
+                let kept: String?
+                do { kept = try Self.keep(target) } catch {
+                    putBack()
+                    throw error
+                }
+                guard rename(target.temporary, target.final) == 0 else {
+                    let reason = String(cString: strerror(errno))
+                    if let kept { unlink(kept) }
+                    putBack()
+                    throw OutputPathError(
+                        description: "\(target.option) \(target.path): cannot move the finished file into place (\(reason)); "
+                            + "every output was left as it was")
+                }
+                replaced.append((target, kept))
+            }
+            if let sig = OutputCleanup.deferredSignal {
+                putBack()
+                throw OutputPathError(description: "stopped by \(OutputCleanup.name(sig)) while committing the outputs; every output was left as it was")
+            }
+            for case let (_, kept?) in replaced { unlink(kept) }
         }
         open = false
         if communicator.rank == 0 { OutputCleanup.forget() }
+    }
+
+    /// A second name for the file `target`'s rename will replace, beside it, so the commit can
+    /// put it back; nil when there is none. A hard link where the file system has them, else the
+    /// file itself is moved aside.
+    private static func keep(_ target: Target) throws -> String? {
+        var info = stat()
+        guard lstat(target.final, &info) == 0 else { return nil }
+        let folder = OutputPaths.parent(of: target.final)
+        for attempt in 0 ..< 100 {
+            let kept = (folder as NSString).appendingPathComponent(".seqpar-kept-\(getpid())-\(attempt)")
+            if link(target.final, kept) == 0 || (errno != EEXIST && rename(target.final, kept) == 0) {
+                return kept
+            }
+            guard errno == EEXIST else { break }
+        }
+        throw OutputPathError(
+            description: "\(target.option) \(target.path): cannot keep the file it replaces until the commit ends (\(String(cString: strerror(errno)))); "
+                + "no output was written or changed")
     }
 
     /// Removes the temporaries (rank 0; the others hold none). Safe to call more than once.
@@ -222,5 +288,90 @@ public final class OutputTransaction {
             for target in targets { unlink(target.temporary) }
             OutputCleanup.forget()
         }
+    }
+}
+
+/// The commit locks of a job's output folders: an exclusive `flock` on each folder itself (no
+/// lock file is left behind), taken in a fixed order (so two jobs never wait on each other) and
+/// held for the renames only. A job that cannot have them within a minute fails, saying which folder.
+struct CommitLock {
+    private var descriptors: [Int32] = []
+
+    init(folders: [String]) throws {
+        for folder in Set(folders).sorted() {
+            let fd = Glibc.open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0 else {
+                let reason = String(cString: strerror(errno))
+                release()
+                throw OutputPathError(description: "cannot open the folder \(folder) to lock it for the commit (\(reason)); no output was written or changed")
+            }
+            descriptors.append(fd)
+            var waited = 0.0
+            while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+                guard errno == EWOULDBLOCK || errno == EINTR, waited < 60 else {
+                    release()
+                    throw OutputPathError(
+                        description: "another job has held the commit lock of \(folder) for a minute; no output was written or changed")
+                }
+                usleep(10_000)
+                waited += 0.01
+            }
+        }
+    }
+
+    func release() { descriptors.forEach { close($0) } }
+}
+
+/// Small whole-file outputs (a profile's trace and timeline, probe figures) written as the
+/// `.npy` outputs are: each into a temporary beside its target, every byte checked, and renamed
+/// over the targets only when all are written. A full disk or a failing device leaves the
+/// targets as they were and says which file and why.
+public enum WholeFiles {
+    /// Writes `files` all or none; `what` names each in messages ("the trace").
+    public static func write(_ files: [(data: [UInt8], path: String, what: String)]) throws {
+        var written: [(temporary: String, final: String)] = []
+        do {
+            for file in files {
+                let final = try OutputPaths.resolvedTarget(file.path)
+                if let kind = NpyFile.irregularKind(final) {
+                    throw OutputPathError(description: "cannot write \(file.what) to \(file.path): it is \(kind), not a regular file")
+                }
+                let folder = OutputPaths.parent(of: final), name = (final as NSString).lastPathComponent
+                var template = Array(((folder as NSString).appendingPathComponent(".\(OutputTransaction.temporaryStem(name)).seqpar-XXXXXX")).utf8CString)
+                let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+                guard fd >= 0 else { throw failure(file, errno) }
+                let temporary = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                written.append((temporary, final))
+                let mask = umask(0)
+                umask(mask)
+                fchmod(fd, 0o666 & ~mask)
+                var offset = 0
+                let status: Int32 = file.data.withUnsafeBytes { bytes in
+                    while offset < bytes.count {
+                        let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                        if n < 0 {
+                            if errno == EINTR { continue }
+                            return errno
+                        }
+                        offset += n
+                    }
+                    return fsync(fd) == 0 || errno == EINVAL ? 0 : errno
+                }
+                let closed = close(fd) == 0 ? 0 : errno
+                if status != 0 || closed != 0 { throw failure(file, status != 0 ? status : closed) }
+            }
+            for file in written {
+                guard rename(file.temporary, file.final) == 0 else {
+                    throw OutputPathError(description: "cannot move \(file.final) into place (\(String(cString: strerror(errno))))")
+                }
+            }
+        } catch {
+            for file in written { unlink(file.temporary) }
+            throw error
+        }
+    }
+
+    private static func failure(_ file: (data: [UInt8], path: String, what: String), _ code: Int32) -> OutputPathError {
+        OutputPathError(description: "cannot write \(file.what) to \(file.path) (\(String(cString: strerror(code)))); it was left as it was")
     }
 }

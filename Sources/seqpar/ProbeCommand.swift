@@ -18,7 +18,7 @@ struct ProbeCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Write the figures here as JSON.")
+    @Option(parsing: .unconditional, help: "Write the figures here as JSON.")
     var out: String?
     @Option(help: "Threads per rank for the sgemm measurement (as run --threads).")
     var threads: Int = 1
@@ -28,8 +28,13 @@ struct ProbeCommand: ParsableCommand {
 
     func run() throws {
         try Session.run { world in
+            // A device (/dev/full), FIFO or folder is refused before measuring, as every output is.
+            if let out { try world.together { try OutputPaths.check(outputs: [(option: "--out", path: out)], inputs: []) } }
             let figures = try Probe.measure(world, threads: threads)
-            if world.rank == 0, let out { try figures.encoded().write(to: URL(fileURLWithPath: out)) }
+            if let out {
+                let encoded = try figures.encoded()
+                try world.together { if world.rank == 0 { try WholeFiles.write([(Array(encoded), out, "the probe's figures")]) } }
+            }
             if output.json {
                 Session.say(world, String(decoding: try figures.encoded(), as: UTF8.self).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.joined())
             } else {

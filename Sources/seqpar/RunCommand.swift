@@ -14,20 +14,22 @@ struct RunCommand: ParsableCommand {
 
     @OptionGroup var problem: ProblemOptions
     @OptionGroup var compute: ComputeOptions
-    @Option(help: "Write O here as .npy, [tokens, heads, headDim].")
+    @Option(parsing: .unconditional, help: "Write O here as .npy, [tokens, heads, headDim].")
     var out: String?
-    @Option(help: "Write LSE here as .npy, [heads, tokens] (natural log; -inf where a query sees no key).")
+    @Option(parsing: .unconditional, help: "Write LSE here as .npy, [heads, tokens] (natural log; -inf where a query sees no key).")
     var lse: String?
     @OptionGroup var backward: BackwardOptions
-    @Option(help: "With --backward: write dQ here as .npy, [tokens, heads, headDim].")
+    @Option(parsing: .unconditional, help: "With --backward: write dQ here as .npy, [tokens, heads, headDim].")
     var dq: String?
-    @Option(help: "With --backward: write dK here as .npy, [tokens, kvHeads, headDim].")
+    @Option(parsing: .unconditional, help: "With --backward: write dK here as .npy, [tokens, kvHeads, headDim].")
     var dk: String?
-    @Option(help: "With --backward: write dV here as .npy, [tokens, kvHeads, headDim].")
+    @Option(parsing: .unconditional, help: "With --backward: write dV here as .npy, [tokens, kvHeads, headDim].")
     var dv: String?
-    @Option(help: "Profile the run: write a Chrome trace here, an SVG timeline beside it (.svg), and print the per-rank profile table.")
+    @Option(parsing: .unconditional, help: "Profile the run: write a Chrome trace here, an SVG timeline beside it (.svg), and print the per-rank profile table.")
     var profile: String?
-    @Option(name: .customLong("save-inputs"), help: "Also write the synthetic Q, K and V to this folder as Q.npy, K.npy and V.npy (for verify --q --k --v, or NumPy).")
+    @Option(
+        name: .customLong("save-inputs"), parsing: .unconditional,
+        help: "Also write the synthetic Q, K and V to this folder as Q.npy, K.npy and V.npy (for verify --q --k --v, or NumPy).")
     var saveInputs: String?
     @OptionGroup var output: OutputOptions
 
@@ -67,7 +69,8 @@ struct RunCommand: ParsableCommand {
                 output: named("--out", out), lse: named("--lse", lse), dq: named("--dq", gradientPaths.dq), dk: named("--dk", gradientPaths.dk),
                 dv: named("--dv", gradientPaths.dv))
             let traces = profile.map { [(option: traceOption, path: $0), (option: "\(traceOption)'s timeline", path: ProfileReport.svgPath($0))] } ?? []
-            try world.together { try OutputPaths.check(outputs: files.named + traces, inputs: problem.inputFiles + backward.inputFiles) }
+            let saved = saveInputs.map { SavedInputs.paths($0).map { (option: "--save-inputs", path: $0) } } ?? []
+            try world.together { try OutputPaths.check(outputs: files.named + traces + saved, inputs: problem.inputFiles + backward.inputFiles) }
             if let saveInputs, case let .synthetic(seed, tokens, shape) = problem.source {
                 try SavedInputs.write(saveInputs, seed: seed, tokens: tokens, shape: shape, communicator: world)
                 if !output.json { Session.say(world, "wrote the inputs to \(SavedInputs.paths(saveInputs).joined(separator: ", "))") }

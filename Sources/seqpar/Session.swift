@@ -22,9 +22,14 @@ enum Session {
         do {
             let world = try Communicator.world()
             rank = world.rank
+            OutputCleanup.installHandlers(rank: rank)
             Watchdog.start(seconds: timeout ?? 0, rank: world.rank, size: world.size)
             try body(world)
+            if let sig = OutputCleanup.deferredSignal {
+                FileHandle.standardError.write(Data("seqpar: rank \(rank): \(OutputCleanup.name(sig)) came after the outputs were written whole; the run finished\n".utf8))
+            }
             try world.barrier()
+            if rank == 0 { markFinished() }
             MPIRuntime.finish()
         } catch let failure as CollectiveFailure {
             if rank == 0 { FileHandle.standardError.write(Data("seqpar: error: \(failure)\n".utf8)) }
@@ -38,6 +43,14 @@ enum Session {
             OutputCleanup.removeAll()
             MPIRuntime.abort(code: 1)
         }
+    }
+
+    /// Tells the launcher (Launch/local, Launch/cluster: $SEQPAR_JOB_DIR/finished) that the command
+    /// ended well, its outputs committed whole: mpirun exits non-zero once signalled, even when
+    /// the ranks finish.
+    static func markFinished() {
+        guard let folder = ProcessInfo.processInfo.environment["SEQPAR_JOB_DIR"], !folder.isEmpty else { return }
+        FileManager.default.createFile(atPath: (folder as NSString).appendingPathComponent("finished"), contents: nil)
     }
 
     /// Prints on rank 0 only.
