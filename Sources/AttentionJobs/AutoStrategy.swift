@@ -17,9 +17,21 @@ public enum AutoStrategy {
     ///   recorded at another rank count (`AutoStrategyError`).
     public static func figures(_ compute: ComputeConfiguration, communicator: Communicator) throws -> ProbeFigures {
         guard let path = compute.probe else { return try Probe.measure(communicator, threads: compute.threads) }
-        let text = try communicator.together { communicator.rank == 0 ? String(decoding: try Data(contentsOf: URL(fileURLWithPath: path)), as: UTF8.self) : "" }
+        let text = try communicator.together {
+            guard communicator.rank == 0 else { return "" }
+            guard let data = FileManager.default.contents(atPath: path) else {
+                let reason = access(path, F_OK) == 0 ? "it cannot be read" : "there is no such file"
+                throw AutoStrategyError(description: "--probe \(path): \(reason); expected the JSON that seqpar probe --out FILE writes")
+            }
+            return String(decoding: data, as: UTF8.self)
+        }
         let shared = try communicator.allgather(text)[0]
-        let figures = try communicator.together { try JSONDecoder().decode(ProbeFigures.self, from: Data(shared.utf8)) }
+        let figures = try communicator.together {
+            do { return try JSONDecoder().decode(ProbeFigures.self, from: Data(shared.utf8)) } catch let error as DecodingError {
+                throw AutoStrategyError(
+                    description: "--probe \(path) is not a probe's figures (\(Self.describe(error))); expected the JSON that seqpar probe --out FILE writes")
+            }
+        }
         // Ring, all-to-all and sgemm figures all change with the rank count: another count's would mislead.
         try communicator.together {
             guard figures.ranks == communicator.size else {
@@ -89,6 +101,23 @@ public struct ResolvedStrategy {
     public let mesh: (headGroup: Int, ring: Int)?
     /// The predictions auto chose from, fastest first; empty for a named strategy.
     public let predictions: [Prediction]
+}
+
+extension AutoStrategy {
+    /// A decoding error in a sentence: where in the file, and what was wrong.
+    static func describe(_ error: DecodingError) -> String {
+        let place = { (context: DecodingError.Context) in
+            context.codingPath.isEmpty ? "" : " at \(context.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: "."))"
+        }
+        switch error {
+        case .keyNotFound(let key, let context): return "no \"\(key.stringValue)\"\(place(context))"
+        case .valueNotFound(_, let context): return "a value is missing\(place(context))"
+        case .typeMismatch(let type, let context): return "expected \(type)\(place(context))"
+        case .dataCorrupted(let context):
+            return context.codingPath.isEmpty ? "not valid JSON" : "\(context.debugDescription)\(place(context))"
+        @unknown default: return "\(error)"
+        }
+    }
 }
 
 /// Why `--strategy auto` or a probe file cannot be used; the description says what to do instead.

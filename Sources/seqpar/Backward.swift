@@ -7,10 +7,11 @@ import SequenceParallel
 struct BackwardOptions: ParsableArguments {
     @Flag(help: "After the forward, run the backward pass: dQ, dK and dV for the output gradient dO (ring, zigzag, heads, mesh, s2).")
     var backward = false
-    @Option(name: .customLong("do"), help: "dO as .npy, [tokens, heads, headDim] float32 (with --backward; default: synthetic, from --seed).")
+    @Option(name: .customLong("do"), parsing: .unconditional, help: "dO as .npy, [tokens, heads, headDim] float32 (with --backward; default: synthetic, from --seed).")
     var outputGrad: String?
 
     func validate() throws {
+        try OutputCheck.notAnOption(outputGrad, option: "--do")
         if outputGrad != nil, !backward { throw ValidationError("--do is the backward pass's input: give --backward with it.") }
     }
 

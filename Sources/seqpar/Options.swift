@@ -57,11 +57,11 @@ struct ProblemOptions: ParsableArguments {
     var headDim: Int?
     @Option(help: "Seed of the synthetic inputs; every world size sees the same values.")
     var seed: UInt64 = 1
-    @Option(help: "Q as .npy, [tokens, heads, headDim] float32 (with --k and --v instead of synthetic inputs).")
+    @Option(parsing: .unconditional, help: "Q as .npy, [tokens, heads, headDim] float32 (with --k and --v instead of synthetic inputs).")
     var q: String?
-    @Option(help: "K as .npy, [tokens, kvHeads, headDim] float32.")
+    @Option(parsing: .unconditional, help: "K as .npy, [tokens, kvHeads, headDim] float32.")
     var k: String?
-    @Option(help: "V as .npy, [tokens, kvHeads, headDim] float32.")
+    @Option(parsing: .unconditional, help: "V as .npy, [tokens, kvHeads, headDim] float32.")
     var v: String?
     @Flag(help: "Causal mask: query i sees keys j <= i (global positions).")
     var causal = false
@@ -76,17 +76,23 @@ struct ProblemOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Softmax scale (default 1/sqrt(head-dim)).")
     var scale: Float?
     @Option(
-        name: .customLong("cu-seqlens"),
+        name: .customLong("cu-seqlens"), parsing: .unconditional,
         help:
             "Packed documents as a 1-D int32 or int64 .npy [0, l1, l1+l2, ..., tokens] (FlashAttention's cu_seqlens): a query sees only keys of its own document (with --causal/--window as usual)."
     )
     var cuSeqlens: String?
-    @Option(help: "Packed documents by their lengths, e.g. 100,2000,37 (0 allowed); they sum to the tokens, and --tokens defaults to their sum.")
+    @Option(
+        parsing: .unconditional,
+        help: "Packed documents by their lengths, e.g. 100,2000,37 (0 allowed); they sum to the tokens, and --tokens defaults to their sum.")
     var documents: String?
     @Option(name: .customLong("random-documents"), parsing: .unconditional, help: "Packed documents: N lengths drawn from --seed (some of 0 to 3 tokens) that sum to the tokens.")
     var randomDocuments: Int?
 
     func validate() throws {
+        for (option, path) in [("--q", q), ("--k", k), ("--v", v), ("--cu-seqlens", cuSeqlens)] { try OutputCheck.notAnOption(path, option: option) }
+        if let documents, documents.hasPrefix("--") {
+            throw ValidationError("--documents needs lengths separated by commas, such as 100,2000,37, but got the option \(documents).")
+        }
         let files = [q, k, v].compactMap { $0 }
         if !files.isEmpty {
             guard files.count == 3 else { throw ValidationError("--q, --k and --v go together: give all three .npy files, or none for synthetic inputs.") }
@@ -198,7 +204,9 @@ struct ComputeOptions: ParsableArguments {
     var strategyChoice: StrategyChoice?
     /// --strategy, zigzag when not given.
     var strategy: StrategyChoice { strategyChoice ?? .zigzag }
-    @Option(help: "Probe figures (seqpar probe --out FILE) for the cost model behind --strategy auto and bench's predictions; without it the machine is probed first.")
+    @Option(
+        parsing: .unconditional,
+        help: "Probe figures (seqpar probe --out FILE) for the cost model behind --strategy auto and bench's predictions; without it the machine is probed first.")
     var probe: String?
     @Option(
         name: .customLong("kernel-efficiency"),
@@ -238,6 +246,7 @@ struct ComputeOptions: ParsableArguments {
     static let defaultTimeout: Double = 86_400
 
     func validate() throws {
+        try OutputCheck.notAnOption(probe, option: "--probe")
         guard kernelEfficiency > 0, kernelEfficiency <= 1 else { throw ValidationError("--kernel-efficiency is a fraction in (0, 1] (got \(kernelEfficiency)).") }
         guard (1 ... 4096).contains(threads) else { throw ValidationError("--threads must be between 1 and 4096 (got \(threads)).") }
         for (flag, value) in [("--query-tile", queryTile), ("--key-block", keyBlock)] {
@@ -245,16 +254,21 @@ struct ComputeOptions: ParsableArguments {
         }
         guard timeout.isFinite, timeout >= 0 else { throw ValidationError("--timeout takes seconds, 0 or more (got \(timeout)).") }
         if let mesh, Self.parseMesh(mesh) == nil {
-            throw ValidationError("--mesh takes PhxPr, two positive numbers such as 2x2 (got '\(mesh)').")
+            throw ValidationError("--mesh takes PhxPr, two numbers from 1 to \(Self.meshLimit) such as 2x2 (got '\(mesh)').")
         }
         guard queries >= 1 else { throw ValidationError("--queries must be at least 1 (got \(queries)).") }
         guard queries <= 1 << 40 else { throw ValidationError("--queries \(queries) is more than any sequence holds; expected at most 2^40.") }
-        if let queryPosition, queryPosition < 0 { throw ValidationError("--query-position must be at least 0 (got \(queryPosition)).") }
+        if let queryPosition, !(0 ... 1 << 40).contains(queryPosition) {
+            throw ValidationError("--query-position must be from 0 to 2^40, a position in the sequence (got \(queryPosition)).")
+        }
     }
+
+    /// The largest Ph or Pr --mesh takes (their product is at most the world size).
+    static let meshLimit = 1 << 20
 
     static func parseMesh(_ text: String) -> (headGroup: Int, ring: Int)? {
         let parts = text.lowercased().split(separator: "x").compactMap { Int($0) }
-        guard parts.count == 2, parts.allSatisfy({ $0 >= 1 }) else { return nil }
+        guard parts.count == 2, parts.allSatisfy({ (1 ... Self.meshLimit).contains($0) }) else { return nil }
         return (parts[0], parts[1])
     }
 

@@ -10,10 +10,18 @@ import Foundation
 #endif
 
 enum OutputCheck {
+    /// Options that take a path take the next word whatever it is (so `--out -o.npy` works);
+    /// one that looks like an option (`--out --lse L.npy`) is refused, saying how to mean a file of that name.
+    static func notAnOption(_ path: String?, option: String) throws {
+        guard let path, path.hasPrefix("--") else { return }
+        throw ValidationError("\(option) needs a file name but got the option \(path); give the file first (write ./\(path) for a file of that name).")
+    }
+
     /// Throws a ValidationError naming `option` and the path when it cannot be written.
     static func writable(_ path: String?, option: String) throws {
         guard let path else { return }
         guard !path.isEmpty else { throw ValidationError("\(option) needs a file name (got an empty one).") }
+        try notAnOption(path, option: option)
         var isFolder: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), isFolder.boolValue {
             throw ValidationError("\(option) \(path) is a folder; expected a file name.")

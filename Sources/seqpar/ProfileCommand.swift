@@ -21,7 +21,7 @@ struct ProfileCommand: ParsableCommand {
 
     @OptionGroup var problem: ProblemOptions
     @OptionGroup var compute: ComputeOptions
-    @Option(help: "Chrome trace JSON to write; the SVG timeline goes beside it (same name, .svg).")
+    @Option(parsing: .unconditional, help: "Chrome trace JSON to write; the SVG timeline goes beside it (same name, .svg).")
     var trace: String = "seqpar-profile.json"
     @OptionGroup var backward: BackwardOptions
     @OptionGroup var output: OutputOptions

@@ -23,16 +23,25 @@ struct VerifyCommand: ParsableCommand {
 
     @OptionGroup var problem: ProblemOptions
     @OptionGroup var compute: ComputeOptions
-    @Option(help: "Tolerance against the single-rank result.")
+    @Option(parsing: .unconditional, help: "Tolerance against the single-rank result.")
     var tolerance: Double = 1e-5
-    @Option(name: .customLong("reference-tolerance"), help: "Tolerance against the float64 reference.")
+    @Option(name: .customLong("reference-tolerance"), parsing: .unconditional, help: "Tolerance against the float64 reference.")
     var referenceTolerance: Double = 1e-4
     @Option(
-        name: .customLong("reference-rows"),
+        name: .customLong("reference-rows"), parsing: .unconditional,
         help: "Rows per rank checked against float64 when the problem is large (tokens^2*heads*headDim > 2^31); every row when small. 0 turns the float64 check off.")
     var referenceRows: Int = 64
     @OptionGroup var backward: BackwardOptions
     @OptionGroup var output: OutputOptions
+
+    func validate() throws {
+        for (option, value) in [("--tolerance", tolerance), ("--reference-tolerance", referenceTolerance)] {
+            guard value.isFinite, value >= 0 else {
+                throw ValidationError("\(option) is the largest error that passes, a finite number of 0 or more (got \(value)).")
+            }
+        }
+        guard referenceRows >= 0 else { throw ValidationError("--reference-rows is a count of rows per rank, 0 or more (got \(referenceRows)).") }
+    }
 
     var tolerances: VerifyJob.Tolerances {
         VerifyJob.Tolerances(tolerance: tolerance, referenceTolerance: referenceTolerance, referenceRows: referenceRows)

@@ -170,6 +170,20 @@ struct ArgumentErrorCase: Sendable, CustomTestStringConvertible {
         ArgumentErrorCase(arguments: ["run", "--profile", "/proc/t.json"], message: "--profile /proc/t.json cannot be written"),
         ArgumentErrorCase(arguments: ["probe", "--out", "/nonexistent-seqpar/p.json"], message: "--out /nonexistent-seqpar/p.json: the folder"),
         ArgumentErrorCase(arguments: ["run", "--save-inputs", "/nonexistent-seqpar"], message: "--save-inputs /nonexistent-seqpar/Q.npy: the folder"),
+        // Values whose arithmetic would overflow, and values that make no sense, before MPI starts.
+        ArgumentErrorCase(
+            arguments: ["run", "--strategy", "star", "--queries", "10", "--query-position", "9223372036854775800"],
+            message: "--query-position must be from 0 to 2^40, a position in the sequence (got 9223372036854775800)"),
+        ArgumentErrorCase(
+            arguments: ["run", "--strategy", "mesh", "--mesh", "4294967296x4294967296"], message: "--mesh takes PhxPr, two numbers from 1 to 1048576"),
+        ArgumentErrorCase(arguments: ["verify", "--tolerance", "-1"], message: "--tolerance is the largest error that passes, a finite number of 0 or more (got -1.0)"),
+        ArgumentErrorCase(arguments: ["verify", "--tolerance", "nan"], message: "--tolerance is the largest error that passes, a finite number of 0 or more (got nan)"),
+        ArgumentErrorCase(arguments: ["verify", "--tolerance", "inf"], message: "--tolerance is the largest error that passes, a finite number of 0 or more (got inf)"),
+        ArgumentErrorCase(arguments: ["verify", "--reference-tolerance", "nan"], message: "--reference-tolerance is the largest error that passes"),
+        ArgumentErrorCase(arguments: ["verify", "--reference-rows=-5"], message: "--reference-rows is a count of rows per rank, 0 or more (got -5)"),
+        // A value that starts with a dash is the option's value, said to be wrong for what it is.
+        ArgumentErrorCase(arguments: ["run", "--documents", "-1"], message: "--documents takes lengths separated by commas, such as 100,2000,37 (got '-1')"),
+        ArgumentErrorCase(arguments: ["run", "--out", "--lse", "l.npy"], message: "--out needs a file name but got the option --lse"),
         // bench runs --strategies; a --strategy would be ignored.
         ArgumentErrorCase(arguments: ["bench", "--strategy", "ring"], message: "Give --strategies ring to bench ring alone"),
     ]
