@@ -5,6 +5,10 @@
 import Foundation
 import Testing
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 @Suite struct LaunchScriptTests {
     var binary: String { binaryUnderTest }
 
@@ -25,6 +29,30 @@ import Testing
         let syntax = try run(["bash", "-n", file.path])
         #expect(syntax.status == 0, "\(syntax.transcript)")
         #expect(FileManager.default.isExecutableFile(atPath: file.path))
+    }
+
+    /// A failing removal (a temporary on a file system gone read-only) must not stop the rest of
+    /// the clean-up: the job folder still goes, and the job's own status is returned.
+    @Test(.enabled(if: geteuid() == 0, "needs root to mount a read-only tmpfs"))
+    func cleanupGoesOnPastAFailingRemoval() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("seqpar-test-\(UUID().uuidString)")
+        let readOnly = base.appendingPathComponent("ro").path
+        try FileManager.default.createDirectory(atPath: readOnly, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: base) }
+        try #require(mount("tmpfs", readOnly, "tmpfs", 0, "size=64k") == 0, "mount: \(String(cString: strerror(errno)))")
+        defer { umount2(readOnly, Int32(MNT_DETACH)) }
+        let stuck = "\(readOnly)/.o.npy.seqpar-abcdef"
+        try #require(FileManager.default.createFile(atPath: stuck, contents: Data([1])))
+        try #require(mount("tmpfs", readOnly, "tmpfs", UInt(MS_REMOUNT | MS_RDONLY), "size=64k") == 0, "remount: \(String(cString: strerror(errno)))")
+        let marker = base.appendingPathComponent("job-dir").path
+        // The "launcher" lists the stuck temporary as its output, says where its job folder is, and fails.
+        let job = "printf '%s\\0' '\(stuck)' > \"$SEQPAR_JOB_DIR/outputs\"; echo \"$SEQPAR_JOB_DIR\" > '\(marker)'; exit 3"
+        let script = "set -euo pipefail; source '\(launch("common.sh"))'; seqpar_run_job bash -c \"$1\"; echo unreachable"
+        let outcome = try run(["bash", "-c", script, "cleanup-test", job], seconds: 60)
+        #expect(outcome.status == 3, "the job's status is lost\n\(outcome.transcript)")
+        let jobDirectory = try String(contentsOfFile: marker, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!jobDirectory.isEmpty && !FileManager.default.fileExists(atPath: jobDirectory), "the job folder \(jobDirectory) was left behind")
+        #expect(FileManager.default.fileExists(atPath: stuck), "the test's temporary was removed: the file system was not read-only, so nothing was tested")
     }
 
     @Test func slurmSubmitNeedsSbatch() throws {
