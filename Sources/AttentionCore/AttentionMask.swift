@@ -104,6 +104,24 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
         return first.lowerBound < last.upperBound ? first.lowerBound ..< last.upperBound : k
     }
 
+    /// Positions that may hold a query seeing some key of `k` (non-empty): a range the queries
+    /// that do see one lie in, so a strategy pairs a key segment only with the query segments
+    /// it overlaps (with packed documents, a few of thousands) before asking `relation`.
+    public func querySpan(seeing k: Range<Int>) -> Range<Int> {
+        switch self {
+        case .none:
+            return 0 ..< Int.max
+        case .causal, .s2:
+            return k.lowerBound ..< Int.max
+        case let .window(w):
+            let (end, overflow) = k.upperBound.addingReportingOverflow(max(0, w - 1))
+            return k.lowerBound ..< (overflow ? Int.max : end)
+        case let .documents(documents, inner):
+            let first = documents.document(containing: k.lowerBound), last = documents.document(containing: k.upperBound - 1)
+            return inner.querySpan(seeing: k).clamped(to: documents.offsets[first] ..< documents.offsets[last + 1])
+        }
+    }
+
     /// The relation of queries `q` to keys `k` (both non-empty global ranges).
     @inlinable
     public func relation(queries q: Range<Int>, keys k: Range<Int>, head: Int) -> BlockRelation {

@@ -7,9 +7,16 @@
 public struct DocumentBoundaries: Equatable, Sendable, CustomStringConvertible {
     /// cu_seqlens: starts at 0, never decreases, ends at the token count.
     public let offsets: [Int]
+    /// For each run of 2^`bucketShift` positions, the document holding its first one: a lookup
+    /// searches only between two neighbours, not all of `offsets` (a million documents make a
+    /// search of 20 cache misses otherwise, and the layout asks millions of them).
+    @usableFromInline let bucketFirst: [Int]
+    @usableFromInline static let bucketShift = 6
 
     public struct Invalid: Error, CustomStringConvertible {
         public let description: String
+
+        public init(description: String) { self.description = description }
     }
 
     /// Checks `offsets` against a sequence of `tokens` tokens; `source` names them in messages
@@ -27,6 +34,11 @@ public struct DocumentBoundaries: Equatable, Sendable, CustomStringConvertible {
             throw refuse("ends at \(offsets.last!) but the sequence has \(tokens) tokens; the last entry must be the token count")
         }
         self.offsets = offsets
+        var d = 0
+        bucketFirst = stride(from: 0, to: tokens, by: 1 << Self.bucketShift).map { position in
+            while d + 2 < offsets.count && offsets[d + 1] <= position { d += 1 }
+            return d
+        }
     }
 
     /// Documents of the given lengths, back to back.
@@ -99,6 +111,11 @@ public struct DocumentBoundaries: Equatable, Sendable, CustomStringConvertible {
     /// Positions at or past the end belong to the last document.
     @inlinable public func document(containing position: Int) -> Int {
         var (lo, hi) = (0, count - 1)  // invariant: offsets[lo] <= position, or lo == 0
+        if position >= 0 && position < tokens {
+            let bucket = position >> Self.bucketShift
+            lo = bucketFirst[bucket]
+            if bucket + 1 < bucketFirst.count { hi = bucketFirst[bucket + 1] }
+        }
         while lo < hi {
             let mid = (lo + hi + 1) / 2
             if offsets[mid] <= position { lo = mid } else { hi = mid - 1 }

@@ -170,33 +170,37 @@ public final class LocalAttention {
         // keys under a causal mask) gets no items: with packed documents most pairs are such. Only
         // S2's relation depends on the head, and it needs aligned key blocks, so it is left to the tiles.
         let sees = { (segment: ShardSegment) in
-            self.mask.keyBlockAlignment != nil
-                || self.mask.relation(queries: segment.positions, keys: keySegment.positions, head: self.slice.heads.lowerBound) != .hidden
+            !segment.positions.isEmpty
+                && (self.mask.keyBlockAlignment != nil
+                    || self.mask.relation(queries: segment.positions, keys: keySegment.positions, head: self.slice.heads.lowerBound) != .hidden)
         }
-        let tileCount = { (segment: ShardSegment) in
-            segment.positions.isEmpty || !sees(segment) ? 0 : (segment.positions.count + self.tiling.queryTile - 1) / self.tiling.queryTile
+        // The segments with work, each with its tile count and its first item (segments in
+        // order, each heads x its tiles).
+        var seeing: [(segment: ShardSegment, tiles: Int, firstItem: Int)] = []
+        var items = 0
+        for segment in querySegments where sees(segment) {
+            let tiles = (segment.positions.count + tiling.queryTile - 1) / tiling.queryTile
+            seeing.append((segment, tiles, items))
+            items += slice.heads.count * tiles
         }
-        let items = slice.heads.count * querySegments.reduce(0) { $0 + tileCount($1) }
         guard items > 0 else { return }
         accumulator.maxUnit = baseTwo.unit
         let (k, v) = packed.pack(keys: keys, values: values, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
         let work = { (thread: Int, item: Int) in
-            // Item -> (segment, head, tile): segments in order, each heads x its tiles.
-            var rest = item
-            for segment in querySegments {
-                let tiles = tileCount(segment)
-                if rest >= self.slice.heads.count * tiles {
-                    rest -= self.slice.heads.count * tiles
-                    continue
-                }
-                let first = (rest % tiles) * self.tiling.queryTile
-                self.foldTile(
-                    head: rest / tiles, queries: queries, querySegment: segment,
-                    tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
-                    keys: k, values: v, keySegment: keySegment,
-                    accumulator: accumulator, scratch: self.scratch[thread].buffer, thread: thread)
-                return
+            // Item -> (segment, head, tile): the last segment whose first item is at most `item`.
+            var (lo, hi) = (0, seeing.count - 1)
+            while lo < hi {
+                let mid = (lo + hi + 1) / 2
+                if seeing[mid].firstItem <= item { lo = mid } else { hi = mid - 1 }
             }
+            let (segment, tiles, firstItem) = seeing[lo]
+            let rest = item - firstItem
+            let first = (rest % tiles) * self.tiling.queryTile
+            self.foldTile(
+                head: rest / tiles, queries: queries, querySegment: segment,
+                tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
+                keys: k, values: v, keySegment: keySegment,
+                accumulator: accumulator, scratch: self.scratch[thread].buffer, thread: thread)
         }
         // Items write disjoint (head, rows) parts of the accumulator and use their thread's scratch.
         runInterleaved(items: items, threads: threads, progress: progress, work)

@@ -159,6 +159,13 @@ public final class LocalAttentionBackward {
         precondition(gradients.heads == slice.heads.count && gradients.headDim == shape.headDim)
         precondition(querySegment.localRow + querySegment.positions.count <= gradients.rows)
         guard !querySegment.positions.isEmpty, !keySegment.positions.isEmpty else { return }
+        // A pair the mask hides (another document's keys) costs nothing, not even the packing;
+        // only S2's relation depends on the head, and its blocks decide it.
+        if mask.keyBlockAlignment == nil,
+            mask.relation(queries: querySegment.positions, keys: keySegment.positions, head: slice.heads.lowerBound) == .hidden
+        {
+            return
+        }
         let (k, v) = packed.pack(keys: keys, values: values, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
         // Key blocks, cut at the mask's alignment as the forward cuts them.
         var blocks: [Range<Int>] = []

@@ -58,25 +58,39 @@ public struct TokenPartition: Equatable, Sendable {
     ) {
         precondition(ranks >= 1 && groupSize >= 1 && ranks % groupSize == 0)
         let n = ranks / groupSize
-        func partition(_ held: [[Range<Int>]]?) -> TokenPartition? {
-            held.map { TokenPartition(documents.tokens, ranks, layout, groupSize, documentLayout, $0.map(Self.merged)) }
+        let weighed = Self.weighed(documents, mask: mask)
+        func partition(_ held: [[Range<Int>]]) -> TokenPartition {
+            TokenPartition(documents.tokens, ranks, layout, groupSize, documentLayout, held.map(Self.merged))
         }
         switch documentLayout {
-        case .headTail: self = partition(Self.laidOut(documents, positions: n, mask: mask, split: documents.count))!
+        case .headTail: self = partition(Self.laidOut(weighed, tokens: documents.tokens, positions: n, mask: mask, split: documents.count)!.held)
         case .whole:
-            guard let laid = partition(Self.laidOut(documents, positions: n, mask: mask, split: 0)) else { return nil }
-            self = laid
+            guard let laid = Self.laidOut(weighed, tokens: documents.tokens, positions: n, mask: mask, split: 0) else { return nil }
+            self = partition(laid.held)
         case .mixed:
             // Cut the 1, 2, 3, ... documents of most work (1, 2, 4, ... beyond 64), fewer than all,
-            // and keep the count whose kernel work is the most even.
-            var best: (partition: TokenPartition, imbalance: Double)?
+            // and keep the count whose kernel work is the most even. The kernel work walks every
+            // tile, so the counts are ranked first by how evenly they share the visible pairs
+            // (which laying out tracks anyway) and only the best few are walked: the search
+            // stays linear in the tokens however many documents there are.
+            var screened: [(held: [[Range<Int>]], spread: Double)] = []
             var split = 1
             while split < documents.count {
-                if let laid = partition(Self.laidOut(documents, positions: n, mask: mask, split: split)) {
-                    let imbalance = laid.imbalance(mask: mask, tiling: tiling)
-                    if best == nil || imbalance < best!.imbalance - 1e-9 { best = (laid, imbalance) }
+                if let laid = Self.laidOut(weighed, tokens: documents.tokens, positions: n, mask: mask, split: split) {
+                    let mean = laid.work.reduce(0, +) / Double(n)
+                    screened.append((laid.held, mean > 0 ? laid.work.max()! / mean : 1))
                 }
                 split = split < 64 ? split + 1 : 2 * split
+            }
+            // A stable sort: among equal spreads, the fewest documents cut.
+            let finalists = screened.enumerated().sorted { ($0.element.spread, $0.offset) < ($1.element.spread, $1.offset) }.prefix(4)
+            var best: (partition: TokenPartition, imbalance: Double, order: Int)?
+            for (order, candidate) in finalists {
+                let laid = partition(candidate.held)
+                let imbalance = laid.imbalance(mask: mask, tiling: tiling)
+                if best == nil || imbalance < best!.imbalance - 1e-9 || (abs(imbalance - best!.imbalance) <= 1e-9 && order < best!.order) {
+                    best = (laid, imbalance, order)
+                }
             }
             guard let best else { return nil }
             self = best.partition
@@ -212,18 +226,25 @@ extension TokenPartition {
         return mean > 0 ? work.max()! / mean : 1
     }
 
-    /// Each position's ranges when the `split` documents of most work are cut head-tail and the
-    /// others placed whole, most work first, on the position with the least work that has room
-    /// (see `DocumentLayout`); nil when some whole document finds no position with room.
-    static func laidOut(_ documents: DocumentBoundaries, positions n: Int, mask: AttentionMask, split: Int) -> [[Range<Int>]]? {
-        let cap = (documents.tokens * 5 + 4 * n - 1) / (4 * n)
-        let weighed = (0 ..< documents.count).filter { !documents.range(of: $0).isEmpty }
+    /// The non-empty documents with their visible pairs, most work first (ties: longer, then earlier).
+    static func weighed(_ documents: DocumentBoundaries, mask: AttentionMask) -> [(document: Int, span: Range<Int>, work: Double)] {
+        (0 ..< documents.count).filter { !documents.range(of: $0).isEmpty }
             .map { (document: $0, span: documents.range(of: $0), work: mask.visiblePairs(queries: documents.range(of: $0), tokens: documents.tokens, heads: 1)) }
             .sorted { ($0.work, $0.span.count, -$0.document) > ($1.work, $1.span.count, -$1.document) }
+    }
+
+    /// Each position's ranges (and visible pairs) when the `split` documents of most work
+    /// (`weighed`, in order) are cut head-tail and the others placed whole, most work first, on
+    /// the position with the least work that has room (see `DocumentLayout`); nil when some whole
+    /// document finds no position with room.
+    static func laidOut(
+        _ weighed: [(document: Int, span: Range<Int>, work: Double)], tokens: Int, positions n: Int, mask: AttentionMask, split: Int
+    ) -> (held: [[Range<Int>]], work: [Double])? {
+        let cap = (tokens * 5 + 4 * n - 1) / (4 * n)
         var work = [Double](repeating: 0, count: n), rows = [Int](repeating: 0, count: n)
         var held = [[Range<Int>]](repeating: [], count: n)
-        func place(_ piece: Range<Int>, on p: Int) {
-            work[p] += mask.visiblePairs(queries: piece, tokens: documents.tokens, heads: 1)
+        func place(_ piece: Range<Int>, on p: Int, work pieceWork: Double? = nil) {
+            work[p] += pieceWork ?? mask.visiblePairs(queries: piece, tokens: tokens, heads: 1)
             rows[p] += piece.count
             held[p].append(piece)
         }
@@ -236,11 +257,13 @@ extension TokenPartition {
                 }
             }
         }
-        for (_, span, _) in weighed.dropFirst(split) {
-            guard let p = (0 ..< n).filter({ rows[$0] + span.count <= cap }).min(by: { work[$0] < work[$1] }) else { return nil }
-            place(span, on: p)
+        for (_, span, spanWork) in weighed.dropFirst(split) {
+            var chosen: Int?
+            for p in 0 ..< n where rows[p] + span.count <= cap && (chosen == nil || work[p] < work[chosen!]) { chosen = p }
+            guard let chosen else { return nil }
+            place(span, on: chosen, work: spanWork)
         }
-        return held
+        return (held, work)
     }
 
     /// Ranges sorted by position, touching ones joined.
@@ -272,5 +295,42 @@ public struct ShardSegment: Equatable, Sendable {
             defer { row += range.count }
             return ShardSegment(positions: range, localRow: row)
         }
+    }
+}
+
+/// A shard's segments with the means to find, fast, those that overlap a range of positions.
+/// With packed documents a shard may hold thousands of segments; pairing each query segment
+/// with each key segment would cost their product, so strategies ask a mask which queries may
+/// see a key segment (`AttentionMask.querySpan`) and take only the segments there.
+public struct SegmentIndex: Sendable {
+    public let segments: [ShardSegment]
+    /// Indices of the non-empty segments, by position (a shard's segments never overlap).
+    private let byPosition: [Int]
+
+    public init(_ segments: [ShardSegment]) {
+        self.segments = segments
+        byPosition = segments.indices.filter { !segments[$0].positions.isEmpty }
+            .sorted { segments[$0].positions.lowerBound < segments[$1].positions.lowerBound }
+    }
+
+    /// The segments overlapping `span`, in storage order (so results do not depend on the index).
+    public func overlapping(_ span: Range<Int>) -> [ShardSegment] {
+        var (lo, hi) = (0, byPosition.count)  // the first segment that ends after the span starts
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if segments[byPosition[mid]].positions.upperBound <= span.lowerBound { lo = mid + 1 } else { hi = mid }
+        }
+        var found: [Int] = []
+        for i in byPosition[lo...] {
+            if segments[i].positions.lowerBound >= span.upperBound { break }
+            found.append(i)
+        }
+        return found.count == 1 ? [segments[found[0]]] : found.sorted().map { segments[$0] }
+    }
+
+    /// The query segments that may see a key of `keys` under `mask` (a superset: the kernel's
+    /// relation decides).
+    public func seeing(_ keys: Range<Int>, mask: AttentionMask) -> [ShardSegment] {
+        keys.isEmpty ? [] : overlapping(mask.querySpan(seeing: keys))
     }
 }

@@ -42,9 +42,21 @@ public struct ProblemConfiguration: Sendable {
         switch documents {
         case let .cuSeqlens(path): boundaries = try DocumentBoundaries.load(path, tokens: tokens)
         case let .lengths(lengths): boundaries = try DocumentBoundaries(lengths: lengths, tokens: tokens)
-        case let .random(count, seed): boundaries = DocumentBoundaries.random(count: count, tokens: tokens, seed: seed)
+        case let .random(count, seed):
+            guard count <= Self.randomDocumentLimit(tokens: tokens) else {
+                throw DocumentBoundaries.Invalid(description: Self.tooManyRandomDocuments(count, tokens: tokens))
+            }
+            boundaries = DocumentBoundaries.random(count: count, tokens: tokens, seed: seed)
         }
         return .documents(boundaries, within: positionMask)
+    }
+
+    /// The most random documents a sequence of `tokens` tokens takes: one per token (at least one).
+    public static func randomDocumentLimit(tokens: Int) -> Int { max(tokens, 1) }
+
+    public static func tooManyRandomDocuments(_ count: Int, tokens: Int) -> String {
+        "--random-documents \(count) asks for more documents than the sequence's \(tokens) tokens; "
+            + "give at most \(randomDocumentLimit(tokens: tokens)) (one document per token)"
     }
 
     /// `mask()` decided on every rank of `communicator`: a boundaries file that does not fit the

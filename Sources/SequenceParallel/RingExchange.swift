@@ -98,10 +98,11 @@ struct RingPass {
         }
         var furthest = 0
         for receiver in 0 ..< ranks {
+            let queries = SegmentIndex(blockSegments[receiver])
             for distance in stride(from: ranks - 1, to: furthest, by: -1) {
                 let source = (receiver - distance + ranks) % ranks
-                let sees = blockSegments[receiver].contains { q in
-                    blockSegments[source].contains { k in
+                let sees = blockSegments[source].contains { k in
+                    queries.seeing(k.positions, mask: mask).contains { q in
                         heads.contains { mask.relation(queries: q.positions, keys: k.positions, head: $0) != .hidden }
                     }
                 }
@@ -119,11 +120,14 @@ struct RingPass {
         let capacity = 2 * (0 ..< communicator.size).map(rows).max()! * kvRowWidth
         let exchange = RingExchange(communicator: communicator, capacity: capacity, reusing: buffers)
         let steps = steps(mask: mask, heads: kernel.slice.heads)
+        let queryIndex = SegmentIndex(querySegments)
         try exchange.circulate(keyValues, steps: steps, blockSize: { 2 * rows($0) * kvRowWidth }) { source, block, progress in
             let values = block + rows(source) * kvRowWidth
-            for keySegment in blockSegments[source] {  // every query segment at once: K/V packed once
+            for keySegment in blockSegments[source] {  // every query segment that may see it at once: K/V packed once
+                let seeing = queryIndex.seeing(keySegment.positions, mask: mask)
+                guard !seeing.isEmpty else { continue }
                 kernel.accumulate(
-                    queries: queries, querySegments: querySegments, keys: block, values: values,
+                    queries: queries, querySegments: seeing, keys: block, values: values,
                     keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
             }
         }
@@ -159,6 +163,7 @@ extension RingPass {
         let capacity = (0 ..< ranks).map(blockSize).max()!
         let exchange = RingExchange(communicator: communicator, capacity: capacity, reusing: buffers)
         let steps = steps(mask: mask, heads: kernel.slice.heads)
+        let queryIndex = SegmentIndex(querySegments)
         // The block's dK/dV from this rank's queries (zeroed at every step), and two buffers for
         // the travelling sums (one being sent, one being received; each written before it is read).
         let buffers = buffers.take(.sums, count: 3, capacity: capacity)
@@ -174,8 +179,8 @@ extension RingPass {
             let values = block + rows(source) * kvRowWidth
             let keyGrad = partial.baseAddress!, valueGrad = keyGrad + rows(source) * kvRowWidth
             recording(.compute, on: communicator.recorder) {
-                for querySegment in querySegments {
-                    for keySegment in blockSegments[source] {
+                for keySegment in blockSegments[source] {
+                    for querySegment in queryIndex.seeing(keySegment.positions, mask: mask) {
                         kernel.accumulate(
                             queries: queries, outputGrad: outputGrad, querySegment: querySegment, keys: block, values: values,
                             keySegment: keySegment, into: gradients, keyGrad: keyGrad, valueGrad: valueGrad

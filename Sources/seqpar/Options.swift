@@ -136,6 +136,9 @@ struct ProblemOptions: ParsableArguments {
             throw ValidationError("\(documentOptions[0]) and the S2 pattern do not combine: S2 is a mask of its own; use --causal or --window with documents.")
         }
         if let randomDocuments, randomDocuments < 1 { throw ValidationError("--random-documents must be at least 1 (got \(randomDocuments)).") }
+        if let randomDocuments, files.isEmpty, randomDocuments > ProblemConfiguration.randomDocumentLimit(tokens: tokens ?? Self.defaultTokens) {
+            throw ValidationError(ProblemConfiguration.tooManyRandomDocuments(randomDocuments, tokens: tokens ?? Self.defaultTokens) + ".")
+        }
         if let documents {
             guard let lengths = Self.documentLengths(documents) else {
                 throw ValidationError("--documents takes lengths separated by commas, such as 100,2000,37 (got '\(documents)').")
@@ -154,6 +157,9 @@ struct ProblemOptions: ParsableArguments {
         guard !lengths.isEmpty, lengths.allSatisfy({ $0 != nil && $0! >= 0 && $0! <= 1 << 40 }) else { return nil }
         return lengths.map { $0! }
     }
+
+    /// --tokens when neither it nor --documents gives the length (not divisible by common rank counts).
+    static let defaultTokens = 4099
 
     /// The largest --heads, --kv-heads and --head-dim taken (products of these stay countable).
     static let dimensionLimit = 1 << 20
@@ -194,7 +200,7 @@ struct ProblemOptions: ParsableArguments {
     var source: InputSource {
         if let q, let k, let v { return .files(q: q, k: k, v: v, scale: scale) }
         let documentTokens = documents.flatMap(Self.documentLengths).map { $0.reduce(0, +) }
-        return .synthetic(seed: seed, tokens: tokens ?? documentTokens ?? 4099, shape: try! syntheticShape())  // validated
+        return .synthetic(seed: seed, tokens: tokens ?? documentTokens ?? Self.defaultTokens, shape: try! syntheticShape())  // validated
     }
 }
 

@@ -99,6 +99,51 @@ struct DocumentMaskTests {
         #expect(throws: DocumentBoundaries.Invalid.self) { try DocumentBoundaries(lengths: [2, 2], tokens: 5) }
     }
 
+    @Test("the bucketed lookup finds every position's document as a scan of cu_seqlens does", arguments: [1, 7, 300, 5000])
+    func lookupMatchesScan(documents count: Int) {
+        // Lengths 0..3 and a few long ones, so buckets of 64 positions hold none, one or many boundaries.
+        let lengths = randomLengths(count: count, seed: UInt64(count)).enumerated().map { $0.offset % 97 == 5 ? 700 : $0.element % 4 }
+        let documents = boundaries(lengths)
+        var expected = 0
+        for position in -3 ..< documents.tokens + 70 {
+            if position >= 0 && position < documents.tokens {
+                while documents.offsets[expected + 1] <= position { expected += 1 }
+                #expect(documents.document(containing: position) == expected, "position \(position)")
+                #expect(documents.range(containing: position).contains(position))
+            } else {
+                #expect(documents.document(containing: position) == (position < 0 ? 0 : documents.count - 1))
+            }
+        }
+    }
+
+    @Test("a mask's query span holds every query that sees a key of the block", arguments: masks + [.none, .causal, .window(1), .window(9)])
+    func querySpanHoldsTheViewers(mask: AttentionMask) {
+        let tokens = mask.documents?.tokens ?? 120
+        for first in stride(from: 0, to: tokens, by: 5) {
+            for length in [1, 4, 33] where first + length <= tokens {
+                let keys = first ..< first + length
+                let span = mask.querySpan(seeing: keys)
+                for query in 0 ..< tokens where keys.contains(where: { mask.allows(query: query, key: $0, head: 0) }) {
+                    #expect(span.contains(query), "\(mask): query \(query) sees \(keys) outside \(span)")
+                }
+            }
+        }
+    }
+
+    @Test("a segment index finds the overlapping segments in storage order")
+    func segmentIndex() {
+        let ranges = [40 ..< 50, 0 ..< 3, 7 ..< 7, 10 ..< 20, 3 ..< 5, 60 ..< 61]
+        let index = SegmentIndex(ShardSegment.stacked(ranges))
+        let found = { (span: Range<Int>) in index.overlapping(span).map(\.positions) }
+        #expect(found(0 ..< 100) == [40 ..< 50, 0 ..< 3, 10 ..< 20, 3 ..< 5, 60 ..< 61])
+        #expect(found(4 ..< 11) == [10 ..< 20, 3 ..< 5])
+        #expect(found(20 ..< 40).isEmpty && found(61 ..< 1000).isEmpty && found(5 ..< 5).isEmpty)
+        #expect(found(49 ..< 60) == [40 ..< 50])
+        let mask = AttentionMask.documents(boundaries([5, 15, 30, 11]), within: .causal)
+        #expect(index.seeing(12 ..< 14, mask: mask).map(\.positions) == [10 ..< 20])
+        #expect(index.seeing(0 ..< 2, mask: mask).map(\.positions) == [0 ..< 3, 3 ..< 5])
+    }
+
     @Test("random documents sum to the tokens, and some are tiny", arguments: [(1, 1), (37, 10007), (50, 32768), (9, 4)])
     func randomDocuments(count: Int, tokens: Int) {
         let documents = DocumentBoundaries.random(count: count, tokens: tokens, seed: 5)

@@ -55,6 +55,52 @@ extension EndToEnd {
             try expectVerified(result, ranks: 4, tokens: 256)
         }
 
+        @Test("many documents: hundreds of segments per rank, every layout, exact", arguments: ["ring", "zigzag", "mesh"])
+        func manyDocuments(strategy: String) async throws {
+            for layout in ["whole", "head-tail", "mixed"] {
+                let result = try await launch(
+                    ranks: 3,
+                    arguments: [
+                        "verify", "--json", "--strategy", strategy, "--document-layout", layout, "--causal", "--tokens", "2003",
+                        "--random-documents", "1500", "--heads", "3", "--kv-heads", "1", "--head-dim", "32",
+                    ] + (strategy == "mesh" ? ["--mesh", "1x3"] : []))
+                try expectVerified(result, ranks: 3, tokens: 2003)
+            }
+        }
+
+        /// The issue-22 case: the layout, the ring's steps and the kernel paired every query
+        /// segment with every key segment, so 60,000 one-token documents ran past a minute (and
+        /// 16,000 took 10 s). Now each key segment meets only the query segments that may see it.
+        @Test("60,000 one-token documents finish well inside the timeout", arguments: ["ring", "zigzag", "mesh", "zigzag --backward"])
+        func oneTokenDocuments(_ variant: String) async throws {
+            let words = variant.split(separator: " ").map(String.init)
+            let result = try await launch(
+                ranks: 2,
+                arguments: [
+                    "run", "--strategy", words[0], "--tokens", "60000", "--random-documents", "60000", "--causal",
+                    "--heads", "2", "--kv-heads", "1", "--head-dim", "4",
+                ] + words.dropFirst() + (words[0] == "mesh" ? ["--mesh", "1x2"] : []),
+                timeout: 60)
+            #expect(result.status == 0, "\(result)")
+        }
+
+        @Test("more random documents than tokens are refused, synthetic or from files")
+        func tooManyRandomDocuments() async throws {
+            let refused = try await launch(ranks: 2, arguments: ["run", "--tokens", "200", "--random-documents", "100000000"], timeout: 60)
+            #expect(refused.status == 64, "\(refused)")
+            #expect(occurrences(of: "--random-documents 100000000 asks for more documents than the sequence's 200 tokens", in: refused.seqparStderr) == 1, "\(refused)")
+            let dir = try ScratchDirectory()
+            let saved = try await launch(
+                ranks: 1, arguments: ["run", "--tokens", "50", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--save-inputs", dir.url.path], timeout: 60)
+            #expect(saved.status == 0, "\(saved)")
+            let fromFiles = try await launch(
+                ranks: 2,
+                arguments: ["run", "--q", dir.path("Q.npy"), "--k", dir.path("K.npy"), "--v", dir.path("V.npy"), "--random-documents", "51"],
+                timeout: 60)
+            #expect(fromFiles.status != 0, "\(fromFiles)")
+            #expect(occurrences(of: "--random-documents 51 asks for more documents than the sequence's 50 tokens", in: fromFiles.seqparStderr) == 1, "\(fromFiles)")
+        }
+
         @Test("documents from a cu_seqlens file, with a window")
         func cuSeqlensFile() async throws {
             let dir = try ScratchDirectory()

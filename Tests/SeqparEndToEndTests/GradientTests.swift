@@ -103,6 +103,13 @@ extension EndToEnd {
                         "--tokens", "257", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--causal",
                         "--documents", "1,2,3,251", "--window", "40",
                     ]),
+                // Many short documents: hundreds of segments per rank, each paired only with those it may see.
+                MaskCase(
+                    ranks: 3, strategy: "zigzag",
+                    arguments: [
+                        "--tokens", "1201", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--causal",
+                        "--random-documents", "700", "--document-layout", "head-tail",
+                    ]),
             ])
         func masks(_ c: MaskCase) async throws {
             let result = try await launch(ranks: c.ranks, arguments: ["verify", "--backward", "--json", "--strategy", c.strategy] + c.arguments)
