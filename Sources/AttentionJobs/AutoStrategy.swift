@@ -78,12 +78,12 @@ public enum AutoStrategy {
     /// mesh shape; every rank picks the same.
     /// - Throws: what `predictions` throws; `AutoStrategyError` when no strategy is modelled for the problem.
     public static func resolve(_ problem: ProblemConfiguration, _ compute: ComputeConfiguration, communicator: Communicator) throws -> ResolvedStrategy {
-        if let name = compute.strategy { return ResolvedStrategy(name: name, mesh: nil, predictions: []) }
+        if let name = compute.strategy { return ResolvedStrategy(name: name, variant: nil, predictions: []) }
         let predictions = try predictions(problem, compute, communicator: communicator)
         guard let best = predictions.first, let name = StrategyName(rawValue: best.strategy) else {
             throw AutoStrategyError(description: "--strategy auto: the cost model has no prediction for this problem on \(communicator.size) rank(s); name a strategy")
         }
-        return ResolvedStrategy(name: name, mesh: best.mesh, predictions: predictions)
+        return ResolvedStrategy(name: name, variant: best.variant, predictions: predictions)
     }
 
     /// One line saying what auto picked and why; nil for a named strategy.
@@ -97,8 +97,8 @@ public enum AutoStrategy {
 /// The strategy a job runs, as `AutoStrategy.resolve` settled it.
 public struct ResolvedStrategy {
     public let name: StrategyName
-    /// mesh's shape when auto picked one; nil otherwise (the strategy's own choice).
-    public let mesh: (headGroup: Int, ring: Int)?
+    /// The variant auto picked (mesh's "2x2"); nil otherwise (the strategy's own choice).
+    public let variant: String?
     /// The predictions auto chose from, fastest first; empty for a named strategy.
     public let predictions: [Prediction]
 }

@@ -51,18 +51,18 @@ public struct DistributedRun {
     /// Makes and checks the strategy and loads this rank's inputs: once, however often it runs.
     /// Called by every rank alike.
     /// - Parameters:
-    ///   - mesh: mesh's shape (heads group x ring), overriding `compute`'s (what auto picked).
+    ///   - variant: the strategy's variant auto picked (mesh's "2x2"), overriding `compute`'s options.
     ///   - wholeKeyValues: every rank also holds the whole K and V (verify), counted in the memory check.
     /// - Throws: `CollectiveFailure` on every rank when the inputs cannot be read, the strategy
     ///   refuses the split (`StrategyRefusal`), or the problem does not fit this host's memory
     ///   (checked before anything is allocated).
     public static func prepare(
         _ source: InputSource, strategy name: StrategyName, mask: AttentionMask, compute: ComputeConfiguration,
-        communicator: Communicator, mesh: (headGroup: Int, ring: Int)? = nil, wholeKeyValues: Bool = false
+        communicator: Communicator, variant: String? = nil, wholeKeyValues: Bool = false
     ) throws -> Prepared {
         let heads = try communicator.together { try source.heads() }
         var options = compute.strategyOptions
-        if let mesh { options[MeshOptions.self].shape = mesh }
+        if let variant { name.descriptor.applyVariant?(&options, variant) }
         let strategy = name.make(options, mask: mask, ranks: communicator.size, heads: heads)
         let tiling = compute.tiling(for: mask)
         try communicator.together { try strategy.check(heads: heads, ranks: communicator.size) }
@@ -70,7 +70,7 @@ public struct DistributedRun {
             let (tokens, shape) = try source.dimensions(selfAttention: strategy.querySelection == .sameAsKeys)
             try MemoryBudget.check(
                 tokens: tokens, shape: shape, ranks: communicator.size, threads: compute.threads,
-                tiling: tiling, wholeKeyValues: wholeKeyValues)
+                tiling: tiling, wholeKeyValues: wholeKeyValues, strategy: strategy)
         }
         let shard = try communicator.together {
             try LocalShard.load(

@@ -46,14 +46,15 @@ public struct AttentionProblem: Equatable, Sendable {
 public struct Prediction: Equatable, Sendable {
     /// The strategy's registered name.
     public var strategy: String
-    /// mesh only: Ph x Pr.
-    public var mesh: (headGroup: Int, ring: Int)?
+    /// Which of the strategy's variants, when it has several (mesh's "2x2"); the strategy's
+    /// descriptor turns it back into options (`StrategyDescriptor.applyVariant`).
+    public var variant: String?
     public var seconds: Double
     /// The parts: compute on the busiest path, and communication not hidden behind it.
     public var computeSeconds: Double
     public var communicationSeconds: Double
 
-    public var label: String { mesh.map { "\(strategy) \($0.headGroup)x\($0.ring)" } ?? strategy }
+    public var label: String { variant.map { "\(strategy) \($0)" } ?? strategy }
 
     public static func == (a: Prediction, b: Prediction) -> Bool {
         a.label == b.label && a.seconds == b.seconds && a.computeSeconds == b.computeSeconds && a.communicationSeconds == b.communicationSeconds
@@ -144,7 +145,7 @@ public struct CostModel: Sendable {
             let exchanges = [heads * d, kvHeads * d, kvHeads * d, heads * d, heads].map { memberRows * $0 * 4 }
             total += exchanges.reduce(0) { $0 + allToAll(bytesPerPeer: $1, members: headGroup) }
         }
-        return Prediction(strategy: name, mesh: nil, seconds: total, computeSeconds: compute, communicationSeconds: total - compute)
+        return Prediction(strategy: name, variant: nil, seconds: total, computeSeconds: compute, communicationSeconds: total - compute)
     }
 
     /// The predictions side by side.

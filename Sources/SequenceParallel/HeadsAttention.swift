@@ -43,6 +43,14 @@ public struct HeadsAttention: SequenceParallelStrategy {
 extension HeadsAttention {
     public var backwardRefusal: String? { nil }
 
+    /// After the all-to-all a rank holds every token of its heads: Q, O and the accumulator
+    /// for heads/P heads, K and V for the kv heads they read, and the send buffers of its rows.
+    public func workingFloats(rows: Double, tokens: Double, shape: AttentionShape, ranks: Int) -> Double {
+        let d = Double(shape.headDim), p = Double(max(1, ranks))
+        let heads = (Double(shape.heads) / p).rounded(.up), kvHeads = min(Double(shape.kvHeads), heads)
+        return tokens * heads * d * 3 + tokens * kvHeads * d * 2 + rows * Double(shape.heads + 2 * shape.kvHeads) * d
+    }
+
     /// Mesh's backward with one head group of every rank (a ring of one): the all-to-alls of the
     /// forward and their transposes.
     public func backward(

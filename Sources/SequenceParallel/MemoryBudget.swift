@@ -1,8 +1,9 @@
 // Refusing a run that cannot fit, before anything is allocated. Linux overcommits: an allocation
 // far beyond the machine "succeeds" and the rank is killed later, or Swift traps. So the bytes a
-// rank needs (its rows of Q, K, V and O, the ring's two receive buffers, the kernel's score and
-// probability tiles, and for verify the whole K and V) are estimated in floating point (no
-// overflow) and compared with what this host has available for the ranks it runs.
+// rank needs (its rows of Q, K, V and O, what its strategy holds besides: the ring's receive
+// buffers, the heads all-to-all's full-sequence slices, star's queries (`workingFloats`), the
+// kernel's score and probability tiles, and for verify the whole K and V) are estimated in
+// floating point (no overflow) and compared with what this host has available for the ranks it runs.
 
 import AttentionCore
 import Foundation
@@ -18,13 +19,14 @@ public enum MemoryBudget {
     /// Bytes one rank needs at least, at `ranks` ranks.
     public static func perRank(
         tokens: Int, shape: AttentionShape, ranks: Int, threads: Int, tiling: KernelTiling,
-        wholeKeyValues: Bool
+        wholeKeyValues: Bool, strategy: SequenceParallelStrategy = RingAttention()
     ) -> Double {
         let rows = (Double(tokens) / Double(max(1, ranks))).rounded(.up)
         let (h, kv, d) = (Double(shape.heads), Double(shape.kvHeads), Double(shape.headDim))
         var floats = rows * h * d * 3  // Q rows, the accumulator, O
-        floats += rows * kv * d * 2 * 3  // K and V rows, and the exchange's two receive buffers
+        floats += rows * kv * d * 2  // K and V rows
         floats += rows * h * 3  // running max, sum, LSE
+        floats += strategy.workingFloats(rows: rows, tokens: Double(tokens), shape: shape, ranks: ranks)
         floats += Double(threads) * 2 * Double(min(tiling.queryTile, tokens)) * Double(min(tiling.keyBlock, tokens))  // S and P
         if wholeKeyValues { floats += Double(tokens) * kv * d * 2 + rows * h * d }
         return floats * 4
@@ -63,14 +65,15 @@ public enum MemoryBudget {
     /// much it needs and how many ranks (each with that share) would make the run fit.
     public static func check(
         tokens: Int, shape: AttentionShape, ranks: Int, threads: Int, tiling: KernelTiling,
-        wholeKeyValues: Bool, available: Double? = MemoryBudget.available(), localRanks: Int = MemoryBudget.localRanks
+        wholeKeyValues: Bool, strategy: SequenceParallelStrategy = RingAttention(), available: Double? = MemoryBudget.available(),
+        localRanks: Int = MemoryBudget.localRanks
     ) throws {
         guard let available else { return }
         let share = available / Double(max(1, localRanks))
-        let need = perRank(tokens: tokens, shape: shape, ranks: ranks, threads: threads, tiling: tiling, wholeKeyValues: wholeKeyValues)
+        let need = perRank(tokens: tokens, shape: shape, ranks: ranks, threads: threads, tiling: tiling, wholeKeyValues: wholeKeyValues, strategy: strategy)
         guard need > share else { return }
         func fits(_ p: Int) -> Bool {
-            perRank(tokens: tokens, shape: shape, ranks: p, threads: threads, tiling: tiling, wholeKeyValues: wholeKeyValues) <= share
+            perRank(tokens: tokens, shape: shape, ranks: p, threads: threads, tiling: tiling, wholeKeyValues: wholeKeyValues, strategy: strategy) <= share
         }
         var advice: String
         if fits(1 << 30) {
@@ -85,7 +88,7 @@ public enum MemoryBudget {
         }
         throw MemoryBudgetExceeded(
             description: "this run needs about \(gib(need)) per rank at \(ranks) rank(s) "
-                + "(its rows of Q, K, V and O, exchange buffers, kernel tiles\(wholeKeyValues ? ", and the whole K and V for the comparison" : "")), "
+                + "(its rows of Q, K, V and O, what \(strategy.label) holds besides, kernel tiles\(wholeKeyValues ? ", and the whole K and V for the comparison" : "")), "
                 + "but this host has \(gib(available)) available for its \(localRanks) rank(s), \(gib(share)) each; \(advice)")
     }
 

@@ -44,9 +44,9 @@ public struct MeshAttention: SequenceParallelStrategy {
 
     /// A shape when none is given: the largest head group that divides the ranks, is at most
     /// their square root and at most the heads.
-    public static func defaultShape(ranks: Int, heads: Int) -> (headGroup: Int, ring: Int) {
+    public static func defaultShape(ranks: Int, heads: Int) -> MeshShape {
         let group = (1 ... max(1, ranks)).last { ranks % $0 == 0 && $0 * $0 <= ranks && $0 <= heads } ?? 1
-        return (group, ranks / group)
+        return MeshShape(headGroup: group, ring: ranks / group)
     }
 
     public func check(heads: Int, ranks: Int) throws {
@@ -83,6 +83,14 @@ public struct MeshAttention: SequenceParallelStrategy {
 
 extension MeshAttention {
     public var backwardRefusal: String? { nil }
+
+    /// A head group's tokens for this rank's heads (as heads does inside the group), and the
+    /// ring's two receive buffers of their K/V.
+    public func workingFloats(rows: Double, tokens: Double, shape: AttentionShape, ranks: Int) -> Double {
+        let d = Double(shape.headDim), groupRows = rows * Double(headGroup)
+        let heads = (Double(shape.heads) / Double(headGroup)).rounded(.up), kvHeads = min(Double(shape.kvHeads), heads)
+        return groupRows * heads * d * 3 + groupRows * kvHeads * d * 2 * 3 + rows * Double(shape.heads + 2 * shape.kvHeads) * d
+    }
 
     /// The forward's exchanges, transposed. Inside the group, Q, K, V, dO and the per-row (lse, D)
     /// go from sequence shards to head shards; across groups the ring backward runs over the
@@ -175,6 +183,7 @@ extension MeshAttention {
     public static let descriptor = StrategyDescriptor(
         name: "mesh", summary: "2D: heads all-to-all inside groups of Ph ranks, ring across the Pr groups (--mesh PhxPr)",
         options: ["--mesh"], optionsType: MeshOptions.self,
+        applyVariant: { options, variant in options[MeshOptions.self].shape = MeshShape(parsing: variant) },
         sharding: "Ph x Pr ranks: head groups of Ph ranks share a ring position (zigzag when causal); heads all-to-all inside a group, ring across",
         make: { request in
             let shape = request.options[MeshOptions.self].shape ?? MeshAttention.defaultShape(ranks: request.ranks, heads: request.heads)
@@ -184,7 +193,7 @@ extension MeshAttention {
             let p = problem.ranks
             return (2 ..< max(2, p)).filter { p % $0 == 0 && $0 <= problem.heads }.map { group in
                 var prediction = model.predict(problem, headGroup: group, zigzag: problem.causal, name: "mesh")
-                prediction.mesh = (group, p / group)
+                prediction.variant = MeshShape(headGroup: group, ring: p / group).description
                 return prediction
             }
         })
@@ -193,9 +202,35 @@ extension MeshAttention {
 /// mesh's options (--mesh).
 public struct MeshOptions: StrategyOptionSet {
     /// Heads split over `headGroup` ranks, ring over `ring` groups; nil picks `MeshAttention.defaultShape`.
-    public var shape: (headGroup: Int, ring: Int)?
+    public var shape: MeshShape?
 
     public init() {}
 
-    public init(shape: (headGroup: Int, ring: Int)?) { self.shape = shape }
+    public init(shape: MeshShape?) { self.shape = shape }
+}
+
+/// mesh's shape: heads split over head groups of `headGroup` ranks, a ring of `ring` groups.
+public struct MeshShape: Sendable, Equatable, CustomStringConvertible {
+    public let headGroup: Int
+    public let ring: Int
+
+    /// The largest Ph or Pr --mesh takes (their product is at most the world size).
+    public static let limit = 1 << 20
+
+    public init(headGroup: Int, ring: Int) {
+        self.headGroup = headGroup
+        self.ring = ring
+    }
+
+    /// "PhxPr", two numbers from 1 to `limit`; nil for anything else.
+    public init?(parsing text: String) {
+        let parts = text.lowercased().split(separator: "x", omittingEmptySubsequences: false).map { Int($0) }
+        guard parts.count == 2, let group = parts[0], let ring = parts[1], (1 ... Self.limit).contains(group), (1 ... Self.limit).contains(ring) else {
+            return nil
+        }
+        self.init(headGroup: group, ring: ring)
+    }
+
+    /// As --mesh takes it: "2x2".
+    public var description: String { "\(headGroup)x\(ring)" }
 }

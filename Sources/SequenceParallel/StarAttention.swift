@@ -48,9 +48,14 @@ public struct StarAttention: SequenceParallelStrategy {
 }
 
 extension StarAttention {
+    /// The broadcast queries, their accumulator, and the merged result.
+    public func workingFloats(rows: Double, tokens: Double, shape: AttentionShape, ranks: Int) -> Double {
+        Double(queries) * Double(shape.heads) * (Double(shape.headDim) * 3 + 3)
+    }
+
     public var backwardRefusal: String? {
         "star is inference-only (Star Attention's phase 2 answers a few queries against a fixed context) and computes no gradients; "
-            + "use ring, zigzag, heads, mesh or s2 with --backward"
+            + "use \(StrategyRegistry.names(StrategyRegistry.withBackward)) with --backward"
     }
 }
 
@@ -71,7 +76,7 @@ extension StarAttention {
 
     public static let descriptor = StrategyDescriptor(
         name: "star", summary: "Star Attention phase 2: queries broadcast, local attention per K/V shard, merged by an MPI reduction",
-        options: ["--queries", "--query-position", "--all"], optionsType: StarOptions.self,
+        options: ["--queries", "--query-position", "--all"], optionsType: StarOptions.self, computesGradients: false,
         sharding: "contiguous K/V chunks; the queries broadcast from rank 0; partials merged by MPI_Reduce",
         make: { request in
             let options = request.options[StarOptions.self]

@@ -107,6 +107,11 @@ public protocol SequenceParallelStrategy {
     /// Why this strategy computes no gradients, or nil when it does (`backward`).
     var backwardRefusal: String? { get }
 
+    /// Floats a rank holds for this strategy beyond its own `rows` of Q, K, V, O and the
+    /// softmax state (for the memory check before anything is allocated): exchange buffers,
+    /// gathered slices. Default: the ring's two K/V receive buffers.
+    func workingFloats(rows: Double, tokens: Double, shape: AttentionShape, ranks: Int) -> Double
+
     /// The gradients of this rank's rows, after `attend` returned `forward` for the same shard:
     /// dQ of the `outputSegments` rows, dK and dV of the shard's key rows. `outputGrad` is dO of
     /// the `outputSegments` rows, [rows, heads, headDim].
@@ -155,6 +160,11 @@ extension SequenceParallelStrategy {
         }
     }
     public var backwardRefusal: String? { "this strategy computes no gradients" }
+
+    /// The ring's two receive buffers of K and V rows.
+    public func workingFloats(rows: Double, tokens: Double, shape: AttentionShape, ranks: Int) -> Double {
+        rows * Double(shape.kvHeads * shape.headDim) * 2 * 2
+    }
     public func backward(
         _ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
         communicator: Communicator

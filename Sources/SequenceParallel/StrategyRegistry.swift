@@ -59,11 +59,17 @@ public struct StrategyDescriptor: Sendable {
     public let name: StrategyName
     /// One line for --help.
     public let summary: String
-    /// The command-line options it reads beyond the common ones.
+    /// The command-line options only it reads (beyond the common ones and the masks every
+    /// strategy takes); giving one with another strategy is refused (`StrategyRegistry.refuseForeign`).
     public let options: [String]
     /// The type those options fill (its own, declared in its file), which `make` reads from
     /// `StrategyRequest.options`; nil when it takes none.
     public let optionsType: (any StrategyOptionSet.Type)?
+    /// Sets the options for one of its variants the cost model predicted (`Prediction.variant`,
+    /// such as mesh's "2x2"); nil when it has none.
+    public let applyVariant: (@Sendable (inout StrategyOptions, String) -> Void)?
+    /// Whether it computes gradients (its strategy's `backwardRefusal` is nil exactly then).
+    public let computesGradients: Bool
     /// How it shards the work (for the docs and --help).
     public let sharding: String
     /// Makes the strategy for a problem (checked afterwards with `check`).
@@ -73,7 +79,8 @@ public struct StrategyDescriptor: Sendable {
     public let predictions: @Sendable (CostModel, AttentionProblem) -> [Prediction]
 
     public init(
-        name: String, summary: String, options: [String] = [], optionsType: (any StrategyOptionSet.Type)? = nil, sharding: String,
+        name: String, summary: String, options: [String] = [], optionsType: (any StrategyOptionSet.Type)? = nil,
+        applyVariant: (@Sendable (inout StrategyOptions, String) -> Void)? = nil, computesGradients: Bool = true, sharding: String,
         make: @escaping @Sendable (StrategyRequest) -> SequenceParallelStrategy,
         predictions: @escaping @Sendable (CostModel, AttentionProblem) -> [Prediction] = { _, _ in [] }
     ) {
@@ -81,6 +88,8 @@ public struct StrategyDescriptor: Sendable {
         self.summary = summary
         self.options = options
         self.optionsType = optionsType
+        self.applyVariant = applyVariant
+        self.computesGradients = computesGradients
         self.sharding = sharding
         self.make = make
         self.predictions = predictions
@@ -98,6 +107,33 @@ public enum StrategyRegistry {
         S2Attention.descriptor,
         StarAttention.descriptor,
     ]
+
+    /// The strategies that read `option` (one of their `options`).
+    public static func owners(of option: String) -> [StrategyName] { all.filter { $0.options.contains(option) }.map(\.name) }
+
+    /// "mesh", "ring or zigzag": the owners of `option` for help texts.
+    public static func ownersText(of option: String) -> String { names(owners(of: option)) }
+
+    /// Names joined as a sentence says them: "ring, zigzag or heads".
+    public static func names(_ names: [StrategyName]) -> String {
+        let words = names.map(\.rawValue)
+        return words.count < 2 ? words.joined() : words.dropLast().joined(separator: ", ") + " or " + words.last!
+    }
+
+    /// The strategies that compute gradients (those without a `backwardRefusal`).
+    public static var withBackward: [StrategyName] { all.filter { $0.computesGradients }.map(\.name) }
+
+    /// Refuses options given on the command line that none of `strategies` reads, naming the
+    /// strategy they belong to.
+    public static func refuseForeign(options given: [String], strategies: [StrategyName]) throws {
+        for option in given {
+            let owners = owners(of: option)
+            guard !owners.isEmpty, !owners.contains(where: strategies.contains) else { continue }
+            let chosen = strategies.count == 1 ? "--strategy \(strategies[0])" : "the strategies \(names(strategies))"
+            throw StrategyRefusal(
+                description: "\(option) is an option of \(names(owners)) only, and \(chosen) would ignore it; give --strategy \(owners[0]) or leave \(option) out")
+        }
+    }
 
     /// Every modelled strategy's predictions for a problem, fastest first.
     public static func predictions(_ model: CostModel, _ problem: AttentionProblem) -> [Prediction] {

@@ -5,7 +5,7 @@ import ArgumentParser
 import SequenceParallel
 
 struct BackwardOptions: ParsableArguments {
-    @Flag(help: "After the forward, run the backward pass: dQ, dK and dV for the output gradient dO (ring, zigzag, heads, mesh, s2).")
+    @Flag(help: "After the forward, run the backward pass: dQ, dK and dV for the output gradient dO (\(StrategyRegistry.names(StrategyRegistry.withBackward))).")
     var backward = false
     @Option(name: .customLong("do"), parsing: .unconditional, help: "dO as .npy, [tokens, heads, headDim] float32 (with --backward; default: synthetic, from --seed).")
     var outputGrad: String?

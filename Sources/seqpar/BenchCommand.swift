@@ -34,6 +34,7 @@ struct BenchCommand: ParsableCommand {
             throw ValidationError("unknown strategy '\(name)' in --strategies; choose from \(StrategyName.allCases.map(\.rawValue).joined(separator: ", ")).")
         }
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1.") }
+        try compute.refuseForeignOptions(strategies.split(separator: ",").compactMap { StrategyName(rawValue: String($0)) })
         // bench runs the --strategies list; a --strategy would be silently ignored.
         if let one = compute.strategyChoice {
             throw ValidationError(

@@ -218,13 +218,21 @@ struct ComputeOptions: ParsableArguments {
         name: .customLong("kernel-efficiency"),
         help: "Cost model: the kernel's GFLOP/s as a fraction of sgemm's (default \(CostModel.defaultKernelEfficiency), measured on the development machine).")
     var kernelEfficiency: Double = CostModel.defaultKernelEfficiency
-    @Option(help: "mesh only: Ph x Pr with Ph * Pr = ranks (heads all-to-all inside groups of Ph, ring across Pr); default: the largest Ph <= sqrt(ranks) dividing them.")
+    @Option(
+        help:
+            "\(StrategyRegistry.ownersText(of: "--mesh")) only: Ph x Pr with Ph * Pr = ranks (heads all-to-all inside groups of Ph, ring across Pr); default: the largest Ph <= sqrt(ranks) dividing them."
+    )
     var mesh: String?
-    @Option(parsing: .unconditional, help: "star only: how many query tokens (the last ones of the sequence, or the rows of a --q file).")
-    var queries: Int = 1
-    @Option(name: .customLong("query-position"), parsing: .unconditional, help: "star only: global position of the first query (default: tokens - queries).")
+    @Option(
+        name: .customLong("queries"), parsing: .unconditional,
+        help: "\(StrategyRegistry.ownersText(of: "--queries")) only: how many query tokens (the last ones of the sequence, or the rows of a --q file; default 1).")
+    var queriesOption: Int?
+    var queries: Int { queriesOption ?? 1 }
+    @Option(
+        name: .customLong("query-position"), parsing: .unconditional,
+        help: "\(StrategyRegistry.ownersText(of: "--query-position")) only: global position of the first query (default: tokens - queries).")
     var queryPosition: Int?
-    @Flag(name: .customLong("all"), help: "star only: every rank gets the merged result (MPI_Allreduce) instead of rank 0 (MPI_Reduce).")
+    @Flag(name: .customLong("all"), help: "\(StrategyRegistry.ownersText(of: "--all")) only: every rank gets the merged result (MPI_Allreduce) instead of rank 0 (MPI_Reduce).")
     var everyRank = false
     @Option(
         name: .customLong("document-layout"),
@@ -259,8 +267,8 @@ struct ComputeOptions: ParsableArguments {
             if let value, !(1 ... 1 << 16).contains(value) { throw ValidationError("\(flag) must be between 1 and 65536 (got \(value)).") }
         }
         guard timeout.isFinite, timeout >= 0 else { throw ValidationError("--timeout takes seconds, 0 or more (got \(timeout)).") }
-        if let mesh, Self.parseMesh(mesh) == nil {
-            throw ValidationError("--mesh takes PhxPr, two numbers from 1 to \(Self.meshLimit) such as 2x2 (got '\(mesh)').")
+        if let mesh, MeshShape(parsing: mesh) == nil {
+            throw ValidationError("--mesh takes PhxPr, two numbers from 1 to \(MeshShape.limit) such as 2x2 (got '\(mesh)').")
         }
         guard queries >= 1 else { throw ValidationError("--queries must be at least 1 (got \(queries)).") }
         guard queries <= 1 << 40 else { throw ValidationError("--queries \(queries) is more than any sequence holds; expected at most 2^40.") }
@@ -269,13 +277,16 @@ struct ComputeOptions: ParsableArguments {
         }
     }
 
-    /// The largest Ph or Pr --mesh takes (their product is at most the world size).
-    static let meshLimit = 1 << 20
+    /// The strategy options given on the command line (those a strategy's descriptor lists).
+    var givenStrategyOptions: [String] {
+        [("--mesh", mesh != nil), ("--queries", queriesOption != nil), ("--query-position", queryPosition != nil), ("--all", everyRank)].filter(\.1).map(\.0)
+    }
 
-    static func parseMesh(_ text: String) -> (headGroup: Int, ring: Int)? {
-        let parts = text.lowercased().split(separator: "x").compactMap { Int($0) }
-        guard parts.count == 2, parts.allSatisfy({ (1 ... Self.meshLimit).contains($0) }) else { return nil }
-        return (parts[0], parts[1])
+    /// Refuses a strategy option none of `strategies` reads (`--mesh 2x2 --strategy ring`); auto
+    /// (nil) may pick any strategy, so it takes them all.
+    func refuseForeignOptions(_ strategies: [StrategyName]?) throws {
+        guard let strategies else { return }
+        do { try StrategyRegistry.refuseForeign(options: givenStrategyOptions, strategies: strategies) } catch { throw ValidationError("\(error).") }
     }
 
     /// How each rank computes, as the library takes it.
@@ -287,7 +298,7 @@ struct ComputeOptions: ParsableArguments {
 
     var strategyOptions: StrategyOptions {
         StrategyOptions(
-            MeshOptions(shape: mesh.flatMap(Self.parseMesh)), StarOptions(queries: queries, position: queryPosition, everyRank: everyRank))
+            MeshOptions(shape: mesh.flatMap(MeshShape.init(parsing:))), StarOptions(queries: queries, position: queryPosition, everyRank: everyRank))
     }
 
 }

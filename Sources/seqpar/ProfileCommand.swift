@@ -27,6 +27,7 @@ struct ProfileCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
+        try compute.refuseForeignOptions(compute.strategy.named.map { [$0] })
         try OutputCheck.writable(trace, option: "--trace")
         try OutputCheck.writable(ProfileReport.svgPath(trace), option: "--trace (its SVG timeline)")
     }

@@ -34,6 +34,7 @@ struct RunCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
+        try compute.refuseForeignOptions(compute.strategy.named.map { [$0] })
         if let saveInputs {
             guard problem.q == nil else { throw ValidationError("--save-inputs writes the synthetic inputs; with --q/--k/--v the inputs are already files.") }
             for path in SavedInputs.paths(saveInputs) { try OutputCheck.writable(path, option: "--save-inputs") }
@@ -79,7 +80,7 @@ struct RunCommand: ParsableCommand {
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
             let prepared = try DistributedRun.prepare(
                 problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute.configuration,
-                communicator: world, mesh: chosen.mesh)
+                communicator: world, variant: chosen.variant)
             let outcome = try RunJob.execute(
                 prepared, files: files, outputGrad: backward.backward ? backward.source(problem) : nil, trace: profile, communicator: world)
             let (run, summary, figures) = (outcome.run, outcome.profile, outcome.figures)

@@ -35,6 +35,7 @@ struct VerifyCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
+        try compute.refuseForeignOptions(compute.strategy.named.map { [$0] })
         for (option, value) in [("--tolerance", tolerance), ("--reference-tolerance", referenceTolerance)] {
             guard value.isFinite, value >= 0 else {
                 throw ValidationError("\(option) is the largest error that passes, a finite number of 0 or more (got \(value)).")
@@ -54,7 +55,7 @@ struct VerifyCommand: ParsableCommand {
             if let line = AutoStrategy.choiceLine(chosen), !output.json { Session.say(world, line) }
             let prepared = try DistributedRun.prepare(
                 problem.source, strategy: chosen.name, mask: try problem.mask(world), compute: compute.configuration,
-                communicator: world, mesh: chosen.mesh, wholeKeyValues: true)
+                communicator: world, variant: chosen.variant, wholeKeyValues: true)
             if backward.backward { try BackwardRun.check(prepared, communicator: world) }
             DistributedRun.announce(prepared, communicator: world)
             let outcome = try VerifyJob.check(

@@ -47,7 +47,7 @@ struct StrategyCase: CustomStringConvertible, Sendable {
                 options: { _ in StrategyOptions(StarOptions(queries: 5, position: 40, everyRank: true)) }, optionsLabel: " (5 queries at 40, every rank)"),
             StrategyCase(
                 strategy: .mesh, tokens: 203, heads: 6, kvHeads: 2, headDim: 64, mask: .causal,
-                options: { StrategyOptions(MeshOptions(shape: (headGroup: $0, ring: 1))) }, optionsLabel: " Px1 (heads only, zigzag layout)"),
+                options: { StrategyOptions(MeshOptions(shape: MeshShape(headGroup: $0, ring: 1))) }, optionsLabel: " Px1 (heads only, zigzag layout)"),
         ]
     }()
 

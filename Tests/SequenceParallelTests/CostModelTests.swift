@@ -24,7 +24,7 @@ struct CostModelTests {
         #expect(predictions.count >= 2)
         #expect(predictions.allSatisfy { $0.seconds.isFinite && $0.seconds > 0 && $0.computeSeconds > 0 && $0.communicationSeconds >= -1e-12 })
         #expect(predictions.map(\.seconds) == predictions.map(\.seconds).sorted())
-        for p in predictions { if let mesh = p.mesh { #expect(mesh.headGroup * mesh.ring == ranks && mesh.headGroup <= 8) } }
+        for p in predictions { if let mesh = p.variant.flatMap(MeshShape.init(parsing:)) { #expect(mesh.headGroup * mesh.ring == ranks && mesh.headGroup <= 8) } }
         #expect(Set(predictions.map(\.strategy)).isSuperset(of: ranks <= 8 && ranks > 1 ? ["ring", "zigzag", "heads"] : ["ring", "zigzag"]))
     }
 
