@@ -1,6 +1,7 @@
 // The cluster config reader and the launch commands built from it, in one process (no MPI):
 // the shipped configs, the TOML subset round trip, the mpirun argument lists and Slurm scripts,
-// the exact message of every refusal, nesting of any depth, and rank counts that would overflow.
+// the exact message of every refusal, nesting of any depth, rank counts that would overflow, and
+// a fixed-seed fuzz of random mutants that must each give a plan or a message, never a trap.
 
 import ClusterConfig
 import Foundation
@@ -707,5 +708,100 @@ let badConfigs: [BadConfig] = [
             #expect(throws: ConfigError(file: local.file, line: nil, message)) { try LaunchPlan.mpirun(local, request, on: twoCores) }
             #expect(throws: ConfigError(file: slurm.file, line: nil, message)) { try LaunchPlan.slurmScript(slurm, request) }
         }
+    }
+}
+
+/// SplitMix64 (Steele, Lea and Flood): a fixed seed gives the same mutants on every machine.
+struct SplitMix64 {
+    var state: UInt64
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// 0 ..< n.
+    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+}
+
+/// Random mutants of valid configs: each is read and planned, and either gives a plan or a
+/// ConfigError naming the file; a trap would end the test process (issue 22: 19 of 640 did).
+@Suite struct MutantConfigs {
+    static let inserts: [String] = [
+        "[", "]", "{", "}", "\"", "'", "'''", "\"\"\"", "=", ",", ".", "#", "\n", "\r", "\t", "\u{0}", "\\u0000", "\\", "\u{7F}", "\u{9B}",
+        "9223372036854775807", "-9223372036854775808", "99999999999999999999", "16777217", "0", "-1", "1.5",
+        "::1", "[[host]]\n", "[slurm]\n", "[mpi.mca]\n", "slots = ", "nodes = 9223372036854775807\n",
+        String(repeating: "[", count: 50_000), String(repeating: "{a = ", count: 50_000), String(repeating: "a.", count: 50_000),
+        "é", "\u{FEFF}",
+    ]
+
+    static func seeds() throws -> [String] {
+        try shippedConfigs.map { try String(contentsOf: configFolder.appendingPathComponent("\($0).toml"), encoding: .utf8) } + [
+            "host = [{ name = \"a\", slots = 2 }, { name = \"b\", address = \"10.0.0.2\", slots = 1 }]\n[mpi]\nmca = { btl_tcp_links = 2, coll = '^hcoll' }\n",
+            "env = [\"A=1\",\n  'B',\n]\noversubscribe = true\nranks_per_node = 3\n[[host]]\nname = \"n1\"\nslots = 2\n",
+        ]
+    }
+
+    static func mutate(_ text: String, _ random: inout SplitMix64) -> [UInt8] {
+        var bytes = Array(text.utf8)
+        for _ in 0 ... random.below(3) {
+            let at = random.below(bytes.count + 1)
+            switch random.below(6) {
+            case 0 where at < bytes.count: bytes[at] ^= UInt8(1 << random.below(8))
+            case 1 where at < bytes.count: bytes.removeSubrange(at ..< min(bytes.count, at + 1 + random.below(16)))
+            case 2:
+                // Duplicate a line (a key or header twice).
+                var lines = bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+                let line = random.below(lines.count)
+                lines.insert(lines[line], at: random.below(lines.count + 1))
+                bytes = Array(lines.joined(separator: [UInt8(ascii: "\n")]))
+            case 3:
+                // A digit run becomes a huge number.
+                if let digit = bytes[at...].firstIndex(where: { (UInt8(ascii: "0") ... UInt8(ascii: "9")).contains($0) }) {
+                    bytes.insert(contentsOf: Array("9223372036854775807".utf8), at: digit)
+                }
+            default: bytes.insert(contentsOf: Array(inserts[random.below(inserts.count)].utf8), at: at)
+            }
+        }
+        return bytes
+    }
+
+    @Test func neverTrapAndAlwaysSaySomething() throws {
+        var random = SplitMix64(state: 22)
+        let seeds = try Self.seeds()
+        let strategies = StrategyName.allCases.map(\.rawValue)
+        let machine = LaunchMachine(isRoot: false, cores: 4, names: ["localhost"])
+        var (planned, refused) = (0, 0)
+        let clock = ContinuousClock()
+        let started = clock.now
+        for index in 0 ..< 600 {
+            let bytes = Self.mutate(seeds[index % seeds.count], &random)
+            let file = "mutant-\(index).toml"
+            do {
+                // What ClusterConfig.load does with the file's bytes.
+                guard let text = String(bytes: bytes, encoding: .utf8) else { refused += 1; continue }
+                let config = try ClusterConfig.parse(text, file: file, strategies: strategies)
+                if config.slurm != nil {
+                    _ = try LaunchPlan.slurmScript(config, LaunchRequest(binary: "/bin/seqpar", arguments: ["info"]))
+                } else {
+                    let plan = try LaunchPlan.mpirun(config, LaunchRequest(binary: "/bin/seqpar", arguments: ["run"], launchDirectory: "/L"), on: machine)
+                    // No argument of the command may carry a NUL into cluster-plan --null.
+                    #expect(!plan.command.contains { $0.unicodeScalars.contains("\u{0}") }, "\(file): \(plan.command)")
+                }
+                planned += 1
+            } catch let error as ConfigError {
+                #expect(error.file == file && !error.message.isEmpty, "\(file): \(error)")
+                refused += 1
+            } catch {
+                Issue.record("\(file): not a ConfigError: \(error)\n\(String(decoding: bytes.prefix(2000), as: UTF8.self))")
+            }
+        }
+        let elapsed = clock.now - started
+        #expect(planned + refused == 600)
+        #expect(planned > 0 && refused > 0, "\(planned) planned, \(refused) refused: the mutants should reach both")
+        #expect(elapsed < .seconds(20), "600 mutants took \(elapsed)")
     }
 }
