@@ -92,26 +92,38 @@ public struct ClusterConfig: Equatable, Sendable {
     public var namespaces: NetworkNamespaces?
     public var slurm: Slurm?
 
+    /// The most ranks, slots, nodes, tasks or threads a config (or a launch request) may name:
+    /// far beyond any job, and small enough that the sums and products the launch plan forms
+    /// from such counts stay far from Int's limit.
+    public static let maxCount = 1 << 24
+
     /// What `mpirun --bind-to` accepts.
     public static let bindings = ["none", "hwthread", "core", "l2cache", "l3cache", "socket", "numa", "board"]
 
     public init(file: String) { self.file = file }
 
     /// A host name (labels of letters, digits, '-' and '_', not starting or ending with '-',
-    /// joined by '.'), an IPv4 address, or an IPv6 address (hex digits, ':' and '.'). Host names go
-    /// into mpirun's host list and hostfile, where a space or a comma would mean something else.
+    /// joined by '.') or an IPv4 address. Host names go into mpirun's host list and hostfile,
+    /// where a space or a comma would mean something else. Not an IPv6 address (see
+    /// `isIPv6Address`).
     public static func isHostName(_ text: String) -> Bool {
         guard !text.isEmpty, text.utf8.count <= 253 else { return false }
-        let scalars = text.unicodeScalars
-        if scalars.contains(":") {
-            return scalars.allSatisfy { $0 == ":" || $0 == "." || ("0" ... "9").contains($0) || ("a" ... "f").contains($0) || ("A" ... "F").contains($0) }
-        }
         return text.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
             guard let first = label.unicodeScalars.first, let last = label.unicodeScalars.last, label.utf8.count <= 63,
                 first != "-", last != "-"
             else { return false }
             return label.unicodeScalars.allSatisfy { isWordCharacter($0) || $0 == "-" }
         }
+    }
+
+    /// Looks like an IPv6 address (hex digits, ':' and '.', with a ':'; or in [brackets]).
+    /// Open MPI's --host takes `host:slots` and its hostfile parser stops at ':' or '[', so
+    /// neither can name such a host (open-mpi/ompi#6656): a name or an IPv4 address must.
+    public static func isIPv6Address(_ text: String) -> Bool {
+        var scalars = Substring(text).unicodeScalars
+        if scalars.first == "[", scalars.last == "]" { scalars = scalars.dropFirst().dropLast() }
+        return scalars.contains(":")
+            && scalars.allSatisfy { $0 == ":" || $0 == "." || ("0" ... "9").contains($0) || ("a" ... "f").contains($0) || ("A" ... "F").contains($0) }
     }
 
     /// Letters, digits and '_' (ASCII).
@@ -155,20 +167,26 @@ public struct ClusterConfig: Equatable, Sendable {
                 throw ConfigError(file: file, line: table.line, "[[host]] '\(name)' has no slots; expected slots = N (how many ranks it may run, at least 1)")
             }
             guard slots >= 1 else { throw fields.error("slots", "host '\(name)' has slots = \(slots); expected at least 1") }
-            guard Self.isHostName(name) else {
-                throw fields.error("name", "host name '\(name)' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IP address")
-            }
+            guard slots <= Self.maxCount else { throw fields.error("slots", "host '\(name)' has slots = \(slots); expected at most \(Self.maxCount)") }
             let address = try fields.string("address")
+            if Self.isIPv6Address(address ?? name) {
+                throw fields.error(
+                    address == nil ? "name" : "address",
+                    "host '\(name)' is reached by the IPv6 address '\(address ?? name)', which Open MPI's --host and hostfile cannot take; expected a host name or an IPv4 address")
+            }
+            guard Self.isHostName(name) else {
+                throw fields.error("name", "host name '\(name)' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IPv4 address")
+            }
             if let address, !Self.isHostName(address) {
-                throw fields.error("address", "address '\(address)' of host '\(name)' is not a host name or IP address; expected e.g. 10.0.0.2 or node-01.cluster")
+                throw fields.error("address", "address '\(address)' of host '\(name)' is not a host name or IPv4 address; expected e.g. 10.0.0.2 or node-01.cluster")
             }
             if let other = hosts.first(where: { $0.name == name }) {
                 throw ConfigError(file: file, line: table.line, "host '\(name)' is already described on line \(other.line); expected each host once")
             }
             hosts.append(Host(name: name, address: address, slots: slots, line: table.line))
         }
-        ranksPerNode = try top.integer("ranks_per_node", atLeast: 1)
-        blasThreads = try top.integer("blas_threads", atLeast: 1) ?? 1
+        ranksPerNode = try top.integer("ranks_per_node", atLeast: 1, atMost: Self.maxCount)
+        blasThreads = try top.integer("blas_threads", atLeast: 1, atMost: Self.maxCount) ?? 1
         if let strategy = try top.string("strategy") {
             if let strategies, !strategies.contains(strategy) {
                 throw top.error("strategy", "unknown strategy '\(strategy)'; expected one of \(strategies.joined(separator: ", "))")
@@ -258,13 +276,13 @@ public struct ClusterConfig: Equatable, Sendable {
         let fields = try Fields(
             table, "[slurm]", file: file,
             keys: ["nodes", "ntasks_per_node", "cpus_per_task", "job_name", "partition", "account", "time", "launcher", "srun_mpi", "sbatch", "prologue"])
-        guard let nodes = try fields.integer("nodes", atLeast: 1) else {
+        guard let nodes = try fields.integer("nodes", atLeast: 1, atMost: maxCount) else {
             throw ConfigError(file: file, line: table.line, "[slurm] has no nodes; expected nodes = N (how many nodes to allocate)")
         }
         var slurm = Slurm(nodes: nodes)
         slurm.srunMPI = try fields.string("srun_mpi") ?? "pmix"
-        slurm.tasksPerNode = try fields.integer("ntasks_per_node", atLeast: 1)
-        slurm.cpusPerTask = try fields.integer("cpus_per_task", atLeast: 1)
+        slurm.tasksPerNode = try fields.integer("ntasks_per_node", atLeast: 1, atMost: maxCount)
+        slurm.cpusPerTask = try fields.integer("cpus_per_task", atLeast: 1, atMost: maxCount)
         slurm.jobName = try fields.string("job_name") ?? "seqpar"
         slurm.partition = try fields.string("partition")
         slurm.account = try fields.string("account")
@@ -326,11 +344,14 @@ struct Fields {
         return text
     }
 
-    func integer(_ key: String, atLeast minimum: Int? = nil) throws -> Int? {
+    func integer(_ key: String, atLeast minimum: Int? = nil, atMost maximum: Int? = nil) throws -> Int? {
         guard let entry = table[key] else { return nil }
         guard case .integer(let n) = entry.value else { throw wrongKind(entry, "an integer") }
         if let minimum, n < minimum {
             throw ConfigError(file: file, line: entry.line, "\(key) = \(n) in \(context); expected at least \(minimum)")
+        }
+        if let maximum, n > maximum {
+            throw ConfigError(file: file, line: entry.line, "\(key) = \(n) in \(context); expected at most \(maximum)")
         }
         return n
     }

@@ -107,14 +107,16 @@ public struct LaunchPlan: Equatable, Sendable {
         guard let slurm = config.slurm else {
             throw ConfigError(file: config.file, line: nil, "no [slurm] table; expected one (nodes, ntasks_per_node, …) to write a batch script")
         }
+        try checkRequest(config, request)
         let tasksPerNode = request.ranksPerNode ?? config.ranksPerNode ?? slurm.tasksPerNode ?? 1
-        let ranks = request.ranks ?? slurm.nodes * tasksPerNode
-        guard ranks <= slurm.nodes * tasksPerNode || config.oversubscribe else {
+        let capacity = saturatingProduct(slurm.nodes, tasksPerNode)
+        let ranks = try request.ranks ?? bounded(config, capacity, "\(slurm.nodes) node(s) x \(tasksPerNode) task(s)")
+        guard ranks <= capacity || config.oversubscribe else {
             throw ConfigError(
-                file: config.file, line: nil, "\(ranks) ranks do not fit \(slurm.nodes) node(s) x \(tasksPerNode) task(s); expected at most \(slurm.nodes * tasksPerNode)")
+                file: config.file, line: nil, "\(ranks) ranks do not fit \(slurm.nodes) node(s) x \(tasksPerNode) task(s); expected at most \(capacity)")
         }
         // Only the nodes the ranks need: --ranks 2 --ranks-per-node 2 is one node, whatever the config's count.
-        let nodes = ranks > slurm.nodes * tasksPerNode ? slurm.nodes : min(slurm.nodes, (ranks + tasksPerNode - 1) / tasksPerNode)
+        let nodes = ranks > capacity ? slurm.nodes : min(slurm.nodes, ranks / tasksPerNode + (ranks % tasksPerNode == 0 ? 0 : 1))
         let cpus = slurm.cpusPerTask ?? config.blasThreads
         var lines = [
             "#!/bin/bash",
@@ -178,22 +180,61 @@ public struct LaunchPlan: Equatable, Sendable {
 
     /// Rank count and ranks per node; refuses more ranks than slots unless the config oversubscribes.
     static func rankCount(_ config: ClusterConfig, _ request: LaunchRequest, nodes: Int, slots: [Int]) throws -> (Int, Int?) {
-        if let ranks = request.ranks, ranks < 1 { throw ConfigError(file: config.file, line: nil, "--ranks \(ranks): expected at least 1") }
+        try checkRequest(config, request)
         if let asked = request.ranksPerNode {
-            guard asked >= 1 else { throw ConfigError(file: config.file, line: nil, "--ranks-per-node \(asked): expected at least 1") }
             if !config.oversubscribe, let fewest = slots.min(), asked > fewest {
                 throw ConfigError(
                     file: config.file, line: nil, "--ranks-per-node \(asked) exceeds the \(fewest) slot(s) of a host; expected at most \(fewest), or oversubscribe = true")
             }
         }
         let perNode = request.ranksPerNode ?? config.ranksPerNode
-        let capacity = perNode.map { $0 * nodes } ?? slots.reduce(0, +)
-        let ranks = request.ranks ?? capacity
+        let capacity = perNode.map { saturatingProduct($0, nodes) } ?? saturatingSum(slots)
+        let origin = perNode.map { "\(nodes) host(s) x \($0) rank(s) per node" } ?? "the slots of \(nodes) host(s)"
+        let ranks = try request.ranks ?? bounded(config, capacity, origin)
         if ranks > capacity, !config.oversubscribe {
             let what = perNode.map { "\(nodes) host(s) x \($0) rank(s) per node" } ?? "the \(capacity) slot(s) of \(nodes) host(s)"
             throw ConfigError(file: config.file, line: nil, "\(ranks) ranks exceed \(what); expected at most \(capacity), more slots, or oversubscribe = true")
         }
         return (ranks, perNode)
+    }
+
+    /// --ranks and --ranks-per-node: at least 1, at most `ClusterConfig.maxCount`.
+    static func checkRequest(_ config: ClusterConfig, _ request: LaunchRequest) throws {
+        for (option, value) in [("--ranks", request.ranks), ("--ranks-per-node", request.ranksPerNode)] {
+            guard let value else { continue }
+            guard value >= 1 else { throw ConfigError(file: config.file, line: nil, "\(option) \(value): expected at least 1") }
+            guard value <= ClusterConfig.maxCount else {
+                throw ConfigError(file: config.file, line: nil, "\(option) \(value): expected at most \(ClusterConfig.maxCount)")
+            }
+        }
+    }
+
+    /// `a` x `b`, or Int.max where that overflows (the config's counts are bounded when read,
+    /// but a config built in code need not be).
+    static func saturatingProduct(_ a: Int, _ b: Int) -> Int {
+        let (product, overflow) = a.multipliedReportingOverflow(by: b)
+        return overflow ? .max : product
+    }
+
+    /// The sum of `counts`, or Int.max where that overflows.
+    static func saturatingSum(_ counts: [Int]) -> Int {
+        var sum = 0
+        for count in counts {
+            let (next, overflow) = sum.addingReportingOverflow(count)
+            if overflow { return .max }
+            sum = next
+        }
+        return sum
+    }
+
+    /// `ranks` when at most `ClusterConfig.maxCount`; `what` says where a default count came from.
+    static func bounded(_ config: ClusterConfig, _ ranks: Int, _ what: String) throws -> Int {
+        guard ranks <= ClusterConfig.maxCount else {
+            let count = ranks == .max ? "more than \(Int.max)" : String(ranks)
+            throw ConfigError(
+                file: config.file, line: nil, "\(what) make \(count) ranks; expected at most \(ClusterConfig.maxCount) in all (or fewer with --ranks)")
+        }
+        return ranks
     }
 
     static func mcaArguments(_ mpi: ClusterConfig.MPI, rshAgent: String?) -> [ClusterConfig.MCAParameter] {

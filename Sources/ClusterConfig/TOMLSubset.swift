@@ -1,9 +1,13 @@
 // The small part of TOML that cluster configs use, parsed with line numbers so that every error
 // names the file and line. Supported: `# comments`, `key = value`, `[table]` and `[a.b]` headers,
-// `[[array-of-tables]]` headers, "basic strings" (escapes \" \\ \n \t \r \uXXXX), 'literal strings',
+// `[[array-of-tables]]` headers, "basic strings" (escapes \" \\ \uXXXX), 'literal strings',
 // integers, true/false, arrays (may span lines, trailing comma allowed) and { inline tables }.
 // Deliberately not supported, each refused with a message: floats, dates, multi-line strings,
-// dotted keys on the left of `=`. cluster-configs/README.md documents the same subset.
+// dotted keys on the left of `=`. Refused too, because config values become command-line
+// arguments and script lines: control characters (U+0000-U+001F, U+007F-U+009F: tab and line
+// breaks, raw or as \t \n \r \uXXXX escapes) in any string or key; and arrays or inline tables
+// nested deeper than `TOML.maxDepth`, checked before the parser recurses, so no input can exhaust
+// the stack. cluster-configs/README.md documents the same subset.
 
 /// A value and where it was written.
 public indirect enum TOMLValue: Equatable, Sendable {
@@ -102,6 +106,11 @@ public struct ConfigError: Error, Equatable, CustomStringConvertible, Sendable {
 }
 
 public enum TOML {
+    /// How deep arrays and inline tables may nest in a value, and how many keys a `[header]` may
+    /// name: far more than a config needs (it nests two deep), few enough that the recursive
+    /// parser and the values' own recursive code (==, rendering, deinit) stay shallow.
+    public static let maxDepth = 32
+
     /// Parses `text` (the contents of `file`, which only names it in errors).
     public static func parse(_ text: String, file: String) throws -> TOMLTable {
         var parser = Parser(text: text, file: file)
@@ -149,6 +158,8 @@ private struct Parser {
     let file: String
     var position = 0
     var line = 1
+    /// Arrays and inline tables open around the value being read.
+    var depth = 0
 
     init(text: String, file: String) {
         scalars = Array(text.unicodeScalars)
@@ -166,7 +177,37 @@ private struct Parser {
     func describeCurrent() -> String {
         guard let c = current else { return "the end of the file" }
         if c == "\n" { return "the end of the line" }
+        if Self.isControl(c) { return "the control character \(Self.codePoint(c))" }
         return "'\(Character(c))'"
+    }
+
+    /// C0 and C1 control characters and DEL: in an mpirun argument a NUL would split it in
+    /// two where arguments travel NUL-separated (cluster-plan --null), a line break would start
+    /// a new line of a batch script, and the others hide what a terminal shows.
+    static func isControl(_ c: Unicode.Scalar) -> Bool { c.properties.generalCategory == .control }
+
+    /// U+0000 (NUL), U+0009 (tab), U+001B: how a message names a character it cannot show.
+    static func codePoint(_ c: Unicode.Scalar) -> String {
+        let hex = String(c.value, radix: 16, uppercase: true)
+        let names: [UInt32: String] = [0: "NUL", 9: "tab", 0xA: "line feed", 0xD: "carriage return", 0x1B: "escape", 0x7F: "delete"]
+        return "U+" + String(repeating: "0", count: max(0, 4 - hex.count)) + hex + (names[c.value].map { " (\($0))" } ?? "")
+    }
+
+    /// Refuses a decoded string or key holding a control character, on the line it starts.
+    func checkNoControl(_ text: String.UnicodeScalarView, _ what: String, line: Int) throws {
+        guard let c = text.first(where: Self.isControl) else { return }
+        throw error("\(what) may not hold the control character \(Self.codePoint(c)): config values become command-line arguments and script lines", line: line)
+    }
+
+    /// Counts one more level of nesting around `body`, refusing it past `TOML.maxDepth`
+    /// before anything recurses.
+    mutating func nested<T>(_ body: (inout Parser) throws -> T) throws -> T {
+        guard depth < TOML.maxDepth else {
+            throw error("arrays and inline tables nest more than \(TOML.maxDepth) deep here; expected at most \(TOML.maxDepth) (a cluster config needs two)")
+        }
+        depth += 1
+        defer { depth -= 1 }
+        return try body(&self)
     }
 
     mutating func skipSpaces() {
@@ -237,6 +278,10 @@ private struct Parser {
         var keys: [String] = []
         repeat {
             if !keys.isEmpty { position += 1 }
+            // open() and insert() recurse once per key.
+            guard keys.count < TOML.maxDepth else {
+                throw error("the table header names more than \(TOML.maxDepth) keys; expected at most \(TOML.maxDepth) (a cluster config needs two)")
+            }
             skipSpaces()
             keys.append(try key())
             skipSpaces()
@@ -245,8 +290,8 @@ private struct Parser {
     }
 
     mutating func key() throws -> String {
-        if current == "\"" { return try basicString() }
-        if current == "'" { return try literalString() }
+        if current == "\"" { return try basicString(what: "a key") }
+        if current == "'" { return try literalString(what: "a key") }
         let start = position
         while let c = current, Self.isBareKey(c) { position += 1 }
         guard position > start else { throw error("expected a key (letters, digits, '_' or '-', or a quoted key), found \(describeCurrent())") }
@@ -331,14 +376,14 @@ private struct Parser {
     mutating func value() throws -> TOMLValue {
         guard let c = current else { throw error("expected a value after '=', found the end of the file") }
         switch c {
-        case "\"":
-            if position + 2 < scalars.count, scalars[position + 1] == "\"", scalars[position + 2] == "\"" {
-                throw error("multi-line strings (\"\"\") are not part of this format")
+        case "\"", "'":
+            if position + 2 < scalars.count, scalars[position + 1] == c, scalars[position + 2] == c {
+                let quotes = String(repeating: Character(c), count: 3)
+                throw error("multi-line strings (\(quotes)…\(quotes)) are not supported in a cluster config; write the value on one line, in \"…\" or '…'")
             }
-            return .string(try basicString())
-        case "'": return .string(try literalString())
-        case "[": return try array()
-        case "{": return try inlineTable()
+            return .string(c == "'" ? try literalString(what: "a string") : try basicString(what: "a string"))
+        case "[": return try nested { try $0.array() }
+        case "{": return try nested { try $0.inlineTable() }
         case "t", "f":
             for word in ["true", "false"] where matches(word) {
                 position += word.unicodeScalars.count
@@ -368,18 +413,27 @@ private struct Parser {
         if let c = current, Self.isBareKey(c) || c == ":" {
             throw error("expected an integer, found '\(String(String.UnicodeScalarView(scalars[start ... position])))…' (quote text: \"…\")")
         }
-        guard let n = Int(text) else { throw error("expected an integer, found '\(text)'") }
+        guard let n = Int(text) else {
+            if text.unicodeScalars.contains(where: { ("0" ... "9").contains($0) }) {
+                throw error("the integer \(text) is out of range; expected one from \(Int.min) to \(Int.max)")
+            }
+            throw error("expected an integer, found '\(text)'")
+        }
         return .integer(n)
     }
 
-    mutating func basicString() throws -> String {
+    /// `what`: "a string" or "a key", for messages.
+    mutating func basicString(what: String) throws -> String {
         let startLine = line
         position += 1
         var out = String.UnicodeScalarView()
         while true {
             guard let c = current, c != "\n" else { throw error("unterminated string: expected a closing '\"' on this line", line: startLine) }
             position += 1
-            if c == "\"" { return String(out) }
+            if c == "\"" {
+                try checkNoControl(out, what, line: startLine)
+                return String(out)
+            }
             guard c == "\\" else { out.append(c); continue }
             guard let e = current else { continue }
             position += 1
@@ -391,7 +445,7 @@ private struct Parser {
             case "r": out.append("\r")
             case "u":
                 let digits = position + 4 <= scalars.count ? String(String.UnicodeScalarView(scalars[position ..< position + 4])) : ""
-                guard let code = UInt32(digits, radix: 16), let scalar = Unicode.Scalar(code) else {
+                guard digits.unicodeScalars.allSatisfy(\.properties.isASCIIHexDigit), let code = UInt32(digits, radix: 16), let scalar = Unicode.Scalar(code) else {
                     throw error("expected four hex digits after \\u in a string")
                 }
                 position += 4
@@ -401,7 +455,7 @@ private struct Parser {
         }
     }
 
-    mutating func literalString() throws -> String {
+    mutating func literalString(what: String) throws -> String {
         let startLine = line
         position += 1
         let start = position
@@ -410,8 +464,10 @@ private struct Parser {
             position += 1
         }
         guard current == "'" else { throw error("unterminated string: expected a closing \"'\" on this line", line: startLine) }
-        defer { position += 1 }
-        return String(String.UnicodeScalarView(scalars[start ..< position]))
+        let text = String.UnicodeScalarView(scalars[start ..< position])
+        try checkNoControl(text, what, line: startLine)
+        position += 1
+        return String(text)
     }
 
     mutating func array() throws -> TOMLValue {

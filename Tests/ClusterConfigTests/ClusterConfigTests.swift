@@ -1,6 +1,7 @@
 // The cluster config reader and the launch commands built from it, in one process (no MPI):
 // the shipped configs, the TOML subset round trip, the mpirun argument lists and Slurm scripts,
-// and the exact message of every refusal.
+// the exact message of every refusal, nesting of any depth, rank counts that would overflow, and
+// a fixed-seed fuzz of random mutants that must each give a plan or a message, never a trap.
 
 import ClusterConfig
 import Foundation
@@ -84,7 +85,7 @@ func shipped(_ name: String) throws -> ClusterConfig {
         let document = try TOML.parse(
             #"""
             # comment
-            a = "tab\tquote\" backslash\\ \u00e9"   # trailing comment
+            a = "quote\" backslash\\ \u00e9"   # trailing comment
             b = 'C:\path\no escapes'
             c = -1_000
             d = true
@@ -100,7 +101,7 @@ func shipped(_ name: String) throws -> ClusterConfig {
             [[list]]
             n = 2
             """#, file: "kinds.toml")
-        #expect(document["a"]?.value == .string("tab\tquote\" backslash\\ é"))
+        #expect(document["a"]?.value == .string("quote\" backslash\\ é"))
         #expect(document["b"]?.value == .string(#"C:\path\no escapes"#))
         #expect(document["c"]?.value == .integer(-1000))
         #expect(document["d"]?.value == .boolean(true))
@@ -130,10 +131,16 @@ func shipped(_ name: String) throws -> ClusterConfig {
     }
 
     @Test func renderedStringsComeBack() throws {
-        let awkward = "quote \" backslash \\ newline \n tab \t bell \u{7}"
+        let awkward = "quote \" backslash \\ apostrophe ' hash # é ∑ 🙂"
         var table = TOMLTable(line: 1)
         table.entries = [TOMLEntry(key: "odd key", value: .string(awkward), line: 1)]
         #expect(try TOML.parse(table.rendered(), file: "r")["odd key"]?.value == .string(awkward))
+        // A control character is rendered as an escape, and refused when read back.
+        table.entries = [TOMLEntry(key: "k", value: .string("bell \u{7}"), line: 1)]
+        #expect(table.rendered() == "k = \"bell \\u0007\"\n")
+        #expect(throws: ConfigError(file: "r", line: 1, "a string may not hold the control character U+0007: config values become command-line arguments and script lines")) {
+            try TOML.parse(table.rendered(), file: "r")
+        }
     }
 }
 
@@ -431,19 +438,100 @@ let badConfigs: [BadConfig] = [
         message: "bad.toml:5: MCA parameter name 'x;touch /tmp/pwned;y' in [mpi.mca] is not a name; expected letters, digits and '_' only (e.g. btl_tcp_if_include)"),
     BadConfig(
         what: "host name with a space", text: "[[host]]\nname = \"a b\"\nslots = 1\n",
-        message: "bad.toml:2: host name 'a b' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IP address"),
+        message: "bad.toml:2: host name 'a b' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IPv4 address"),
     BadConfig(
         what: "host address with a comma", text: "[[host]]\nname = \"a\"\naddress = \"10.0.0.1,evil:4\"\nslots = 1\n",
-        message: "bad.toml:3: address '10.0.0.1,evil:4' of host 'a' is not a host name or IP address; expected e.g. 10.0.0.2 or node-01.cluster"),
+        message: "bad.toml:3: address '10.0.0.1,evil:4' of host 'a' is not a host name or IPv4 address; expected e.g. 10.0.0.2 or node-01.cluster"),
     BadConfig(
         what: "host name starting with a dash", text: "[[host]]\nname = \"-x\"\nslots = 1\n",
-        message: "bad.toml:2: host name '-x' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IP address"),
+        message: "bad.toml:2: host name '-x' is not a host name; expected letters, digits, '-', '_' and '.' (e.g. node-01.cluster), or an IPv4 address"),
     BadConfig(
         what: "slurm partition of two words", text: "[slurm]\nnodes = 1\npartition = \"cpu --wrap=x\"\n",
         message: "bad.toml:3: partition = 'cpu --wrap=x' in [slurm]; expected one word of letters, digits and _ . , : + @ % - (it is written into an #SBATCH line)"),
     BadConfig(
         what: "table where a value is", text: "mpi = \"tcp\"\n" + host,
         message: "bad.toml:1: 'mpi' in the top level is a string; expected a table ([mpi] or { … })"),
+    // Counts far beyond any job: refused when read, before any arithmetic on them (issue 22).
+    BadConfig(
+        what: "slots beyond any job beside a second host", text: "[[host]]\nname = \"a\"\nslots = 9223372036854775807\n[[host]]\nname = \"b\"\nslots = 1\n",
+        message: "bad.toml:3: host 'a' has slots = 9223372036854775807; expected at most 16777216"),
+    BadConfig(
+        what: "slurm nodes beyond any job", text: "[slurm]\nnodes = 9223372036854775807\nntasks_per_node = 2\n",
+        message: "bad.toml:2: nodes = 9223372036854775807 in [slurm]; expected at most 16777216"),
+    BadConfig(
+        what: "slurm tasks per node beyond any job", text: "[slurm]\nnodes = 2\nntasks_per_node = 9223372036854775807\n",
+        message: "bad.toml:3: ntasks_per_node = 9223372036854775807 in [slurm]; expected at most 16777216"),
+    BadConfig(
+        what: "slurm cpus per task beyond any job", text: "[slurm]\nnodes = 2\ncpus_per_task = 16777217\n",
+        message: "bad.toml:3: cpus_per_task = 16777217 in [slurm]; expected at most 16777216"),
+    BadConfig(
+        what: "ranks per node beyond any job", text: "oversubscribe = true\nranks_per_node = 9223372036854775807\n" + host,
+        message: "bad.toml:2: ranks_per_node = 9223372036854775807 in the top level; expected at most 16777216"),
+    BadConfig(
+        what: "BLAS threads beyond any job", text: "blas_threads = 16777217\n" + host,
+        message: "bad.toml:1: blas_threads = 16777217 in the top level; expected at most 16777216"),
+    BadConfig(
+        what: "integer beyond Int", text: "blas_threads = 99_999_999_999_999_999_999\n" + host,
+        message: "bad.toml:1: the integer 99999999999999999999 is out of range; expected one from -9223372036854775808 to 9223372036854775807"),
+    // Control characters, escaped or raw, in every kind of string and in keys (issue 22: NULs
+    // became extra mpirun arguments in cluster-plan --null).
+    BadConfig(
+        what: "NUL escapes that would split an MCA value into mpirun arguments",
+        text: host + "[mpi.mca]\nbtl_tcp_links = \"1\\u0000--mca\\u0000plm_rsh_agent\\u0000evil\"\n",
+        message: "bad.toml:5: a string may not hold the control character U+0000 (NUL): config values become command-line arguments and script lines"),
+    BadConfig(
+        what: "raw NUL in a string", text: host + "[mpi]\nbtl = \"tcp\u{0}self\"\n",
+        message: "bad.toml:5: a string may not hold the control character U+0000 (NUL): config values become command-line arguments and script lines"),
+    BadConfig(
+        what: "raw NUL in a literal string", text: "strategy = 'ring\u{0}'\n" + host,
+        message: "bad.toml:1: a string may not hold the control character U+0000 (NUL): config values become command-line arguments and script lines"),
+    BadConfig(
+        what: "raw NUL after a value", text: "blas_threads = 1\u{0}\n" + host,
+        message: "bad.toml:1: expected the end of the line after the value, found the control character U+0000 (NUL)"),
+    BadConfig(
+        what: "newline escape in an mpirun argument", text: host + "[mpi]\nargs = [\"--x\",\n  \"a\\nb\"]\n",
+        message: "bad.toml:6: a string may not hold the control character U+000A (line feed): config values become command-line arguments and script lines"),
+    BadConfig(
+        what: "tab escape in an environment value", text: "env = [\"A=b\\tc\"]\n" + host,
+        message: "bad.toml:1: a string may not hold the control character U+0009 (tab): config values become command-line arguments and script lines"),
+    BadConfig(
+        what: "raw tab in a string", text: "strategy = \"ring\tx\"\n" + host,
+        message: "bad.toml:1: a string may not hold the control character U+0009 (tab): config values become command-line arguments and script lines"),
+    BadConfig(
+        what: "raw carriage return in a string", text: "strategy = \"ri\rng\"\n" + host,
+        message: "bad.toml:1: a string may not hold the control character U+000D (carriage return): config values become command-line arguments and script lines"),
+    BadConfig(
+        what: "DEL in a prologue line", text: "[slurm]\nnodes = 1\nprologue = [\"echo \\u007f\"]\n",
+        message: "bad.toml:3: a string may not hold the control character U+007F (delete): config values become command-line arguments and script lines"),
+    BadConfig(
+        what: "raw C1 control in a job name", text: "[slurm]\nnodes = 1\njob_name = \"x\u{9B}y\"\n",
+        message: "bad.toml:3: a string may not hold the control character U+009B: config values become command-line arguments and script lines"),
+    BadConfig(
+        what: "escape character in a quoted key", text: host + "[mpi.mca]\n\"a\\u001bb\" = 1\n",
+        message: "bad.toml:5: a key may not hold the control character U+001B (escape): config values become command-line arguments and script lines"),
+    BadConfig(
+        what: "\\u escape with a sign", text: "strategy = \"\\u+041\"\n" + host,
+        message: "bad.toml:1: expected four hex digits after \\u in a string"),
+    // Multi-line strings, wherever a value goes.
+    BadConfig(
+        what: "multi-line literal string", text: "strategy = '''ring'''\n" + host,
+        message: "bad.toml:1: multi-line strings ('''…''') are not supported in a cluster config; write the value on one line, in \"…\" or '…'"),
+    BadConfig(
+        what: "multi-line basic string in an array", text: "env = [\"\"\"A\"\"\"]\n" + host,
+        message: "bad.toml:1: multi-line strings (\"\"\"…\"\"\") are not supported in a cluster config; write the value on one line, in \"…\" or '…'"),
+    BadConfig(
+        what: "multi-line string over lines", text: "[slurm]\nnodes = 1\nprologue = ['''\nmodule load openmpi\n''']\n",
+        message: "bad.toml:3: multi-line strings ('''…''') are not supported in a cluster config; write the value on one line, in \"…\" or '…'"),
+    // IPv6 addresses: Open MPI's --host (host:slots) and hostfile cannot take them.
+    BadConfig(
+        what: "IPv6 address", text: "[[host]]\nname = \"a\"\naddress = \"::1\"\nslots = 2\n",
+        message: "bad.toml:3: host 'a' is reached by the IPv6 address '::1', which Open MPI's --host and hostfile cannot take; expected a host name or an IPv4 address"),
+    BadConfig(
+        what: "bracketed IPv6 address", text: "[[host]]\nname = \"a\"\naddress = \"[fe80::1]\"\nslots = 2\n",
+        message: "bad.toml:3: host 'a' is reached by the IPv6 address '[fe80::1]', which Open MPI's --host and hostfile cannot take; expected a host name or an IPv4 address"),
+    BadConfig(
+        what: "IPv6 address as the host name", text: "[[host]]\nname = \"fe80::1\"\nslots = 2\n",
+        message: "bad.toml:2: host 'fe80::1' is reached by the IPv6 address 'fe80::1', which Open MPI's --host and hostfile cannot take; expected a host name or an IPv4 address"),
 ]
 
 @Suite struct RefusedConfigs {
@@ -468,11 +556,14 @@ let badConfigs: [BadConfig] = [
 
 @Suite struct ScriptSafety {
     @Test func hostNameGrammar() {
-        for good in ["a", "node-01", "node-01.cluster.example", "seqpar-h1", "10.0.0.2", "::1", "fe80::1", "n_1"] {
-            #expect(ClusterConfig.isHostName(good), "\(good)")
+        for good in ["a", "node-01", "node-01.cluster.example", "seqpar-h1", "10.0.0.2", "n_1"] {
+            #expect(ClusterConfig.isHostName(good) && !ClusterConfig.isIPv6Address(good), "\(good)")
         }
-        for bad in ["", "a b", "a,b", "a;b", "-a", "a-", "a..b", "a\nb", "$(x)", "a:b:c;d", "a/b"] {
+        for bad in ["", "a b", "a,b", "a;b", "-a", "a-", "a..b", "a\nb", "$(x)", "a:b:c;d", "a/b", "::1", "fe80::1", "[::1]", "a:2"] {
             #expect(!ClusterConfig.isHostName(bad), "\(bad)")
+        }
+        for ipv6 in ["::1", "fe80::1", "[::1]", "2620:10d:c083:150e::3000:1", "::ffff:10.0.0.1"] {
+            #expect(ClusterConfig.isIPv6Address(ipv6), "\(ipv6)")
         }
     }
 
@@ -491,5 +582,226 @@ let badConfigs: [BadConfig] = [
         var config = try ClusterConfig.parse("[slurm]\nnodes = 1\n", file: "x.toml")
         config.mpi.mca = [ClusterConfig.MCAParameter(name: "x;touch /tmp/seqpar-pwned;y", value: "1")]
         #expect(throws: ConfigError.self) { try LaunchPlan.slurmScript(config, LaunchRequest(binary: "/bin/seqpar", arguments: ["info"])) }
+    }
+}
+
+/// Nesting of any depth is refused before the parser recurses (issue 22: 50,000 deep overflowed
+/// the stack, SIGSEGV; 10,000 deep only fitted in it).
+@Suite struct DeepNesting {
+    static let tooDeep = "arrays and inline tables nest more than 32 deep here; expected at most 32 (a cluster config needs two)"
+    static let longHeader = "the table header names more than 32 keys; expected at most 32 (a cluster config needs two)"
+
+    @Test(arguments: [33, 50_000, 1_000_000])
+    func arrays(_ depth: Int) {
+        let text = "x = " + String(repeating: "[", count: depth) + String(repeating: "]", count: depth) + "\n"
+        #expect(throws: ConfigError(file: "deep.toml", line: 1, Self.tooDeep)) { try TOML.parse(text, file: "deep.toml") }
+    }
+
+    @Test(arguments: [33, 50_000, 1_000_000])
+    func inlineTables(_ depth: Int) {
+        let text = "x = " + String(repeating: "{a = ", count: depth) + "1" + String(repeating: "}", count: depth) + "\n"
+        #expect(throws: ConfigError(file: "deep.toml", line: 1, Self.tooDeep)) { try TOML.parse(text, file: "deep.toml") }
+    }
+
+    @Test(arguments: [33, 50_000, 1_000_000])
+    func arraysAndTablesInTurn(_ depth: Int) {
+        let text = "host = " + String(repeating: "[{a = ", count: depth / 2 + 1)
+        #expect(throws: ConfigError(file: "deep.toml", line: 1, Self.tooDeep)) { try ClusterConfig.parse(text, file: "deep.toml") }
+    }
+
+    /// One bracket a line: the line named is the one where the limit is passed.
+    @Test func overLines() {
+        let text = "x = " + String(repeating: "[\n", count: 50_000)
+        #expect(throws: ConfigError(file: "deep.toml", line: 33, Self.tooDeep)) { try TOML.parse(text, file: "deep.toml") }
+    }
+
+    @Test(arguments: [33, 50_000, 1_000_000])
+    func headers(_ keys: Int) {
+        let path = Array(repeating: "a", count: keys).joined(separator: ".")
+        #expect(throws: ConfigError(file: "deep.toml", line: 2, Self.longHeader)) { try TOML.parse("# c\n[\(path)]\n", file: "deep.toml") }
+        #expect(throws: ConfigError(file: "deep.toml", line: 1, Self.longHeader)) { try TOML.parse("[[\(path)]]\n", file: "deep.toml") }
+    }
+
+    @Test func thirtyTwoDeepIsRead() throws {
+        let arrays = try TOML.parse("x = " + String(repeating: "[", count: 32) + String(repeating: "]", count: 32), file: "d")
+        var value = try #require(arrays["x"]?.value)
+        for _ in 1 ..< 32 {
+            guard case .array(let inner) = value, inner.count == 1 else { Issue.record("not 32 arrays deep: \(value)"); return }
+            value = inner[0]
+        }
+        #expect(value == .array([]))
+        let tables = try TOML.parse("x = " + String(repeating: "{a = ", count: 32) + "1" + String(repeating: "}", count: 32), file: "d")
+        #expect(try TOML.parse(tables.rendered(), file: "rendered") == tables)
+        let path = Array(repeating: "a", count: 32).joined(separator: ".")
+        #expect(try TOML.parse("[\(path)]\nb = 1\n", file: "d").rendered().hasSuffix("[\(path)]\nb = 1\n"))
+    }
+}
+
+/// Rank counts whose arithmetic would overflow are refused with a message (issue 22: slots =
+/// Int.max beside a second host trapped in LaunchPlan). Counts read from a file are bounded
+/// when read (RefusedConfigs); these come from a config made in code, or from the request.
+@Suite struct RankArithmetic {
+    let binary = "/bin/seqpar"
+    static let limit = ClusterConfig.maxCount
+
+    func hosts(_ slots: [Int], ranksPerNode: Int? = nil, oversubscribe: Bool = false) -> ClusterConfig {
+        var config = ClusterConfig(file: "code.toml")
+        config.hosts = slots.enumerated().map { ClusterConfig.Host(name: "h\($0.offset)", slots: $0.element) }
+        (config.ranksPerNode, config.oversubscribe) = (ranksPerNode, oversubscribe)
+        return config
+    }
+
+    func slurm(nodes: Int, tasksPerNode: Int) throws -> ClusterConfig {
+        var config = try ClusterConfig.parse("[slurm]\nnodes = 1\n", file: "code.toml")
+        config.slurm?.nodes = nodes
+        config.slurm?.tasksPerNode = tasksPerNode
+        return config
+    }
+
+    @Test func slotsThatOverflowTheirSum() throws {
+        let config = hosts([.max, 2])
+        let message = "the slots of 2 host(s) make more than \(Int.max) ranks; expected at most \(Self.limit) in all (or fewer with --ranks)"
+        #expect(throws: ConfigError(file: "code.toml", line: nil, message)) { try LaunchPlan.mpirun(config, LaunchRequest(binary: binary), on: twoCores) }
+        let four = try LaunchPlan.mpirun(config, LaunchRequest(ranks: 4, binary: binary), on: twoCores)
+        #expect(four.ranks == 4 && four.command.contains("h0:\(Int.max),h1:2"), "\(four.command)")
+    }
+
+    @Test func slotsWithinBoundsWhoseSumIsTooMany() throws {
+        let text = "[[host]]\nname = \"a\"\nslots = 16777216\n[[host]]\nname = \"b\"\nslots = 16777216\n"
+        let config = try ClusterConfig.parse(text, file: "big.toml")
+        let message = "the slots of 2 host(s) make 33554432 ranks; expected at most \(Self.limit) in all (or fewer with --ranks)"
+        #expect(throws: ConfigError(file: "big.toml", line: nil, message)) { try LaunchPlan.mpirun(config, LaunchRequest(binary: binary), on: twoCores) }
+        #expect(try LaunchPlan.mpirun(config, LaunchRequest(ranks: 8, binary: binary), on: twoCores).ranks == 8)
+    }
+
+    @Test func ranksPerNodeThatOverflowsTheProduct() throws {
+        let config = hosts([1, 1], ranksPerNode: .max, oversubscribe: true)
+        let message = "2 host(s) x \(Int.max) rank(s) per node make more than \(Int.max) ranks; expected at most \(Self.limit) in all (or fewer with --ranks)"
+        #expect(throws: ConfigError(file: "code.toml", line: nil, message)) { try LaunchPlan.mpirun(config, LaunchRequest(binary: binary), on: twoCores) }
+    }
+
+    @Test func slurmNodesTimesTasks() throws {
+        let message = "\(Int.max) node(s) x 2 task(s) make more than \(Int.max) ranks; expected at most \(Self.limit) in all (or fewer with --ranks)"
+        #expect(throws: ConfigError(file: "code.toml", line: nil, message)) {
+            try LaunchPlan.slurmScript(try slurm(nodes: .max, tasksPerNode: 2), LaunchRequest(binary: binary))
+        }
+        // Both at the bound: read from a file, too many in all, and fine with --ranks.
+        let config = try ClusterConfig.parse("[slurm]\nnodes = 16777216\nntasks_per_node = 16777216\n", file: "s.toml")
+        #expect(
+            throws: ConfigError(
+                file: "s.toml", line: nil, "16777216 node(s) x 16777216 task(s) make 281474976710656 ranks; expected at most \(Self.limit) in all (or fewer with --ranks)")
+        ) {
+            try LaunchPlan.slurmScript(config, LaunchRequest(binary: binary))
+        }
+        let script = try LaunchPlan.slurmScript(config, LaunchRequest(ranks: 4, binary: binary, arguments: ["info"]))
+        #expect(script.contains("#SBATCH --nodes=1\n#SBATCH --ntasks=4\n#SBATCH --ntasks-per-node=16777216\n"), "\(script)")
+        // Ranks that need every node of a huge per-node count: no overflow in the rounding up.
+        let wide = try LaunchPlan.slurmScript(slurm(nodes: 3, tasksPerNode: .max), LaunchRequest(ranks: 5, binary: binary))
+        #expect(wide.contains("#SBATCH --nodes=1\n"), "\(wide)")
+    }
+
+    @Test func requestsBeyondAnyJob() throws {
+        let local = try shipped("local")
+        let slurm = try shipped("slurm")
+        for (request, option) in [(LaunchRequest(ranks: .max, binary: binary), "--ranks"), (LaunchRequest(ranksPerNode: .max, binary: binary), "--ranks-per-node")] {
+            let message = "\(option) \(Int.max): expected at most \(Self.limit)"
+            #expect(throws: ConfigError(file: local.file, line: nil, message)) { try LaunchPlan.mpirun(local, request, on: twoCores) }
+            #expect(throws: ConfigError(file: slurm.file, line: nil, message)) { try LaunchPlan.slurmScript(slurm, request) }
+        }
+    }
+}
+
+/// SplitMix64 (Steele, Lea and Flood): a fixed seed gives the same mutants on every machine.
+struct SplitMix64 {
+    var state: UInt64
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// 0 ..< n.
+    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+}
+
+/// Random mutants of valid configs: each is read and planned, and either gives a plan or a
+/// ConfigError naming the file; a trap would end the test process (issue 22: 19 of 640 did).
+@Suite struct MutantConfigs {
+    static let inserts: [String] = [
+        "[", "]", "{", "}", "\"", "'", "'''", "\"\"\"", "=", ",", ".", "#", "\n", "\r", "\t", "\u{0}", "\\u0000", "\\", "\u{7F}", "\u{9B}",
+        "9223372036854775807", "-9223372036854775808", "99999999999999999999", "16777217", "0", "-1", "1.5",
+        "::1", "[[host]]\n", "[slurm]\n", "[mpi.mca]\n", "slots = ", "nodes = 9223372036854775807\n",
+        String(repeating: "[", count: 50_000), String(repeating: "{a = ", count: 50_000), String(repeating: "a.", count: 50_000),
+        "é", "\u{FEFF}",
+    ]
+
+    static func seeds() throws -> [String] {
+        try shippedConfigs.map { try String(contentsOf: configFolder.appendingPathComponent("\($0).toml"), encoding: .utf8) } + [
+            "host = [{ name = \"a\", slots = 2 }, { name = \"b\", address = \"10.0.0.2\", slots = 1 }]\n[mpi]\nmca = { btl_tcp_links = 2, coll = '^hcoll' }\n",
+            "env = [\"A=1\",\n  'B',\n]\noversubscribe = true\nranks_per_node = 3\n[[host]]\nname = \"n1\"\nslots = 2\n",
+        ]
+    }
+
+    static func mutate(_ text: String, _ random: inout SplitMix64) -> [UInt8] {
+        var bytes = Array(text.utf8)
+        for _ in 0 ... random.below(3) {
+            let at = random.below(bytes.count + 1)
+            switch random.below(6) {
+            case 0 where at < bytes.count: bytes[at] ^= UInt8(1 << random.below(8))
+            case 1 where at < bytes.count: bytes.removeSubrange(at ..< min(bytes.count, at + 1 + random.below(16)))
+            case 2:
+                // Duplicate a line (a key or header twice).
+                var lines = bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+                let line = random.below(lines.count)
+                lines.insert(lines[line], at: random.below(lines.count + 1))
+                bytes = Array(lines.joined(separator: [UInt8(ascii: "\n")]))
+            case 3:
+                // A digit run becomes a huge number.
+                if let digit = bytes[at...].firstIndex(where: { (UInt8(ascii: "0") ... UInt8(ascii: "9")).contains($0) }) {
+                    bytes.insert(contentsOf: Array("9223372036854775807".utf8), at: digit)
+                }
+            default: bytes.insert(contentsOf: Array(inserts[random.below(inserts.count)].utf8), at: at)
+            }
+        }
+        return bytes
+    }
+
+    @Test func neverTrapAndAlwaysSaySomething() throws {
+        var random = SplitMix64(state: 22)
+        let seeds = try Self.seeds()
+        let strategies = StrategyName.allCases.map(\.rawValue)
+        let machine = LaunchMachine(isRoot: false, cores: 4, names: ["localhost"])
+        var (planned, refused) = (0, 0)
+        let clock = ContinuousClock()
+        let started = clock.now
+        for index in 0 ..< 600 {
+            let bytes = Self.mutate(seeds[index % seeds.count], &random)
+            let file = "mutant-\(index).toml"
+            do {
+                // What ClusterConfig.load does with the file's bytes.
+                guard let text = String(bytes: bytes, encoding: .utf8) else { refused += 1; continue }
+                let config = try ClusterConfig.parse(text, file: file, strategies: strategies)
+                if config.slurm != nil {
+                    _ = try LaunchPlan.slurmScript(config, LaunchRequest(binary: "/bin/seqpar", arguments: ["info"]))
+                } else {
+                    let plan = try LaunchPlan.mpirun(config, LaunchRequest(binary: "/bin/seqpar", arguments: ["run"], launchDirectory: "/L"), on: machine)
+                    // No argument of the command may carry a NUL into cluster-plan --null.
+                    #expect(!plan.command.contains { $0.unicodeScalars.contains("\u{0}") }, "\(file): \(plan.command)")
+                }
+                planned += 1
+            } catch let error as ConfigError {
+                #expect(error.file == file && !error.message.isEmpty, "\(file): \(error)")
+                refused += 1
+            } catch {
+                Issue.record("\(file): not a ConfigError: \(error)\n\(String(decoding: bytes.prefix(2000), as: UTF8.self))")
+            }
+        }
+        let elapsed = clock.now - started
+        #expect(planned + refused == 600)
+        #expect(planned > 0 && refused > 0, "\(planned) planned, \(refused) refused: the mutants should reach both")
+        #expect(elapsed < .seconds(20), "600 mutants took \(elapsed)")
     }
 }

@@ -93,6 +93,41 @@ import Testing
         #expect(refused.stderr == "seqpar cluster-plan: \(file.path):3: host 'a' has slots = 0; expected at least 1\n", "\(refused.transcript)")
     }
 
+    /// Configs that trapped or injected arguments (issue 22), through the command Launch/cluster
+    /// runs: each ends with one line naming the file, the line and what is wrong, exit 1, and
+    /// nothing on stdout for Launch/cluster to run.
+    @Test func clusterPlanRefusesHostileConfigs() throws {
+        let host = "[[host]]\nname = \"a\"\nslots = 1\n"
+        let cases: [(text: String, line: Int, message: String)] = [
+            (host + "[[host]]\nname = \"b\"\nslots = 9223372036854775807\n", 6, "host 'b' has slots = 9223372036854775807; expected at most 16777216"),
+            (
+                "x = " + String(repeating: "[", count: 50_000) + String(repeating: "]", count: 50_000) + "\n" + host, 1,
+                "arrays and inline tables nest more than 32 deep here; expected at most 32 (a cluster config needs two)"
+            ),
+            (
+                "x = " + String(repeating: "{a = ", count: 1_000_000) + "\n", 1,
+                "arrays and inline tables nest more than 32 deep here; expected at most 32 (a cluster config needs two)"
+            ),
+            (
+                host + "[mpi.mca]\nbtl_tcp_links = \"1\\u0000--mca\\u0000plm_rsh_agent\\u0000evil\"\n", 5,
+                "a string may not hold the control character U+0000 (NUL): config values become command-line arguments and script lines"
+            ),
+            (
+                host + "[mpi.mca]\nbtl_tcp_links = \"1\u{0}--mca\u{0}plm_rsh_agent\u{0}evil\"\n", 5,
+                "a string may not hold the control character U+0000 (NUL): config values become command-line arguments and script lines"
+            ),
+        ]
+        for (index, bad) in cases.enumerated() {
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("seqpar-test-\(UUID().uuidString).toml")
+            defer { try? FileManager.default.removeItem(at: file) }
+            try Data(bad.text.utf8).write(to: file)
+            let refused = try run([binary, "cluster-plan", "--null", file.path, "--", "info"], seconds: 60)
+            #expect(refused.status == 1, "case \(index)\n\(refused.transcript)")
+            #expect(refused.stdout.isEmpty, "case \(index)\n\(refused.transcript)")
+            #expect(refused.stderr == "seqpar cluster-plan: \(file.path):\(bad.line): \(bad.message)\n", "case \(index)\n\(refused.transcript)")
+        }
+    }
+
     @Test func clusterRunsOnThisMachine() throws {
         let info = try run([launch("cluster"), clusterConfig("local"), "--ranks", "2", "info", "--json", "--sgemm-size", "128"])
         #expect(info.status == 0, "\(info.transcript)")
