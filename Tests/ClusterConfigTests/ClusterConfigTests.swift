@@ -775,8 +775,6 @@ struct SplitMix64 {
         let strategies = StrategyName.allCases.map(\.rawValue)
         let machine = LaunchMachine(isRoot: false, cores: 4, names: ["localhost"])
         var (planned, refused) = (0, 0)
-        let clock = ContinuousClock()
-        let started = clock.now
         for index in 0 ..< 600 {
             let bytes = Self.mutate(seeds[index % seeds.count], &random)
             let file = "mutant-\(index).toml"
@@ -799,9 +797,7 @@ struct SplitMix64 {
                 Issue.record("\(file): not a ConfigError: \(error)\n\(String(decoding: bytes.prefix(2000), as: UTF8.self))")
             }
         }
-        let elapsed = clock.now - started
         #expect(planned + refused == 600)
         #expect(planned > 0 && refused > 0, "\(planned) planned, \(refused) refused: the mutants should reach both")
-        #expect(elapsed < .seconds(20), "600 mutants took \(elapsed)")
     }
 }
