@@ -6,7 +6,7 @@
 // into the accumulator. Blocks the mask hides are skipped before any arithmetic, and partial
 // blocks are trimmed to the keys the tile sees.
 //
-// Where the time goes, and why the kernel is shaped this way (README, "Speed", has the figures):
+// Where the time goes, and why the kernel is shaped this way (docs/PERFORMANCE.md has the figures):
 // - The GEMMs run on contiguous operands. Q, K and V rows hold every head, so one head's rows sit
 //   heads·headDim floats apart (4 KiB at 8 x 128), and OpenBLAS's packing of strided rows thrashes
 //   L1 sets; the kernel copies each kv head's keys and values once per call, each query tile once,
