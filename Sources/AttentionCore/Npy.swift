@@ -57,7 +57,6 @@ public struct NpyHeader: Equatable, Sendable {
     public let dataOffset: Int
     /// The element type ('<f4' unless a reader asked for others, as cu_seqlens' '<i4'/'<i8').
     public var dtype = "<f4"
-    var elementSize: Int { dtype == "<i8" ? 8 : 4 }
 
     public var elementCount: Int { shape.reduce(1, *) }
 

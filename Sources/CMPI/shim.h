@@ -28,6 +28,5 @@ static inline MPI_Datatype seqpar_byte(void) { return MPI_BYTE; }
 
 static inline MPI_Op seqpar_op_sum(void) { return MPI_SUM; }
 static inline MPI_Op seqpar_op_max(void) { return MPI_MAX; }
-static inline MPI_Op seqpar_op_min(void) { return MPI_MIN; }
 static inline MPI_Op seqpar_op_null(void) { return MPI_OP_NULL; }
 #endif

@@ -47,7 +47,7 @@ public struct TOMLTable: Equatable, Sendable {
     /// Line of its header (1 for the root table, the `{` for inline tables).
     public var line: Int
     /// Keys whose arrays were made by `[[key]]` headers (and may grow by more of them).
-    var tableArrays: Set<String> = []
+    public internal(set) var tableArrays: Set<String> = []
     /// Made by a header (or implicitly by a longer header), not inline.
     var defined = false
 
@@ -59,34 +59,6 @@ public struct TOMLTable: Equatable, Sendable {
     /// that follow it in an inline form).
     public static func == (a: TOMLTable, b: TOMLTable) -> Bool {
         a.entries.count == b.entries.count && a.entries.allSatisfy { b[$0.key] == $0 }
-    }
-
-    /// The table as TOML text this parser reads back to an equal table.
-    public func rendered() -> String {
-        var lines: [String] = []
-        render(into: &lines, path: [])
-        return lines.joined(separator: "\n") + "\n"
-    }
-
-    private func render(into lines: inout [String], path: [String]) {
-        for entry in entries {
-            if case .table = entry.value { continue }
-            if tableArrays.contains(entry.key) { continue }
-            lines.append("\(TOML.renderKey(entry.key)) = \(TOML.render(entry.value))")
-        }
-        for entry in entries {
-            if case .table(let table) = entry.value {
-                let header = (path + [entry.key]).map(TOML.renderKey).joined(separator: ".")
-                lines.append("[\(header)]")
-                table.render(into: &lines, path: path + [entry.key])
-            } else if tableArrays.contains(entry.key), case .array(let elements) = entry.value {
-                let header = (path + [entry.key]).map(TOML.renderKey).joined(separator: ".")
-                for case .table(let table) in elements {
-                    lines.append("[[\(header)]]")
-                    table.render(into: &lines, path: path + [entry.key])
-                }
-            }
-        }
     }
 }
 
@@ -108,48 +80,13 @@ public struct ConfigError: Error, Equatable, CustomStringConvertible, Sendable {
 public enum TOML {
     /// How deep arrays and inline tables may nest in a value, and how many keys a `[header]` may
     /// name: far more than a config needs (it nests two deep), few enough that the recursive
-    /// parser and the values' own recursive code (==, rendering, deinit) stay shallow.
+    /// parser and the values' own recursive code (==, deinit, the tests' renderer) stay shallow.
     public static let maxDepth = 32
 
     /// Parses `text` (the contents of `file`, which only names it in errors).
     public static func parse(_ text: String, file: String) throws -> TOMLTable {
         var parser = Parser(text: text, file: file)
         return try parser.document()
-    }
-
-    static func renderKey(_ key: String) -> String {
-        key.unicodeScalars.allSatisfy(Parser.isBareKey) && !key.isEmpty ? key : renderString(key)
-    }
-
-    static func renderString(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\t": out += "\\t"
-            case "\r": out += "\\r"
-            default:
-                if scalar.value < 0x20 || scalar.value == 0x7f {
-                    out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
-    }
-
-    static func render(_ value: TOMLValue) -> String {
-        switch value {
-        case .string(let text): renderString(text)
-        case .integer(let n): String(n)
-        case .boolean(let b): b ? "true" : "false"
-        case .array(let elements): "[" + elements.map(render).joined(separator: ", ") + "]"
-        case .table(let table):
-            "{ " + table.entries.map { "\(renderKey($0.key)) = \(render($0.value))" }.joined(separator: ", ") + " }"
-        }
     }
 }
 

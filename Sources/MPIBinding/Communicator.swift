@@ -15,13 +15,12 @@ extension Int64: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpa
 extension UInt8: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_uint8() } }
 
 public enum ReduceOperation: Sendable {
-    case sum, max, min
+    case sum, max
 
     var handle: MPI_Op {
         switch self {
         case .sum: return seqpar_op_sum()
         case .max: return seqpar_op_max()
-        case .min: return seqpar_op_min()
         }
     }
 }
@@ -204,10 +203,6 @@ public final class Communicator {
         recorder.record(kind, start: start, end: ProfileClock.now(), bytesSent: sent, bytesReceived: received)
     }
 
-    public func waitAll(_ requests: inout [Request]) throws(MPIError) {
-        for i in requests.indices { try wait(&requests[i]) }
-    }
-
     /// Lets MPI progress `request`; true once it has completed.
     @discardableResult
     public func test(_ request: inout Request) throws(MPIError) -> Bool {
@@ -216,25 +211,6 @@ public final class Communicator {
         try check(MPI_Test(&request.handle, &flag, seqpar_status_ignore()), "MPI_Test")
         if flag != 0, let recorder { recordCompletion(request, at: ProfileClock.now(), on: recorder) }
         return flag != 0
-    }
-
-    public func sendrecv<T: MPIScalar>(
-        _ send: UnsafeBufferPointer<T>, to destination: Int,
-        _ receive: UnsafeMutableBufferPointer<T>, from source: Int, tag: Int = 0
-    ) throws(MPIError) {
-        let sendCount = try mpiCount(send.count, "MPI_Sendrecv")
-        let receiveCount = try mpiCount(receive.count, "MPI_Sendrecv")
-        let (sent, received) = (send.count * MemoryLayout<T>.stride, receive.count * MemoryLayout<T>.stride)
-        try collective(.sendrecv, sent: sent, received: received) { () throws(MPIError) in
-            WaitState.enter(.sendrecv, peer: worldRanks[source], ranks: size)
-            defer { WaitState.leave() }
-            try check(
-                MPI_Sendrecv(
-                    send.baseAddress, sendCount, T.mpiDatatype, Int32(destination), Int32(tag),
-                    receive.baseAddress, receiveCount, T.mpiDatatype, Int32(source), Int32(tag),
-                    handle, seqpar_status_ignore()), "MPI_Sendrecv")
-        }
-        countTransfer(sent: sent, received: received)
     }
 
     // MARK: collectives

@@ -18,7 +18,7 @@ import Synchronization
 public enum WaitState {
     /// The blocking operations, by code.
     package enum Operation: Int {
-        case none = 0, sendWait, receiveWait, barrier, allreduce, allgather, gather, alltoall, broadcast, sendrecv, reduce
+        case none = 0, sendWait, receiveWait, barrier, allreduce, allgather, gather, alltoall, broadcast, reduce
 
         var text: String {
             switch self {
@@ -31,7 +31,6 @@ public enum WaitState {
             case .gather: "a gather (MPI_Gatherv)"
             case .alltoall: "an all-to-all exchange (MPI_Alltoall)"
             case .broadcast: "a broadcast (MPI_Bcast)"
-            case .sendrecv: "a send-receive (MPI_Sendrecv)"
             case .reduce: "a merge reduction (MPI_Reduce)"
             }
         }
@@ -57,7 +56,6 @@ public enum WaitState {
         switch operation {
         case .none: return "not blocked in MPI (computing, or reading or writing files)"
         case .sendWait, .receiveWait: return "waiting for rank \(peer): \(operation.text)"
-        case .sendrecv: return "waiting for rank \(peer): \(operation.text)"
         default:
             let who = ranks >= worldSize ? "all \(worldSize) ranks" : "a group of \(ranks) ranks"
             return "waiting in \(operation.text) among \(who): at least one of the others has not arrived"

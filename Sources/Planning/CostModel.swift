@@ -36,10 +36,6 @@ public struct AttentionProblem: Equatable, Sendable {
         self.mask = mask
         self.ranks = ranks
     }
-
-    public init(tokens: Int, heads: Int, kvHeads: Int, headDim: Int, causal: Bool, ranks: Int) {
-        self.init(tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim, mask: causal ? .causal : .none, ranks: ranks)
-    }
 }
 
 /// One strategy's predicted time.

@@ -65,10 +65,6 @@ public struct ProbeFigures: Codable, Equatable, Sendable {
         case ranks, pointToPoint = "point_to_point", allToAll = "alltoall", sgemmGflops = "sgemm_gflops", note, hosts
     }
 
-    public static func load(_ path: String) throws -> ProbeFigures {
-        try JSONDecoder().decode(ProbeFigures.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
-    }
-
     public func encoded() throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -73,7 +73,7 @@ public enum ChromeTrace {
         case .send: return (1, "send")
         case .receive: return (2, "receive")
         case .wait: return (3, "wait")
-        case .alltoall, .broadcast, .reduce, .sendrecv: return (4, "collective")
+        case .alltoall, .broadcast, .reduce: return (4, "collective")
         }
     }
 

@@ -28,7 +28,6 @@ public enum EventKind: UInt8, CaseIterable, Sendable, BitwiseCopyable {
     case alltoall
     case broadcast
     case reduce
-    case sendrecv
 
     /// The name a trace shows.
     public var name: String {
@@ -41,7 +40,6 @@ public enum EventKind: UInt8, CaseIterable, Sendable, BitwiseCopyable {
         case .alltoall: return "alltoall"
         case .broadcast: return "bcast"
         case .reduce: return "reduce"
-        case .sendrecv: return "sendrecv"
         }
     }
 
@@ -49,7 +47,7 @@ public enum EventKind: UInt8, CaseIterable, Sendable, BitwiseCopyable {
     public var isCommunication: Bool { self != .compute && self != .merge }
     /// The rank could do nothing else during the interval.
     public var isExposed: Bool { self == .wait || isCollective }
-    public var isCollective: Bool { self == .alltoall || self == .broadcast || self == .reduce || self == .sendrecv }
+    public var isCollective: Bool { self == .alltoall || self == .broadcast || self == .reduce }
     public var isWork: Bool { self == .compute || self == .merge }
 }
 

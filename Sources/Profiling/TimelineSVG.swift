@@ -15,7 +15,7 @@ public enum TimelineSVG {
         case .compute: return colours[0].colour
         case .merge: return colours[1].colour
         case .send, .receive: return colours[2].colour
-        case .alltoall, .broadcast, .reduce, .sendrecv: return colours[3].colour
+        case .alltoall, .broadcast, .reduce: return colours[3].colour
         case .wait: return colours[4].colour
         }
     }
@@ -46,7 +46,7 @@ public enum TimelineSVG {
             svg.append(#"<text x="8" y="\#(fixed(y + laneHeight + 4, 1))">\#(escape(label(rank)))</text>"#)
             svg.append(#"<rect x="\#(fixed(left, 1))" y="\#(fixed(y, 1))" width="\#(fixed(plotWidth, 1))" height="\#(fixed(rowHeight, 1))" fill="rgb(244,244,244)"/>"#)
             // Transfers first, then collectives and waits over them, then compute in its own lane.
-            let order: [EventKind] = [.send, .receive, .alltoall, .broadcast, .reduce, .sendrecv, .wait, .merge, .compute]
+            let order: [EventKind] = [.send, .receive, .alltoall, .broadcast, .reduce, .wait, .merge, .compute]
             for kind in order {
                 let laneY = kind.isWork ? y : y + laneHeight + 2
                 for e in list where e.kind == kind {

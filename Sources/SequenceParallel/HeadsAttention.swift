@@ -71,7 +71,6 @@ extension HeadsAttention {
 
     public static let descriptor = StrategyDescriptor(
         name: "heads", summary: "Ulysses: all-to-all from sequence shards to head shards, full-sequence attention per head, all-to-all back",
-        sharding: "contiguous token chunks in, whole sequence for heads / P of the heads after the all-to-all",
         make: { _ in HeadsAttention() },
         predictions: { model, problem in
             problem.ranks >= 2 && problem.ranks <= problem.heads

@@ -184,7 +184,6 @@ extension MeshAttention {
         name: "mesh", summary: "2D: heads all-to-all inside groups of Ph ranks, ring across the Pr groups (--mesh PhxPr)",
         options: ["--mesh"], optionsType: MeshOptions.self,
         applyVariant: { options, variant in options[MeshOptions.self].shape = MeshShape(parsing: variant) },
-        sharding: "Ph x Pr ranks: head groups of Ph ranks share a ring position (zigzag when causal); heads all-to-all inside a group, ring across",
         make: { request in
             let shape = request.options[MeshOptions.self].shape ?? MeshAttention.defaultShape(ranks: request.ranks, heads: request.heads)
             return MeshAttention(headGroup: shape.headGroup, ring: shape.ring, causal: request.mask.isCausal)

@@ -59,7 +59,6 @@ extension RingAttention {
 
     public static let descriptor = StrategyDescriptor(
         name: "ring", summary: "contiguous chunk per rank; K/V blocks travel the ring, overlapped with compute",
-        sharding: "a contiguous chunk of tokens per rank; K/V (and in the backward dK/dV) move",
         make: { _ in RingAttention(layout: .contiguous) },
         predictions: { model, problem in [model.predict(problem, headGroup: 1, zigzag: false, name: "ring")] })
 }

@@ -286,7 +286,6 @@ extension S2Attention {
     public static let descriptor = StrategyDescriptor(
         name: "s2", summary: "S2 block-sparse pattern: only active blocks computed, only the K/V blocks each head reads are sent",
         // Its --s2-* pattern is a mask, which every strategy takes: no options of its own.
-        sharding: "zigzag chunks; each rank receives point to point only the (key block, kv head) pieces its heads read",
         make: { request in
             if case let .s2(pattern) = request.mask { return S2Attention(pattern: pattern) }
             return S2Attention(pattern: nil)

@@ -1,11 +1,10 @@
-// The online-softmax merge as an MPI reduction operator. A record is one (query, head): its lse
-// followed by its headDim output values, all float32; an MPI contiguous datatype of 1 + headDim
-// floats carries it, and the operator merges records pairwise (docs/DESIGN.md's merge, which is
-// associative and commutative, so MPI may combine ranks in any order).
+// The online-softmax merge as an MPI reduction. A record is one (query, head): its lse followed by
+// its headDim output values, all float32; MPIBinding's `RecordReduction` carries the records and
+// calls this file's merge on them pairwise (docs/DESIGN.md's merge, which is associative and
+// commutative, so MPI may combine ranks in any order).
 
 import AttentionCore
 import Buffers
-import CMPI
 import MPIBinding
 import Profiling
 
@@ -13,30 +12,12 @@ import Profiling
 /// every rank's partial result for the same rows onto one rank or all.
 public final class SoftmaxMergeReduction {
     /// Floats per record: 1 + headDim.
-    public let recordWidth: Int
-    private var datatype: MPI_Datatype?
-    private var operation: MPI_Op?
+    public var recordWidth: Int { reduction.width }
+    private let reduction: RecordReduction
 
     public init(headDim: Int) throws(MPIError) {
-        recordWidth = 1 + headDim
-        try check(MPI_Type_contiguous(Int32(recordWidth), seqpar_float(), &datatype), "MPI_Type_contiguous")
-        try check(MPI_Type_commit(&datatype), "MPI_Type_commit")
-        try check(
-            MPI_Op_create(
-                { incoming, accumulated, count, type in
-                    var bytes: Int32 = 0
-                    MPI_Type_size(type!.pointee, &bytes)
-                    SoftmaxMergeReduction.merge(
-                        records: UnsafePointer(incoming!.assumingMemoryBound(to: Float.self)),
-                        into: accumulated!.assumingMemoryBound(to: Float.self),
-                        count: Int(count!.pointee), width: Int(bytes) / MemoryLayout<Float>.size)
-                }, 1, &operation), "MPI_Op_create")
-    }
-
-    deinit {
-        if MPIRuntime.isStarted {
-            MPI_Op_free(&operation)
-            MPI_Type_free(&datatype)
+        reduction = try RecordReduction(width: 1 + headDim) { incoming, accumulated, count, width in
+            SoftmaxMergeReduction.merge(records: incoming, into: accumulated, count: count, width: width)
         }
     }
 
@@ -86,25 +67,6 @@ public final class SoftmaxMergeReduction {
 
     /// Merges every rank's records into `root`'s (nil: into every rank's).
     public func reduce(_ records: UnsafeMutableBufferPointer<Float>, root: Int?, communicator: Communicator) throws(MPIError) {
-        precondition(records.count % recordWidth == 0)
-        let count = try mpiCount(records.count / recordWidth, "MPI_Reduce")
-        // As a tree or ring would: each rank passes its records on once.
-        let (sent, received) = communicator.size == 1 ? (0, 0) : (communicator.rank == root ? 0 : records.count * 4, records.count * 4)
-        communicator.countTransfer(sent: sent, received: received)
-        try communicator.collective(.reduce, sent: sent, received: received) { () throws(MPIError) in
-            if let root {
-                let inPlace = communicator.rank == root
-                WaitState.enter(.reduce, ranks: communicator.size)
-                defer { WaitState.leave() }
-                try check(
-                    MPI_Reduce(
-                        inPlace ? UnsafeRawPointer(seqpar_in_place()) : UnsafeRawPointer(records.baseAddress), records.baseAddress, count,
-                        datatype, operation, Int32(root), communicator.handle), "MPI_Reduce")
-            } else {
-                WaitState.enter(.reduce, ranks: communicator.size)
-                defer { WaitState.leave() }
-                try check(MPI_Allreduce(seqpar_in_place(), records.baseAddress, count, datatype, operation, communicator.handle), "MPI_Allreduce")
-            }
-        }
+        try reduction.reduce(records, root: root, communicator: communicator)
     }
 }

@@ -77,7 +77,6 @@ extension StarAttention {
     public static let descriptor = StrategyDescriptor(
         name: "star", summary: "Star Attention phase 2: queries broadcast, local attention per K/V shard, merged by an MPI reduction",
         options: ["--queries", "--query-position", "--all"], optionsType: StarOptions.self, computesGradients: false,
-        sharding: "contiguous K/V chunks; the queries broadcast from rank 0; partials merged by MPI_Reduce",
         make: { request in
             let options = request.options[StarOptions.self]
             return StarAttention(queries: options.queries, position: options.position, everyRank: options.everyRank)

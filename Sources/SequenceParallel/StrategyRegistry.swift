@@ -70,8 +70,6 @@ public struct StrategyDescriptor: Sendable {
     public let applyVariant: (@Sendable (inout StrategyOptions, String) -> Void)?
     /// Whether it computes gradients (its strategy's `backwardRefusal` is nil exactly then).
     public let computesGradients: Bool
-    /// How it shards the work (for the docs and --help).
-    public let sharding: String
     /// Makes the strategy for a problem (checked afterwards with `check`).
     public let make: @Sendable (StrategyRequest) -> SequenceParallelStrategy
     /// The cost model's predictions of its variants for a problem (none: not modelled, so
@@ -80,7 +78,7 @@ public struct StrategyDescriptor: Sendable {
 
     public init(
         name: String, summary: String, options: [String] = [], optionsType: (any StrategyOptionSet.Type)? = nil,
-        applyVariant: (@Sendable (inout StrategyOptions, String) -> Void)? = nil, computesGradients: Bool = true, sharding: String,
+        applyVariant: (@Sendable (inout StrategyOptions, String) -> Void)? = nil, computesGradients: Bool = true,
         make: @escaping @Sendable (StrategyRequest) -> SequenceParallelStrategy,
         predictions: @escaping @Sendable (CostModel, AttentionProblem) -> [Prediction] = { _, _ in [] }
     ) {
@@ -90,7 +88,6 @@ public struct StrategyDescriptor: Sendable {
         self.optionsType = optionsType
         self.applyVariant = applyVariant
         self.computesGradients = computesGradients
-        self.sharding = sharding
         self.make = make
         self.predictions = predictions
     }

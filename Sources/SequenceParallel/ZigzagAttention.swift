@@ -36,7 +36,6 @@ extension ZigzagAttention {
 
     public static let descriptor = StrategyDescriptor(
         name: "zigzag", summary: "ring over 2P chunks, rank r holding r and 2P-1-r, so causal work is even",
-        sharding: "chunks r and 2P-1-r of 2P per rank; K/V (and in the backward dK/dV) move",
         make: { _ in ZigzagAttention() },
         predictions: { model, problem in [model.predict(problem, headGroup: 1, zigzag: true, name: "zigzag")] })
 }

@@ -121,3 +121,10 @@ struct CostModelTests {
         #expect(Self.figures.table().contains("16777216"))
     }
 }
+
+extension AttentionProblem {
+    /// A problem without packed documents: causal or not.
+    init(tokens: Int, heads: Int, kvHeads: Int, headDim: Int, causal: Bool, ranks: Int) {
+        self.init(tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim, mask: causal ? .causal : .none, ranks: ranks)
+    }
+}
