@@ -49,7 +49,7 @@ let package = Package(
         .target(name: "Profiling", dependencies: ["Buffers"]),
         .target(name: "Planning", dependencies: ["AttentionCore"]),
         .target(name: "MPIBinding", dependencies: ["Buffers", "CMPI", "Profiling"]),
-        .target(name: "SequenceParallel", dependencies: ["Buffers", "AttentionCore", "Profiling", "Planning", "MPIBinding", "CMPI", "CBLAS"]),
+        .target(name: "SequenceParallel", dependencies: ["Buffers", "AttentionCore", "Profiling", "Planning", "MPIBinding"]),
         .target(name: "AttentionJobs", dependencies: ["AttentionCore", "SequenceParallel", "Profiling", "Planning"]),
         .target(name: "ClusterConfig"),
         .executableTarget(
@@ -70,14 +70,17 @@ let package = Package(
         // a process runner with a time limit); no test framework.
         .target(name: "SeqparTestSupport", path: "Tests/SeqparTestSupport"),
         .testTarget(name: "BuffersTests", dependencies: ["Buffers"]),
-        .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore"]),
+        .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore", "SeqparTestSupport"]),
         .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel", "Planning"]),
         .testTarget(
-            name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "AttentionJobs", "Profiling", "SeqparTestSupport"]),
+            name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "AttentionJobs", "Profiling", "SeqparTestSupport"],
+            exclude: ["HelpSnapshots"]),
         .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel"]),
         .testTarget(name: "MultiHostTests", dependencies: ["seqpar", "SeqparTestSupport"]),
         // The strategies in the test process itself on MPI_COMM_WORLD, started alone and under mpirun -np 2 and 3.
         .testTarget(name: "InProcessStrategyTests", dependencies: ["AttentionCore", "SequenceParallel", "SeqparTestSupport"]),
+        // The MPI binding in the test process on MPI_COMM_WORLD, started alone and under mpirun -np 3.
+        .testTarget(name: "MPIBindingTests", dependencies: ["MPIBinding", "SeqparTestSupport"]),
     ]
 )

@@ -5,6 +5,7 @@
 
 import AttentionCore
 import Foundation
+import SeqparTestSupport
 import Testing
 
 /// Raw .npy bytes, built the way the format document describes them.
@@ -258,14 +259,12 @@ struct NpyTests {
 /// and is reported as skipped — never silently passed — where python3 with numpy is missing.
 @Suite("NumPy interoperability")
 struct NumPyInteropTests {
+    /// python3's exit status for `script` (-1 when it cannot start or runs past a minute).
     static func python(_ script: String, _ arguments: [String]) -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script] + arguments
-        process.standardOutput = FileHandle.nullDevice
-        do { try process.run() } catch { return -1 }
-        process.waitUntilExit()
-        return process.terminationStatus
+        guard let result = try? runToEnd(URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-c", script] + arguments, timeout: 60), !result.timedOut else {
+            return -1
+        }
+        return result.status
     }
 
     static let numpyAvailable = python("import numpy", []) == 0

@@ -63,19 +63,9 @@ struct InProcessLaunch {
         "strategies in-process at 1, 2 and 3 ranks", .enabled(if: !isInProcessChild, "this process is the in-process child"),
         arguments: [1, 2, 3])
     func ranks(_ ranks: Int) async throws {
-        let testBinary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        let arguments = ["--testing-library", "swift-testing", "--filter", "InProcessStrategies/everyStrategy"]
-        var environment = ProcessInfo.processInfo.environment
-        environment["SEQPAR_IN_PROCESS_TESTS"] = "1"
-        environment["OPENBLAS_NUM_THREADS"] = "1"
-        let result: ProcessResult
-        if ranks == 1 {
-            result = try await runProcess(testBinary, arguments, environment: environment, timeout: 300)
-        } else {
-            environment["SEQPAR_BIN"] = testBinary.path
-            result = try await runProcess(
-                packageRoot.appendingPathComponent("Launch/local"), [String(ranks)] + arguments, environment: environment, timeout: 300)
-        }
+        let result = try await runTestsAsChild(
+            filter: "InProcessStrategies/everyStrategy", marker: "SEQPAR_IN_PROCESS_TESTS", ranks: ranks, environment: ["OPENBLAS_NUM_THREADS": "1"],
+            timeout: 300)
         #expect(!result.timedOut, "ran past 300 s: a hang\n\(result.transcript)")
         #expect(result.status == 0, "\(result.transcript)")
         for rank in 0 ..< ranks {

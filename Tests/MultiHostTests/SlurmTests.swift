@@ -1,11 +1,11 @@
 // Launch/slurm's batch scripts under a real Slurm: Launch/slurm-local brings up slurmctld and two
-// slurmd (simulated nodes n1, n2) on this machine, installing Debian's slurm-wlm and munge when
-// they are missing; the test writes scripts from cluster-configs/slurm.toml (its module-load
+// slurmd (simulated nodes n1, n2) on this machine, from Debian's slurm-wlm and munge (which
+// Launch/test installs when they are missing, as part of its set-up); the test writes scripts from cluster-configs/slurm.toml (its module-load
 // prologue left out) for the srun and mpirun launchers on one and two nodes, submits them with
 // sbatch (one through Launch/slurm --submit), waits for each job (bounded), and asserts its state,
 // exit code, node count and PASS; a verify that cannot pass must end as FAILED. Slurm's daemons need
-// root, and the packages root with apt (or already installed); where that is missing the suite is
-// skipped with the reason in the output, never passed.
+// root and the packages installed; where either is missing the suite is skipped with the reason in
+// the output, never passed.
 
 import Foundation
 import Testing
@@ -21,10 +21,8 @@ enum LocalSlurm {
     static let installed = ["/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch", "/usr/sbin/munged"]
         .allSatisfy { FileManager.default.isExecutableFile(atPath: $0) }
 
-    /// Root, and Slurm installed or installable with apt.
-    static let available: Bool =
-        geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/timeout")
-        && (installed || FileManager.default.isExecutableFile(atPath: "/usr/bin/apt-get"))
+    /// Root, and Slurm installed (by Launch/test's set-up: `Launch/slurm-local install`).
+    static let available: Bool = geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/timeout") && installed
 
     /// One local Slurm per machine: test runs of other checkouts wait here for each other.
     static func exclusive<T>(_ body: () throws -> T) throws -> T {
@@ -77,7 +75,7 @@ func slurmRun(_ arguments: [String], in folder: URL, environment extra: [String:
     .serialized,
     .enabled(
         if: LocalSlurm.available,
-        "the local Slurm needs root, and slurm-wlm and munge installed or apt-get to install them; this machine lacks one, so no Slurm job ran"))
+        "the local Slurm needs root, and slurm-wlm and munge installed (Launch/test installs them with apt); this machine lacks one, so no Slurm job ran"))
 struct SlurmJobTests {
     var binary: String { binaryUnderTest }
 
@@ -104,7 +102,7 @@ struct SlurmJobTests {
             let up = try slurmRun([launch("slurm-local"), "up", "--nodes", "2"], in: folder, seconds: 600)
             try #require(up.status == 0, "Launch/slurm-local up --nodes 2 failed\n\(up.transcript)")
             print(
-                "SlurmJobTests: Launch/slurm-local up --nodes 2 took \(String(format: "%.1f", Date().timeIntervalSince(started))) s\(LocalSlurm.installed ? "" : " (packages installed by it)")"
+                "SlurmJobTests: Launch/slurm-local up --nodes 2 took \(String(format: "%.1f", Date().timeIntervalSince(started))) s"
             )
             let daemons = LocalSlurm.daemonPids()
             defer {

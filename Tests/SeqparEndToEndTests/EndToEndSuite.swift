@@ -20,7 +20,6 @@ struct EndToEnd {
         let marker = "97.531"
         let result = try await launch(ranks: 2, arguments: [marker], timeout: 3, binary: "/bin/sleep")
         #expect(result.timedOut, "the sleeping job was not reported as timed out\n\(result)")
-        #expect(result.seconds < 25, "killing the job took \(result.seconds) s")
         try await Task.sleep(for: .seconds(1))
         #expect(survivors(withArgument: marker).isEmpty, "ranks survived the kill: \(survivors(withArgument: marker))")
     }

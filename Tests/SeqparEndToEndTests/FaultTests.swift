@@ -123,7 +123,6 @@ extension EndToEnd {
             let before = checksums(dir.url.path)
             let result = try await launch(ranks: 2, arguments: ["run"] + inputs + outputs, timeout: 60)
             #expect(result.status == 1, "\(result)")
-            #expect(result.seconds < 20, "took \(result.seconds) s")
             #expect(occurrences(of: phrase, in: result.seqparStderr) == 1, "\(result)")
             #expect(!result.stdout.contains("GFLOP/s"), "it computed before refusing\n\(result)")
             Self.unchanged(dir, before, result)
@@ -136,7 +135,6 @@ extension EndToEnd {
             let before = checksums(dir.url.path)
             let result = try await launch(ranks: 2, arguments: ["run"] + inputs + ["--out", dir.path("o.npy"), "--lse", dir.path("missing/lse.npy")], timeout: 60)
             #expect(result.status == 64, "refused with the arguments, before MPI starts\n\(result)")
-            #expect(result.seconds < 20, "took \(result.seconds) s")
             #expect(result.seqparStderr.contains("--lse \(dir.path("missing/lse.npy")): the folder") && result.seqparStderr.contains("does not exist"), "\(result)")
             Self.unchanged(dir, before, result)
         }
@@ -150,7 +148,6 @@ extension EndToEnd {
             let before = checksums(dir.url.path)
             let result = try await launch(ranks: 2, arguments: ["run"] + arguments, timeout: 60)
             #expect(result.status == 1, "\(result)")
-            #expect(result.seconds < 20, "took \(result.seconds) s")
             #expect(result.seqparStderr.contains("is a FIFO (named pipe), not a regular file"), "\(result)")
             Self.unchanged(dir, before, result)
         }
@@ -167,7 +164,6 @@ extension EndToEnd {
             let before = checksums(mountPoint)
             let result = try await launch(ranks: 2, arguments: ["run", "--tokens", "4096", "--out", "\(mountPoint)/o.npy"], timeout: 60)
             #expect(result.status == 1, "\(result)")
-            #expect(result.seconds < 20, "took \(result.seconds) s")
             #expect(result.seqparStderr.contains("cannot reserve") && result.seqparStderr.contains("No space left on device"), "\(result)")
             #expect(!result.stdout.contains("GFLOP/s"), "it computed before failing\n\(result)")
             let after = checksums(mountPoint)
@@ -192,7 +188,6 @@ extension EndToEnd {
             let result = try await job.value
             #expect(ranks.count == 2, "found ranks \(ranks)")
             #expect(result.status != 0, "\(result)")
-            #expect(result.seconds < 40, "took \(result.seconds) s")
             Self.unchanged(dir, before, result)
         }
 
@@ -211,7 +206,6 @@ extension EndToEnd {
             let before = checksums(dir.url.path)
             let result = try await launch(ranks: 2, arguments: ["run", "--causal"] + inputs + ["--out", dir.path("o.npy")], timeout: 60)
             #expect(result.status == 1, "\(result)")
-            #expect(result.seconds < 20, "took \(result.seconds) s")
             let what = tensor == "K" ? "+inf" : "NaN"
             #expect(occurrences(of: "\(tensor) \(file) holds \(what) at [token 50, head 1, dim 3]", in: result.seqparStderr) == 1, "\(result)")
             Self.unchanged(dir, before, result)
@@ -232,7 +226,6 @@ extension EndToEnd {
             let extra = arguments == ["HUGE-Q"] ? [] : arguments
             let result = try await launch(ranks: 2, arguments: ["run"] + inputs + extra + ["--out", dir.path("o.npy"), "--lse", dir.path("lse.npy")], timeout: 60)
             #expect(result.status == 1, "\(result)")
-            #expect(result.seconds < 20, "took \(result.seconds) s")
             #expect(result.seqparStderr.contains("are not finite in float32"), "\(result)")
             Self.unchanged(dir, before, result)
         }
@@ -241,7 +234,6 @@ extension EndToEnd {
         func verifyOfNaNFails() async throws {
             let result = try await launch(ranks: 2, arguments: ["verify", "--tokens", "300", "--scale", "1e38"], timeout: 60)
             #expect(result.status != 0, "\(result)")
-            #expect(result.seconds < 20, "took \(result.seconds) s")
             #expect(result.seqparStderr.contains("are not finite in float32"), "\(result)")
             #expect(!result.stdout.contains("PASS"), "\(result)")
         }
@@ -250,7 +242,6 @@ extension EndToEnd {
         func impossibleSize() async throws {
             let result = try await launch(ranks: 1, arguments: ["run", "--tokens", "3000000", "--heads", "64", "--head-dim", "128"], timeout: 60)
             #expect(result.status == 1, "\(result)")
-            #expect(result.seconds < 20, "took \(result.seconds) s")
             #expect(
                 result.seqparStderr.contains("this run needs about") && result.seqparStderr.contains("per rank at 1 rank(s)")
                     && result.seqparStderr.contains("ranks with"), "\(result)")
@@ -273,7 +264,6 @@ extension EndToEnd {
             if let stopped { kill(stopped.pid, SIGSTOP) }
             let result = try await job.value
             #expect(result.status == 124, "\(result)")
-            #expect(result.seconds < 30, "the job took \(result.seconds) s to end after a 20 s timeout")
             #expect(result.seqparStderr.contains("rank 1 did not answer by the deadline"), "\(result)")
             #expect(result.seqparStderr.contains("(--timeout 20)"), "\(result)")
             #expect(processes(withArgument: marker).isEmpty, "processes left: \(processes(withArgument: marker))")
@@ -306,7 +296,6 @@ extension EndToEnd {
             kill(mpirun.pid, SIGKILL)
             let result = try await job.value
             #expect(result.status != 0, "\(result)")
-            #expect(result.seconds < 30, "took \(result.seconds) s")
             #expect(await eventually(5) { processes(withArgument: marker).isEmpty }, "ranks left: \(processes(withArgument: marker))")
             #expect(sessions.allSatisfy { !FileManager.default.fileExists(atPath: $0) }, "session directory left: \(sessions)")
             #expect(segments().isEmpty, "segments left: \(segments())")

@@ -156,3 +156,22 @@ public final class ScratchDirectory: @unchecked Sendable {
 
     public func path(_ name: String) -> String { url.appendingPathComponent(name).path }
 }
+
+/// Starts this test binary again as a child that runs only the tests `filter` names, with
+/// `marker`=1 in its environment so they know they are the child: alone for one rank (MPI's
+/// singleton start), under Launch/local (mpirun) for more. The test run itself never starts MPI,
+/// so the mpiruns of other tests do not inherit a singleton's variables.
+public func runTestsAsChild(
+    filter: String, marker: String, ranks: Int, environment extra: [String: String] = [:], timeout: Double
+) async throws
+    -> ProcessResult
+{
+    let testBinary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    let arguments = ["--testing-library", "swift-testing", "--filter", filter]
+    var environment = ProcessInfo.processInfo.environment
+    environment[marker] = "1"
+    for (name, value) in extra { environment[name] = value }
+    if ranks == 1 { return try await runProcess(testBinary, arguments, environment: environment, timeout: timeout) }
+    environment["SEQPAR_BIN"] = testBinary.path
+    return try await runProcess(packageRoot.appendingPathComponent("Launch/local"), [String(ranks)] + arguments, environment: environment, timeout: timeout)
+}
