@@ -22,6 +22,8 @@ let package = Package(
     products: [
         .executable(name: "seqpar", targets: ["seqpar"]),
         .library(name: "AttentionCore", targets: ["AttentionCore"]),
+        .library(name: "BlasRuntime", targets: ["BlasRuntime"]),
+        .library(name: "FileFormats", targets: ["FileFormats"]),
         .library(name: "SequenceParallel", targets: ["SequenceParallel"]),
         .library(name: "AttentionJobs", targets: ["AttentionJobs"]),
         .library(name: "MPIBinding", targets: ["MPIBinding"]),
@@ -45,17 +47,21 @@ let package = Package(
             providers: [.apt(["libopenblas-dev"])]
         ),
         .target(name: "Buffers"),
-        .target(name: "AttentionCore", dependencies: ["Buffers", "CBLAS", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "BlasRuntime", dependencies: ["Buffers", "CBLAS"]),
+        .target(name: "FileFormats", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "AttentionCore", dependencies: ["Buffers", "CBLAS", "BlasRuntime", "FileFormats"]),
         .target(name: "Profiling", dependencies: ["Buffers"]),
         .target(name: "Planning", dependencies: ["AttentionCore"]),
         .target(name: "MPIBinding", dependencies: ["Buffers", "CMPI", "Profiling"]),
-        .target(name: "SequenceParallel", dependencies: ["Buffers", "AttentionCore", "Profiling", "Planning", "MPIBinding"]),
-        .target(name: "AttentionJobs", dependencies: ["AttentionCore", "SequenceParallel", "Profiling", "Planning"]),
+        .target(name: "SequenceParallel", dependencies: ["Buffers", "AttentionCore", "BlasRuntime", "FileFormats", "Profiling", "Planning", "MPIBinding"]),
+        .target(name: "AttentionJobs", dependencies: ["AttentionCore", "BlasRuntime", "FileFormats", "SequenceParallel", "Profiling", "Planning"]),
         .target(name: "ClusterConfig"),
         .executableTarget(
             name: "seqpar",
             dependencies: [
                 "AttentionCore",
+                "BlasRuntime",
+                "FileFormats",
                 "SequenceParallel",
                 "AttentionJobs",
                 "Profiling",
@@ -70,7 +76,7 @@ let package = Package(
         // a process runner with a time limit); no test framework.
         .target(name: "SeqparTestSupport", path: "Tests/SeqparTestSupport"),
         .testTarget(name: "BuffersTests", dependencies: ["Buffers"]),
-        .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore", "SeqparTestSupport"]),
+        .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore", "BlasRuntime", "FileFormats", "SeqparTestSupport"]),
         .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel", "Planning"]),
         .testTarget(

@@ -4,6 +4,8 @@
 // questions stay cheap however many documents there are. Also: lengths given inline, lengths
 // drawn from a seed, and a cu_seqlens .npy (int32 or int64) checked entry by entry.
 
+import FileFormats
+
 public struct DocumentBoundaries: Equatable, Sendable, CustomStringConvertible {
     /// cu_seqlens: starts at 0, never decreases, ends at the token count.
     public let offsets: [Int]

@@ -15,6 +15,7 @@
 // kernel's blocks of the reduction do: one piece per block's 512 keys made the output's error
 // against float64 27-43% larger (three runs), 128-key pieces made it smaller than packing's.
 
+import BlasRuntime
 import CBLAS
 
 #if canImport(Glibc)

@@ -4,6 +4,7 @@
 // figures (rank 0's, broadcast), so every rank picks the same strategy.
 
 import AttentionCore
+import FileFormats
 import Foundation
 import Planning
 import Profiling

@@ -2,6 +2,7 @@
 // their imbalance, and the same for the backward pass when it ran.
 
 import AttentionCore
+import BlasRuntime
 import Foundation
 import Profiling
 import SequenceParallel

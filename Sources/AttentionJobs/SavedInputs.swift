@@ -6,6 +6,7 @@
 // are they renamed over Q.npy, K.npy and V.npy (OutputTransaction).
 
 import AttentionCore
+import FileFormats
 import Foundation
 import SequenceParallel
 

@@ -4,6 +4,7 @@
 // gradients against another computation of them (verify --backward).
 
 import AttentionCore
+import FileFormats
 import MPIBinding
 
 /// Where dO comes from.

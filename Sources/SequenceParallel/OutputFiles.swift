@@ -12,6 +12,7 @@
 // Launch/cluster set it), and a rank ended by a signal or the watchdog removes them itself.
 
 import AttentionCore
+import FileFormats
 import Foundation
 import MPIBinding
 

@@ -6,6 +6,7 @@
 // machine with fewer cores than ranks, their waiting takes cores (say so when you quote figures).
 
 import AttentionCore
+import BlasRuntime
 import Buffers
 import MPIBinding
 import Planning

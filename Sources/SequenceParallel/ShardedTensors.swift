@@ -5,6 +5,7 @@
 
 import AttentionCore
 import Buffers
+import FileFormats
 import MPIBinding
 
 /// Where the inputs come from.

@@ -4,6 +4,7 @@
 // without Launch/setup (or copied without the file) says its commit is unknown.
 
 import AttentionCore
+import BlasRuntime
 import Foundation
 
 enum BuildInfo {

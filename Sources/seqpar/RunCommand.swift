@@ -1,6 +1,7 @@
 import ArgumentParser
 import AttentionCore
 import AttentionJobs
+import BlasRuntime
 import Foundation
 import Profiling
 import SequenceParallel

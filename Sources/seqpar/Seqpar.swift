@@ -4,6 +4,7 @@
 
 import ArgumentParser
 import AttentionCore
+import BlasRuntime
 import Foundation
 
 struct Seqpar: ParsableCommand {

@@ -6,6 +6,7 @@
 
 import ArgumentParser
 import AttentionCore
+import BlasRuntime
 import Foundation
 import SequenceParallel
 

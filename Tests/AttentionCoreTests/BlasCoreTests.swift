@@ -1,6 +1,7 @@
 // BlasCore.decide, the pure function behind seqpar's choice of OpenBLAS kernels, over a table of
 // (CPU features, core OpenBLAS reported, user setting) cases, and CPUFeatures' levels.
 
+import BlasRuntime
 import Testing
 
 @testable import AttentionCore

@@ -5,6 +5,7 @@
 // the layout alone.
 
 import AttentionCore
+import FileFormats
 import Foundation
 import Testing
 

@@ -2,6 +2,7 @@
 // tuned by benchmark, docs/PERFORMANCE.md, not pinned here), and given tiles win.
 
 import AttentionCore
+import BlasRuntime
 import Testing
 
 @Suite("Kernel tiling")

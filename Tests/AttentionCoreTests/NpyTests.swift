@@ -4,6 +4,7 @@
 // so the suite does not depend on Python; a NumPy interoperability test runs where NumPy exists.
 
 import AttentionCore
+import FileFormats
 import Foundation
 import SeqparTestSupport
 import Testing

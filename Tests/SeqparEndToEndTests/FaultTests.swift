@@ -4,6 +4,7 @@
 // and that no existing file changed (bytes and checksum before and after) and nothing was left.
 
 import AttentionCore
+import FileFormats
 import Foundation
 import Testing
 

@@ -3,6 +3,7 @@
 // NpyFile itself refuses to produce.
 
 import AttentionCore
+import FileFormats
 import Foundation
 @_exported import SeqparTestSupport
 

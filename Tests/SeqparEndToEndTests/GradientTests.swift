@@ -5,6 +5,7 @@
 
 import AttentionCore
 import AttentionJobs
+import FileFormats
 import Foundation
 import Testing
 

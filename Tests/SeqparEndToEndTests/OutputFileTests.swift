@@ -3,6 +3,7 @@
 // computed here, in this process, from the same files.
 
 import AttentionCore
+import FileFormats
 import Foundation
 import Testing
 

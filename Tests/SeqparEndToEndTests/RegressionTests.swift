@@ -3,6 +3,7 @@
 // model must never see a shape that loading would refuse.
 
 import AttentionCore
+import FileFormats
 import Foundation
 import Testing
 

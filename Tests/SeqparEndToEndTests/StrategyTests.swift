@@ -6,6 +6,7 @@
 
 import AttentionCore
 import AttentionJobs
+import FileFormats
 import Foundation
 import Testing
 

@@ -28,7 +28,7 @@ public enum BlasPeak {
     }
 
     /// The same for any m×n×k product of A [m, k], B [k, n] (or [n, k]) into C [m, n].
-    static func measure(
+    public static func measure(
         m: Int, n: Int, k: Int, repeats: Int, threads: Int,
         product: @escaping @Sendable (UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void
     ) -> Double {
@@ -55,24 +55,6 @@ public enum BlasPeak {
             best = min(best, monotonicSeconds() - start)
         }
         return 2 * Double(m) * Double(n) * Double(k) * Double(calls * threads) / best / 1e9
-    }
-
-    /// The sgemm rate at the kernel's own products for one head dim and tiling: Q·Kᵀ
-    /// (queryTile × keyBlock × headDim) and P·V (queryTile × headDim × keyBlock, computed as
-    /// `valueProduct` says, adding to its output as the kernel does), which do equal FLOPs, so
-    /// their combined rate is the harmonic mean. The ceiling of a kernel made of these products
-    /// and nothing else.
-    public static func measureKernelShapes(
-        headDim: Int, tiling: KernelTiling, valueProduct: ValueProduct, threads: Int = 1, repeats: Int = 5
-    )
-        -> (scores: Double, values: Double, combined: Double)
-    {
-        let (rows, keys) = (tiling.queryTile, tiling.keyBlock)
-        let scores = measure(m: rows, n: keys, k: headDim, transposedB: true, repeats: repeats, threads: threads)
-        let values = measure(m: rows, n: headDim, k: keys, repeats: repeats, threads: threads) { p, v, acc in
-            valueProduct.multiplyAdd(rows: rows, keys: keys, headDim: headDim, p: p, ldp: keys, v: v, into: acc)
-        }
-        return (scores, values, 2 / (1 / scores + 1 / values))
     }
 
     /// OpenBLAS's own thread count for one call.

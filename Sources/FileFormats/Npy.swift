@@ -60,7 +60,7 @@ public struct NpyHeader: Equatable, Sendable {
 
     public var elementCount: Int { shape.reduce(1, *) }
 
-    static func format(_ shape: [Int]) -> String {
+    public static func format(_ shape: [Int]) -> String {
         "(" + shape.map(String.init).joined(separator: ", ") + (shape.count == 1 ? ",)" : ")")
     }
 
