@@ -80,7 +80,7 @@ let package = Package(
         .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
         .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel", "Planning"]),
         .testTarget(
-            name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "AttentionJobs", "Profiling", "SeqparTestSupport"],
+            name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "FileFormats", "AttentionJobs", "Profiling", "SeqparTestSupport"],
             exclude: ["HelpSnapshots"]),
         .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel"]),
         .testTarget(name: "MultiHostTests", dependencies: ["seqpar", "SeqparTestSupport"]),
