@@ -78,14 +78,14 @@ let package = Package(
         .testTarget(name: "BuffersTests", dependencies: ["Buffers"]),
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore", "BlasRuntime", "FileFormats", "SeqparTestSupport"]),
         .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
-        .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "SequenceParallel", "Planning"]),
+        .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "AttentionJobs", "SequenceParallel", "Planning"]),
         .testTarget(
             name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "FileFormats", "AttentionJobs", "Profiling", "SeqparTestSupport"],
             exclude: ["HelpSnapshots"]),
         .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel"]),
         .testTarget(name: "MultiHostTests", dependencies: ["seqpar", "SeqparTestSupport"]),
         // The strategies in the test process itself on MPI_COMM_WORLD, started alone and under mpirun -np 2 and 3.
-        .testTarget(name: "InProcessStrategyTests", dependencies: ["AttentionCore", "SequenceParallel", "SeqparTestSupport"]),
+        .testTarget(name: "InProcessStrategyTests", dependencies: ["AttentionCore", "AttentionJobs", "SequenceParallel", "SeqparTestSupport"]),
         // The MPI binding in the test process on MPI_COMM_WORLD, started alone and under mpirun -np 3.
         .testTarget(name: "MPIBindingTests", dependencies: ["MPIBinding", "SeqparTestSupport"]),
     ]

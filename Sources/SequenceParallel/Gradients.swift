@@ -1,7 +1,6 @@
 // The backward pass's inputs and outputs on one rank: dO for this rank's output rows (from the
 // seed or a .npy file, each rank reading only its own rows, refused when it holds NaN or
-// infinity), dQ, dK and dV written each rank its own rows as O is written, and the errors of
-// gradients against another computation of them (verify --backward).
+// infinity), and dQ, dK and dV written each rank its own rows as O is written.
 
 import AttentionCore
 import FileFormats
@@ -76,52 +75,5 @@ extension ShardGradients {
                 }
             }
         }
-    }
-}
-
-/// Errors of dQ, dK and dV over some rows.
-public struct GradientErrors: Sendable, Equatable {
-    public var dq = ErrorStats()
-    public var dk = ErrorStats()
-    public var dv = ErrorStats()
-    /// Query rows and key rows compared.
-    public var queryRows = 0
-    public var keyRows = 0
-
-    public init() {}
-
-    /// The largest absolute error of the three.
-    public var maxAbs: Double { [dq.maxAbs, dk.maxAbs, dv.maxAbs].reduce(0) { !($1 <= $0) ? $1 : $0 } }
-
-    public var packed: [Double] { dq.packed + dk.packed + dv.packed + [Double(queryRows), Double(keyRows)] }
-    public init(packed p: [Double]) {
-        dq = ErrorStats(packed: p[0 ..< 4])
-        dk = ErrorStats(packed: p[4 ..< 8])
-        dv = ErrorStats(packed: p[8 ..< 12])
-        (queryRows, keyRows) = (Int(p[12]), Int(p[13]))
-    }
-    public static let packedCount = 14
-}
-
-extension ErrorStats {
-    /// Compares rows `rows` (local indices) of `actual` ([rows, heads, headDim]) with `expected`,
-    /// whose rows are indexed 0..<rows.count; `positions` are the rows' global positions.
-    public static func compare(
-        _ actual: [Float], rows: [Int], positions: [Int], heads: Int, headDim: Int,
-        expected: (Int) -> Double
-    ) -> ErrorStats {
-        var stats = ErrorStats()
-        var scale = 0.0
-        let width = heads * headDim
-        for (i, row) in rows.enumerated() {
-            for e in 0 ..< width {
-                let want = expected(i * width + e)
-                let diff = ResultErrors.difference(Double(actual[row * width + e]), want)
-                scale = max(scale, abs(want))
-                if !(diff <= stats.maxAbs) || stats.token < 0 { (stats.maxAbs, stats.token, stats.head) = (diff, positions[i], e / headDim) }
-            }
-        }
-        stats.maxRel = scale > 0 ? stats.maxAbs / scale : stats.maxAbs
-        return stats
     }
 }

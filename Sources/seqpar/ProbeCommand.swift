@@ -1,6 +1,7 @@
 // `seqpar probe`: the machine's figures the cost model needs (Probe in SequenceParallel measures).
 
 import ArgumentParser
+import AttentionJobs
 import Foundation
 import Profiling
 import SequenceParallel

@@ -6,6 +6,7 @@
 // 128, GQA and MQA, every mask.
 
 import AttentionCore
+import AttentionJobs
 import SequenceParallel
 
 struct StrategyCase: CustomStringConvertible, Sendable {

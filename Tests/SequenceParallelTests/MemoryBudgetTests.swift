@@ -2,6 +2,7 @@
 // with tokens / ranks, never with tokens squared.
 
 import AttentionCore
+import AttentionJobs
 import SequenceParallel
 import Testing
 

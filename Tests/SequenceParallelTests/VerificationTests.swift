@@ -1,6 +1,7 @@
 // verify's error measure: NaN is an infinite error wherever it appears, two -inf LSEs (a query
 // that sees no key, on both sides) are no error, and folding ranks keeps the worst.
 
+import AttentionJobs
 import SequenceParallel
 import Testing
 

@@ -11,6 +11,7 @@ import Buffers
 import MPIBinding
 import Planning
 import Profiling
+import SequenceParallel
 
 /// Measures the machine as the strategies see it: ping-pong and all-to-all times over message sizes, and
 /// each rank's sgemm rate with all ranks busy (`ProbeFigures`).

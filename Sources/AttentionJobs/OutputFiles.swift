@@ -15,6 +15,7 @@ import AttentionCore
 import FileFormats
 import Foundation
 import MPIBinding
+import SequenceParallel
 
 /// An output path refused before anything is computed: the same file as an input or another output, not a
 /// regular file, or in a folder that is missing or cannot be written.

@@ -5,6 +5,7 @@
 
 import AttentionCore
 import MPIBinding
+import SequenceParallel
 
 /// The largest error between two arrays and where it is.
 public struct ErrorStats: Sendable, Equatable {
@@ -248,5 +249,52 @@ extension Verification {
         }
         let backward = LocalAttentionBackward(shape: job.shape, mask: job.mask, tiling: job.tiling, threads: job.threads)
         return backward.gradients(q: q, k: k, v: v, forward: accumulator.result(), outputGrad: outputGrad)
+    }
+}
+
+/// Errors of dQ, dK and dV over some rows.
+public struct GradientErrors: Sendable, Equatable {
+    public var dq = ErrorStats()
+    public var dk = ErrorStats()
+    public var dv = ErrorStats()
+    /// Query rows and key rows compared.
+    public var queryRows = 0
+    public var keyRows = 0
+
+    public init() {}
+
+    /// The largest absolute error of the three.
+    public var maxAbs: Double { [dq.maxAbs, dk.maxAbs, dv.maxAbs].reduce(0) { !($1 <= $0) ? $1 : $0 } }
+
+    public var packed: [Double] { dq.packed + dk.packed + dv.packed + [Double(queryRows), Double(keyRows)] }
+    public init(packed p: [Double]) {
+        dq = ErrorStats(packed: p[0 ..< 4])
+        dk = ErrorStats(packed: p[4 ..< 8])
+        dv = ErrorStats(packed: p[8 ..< 12])
+        (queryRows, keyRows) = (Int(p[12]), Int(p[13]))
+    }
+    public static let packedCount = 14
+}
+
+extension ErrorStats {
+    /// Compares rows `rows` (local indices) of `actual` ([rows, heads, headDim]) with `expected`,
+    /// whose rows are indexed 0..<rows.count; `positions` are the rows' global positions.
+    public static func compare(
+        _ actual: [Float], rows: [Int], positions: [Int], heads: Int, headDim: Int,
+        expected: (Int) -> Double
+    ) -> ErrorStats {
+        var stats = ErrorStats()
+        var scale = 0.0
+        let width = heads * headDim
+        for (i, row) in rows.enumerated() {
+            for e in 0 ..< width {
+                let want = expected(i * width + e)
+                let diff = ResultErrors.difference(Double(actual[row * width + e]), want)
+                scale = max(scale, abs(want))
+                if !(diff <= stats.maxAbs) || stats.token < 0 { (stats.maxAbs, stats.token, stats.head) = (diff, positions[i], e / headDim) }
+            }
+        }
+        stats.maxRel = scale > 0 ? stats.maxAbs / scale : stats.maxAbs
+        return stats
     }
 }

@@ -8,6 +8,7 @@
 import AttentionCore
 import Foundation
 import MPIBinding
+import SequenceParallel
 
 /// A run that needs more memory per rank than this host has available for it: how much, and how many ranks would fit it.
 public struct MemoryBudgetExceeded: Error, CustomStringConvertible {

@@ -7,6 +7,7 @@
 
 import AttentionCore
 import MPIBinding
+import SequenceParallel
 
 /// A result row holding NaN or infinity (float32 overflowed), or claiming no visible key while the mask shows it one.
 public struct NonFiniteResult: Error, CustomStringConvertible {
