@@ -112,6 +112,23 @@ struct RingPass {
         return furthest + 1
     }
 
+    /// For each source rank a pass of `steps` steps reaches, its key segments that some query
+    /// segment may see, each with those query segments: worked out once, before the ring turns,
+    /// so no step searches or allocates (empty for the sources the pass never reaches).
+    private func pairs(_ querySegments: [ShardSegment], mask: AttentionMask, steps: Int) -> [[(keys: ShardSegment, queries: [ShardSegment])]] {
+        let index = SegmentIndex(querySegments)
+        let (ranks, me) = (communicator.size, communicator.rank)
+        var pairs = [[(keys: ShardSegment, queries: [ShardSegment])]](repeating: [], count: ranks)
+        for step in 0 ..< steps {
+            let source = (me - step + ranks) % ranks
+            pairs[source] = blockSegments[source].compactMap { keys in
+                let queries = index.seeing(keys.positions, mask: mask)
+                return queries.isEmpty ? nil : (keys, queries)
+            }
+        }
+        return pairs
+    }
+
     /// Folds every block the queries see into `accumulator`.
     func run(
         queries: UnsafePointer<Float>, querySegments: [ShardSegment], keyValues: UnsafeBufferPointer<Float>,
@@ -120,12 +137,10 @@ struct RingPass {
         let capacity = 2 * (0 ..< communicator.size).map(rows).max()! * kvRowWidth
         let exchange = RingExchange(communicator: communicator, capacity: capacity, reusing: buffers)
         let steps = steps(mask: mask, heads: kernel.slice.heads)
-        let queryIndex = SegmentIndex(querySegments)
+        let pairs = pairs(querySegments, mask: mask, steps: steps)
         try exchange.circulate(keyValues, steps: steps, blockSize: { 2 * rows($0) * kvRowWidth }) { source, block, progress in
             let values = block + rows(source) * kvRowWidth
-            for keySegment in blockSegments[source] {  // every query segment that may see it at once: K/V packed once
-                let seeing = queryIndex.seeing(keySegment.positions, mask: mask)
-                guard !seeing.isEmpty else { continue }
+            for (keySegment, seeing) in pairs[source] {  // every query segment that may see it at once: K/V packed once
                 kernel.accumulate(
                     queries: queries, querySegments: seeing, keys: block, values: values,
                     keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
@@ -163,7 +178,7 @@ extension RingPass {
         let capacity = (0 ..< ranks).map(blockSize).max()!
         let exchange = RingExchange(communicator: communicator, capacity: capacity, reusing: buffers)
         let steps = steps(mask: mask, heads: kernel.slice.heads)
-        let queryIndex = SegmentIndex(querySegments)
+        let pairs = pairs(querySegments, mask: mask, steps: steps)
         // The block's dK/dV from this rank's queries (zeroed at every step), and two buffers for
         // the travelling sums (one being sent, one being received; each written before it is read).
         let buffers = buffers.take(.sums, count: 3, capacity: capacity)
@@ -179,8 +194,8 @@ extension RingPass {
             let values = block + rows(source) * kvRowWidth
             let keyGrad = partial.baseAddress!, valueGrad = keyGrad + rows(source) * kvRowWidth
             recording(.compute, on: communicator.recorder) {
-                for keySegment in blockSegments[source] {
-                    for querySegment in queryIndex.seeing(keySegment.positions, mask: mask) {
+                for (keySegment, seeing) in pairs[source] {
+                    for querySegment in seeing {
                         kernel.accumulate(
                             queries: queries, outputGrad: outputGrad, querySegment: querySegment, keys: block, values: values,
                             keySegment: keySegment, into: gradients, keyGrad: keyGrad, valueGrad: valueGrad
