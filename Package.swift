@@ -82,7 +82,7 @@ let package = Package(
         .testTarget(
             name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "FileFormats", "AttentionJobs", "Profiling", "SeqparTestSupport"],
             exclude: ["HelpSnapshots"]),
-        .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel"]),
+        .testTarget(name: "ClusterConfigTests", dependencies: ["ClusterConfig", "SequenceParallel", "SeqparTestSupport"]),
         .testTarget(name: "MultiHostTests", dependencies: ["seqpar", "SeqparTestSupport"]),
         // The strategies in the test process itself on MPI_COMM_WORLD, started alone and under mpirun -np 2 and 3.
         .testTarget(name: "InProcessStrategyTests", dependencies: ["AttentionCore", "AttentionJobs", "SequenceParallel", "SeqparTestSupport"]),
