@@ -54,11 +54,11 @@ public enum AutoStrategy {
     /// The problem as the cost model sees it: the shapes from the synthetic inputs or the files' headers.
     /// - Throws: `AutoStrategyError` for files that are not 3-dimensional; the shape's own checks.
     public static func problem(_ source: InputSource, mask: AttentionMask, ranks: Int) throws -> AttentionProblem {
-        switch source {
+        switch source.origin {
         case let .synthetic(_, tokens, shape):
             return AttentionProblem(tokens: tokens, heads: shape.heads, kvHeads: shape.kvHeads, headDim: shape.headDim, mask: mask, ranks: ranks)
         case let .files(q, k, _, _):
-            let qs = try NpyFile.open(reading: q).header.shape, ks = try NpyFile.open(reading: k).header.shape
+            let qs = try source.open(q).header.shape, ks = try source.open(k).header.shape
             guard qs.count == 3, ks.count == 3 else { throw AutoStrategyError(description: "--strategy auto needs 3-dimensional Q and K files") }
             // The same checks as loading makes (positive, heads a multiple of kv heads), before the model divides by them.
             let shape = try AttentionShape(heads: qs[1], kvHeads: ks[1], headDim: qs[2])

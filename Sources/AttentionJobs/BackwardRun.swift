@@ -42,7 +42,7 @@ public struct BackwardRun {
     /// dO of `run`'s output rows (read or generated once; bench's repetitions share it).
     /// - Throws: `CollectiveFailure` on every rank when any rank cannot load it.
     public static func loadOutputGrad(_ source: OutputGradientSource, for run: DistributedRun, communicator: Communicator) throws -> [Float] {
-        try communicator.together { try source.load(segments: run.segments, tokens: run.shard.tokens, shape: run.job.shape) }
+        try communicator.together { try source.load(segments: run.segments, tokens: run.shard.tokens, shape: run.job.shape, elementType: run.shard.elementType) }
     }
 
     /// The backward of `run` for dO already loaded (`loadOutputGrad`).

@@ -6,6 +6,7 @@
 // when `showsProgress` is on.
 
 import AttentionCore
+import FileFormats
 import Foundation
 import Profiling
 import SequenceParallel
@@ -44,6 +45,8 @@ public struct DistributedRun {
         /// The shapes of the O and LSE files.
         public var outputShape: [Int] { [extent.count, shard.shape.heads, shard.shape.headDim] }
         public var lseShape: [Int] { [shard.shape.heads, extent.count] }
+        /// The element type of the O, dQ, dK and dV files (LSE is always float32).
+        public var elementType: ElementType { shard.elementType }
         /// The shape of the dK and dV files.
         public var keyGradientShape: [Int] { [shard.tokens, shard.shape.kvHeads, shard.shape.headDim] }
     }
@@ -97,6 +100,7 @@ public struct DistributedRun {
         let s = prepared.job.shape
         return "\(prepared.name.rawValue) on \(ranks) rank(s) x \(prepared.job.threads) thread(s): tokens \(prepared.shard.tokens), heads \(s.heads), "
             + "kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(prepared.job.mask)"
+            + (prepared.elementType == .f32 ? "" : ", dtype \(prepared.elementType) (computed in float32)")
     }
 
     /// One timed run of a prepared strategy, from a common barrier; rank 0 shows a progress line
@@ -174,6 +178,10 @@ public enum Format {
         var text = "tokens \(run.shard.tokens), heads \(s.heads), kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(run.job.mask)"
         if run.extent != 0 ..< run.shard.tokens { text += ", queries \(run.extent.lowerBound)..<\(run.extent.upperBound)" }
         if run.strategy.label != run.name.rawValue { text += ", \(run.strategy.label)" }  // its shape, as "mesh 2x2"
+        if run.shard.elementType != .f32 {
+            // Every result compared (distributed, single rank, float64) starts from the same rounded inputs.
+            text += ", dtype \(run.shard.elementType): inputs rounded to it, computed in float32"
+        }
         return text
     }
 }

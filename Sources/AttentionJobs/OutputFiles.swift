@@ -118,6 +118,7 @@ public final class OutputTransaction {
         /// Where the rows are written.
         public let temporary: String
         let shape: [Int]
+        let elementType: ElementType
     }
 
     public let targets: [Target]
@@ -132,9 +133,12 @@ public final class OutputTransaction {
     /// The temporary file to write for `option`'s output.
     public func temporary(_ option: String) -> String? { targets.first { $0.option == option }?.temporary }
 
-    /// Collective: rank 0 creates a temporary beside each target with room for `shape`, and
-    /// every rank learns their names. Throws on every rank if rank 0 cannot.
-    public static func begin(_ outputs: [(option: String, path: String, shape: [Int])], communicator: Communicator) throws -> OutputTransaction {
+    /// One file to write: the option and path the user gave, its shape and element type.
+    public typealias Output = (option: String, path: String, shape: [Int], elementType: ElementType)
+
+    /// Collective: rank 0 creates a temporary beside each target with room for `shape` of its
+    /// element type, and every rank learns their names. Throws on every rank if rank 0 cannot.
+    public static func begin(_ outputs: [Output], communicator: Communicator) throws -> OutputTransaction {
         var made: [Target] = []
         do {
             try communicator.together {
@@ -155,14 +159,14 @@ public final class OutputTransaction {
         var targets: [Target] = []
         for (i, output) in outputs.enumerated() {
             let final = try resolvedFinal(output.path)
-            targets.append(Target(option: output.option, path: output.path, final: final, temporary: temporaries[i], shape: output.shape))
+            targets.append(Target(option: output.option, path: output.path, final: final, temporary: temporaries[i], shape: output.shape, elementType: output.elementType))
         }
         return OutputTransaction(targets: targets, communicator: communicator)
     }
 
     private static func resolvedFinal(_ path: String) throws -> String { try OutputPaths.resolvedTarget(path) }
 
-    private static func create(_ output: (option: String, path: String, shape: [Int])) throws -> Target {
+    private static func create(_ output: Output) throws -> Target {
         let final = try OutputPaths.resolvedTarget(output.path)
         let folder = OutputPaths.parent(of: final), name = (final as NSString).lastPathComponent
         var template = Array(((folder as NSString).appendingPathComponent(".\(temporaryStem(name)).seqpar-XXXXXX")).utf8CString)
@@ -177,8 +181,8 @@ public final class OutputTransaction {
             let mask = umask(0)
             umask(mask)
             fchmod(fd, 0o666 & ~mask)
-            let header = try NpyFile.create(temporary, shape: output.shape)
-            let bytes = header.dataOffset + header.elementCount * 4
+            let header = try NpyFile.create(temporary, shape: output.shape, elementType: output.elementType)
+            let bytes = header.dataOffset + header.elementCount * output.elementType.byteSize
             let reserved = posix_fallocate(fd, 0, off_t(bytes))
             if reserved != 0 && reserved != EOPNOTSUPP && reserved != EINVAL {
                 throw OutputPathError(description: "\(output.option) \(output.path): cannot reserve \(bytes) bytes in \(folder) (\(String(cString: strerror(reserved))))")
@@ -187,7 +191,7 @@ public final class OutputTransaction {
             unlink(temporary)
             throw error
         }
-        return Target(option: output.option, path: output.path, final: final, temporary: temporary, shape: output.shape)
+        return Target(option: output.option, path: output.path, final: final, temporary: temporary, shape: output.shape, elementType: output.elementType)
     }
 
     /// The target's name as its temporary carries it: cut short (at a character) so that

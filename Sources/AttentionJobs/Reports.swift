@@ -46,6 +46,8 @@ public struct RunReport: Codable {
     public let imbalance: Double
     /// Packed documents: how the rows are laid out, and the max/mean kernel work that predicts.
     public var layout: String?
+    /// The element type of the inputs and outputs (`--dtype`): f32, bf16 or f16.
+    public var dtype = "f32"
     public var predictedImbalance: Double?
     public var profile: ProfileFigures?
     public var backward: BackwardFigures?
@@ -171,10 +173,15 @@ public struct InfoJSON: Codable {
         public let host, cpu, openblasCore, openblasCoreReason: String
         public let blasThreads: Int
         public let sgemmGflops: Double
+        /// What bf16 and f16 run on here (CPUFeatures.reducedPrecisionPath).
+        public let bf16Path: String
 
-        public init(rank: Int, host: String, cpu: String, openblasCore: String, openblasCoreReason: String, blasThreads: Int, sgemmGflops: Double) {
+        public init(
+            rank: Int, host: String, cpu: String, openblasCore: String, openblasCoreReason: String, blasThreads: Int, sgemmGflops: Double,
+            bf16Path: String
+        ) {
             (self.rank, self.host, self.cpu, self.openblasCore, self.openblasCoreReason) = (rank, host, cpu, openblasCore, openblasCoreReason)
-            (self.blasThreads, self.sgemmGflops) = (blasThreads, sgemmGflops)
+            (self.blasThreads, self.sgemmGflops, self.bf16Path) = (blasThreads, sgemmGflops, bf16Path)
         }
     }
 }

@@ -51,6 +51,7 @@ public struct RunFigures {
             seconds: run.seconds, flops: run.flops, gflops: gflops, peakMemoryBytes: memory, bytesSent: sent, bytesReceived: received,
             kernelFlops: kernelFlops, imbalance: imbalance)
         report.layout = run.documentLayout?.name
+        report.dtype = run.shard.elementType.rawValue
         report.predictedImbalance = run.documentLayout?.imbalance
         report.profile = profile
         report.backward = backward

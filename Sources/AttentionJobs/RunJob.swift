@@ -4,6 +4,7 @@
 // profile gathered and written, and every rank's figures gathered. Nothing is printed to stdout.
 
 import AttentionCore
+import FileFormats
 import Foundation
 import Profiling
 import SequenceParallel
@@ -54,11 +55,12 @@ public enum RunJob {
             try world.together { throw StrategyRefusal(description: "\(file.option) \(file.path) asks for gradients, but no dO was given (outputGrad)") }
         }
         // Temporaries beside the targets, made and sized now: a full disk fails before the compute.
+        let type = prepared.elementType
         let shaped = [
-            (files.output, prepared.outputShape), (files.lse, prepared.lseShape), (files.dq, prepared.outputShape),
-            (files.dk, prepared.keyGradientShape), (files.dv, prepared.keyGradientShape),
+            (files.output, prepared.outputShape, type), (files.lse, prepared.lseShape, .f32), (files.dq, prepared.outputShape, type),
+            (files.dk, prepared.keyGradientShape, type), (files.dv, prepared.keyGradientShape, type),
         ]
-        .compactMap { file, shape in file.map { (option: $0.option, path: $0.path, shape: shape) } }
+        .compactMap { file, shape, type in file.map { (option: $0.option, path: $0.path, shape: shape, elementType: type) } }
         let transaction = shaped.isEmpty ? nil : try OutputTransaction.begin(shaped, communicator: world)
         DistributedRun.announce(prepared, communicator: world)
         var run: DistributedRun

@@ -18,14 +18,16 @@ public enum SavedInputs {
     /// The three files in `folder`: Q.npy, K.npy, V.npy.
     public static func paths(_ folder: String) -> [String] { names.map { (folder as NSString).appendingPathComponent($0.1) } }
 
-    /// Writes the synthetic Q, K and V of `seed` to `folder`; called by every rank alike, each
-    /// writing an even share of the rows.
+    /// Writes the synthetic Q, K and V of `seed` to `folder`, in `elementType` (rounded to nearest
+    /// even, as the job holds them); called by every rank alike, each writing an even share of the rows.
     /// - Throws: `CollectiveFailure` on every rank when any rank cannot create or write a file.
-    public static func write(_ folder: String, seed: UInt64, tokens: Int, shape: AttentionShape, communicator: Communicator) throws {
+    public static func write(
+        _ folder: String, seed: UInt64, tokens: Int, shape: AttentionShape, elementType: ElementType = .f32, communicator: Communicator
+    ) throws {
         let files = paths(folder)
         let widths = [shape.heads, shape.kvHeads, shape.kvHeads]
         let transaction = try OutputTransaction.begin(
-            zip(files, widths).map { (option: "--save-inputs", path: $0, shape: [tokens, $1, shape.headDim]) }, communicator: communicator)
+            zip(files, widths).map { (option: "--save-inputs", path: $0, shape: [tokens, $1, shape.headDim], elementType: elementType) }, communicator: communicator)
         let (rank, ranks) = (communicator.rank, communicator.size)
         let mine = tokens * rank / ranks ..< tokens * (rank + 1) / ranks
         let chunk = 1024

@@ -154,7 +154,7 @@ public struct GradientCheck {
         let wholeRows = [ShardSegment(positions: 0 ..< tokens, localRow: 0)]
         let dO = TokenTensor(
             tokens: tokens, heads: shape.heads, headDim: shape.headDim,
-            values: try communicator.together { try outputGrad.load(segments: wholeRows, tokens: tokens, shape: shape) })
+            values: try communicator.together { try outputGrad.load(segments: wholeRows, tokens: tokens, shape: shape, elementType: shard.elementType) })
         let queryPositions = Verification.positions(segments), keyPositions = Verification.positions(shard.keySegments)
         let queryRows = Array(0 ..< queryPositions.count), keyRows = Array(0 ..< keyPositions.count)
 

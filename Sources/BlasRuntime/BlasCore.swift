@@ -41,6 +41,8 @@ public struct CPUFeatures: Equatable, Sendable {
     public var avx = false, avx2 = false, fma = false
     public var avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512cd = false
     public var avx512bf16 = false
+    /// AMX tiles with bf16 products (and the OS saving tile state), and AVX512-FP16.
+    public var amxBF16 = false, avx512fp16 = false
 
     public init(vendor: String, family: Int, model: Int) {
         self.vendor = vendor
@@ -56,6 +58,15 @@ public struct CPUFeatures: Equatable, Sendable {
     }
 
     public var summary: String { "\(vendor) family \(family) model \(model), \(level)" }
+
+    /// The CPU's bf16 and fp16 units, and what seqpar does with bf16/f16 on it: the kernel
+    /// computes in float32 on every CPU today (inputs widened as they are read), so "units" says
+    /// what a bf16 GEMM could use, and the path says what is used.
+    public var reducedPrecisionPath: String {
+        let units = [(amxBF16, "AMX-BF16"), (avx512bf16, "AVX512-BF16"), (avx512fp16, "AVX512-FP16")].filter(\.0).map(\.1)
+        return "bf16/f16 path: converted to float32 as read, computed at float32 speed (the kernel has no bf16 GEMM yet); "
+            + "bf16/fp16 units: \(units.isEmpty ? "none" : units.joined(separator: ", "))"
+    }
 
     /// This machine's CPU.
     public static let current: CPUFeatures = {
@@ -76,6 +87,7 @@ public struct CPUFeatures: Equatable, Sendable {
         let xcr0 = seqpar_xcr0()
         let ymm = xcr0 & 0x6 == 0x6
         let zmm = ymm && xcr0 & 0xE0 == 0xE0
+        let tiles = xcr0 & 0x60000 == 0x60000
         let bit = { (word: UInt32, n: UInt32) in word & (1 << n) != 0 }
         cpu.avx = ymm && bit(leaf1[2], 28)
         cpu.fma = ymm && bit(leaf1[2], 12)
@@ -87,6 +99,8 @@ public struct CPUFeatures: Equatable, Sendable {
             cpu.avx512cd = zmm && bit(leaf7[1], 28)
             cpu.avx512bw = zmm && bit(leaf7[1], 30)
             cpu.avx512vl = zmm && bit(leaf7[1], 31)
+            cpu.avx512fp16 = zmm && bit(leaf7[3], 23)
+            cpu.amxBF16 = tiles && bit(leaf7[3], 22)
             if leaf7[0] >= 1 { cpu.avx512bf16 = zmm && bit(cpuid(7, 1)[0], 5) }
         }
         return cpu

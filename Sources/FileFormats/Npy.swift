@@ -1,4 +1,5 @@
-// NumPy .npy files (format 1.0, 2.0 and 3.0 headers), float32 little-endian, C order: what
+// NumPy .npy files (format 1.0, 2.0 and 3.0 headers), little-endian float32, bfloat16 or float16
+// (ElementType.swift), C order: what
 // researchers already have and what NumPy, PyTorch and JAX read and write. Reading and writing
 // are positioned (swift-system's FileDescriptor: pread/pwrite, retried on EINTR), so each rank
 // touches only its own rows of a shared file.
@@ -18,6 +19,8 @@ public enum NpyError: Error, Equatable, CustomStringConvertible {
     case unsupportedVersion(path: String, major: Int, minor: Int)
     case malformedHeader(path: String, detail: String)
     case wrongDType(path: String, found: String)
+    /// A `<V2` (or `<u2`, `<i2`) file read without `--dtype bf16`: its descr does not say bf16.
+    case bf16NeedsFlag(path: String, found: String)
     case fortranOrder(path: String)
     case wrongRank(path: String, expected: Int, shape: [Int])
     case truncated(path: String, expectedBytes: Int, actualBytes: Int)
@@ -35,7 +38,11 @@ public enum NpyError: Error, Equatable, CustomStringConvertible {
         case let .malformedHeader(path, detail):
             return "\(path): malformed .npy header (\(detail))"
         case let .wrongDType(path, found):
-            return "\(path): dtype is '\(found)', expected '<f4' (little-endian float32); convert with arr.astype('<f4')"
+            return "\(path): dtype is '\(found)', expected '<f4' (float32), '<f2' (float16) or, with --dtype bf16, '<V2' (bfloat16 as ml_dtypes "
+                + "stores it); convert with arr.astype('<f4')"
+        case let .bf16NeedsFlag(path, found):
+            return "\(path): dtype is '\(found)', 2-byte elements whose descr does not say what they are (ml_dtypes stores bfloat16 so); "
+                + "pass --dtype bf16 to read them as bf16"
         case let .fortranOrder(path):
             return "\(path): array is in Fortran order, expected C order; save np.ascontiguousarray(arr)"
         case let .wrongRank(path, expected, shape):
@@ -55,7 +62,7 @@ public struct NpyHeader: Equatable, Sendable {
     public let shape: [Int]
     /// Byte offset of the first element.
     public let dataOffset: Int
-    /// The element type ('<f4' unless a reader asked for others, as cu_seqlens' '<i4'/'<i8').
+    /// The element type's descr ('<f4' unless a reader asked for others, as cu_seqlens' '<i4'/'<i8').
     public var dtype = "<f4"
 
     public var elementCount: Int { shape.reduce(1, *) }
@@ -218,15 +225,19 @@ struct HeaderDictParser {
     }
 }
 
-/// An open .npy file for positioned reads or writes of float32 elements.
+/// An open .npy file for positioned reads or writes of float elements (float32, bfloat16 or
+/// float16 in the file, float32 in memory), or for reading a file of integers.
 public final class NpyFile {
     public let path: String
     public let header: NpyHeader
+    /// What the file's elements are; nil for a file of integers (`readIntegers`).
+    public let elementType: ElementType?
     private let descriptor: FileDescriptor
 
-    private init(path: String, header: NpyHeader, descriptor: FileDescriptor) {
+    private init(path: String, header: NpyHeader, elementType: ElementType?, descriptor: FileDescriptor) {
         self.path = path
         self.header = header
+        self.elementType = elementType
         self.descriptor = descriptor
     }
 
@@ -248,9 +259,29 @@ public final class NpyFile {
         }
     }
 
-    /// Opens an existing .npy for reading and checks its header against the file's size.
+    /// Opens an existing .npy of float32 or float16 (and, with `readingBF16`, of bfloat16 bits in a
+    /// `<V2`, `<u2` or `<i2` file) for reading, and checks its header against the file's size.
     /// Refuses FIFOs and devices before opening them (a FIFO's open would block).
-    public static func open(reading path: String, dtypes: [String: Int] = ["<f4": 4]) throws -> NpyFile {
+    public static func open(reading path: String, readingBF16: Bool = false) throws -> NpyFile {
+        var dtypes = ["<f4": 4, "<f2": 2]
+        if readingBF16 { for descr in ElementType.bf16Descrs { dtypes[descr] = 2 } }
+        do {
+            let (header, fd) = try openChecked(path, dtypes: dtypes)
+            return NpyFile(path: path, header: header, elementType: ElementType.of(descr: header.dtype, readingBF16: readingBF16), descriptor: fd)
+        } catch let NpyError.wrongDType(path, found) where ElementType.bf16Descrs.contains(found) {
+            throw NpyError.bf16NeedsFlag(path: path, found: found)
+        }
+    }
+
+    /// Opens an existing .npy whose elements are one of `dtypes` (descr: bytes per element), as
+    /// cu_seqlens' integers, and checks its header against the file's size.
+    public static func open(reading path: String, dtypes: [String: Int]) throws -> NpyFile {
+        let (header, fd) = try openChecked(path, dtypes: dtypes)
+        return NpyFile(path: path, header: header, elementType: nil, descriptor: fd)
+    }
+
+    /// The checked header and an open descriptor of `path`.
+    private static func openChecked(_ path: String, dtypes: [String: Int]) throws -> (NpyHeader, FileDescriptor) {
         if let kind = irregularKind(path) { throw NpyError.notRegularFile(path: path, kind: kind) }
         let fd: FileDescriptor
         do {
@@ -263,7 +294,7 @@ public final class NpyFile {
             var prefix = [UInt8](repeating: 0, count: min(size, 1 << 16))
             let got = try prefix.withUnsafeMutableBytes { try fd.read(fromAbsoluteOffset: 0, into: $0) }
             guard got == prefix.count else { throw NpyError.io(path: path, operation: "read header", reason: "read \(got) of \(prefix.count) bytes") }
-            return NpyFile(path: path, header: try NpyHeader.parse(prefix, fileSize: size, path: path, dtypes: dtypes), descriptor: fd)
+            return (try NpyHeader.parse(prefix, fileSize: size, path: path, dtypes: dtypes), fd)
         } catch {
             try? fd.close()
             if error is NpyError { throw error }
@@ -271,10 +302,10 @@ public final class NpyFile {
         }
     }
 
-    /// Creates (or truncates) `path` with a header for `shape` and room for all its data.
-    /// One process creates the file; writers then open it with `open(writing:)`.
+    /// Creates (or truncates) `path` with a header for `shape` of `elementType` and room for all its
+    /// data. One process creates the file; writers then open it with `open(writing:)`.
     @discardableResult
-    public static func create(_ path: String, shape: [Int]) throws -> NpyHeader {
+    public static func create(_ path: String, shape: [Int], elementType: ElementType = .f32) throws -> NpyHeader {
         if let kind = irregularKind(path) { throw NpyError.notRegularFile(path: path, kind: kind) }
         let fd: FileDescriptor
         do {
@@ -283,15 +314,15 @@ public final class NpyFile {
             throw NpyError.cannotOpen(path: path, reason: "\(error)")
         }
         defer { try? fd.close() }
-        let bytes = NpyHeader.encode(shape: shape)
-        let header = NpyHeader(shape: shape, dataOffset: bytes.count)
+        let bytes = NpyHeader.encode(shape: shape, dtype: elementType.descr)
+        let header = NpyHeader(shape: shape, dataOffset: bytes.count, dtype: elementType.descr)
         do {
             _ = try bytes.withUnsafeBytes { try fd.writeAll(toAbsoluteOffset: 0, $0) }
         } catch {
             throw NpyError.io(path: path, operation: "write header", reason: "\(error)")
         }
         do {
-            try fd.resize(to: Int64(header.dataOffset + header.elementCount * 4))
+            try fd.resize(to: Int64(header.dataOffset + header.elementCount * elementType.byteSize))
         } catch {
             throw NpyError.io(path: path, operation: "resize", reason: "\(error)")
         }
@@ -300,18 +331,23 @@ public final class NpyFile {
 
     /// Opens a file made by `create` for positioned writes.
     public static func open(writing path: String) throws -> NpyFile {
-        let reader = try open(reading: path)
+        let reader = try open(reading: path, readingBF16: true)
         do {
-            return NpyFile(path: path, header: reader.header, descriptor: try FileDescriptor.open(FilePath(path), .writeOnly))
+            return NpyFile(path: path, header: reader.header, elementType: reader.elementType, descriptor: try FileDescriptor.open(FilePath(path), .writeOnly))
         } catch {
             throw NpyError.cannotOpen(path: path, reason: "\(error)")
         }
     }
 
-    /// Reads `count` elements starting at element `offset`.
+    /// Reads `count` elements starting at element `offset`, widened to float32. A 2-byte type is
+    /// read into the upper half of `buffer`'s bytes and widened there, front to back.
     public func read(into buffer: UnsafeMutablePointer<Float>, elementOffset offset: Int, count: Int) throws {
+        guard let elementType else { preconditionFailure("\(path) holds integers: read it with readIntegers") }
         try checkRange(offset: offset, count: count, operation: "read")
-        try readBytes(UnsafeMutableRawBufferPointer(start: buffer, count: count * 4), at: offset * 4)
+        let size = elementType.byteSize
+        let raw = UnsafeMutableRawPointer(buffer) + count * (4 - size)
+        try readBytes(UnsafeMutableRawBufferPointer(start: raw, count: count * size), at: offset * size)
+        elementType.widen(raw, into: buffer, count: count)
     }
 
     /// Every element of an int32 or int64 file (opened with those dtypes), as Int.
@@ -325,11 +361,26 @@ public final class NpyFile {
         return header.dtype == "<i8" ? try read(Int64.self) : try read(Int32.self)
     }
 
-    /// Writes `count` elements starting at element `offset`.
+    /// Writes `count` float32 values starting at element `offset`, rounded to the file's type
+    /// (to nearest even) in chunks of 64 Ki elements.
     public func write(from buffer: UnsafePointer<Float>, elementOffset offset: Int, count: Int) throws {
+        guard let elementType else { preconditionFailure("\(path) holds integers") }
         try checkRange(offset: offset, count: count, operation: "write")
+        let size = elementType.byteSize
         do {
-            _ = try descriptor.writeAll(toAbsoluteOffset: Int64(header.dataOffset + offset * 4), UnsafeRawBufferPointer(start: buffer, count: count * 4))
+            guard elementType != .f32 else {
+                _ = try descriptor.writeAll(toAbsoluteOffset: Int64(header.dataOffset + offset * 4), UnsafeRawBufferPointer(start: buffer, count: count * 4))
+                return
+            }
+            let chunk = 1 << 16
+            let narrow = UnsafeMutableRawBufferPointer.allocate(byteCount: min(count, chunk) * size, alignment: 16)
+            defer { narrow.deallocate() }
+            for first in stride(from: 0, to: count, by: chunk) {
+                let n = min(chunk, count - first)
+                elementType.narrow(buffer + first, into: narrow.baseAddress!, count: n)
+                _ = try descriptor.writeAll(
+                    toAbsoluteOffset: Int64(header.dataOffset + (offset + first) * size), UnsafeRawBufferPointer(rebasing: narrow[0 ..< n * size]))
+            }
         } catch {
             throw NpyError.io(path: path, operation: "write", reason: "\(error)")
         }
@@ -361,8 +412,8 @@ public final class NpyFile {
 
 extension NpyFile {
     /// A whole file as a shape and values (small files: tests and tools).
-    public static func load(_ path: String) throws -> (shape: [Int], values: [Float]) {
-        let file = try open(reading: path)
+    public static func load(_ path: String, readingBF16: Bool = false) throws -> (shape: [Int], values: [Float]) {
+        let file = try open(reading: path, readingBF16: readingBF16)
         var values = [Float](repeating: 0, count: file.header.elementCount)
         try values.withUnsafeMutableBufferPointer { buffer in
             if let base = buffer.baseAddress { try file.read(into: base, elementOffset: 0, count: buffer.count) }
@@ -370,10 +421,10 @@ extension NpyFile {
         return (file.header.shape, values)
     }
 
-    /// Writes a whole array.
-    public static func save(_ path: String, shape: [Int], values: [Float]) throws {
+    /// Writes a whole array, rounded to `elementType`.
+    public static func save(_ path: String, shape: [Int], values: [Float], elementType: ElementType = .f32) throws {
         precondition(shape.reduce(1, *) == values.count, "shape does not match value count")
-        try create(path, shape: shape)
+        try create(path, shape: shape, elementType: elementType)
         let file = try open(writing: path)
         try values.withUnsafeBufferPointer { buffer in
             if let base = buffer.baseAddress { try file.write(from: base, elementOffset: 0, count: buffer.count) }

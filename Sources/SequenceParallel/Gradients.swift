@@ -13,8 +13,9 @@ public enum OutputGradientSource: Sendable {
     /// A .npy file, [tokens, heads, headDim] float32.
     case file(String)
 
-    /// dO of the rows `segments` (global positions, stacked in order), [rows, heads, headDim].
-    public func load(segments: [ShardSegment], tokens: Int, shape: AttentionShape) throws -> [Float] {
+    /// dO of the rows `segments` (global positions, stacked in order), [rows, heads, headDim],
+    /// rounded to `elementType` (a `<V2` file is read as bf16 only in a bf16 job).
+    public func load(segments: [ShardSegment], tokens: Int, shape: AttentionShape, elementType: ElementType = .f32) throws -> [Float] {
         let width = shape.queryRowWidth
         var values = [Float](repeating: 0, count: LocalShard.rows(segments) * width)
         switch self {
@@ -23,7 +24,7 @@ public enum OutputGradientSource: Sendable {
                 SyntheticInput.fill($0, seed: seed, tensor: .outputGrad, rowWidth: width, rows: segments.map(\.positions))
             }
         case let .file(path):
-            let file = try NpyFile.open(reading: path)
+            let file = try NpyFile.open(reading: path, readingBF16: elementType == .bf16)
             let expected = [tokens, shape.heads, shape.headDim]
             guard file.header.shape == expected else {
                 throw InputFiles.ShapeMismatch(description: "dO \(path) has shape \(file.header.shape); expected \(expected) ([tokens, heads, headDim], as O)")
@@ -36,6 +37,7 @@ public enum OutputGradientSource: Sendable {
                 }
             }
         }
+        values.withUnsafeMutableBufferPointer { elementType.round($0) }
         let bad = values.withUnsafeBufferPointer { LocalShard.firstNonFinite($0.baseAddress!, count: $0.count) }
         if let bad {
             let row = bad / width

@@ -8,31 +8,70 @@ import Buffers
 import FileFormats
 import MPIBinding
 
-/// Where the inputs come from.
-public enum InputSource: Sendable {
-    /// Deterministic values from `seed` for a sequence of `tokens` tokens.
-    case synthetic(seed: UInt64, tokens: Int, shape: AttentionShape)
-    /// .npy files; `scale` nil means 1/sqrt(headDim).
-    case files(q: String, k: String, v: String, scale: Float?)
-}
+/// Where the inputs come from, and in which element type the job holds them.
+public struct InputSource: Sendable {
+    public enum Origin: Sendable {
+        /// Deterministic values from `seed` for a sequence of `tokens` tokens.
+        case synthetic(seed: UInt64, tokens: Int, shape: AttentionShape)
+        /// .npy files; `scale` nil means 1/sqrt(headDim).
+        case files(q: String, k: String, v: String, scale: Float?)
+    }
 
-extension InputSource {
+    public var origin: Origin
+    /// `--dtype`: the element type asked for; nil takes the files' own (f32 for synthetic inputs).
+    /// Inputs of a wider type are rounded to it (to nearest even) as they are read or made.
+    public var requestedElementType: ElementType?
+
+    public init(_ origin: Origin, elementType: ElementType? = nil) {
+        self.origin = origin
+        requestedElementType = elementType
+    }
+
+    public static func synthetic(seed: UInt64, tokens: Int, shape: AttentionShape, elementType: ElementType? = nil) -> InputSource {
+        InputSource(.synthetic(seed: seed, tokens: tokens, shape: shape), elementType: elementType)
+    }
+
+    public static func files(q: String, k: String, v: String, scale: Float?, elementType: ElementType? = nil) -> InputSource {
+        InputSource(.files(q: q, k: k, v: v, scale: scale), elementType: elementType)
+    }
+
+    /// Files are read as bf16 when their descr does not say (`<V2`) only if bf16 was asked for.
+    var readsBF16: Bool { requestedElementType == .bf16 }
+
+    /// Opens one input file (for its header or rows).
+    public func open(_ path: String) throws -> NpyFile { try NpyFile.open(reading: path, readingBF16: readsBF16) }
+
+    /// The job's element type: `--dtype`, else the files' own type, which Q, K and V must share
+    /// (f32 for synthetic inputs).
+    /// - Throws: `InputFiles.ShapeMismatch` naming the files whose types differ; a file's own error.
+    public func elementType() throws -> ElementType {
+        guard case let .files(q, k, v, _) = origin else { return requestedElementType ?? .f32 }
+        let files = [("Q", q), ("K", k), ("V", v)]
+        let types = try files.map { try open($0.1).elementType! }
+        if requestedElementType == nil, let other = types.firstIndex(where: { $0 != types[0] }) {
+            throw InputFiles.ShapeMismatch(
+                description: "Q \(q) holds \(types[0].longName) but \(files[other].0) \(files[other].1) holds \(types[other].longName); "
+                    + "Q, K and V must share one element type (or pass --dtype to convert them all to one)")
+        }
+        return requestedElementType ?? types[0]
+    }
+
     /// Sequence length and shape, from the headers for files (each file checked as `load` does).
     public func dimensions(selfAttention: Bool) throws -> (tokens: Int, shape: AttentionShape) {
-        switch self {
+        switch origin {
         case let .synthetic(_, tokens, shape): return (tokens, shape)
         case let .files(q, k, v, scale):
-            let (qf, kf, vf) = (try NpyFile.open(reading: q), try NpyFile.open(reading: k), try NpyFile.open(reading: v))
+            let (qf, kf, vf) = (try open(q), try open(k), try open(v))
             return (kf.header.shape.first ?? 0, try InputFiles.shape(q: qf, k: kf, v: vf, scale: scale, selfAttention: selfAttention))
         }
     }
 
     /// Query heads, read from the Q header for files (a malformed file is reported by `load`).
     public func heads() throws -> Int {
-        switch self {
+        switch origin {
         case let .synthetic(_, _, shape): return shape.heads
         case let .files(q, _, _, _):
-            let shape = try NpyFile.open(reading: q).header.shape
+            let shape = try open(q).header.shape
             return shape.count == 3 ? max(1, shape[1]) : 1
         }
     }
@@ -58,6 +97,8 @@ public final class LocalShard {
     public let rank: Int
     public let querySegments: [ShardSegment]
     public let keySegments: [ShardSegment]
+    /// The element type the inputs were rounded to, and the outputs are written in (`--dtype`).
+    public internal(set) var elementType = ElementType.f32
     public var queries: UnsafeMutableBufferPointer<Float> { queryStorage.buffer }
     /// K rows then V rows.
     public var keyValues: UnsafeMutableBufferPointer<Float> { keyValueStorage.buffer }
@@ -95,17 +136,19 @@ public final class LocalShard {
                 tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize, mask: mask,
                 documentLayout: documentLayout, tiling: tiling)
         }
-        switch source {
+        let elementType = try source.elementType()
+        switch source.origin {
         case let .synthetic(seed, tokens, shape):
             let partition = partition(tokens)
             let shard = LocalShard(
                 shape: shape, partition: partition, rank: rank,
                 querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: nil))
             shard.fillSynthetic(seed: seed, queries: rank == 0 || selection == .sameAsKeys)
+            shard.round(to: elementType)
             try shard.checkFinite(q: "synthetic", k: "synthetic", v: "synthetic")
             return shard
         case let .files(qPath, kPath, vPath, scale):
-            let (q, k, v) = (try NpyFile.open(reading: qPath), try NpyFile.open(reading: kPath), try NpyFile.open(reading: vPath))
+            let (q, k, v) = (try source.open(qPath), try source.open(kPath), try source.open(vPath))
             let shape = try InputFiles.shape(q: q, k: k, v: v, scale: scale, selfAttention: selection == .sameAsKeys)
             let tokens = k.header.shape[0]
             let partition = partition(tokens)
@@ -129,6 +172,7 @@ public final class LocalShard {
                 try k.read(into: shard.keys + at, elementOffset: from, count: count)
                 try v.read(into: shard.values + at, elementOffset: from, count: count)
             }
+            shard.round(to: elementType)
             try shard.checkFinite(q: qPath, k: kPath, v: vPath)
             return shard
         }
@@ -205,6 +249,13 @@ public final class LocalShard {
         return nil
     }
 
+    /// Rounds the rows to `elementType` (inputs made or read wider than the job's type).
+    func round(to elementType: ElementType) {
+        self.elementType = elementType
+        elementType.round(queries)
+        elementType.round(keyValues)
+    }
+
     func fillSynthetic(seed: UInt64, queries fillQueries: Bool) {
         let kvCount = keyRows * shape.kvRowWidth
         let keyRanges = keySegments.map(\.positions)
@@ -253,31 +304,40 @@ public enum InputFiles {
 
     /// Reads all rows of Q (for the single-rank backward of `verify --backward`).
     public static func loadWholeQueries(_ source: InputSource, shape: AttentionShape, tokens: Int) throws -> TokenTensor {
-        switch source {
+        let elementType = try source.elementType()
+        switch source.origin {
         case let .synthetic(seed, tokens, shape):
-            return SyntheticInput.tensor(.query, seed: seed, heads: shape.heads, headDim: shape.headDim, rows: [0 ..< tokens])
+            return rounded(SyntheticInput.tensor(.query, seed: seed, heads: shape.heads, headDim: shape.headDim, rows: [0 ..< tokens]), elementType)
         case let .files(qPath, _, _, _):
-            let q = try NpyFile.load(qPath)
+            let q = try NpyFile.load(qPath, readingBF16: source.readsBF16)
             guard q.values.count == tokens * shape.queryRowWidth else {
                 throw ShapeMismatch(description: "Q \(qPath) has shape \(q.shape); the backward needs the whole sequence, [\(tokens), \(shape.heads), \(shape.headDim)]")
             }
-            return TokenTensor(tokens: tokens, heads: shape.heads, headDim: shape.headDim, values: q.values)
+            return rounded(TokenTensor(tokens: tokens, heads: shape.heads, headDim: shape.headDim, values: q.values), elementType)
         }
+    }
+
+    /// `tensor` with its values rounded to `elementType`.
+    static func rounded(_ tensor: TokenTensor, _ elementType: ElementType) -> TokenTensor {
+        var tensor = tensor
+        tensor.values.withUnsafeMutableBufferPointer { elementType.round($0) }
+        return tensor
     }
 
     /// Reads all rows of K and V (for the single-rank comparison of `verify`).
     public static func loadWhole(_ source: InputSource, shape: AttentionShape, tokens: Int) throws -> (k: TokenTensor, v: TokenTensor) {
-        switch source {
+        let elementType = try source.elementType()
+        switch source.origin {
         case let .synthetic(seed, tokens, shape):
             return (
-                SyntheticInput.tensor(.key, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: [0 ..< tokens]),
-                SyntheticInput.tensor(.value, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: [0 ..< tokens])
+                rounded(SyntheticInput.tensor(.key, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: [0 ..< tokens]), elementType),
+                rounded(SyntheticInput.tensor(.value, seed: seed, heads: shape.kvHeads, headDim: shape.headDim, rows: [0 ..< tokens]), elementType)
             )
         case let .files(_, kPath, vPath, _):
-            let k = try NpyFile.load(kPath), v = try NpyFile.load(vPath)
+            let k = try NpyFile.load(kPath, readingBF16: source.readsBF16), v = try NpyFile.load(vPath, readingBF16: source.readsBF16)
             return (
-                TokenTensor(tokens: tokens, heads: shape.kvHeads, headDim: shape.headDim, values: k.values),
-                TokenTensor(tokens: tokens, heads: shape.kvHeads, headDim: shape.headDim, values: v.values)
+                rounded(TokenTensor(tokens: tokens, heads: shape.kvHeads, headDim: shape.headDim, values: k.values), elementType),
+                rounded(TokenTensor(tokens: tokens, heads: shape.kvHeads, headDim: shape.headDim, values: v.values), elementType)
             )
         }
     }

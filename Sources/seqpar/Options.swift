@@ -3,6 +3,7 @@
 import ArgumentParser
 import AttentionCore
 import AttentionJobs
+import FileFormats
 import Planning
 import Profiling
 import SequenceParallel
@@ -45,6 +46,8 @@ enum DocumentLayoutChoice: String, ExpressibleByArgument, CaseIterable {
     var layout: DocumentLayout? { DocumentLayout(rawValue: rawValue) }
 }
 
+extension ElementType: ExpressibleByArgument {}
+
 /// The attention problem: inputs (synthetic or .npy), shape and mask.
 struct ProblemOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Sequence length of the synthetic inputs (default 4099: not divisible by common rank counts).")
@@ -57,12 +60,24 @@ struct ProblemOptions: ParsableArguments {
     var headDim: Int?
     @Option(help: "Seed of the synthetic inputs; every world size sees the same values.")
     var seed: UInt64 = 1
-    @Option(parsing: .unconditional, help: "Q as .npy, [tokens, heads, headDim] float32 (with --k and --v instead of synthetic inputs).")
+    @Option(
+        parsing: .unconditional,
+        help:
+            "Q as .npy, [tokens, heads, headDim]: float32 ('<f4'), float16 ('<f2') or, with --dtype bf16, bfloat16 (ml_dtypes' '<V2') (with --k and --v instead of synthetic inputs)."
+    )
     var q: String?
-    @Option(parsing: .unconditional, help: "K as .npy, [tokens, kvHeads, headDim] float32.")
+    @Option(parsing: .unconditional, help: "K as .npy, [tokens, kvHeads, headDim], of Q's element type.")
     var k: String?
-    @Option(parsing: .unconditional, help: "V as .npy, [tokens, kvHeads, headDim] float32.")
+    @Option(parsing: .unconditional, help: "V as .npy, [tokens, kvHeads, headDim], of Q's element type.")
     var v: String?
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "Element type of the inputs and of O, dQ, dK, dV: \(ElementType.allCases.map(\.rawValue).joined(separator: ", ")) (default: the files' own type; f32 for synthetic inputs).",
+            discussion:
+                "Inputs of a wider type are rounded to it, to nearest even (synthetic ones too); bf16 is written as '<V2', as ml_dtypes reads it. LSE stays float32. The kernel computes in float32 on the rounded values."
+        ))
+    var dtype: ElementType?
     @Flag(help: "Causal mask: query i sees keys j <= i (global positions).")
     var causal = false
     @Option(parsing: .unconditional, help: "Sliding window: causal, and query i sees only keys j with i - j < W.")
@@ -198,9 +213,10 @@ struct ProblemOptions: ParsableArguments {
     }
 
     var source: InputSource {
-        if let q, let k, let v { return .files(q: q, k: k, v: v, scale: scale) }
+        if let q, let k, let v { return .files(q: q, k: k, v: v, scale: scale, elementType: dtype) }
         let documentTokens = documents.flatMap(Self.documentLengths).map { $0.reduce(0, +) }
-        return .synthetic(seed: seed, tokens: tokens ?? documentTokens ?? Self.defaultTokens, shape: try! syntheticShape())  // validated
+        return .synthetic(
+            seed: seed, tokens: tokens ?? documentTokens ?? Self.defaultTokens, shape: try! syntheticShape(), elementType: dtype)  // validated
     }
 }
 

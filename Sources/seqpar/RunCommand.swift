@@ -73,8 +73,9 @@ struct RunCommand: ParsableCommand {
             let traces = profile.map { [(option: traceOption, path: $0), (option: "\(traceOption)'s timeline", path: ProfileReport.svgPath($0))] } ?? []
             let saved = saveInputs.map { SavedInputs.paths($0).map { (option: "--save-inputs", path: $0) } } ?? []
             try world.together { try OutputPaths.check(outputs: files.named + traces + saved, inputs: problem.inputFiles + backward.inputFiles) }
-            if let saveInputs, case let .synthetic(seed, tokens, shape) = problem.source {
-                try SavedInputs.write(saveInputs, seed: seed, tokens: tokens, shape: shape, communicator: world)
+            if let saveInputs, case let .synthetic(seed, tokens, shape) = problem.source.origin {
+                try SavedInputs.write(
+                    saveInputs, seed: seed, tokens: tokens, shape: shape, elementType: try problem.source.elementType(), communicator: world)
                 if !output.json { Session.say(world, "wrote the inputs to \(SavedInputs.paths(saveInputs).joined(separator: ", "))") }
             }
             let chosen = try AutoStrategy.resolve(problem.configuration, compute.configuration, communicator: world)
@@ -110,7 +111,8 @@ struct RunCommand: ParsableCommand {
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info",
-        abstract: "seqpar's version and build target, MPI library, world size, and per rank: host, CPU, OpenBLAS core and why, BLAS threads, measured sgemm GFLOP/s.",
+        abstract:
+            "seqpar's version and build target, MPI library, world size, and per rank: host, CPU, OpenBLAS core and why, BLAS threads, measured sgemm GFLOP/s, bf16/f16 path.",
         discussion: """
             All ranks measure sgemm at the same time, as they would compute: ranks that share cores show it.
             The OpenBLAS core is the set of kernels OpenBLAS runs. When the library picked kernels below what
@@ -132,13 +134,14 @@ struct InfoCommand: ParsableCommand {
             let cpus = try world.allgather((BuildInfo.cpuName.map { "\($0), " } ?? "") + CPUFeatures.current.summary)
             let cores = try world.allgather(BlasCore.current)
             let reasons = try world.allgather(BlasCore.reason)
+            let reducedPrecision = try world.allgather(CPUFeatures.current.reducedPrecisionPath)
             try world.barrier()
             let peaks = try world.allgather(BlasPeak.measure(n: sgemmSize, threads: threads))
             if output.json {
                 let ranks = (0 ..< world.size).map {
                     InfoJSON.Rank(
                         rank: $0, host: hosts[$0], cpu: cpus[$0], openblasCore: cores[$0], openblasCoreReason: reasons[$0],
-                        blasThreads: Int(blasThreads[$0]), sgemmGflops: peaks[$0])
+                        blasThreads: Int(blasThreads[$0]), sgemmGflops: peaks[$0], bf16Path: reducedPrecision[$0])
                 }
                 Session.say(
                     world,
@@ -160,7 +163,7 @@ struct InfoCommand: ParsableCommand {
                         blasThreads[r], peaks[r], cores[r]))
             }
             for r in 0 ..< world.size {
-                lines.append("rank \(r): CPU \(cpus[r]); OpenBLAS core \(reasons[r])")
+                lines.append("rank \(r): CPU \(cpus[r]); OpenBLAS core \(reasons[r]); \(reducedPrecision[r])")
             }
             Session.say(world, lines.joined(separator: "\n"))
         }

@@ -58,7 +58,7 @@ struct ReportKeys {
         #expect(
             Self.keys(json) == [
                 "command", "strategy", "ranks", "threads", "tokens", "heads", "kv_heads", "head_dim", "mask", "density", "seconds", "flops",
-                "gflops", "peak_memory_bytes", "bytes_sent", "bytes_received", "kernel_flops", "imbalance", "layout", "predicted_imbalance",
+                "gflops", "peak_memory_bytes", "bytes_sent", "bytes_received", "kernel_flops", "imbalance", "layout", "dtype", "predicted_imbalance",
                 "profile", "backward",
             ])
         #expect(json["command"] as? String == "run")
@@ -118,13 +118,13 @@ struct ReportKeys {
     func info() throws {
         let rank = InfoJSON.Rank(
             rank: 0, host: "node0", cpu: "some CPU", openblasCore: "SkylakeX", openblasCoreReason: "matches the CPU", blasThreads: 1,
-            sgemmGflops: 100)
+            sgemmGflops: 100, bf16Path: "converted to float32")
         let report = InfoJSON(
             seqparVersion: "1.0", commit: "abc", builtFor: "skylake-avx512", mpiLibrary: "Open MPI", worldSize: 1, threads: 1,
             openblas: "OpenBLAS", ranks: [rank])
         let json = try Self.object(report)
         #expect(Self.keys(json) == ["seqpar_version", "commit", "built_for", "mpi_library", "world_size", "threads", "openblas", "ranks"])
-        #expect(Self.keys(json["ranks"]) == ["rank", "host", "cpu", "openblas_core", "openblas_core_reason", "blas_threads", "sgemm_gflops"])
+        #expect(Self.keys(json["ranks"]) == ["rank", "host", "cpu", "openblas_core", "openblas_core_reason", "blas_threads", "sgemm_gflops", "bf16_path"])
     }
 
     @Test("bench --json")
