@@ -38,8 +38,8 @@ public enum NpyError: Error, Equatable, CustomStringConvertible {
         case let .malformedHeader(path, detail):
             return "\(path): malformed .npy header (\(detail))"
         case let .wrongDType(path, found):
-            return "\(path): dtype is '\(found)', expected '<f4' (float32), '<f2' (float16) or, with --dtype bf16, '<V2' (bfloat16 as ml_dtypes "
-                + "stores it); convert with arr.astype('<f4')"
+            return "\(path): dtype is '\(found)', expected '<f4' (float32), '<f2' (float16) or '<V2' (bfloat16 bits, read "
+                + "as bf16 when asked); convert with arr.astype('<f4')"
         case let .bf16NeedsFlag(path, found):
             return "\(path): dtype is '\(found)', 2-byte elements whose descr does not say what they are (ml_dtypes stores bfloat16 so); "
                 + "pass --dtype bf16 to read them as bf16"

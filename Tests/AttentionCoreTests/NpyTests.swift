@@ -161,7 +161,7 @@ struct NpyTests {
         }
     }
 
-    @Test("a dtype other than little-endian float32", arguments: ["<f8", ">f4", "<i4", "|u1", "<f2"])
+    @Test("a dtype other than little-endian float32, float16 or bfloat16", arguments: ["<f8", ">f4", "<i4", "|u1", ">f2", "<c8"])
     func wrongDType(_ descr: String) throws {
         try withTemporaryPath { path in
             try NpyBytes.write(NpyBytes.header(dict: NpyBytes.dict(descr: descr, shape: "(2, 2)")) + [UInt8](repeating: 0, count: 64), to: path)
