@@ -46,11 +46,16 @@ public struct InputSource: Sendable {
     /// - Throws: `InputFiles.ShapeMismatch` naming the files whose types differ; a file's own error.
     public func elementType() throws -> ElementType {
         guard case let .files(q, k, v, _) = origin else { return requestedElementType ?? .f32 }
+        return try elementType(q: open(q), k: open(k), v: open(v))
+    }
+
+    /// The job's element type for these opened input files (as `elementType()`).
+    func elementType(q: NpyFile, k: NpyFile, v: NpyFile) throws -> ElementType {
         let files = [("Q", q), ("K", k), ("V", v)]
-        let types = try files.map { try open($0.1).elementType! }
+        let types = files.map { $0.1.elementType! }
         if requestedElementType == nil, let other = types.firstIndex(where: { $0 != types[0] }) {
             throw InputFiles.ShapeMismatch(
-                description: "Q \(q) holds \(types[0].longName) but \(files[other].0) \(files[other].1) holds \(types[other].longName); "
+                description: "Q \(q.path) holds \(types[0].longName) but \(files[other].0) \(files[other].1.path) holds \(types[other].longName); "
                     + "Q, K and V must share one element type (or pass --dtype to convert them all to one)")
         }
         return requestedElementType ?? types[0]
@@ -136,9 +141,9 @@ public final class LocalShard {
                 tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize, mask: mask,
                 documentLayout: documentLayout, tiling: tiling)
         }
-        let elementType = try source.elementType()
         switch source.origin {
         case let .synthetic(seed, tokens, shape):
+            let elementType = source.requestedElementType ?? .f32
             let partition = partition(tokens)
             let shard = LocalShard(
                 shape: shape, partition: partition, rank: rank,
@@ -149,6 +154,7 @@ public final class LocalShard {
             return shard
         case let .files(qPath, kPath, vPath, scale):
             let (q, k, v) = (try source.open(qPath), try source.open(kPath), try source.open(vPath))
+            let elementType = try source.elementType(q: q, k: k, v: v)
             let shape = try InputFiles.shape(q: q, k: k, v: v, scale: scale, selfAttention: selection == .sameAsKeys)
             let tokens = k.header.shape[0]
             let partition = partition(tokens)
@@ -172,7 +178,8 @@ public final class LocalShard {
                 try k.read(into: shard.keys + at, elementOffset: from, count: count)
                 try v.read(into: shard.values + at, elementOffset: from, count: count)
             }
-            shard.round(to: elementType)
+            // Files already of the job's type hold exactly its values: only wider ones are rounded.
+            if [q, k, v].allSatisfy({ $0.elementType == elementType }) { shard.elementType = elementType } else { shard.round(to: elementType) }
             try shard.checkFinite(q: qPath, k: kPath, v: vPath)
             return shard
         }
