@@ -4,31 +4,64 @@
 
 import Buffers
 import Dispatch
+import FileFormats
+
+/// Rows of K and V as a strategy holds or receives them (`[rows, kv heads, headDim]` each), in the
+/// element type they are stored or travel in: float32, which the kernel reads in place where the
+/// layout allows, or the bits of bf16/f16, which it widens to float32 in the per-kv-head copy it
+/// makes anyway (`PackedKeyValues`). The arithmetic is float32 either way.
+public struct KeyValueRows {
+    public let keys: UnsafeRawPointer
+    public let values: UnsafeRawPointer
+    public let elementType: ElementType
+
+    /// float32 rows.
+    public init(keys: UnsafePointer<Float>, values: UnsafePointer<Float>) {
+        self.keys = UnsafeRawPointer(keys)
+        self.values = UnsafeRawPointer(values)
+        elementType = .f32
+    }
+
+    /// Rows of bf16 or f16 bits.
+    public init(bits keys: UnsafePointer<UInt16>, values: UnsafePointer<UInt16>, elementType: ElementType) {
+        precondition(elementType.byteSize == 2, "16-bit rows must be bf16 or f16")
+        self.keys = UnsafeRawPointer(keys)
+        self.values = UnsafeRawPointer(values)
+        self.elementType = elementType
+    }
+}
 
 /// K and V of one call, one contiguous [keys, headDim] run per kv head (kv head g at
-/// g·keys·headDim), in buffers that grow as needed and are reused across calls.
+/// g·keys·headDim), in float32 buffers that grow as needed and are reused across calls.
 final class PackedKeyValues {
     private var keys = OwnedBuffer<Float>(uninitializedCount: 0)
     private var values = OwnedBuffer<Float>(uninitializedCount: 0)
 
-    /// The segment's rows of a K/V shard ([rows, kvHeads, headDim]) packed per kv head; with one
-    /// kv head the rows already are, and the shard's own rows are returned.
+    /// The segment's rows of a K/V shard packed per kv head and widened to float32; float32 rows
+    /// of one kv head already are, and the shard's own rows are returned.
     func pack(
-        keys source: UnsafePointer<Float>, values sourceValues: UnsafePointer<Float>, segment: ShardSegment,
-        kvHeads: Int, headDim d: Int
+        _ source: KeyValueRows, segment: ShardSegment, kvHeads: Int, headDim d: Int
     ) -> (keys: UnsafePointer<Float>, values: UnsafePointer<Float>) {
         let rows = segment.positions.count
         let first = segment.localRow * kvHeads * d
-        if kvHeads == 1 { return (source + first, sourceValues + first) }
+        let type = source.elementType
+        if kvHeads == 1 && type == .f32 {
+            return (source.keys.assumingMemoryBound(to: Float.self) + first, source.values.assumingMemoryBound(to: Float.self) + first)
+        }
         let count = rows * kvHeads * d
         if keys.count < count {  // the old buffers go with the last reference to them
             keys = OwnedBuffer(uninitializedCount: count)
             values = OwnedBuffer(uninitializedCount: count)
         }
         let (packedKeys, packedValues) = (keys.baseAddress, values.baseAddress)
-        for (from, to) in [(source + first, packedKeys), (sourceValues + first, packedValues)] {
+        let size = type.byteSize
+        for (from, to) in [(source.keys + first * size, packedKeys), (source.values + first * size, packedValues)] {
+            if kvHeads == 1 {  // 16-bit rows of one kv head: widened in one run
+                type.widen(from, into: to, count: count)
+                continue
+            }
             for g in 0 ..< kvHeads {
-                for row in 0 ..< rows { (to + (g * rows + row) * d).update(from: from + (row * kvHeads + g) * d, count: d) }
+                for row in 0 ..< rows { type.widen(from + ((row * kvHeads + g) * d) * size, into: to + (g * rows + row) * d, count: d) }
             }
         }
         return (UnsafePointer(packedKeys), UnsafePointer(packedValues))

@@ -32,6 +32,7 @@
 import Buffers
 import CBLAS
 import Dispatch
+import FileFormats
 
 /// The query heads a kernel computes (global indices, for the mask and the GQA mapping) and the
 /// kv heads they read. Q and O rows hold just these heads; K and V rows just these kv heads.
@@ -163,6 +164,16 @@ public final class LocalAttention {
         keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
         into accumulator: AttentionAccumulator, progress: () -> Void = {}
     ) {
+        accumulate(
+            queries: queries, querySegments: querySegments, keyValues: KeyValueRows(keys: keys, values: values),
+            keySegment: keySegment, into: accumulator, progress: progress)
+    }
+
+    /// The same with K and V in the element type they are held or travel in (`KeyValueRows`).
+    public func accumulate<Segments: Collection<ShardSegment>>(
+        queries: UnsafePointer<Float>, querySegments: Segments, keyValues: KeyValueRows, keySegment: ShardSegment,
+        into accumulator: AttentionAccumulator, progress: () -> Void = {}
+    ) {
         precondition(accumulator.heads == slice.heads.count && accumulator.headDim == shape.headDim)
         for segment in querySegments { precondition(segment.localRow + segment.positions.count <= accumulator.rows) }
         guard !keySegment.positions.isEmpty else { return }
@@ -185,7 +196,7 @@ public final class LocalAttention {
         }
         guard items > 0 else { return }
         accumulator.maxUnit = baseTwo.unit
-        let (k, v) = packed.pack(keys: keys, values: values, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
+        let (k, v) = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
         let work = { (thread: Int, item: Int) in
             // Item -> (segment, head, tile): the last segment whose first item is at most `item`.
             var (lo, hi) = (0, seeing.count - 1)

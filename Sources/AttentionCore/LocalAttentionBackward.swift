@@ -16,6 +16,7 @@
 import Buffers
 import CBLAS
 import Dispatch
+import FileFormats
 
 /// What the backward needs per query row, and where dQ accumulates, for `rows` query rows of
 /// `heads` heads: lse and D = rowsum(dO ∘ O), both [heads, rows], and dQ head-major
@@ -156,6 +157,17 @@ public final class LocalAttentionBackward {
         into gradients: GradientAccumulator,
         keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, progress: () -> Void = {}
     ) {
+        accumulate(
+            queries: queries, outputGrad: outputGrad, querySegment: querySegment, keyValues: KeyValueRows(keys: keys, values: values),
+            keySegment: keySegment, into: gradients, keyGrad: keyGrad, valueGrad: valueGrad, progress: progress)
+    }
+
+    /// The same with K and V in the element type they are held or travel in (`KeyValueRows`).
+    public func accumulate(
+        queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>, querySegment: ShardSegment,
+        keyValues: KeyValueRows, keySegment: ShardSegment, into gradients: GradientAccumulator,
+        keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, progress: () -> Void = {}
+    ) {
         precondition(gradients.heads == slice.heads.count && gradients.headDim == shape.headDim)
         precondition(querySegment.localRow + querySegment.positions.count <= gradients.rows)
         guard !querySegment.positions.isEmpty, !keySegment.positions.isEmpty else { return }
@@ -166,7 +178,7 @@ public final class LocalAttentionBackward {
         {
             return
         }
-        let (k, v) = packed.pack(keys: keys, values: values, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
+        let (k, v) = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
         // Key blocks, cut at the mask's alignment as the forward cuts them.
         var blocks: [Range<Int>] = []
         var start = keySegment.positions.lowerBound

@@ -24,6 +24,7 @@ static inline MPI_Datatype seqpar_double(void) { return MPI_DOUBLE; }
 static inline MPI_Datatype seqpar_int32(void) { return MPI_INT32_T; }
 static inline MPI_Datatype seqpar_int64(void) { return MPI_INT64_T; }
 static inline MPI_Datatype seqpar_uint8(void) { return MPI_UINT8_T; }
+static inline MPI_Datatype seqpar_uint16(void) { return MPI_UINT16_T; }
 static inline MPI_Datatype seqpar_byte(void) { return MPI_BYTE; }
 
 static inline MPI_Op seqpar_op_sum(void) { return MPI_SUM; }

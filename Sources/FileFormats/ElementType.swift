@@ -78,7 +78,7 @@ public enum ElementType: String, CaseIterable, Sendable, CustomStringConvertible
     /// Widens `count` elements of this type, stored at the start of `source`'s bytes, to float32 in
     /// `destination`. `source` may be the upper half of `destination`'s own bytes (the in-place
     /// read: each float is written only over bytes already converted).
-    func widen(_ source: UnsafeRawPointer, into destination: UnsafeMutablePointer<Float>, count: Int) {
+    public func widen(_ source: UnsafeRawPointer, into destination: UnsafeMutablePointer<Float>, count: Int) {
         switch self {
         case .f32:
             if UnsafeRawPointer(destination) != source { UnsafeMutableRawPointer(destination).copyMemory(from: source, byteCount: count * 4) }
@@ -94,7 +94,7 @@ public enum ElementType: String, CaseIterable, Sendable, CustomStringConvertible
     }
 
     /// Narrows `count` float32 values to this type's little-endian bytes at `destination`.
-    func narrow(_ source: UnsafePointer<Float>, into destination: UnsafeMutableRawPointer, count: Int) {
+    public func narrow(_ source: UnsafePointer<Float>, into destination: UnsafeMutableRawPointer, count: Int) {
         switch self {
         case .f32:
             destination.copyMemory(from: source, byteCount: count * 4)

@@ -13,6 +13,7 @@ extension Double: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqp
 extension Int32: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_int32() } }
 extension Int64: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_int64() } }
 extension UInt8: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_uint8() } }
+extension UInt16: MPIScalar { public static var mpiDatatype: MPI_Datatype { seqpar_uint16() } }
 
 public enum ReduceOperation: Sendable {
     case sum, max

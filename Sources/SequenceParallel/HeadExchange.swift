@@ -7,6 +7,7 @@
 
 import AttentionCore
 import Buffers
+import FileFormats
 import MPIBinding
 import Profiling
 
@@ -78,7 +79,8 @@ struct HeadExchange {
             (UnsafePointer(shard.values), shape.kvRowWidth, { slice(of: $0).kvHeads }, result.keyValues.baseAddress! + groupRows * mine.kvHeads.count * d),
         ]
         for (source, rowWidth, headsOf, destination) in parts {
-            try scatterRows(source, rows: myRows, rowWidth: rowWidth, width: d, headsOf: headsOf, into: destination)
+            try scatterRows(
+                source, rows: myRows, rowWidth: rowWidth, width: d, headsOf: headsOf, into: destination, elementType: shard.elementType)
         }
         return result
     }
@@ -121,21 +123,42 @@ struct HeadExchange {
 
     /// Sends each member `m` this member's `rows` rows of `source` (`rowWidth` floats each) for the
     /// heads `headsOf(m)` (`width` floats per head); what arrives, `[groupRows, headsOf(me), width]`,
-    /// lands at `destination`, member after member.
+    /// lands at `destination`, member after member. With a 16-bit `elementType` the rows travel
+    /// narrowed to it (exact for values already rounded to it: the inputs and dO, never the
+    /// float32 statistics) and are widened on arrival.
     func scatterRows(
         _ source: UnsafePointer<Float>, rows myRows: Int, rowWidth: Int, width d: Int, headsOf: (Int) -> Range<Int>,
-        into destination: UnsafeMutablePointer<Float>
+        into destination: UnsafeMutablePointer<Float>, elementType: ElementType = .f32
+    ) throws {
+        if elementType == .f32 || communicator.size == 1 {
+            try scatterRows(source, rows: myRows, rowWidth: rowWidth, width: d, headsOf: headsOf, into: destination) { to, from, count in
+                to.update(from: from, count: count)
+            }
+            return
+        }
+        let arriving = groupRows * headsOf(communicator.rank).count * d
+        let received = OwnedBuffer<UInt16>(uninitializedCount: max(1, arriving))
+        try scatterRows(source, rows: myRows, rowWidth: rowWidth, width: d, headsOf: headsOf, into: received.baseAddress) { to, from, count in
+            elementType.narrow(from, into: to, count: count)
+        }
+        recording(.merge, on: communicator.recorder) { elementType.widen(received.baseAddress, into: destination, count: arriving) }
+    }
+
+    /// `scatterRows` with the rows packed into `Element`s by `pack(to, from, count)`.
+    private func scatterRows<Element: MPIScalar>(
+        _ source: UnsafePointer<Float>, rows myRows: Int, rowWidth: Int, width d: Int, headsOf: (Int) -> Range<Int>,
+        into destination: UnsafeMutablePointer<Element>,
+        packing pack: (UnsafeMutablePointer<Element>, UnsafePointer<Float>, Int) -> Void
     ) throws {
         let (members, me) = (communicator.size, communicator.rank)
         let sendCounts = (0 ..< members).map { myRows * headsOf($0).count * d }
         let sendOffsets = Self.offsets(sendCounts)
-        let send = OwnedBuffer<Float>(uninitializedCount: max(1, sendCounts.reduce(0, +)))
+        let send = OwnedBuffer<Element>(uninitializedCount: max(1, sendCounts.reduce(0, +)))
         recording(.merge, on: communicator.recorder) {
             for m in 0 ..< members {  // pack each member's heads, row by row
                 let heads = headsOf(m)
                 for row in 0 ..< myRows {
-                    (send.baseAddress + sendOffsets[m] + row * heads.count * d)
-                        .update(from: source + row * rowWidth + heads.lowerBound * d, count: heads.count * d)
+                    pack(send.baseAddress + sendOffsets[m] + row * heads.count * d, source + row * rowWidth + heads.lowerBound * d, heads.count * d)
                 }
             }
         }

@@ -20,25 +20,35 @@ extension LocalAttention {
             into: accumulator, recorder: recorder, progress: progress)
     }
 
+    /// The several-segment form on float32 K and V.
+    @inline(__always)
+    func accumulate<Segments: Collection<ShardSegment>>(
+        queries: UnsafePointer<Float>, querySegments: Segments, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+        keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}
+    ) {
+        accumulate(
+            queries: queries, querySegments: querySegments, keyValues: KeyValueRows(keys: keys, values: values), keySegment: keySegment,
+            into: accumulator, recorder: recorder, progress: progress)
+    }
+
     /// `accumulate` for several query segments against one key segment (K and V packed once),
     /// recorded as one compute event on `recorder` when there is one and the mask left the block
     /// any work (blocks it hides cost nothing and would only clutter the timeline), and fed to
     /// rank 0's progress meter per query tile when there is one.
     @inline(__always)
     func accumulate<Segments: Collection<ShardSegment>>(
-        queries: UnsafePointer<Float>, querySegments: Segments, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-        keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}
+        queries: UnsafePointer<Float>, querySegments: Segments, keyValues: KeyValueRows, keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}
     ) {
         let meter = ProgressMeter.current
         guard recorder != nil || meter != nil else {
             return accumulate(
-                queries: queries, querySegments: querySegments, keys: keys, values: values, keySegment: keySegment,
+                queries: queries, querySegments: querySegments, keyValues: keyValues, keySegment: keySegment,
                 into: accumulator, progress: progress)
         }
         let flops = computedFlops, start = ProfileClock.now()
         if let meter {
             accumulate(
-                queries: queries, querySegments: querySegments, keys: keys, values: values, keySegment: keySegment,
+                queries: queries, querySegments: querySegments, keyValues: keyValues, keySegment: keySegment,
                 into: accumulator,
                 progress: {
                     progress()
@@ -47,7 +57,7 @@ extension LocalAttention {
             meter.add(computedFlops - flops)
         } else {
             accumulate(
-                queries: queries, querySegments: querySegments, keys: keys, values: values, keySegment: keySegment,
+                queries: queries, querySegments: querySegments, keyValues: keyValues, keySegment: keySegment,
                 into: accumulator, progress: progress)
         }
         if let recorder, computedFlops > flops { recorder.record(.compute, start: start, end: ProfileClock.now()) }

@@ -71,7 +71,7 @@ public struct MeshAttention: SequenceParallelStrategy {
         let pass = RingPass(
             communicator: ringCommunicator,
             blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
-            kvRowWidth: heads.slice.kvHeads.count * job.shape.headDim, buffers: job.exchangeBuffers)
+            kvRowWidth: heads.slice.kvHeads.count * job.shape.headDim, buffers: job.exchangeBuffers, elementType: shard.elementType)
         try pass.run(
             queries: heads.queries.baseAddress!, querySegments: exchange.groupSegments,
             keyValues: UnsafeBufferPointer(heads.keyValues), kernel: job.kernel(for: heads.slice), mask: job.mask, into: accumulator)
@@ -116,7 +116,7 @@ extension MeshAttention {
         let outputGradHeads = OwnedBuffer<Float>(uninitializedCount: max(1, groupRows * slice.heads.count * d))
         try exchange.scatterRows(
             outputGrad, rows: myRows, rowWidth: shape.queryRowWidth, width: d, headsOf: headsOf,
-            into: outputGradHeads.baseAddress)
+            into: outputGradHeads.baseAddress, elementType: shard.elementType)
         let statistics = forward.output.withUnsafeBufferPointer { o in
             forward.lse.withUnsafeBufferPointer { l in
                 GradientAccumulator.rowStatistics(
@@ -138,7 +138,7 @@ extension MeshAttention {
         let pass = RingPass(
             communicator: ringCommunicator,
             blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
-            kvRowWidth: kvWidth, buffers: job.exchangeBuffers)
+            kvRowWidth: kvWidth, buffers: job.exchangeBuffers, elementType: shard.elementType)
         try pass.runBackward(
             queries: heads.queries.baseAddress!, outputGrad: outputGradHeads.baseAddress,
             querySegments: exchange.groupSegments, keyValues: UnsafeBufferPointer(heads.keyValues),

@@ -21,7 +21,7 @@ public struct RingAttention: SequenceParallelStrategy {
         let pass = RingPass(
             communicator: communicator,
             blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
-            kvRowWidth: job.shape.kvRowWidth, buffers: job.exchangeBuffers)
+            kvRowWidth: job.shape.kvRowWidth, buffers: job.exchangeBuffers, elementType: shard.elementType)
         try pass.run(
             queries: shard.queries.baseAddress!, querySegments: shard.querySegments,
             keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.kernel, mask: job.mask, into: accumulator)
@@ -44,7 +44,7 @@ extension RingAttention {
         let pass = RingPass(
             communicator: communicator,
             blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
-            kvRowWidth: shape.kvRowWidth, buffers: job.exchangeBuffers)
+            kvRowWidth: shape.kvRowWidth, buffers: job.exchangeBuffers, elementType: shard.elementType)
         try pass.runBackward(
             queries: shard.queries.baseAddress!, outputGrad: outputGrad, querySegments: shard.querySegments,
             keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.backwardKernel(), mask: job.mask,

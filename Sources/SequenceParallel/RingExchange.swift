@@ -11,6 +11,7 @@
 
 import AttentionCore
 import Buffers
+import FileFormats
 import MPIBinding
 import Profiling
 
@@ -21,36 +22,45 @@ import Profiling
 /// zeroed: every block is written by its message, and every sum by its first step, before it is
 /// read. Held by the job, so they live as long as it does (memory: blocks of tokens / ranks).
 final class ExchangeBuffers {
-    enum Purpose: Hashable { case blocks, sums }
-    private var held: [Purpose: [OwnedBuffer<Float>]] = [:]
+    enum Purpose: Hashable {
+        /// The receive blocks.
+        case blocks
+        /// The local block narrowed to the pass's 16-bit element type (the first send).
+        case narrowedLocal
+        /// The backward's dK/dV sums.
+        case sums
+    }
+    private var held: [Purpose: [AnyObject]] = [:]
 
-    /// `count` buffers of at least `capacity` floats each.
-    func take(_ purpose: Purpose, count: Int, capacity: Int) -> [OwnedBuffer<Float>] {
-        if let buffers = held[purpose], buffers.count == count, buffers.allSatisfy({ $0.count >= capacity }) { return buffers }
+    /// `count` buffers of at least `capacity` elements each.
+    func take<Element>(_ purpose: Purpose, count: Int, capacity: Int, of _: Element.Type = Float.self) -> [OwnedBuffer<Element>] {
+        if let buffers = held[purpose] as? [OwnedBuffer<Element>], buffers.count == count, buffers.allSatisfy({ $0.count >= capacity }) {
+            return buffers
+        }
         held[purpose] = nil  // the old set goes before the new one is made
-        let made = (0 ..< count).map { _ in OwnedBuffer<Float>(uninitializedCount: max(1, capacity)) }
+        let made = (0 ..< count).map { _ in OwnedBuffer<Element>(uninitializedCount: max(1, capacity)) }
         held[purpose] = made
         return made
     }
 }
 
-final class RingExchange {
+final class RingExchange<Element: MPIScalar> {
     let communicator: Communicator
-    private let buffers: [OwnedBuffer<Float>]
+    private let buffers: [OwnedBuffer<Element>]
 
-    /// - Parameter capacity: floats in the largest block any rank sends.
+    /// - Parameter capacity: elements in the largest block any rank sends.
     init(communicator: Communicator, capacity: Int, reusing cache: ExchangeBuffers) {
         self.communicator = communicator
-        buffers = communicator.size > 1 ? cache.take(.blocks, count: 2, capacity: capacity) : []
+        buffers = communicator.size > 1 ? cache.take(.blocks, count: 2, capacity: capacity, of: Element.self) : []
     }
 
     /// Runs `body` for `steps` ring steps with the block that rank `source` started with.
     /// - Parameters:
     ///   - local: this rank's packed block.
-    ///   - blockSize: floats in the block that `rank` starts with.
+    ///   - blockSize: elements in the block that `rank` starts with.
     func circulate(
-        _ local: UnsafeBufferPointer<Float>, steps: Int, blockSize: (Int) -> Int,
-        _ body: (_ source: Int, _ block: UnsafePointer<Float>, _ progress: () -> Void) throws -> Void
+        _ local: UnsafeBufferPointer<Element>, steps: Int, blockSize: (Int) -> Int,
+        _ body: (_ source: Int, _ block: UnsafePointer<Element>, _ progress: () -> Void) throws -> Void
     ) throws {
         var current = UnsafeBufferPointer(rebasing: local[0 ..< blockSize(communicator.rank)])
         for step in 0 ..< steps {
@@ -84,6 +94,9 @@ struct RingPass {
     let kvRowWidth: Int
     /// Where its exchange buffers come from (the job's, so repeated passes reuse them).
     var buffers = ExchangeBuffers()
+    /// The element type the K/V blocks travel in: the job's. The shard holds values already
+    /// rounded to it, so a 16-bit pass narrows them exactly and sends half the bytes of float32.
+    var elementType = ElementType.f32
 
     private func rows(_ rank: Int) -> Int { LocalShard.rows(blockSegments[rank]) }
 
@@ -129,20 +142,47 @@ struct RingPass {
         return pairs
     }
 
+    /// Turns the ring for `steps` steps, handing `body` the block that rank `source` started
+    /// with as the kernel reads it. float32 blocks travel as the shard holds them; 16-bit ones
+    /// start from the local block narrowed once (on one rank nothing travels, and the shard's own
+    /// rows are read).
+    private func circulate(
+        _ keyValues: UnsafeBufferPointer<Float>, steps: Int,
+        _ body: (_ source: Int, _ block: KeyValueRows, _ progress: () -> Void) throws -> Void
+    ) throws {
+        let blockSize = { (rank: Int) in 2 * rows(rank) * kvRowWidth }
+        let capacity = (0 ..< communicator.size).map(blockSize).max()!
+        if elementType == .f32 || communicator.size == 1 {
+            let exchange = RingExchange<Float>(communicator: communicator, capacity: capacity, reusing: buffers)
+            try exchange.circulate(keyValues, steps: steps, blockSize: blockSize) { source, block, progress in
+                try withoutActuallyEscaping(progress) { try body(source, KeyValueRows(keys: block, values: block + rows(source) * kvRowWidth), $0) }
+            }
+            return
+        }
+        let local = buffers.take(.narrowedLocal, count: 1, capacity: capacity, of: UInt16.self)[0]
+        let own = blockSize(communicator.rank)
+        recording(.merge, on: communicator.recorder) { elementType.narrow(keyValues.baseAddress!, into: local.baseAddress, count: own) }
+        let exchange = RingExchange<UInt16>(communicator: communicator, capacity: capacity, reusing: buffers)
+        try withExtendedLifetime(local) {
+            try exchange.circulate(UnsafeBufferPointer(local.buffer), steps: steps, blockSize: blockSize) { source, block, progress in
+                try withoutActuallyEscaping(progress) {
+                    try body(source, KeyValueRows(bits: block, values: block + rows(source) * kvRowWidth, elementType: elementType), $0)
+                }
+            }
+        }
+    }
+
     /// Folds every block the queries see into `accumulator`.
     func run(
         queries: UnsafePointer<Float>, querySegments: [ShardSegment], keyValues: UnsafeBufferPointer<Float>,
         kernel: LocalAttention, mask: AttentionMask, into accumulator: AttentionAccumulator
     ) throws {
-        let capacity = 2 * (0 ..< communicator.size).map(rows).max()! * kvRowWidth
-        let exchange = RingExchange(communicator: communicator, capacity: capacity, reusing: buffers)
         let steps = steps(mask: mask, heads: kernel.slice.heads)
         let pairs = pairs(querySegments, mask: mask, steps: steps)
-        try exchange.circulate(keyValues, steps: steps, blockSize: { 2 * rows($0) * kvRowWidth }) { source, block, progress in
-            let values = block + rows(source) * kvRowWidth
+        try circulate(keyValues, steps: steps) { source, block, progress in
             for (keySegment, seeing) in pairs[source] {  // every query segment that may see it at once: K/V packed once
                 kernel.accumulate(
-                    queries: queries, querySegments: seeing, keys: block, values: values,
+                    queries: queries, querySegments: seeing, keyValues: block,
                     keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
             }
         }
@@ -176,7 +216,6 @@ extension RingPass {
         let blockSize = { (rank: Int) in 2 * rows(rank) * kvRowWidth }
         precondition(keyValueGrads.count >= blockSize(me))
         let capacity = (0 ..< ranks).map(blockSize).max()!
-        let exchange = RingExchange(communicator: communicator, capacity: capacity, reusing: buffers)
         let steps = steps(mask: mask, heads: kernel.slice.heads)
         let pairs = pairs(querySegments, mask: mask, steps: steps)
         // The block's dK/dV from this rank's queries (zeroed at every step), and two buffers for
@@ -187,17 +226,16 @@ extension RingPass {
         // Tags after the K/V exchange's (0 ..< steps), so the two streams never match each other.
         let tag = { (step: Int) in steps + step }
 
-        try exchange.circulate(keyValues, steps: steps, blockSize: blockSize) { source, block, progress in
+        try circulate(keyValues, steps: steps) { source, block, progress in
             let step = (me - source + ranks) % ranks
             let size = blockSize(source)
             partial.update(repeating: 0)
-            let values = block + rows(source) * kvRowWidth
             let keyGrad = partial.baseAddress!, valueGrad = keyGrad + rows(source) * kvRowWidth
             recording(.compute, on: communicator.recorder) {
                 for (keySegment, seeing) in pairs[source] {
                     for querySegment in seeing {
                         kernel.accumulate(
-                            queries: queries, outputGrad: outputGrad, querySegment: querySegment, keys: block, values: values,
+                            queries: queries, outputGrad: outputGrad, querySegment: querySegment, keyValues: block,
                             keySegment: keySegment, into: gradients, keyGrad: keyGrad, valueGrad: valueGrad
                         ) {
                             // Progress only: a failure resurfaces from the waits below.

@@ -7,6 +7,7 @@
 
 import AttentionCore
 import Buffers
+import FileFormats
 import MPIBinding
 import Profiling
 
@@ -103,8 +104,13 @@ final class PieceExchange {
     let sends: [[S2Attention.Piece]]
     let receives: [[S2Attention.Piece]]
     private let headDim: Int, kvWidth: Int
-    // Requests point into these until their waits, and the exchange outlives them.
+    /// The element type K/V pieces travel in: the job's (the shard's values are already rounded
+    /// to it, so 16-bit pieces are exact and half the bytes of float32).
+    private let elementType: ElementType
+    // Requests point into these until their waits, and the exchange outlives them. The pieces
+    // travel in `sendBuffer`/`receiveBuffer` (float32) or in `sendBits`/`receiveBits` (16-bit).
     private let sendBuffer: OwnedBuffer<Float>, receiveBuffer: OwnedBuffer<Float>, block: OwnedBuffer<Float>
+    private let sendBits: OwnedBuffer<UInt16>, receiveBits: OwnedBuffer<UInt16>
     private var send = Request(), receiving = Request()
 
     init(pattern: S2Pattern, shape: AttentionShape, shard: LocalShard, communicator: Communicator) {
@@ -122,8 +128,16 @@ final class PieceExchange {
         }
         self.segments = segments
         rows = segments.map(LocalShard.rows)
-        sendBuffer = OwnedBuffer(uninitializedCount: max(1, sends.map { S2Attention.floats($0, headDim: shape.headDim) }.max() ?? 0))
-        receiveBuffer = OwnedBuffer(uninitializedCount: max(1, receives.map { S2Attention.floats($0, headDim: shape.headDim) }.max() ?? 0))
+        elementType = shard.elementType
+        let (sendCount, receiveCount) = (
+            sends.map { S2Attention.floats($0, headDim: shape.headDim) }.max() ?? 0,
+            receives.map { S2Attention.floats($0, headDim: shape.headDim) }.max() ?? 0
+        )
+        let narrow = elementType != .f32
+        sendBuffer = OwnedBuffer(uninitializedCount: narrow ? 1 : max(1, sendCount))
+        receiveBuffer = OwnedBuffer(uninitializedCount: narrow ? 1 : max(1, receiveCount))
+        sendBits = OwnedBuffer(uninitializedCount: narrow ? max(1, sendCount) : 1)
+        receiveBits = OwnedBuffer(uninitializedCount: narrow ? max(1, receiveCount) : 1)
         block = OwnedBuffer(repeating: 0, count: max(1, 2 * (rows.max() ?? 0) * kvWidth))
     }
 
@@ -140,11 +154,17 @@ final class PieceExchange {
 
     /// Packs and posts step `step`'s pieces: the send to r+s, the receive from r-s.
     func post(_ step: Int) throws {
-        copy(sends[step], .pack, tensor: shard.keys, valuesOffset: shard.keyRows * kvWidth, packed: sendBuffer.baseAddress)
-        receiving = try communicator.irecv(
-            UnsafeMutableBufferPointer(rebasing: receiveBuffer.buffer[0 ..< floats(receives[step])]), from: owner(step), tag: step)
-        send = try communicator.isend(
-            UnsafeBufferPointer(rebasing: sendBuffer.buffer[0 ..< floats(sends[step])]), to: (me + step) % ranks, tag: step)
+        let (to, from) = ((me + step) % ranks, owner(step))
+        let (sendCount, receiveCount) = (floats(sends[step]), floats(receives[step]))
+        if elementType == .f32 {
+            copy(sends[step], .pack, tensor: shard.keys, valuesOffset: shard.keyRows * kvWidth, packed: sendBuffer.baseAddress)
+            receiving = try communicator.irecv(UnsafeMutableBufferPointer(rebasing: receiveBuffer.buffer[0 ..< receiveCount]), from: from, tag: step)
+            send = try communicator.isend(UnsafeBufferPointer(rebasing: sendBuffer.buffer[0 ..< sendCount]), to: to, tag: step)
+        } else {
+            narrowPieces(sends[step], from: shard.keys, valuesOffset: shard.keyRows * kvWidth, into: sendBits.baseAddress)
+            receiving = try communicator.irecv(UnsafeMutableBufferPointer(rebasing: receiveBits.buffer[0 ..< receiveCount]), from: from, tag: step)
+            send = try communicator.isend(UnsafeBufferPointer(rebasing: sendBits.buffer[0 ..< sendCount]), to: to, tag: step)
+        }
     }
 
     /// Waits for step `step`'s exchange and unpacks what arrived: the owner's keys, as far as
@@ -154,7 +174,11 @@ final class PieceExchange {
         try communicator.wait(&receiving)
         let ownerRows = rows[owner(step)]
         recording(.merge, on: communicator.recorder) {
-            copy(receives[step], .unpack, tensor: block.baseAddress, valuesOffset: ownerRows * kvWidth, packed: receiveBuffer.baseAddress)
+            if elementType == .f32 {
+                copy(receives[step], .unpack, tensor: block.baseAddress, valuesOffset: ownerRows * kvWidth, packed: receiveBuffer.baseAddress)
+            } else {
+                widenPieces(receives[step], from: receiveBits.baseAddress, into: block.baseAddress, valuesOffset: ownerRows * kvWidth)
+            }
         }
         return KeyValues(keys: block.baseAddress, values: block.baseAddress + ownerRows * kvWidth, rows: ownerRows, segments: segments[owner(step)])
     }
@@ -166,6 +190,32 @@ final class PieceExchange {
     }
 
     enum Direction { case pack, unpack, add }
+
+    /// `copy(.pack)` into 16-bit pieces, each row narrowed to the pass's element type.
+    private func narrowPieces(_ pieces: [S2Attention.Piece], from tensor: UnsafeMutablePointer<Float>, valuesOffset: Int, into packed: UnsafeMutablePointer<UInt16>) {
+        var at = 0
+        for piece in pieces {
+            for half in 0 ..< 2 {
+                for (i, row) in piece.rows.enumerated() {
+                    elementType.narrow(tensor + half * valuesOffset + row * kvWidth + piece.kvHead * headDim, into: packed + at + i * headDim, count: headDim)
+                }
+                at += piece.rows.count * headDim
+            }
+        }
+    }
+
+    /// `copy(.unpack)` from 16-bit pieces, each row widened to float32.
+    private func widenPieces(_ pieces: [S2Attention.Piece], from packed: UnsafeMutablePointer<UInt16>, into tensor: UnsafeMutablePointer<Float>, valuesOffset: Int) {
+        var at = 0
+        for piece in pieces {
+            for half in 0 ..< 2 {
+                for (i, row) in piece.rows.enumerated() {
+                    elementType.widen(packed + at + i * headDim, into: tensor + half * valuesOffset + row * kvWidth + piece.kvHead * headDim, count: headDim)
+                }
+                at += piece.rows.count * headDim
+            }
+        }
+    }
 
     /// Moves `pieces` between a K/V (or dK/dV) pair of [rows, kvHeads, headDim] tensors, the V
     /// one `valuesOffset` floats after the K one, and the packed form that travels: each piece's

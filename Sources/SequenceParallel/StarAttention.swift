@@ -4,6 +4,8 @@
 // a user-defined operator (or onto every rank with MPI_Allreduce).
 
 import AttentionCore
+import Buffers
+import FileFormats
 import MPIBinding
 import Profiling
 
@@ -34,7 +36,7 @@ public struct StarAttention: SequenceParallelStrategy {
 
     public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
         let shape = job.shape, d = shape.headDim, m = shard.queryRows
-        try communicator.broadcast(shard.queries, root: 0)
+        try broadcastQueries(shard, communicator: communicator)
         let accumulator = AttentionAccumulator(rows: m, heads: shape.heads, headDim: d)
         for keySegment in shard.keySegments {
             job.kernel.accumulate(
@@ -44,6 +46,20 @@ public struct StarAttention: SequenceParallelStrategy {
         }
         let merged = try SoftmaxMergeReduction(headDim: d).merge(accumulator.result(), root: everyRank ? nil : 0, communicator: communicator)
         return merged ?? PartialResult(emptyRows: 0, heads: shape.heads, headDim: d)
+    }
+}
+
+extension StarAttention {
+    /// Rank 0's queries to every rank, in the job's element type (exact: they are already rounded
+    /// to it), so 16-bit queries send half the bytes.
+    func broadcastQueries(_ shard: LocalShard, communicator: Communicator) throws {
+        let type = shard.elementType
+        guard type != .f32, communicator.size > 1 else { return try communicator.broadcast(shard.queries, root: 0) }
+        let count = shard.queries.count
+        let bits = OwnedBuffer<UInt16>(uninitializedCount: count)
+        if communicator.rank == 0 { type.narrow(shard.queries.baseAddress!, into: bits.baseAddress, count: count) }
+        try communicator.broadcast(bits.buffer, root: 0)
+        type.widen(bits.baseAddress, into: shard.queries.baseAddress!, count: count)
     }
 }
 
