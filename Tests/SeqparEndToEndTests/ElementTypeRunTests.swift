@@ -54,7 +54,62 @@ extension EndToEnd {
 
         /// The rounded inputs matter: had any rank (or the single-rank or float64 side) used the
         /// float32 values, its O would differ from the others' by about bf16's 2^-9, far past 1e-5.
-        @Test("the inputs really are rounded: bf16 and f32 verify disagree by bf16's rounding, not by float32's")
+        struct TrafficCase: Sendable, CustomTestStringConvertible {
+            let ranks: Int
+            let strategy: String
+            let arguments: [String]
+            /// Only K/V (and Q, dO) travel, so 16-bit bytes are exactly half; heads and mesh also
+            /// send O and LSE back in float32 (and the backward's sums stay float32 everywhere).
+            let halves: Bool
+            var testDescription: String { "\(strategy) at \(ranks) ranks" }
+        }
+
+        static let trafficCases: [TrafficCase] = [
+            TrafficCase(ranks: 3, strategy: "ring", arguments: [], halves: true),
+            TrafficCase(ranks: 2, strategy: "zigzag", arguments: ["--causal"], halves: true),
+            TrafficCase(ranks: 3, strategy: "heads", arguments: [], halves: false),
+            TrafficCase(ranks: 4, strategy: "mesh", arguments: ["--mesh", "2x2", "--causal"], halves: false),
+            TrafficCase(ranks: 2, strategy: "s2", arguments: ["--s2-block", "32", "--s2-local", "2", "--s2-stride", "3"], halves: true),
+            TrafficCase(ranks: 3, strategy: "star", arguments: ["--queries", "7"], halves: false),
+        ]
+
+        /// The same rounded values as bf16 files and as float32 files: the bf16 job's K/V (Q, dO)
+        /// travel as 16-bit bits and are widened by the receiver, which must be exact, so its LSE
+        /// equals the float32 job's bit for bit; and its traffic is smaller by half the inputs'.
+        @Test("16-bit traffic: bf16 jobs send half the K/V bytes of float32 and compute exactly the same LSE", arguments: trafficCases)
+        func traffic(_ c: TrafficCase) async throws {
+            let dir = try ScratchDirectory()
+            for (name, heads) in [("q", 4), ("k", 2), ("v", 2)] {
+                let values = try writeRandomNpy(dir.path("\(name)32.npy"), shape: [203, heads, 32], seed: UInt64(heads * 31 + name.count)).map(ElementType.bf16.rounded)
+                try NpyFile.save(dir.path("\(name)32.npy"), shape: [203, heads, 32], values: values)
+                try NpyFile.save(dir.path("\(name)16.npy"), shape: [203, heads, 32], values: values, elementType: .bf16)
+            }
+            var sent: [[Double]] = [], lse: [[Float]] = []
+            for suffix in ["32", "16"] {
+                let inputs = ["q", "k", "v"].flatMap { ["--\($0)", dir.path("\($0)\(suffix).npy")] }
+                let result = try await launch(
+                    ranks: c.ranks,
+                    arguments: ["run", "--json", "--strategy", c.strategy, "--lse", dir.path("lse\(suffix).npy")] + inputs + c.arguments
+                        + (suffix == "16" ? ["--dtype", "bf16"] : []))
+                try #require(result.status == 0, "\(result)")
+                let bytes = try #require(try result.json()["bytes_sent"] as? [Any], "\(result)")
+                sent.append(bytes.compactMap(number))
+                lse.append(try NpyFile.load(dir.path("lse\(suffix).npy")).values)
+            }
+            #expect(lse[1] == lse[0], "the bf16 job's LSE differs from the float32 job's on the same values")
+            #expect(sent[0].count == c.ranks && sent[1].count == c.ranks)
+            #expect(sent[0].reduce(0, +) > 0)
+            for (wide, narrow) in zip(sent[0], sent[1]) {
+                if c.halves {
+                    #expect(narrow * 2 == wide, "bf16 sent \(narrow) bytes, float32 \(wide)")
+                } else {
+                    #expect(narrow <= wide && narrow * 2 >= wide, "bf16 sent \(narrow) bytes, float32 \(wide)")
+                }
+            }
+            if !c.halves { #expect(sent[1].reduce(0, +) < sent[0].reduce(0, +), "bf16 sent no fewer bytes than float32: \(sent)") }
+        }
+
+        @Test("the inputs really are rounded: bf16 and f32 jobs' O differ by bf16's rounding, not by float32's")
         func roundingIsVisible() async throws {
             let dir = try ScratchDirectory()
             var outputs: [[Float]] = []
