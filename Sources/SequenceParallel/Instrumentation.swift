@@ -37,7 +37,8 @@ extension LocalAttention {
     /// rank 0's progress meter per query tile when there is one.
     @inline(__always)
     func accumulate<Segments: Collection<ShardSegment>>(
-        queries: UnsafePointer<Float>, querySegments: Segments, keyValues: KeyValueRows, keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}
+        queries: UnsafePointer<Float>, querySegments: Segments, keyValues: KeyValueRows, keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?,
+        progress: () -> Void = {}
     ) {
         let meter = ProgressMeter.current
         guard recorder != nil || meter != nil else {
