@@ -10,7 +10,7 @@ import MPIBinding
 public enum OutputGradientSource: Sendable {
     /// Deterministic values from the inputs' seed.
     case synthetic(seed: UInt64)
-    /// A .npy file, [tokens, heads, headDim] float32.
+    /// A .npy file, [tokens, heads, headDim], of any element type seqpar reads (rounded to the job's).
     case file(String)
 
     /// dO of the rows `segments` (global positions, stacked in order), [rows, heads, headDim],
