@@ -7,7 +7,11 @@ import SequenceParallel
 struct BackwardOptions: ParsableArguments {
     @Flag(help: "After the forward, run the backward pass: dQ, dK and dV for the output gradient dO (\(StrategyRegistry.names(StrategyRegistry.withBackward))).")
     var backward = false
-    @Option(name: .customLong("do"), parsing: .unconditional, help: "dO as .npy, [tokens, heads, headDim], f32, f16 or (with --dtype bf16) bf16, rounded to the job's type (with --backward; default: synthetic, from --seed).")
+    @Option(
+        name: .customLong("do"), parsing: .unconditional,
+        help:
+            "dO as .npy, [tokens, heads, headDim], f32, f16 or (with --dtype bf16) bf16, rounded to the job's type "
+            + "(with --backward; default: synthetic, from --seed).")
     var outputGrad: String?
 
     func validate() throws {
