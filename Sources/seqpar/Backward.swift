@@ -9,9 +9,9 @@ struct BackwardOptions: ParsableArguments {
     var backward = false
     @Option(
         name: .customLong("do"), parsing: .unconditional,
-        help:
+        help: ArgumentHelp(
             "dO as .npy, [tokens, heads, headDim], f32, f16 or (with --dtype bf16) bf16, rounded to the job's type "
-            + "(with --backward; default: synthetic, from --seed).")
+                + "(with --backward; default: synthetic, from --seed)."))
     var outputGrad: String?
 
     func validate() throws {
