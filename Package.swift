@@ -14,6 +14,8 @@
 //                      against one rank and float64, bench's best of N, profile gathering, --strategy
 //                      auto, the Codable --json reports (no ArgumentParser, nothing printed to stdout)
 //   ClusterConfig      cluster configs and the mpirun / Slurm command built from them (no MPI)
+//   CSeqpar, SeqparC   the C interface: seqpar.h (and the options' defaults, in C), and its Swift
+//                      implementation over DistributedAttention, built as libSeqparC.so
 //   seqpar             the command-line tool: argument parsing into AttentionJobs' values, printing
 import PackageDescription
 
@@ -30,6 +32,8 @@ let package = Package(
         .library(name: "Profiling", targets: ["Profiling"]),
         .library(name: "Planning", targets: ["Planning"]),
         .library(name: "ClusterConfig", targets: ["ClusterConfig"]),
+        // The C interface (Sources/CSeqpar/include/seqpar.h) as libSeqparC.so, which Python's seqpar loads.
+        .library(name: "SeqparC", type: .dynamic, targets: ["SeqparC"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -56,6 +60,8 @@ let package = Package(
         .target(name: "SequenceParallel", dependencies: ["Buffers", "AttentionCore", "BlasRuntime", "FileFormats", "Profiling", "Planning", "MPIBinding"]),
         .target(name: "AttentionJobs", dependencies: ["AttentionCore", "BlasRuntime", "FileFormats", "SequenceParallel", "Profiling", "Planning"]),
         .target(name: "ClusterConfig"),
+        .target(name: "CSeqpar", dependencies: ["CMPI"]),
+        .target(name: "SeqparC", dependencies: ["CSeqpar", "AttentionCore", "FileFormats", "SequenceParallel"]),
         .executableTarget(
             name: "seqpar",
             dependencies: [

@@ -111,6 +111,21 @@ public final class Communicator {
         try Communicator(handle: seqpar_comm_world(), owned: false)
     }
 
+    /// A duplicate (`MPI_Comm_dup`) of a communicator handed in by a program that runs MPI itself,
+    /// so that seqpar's messages never meet the program's, with errors returned rather than fatal
+    /// on the duplicate only. Freed when the last reference goes. Collective over `handle`'s ranks.
+    /// - Throws: when MPI is not initialised (or already finalised), or the duplicate fails.
+    public static func duplicating(_ handle: MPI_Comm) throws(MPIError) -> Communicator {
+        guard MPIRuntime.isStarted else {
+            throw MPIError(call: "MPI_Comm_dup", code: -1, message: "MPI is not initialised (or already finalised); call MPI_Init first")
+        }
+        var duplicate: MPI_Comm? = nil
+        try check(MPI_Comm_dup(handle, &duplicate), "MPI_Comm_dup")
+        let communicator = try Communicator(handle: duplicate!, owned: true)
+        try check(MPI_Comm_set_errhandler(duplicate!, seqpar_errors_return()), "MPI_Comm_set_errhandler")
+        return communicator
+    }
+
     /// The rank `offset` steps along the ring (negative: backwards).
     @inlinable public func neighbour(_ offset: Int) -> Int { ((rank + offset) % size + size) % size }
 
