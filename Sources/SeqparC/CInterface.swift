@@ -149,6 +149,19 @@ public func seqpar_plan_error(_ plan: OpaquePointer?) -> UnsafePointer<CChar>? {
     return plan.error.withUnsafeBufferPointer { $0.baseAddress }
 }
 
+@_cdecl("seqpar_plan_agree")
+public func seqpar_plan_agree(_ plan: OpaquePointer?, _ error: UnsafePointer<CChar>?) -> Int32 {
+    guard let plan = Plan.from(plan) else { return Int32(SEQPAR_ERROR_INPUT) }
+    do {
+        try plan.attention.communicator.together {
+            if let error { throw OptionsError(description: String(cString: error)) }
+        }
+        return plan.succeed()
+    } catch {
+        return plan.fail(error)
+    }
+}
+
 @_cdecl("seqpar_forward")
 public func seqpar_forward(
     _ plan: OpaquePointer?, _ rows: Int64, _ q: UnsafeRawPointer?, _ qStride: Int64, _ k: UnsafeRawPointer?, _ kStride: Int64,

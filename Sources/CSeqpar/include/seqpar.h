@@ -107,6 +107,14 @@ int seqpar_plan_range(const seqpar_plan *plan, int64_t index, int64_t *start, in
 const char *seqpar_plan_error(const seqpar_plan *plan);
 
 /*
+ * Makes a caller's own check collective: every rank passes its finding (NULL: none); when any rank
+ * passed one, every rank gets SEQPAR_ERROR_INPUT and seqpar_plan_error names each such rank and its
+ * message. For callers (such as the Python module) that refuse input before calling seqpar_forward
+ * or seqpar_backward, so that a refusal on one rank never leaves the others waiting.
+ */
+int seqpar_plan_agree(seqpar_plan *plan, const char *error);
+
+/*
  * O and LSE of this rank's rows. `rows` is the count of rows the caller's buffers hold (checked
  * against seqpar_plan_rows); strides in elements.
  */

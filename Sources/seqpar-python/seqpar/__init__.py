@@ -69,6 +69,8 @@ def _library():
         lib.seqpar_plan_range.restype = i32
         lib.seqpar_plan_error.argtypes = [p]
         lib.seqpar_plan_error.restype = ctypes.c_char_p
+        lib.seqpar_plan_agree.argtypes = [p, ctypes.c_char_p]
+        lib.seqpar_plan_agree.restype = i32
         lib.seqpar_forward.argtypes = [p, i64, p, i64, p, i64, p, i64, p, i64, f]
         lib.seqpar_forward.restype = i32
         lib.seqpar_backward.argtypes = [p, i64, p, i64, p, i64, p, i64, p, i64, f, p, i64, p, i64, p, i64, p, i64]
@@ -131,12 +133,24 @@ class Plan:
         from mpi4py import MPI
         if not isinstance(comm, MPI.Comm):
             raise Error("comm must be an mpi4py communicator (such as MPI.COMM_WORLD), not %s" % type(comm).__name__)
+        self._plan = None
         lib = _library()
         self._lib = lib
         self.comm = comm
-        self.tokens, self.heads, self.head_dim = int(tokens), int(heads), int(head_dim)
-        self.kv_heads = int(kv_heads) if kv_heads is not None else self.heads
-        self.dtype = _dtype_name(dtype)
+        # What Python checks itself is agreed over comm, as the library's checks are: a refusal on
+        # one rank is raised on every rank.
+        local = None
+        try:
+            self.tokens, self.heads, self.head_dim = int(tokens), int(heads), int(head_dim)
+            self.kv_heads = int(kv_heads) if kv_heads is not None else self.heads
+            self.dtype = _dtype_name(dtype)
+            if not isinstance(strategy, str):
+                raise Error("strategy must be a name such as 'zigzag', not %r" % (strategy,))
+        except (Error, TypeError, ValueError) as error:
+            local = str(error)
+        found = comm.allgather(local)
+        if any(found):
+            raise Error("\n".join("rank %d: %s" % (r, m) for r, m in enumerate(found) if m))
         self.strategy = strategy
         options = _Options()
         lib.seqpar_options_init(ctypes.byref(options))
@@ -197,9 +211,19 @@ class Plan:
     # what only Python knows (shape, dtype, device, layout); rows and strides are checked by seqpar
     # on every rank, so one rank's bad tensor is every rank's error.
 
-    def _buffer(self, name, x, heads, writable=False):
+    def _agree(self, prepare):
+        """Runs `prepare` (this rank's own checks), then agrees with every rank on whether any
+        failed: its result, or the same Error on every rank."""
         if self._plan is None:
             raise Error("the plan is closed")
+        try:
+            result, local = prepare(), None
+        except Error as error:
+            result, local = None, str(error)
+        self._check(self._lib.seqpar_plan_agree(self._plan, None if local is None else local.encode()))
+        return result
+
+    def _buffer(self, name, x, heads, writable=False):
         shape = (self.rows, heads, self.head_dim)
         if _is_torch(x):
             import torch
@@ -207,8 +231,11 @@ class Plan:
                 raise Error("%s is on %s; seqpar computes on the CPU: pass %s.cpu()" % (name, x.device, name))
             dtype = _dtype_name(x.dtype) if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else str(x.dtype)
             strides, pointer = tuple(x.stride()), x.data_ptr()
+            if x.dim() != 3:
+                raise Error("%s has %d dimensions; expected 3, [rows, heads, head_dim]" % (name, x.dim()))
         else:
-            x = np.asarray(x)
+            if not isinstance(x, np.ndarray):
+                raise Error("%s is a %s; seqpar takes NumPy arrays or torch tensors" % (name, type(x).__name__))
             dtype = "bfloat16" if x.dtype.name == "bfloat16" or (self.dtype == "bfloat16" and x.dtype == np.uint16) else x.dtype.name
             if x.itemsize == 0 or any(s % x.itemsize for s in x.strides):
                 raise Error("%s's strides %s are not whole elements" % (name, x.strides))
@@ -228,7 +255,13 @@ class Plan:
             raise Error("%s's rows overlap (row stride %d elements, a row is %d)" % (name, strides[0], heads * self.head_dim))
         return ctypes.c_void_p(pointer), (strides[0] if self.rows else heads * self.head_dim)
 
-    def _lse(self, name, lse, torch_like):
+    def _empty_lse(self, like):
+        if _is_torch(like):
+            import torch
+            return torch.empty((self.heads, self.rows), dtype=torch.float32)
+        return np.empty((self.heads, self.rows), np.float32)
+
+    def _lse(self, name, lse):
         shape = (self.heads, self.rows)
         if _is_torch(lse):
             import torch
@@ -251,31 +284,26 @@ class Plan:
     def forward(self, q, k, v):
         """O ([rows, heads, head_dim], the plan's dtype) and LSE ([heads, rows], float32) of this
         rank's rows; NumPy arrays in, NumPy out, or torch tensors in, torch out."""
-        q, k, v = (x.detach() if _is_torch(x) else x for x in (q, k, v))
-        o = self._empty(self.heads, q)
-        lse = np.empty((self.heads, self.rows), np.float32) if not _is_torch(q) else __import__("torch").empty((self.heads, self.rows))
-        qp, qs = self._buffer("q", q, self.heads)
-        kp, ks = self._buffer("k", k, self.kv_heads)
-        vp, vs = self._buffer("v", v, self.kv_heads)
-        op, os_ = self._buffer("o", o, self.heads, writable=True)
-        _, lp = self._lse("lse", lse, q)
+        def prepare():
+            o = self._empty(self.heads, q)
+            lse = self._empty_lse(q)
+            return (o, lse, self._buffer("q", q, self.heads), self._buffer("k", k, self.kv_heads),
+                    self._buffer("v", v, self.kv_heads), self._buffer("o", o, self.heads, writable=True), self._lse("lse", lse))
+        o, lse, (qp, qs), (kp, ks), (vp, vs), (op, os_), (_, lp) = self._agree(prepare)
         self._check(self._lib.seqpar_forward(self._plan, self.rows, qp, qs, kp, ks, vp, vs, op, os_, lp))
         return o, lse
 
     def backward(self, q, k, v, o, lse, do):
         """dQ, dK, dV of this rank's rows (dK/dV of its own K/V rows, every rank's queries counted),
         for the output gradient `do` of the forward that gave `o` and `lse`."""
-        q, k, v, o, do = (x.detach() if _is_torch(x) else x for x in (q, k, v, o, do))
-        dq, dk, dv = self._empty(self.heads, q), self._empty(self.kv_heads, q), self._empty(self.kv_heads, q)
-        qp, qs = self._buffer("q", q, self.heads)
-        kp, ks = self._buffer("k", k, self.kv_heads)
-        vp, vs = self._buffer("v", v, self.kv_heads)
-        op, os_ = self._buffer("o", o, self.heads)
-        dop, dos = self._buffer("do", do, self.heads)
-        keep, lp = self._lse("lse", lse, q)
-        dqp, dqs = self._buffer("dq", dq, self.heads, writable=True)
-        dkp, dks = self._buffer("dk", dk, self.kv_heads, writable=True)
-        dvp, dvs = self._buffer("dv", dv, self.kv_heads, writable=True)
+        def prepare():
+            dq, dk, dv = self._empty(self.heads, q), self._empty(self.kv_heads, q), self._empty(self.kv_heads, q)
+            return (dq, dk, dv, self._buffer("q", q, self.heads), self._buffer("k", k, self.kv_heads),
+                    self._buffer("v", v, self.kv_heads), self._buffer("o", o, self.heads), self._lse("lse", lse),
+                    self._buffer("do", do, self.heads), self._buffer("dq", dq, self.heads, writable=True),
+                    self._buffer("dk", dk, self.kv_heads, writable=True), self._buffer("dv", dv, self.kv_heads, writable=True))
+        (dq, dk, dv, (qp, qs), (kp, ks), (vp, vs), (op, os_), (keep, lp), (dop, dos), (dqp, dqs), (dkp, dks),
+         (dvp, dvs)) = self._agree(prepare)
         self._check(self._lib.seqpar_backward(self._plan, self.rows, qp, qs, kp, ks, vp, vs, op, os_, lp, dop, dos,
                                               dqp, dqs, dkp, dks, dvp, dvs))
         del keep

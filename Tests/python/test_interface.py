@@ -1,0 +1,261 @@
+"""The Python module (and through it the C interface) under mpirun: every strategy, forward and
+backward, against a float64 reference computed here and against seqpar on one rank; bf16/f16;
+strided rows; torch autograd against PyTorch's SDPA; and the refusals, which must reach every rank
+as seqpar.Error without a hang. Run as `mpirun -np N python test_interface.py`; exits nonzero on
+any failure, and prints one line per rank with the checks it made.
+"""
+
+import sys
+import traceback
+
+import ml_dtypes
+import numpy as np
+import torch
+from mpi4py import MPI
+
+import seqpar
+
+comm = MPI.COMM_WORLD
+rank, size = comm.Get_rank(), comm.Get_size()
+checks = 0
+
+
+def check(condition, what):
+    global checks
+    checks += 1
+    if not condition:
+        raise AssertionError(what)
+
+
+def inputs(tokens, heads, kv_heads, dim, seed):
+    g = np.random.default_rng(seed)
+    q = g.standard_normal((tokens, heads, dim)).astype(np.float32)
+    k = g.standard_normal((tokens, kv_heads, dim)).astype(np.float32)
+    v = g.standard_normal((tokens, kv_heads, dim)).astype(np.float32)
+    do = g.standard_normal((tokens, heads, dim)).astype(np.float32)
+    return q, k, v, do
+
+
+def visible(tokens, causal=False, window=None, cu_seqlens=None):
+    i, j = np.arange(tokens)[:, None], np.arange(tokens)[None, :]
+    allowed = np.ones((tokens, tokens), bool)
+    if causal or window:
+        allowed &= j <= i
+    if window:
+        allowed &= i - j < window
+    if cu_seqlens is not None:
+        document = np.searchsorted(np.asarray(cu_seqlens), np.arange(tokens), side="right")
+        allowed &= document[:, None] == document[None, :]
+    return allowed
+
+
+def reference(q, k, v, do, allowed, scale=None):
+    """float64 attention and its gradients, straight from the definitions."""
+    q, k, v, do = (x.astype(np.float64) for x in (q, k, v, do))
+    tokens, heads, dim = q.shape
+    group = heads // k.shape[1]
+    scale = scale or 1 / np.sqrt(dim)
+    o, lse = np.zeros_like(q), np.zeros((heads, tokens))
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for h in range(heads):
+        kh = h // group
+        s = np.where(allowed, q[:, h] @ k[:, kh].T * scale, -np.inf)
+        m = s.max(axis=1, keepdims=True)
+        p = np.exp(s - m)
+        total = p.sum(axis=1, keepdims=True)
+        p /= total
+        lse[h] = (m + np.log(total))[:, 0]
+        o[:, h] = p @ v[:, kh]
+        dp = do[:, h] @ v[:, kh].T
+        ds = p * (dp - (do[:, h] * o[:, h]).sum(axis=1, keepdims=True))
+        dq[:, h] = ds @ k[:, kh] * scale
+        dk[:, kh] += ds.T @ q[:, h] * scale
+        dv[:, kh] += p.T @ do[:, h]
+    return o, lse, dq, dk, dv
+
+
+def relative(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) if b.size else 0.0
+
+
+def expect_error(call, *fragments):
+    """`call` must raise seqpar.Error on this rank, with every fragment in its message."""
+    try:
+        call()
+    except seqpar.Error as error:
+        message = str(error)
+        check(all(f in message for f in fragments), "message %r lacks one of %r" % (message, fragments))
+        return message
+    check(False, "no seqpar.Error raised (expected one naming %r)" % (fragments,))
+
+
+# Problems: odd token counts, head dims 32..128, MHA/GQA/MQA, each mask.
+problems = [
+    dict(tokens=101, heads=4, kv_heads=2, head_dim=32, causal=True),
+    dict(tokens=67, heads=4, kv_heads=1, head_dim=64),
+    dict(tokens=90, heads=2, kv_heads=2, head_dim=128, window=17),
+    dict(tokens=120, heads=4, kv_heads=2, head_dim=32, causal=True, cu_seqlens=[0, 30, 31, 77, 120]),
+]
+strategies = ["ring", "zigzag", "heads", "mesh"]
+
+
+def test_strategies():
+    computed = set()
+    for n, problem in enumerate(problems):
+        q, k, v, do = inputs(problem["tokens"], problem["heads"], problem["kv_heads"], problem["head_dim"], seed=n)
+        allowed = visible(problem["tokens"], problem.get("causal", False), problem.get("window"), problem.get("cu_seqlens"))
+        ro, rlse, rdq, rdk, rdv = reference(q, k, v, do, allowed)
+        single = seqpar.Plan(MPI.COMM_SELF, strategy="ring", **problem)
+        so, slse = single.forward(q, k, v)
+        sdq, sdk, sdv = single.backward(q, k, v, so, slse, do)
+        for strategy in strategies:
+            try:
+                plan = seqpar.Plan(comm, strategy=strategy, **problem)
+            except seqpar.Error as refusal:
+                # A split this strategy cannot make at this world size: refused on every rank
+                # alike (the others below are computed; ring and zigzag always are).
+                check(strategy in ("heads", "mesh"), "%s refused: %s" % (strategy, refusal))
+                verdicts = comm.allgather(str(refusal))
+                check(len(set(verdicts)) == 1, "ranks disagree on the refusal: %r" % verdicts)
+                continue
+            rows = plan.local_positions
+            check(len(rows) == plan.rows, "local ranges hold %d rows, plan says %d" % (len(rows), plan.rows))
+            everyone = np.sort(np.concatenate(comm.allgather(rows)))
+            group = 1 if strategy != "mesh" else len(everyone) // problem["tokens"]
+            check(np.array_equal(everyone, np.repeat(np.arange(problem["tokens"]), group)), "%s: ranks' ranges do not cover the sequence" % strategy)
+            o, lse = plan.forward(q[rows], k[rows], v[rows])
+            dq, dk, dv = plan.backward(q[rows], k[rows], v[rows], o, lse, do[rows])
+            label = "%s %s" % (strategy, problem)
+            check(relative(o, ro[rows]) < 2e-5, "%s: O against float64 %.3g" % (label, relative(o, ro[rows])))
+            check(relative(lse, rlse[:, rows]) < 2e-6, "%s: LSE against float64" % label)
+            for name, mine, ref in (("dQ", dq, rdq), ("dK", dk, rdk), ("dV", dv, rdv)):
+                check(relative(mine, ref[rows]) < 1e-4, "%s: %s against float64 %.3g" % (label, name, relative(mine, ref[rows])))
+            for name, mine, one in (("O", o, so), ("dQ", dq, sdq), ("dK", dk, sdk), ("dV", dv, sdv)):
+                check(relative(mine, one[rows]) < 1e-5, "%s: %s against one rank %.3g" % (label, name, relative(mine, one[rows])))
+            computed.add(strategy)
+            plan.close()
+        single.close()
+    check({"ring", "zigzag"} <= computed, "ring and zigzag must always be computed, got %s" % computed)
+    return sorted(computed)
+
+
+def test_sixteen_bit():
+    """bf16 (ml_dtypes arrays and torch tensors) and f16: the float32 result on the same rounded
+    values, rounded once (the kernel computes in float32 and K/V travel exactly); against float64
+    within the type's rounding."""
+    problem = dict(tokens=77, heads=4, kv_heads=2, head_dim=64, causal=True)
+    q, k, v, do = inputs(77, 4, 2, 64, seed=11)
+    for dtype, tolerance in ((ml_dtypes.bfloat16, 8e-3), (np.float16, 1e-3)):
+        qr, kr, vr, dor = (x.astype(dtype) for x in (q, k, v, do))
+        reference32 = seqpar.Plan(comm, strategy="zigzag", **problem)
+        plan = seqpar.Plan(comm, strategy="zigzag", dtype=np.dtype(dtype), **problem)
+        rows = plan.local_positions
+        o32, lse32 = reference32.forward(*(x[rows].astype(np.float32) for x in (qr, kr, vr)))
+        o, lse = plan.forward(qr[rows], kr[rows], vr[rows])
+        check(o.dtype == np.dtype(dtype), "O comes back as %s, not %s" % (o.dtype, np.dtype(dtype)))
+        check(np.array_equal(o.view(np.uint16), o32.astype(dtype).view(np.uint16)), "%s O is not the float32 result rounded once" % np.dtype(dtype))
+        check(np.array_equal(lse, lse32), "%s LSE differs from float32's on the same values" % np.dtype(dtype))
+        ro, _, rdq, rdk, rdv = reference(qr.astype(np.float32), kr.astype(np.float32), vr.astype(np.float32), dor.astype(np.float32), visible(77, True))
+        check(relative(o.astype(np.float32), ro[rows]) < tolerance, "%s O against float64" % np.dtype(dtype))
+        dq, dk, dv = plan.backward(qr[rows], kr[rows], vr[rows], o, lse, dor[rows])
+        for name, mine, ref in (("dQ", dq, rdq), ("dK", dk, rdk), ("dV", dv, rdv)):
+            check(relative(mine.astype(np.float32), ref[rows]) < 4 * tolerance, "%s %s against float64 %.3g" % (np.dtype(dtype), name, relative(mine.astype(np.float32), ref[rows])))
+        plan.close()
+        reference32.close()
+    # torch bf16 tensors in, torch bf16 out, the same bits as the NumPy path.
+    plan = seqpar.Plan(comm, strategy="zigzag", dtype=torch.bfloat16, **problem)
+    rows = plan.local_positions
+    qt, kt, vt = (torch.from_numpy(x[rows]).to(torch.bfloat16) for x in (q, k, v))
+    o, lse = plan.forward(qt, kt, vt)
+    qn, kn, vn = (x[rows].astype(ml_dtypes.bfloat16) for x in (q, k, v))
+    on, _ = plan.forward(qn, kn, vn)
+    check(o.dtype == torch.bfloat16 and np.array_equal(o.view(torch.int16).numpy().view(np.uint16), on.view(np.uint16)), "torch bf16 differs from NumPy bf16")
+
+
+def test_strided_rows():
+    """Q, K, V as slices of one fused [rows, (heads + 2 kv) * d] buffer give the contiguous result."""
+    tokens, heads, kv, dim = 53, 4, 2, 32
+    q, k, v, do = inputs(tokens, heads, kv, dim, seed=5)
+    plan = seqpar.Plan(comm, tokens=tokens, heads=heads, kv_heads=kv, head_dim=dim, causal=True, strategy="ring")
+    rows = plan.local_positions
+    fused = np.concatenate([q[rows].reshape(len(rows), -1), k[rows].reshape(len(rows), -1), v[rows].reshape(len(rows), -1)], axis=1)
+    qs = fused[:, : heads * dim].reshape(len(rows), heads, dim)
+    ks = fused[:, heads * dim : (heads + kv) * dim].reshape(len(rows), kv, dim)
+    vs = fused[:, (heads + kv) * dim :].reshape(len(rows), kv, dim)
+    check(len(rows) < 2 or not qs.flags.c_contiguous, "the slices should be strided")
+    o1, lse1 = plan.forward(qs, ks, vs)
+    o2, lse2 = plan.forward(np.ascontiguousarray(q[rows]), np.ascontiguousarray(k[rows]), np.ascontiguousarray(v[rows]))
+    check(np.array_equal(o1, o2) and np.array_equal(lse1, lse2), "strided rows give another result")
+    # Torch: every other row of a larger tensor (row stride 2 rows).
+    wide = torch.from_numpy(np.repeat(q[rows], 2, axis=0))[::2]
+    o3, _ = plan.forward(wide, torch.from_numpy(k[rows]), torch.from_numpy(v[rows]))
+    check(np.array_equal(o3.numpy(), o2), "torch strided rows give another result")
+
+
+def test_autograd():
+    """seqpar.attention in a torch graph: O and every gradient of a loss over all ranks' rows
+    against PyTorch's SDPA on the whole sequence in this process."""
+    tokens, heads, kv, dim = 97, 4, 2, 32
+    q, k, v, w = inputs(tokens, heads, kv, dim, seed=3)
+    plan = seqpar.Plan(comm, tokens=tokens, heads=heads, kv_heads=kv, head_dim=dim, causal=True, strategy="zigzag")
+    rows = torch.from_numpy(plan.local_positions)
+    mine = [torch.from_numpy(x)[rows].clone().requires_grad_() for x in (q, k, v)]
+    o = seqpar.attention(*mine, plan)
+    (o * torch.from_numpy(w)[rows]).sum().backward()
+    whole = [torch.from_numpy(x).double().requires_grad_() for x in (q, k, v)]
+    qh, kh, vh = (x.transpose(0, 1) for x in whole)
+    ref = torch.nn.functional.scaled_dot_product_attention(qh, kh.repeat_interleave(heads // kv, 0), vh.repeat_interleave(heads // kv, 0), is_causal=True).transpose(0, 1)
+    (ref * torch.from_numpy(w).double()).sum().backward()
+    check(relative(o.detach().numpy(), ref.detach()[rows].numpy()) < 2e-5, "autograd O against SDPA")
+    for name, a, b in zip(("dQ", "dK", "dV"), mine, whole):
+        check(relative(a.grad.numpy(), b.grad[rows].numpy()) < 1e-4, "autograd %s against SDPA %.3g" % (name, relative(a.grad.numpy(), b.grad[rows].numpy())))
+
+
+def test_refusals():
+    """Bad input raises seqpar.Error with a message that says what was expected, on every rank,
+    when only one rank is wrong too; nothing hangs or aborts, and the plan stays usable."""
+    tokens, heads, kv, dim = 41, 4, 2, 32
+    q, k, v, _ = inputs(tokens, heads, kv, dim, seed=9)
+    plan = seqpar.Plan(comm, tokens=tokens, heads=heads, kv_heads=kv, head_dim=dim, strategy="ring")
+    rows = plan.local_positions
+    good = (q[rows], k[rows], v[rows])
+    expect_error(lambda: plan.forward(q[rows][:, :2], good[1], good[2]), "q has shape", "expected")
+    expect_error(lambda: plan.forward(good[0].astype(np.float64), good[1], good[2]), "q is float64", "takes float32")
+    expect_error(lambda: plan.forward(np.swapaxes(np.swapaxes(good[0], 1, 2).copy(), 1, 2), good[1], good[2]), "not contiguous")
+    expect_error(lambda: plan.forward(torch.from_numpy(good[0]).transpose(1, 2).contiguous().transpose(1, 2), good[1], good[2]), "not contiguous")
+    expect_error(lambda: plan.forward(good[0].tolist(), good[1], good[2]), "NumPy arrays or torch tensors")
+    # Only the last rank is wrong: every rank raises, naming it.
+    last = size - 1
+    bad_q = good[0][: max(0, len(rows) - 1)] if rank == last else good[0]
+    expect_error(lambda: plan.forward(bad_q, good[1], good[2]), "rank %d" % last, "q has shape")
+    o, lse = plan.forward(*good)  # still in step
+    check(np.isfinite(o).all(), "the plan is unusable after a refusal")
+    expect_error(lambda: plan.backward(*good, o, lse[:, :1], o), "lse must be float32 of shape")
+    # Options refused by the library, on every rank.
+    expect_error(lambda: seqpar.Plan(comm, tokens=tokens, heads=3, kv_heads=2, head_dim=dim), "heads", "kv")
+    expect_error(lambda: seqpar.Plan(comm, tokens=tokens, heads=heads, head_dim=dim, strategy="spiral"), "strategy 'spiral' is not one of", "zigzag")
+    expect_error(lambda: seqpar.Plan(comm, tokens=tokens, heads=heads, head_dim=dim, cu_seqlens=[0, 50]), "cu_seqlens")
+    expect_error(lambda: seqpar.Plan(comm, tokens=tokens, heads=heads, head_dim=dim, dtype="float64"), "float64", "bfloat16")
+    expect_error(lambda: seqpar.Plan(comm, tokens=0 if rank == last else tokens, heads=heads, head_dim=dim), "rank %d" % last, "tokens")
+    # A communicator too large for the strategy: heads gives every rank at least one head.
+    if size > 1:
+        expect_error(lambda: seqpar.Plan(comm, tokens=tokens, heads=size - 1, kv_heads=1, head_dim=dim, strategy="heads"),
+                     "at least one head", "%d ranks" % size)
+    plan.close()
+    expect_error(lambda: plan.forward(*good), "closed")
+
+
+tests = [test_strategies, test_sixteen_bit, test_strided_rows, test_autograd, test_refusals]
+failed = []
+for test in tests:
+    try:
+        test()
+    except Exception:
+        failed.append(test.__name__)
+        traceback.print_exc()
+        sys.stderr.flush()
+everyone = comm.allgather(failed)
+print("rank %d of %d: %d checks, %s" % (rank, size, checks, "failed: " + ", ".join(failed) if failed else "all passed"), flush=True)
+comm.Barrier()
+sys.exit(1 if any(everyone) else 0)
