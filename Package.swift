@@ -92,6 +92,8 @@ let package = Package(
         .testTarget(name: "MultiHostTests", dependencies: ["seqpar", "SeqparTestSupport"]),
         // The strategies in the test process itself on MPI_COMM_WORLD, started alone and under mpirun -np 2 and 3.
         .testTarget(name: "InProcessStrategyTests", dependencies: ["AttentionCore", "AttentionJobs", "SequenceParallel", "SeqparTestSupport"]),
+        // The C interface (a C program built with mpicc) and the Python module, with its training example, under mpirun.
+        .testTarget(name: "InterfaceTests", dependencies: ["SeqparTestSupport"]),
         // The MPI binding in the test process on MPI_COMM_WORLD, started alone and under mpirun -np 3.
         .testTarget(name: "MPIBindingTests", dependencies: ["MPIBinding", "SeqparTestSupport"]),
     ]

@@ -44,7 +44,7 @@ def library_path():
             return str(candidate)
     raise ImportError(
         "seqpar: libSeqparC.so not found (looked in $SEQPAR_LIBRARY, %s and %s); build it with "
-        "`swift build -c release --product SeqparC` or run Launch/python-env" % (candidates[1], candidates[2]))
+        "`swift build -c release --product SeqparC` (Launch/test does), or point $SEQPAR_LIBRARY at it" % (candidates[1], candidates[2]))
 
 
 _lib = None
