@@ -70,7 +70,9 @@ struct InterfaceTests {
         #expect(result.status != 0, "\(result.transcript)")
     }
 
-    @Test("C: seqpar.h from a C program on its own communicator, forward and backward against double, refusals as codes", arguments: [(1, "zigzag"), (2, "ring"), (3, "zigzag"), (4, "heads")])
+    @Test(
+        "C: seqpar.h from a C program on its own communicator, forward and backward against double, refusals as codes",
+        arguments: [(1, "zigzag"), (2, "ring"), (3, "zigzag"), (4, "heads")])
     func c(ranks: Int, strategy: String) throws {
         let scratch = try ScratchDirectory()
         let binary = scratch.path("interface_test"), library = URL(fileURLWithPath: try Self.library()).deletingLastPathComponent().path
