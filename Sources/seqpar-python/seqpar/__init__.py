@@ -258,7 +258,7 @@ class Plan:
     def _empty_lse(self, like):
         if _is_torch(like):
             import torch
-            return torch.empty((self.heads, self.rows), dtype=torch.float32)
+            return torch.from_numpy(np.empty((self.heads, self.rows), np.float32))
         return np.empty((self.heads, self.rows), np.float32)
 
     def _lse(self, name, lse):
@@ -277,8 +277,11 @@ class Plan:
     def _empty(self, heads, like):
         shape = (self.rows, heads, self.head_dim)
         if _is_torch(like):
+            # NumPy's allocation (glibc keeps large freed blocks for reuse, where torch's returns
+            # them, so every call faulted its output's pages in again: 2% of a 4096-token forward).
             import torch
-            return torch.empty(shape, dtype=getattr(torch, self.dtype))
+            bits = np.empty(shape, dtype=np.float32 if self.dtype == "float32" else np.uint16)
+            return torch.from_numpy(bits).view(getattr(torch, self.dtype))
         return np.empty(shape, dtype=_numpy_dtype(self.dtype))
 
     def forward(self, q, k, v):
