@@ -54,6 +54,9 @@ func problem(_ options: seqpar_options) throws -> (StrategyName, tokens: Int, At
         heads: Int(options.heads), kvHeads: Int(kvHeads), headDim: Int(options.head_dim), scale: options.scale == 0 ? nil : Float(options.scale))
     guard options.window >= 0 else { throw OptionsError(description: "window must be positive, or 0 for none (got \(options.window))") }
     var mask: AttentionMask = options.window > 0 ? .window(Int(options.window)) : (options.causal != 0 ? .causal : .none)
+    if options.s2_block != 0 {
+        mask = .s2(try S2Pattern(block: Int(options.s2_block), local: Int(options.s2_local), stride: Int(options.s2_stride)))
+    }
     if let offsets = options.cu_seqlens {
         guard options.documents >= 1 else {
             throw OptionsError(description: "cu_seqlens is given but documents is \(options.documents); pass how many documents it bounds (its length minus one)")

@@ -176,6 +176,10 @@ int main(int argc, char **argv) {
 
     printf("interface_test rank %d of %d (%s): %d checks, %d failed; O %.2e, dQ %.2e, dK %.2e, dV %.2e against double\n",
            rank, size, strategy, checks, failures, eo, eq, ek, ev);
+    int all_checks = 0, all_failures = 0;
+    MPI_Reduce(&checks, &all_checks, 1, MPI_INT, MPI_SUM, 0, mine);
+    MPI_Reduce(&failures, &all_failures, 1, MPI_INT, MPI_SUM, 0, mine);
+    if (rank == 0) printf("interface_test: %d ranks, %d checks in all, %d failed\n", size, all_checks, all_failures);
     MPI_Comm_free(&mine);
     MPI_Finalize();
     return failures ? 1 : 0;

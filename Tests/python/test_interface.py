@@ -18,6 +18,7 @@ import seqpar
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 checks = 0
+strategies_computed = []
 
 
 def check(condition, what):
@@ -36,9 +37,14 @@ def inputs(tokens, heads, kv_heads, dim, seed):
     return q, k, v, do
 
 
-def visible(tokens, causal=False, window=None, cu_seqlens=None):
+def visible(tokens, causal=False, window=None, cu_seqlens=None, s2=None, heads=1):
+    """Which keys each query sees: [tokens, tokens], or [heads, tokens, tokens] for S2's per-head blocks."""
     i, j = np.arange(tokens)[:, None], np.arange(tokens)[None, :]
     allowed = np.ones((tokens, tokens), bool)
+    if s2:
+        block, local, stride = s2
+        qb, kb = i // block, j // block
+        allowed = np.stack([(kb <= qb) & ((qb - kb < local) | ((kb + h) % stride == 0)) & (j <= i) for h in range(heads)])
     if causal or window:
         allowed &= j <= i
     if window:
@@ -59,7 +65,7 @@ def reference(q, k, v, do, allowed, scale=None):
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
     for h in range(heads):
         kh = h // group
-        s = np.where(allowed, q[:, h] @ k[:, kh].T * scale, -np.inf)
+        s = np.where(allowed[h] if allowed.ndim == 3 else allowed, q[:, h] @ k[:, kh].T * scale, -np.inf)
         m = s.max(axis=1, keepdims=True)
         p = np.exp(s - m)
         total = p.sum(axis=1, keepdims=True)
@@ -96,6 +102,7 @@ problems = [
     dict(tokens=67, heads=4, kv_heads=1, head_dim=64),
     dict(tokens=90, heads=2, kv_heads=2, head_dim=128, window=17),
     dict(tokens=120, heads=4, kv_heads=2, head_dim=32, causal=True, cu_seqlens=[0, 30, 31, 77, 120]),
+    dict(tokens=133, heads=4, kv_heads=2, head_dim=32, s2=(16, 2, 3)),
 ]
 strategies = ["ring", "zigzag", "heads", "mesh"]
 
@@ -104,18 +111,19 @@ def test_strategies():
     computed = set()
     for n, problem in enumerate(problems):
         q, k, v, do = inputs(problem["tokens"], problem["heads"], problem["kv_heads"], problem["head_dim"], seed=n)
-        allowed = visible(problem["tokens"], problem.get("causal", False), problem.get("window"), problem.get("cu_seqlens"))
+        allowed = visible(problem["tokens"], problem.get("causal", False), problem.get("window"), problem.get("cu_seqlens"),
+                          problem.get("s2"), problem["heads"])
         ro, rlse, rdq, rdk, rdv = reference(q, k, v, do, allowed)
         single = seqpar.Plan(MPI.COMM_SELF, strategy="ring", **problem)
         so, slse = single.forward(q, k, v)
         sdq, sdk, sdv = single.backward(q, k, v, so, slse, do)
-        for strategy in strategies:
+        for strategy in strategies + (["s2"] if "s2" in problem else []):
             try:
                 plan = seqpar.Plan(comm, strategy=strategy, **problem)
             except seqpar.Error as refusal:
                 # A split this strategy cannot make at this world size: refused on every rank
                 # alike (the others below are computed; ring and zigzag always are).
-                check(strategy in ("heads", "mesh"), "%s refused: %s" % (strategy, refusal))
+                check(strategy in ("heads", "mesh", "s2"), "%s refused: %s" % (strategy, refusal))
                 verdicts = comm.allgather(str(refusal))
                 check(len(set(verdicts)) == 1, "ranks disagree on the refusal: %r" % verdicts)
                 continue
@@ -137,7 +145,9 @@ def test_strategies():
             plan.close()
         single.close()
     check({"ring", "zigzag"} <= computed, "ring and zigzag must always be computed, got %s" % computed)
-    return sorted(computed)
+    check(size > 1 or "s2" in computed, "s2 must be computed on one rank at least")
+    global strategies_computed
+    strategies_computed = sorted(computed)
 
 
 def test_sixteen_bit():
@@ -256,6 +266,10 @@ for test in tests:
         traceback.print_exc()
         sys.stderr.flush()
 everyone = comm.allgather(failed)
-print("rank %d of %d: %d checks, %s" % (rank, size, checks, "failed: " + ", ".join(failed) if failed else "all passed"), flush=True)
-comm.Barrier()
+print("rank %d of %d: %d checks (strategies computed: %s), %s" % (
+    rank, size, checks, ", ".join(strategies_computed), "failed: " + ", ".join(failed) if failed else "all passed"), flush=True)
+counts = comm.gather(checks, root=0)
+if rank == 0:
+    print("test_interface: %d ranks, %d checks in all, %s" % (
+        size, sum(counts), "failed on ranks " + ", ".join(str(r) for r, f in enumerate(everyone) if f) if any(everyone) else "every rank passed"), flush=True)
 sys.exit(1 if any(everyone) else 0)

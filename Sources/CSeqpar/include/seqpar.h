@@ -64,7 +64,7 @@ enum {
 typedef enum { SEQPAR_F32 = 0, SEQPAR_BF16 = 1, SEQPAR_F16 = 2 } seqpar_dtype;
 
 typedef struct seqpar_options {
-    /* "ring", "zigzag" (default when NULL), "heads", "mesh"; the names `seqpar run --help` lists. */
+    /* "ring", "zigzag" (default when NULL), "heads", "mesh", "s2" (with the s2 mask below). */
     const char *strategy;
     int64_t tokens;   /* the whole sequence */
     int64_t heads;    /* query heads */
@@ -79,6 +79,9 @@ typedef struct seqpar_options {
     int64_t documents;
     seqpar_dtype dtype;
     int threads; /* compute threads per rank; 0 means 1 */
+    /* S2-Attention's mask (with strategy "s2" or any other): s2_block > 0 makes it; query block qb
+       sees its s2_local nearest blocks and, per head, every s2_stride-th earlier block (causal). */
+    int64_t s2_block, s2_local, s2_stride;
 } seqpar_options;
 
 typedef struct seqpar_plan seqpar_plan;

@@ -93,6 +93,9 @@ class _Options(ctypes.Structure):
         ("documents", ctypes.c_int64),
         ("dtype", ctypes.c_int),
         ("threads", ctypes.c_int),
+        ("s2_block", ctypes.c_int64),
+        ("s2_local", ctypes.c_int64),
+        ("s2_stride", ctypes.c_int64),
     ]
 
 
@@ -122,14 +125,15 @@ def _numpy_dtype(name):
 class Plan:
     """Attention over `tokens` tokens sharded across `comm`'s ranks by `strategy`.
 
-    Masks: `causal`; `window` (a sliding window, causal); `cu_seqlens` (packed documents: offsets
-    0 = c[0] < ... < c[n] = tokens; a query sees only its own document's keys, with causal or
-    window inside it). `dtype`: the element type of every tensor ('float32', 'bfloat16',
+    Masks: `causal`; `window` (a sliding window, causal); `s2=(block, local, stride)` (S2-Attention's
+    per-head strided blocks, causal; strategy "s2" moves only the blocks it reads); `cu_seqlens`
+    (packed documents: offsets 0 = c[0] < ... < c[n] = tokens; a query sees only its own
+    document's keys, with the other mask inside it). `dtype`: the element type of every tensor ('float32', 'bfloat16',
     'float16' or the NumPy/torch dtype); LSE is float32. `scale` defaults to 1/sqrt(head_dim).
     """
 
     def __init__(self, comm, *, tokens, heads, head_dim, kv_heads=None, causal=False, window=None, cu_seqlens=None,
-                 scale=None, strategy="zigzag", dtype="float32", threads=1):
+                 s2=None, scale=None, strategy="zigzag", dtype="float32", threads=1):
         from mpi4py import MPI
         if not isinstance(comm, MPI.Comm):
             raise Error("comm must be an mpi4py communicator (such as MPI.COMM_WORLD), not %s" % type(comm).__name__)
@@ -146,6 +150,9 @@ class Plan:
             self.dtype = _dtype_name(dtype)
             if not isinstance(strategy, str):
                 raise Error("strategy must be a name such as 'zigzag', not %r" % (strategy,))
+            s2_values = None if s2 is None else tuple(int(x) for x in s2)
+            if s2_values is not None and len(s2_values) != 3:
+                raise Error("s2 must be (block, local, stride), got %r" % (s2,))
         except (Error, TypeError, ValueError) as error:
             local = str(error)
         found = comm.allgather(local)
@@ -164,6 +171,8 @@ class Plan:
             offsets = np.ascontiguousarray(np.asarray(cu_seqlens, dtype=np.int64).ravel())
             options.cu_seqlens = offsets.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
             options.documents = max(0, len(offsets) - 1)
+        if s2_values is not None:
+            options.s2_block, options.s2_local, options.s2_stride = s2_values
         options.dtype = _DTYPE_CODES[self.dtype]
         options.threads = int(threads)
         handle = ctypes.c_void_p(MPI._handleof(comm))
