@@ -3,6 +3,7 @@
 //
 // Modules are split by dependency so the numeric core is testable in one process:
 //   CMPI, CBLAS        C shims (system libraries, static inline accessors only)
+//   COneDNN            bf16 products as oneDNN matmul primitives (C over oneDNN's C API)
 //   Buffers            OwnedBuffer: a heap buffer freed by its deinit (no dependencies)
 //   AttentionCore      tensors, masks, reference + fused local kernel, merge, .npy (BLAS, no MPI)
 //   Profiling          event log, per-rank profile figures, Chrome trace, SVG timeline (no MPI)
@@ -50,8 +51,10 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        // oneDNN (Debian's libdnnl-dev) runs its products on libgomp's threads.
+        .target(name: "COneDNN", linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("gomp")]),
         .target(name: "Buffers"),
-        .target(name: "BlasRuntime", dependencies: ["Buffers", "CBLAS"]),
+        .target(name: "BlasRuntime", dependencies: ["Buffers", "CBLAS", "COneDNN", "FileFormats"]),
         .target(name: "FileFormats", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "AttentionCore", dependencies: ["Buffers", "CBLAS", "BlasRuntime", "FileFormats"]),
         .target(name: "Profiling", dependencies: ["Buffers"]),

@@ -2,6 +2,7 @@
 // clipping of a partial block's scores to the keys each row sees, and running items on threads;
 // and the forward's base-2 scale.
 
+import BlasRuntime
 import Buffers
 import Dispatch
 import FileFormats
@@ -31,11 +32,62 @@ public struct KeyValueRows {
     }
 }
 
+/// The element type of a kernel's products: float32 through OpenBLAS, or bf16 operands with
+/// float32 accumulation through oneDNN (`BF16Gemm`).
+public enum KernelProducts: Equatable, Sendable, CustomStringConvertible {
+    case float32, bf16
+
+    /// bf16 for a bf16 job where this process multiplies bf16 on the CPU's units
+    /// (`BF16Gemm.path`); float32 otherwise (f16 jobs too: widened as read).
+    public static func `for`(_ elementType: ElementType) -> KernelProducts {
+        elementType == .bf16 && BF16Gemm.path.usesBF16Units ? .bf16 : .float32
+    }
+
+    public var description: String { self == .bf16 ? "bf16 (oneDNN)" : "float32 (OpenBLAS)" }
+}
+
 /// K and V of one call, one contiguous [keys, headDim] run per kv head (kv head g at
-/// g·keys·headDim), in float32 buffers that grow as needed and are reused across calls.
+/// g·keys·headDim), in buffers that grow as needed and are reused across calls: float32 for
+/// float32 products, bf16 bits for bf16 products.
 final class PackedKeyValues {
     private var keys = OwnedBuffer<Float>(uninitializedCount: 0)
     private var values = OwnedBuffer<Float>(uninitializedCount: 0)
+    private var keyBits = OwnedBuffer<UInt16>(uninitializedCount: 0)
+    private var valueBits = OwnedBuffer<UInt16>(uninitializedCount: 0)
+
+    /// The segment's rows packed per kv head as bf16 bits: bf16 rows of one kv head are read in
+    /// place, float32 rows (holding bf16 values, so exactly) narrowed.
+    func packBF16(
+        _ source: KeyValueRows, segment: ShardSegment, kvHeads: Int, headDim d: Int
+    ) -> (keys: UnsafePointer<UInt16>, values: UnsafePointer<UInt16>) {
+        let rows = segment.positions.count
+        let first = segment.localRow * kvHeads * d
+        let type = source.elementType
+        precondition(type != .f16, "bf16 products take bf16 or float32 rows")
+        if kvHeads == 1 && type == .bf16 {
+            return (source.keys.assumingMemoryBound(to: UInt16.self) + first, source.values.assumingMemoryBound(to: UInt16.self) + first)
+        }
+        let count = rows * kvHeads * d
+        if keyBits.count < count {
+            keyBits = OwnedBuffer(uninitializedCount: count)
+            valueBits = OwnedBuffer(uninitializedCount: count)
+        }
+        let size = type.byteSize
+        for (from, to) in [(source.keys + first * size, keyBits.baseAddress), (source.values + first * size, valueBits.baseAddress)] {
+            for g in 0 ..< kvHeads {
+                for row in 0 ..< rows {
+                    let at = from + ((row * kvHeads + g) * d) * size
+                    let into = to + (g * rows + row) * d
+                    if type == .bf16 {
+                        into.update(from: at.assumingMemoryBound(to: UInt16.self), count: d)
+                    } else {
+                        narrowToBF16(at.assumingMemoryBound(to: Float.self), into: into, count: d)
+                    }
+                }
+            }
+        }
+        return (UnsafePointer(keyBits.baseAddress), UnsafePointer(valueBits.baseAddress))
+    }
 
     /// The segment's rows of a K/V shard packed per kv head and widened to float32; float32 rows
     /// of one kv head already are, and the shard's own rows are returned.

@@ -29,6 +29,7 @@
 // What it does not do: normalise (the accumulator's `finish` does), or know about ranks (a
 // strategy hands it the key blocks it holds, with their global positions).
 
+import BlasRuntime
 import Buffers
 import CBLAS
 import Dispatch
@@ -82,6 +83,9 @@ public final class LocalAttention {
     public let slice: HeadSlice
     /// Threads that run query tiles concurrently (each with one-thread BLAS calls of its own).
     public let threads: Int
+    /// The products' element type: float32 (sgemm), or bf16 with float32 accumulation (oneDNN)
+    /// in a bf16 job on a CPU with bf16 units.
+    public let products: KernelProducts
     /// The scores' GEMM alpha and their unit.
     private let baseTwo: BaseTwoScores
 
@@ -106,6 +110,10 @@ public final class LocalAttention {
     private let scratch: [OwnedBuffer<Float>]
     /// K and V of the current call, packed per kv head.
     private let packed = PackedKeyValues()
+    /// bf16 products only, per thread: the query tile's bits [queryTile, headDim], then P's
+    /// [queryTile, keyBlock]; and the thread's oneDNN products.
+    private let bitsScratch: [OwnedBuffer<UInt16>]
+    private let gemms: [BF16Gemm]
     /// Per thread: FLOPs of the blocks computed (4·headDim per score, masked or not).
     private let flopCounts: OwnedBuffer<Double>
     /// Per thread: rows whose scores were NaN or +inf (overflowing inputs or scale).
@@ -122,9 +130,11 @@ public final class LocalAttention {
     ///   - tiling: nil for `KernelTiling.defaults(for: mask)`.
     ///   - slice: the heads to compute; all of them by default.
     ///   - valueProduct: nil for `ValueProduct.current(headDim:)`.
+    ///   - products: nil for float32; `KernelProducts.for(elementType)` picks bf16 for a bf16
+    ///     job where the CPU multiplies bf16.
     public init(
         shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling? = nil, threads: Int = 1,
-        slice: HeadSlice? = nil, valueProduct: ValueProduct? = nil
+        slice: HeadSlice? = nil, valueProduct: ValueProduct? = nil, products: KernelProducts? = nil
     ) {
         let tiling = tiling ?? .defaults(for: mask)
         self.valueProduct = valueProduct ?? .current(headDim: shape.headDim)
@@ -136,6 +146,11 @@ public final class LocalAttention {
         baseTwo = BaseTwoScores(scale: shape.scale)
         let perThread = 2 * tiling.queryTile * tiling.keyBlock + tiling.queryTile * shape.headDim + tiling.queryTile
         scratch = (0 ..< self.threads).map { _ in OwnedBuffer(repeating: 0, count: perThread) }
+        let products = products ?? .float32
+        self.products = products
+        let bitsPerThread = products == .bf16 ? tiling.queryTile * (shape.headDim + tiling.keyBlock) : 0
+        bitsScratch = (0 ..< self.threads).map { _ in OwnedBuffer(repeating: 0, count: bitsPerThread) }
+        gemms = products == .bf16 ? (0 ..< self.threads).map { _ in BF16Gemm() } : []
         flopCounts = OwnedBuffer(repeating: 0, count: self.threads)
         nonFiniteRows = OwnedBuffer(repeating: 0, count: self.threads)
     }
@@ -196,7 +211,14 @@ public final class LocalAttention {
         }
         guard items > 0 else { return }
         accumulator.maxUnit = baseTwo.unit
-        let (k, v) = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
+        let operands: TileOperands
+        if products == .bf16 {
+            let (k, v) = packed.packBF16(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
+            operands = .bf16(keys: k, values: v)
+        } else {
+            let (k, v) = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
+            operands = .float32(keys: k, values: v)
+        }
         let work = { (thread: Int, item: Int) in
             // Item -> (segment, head, tile): the last segment whose first item is at most `item`.
             var (lo, hi) = (0, seeing.count - 1)
@@ -210,19 +232,29 @@ public final class LocalAttention {
             self.foldTile(
                 head: rest / tiles, queries: queries, querySegment: segment,
                 tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
-                keys: k, values: v, keySegment: keySegment,
+                operands: operands, keySegment: keySegment,
                 accumulator: accumulator, scratch: self.scratch[thread].buffer, thread: thread)
         }
         // Items write disjoint (head, rows) parts of the accumulator and use their thread's scratch.
         runInterleaved(items: items, threads: threads, progress: progress, work)
     }
 
+    /// K and V of one call, packed: [kv heads, segment rows, headDim], in the products' type.
+    private enum TileOperands {
+        case float32(keys: UnsafePointer<Float>, values: UnsafePointer<Float>)
+        case bf16(keys: UnsafePointer<UInt16>, values: UnsafePointer<UInt16>)
+    }
+
+    /// bf16 products run on key widths rounded up to this many keys where the block has them
+    /// (the extra keys are hidden and clipped), so that oneDNN makes few product shapes.
+    static let bf16KeyQuantum = 32
+
     /// One head (local to the slice), one query tile (rows relative to the segment), every key
-    /// block of the segment. `keys` and `values` are packed: [kv heads, segment rows, headDim].
+    /// block of the segment.
     @inline(__always)
     private func foldTile(
         head: Int, queries: UnsafePointer<Float>, querySegment: ShardSegment, tileRows: Range<Int>,
-        keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keySegment: ShardSegment,
+        operands: TileOperands, keySegment: ShardSegment,
         accumulator: AttentionAccumulator, scratch: UnsafeMutableBufferPointer<Float>, thread: Int
     ) {
         let d = shape.headDim
@@ -243,16 +275,21 @@ public final class LocalAttention {
         let q = probabilities + tiling.queryTile * tiling.keyBlock
         let alphas = q + tiling.queryTile * d
         let keyCount = keySegment.positions.count
-        let headKeys = keys + kvHead * keyCount * d
-        let headValues = values + kvHead * keyCount * d
+        let headOffset = kvHead * keyCount * d
         let flopCounts = self.flopCounts.buffer, nonFiniteRows = self.nonFiniteRows.buffer
 
         // A tile that sees no key of the segment (another document's) costs nothing, not even its copy.
         if mask.keyBlockAlignment == nil, mask.relation(queries: queryPositions, keys: keySegment.positions, head: globalHead) == .hidden { return }
 
-        // The tile's queries, contiguous: [tq, d].
+        // The tile's queries, contiguous: [tq, d] (bf16 bits for bf16 products).
         let queryRows = queries + (accRow * qStride + head * d)
-        for r in 0 ..< tq { (q + r * d).update(from: queryRows + r * qStride, count: d) }
+        let bits = products == .bf16 ? bitsScratch[thread].baseAddress : nil
+        let queryBits = bits.map { UnsafePointer($0) }, probabilityBits = bits.map { $0 + tiling.queryTile * d }
+        if let bits {
+            for r in 0 ..< tq { narrowToBF16(queryRows + r * qStride, into: bits + r * d, count: d) }
+        } else {
+            for r in 0 ..< tq { (q + r * d).update(from: queryRows + r * qStride, count: d) }
+        }
 
         // S's rows carry their shift into the scores' GEMM (beta 1): row r holds
         // `shift(for: rowMax[r])` in every column a block may use. Filled once per tile, at its
@@ -270,27 +307,39 @@ public final class LocalAttention {
             if relation == .hidden { continue }
             if relation == .partial {  // diagonal blocks: skip the keys no row of the tile sees
                 keyPositions = mask.visibleSpan(queries: queryPositions, keys: keyPositions, head: globalHead)
+                if products == .bf16 {  // widened inside the block, over keys no row sees
+                    let quantum = Self.bf16KeyQuantum
+                    let wanted = (keyPositions.count + quantum - 1) / quantum * quantum
+                    let upper = min(blockFirst + blockLength, keyPositions.lowerBound + wanted)
+                    keyPositions = max(blockFirst, upper - wanted) ..< upper
+                }
             }
             let tk = keyPositions.count
             flopCounts[thread] += Double(4 * tq * tk * d)
-            let keyRow = keyPositions.lowerBound - keySegment.positions.lowerBound
-            let k = headKeys + keyRow * d
-            let v = headValues + keyRow * d
+            let keyOffset = headOffset + (keyPositions.lowerBound - keySegment.positions.lowerBound) * d
             if !filled {
                 for r in 0 ..< tq { (scores + r * ldS).update(repeating: Self.shift(for: rowMax[r]), count: width) }
                 filled = true
             }
 
             // S = scale · Q_tile · K_blockᵀ - m, [tq, tk], rows ldS apart
-            cblas_sgemm(
-                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
-                baseTwo.alpha, q, Int32(d), k, Int32(d), 1, scores, Int32(ldS))
+            switch operands {
+            case .float32(let keys, _):
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
+                    baseTwo.alpha, q, Int32(d), keys + keyOffset, Int32(d), 1, scores, Int32(ldS))
+            case .bf16(let keys, _):
+                gemms[thread].multiply(
+                    m: tq, n: tk, k: d, alpha: baseTwo.alpha, a: queryBits!, lda: d, b: keys + keyOffset, ldb: d,
+                    transposedB: true, accumulate: true, c: scores, ldc: ldS)
+            }
             if relation == .partial {
                 mask.clipRows(scores, rows: tq, rowStride: ldS, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
             }
             var rescaled = false
             for r in 0 ..< tq {
-                let row = scores + r * ldS, p = probabilities + r * tk
+                // bf16 products: P's float32 row is one row reused (it stays in L1), narrowed below.
+                let row = scores + r * ldS, p = probabilityBits == nil ? probabilities + r * tk : probabilities
                 let before = Self.shift(for: rowMax[r])
                 var alpha: Float
                 if rowMax[r].isFinite {
@@ -299,7 +348,14 @@ public final class LocalAttention {
                     alpha = exactSoftmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 }
                 if alpha.isNaN {  // the block's max overflowed the exp: redo the row from its scores
-                    cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), baseTwo.alpha, k, Int32(d), q + r * d, 1, 0, row, 1)
+                    switch operands {
+                    case .float32(let keys, _):
+                        cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), baseTwo.alpha, keys + keyOffset, Int32(d), q + r * d, 1, 0, row, 1)
+                    case .bf16(let keys, _):
+                        gemms[thread].multiply(
+                            m: 1, n: tk, k: d, alpha: baseTwo.alpha, a: queryBits! + r * d, lda: d, b: keys + keyOffset, ldb: d,
+                            transposedB: true, accumulate: false, c: row, ldc: ldS)
+                    }
                     if relation == .partial {
                         mask.clipRows(
                             row, rows: 1, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
@@ -320,14 +376,23 @@ public final class LocalAttention {
                     }
                 }
                 if rowSum[r].isNaN || rowMax[r] == .infinity { nonFiniteRows[thread] += 1 }
+                if let probabilityBits { narrowToBF16(p, into: probabilityBits + r * tk, count: tk) }
                 alphas[r] = alpha
                 rescaled = rescaled || alpha != 1
             }
             if rescaled {  // rare: a block raised some row's max a lot
                 for r in 0 ..< tq where alphas[r] != 1 { scaleRow(acc + r * d, count: d, by: alphas[r]) }
             }
-            // acc += P · V_block
-            valueProduct.multiplyAdd(rows: tq, keys: tk, headDim: d, p: probabilities, ldp: tk, v: v, into: acc)
+            // acc += P · V_block (P rounded to bf16 for bf16 products, as FlashAttention does;
+            // the row sums keep P's float32 values)
+            switch operands {
+            case .float32(_, let values):
+                valueProduct.multiplyAdd(rows: tq, keys: tk, headDim: d, p: probabilities, ldp: tk, v: values + keyOffset, into: acc)
+            case .bf16(_, let values):
+                gemms[thread].multiply(
+                    m: tq, n: d, k: tk, a: probabilityBits!, lda: tk, b: values + keyOffset, ldb: d,
+                    transposedB: false, accumulate: true, c: acc, ldc: d)
+            }
         }
     }
 

@@ -105,3 +105,4 @@ public func horizontalSum(_ v: FloatVector) -> Float {
     let s2 = s4.lowHalf + s4.highHalf
     return s2[0] + s2[1]
 }
+

@@ -82,7 +82,7 @@ public struct DistributedRun {
                 balancing: strategy.balancesDocuments ? mask : .none, documentLayout: compute.documentLayout,
                 tiling: tiling)
         }
-        return Prepared(name: name, strategy: strategy, shard: shard, job: AttentionJob(shape: shard.shape, mask: mask, tiling: tiling, threads: compute.threads))
+        return Prepared(name: name, strategy: strategy, shard: shard, job: AttentionJob(shape: shard.shape, mask: mask, tiling: tiling, threads: compute.threads, elementType: shard.elementType))
     }
 
     /// Rank 0 says on stderr what is about to run, when it shows progress.
@@ -100,7 +100,8 @@ public struct DistributedRun {
         let s = prepared.job.shape
         return "\(prepared.name.rawValue) on \(ranks) rank(s) x \(prepared.job.threads) thread(s): tokens \(prepared.shard.tokens), heads \(s.heads), "
             + "kv-heads \(s.kvHeads), head-dim \(s.headDim), mask \(prepared.job.mask)"
-            + (prepared.elementType == .f32 ? "" : ", dtype \(prepared.elementType) (computed in float32)")
+            + (prepared.elementType == .f32
+                ? "" : ", dtype \(prepared.elementType) (\(prepared.job.products == .bf16 ? "bf16 products, float32 accumulation" : "computed in float32"))")
     }
 
     /// One timed run of a prepared strategy, from a common barrier; rank 0 shows a progress line
@@ -180,7 +181,8 @@ public enum Format {
         if run.strategy.label != run.name.rawValue { text += ", \(run.strategy.label)" }  // its shape, as "mesh 2x2"
         if run.shard.elementType != .f32 {
             // Every result compared (distributed, single rank, float64) starts from the same rounded inputs.
-            text += ", dtype \(run.shard.elementType): inputs rounded to it, computed in float32"
+            text += ", dtype \(run.shard.elementType): inputs rounded to it, "
+                + (run.job.products == .bf16 ? "bf16 products with float32 accumulation (oneDNN)" : "computed in float32")
         }
         return text
     }

@@ -173,7 +173,7 @@ public struct InfoJSON: Codable {
         public let host, cpu, openblasCore, openblasCoreReason: String
         public let blasThreads: Int
         public let sgemmGflops: Double
-        /// What bf16 and f16 run on here (CPUFeatures.reducedPrecisionPath).
+        /// What bf16 and f16 run on here (CPUFeatures.reducedPrecisionPath: BF16Gemm.path and the units).
         public let bf16Path: String
 
         public init(
@@ -192,16 +192,19 @@ public struct BenchJSON: Codable {
     public let ranks, threads: Int
     public let sgemmPeakGflops: Double
     public let sgemmKernelShapesGflops: KernelShapes
+    /// With bf16 products: oneDNN's bf16 peaks, which the results' fractions are of.
+    public let bf16: BF16Peaks?
     public let openblasCores: [String]
     public let openblasCoreReason: String
     public let results: [Result]
     public let predictions: [Prediction]
 
     public init(
-        ranks: Int, threads: Int, sgemmPeakGflops: Double, sgemmKernelShapesGflops: KernelShapes, openblasCores: [String], openblasCoreReason: String,
-        results: [Result], predictions: [Prediction]
+        ranks: Int, threads: Int, sgemmPeakGflops: Double, sgemmKernelShapesGflops: KernelShapes, bf16: BF16Peaks? = nil, openblasCores: [String],
+        openblasCoreReason: String, results: [Result], predictions: [Prediction]
     ) {
         (self.ranks, self.threads, self.sgemmPeakGflops, self.sgemmKernelShapesGflops) = (ranks, threads, sgemmPeakGflops, sgemmKernelShapesGflops)
+        self.bf16 = bf16
         (self.openblasCores, self.openblasCoreReason, self.results, self.predictions) = (openblasCores, openblasCoreReason, results, predictions)
     }
 
@@ -210,6 +213,17 @@ public struct BenchJSON: Codable {
         public let scores, values, combined: Double
 
         public init(scores: Double, values: Double, combined: Double) { (self.scores, self.values, self.combined) = (scores, values, combined) }
+    }
+
+    /// The bf16 GEMM's peaks (square n=1024, and at the kernel's products), summed over ranks.
+    public struct BF16Peaks: Codable {
+        public let path: String
+        public let peakGflops: Double
+        public let kernelShapesGflops: KernelShapes
+
+        public init(path: String, peakGflops: Double, kernelShapesGflops: KernelShapes) {
+            (self.path, self.peakGflops, self.kernelShapesGflops) = (path, peakGflops, kernelShapesGflops)
+        }
     }
 
     /// One strategy's best time and its figures.

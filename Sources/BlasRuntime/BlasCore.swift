@@ -59,13 +59,16 @@ public struct CPUFeatures: Equatable, Sendable {
 
     public var summary: String { "\(vendor) family \(family) model \(model), \(level)" }
 
-    /// The CPU's bf16 and fp16 units, and what seqpar does with bf16/f16 on it: the kernel
-    /// computes in float32 on every CPU today (inputs widened as they are read), so "units" says
-    /// what a bf16 GEMM could use, and the path says what is used.
-    public var reducedPrecisionPath: String {
+    /// The CPU's bf16 and fp16 units.
+    public var reducedPrecisionUnits: String {
         let units = [(amxBF16, "AMX-BF16"), (avx512bf16, "AVX512-BF16"), (avx512fp16, "AVX512-FP16")].filter(\.0).map(\.1)
-        return "bf16/f16 path: converted to float32 as read, computed at float32 speed (the kernel has no bf16 GEMM yet); "
-            + "bf16/fp16 units: \(units.isEmpty ? "none" : units.joined(separator: ", "))"
+        return units.isEmpty ? "none" : units.joined(separator: ", ")
+    }
+
+    /// What seqpar does with bf16 and f16 in this process (`BF16Gemm.path`; f16 is widened to
+    /// float32 everywhere), and the CPU's units, in one line for `info`.
+    public static var reducedPrecisionPath: String {
+        "bf16: \(BF16Gemm.path); f16: converted to float32 as read, float32 GEMM; bf16/fp16 units: \(current.reducedPrecisionUnits)"
     }
 
     /// This machine's CPU.

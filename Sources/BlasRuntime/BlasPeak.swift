@@ -5,6 +5,7 @@
 import Buffers
 import CBLAS
 import Dispatch
+import FileFormats
 
 #if canImport(Glibc)
     import Glibc
@@ -32,21 +33,49 @@ public enum BlasPeak {
         m: Int, n: Int, k: Int, repeats: Int, threads: Int,
         product: @escaping @Sendable (UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void
     ) -> Double {
+        measure(m: m, n: n, k: k, repeats: repeats, threads: threads, operand: { $0 }) { _, a, b, c in product(a, b, c) }
+    }
+
+    /// Best-of-`repeats` GFLOP/s of bf16 products (oneDNN, float32 accumulation), C = A·B (or
+    /// A·Bᵀ with `transposedB`), adding to C when `accumulate`, on `threads` threads at once,
+    /// each with its own `BF16Gemm`. Only where `BF16Gemm.path` uses oneDNN.
+    public static func measureBF16(
+        m: Int, n: Int, k: Int, transposedB: Bool = false, accumulate: Bool = false, repeats: Int = 5, threads: Int = 1
+    ) -> Double {
+        nonisolated(unsafe) let gemms = (0 ..< max(1, threads)).map { _ in BF16Gemm() }
+        return measure(m: m, n: n, k: k, repeats: repeats, threads: threads, operand: { ElementType.bf16($0) }) { t, a, b, c in
+            gemms[t].multiply(
+                m: m, n: n, k: k, a: a, lda: k, b: b, ldb: transposedB ? k : n, transposedB: transposedB, accumulate: accumulate, c: c, ldc: n)
+        }
+    }
+
+    /// The timing itself: operands of `Operand` made from small float values, C in float32, each
+    /// thread multiplying its own matrices (`product` gets the thread's index).
+    static func measure<Operand: BitwiseCopyable>(
+        m: Int, n: Int, k: Int, repeats: Int, threads: Int, operand: (Float) -> Operand,
+        product: @escaping @Sendable (Int, UnsafePointer<Operand>, UnsafePointer<Operand>, UnsafeMutablePointer<Float>) -> Void
+    ) -> Double {
         let threads = max(1, threads)
-        let sizes = [m * k, k * n, m * n]
-        let matrices = (0 ..< threads).map { t -> [OwnedBuffer<Float>] in
-            sizes.enumerated().map { index, size in
-                let matrix = OwnedBuffer<Float>(uninitializedCount: size)
+        let value = { (i: Int, index: Int, t: Int) in Float((i &* 31 &+ index &* 7 &+ t) % 17) / 17 - 0.5 }
+        let operands = (0 ..< threads).map { t -> [OwnedBuffer<Operand>] in
+            [m * k, k * n].enumerated().map { index, size in
+                let matrix = OwnedBuffer<Operand>(uninitializedCount: size)
                 let buffer = matrix.buffer
-                for i in 0 ..< size { buffer[i] = Float((i &* 31 &+ index &* 7 &+ t) % 17) / 17 - 0.5 }
+                for i in 0 ..< size { buffer[i] = operand(value(i, index, t)) }
                 return matrix
             }
         }
+        let results = (0 ..< threads).map { t -> OwnedBuffer<Float> in
+            let matrix = OwnedBuffer<Float>(uninitializedCount: m * n)
+            let buffer = matrix.buffer
+            for i in 0 ..< m * n { buffer[i] = value(i, 2, t) }
+            return matrix
+        }
         let calls = max(1, Int(1e9 / (2 * Double(m) * Double(n) * Double(k))))
-        nonisolated(unsafe) let shared = matrices
+        nonisolated(unsafe) let shared = (operands, results)
         let multiply: @Sendable (Int) -> Void = { t in
-            let (a, b, c) = (shared[t][0].baseAddress, shared[t][1].baseAddress, shared[t][2].baseAddress)
-            for _ in 0 ..< calls { product(a, b, c) }
+            let (a, b, c) = (UnsafePointer(shared.0[t][0].baseAddress), UnsafePointer(shared.0[t][1].baseAddress), shared.1[t].baseAddress)
+            for _ in 0 ..< calls { product(t, a, b, c) }
         }
         var best = Double.infinity
         for _ in 0 ..< repeats + 1 {  // the first round warms caches and BLAS buffers

@@ -43,7 +43,7 @@ public struct DistributedAttention {
         self.strategy = strategy
         self.communicator = communicator
         self.elementType = elementType
-        job = AttentionJob(shape: shape, mask: mask, threads: threads)
+        job = AttentionJob(shape: shape, mask: mask, threads: threads, elementType: elementType)
         partition = TokenPartition(tokens: tokens, ranks: communicator.size, layout: strategy.inputLayout, groupSize: strategy.groupSize)
     }
 

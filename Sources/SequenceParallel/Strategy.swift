@@ -3,6 +3,7 @@
 // `groupSize` say) and returns the attention output of the rows in `outputSegments`.
 
 import AttentionCore
+import FileFormats
 @_exported import MPIBinding
 
 /// One attention problem as a strategy sees it.
@@ -11,17 +12,21 @@ public struct AttentionJob {
     public let mask: AttentionMask
     public let tiling: KernelTiling
     public let threads: Int
+    /// The kernels' products: bf16 in a bf16 job on a CPU with bf16 units, else float32.
+    public let products: KernelProducts
     /// The kernel over every head.
     public let kernel: LocalAttention
 
-    /// `tiling`: nil for `KernelTiling.defaults(for: mask)`.
-    public init(shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling? = nil, threads: Int = 1) {
+    /// `tiling`: nil for `KernelTiling.defaults(for: mask)`; `elementType`: the job's, which
+    /// picks the products (`KernelProducts.for`).
+    public init(shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling? = nil, threads: Int = 1, elementType: ElementType = .f32) {
         let tiling = tiling ?? .defaults(for: mask)
         self.shape = shape
         self.mask = mask
         self.tiling = tiling
         self.threads = threads
-        kernel = LocalAttention(shape: shape, mask: mask, tiling: tiling, threads: threads)
+        products = .for(elementType)
+        kernel = LocalAttention(shape: shape, mask: mask, tiling: tiling, threads: threads, products: products)
     }
 
     /// Kernels made for head slices, so their work is counted with the main kernel's.
@@ -36,7 +41,7 @@ public struct AttentionJob {
     public func kernel(for slice: HeadSlice) -> LocalAttention {
         if slice == kernel.slice { return kernel }
         if let made = sliceKernels.made.first(where: { $0.slice == slice }) { return made }
-        let made = LocalAttention(shape: shape, mask: mask, tiling: tiling, threads: threads, slice: slice)
+        let made = LocalAttention(shape: shape, mask: mask, tiling: tiling, threads: threads, slice: slice, products: products)
         sliceKernels.made.append(made)
         return made
     }

@@ -49,7 +49,8 @@ struct BenchCommand: ParsableCommand {
         try Session.run(timeout: compute.timeout) { world in
             let predictions = try AutoStrategy.predictions(problem.configuration, compute.configuration, communicator: world)
             try world.barrier()
-            let peak = try world.allreduce(BlasPeak.measure(threads: compute.threads), .sum)
+            let ownPeak = BlasPeak.measure(threads: compute.threads)
+            let peak = try world.allreduce(ownPeak, .sum)
             // The same at the kernel's own products, so a reader sees how much of the gap to the
             // square peak is BLAS's (smaller, thinner products) and how much is the kernel's.
             let headDim = try world.together { try AutoStrategy.problem(problem.source, mask: problem.positionMask, ranks: world.size).headDim }
@@ -58,16 +59,34 @@ struct BenchCommand: ParsableCommand {
             let valueProduct = ValueProduct.current(headDim: headDim)
             let shapes = BlasPeak.measureKernelShapes(headDim: headDim, tiling: tile, valueProduct: valueProduct, threads: compute.threads)
             let sums = try world.allreduce([shapes.scores, shapes.values], .sum)
-            let shapePeaks = [sums[0], sums[1], 2 / (1 / sums[0] + 1 / sums[1])]  // equal FLOPs: the harmonic mean
+            let sgemmShapePeaks = [sums[0], sums[1], 2 / (1 / sums[0] + 1 / sums[1])]  // equal FLOPs: the harmonic mean
+            // bf16 products: the same peaks for oneDNN's bf16 matmul, and the ratios are to them.
+            let products = KernelProducts.for(try problem.source.elementType())
+            let bf16Ranks = Int(try world.allreduce(products == .bf16 ? 1.0 : 0.0, .sum))
+            var bf16Peaks: (square: Double, shapes: [Double])?
+            if bf16Ranks > 0 {
+                let square = products == .bf16 ? BlasPeak.measureBF16(m: 1024, n: 1024, k: 1024, threads: compute.threads) : ownPeak
+                let bf16 = products == .bf16
+                    ? BlasPeak.measureKernelShapes(headDim: headDim, tiling: tile, valueProduct: valueProduct, products: .bf16, threads: compute.threads)
+                    : shapes
+                let sums = try world.allreduce([square, bf16.scores, bf16.values], .sum)
+                bf16Peaks = (sums[0], [sums[1], sums[2], 2 / (1 / sums[1] + 1 / sums[2])])
+            }
+            let (peakOfRatios, shapePeaks) = bf16Peaks.map { ($0.square, $0.shapes) } ?? (peak, sgemmShapePeaks)
             let cores = try world.allgather(BlasCore.current)
             let header = [
                 "seqpar bench: \(world.size) rank(s) x \(compute.threads) thread(s)",
                 "OpenBLAS core: \(Set(cores).sorted().joined(separator: ", ")) (rank 0: \(BlasCore.reason))",
                 String(
                     format: "sgemm peak, all ranks at once: %.1f GFLOP/s square (n=1024); at the kernel's products %.1f: Q·Kᵀ %dx%dx%d %.1f, P·V %dx%dx%d %.1f (%@)",
-                    peak, shapePeaks[2], tile.queryTile, tile.keyBlock, headDim, shapePeaks[0], tile.queryTile, headDim, tile.keyBlock, shapePeaks[1],
-                    valueProduct.description),
-            ]
+                    peak, sgemmShapePeaks[2], tile.queryTile, tile.keyBlock, headDim, sgemmShapePeaks[0], tile.queryTile, headDim, tile.keyBlock,
+                    sgemmShapePeaks[1], valueProduct.description),
+            ] + (bf16Peaks.map { bf16 in
+                [String(
+                    format: "bf16 GEMM peak (%@), all ranks at once: %.1f GFLOP/s square (n=1024); at the kernel's products %.1f: Q·Kᵀ %.1f, P·V %.1f%@; "
+                        + "'of peak' below is of these", BF16Gemm.path.description, bf16.square, bf16.shapes[2], bf16.shapes[0], bf16.shapes[1],
+                    bf16Ranks < world.size ? " (\(world.size - bf16Ranks) rank(s) without bf16 units count their sgemm)" : "")]
+            } ?? [])
             if !output.json { Session.say(world, (header + (BuildInfo.belowCPU.map { [$0] } ?? [])).joined(separator: "\n")) }
             var rows: [BenchJSON.Result] = []
             var lines: [String] = []
@@ -81,7 +100,7 @@ struct BenchCommand: ParsableCommand {
                 let label = last.strategy.label
                 let predicted = predictions.first { $0.label == label }
                 var row = BenchJSON.Result(
-                    strategy: name.rawValue, seconds: best, gflops: gflops, fractionOfPeak: gflops / peak, fractionOfKernelShapePeak: gflops / shapePeaks[2])
+                    strategy: name.rawValue, seconds: best, gflops: gflops, fractionOfPeak: gflops / peakOfRatios, fractionOfKernelShapePeak: gflops / shapePeaks[2])
                 if let predicted {
                     row.predictedSeconds = predicted.seconds
                     row.measuredOverPredicted = best / predicted.seconds
@@ -90,7 +109,7 @@ struct BenchCommand: ParsableCommand {
                 if backward.backward {
                     row.backwardSeconds = bestBackward
                     row.backwardGflops = backwardGflops
-                    row.backwardFractionOfPeak = backwardGflops / peak
+                    row.backwardFractionOfPeak = backwardGflops / peakOfRatios
                 }
                 rows.append(row)
                 if rows.count == 1 {
@@ -100,10 +119,11 @@ struct BenchCommand: ParsableCommand {
                 lines.append(
                     String(
                         format: "%@  %9.4f  %9.1f   %.3f     %.3f", label.padding(toLength: 10, withPad: " ", startingAt: 0), best, gflops,
-                        gflops / peak, gflops / shapePeaks[2])
+                        gflops / peakOfRatios, gflops / shapePeaks[2])
                         + (predicted.map { String(format: "                  %9.4f   %.2f", $0.seconds, best / $0.seconds) } ?? "                  (no prediction)"))
                 if backward.backward {
-                    lines.append(String(format: "  backward  %9.4f  %9.1f   %.3f     (FLOPs: 2.5 x the forward's)", bestBackward, backwardGflops, backwardGflops / peak))
+                    lines.append(
+                        String(format: "  backward  %9.4f  %9.1f   %.3f     (FLOPs: 2.5 x the forward's)", bestBackward, backwardGflops, backwardGflops / peakOfRatios))
                 }
                 if !output.json {  // each strategy as it finishes: a long bench shows progress
                     Session.say(world, lines.joined(separator: "\n"))
@@ -120,7 +140,12 @@ struct BenchCommand: ParsableCommand {
                     JSONReport.text(
                         BenchJSON(
                             ranks: world.size, threads: compute.threads, sgemmPeakGflops: peak,
-                            sgemmKernelShapesGflops: .init(scores: shapePeaks[0], values: shapePeaks[1], combined: shapePeaks[2]),
+                            sgemmKernelShapesGflops: .init(scores: sgemmShapePeaks[0], values: sgemmShapePeaks[1], combined: sgemmShapePeaks[2]),
+                            bf16: bf16Peaks.map {
+                                .init(
+                                    path: BF16Gemm.path.description, peakGflops: $0.square,
+                                    kernelShapesGflops: .init(scores: $0.shapes[0], values: $0.shapes[1], combined: $0.shapes[2]))
+                            },
                             openblasCores: cores, openblasCoreReason: BlasCore.reason, results: rows,
                             predictions: predictions.map { .init(strategy: $0.label, seconds: $0.seconds) })))
             } else if !lines.isEmpty {

@@ -134,7 +134,7 @@ struct InfoCommand: ParsableCommand {
             let cpus = try world.allgather((BuildInfo.cpuName.map { "\($0), " } ?? "") + CPUFeatures.current.summary)
             let cores = try world.allgather(BlasCore.current)
             let reasons = try world.allgather(BlasCore.reason)
-            let reducedPrecision = try world.allgather(CPUFeatures.current.reducedPrecisionPath)
+            let reducedPrecision = try world.allgather(CPUFeatures.reducedPrecisionPath)
             try world.barrier()
             let peaks = try world.allgather(BlasPeak.measure(n: sgemmSize, threads: threads))
             if output.json {

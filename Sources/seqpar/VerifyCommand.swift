@@ -1,4 +1,5 @@
 import ArgumentParser
+import AttentionCore
 import AttentionJobs
 import Foundation
 import SequenceParallel
@@ -23,10 +24,14 @@ struct VerifyCommand: ParsableCommand {
 
     @OptionGroup var problem: ProblemOptions
     @OptionGroup var compute: ComputeOptions
-    @Option(parsing: .unconditional, help: "Tolerance against the single-rank result.")
-    var tolerance: Double = 1e-5
-    @Option(name: .customLong("reference-tolerance"), parsing: .unconditional, help: "Tolerance against the float64 reference.")
-    var referenceTolerance: Double = 1e-4
+    @Option(
+        parsing: .unconditional,
+        help: "Tolerance against the single-rank result (default 1e-5; 4e-3 with bf16 products: --dtype bf16 on a CPU with bf16 units).")
+    var tolerance: Double?
+    @Option(
+        name: .customLong("reference-tolerance"), parsing: .unconditional,
+        help: "Tolerance against the float64 reference on the inputs as rounded (default 1e-4; 1e-2 with bf16 products).")
+    var referenceTolerance: Double?
     @Option(
         name: .customLong("reference-rows"), parsing: .unconditional,
         help: "Rows per rank checked against float64 when the problem is large (tokens^2*heads*headDim > 2^31); every row when small. 0 turns the float64 check off.")
@@ -36,7 +41,7 @@ struct VerifyCommand: ParsableCommand {
 
     func validate() throws {
         try compute.refuseForeignOptions(compute.strategy.named.map { [$0] })
-        for (option, value) in [("--tolerance", tolerance), ("--reference-tolerance", referenceTolerance)] {
+        for case let (option, value?) in [("--tolerance", tolerance), ("--reference-tolerance", referenceTolerance)] {
             guard value.isFinite, value >= 0 else {
                 throw ValidationError("\(option) is the largest error that passes, a finite number of 0 or more (got \(value)).")
             }
@@ -44,8 +49,13 @@ struct VerifyCommand: ParsableCommand {
         guard referenceRows >= 0 else { throw ValidationError("--reference-rows is a count of rows per rank, 0 or more (got \(referenceRows)).") }
     }
 
-    var tolerances: VerifyJob.Tolerances {
-        VerifyJob.Tolerances(tolerance: tolerance, referenceTolerance: referenceTolerance, referenceRows: referenceRows)
+    /// The tolerances given, the defaults for the kernel's products where none is.
+    func tolerances(for products: KernelProducts) -> VerifyJob.Tolerances {
+        var chosen = VerifyJob.Tolerances.defaults(for: products)
+        chosen.tolerance = tolerance ?? chosen.tolerance
+        chosen.referenceTolerance = referenceTolerance ?? chosen.referenceTolerance
+        chosen.referenceRows = referenceRows
+        return chosen
     }
 
     func run() throws {
@@ -59,7 +69,7 @@ struct VerifyCommand: ParsableCommand {
             if backward.backward { try BackwardRun.check(prepared, communicator: world) }
             DistributedRun.announce(prepared, communicator: world)
             let outcome = try VerifyJob.check(
-                prepared, source: problem.source, tolerances: tolerances, outputGrad: backward.backward ? backward.source(problem) : nil,
+                prepared, source: problem.source, tolerances: tolerances(for: prepared.job.products), outputGrad: backward.backward ? backward.source(problem) : nil,
                 communicator: world)
             let (run, report, gradientReport, backwardSeconds) = (outcome.run, outcome.forward, outcome.backward, outcome.backwardSeconds)
             let passed = outcome.passed

@@ -1,0 +1,35 @@
+/* seqpar's bf16 GEMM: one product shape as a oneDNN matmul primitive (bf16 operands, float32
+ * accumulation and result), made once and run many times on different buffers.
+ *
+ *   C[m, n] = alpha * A[m, k] * B + (accumulate ? C : 0)
+ *
+ * A is row-major bf16 bits with rows lda elements apart; B is [k, n] row-major (ldb), or, when
+ * transposed_b, the transpose of a row-major [n, k] (rows ldb apart: the keys of Q·Kᵀ); C is
+ * row-major float32 (ldc). Each object runs on the calling thread alone (one OpenMP thread, its
+ * own stream and scratchpad): use one object per thread; objects on different threads run
+ * concurrently. */
+#ifndef SEQPAR_ONEDNN_H
+#define SEQPAR_ONEDNN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct seqpar_bf16_gemm seqpar_bf16_gemm;
+
+/* NULL when oneDNN cannot make the product; `error` (error_size bytes) then says why. */
+seqpar_bf16_gemm *seqpar_bf16_gemm_create(int64_t m, int64_t n, int64_t k, int transposed_b, int64_t lda, int64_t ldb, int64_t ldc,
+                                          float alpha, int accumulate, char *error, size_t error_size);
+/* 0 on success, oneDNN's status otherwise. */
+int seqpar_bf16_gemm_run(seqpar_bf16_gemm *gemm, const uint16_t *a, const uint16_t *b, float *c);
+/* The implementation oneDNN chose, as DNNL_VERBOSE names it ("brg:avx512_core_bf16", "brg:avx512_core_amx", ...). */
+const char *seqpar_bf16_gemm_implementation(const seqpar_bf16_gemm *gemm);
+void seqpar_bf16_gemm_destroy(seqpar_bf16_gemm *gemm);
+
+/* The bf16 bits of count floats (round to nearest even, NaN kept), by AVX512-BF16's conversion
+ * instruction: only on a CPU that has it. */
+void seqpar_narrow_bf16(const float *source, uint16_t *destination, size_t count);
+
+/* oneDNN's version, "2.6.3". */
+const char *seqpar_onednn_version(void);
+
+#endif
