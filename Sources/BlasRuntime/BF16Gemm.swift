@@ -92,7 +92,8 @@ public final class BF16Gemm {
     /// oneDNN multiplies a test product exactly on them, else widening, with the reason.
     public static let path: BF16Path = decidePath(cpu: .current, setting: getenv("SEQPAR_BF16_GEMM").map { String(cString: $0) })
 
-    static func decidePath(cpu: CPUFeatures, setting: String?) -> BF16Path {
+    /// The decision for `cpu` and a SEQPAR_BF16_GEMM `setting` (oneDNN is asked only when the CPU has units).
+    public static func decidePath(cpu: CPUFeatures, setting: String?) -> BF16Path {
         if setting == "off" { return .widened(reason: "SEQPAR_BF16_GEMM=off") }
         guard cpu.avx512bf16 || cpu.amxBF16 else {
             return .widened(reason: "this CPU (\(cpu.summary)) has no bf16 units (AVX512-BF16 or AMX)")
@@ -130,10 +131,15 @@ public final class BF16Gemm {
 
 /// The bf16 bits of `count` floats, rounded to nearest even, NaN staying a quiet NaN (the bits of
 /// `ElementType.bf16`): by AVX512-BF16's conversion instruction where the CPU has it, else 16 at
-/// a time in integer arithmetic. The bf16 kernel narrows every P it multiplies.
+/// a time in integer arithmetic (`instruction: false` takes it on any CPU). The instruction
+/// flushes float32 subnormals (below 2^-126) to zero, as the bf16 dot products themselves treat
+/// subnormal inputs: the kernel uses it for P, which is 0 or at least 2^-125, and the exact path
+/// for Q, K and V.
 @inline(__always)
-public func narrowToBF16(_ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<UInt16>, count: Int) {
-    if BF16Gemm.hasConversionInstruction {
+public func narrowToBF16(
+    _ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<UInt16>, count: Int, instruction: Bool = BF16Gemm.hasConversionInstruction
+) {
+    if instruction {
         seqpar_narrow_bf16(source, destination, count)
         return
     }

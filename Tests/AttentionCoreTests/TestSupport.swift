@@ -68,11 +68,11 @@ struct Problem {
     /// The fused kernel over query segments and key segments (each stored back to back, as a shard
     /// holds them), folding the key segments in `keyOrder` (indices into the key segments).
     func kernel(
-        tiling: KernelTiling = KernelTiling(), threads: Int = 1, valueProduct: ValueProduct? = nil,
+        tiling: KernelTiling = KernelTiling(), threads: Int = 1, valueProduct: ValueProduct? = nil, products: KernelProducts = .float32,
         querySegments: [ShardSegment]? = nil, keySegments: [ShardSegment]? = nil,
         keyOrder: [Int]? = nil
     ) -> PartialResult {
-        let attention = LocalAttention(shape: shape, mask: mask, tiling: tiling, threads: threads, valueProduct: valueProduct)
+        let attention = LocalAttention(shape: shape, mask: mask, tiling: tiling, threads: threads, valueProduct: valueProduct, products: products)
         let accumulator = AttentionAccumulator(rows: q.tokens, heads: shape.heads, headDim: shape.headDim)
         let querySegments = querySegments ?? Self.segments(of: queryPositions)
         let keySegments = keySegments ?? Self.segments(of: keyPositions)

@@ -3,6 +3,8 @@
 // gradients out in the input type (LSE float32), each the float32 result rounded to nearest even;
 // synthetic inputs rounded as --save-inputs writes them; and the refusals.
 
+import AttentionCore
+import AttentionJobs
 import FileFormats
 import Foundation
 import Testing
@@ -43,12 +45,17 @@ extension EndToEnd {
                 ranks: c.ranks,
                 arguments: ["verify", "--json", "--dtype", c.dtype, "--strategy", c.strategy] + c.arguments + (c.backward ? ["--backward"] : []))
             let tokens = Int(c.arguments[c.arguments.firstIndex(of: "--tokens")! + 1])!
+            // bf16 products (a CPU with bf16 units) round P to bf16: verify's bf16 tolerances.
+            let products = c.dtype == "bf16" ? KernelProducts.for(.bf16) : .float32
+            let bounds = products == .bf16 ? (4e-3, 1e-2) : (1e-5, 1e-4)
+            let json = try result.report(VerifyJSON.self)
+            #expect(json.tolerance == bounds.0 && json.referenceTolerance == bounds.1, "verify's default tolerances for \(products) products")
             if c.strategy == "star" {
-                try expectPassed(result, rows: 5)
+                try expectPassed(result, rows: 5, bounds: bounds)
             } else if c.backward {
-                try expectGradientsVerified(result, ranks: c.ranks, tokens: tokens)
+                try expectGradientsVerified(result, ranks: c.ranks, tokens: tokens, bounds: bounds)
             } else {
-                try expectVerified(result, ranks: c.ranks, tokens: tokens)
+                try expectVerified(result, ranks: c.ranks, tokens: tokens, bounds: bounds)
             }
         }
 
@@ -75,7 +82,8 @@ extension EndToEnd {
 
         /// The same rounded values as bf16 files and as float32 files: the bf16 job's K/V (Q, dO)
         /// travel as 16-bit bits and are widened by the receiver, which must be exact, so its LSE
-        /// equals the float32 job's bit for bit; and its traffic is smaller by half the inputs'.
+        /// equals the float32 job's bit for bit (float32 products: SEQPAR_BF16_GEMM=off); and its
+        /// traffic is smaller by half the inputs'.
         @Test("16-bit traffic: bf16 jobs send half the K/V bytes of float32 and compute exactly the same LSE", arguments: trafficCases)
         func traffic(_ c: TrafficCase) async throws {
             let dir = try ScratchDirectory()
@@ -90,7 +98,7 @@ extension EndToEnd {
                 let result = try await launch(
                     ranks: c.ranks,
                     arguments: ["run", "--json", "--strategy", c.strategy, "--lse", dir.path("lse\(suffix).npy")] + inputs + c.arguments
-                        + (suffix == "16" ? ["--dtype", "bf16"] : []))
+                        + (suffix == "16" ? ["--dtype", "bf16"] : []), environment: ["SEQPAR_BF16_GEMM": "off"])
                 try #require(result.status == 0, "\(result)")
                 let bytes = try #require(try result.json()["bytes_sent"] as? [Any], "\(result)")
                 sent.append(bytes.compactMap(number))
@@ -122,6 +130,35 @@ extension EndToEnd {
             #expect(gap > 1e-4 && gap < 0.05, "bf16 and f32 O differ by \(gap)")
         }
 
+        @Test("bf16 products where the CPU has bf16 units: info names the path; O differs from float32 products' by P's rounding, LSE agrees")
+        func bf16Products() async throws {
+            let info = try await launch(ranks: 1, arguments: ["info"])
+            try #require(info.status == 0, "\(info)")
+            let onUnits = KernelProducts.for(.bf16) == .bf16
+            #expect(info.stdout.contains(onUnits ? "bf16: oneDNN" : "bf16: converted to float32 as read"), "\(info)")
+            let off = try await launch(ranks: 1, arguments: ["info"], environment: ["SEQPAR_BF16_GEMM": "off"])
+            #expect(off.stdout.contains("bf16: converted to float32 as read, float32 GEMM (sgemm), since SEQPAR_BF16_GEMM=off"), "\(off)")
+            guard onUnits else { return }  // the comparison needs bf16 units
+            let dir = try ScratchDirectory()
+            var outputs: [[Float]] = [], lses: [[Float]] = []
+            for setting in [nil, "off"] as [String?] {
+                let name = setting ?? "on"
+                let result = try await launch(
+                    ranks: 2,
+                    arguments: ["run", "--tokens", "301", "--heads", "4", "--kv-heads", "2", "--head-dim", "64", "--causal", "--dtype", "bf16",
+                                "--out", dir.path("o-\(name).npy"), "--lse", dir.path("lse-\(name).npy")],
+                    environment: ["SEQPAR_BF16_GEMM": setting])
+                try #require(result.status == 0, "\(result)")
+                #expect(result.stderr.contains(setting == nil ? "bf16 products" : "computed in float32") || result.stdout.contains(setting == nil ? "bf16 products" : "computed in float32"), "\(result)")
+                outputs.append(try NpyFile.load(dir.path("o-\(name).npy"), readingBF16: true).values)
+                lses.append(try NpyFile.load(dir.path("lse-\(name).npy")).values)
+            }
+            let gap = zip(outputs[0], outputs[1]).map { abs($0 - $1) }.max() ?? .infinity
+            #expect(gap > 0 && gap < 2e-2, "O with bf16 products against float32 products: \(gap)")
+            let lseGap = zip(lses[0], lses[1]).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? .infinity
+            #expect(lseGap < 1e-5, "LSE with bf16 products against float32 products: \(lseGap)")
+        }
+
         @Test("bf16 and f16 files in: O, dQ, dK, dV in that type, each the float32 job's result rounded to nearest even; LSE float32 and equal", arguments: ["bf16", "f16"])
         func filesInAndOut(_ dtype: String) async throws {
             let type = ElementType(rawValue: dtype)!
@@ -137,7 +174,8 @@ extension EndToEnd {
                 let outputs = ["out", "lse", "dq", "dk", "dv"].flatMap { ["--\($0)", dir.path("\($0)\(suffix)-out.npy")] }
                 let result = try await launch(
                     ranks: 3,
-                    arguments: ["run", "--strategy", "zigzag", "--causal", "--backward", "--do", dir.path("do\(suffix).npy")] + inputs + outputs + extra)
+                    arguments: ["run", "--strategy", "zigzag", "--causal", "--backward", "--do", dir.path("do\(suffix).npy")] + inputs + outputs + extra,
+                    environment: ["SEQPAR_BF16_GEMM": "off"])
                 try #require(result.status == 0, "\(result)")
             }
             try await run("32", [])
