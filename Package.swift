@@ -64,7 +64,7 @@ let package = Package(
         .target(name: "AttentionJobs", dependencies: ["AttentionCore", "BlasRuntime", "FileFormats", "SequenceParallel", "Profiling", "Planning"]),
         .target(name: "ClusterConfig"),
         .target(name: "CSeqpar", dependencies: ["CMPI"]),
-        .target(name: "SeqparC", dependencies: ["CSeqpar", "AttentionCore", "FileFormats", "SequenceParallel"]),
+        .target(name: "SeqparC", dependencies: ["CSeqpar", "AttentionCore", "BlasRuntime", "FileFormats", "SequenceParallel"]),
         .executableTarget(
             name: "seqpar",
             dependencies: [

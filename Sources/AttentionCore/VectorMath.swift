@@ -106,3 +106,10 @@ public func horizontalSum(_ v: FloatVector) -> Float {
     return s2[0] + s2[1]
 }
 
+/// Each lane rounded to the nearest bf16 value (ties to even), as a float; NaN stays NaN.
+@inlinable @inline(__always)
+func roundedToBF16(_ x: FloatVector) -> FloatVector {
+    let bits = unsafeBitCast(x, to: SIMD16<UInt32>.self)
+    let rounded = (bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) & 0xFFFF_0000
+    return unsafeBitCast(rounded, to: FloatVector.self).replacing(with: x, where: x .!= x)
+}

@@ -82,7 +82,9 @@ public struct DistributedRun {
                 balancing: strategy.balancesDocuments ? mask : .none, documentLayout: compute.documentLayout,
                 tiling: tiling)
         }
-        return Prepared(name: name, strategy: strategy, shard: shard, job: AttentionJob(shape: shard.shape, mask: mask, tiling: tiling, threads: compute.threads, elementType: shard.elementType))
+        return Prepared(
+            name: name, strategy: strategy, shard: shard,
+            job: AttentionJob(shape: shard.shape, mask: mask, tiling: tiling, threads: compute.threads, elementType: shard.elementType))
     }
 
     /// Rank 0 says on stderr what is about to run, when it shows progress.
@@ -181,7 +183,8 @@ public enum Format {
         if run.strategy.label != run.name.rawValue { text += ", \(run.strategy.label)" }  // its shape, as "mesh 2x2"
         if run.shard.elementType != .f32 {
             // Every result compared (distributed, single rank, float64) starts from the same rounded inputs.
-            text += ", dtype \(run.shard.elementType): inputs rounded to it, "
+            text +=
+                ", dtype \(run.shard.elementType): inputs rounded to it, "
                 + (run.job.products == .bf16 ? "bf16 products with float32 accumulation (oneDNN)" : "computed in float32")
         }
         return text

@@ -28,8 +28,8 @@ public enum VerifyJob {
 
         /// The defaults for a kernel's products. float32: 1e-5 against one rank, 1e-4 against
         /// float64. bf16 (P rounded to bf16 for P·V, 2^-9 relative each, with float32 sums):
-        /// 4e-3 and 1e-2, about 8 and 20 bf16 roundings of an O of magnitude 1; LSE, whose
-        /// scores are bf16 products summed in float32, meets them by far.
+        /// 4e-3 and 1e-2, about 8 and 20 bf16 roundings of an O of magnitude 1; LSE (the log of
+        /// the rounded P's float32 sum) meets them by far.
         public static func defaults(for products: KernelProducts) -> Tolerances {
             products == .bf16 ? Tolerances(tolerance: 4e-3, referenceTolerance: 1e-2) : Tolerances()
         }

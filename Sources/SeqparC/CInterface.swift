@@ -3,6 +3,7 @@
 // comes back as a return code and a message; nothing here traps or aborts on bad input.
 
 import AttentionCore
+import BlasRuntime
 import CSeqpar
 import FileFormats
 import SequenceParallel
@@ -144,6 +145,14 @@ public func seqpar_plan_range(
     start?.pointee = Int64(ranges[Int(index)].lowerBound)
     stop?.pointee = Int64(ranges[Int(index)].upperBound)
     return plan.succeed()
+}
+
+/// BF16Gemm.path's description, kept for the life of the process.
+private let bf16PathText: [CChar] = Array(BF16Gemm.path.description.utf8CString)
+
+@_cdecl("seqpar_bf16_path")
+public func seqpar_bf16_path() -> UnsafePointer<CChar>? {
+    bf16PathText.withUnsafeBufferPointer { $0.baseAddress }
 }
 
 @_cdecl("seqpar_plan_error")

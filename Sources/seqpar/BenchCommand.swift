@@ -66,7 +66,8 @@ struct BenchCommand: ParsableCommand {
             var bf16Peaks: (square: Double, shapes: [Double])?
             if bf16Ranks > 0 {
                 let square = products == .bf16 ? BlasPeak.measureBF16(m: 1024, n: 1024, k: 1024, threads: compute.threads) : ownPeak
-                let bf16 = products == .bf16
+                let bf16 =
+                    products == .bf16
                     ? BlasPeak.measureKernelShapes(headDim: headDim, tiling: tile, valueProduct: valueProduct, products: .bf16, threads: compute.threads)
                     : shapes
                 let sums = try world.allreduce([square, bf16.scores, bf16.values], .sum)
@@ -74,19 +75,23 @@ struct BenchCommand: ParsableCommand {
             }
             let (peakOfRatios, shapePeaks) = bf16Peaks.map { ($0.square, $0.shapes) } ?? (peak, sgemmShapePeaks)
             let cores = try world.allgather(BlasCore.current)
-            let header = [
-                "seqpar bench: \(world.size) rank(s) x \(compute.threads) thread(s)",
-                "OpenBLAS core: \(Set(cores).sorted().joined(separator: ", ")) (rank 0: \(BlasCore.reason))",
-                String(
-                    format: "sgemm peak, all ranks at once: %.1f GFLOP/s square (n=1024); at the kernel's products %.1f: Q·Kᵀ %dx%dx%d %.1f, P·V %dx%dx%d %.1f (%@)",
-                    peak, sgemmShapePeaks[2], tile.queryTile, tile.keyBlock, headDim, sgemmShapePeaks[0], tile.queryTile, headDim, tile.keyBlock,
-                    sgemmShapePeaks[1], valueProduct.description),
-            ] + (bf16Peaks.map { bf16 in
-                [String(
-                    format: "bf16 GEMM peak (%@), all ranks at once: %.1f GFLOP/s square (n=1024); at the kernel's products %.1f: Q·Kᵀ %.1f, P·V %.1f%@; "
-                        + "'of peak' below is of these", BF16Gemm.path.description, bf16.square, bf16.shapes[2], bf16.shapes[0], bf16.shapes[1],
-                    bf16Ranks < world.size ? " (\(world.size - bf16Ranks) rank(s) without bf16 units count their sgemm)" : "")]
-            } ?? [])
+            let header =
+                [
+                    "seqpar bench: \(world.size) rank(s) x \(compute.threads) thread(s)",
+                    "OpenBLAS core: \(Set(cores).sorted().joined(separator: ", ")) (rank 0: \(BlasCore.reason))",
+                    String(
+                        format: "sgemm peak, all ranks at once: %.1f GFLOP/s square (n=1024); at the kernel's products %.1f: Q·Kᵀ %dx%dx%d %.1f, P·V %dx%dx%d %.1f (%@)",
+                        peak, sgemmShapePeaks[2], tile.queryTile, tile.keyBlock, headDim, sgemmShapePeaks[0], tile.queryTile, headDim, tile.keyBlock,
+                        sgemmShapePeaks[1], valueProduct.description),
+                ]
+                + (bf16Peaks.map { bf16 in
+                    [
+                        String(
+                            format: "bf16 GEMM peak (%@), all ranks at once: %.1f GFLOP/s square (n=1024); at the kernel's products %.1f: Q·Kᵀ %.1f, P·V %.1f%@; "
+                                + "'of peak' below is of these", BF16Gemm.path.description, bf16.square, bf16.shapes[2], bf16.shapes[0], bf16.shapes[1],
+                            bf16Ranks < world.size ? " (\(world.size - bf16Ranks) rank(s) without bf16 units count their sgemm)" : "")
+                    ]
+                } ?? [])
             if !output.json { Session.say(world, (header + (BuildInfo.belowCPU.map { [$0] } ?? [])).joined(separator: "\n")) }
             var rows: [BenchJSON.Result] = []
             var lines: [String] = []

@@ -33,8 +33,10 @@ struct BF16ProductsTests {
 
     @Test("narrowing gives ElementType.bf16's bits (the instruction: subnormals to zero): ties to even, NaN, infinities, the largest floats, every tail length")
     func narrowing() {
-        var values: [Float] = [0, -0, 1, -1, .infinity, -.infinity, .nan, -.nan, .greatestFiniteMagnitude, -.greatestFiniteMagnitude,
-                               .leastNonzeroMagnitude, .leastNormalMagnitude, Float(bitPattern: 0x7FFF_FFFF), Float(bitPattern: 0x7F80_0001)]
+        var values: [Float] = [
+            0, -0, 1, -1, .infinity, -.infinity, .nan, -.nan, .greatestFiniteMagnitude, -.greatestFiniteMagnitude,
+            .leastNonzeroMagnitude, .leastNormalMagnitude, Float(bitPattern: 0x7FFF_FFFF), Float(bitPattern: 0x7F80_0001),
+        ]
         for high in [0x3F80, 0x3F81, 0x4049, 0x0001, 0x7F7F] as [UInt32] {  // exactly half-way, both parities, and either side
             for low in [0x7FFF, 0x8000, 0x8001] as [UInt32] { values.append(Float(bitPattern: high << 16 | low)) }
         }
@@ -48,7 +50,10 @@ struct BF16ProductsTests {
                 out.withUnsafeMutableBufferPointer { narrowToBF16(values, into: $0.baseAddress!, count: count, instruction: instruction) }
                 for i in 0 ..< count where out[i] != expected[i] {
                     let nan = Float(bitPattern: UInt32(out[i]) << 16).isNaN && values[i].isNaN
-                    #expect(nan, "\(instruction ? "instruction" : "integer path"): \(values[i]) (0x\(String(values[i].bitPattern, radix: 16))) gave 0x\(String(out[i], radix: 16)), expected 0x\(String(expected[i], radix: 16))")
+                    #expect(
+                        nan,
+                        "\(instruction ? "instruction" : "integer path"): \(values[i]) (0x\(String(values[i].bitPattern, radix: 16))) gave 0x\(String(out[i], radix: 16)), expected 0x\(String(expected[i], radix: 16))"
+                    )
                 }
                 #expect(out[count] == 0xABCD, "wrote past \(count) values")
             }
@@ -115,7 +120,7 @@ struct BF16ProductsTests {
     }
 
     /// P rounded to bf16 (2^-9 relative) is the error; O of magnitude about 1 stays within 1e-2
-    /// of float64 (verify's bf16 tolerance), LSE (float32 sums of exact bf16 products) within 1e-5.
+    /// of float64 (verify's bf16 tolerance), LSE (the log of the rounded P's float32 sum) within 4e-3.
     @Test("the kernel with bf16 products against float64 of the rounded inputs, whole and in small tiles on two threads", .enabled(if: onUnits), arguments: cases)
     func againstFloat64(_ c: Case) throws {
         let problem = try Self.rounded(c)
@@ -124,7 +129,7 @@ struct BF16ProductsTests {
         let lseScale = max(1, reference.lse.lazy.filter(\.isFinite).map(abs).max() ?? 1)
         for (tiling, threads) in [(KernelTiling(), 1), (KernelTiling(queryTile: 32, keyBlock: 64), 2), (KernelTiling(queryTile: 48, keyBlock: 80), 1)] {
             let bf16 = ResultError(problem.kernel(tiling: tiling, threads: threads, products: .bf16), reference)
-            #expect(bf16.output <= 1e-2 && bf16.lse <= 1e-5 * lseScale, "\(tiling), \(threads) threads: \(bf16)")
+            #expect(bf16.output <= 1e-2 && bf16.lse <= 4e-3 * lseScale, "\(tiling), \(threads) threads: \(bf16)")
             // bf16 really ran: P's rounding shows, far above the float32 kernel's error.
             if c.tokens > 1 { #expect(bf16.output > 10 * float32.output, "bf16 \(bf16) against float32 \(float32): were the products float32?") }
         }

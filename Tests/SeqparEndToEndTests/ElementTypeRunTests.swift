@@ -130,7 +130,7 @@ extension EndToEnd {
             #expect(gap > 1e-4 && gap < 0.05, "bf16 and f32 O differ by \(gap)")
         }
 
-        @Test("bf16 products where the CPU has bf16 units: info names the path; O differs from float32 products' by P's rounding, LSE agrees")
+        @Test("bf16 products where the CPU has bf16 units: info names the path; O and LSE differ from float32 products' by P's rounding")
         func bf16Products() async throws {
             let info = try await launch(ranks: 1, arguments: ["info"])
             try #require(info.status == 0, "\(info)")
@@ -145,18 +145,22 @@ extension EndToEnd {
                 let name = setting ?? "on"
                 let result = try await launch(
                     ranks: 2,
-                    arguments: ["run", "--tokens", "301", "--heads", "4", "--kv-heads", "2", "--head-dim", "64", "--causal", "--dtype", "bf16",
-                                "--out", dir.path("o-\(name).npy"), "--lse", dir.path("lse-\(name).npy")],
+                    arguments: [
+                        "run", "--tokens", "301", "--heads", "4", "--kv-heads", "2", "--head-dim", "64", "--causal", "--dtype", "bf16",
+                        "--out", dir.path("o-\(name).npy"), "--lse", dir.path("lse-\(name).npy"),
+                    ],
                     environment: ["SEQPAR_BF16_GEMM": setting])
                 try #require(result.status == 0, "\(result)")
-                #expect(result.stderr.contains(setting == nil ? "bf16 products" : "computed in float32") || result.stdout.contains(setting == nil ? "bf16 products" : "computed in float32"), "\(result)")
+                #expect(
+                    result.stderr.contains(setting == nil ? "bf16 products" : "computed in float32")
+                        || result.stdout.contains(setting == nil ? "bf16 products" : "computed in float32"), "\(result)")
                 outputs.append(try NpyFile.load(dir.path("o-\(name).npy"), readingBF16: true).values)
                 lses.append(try NpyFile.load(dir.path("lse-\(name).npy")).values)
             }
             let gap = zip(outputs[0], outputs[1]).map { abs($0 - $1) }.max() ?? .infinity
             #expect(gap > 0 && gap < 2e-2, "O with bf16 products against float32 products: \(gap)")
             let lseGap = zip(lses[0], lses[1]).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? .infinity
-            #expect(lseGap < 1e-5, "LSE with bf16 products against float32 products: \(lseGap)")
+            #expect(lseGap < 4e-3, "LSE with bf16 products (the log of the rounded P's sum) against float32 products: \(lseGap)")
         }
 
         @Test("bf16 and f16 files in: O, dQ, dK, dV in that type, each the float32 job's result rounded to nearest even; LSE float32 and equal", arguments: ["bf16", "f16"])

@@ -150,10 +150,14 @@ def test_strategies():
     strategies_computed = sorted(computed)
 
 
+BF16_PRODUCTS = seqpar.bf16_path().startswith("oneDNN")
+
+
 def test_sixteen_bit():
     """bf16 (ml_dtypes arrays and torch tensors) and f16: the float32 result on the same rounded
-    values, rounded once (the kernel computes in float32 and K/V travel exactly); against float64
-    within the type's rounding."""
+    values, rounded once (f16, and bf16 where it is widened: the kernel computes in float32 and K/V
+    travel exactly; with bf16 products, within P's rounding of it); against float64 within the
+    type's rounding."""
     problem = dict(tokens=77, heads=4, kv_heads=2, head_dim=64, causal=True)
     q, k, v, do = inputs(77, 4, 2, 64, seed=11)
     for dtype, tolerance in ((ml_dtypes.bfloat16, 8e-3), (np.float16, 1e-3)):
@@ -164,8 +168,14 @@ def test_sixteen_bit():
         o32, lse32 = reference32.forward(*(x[rows].astype(np.float32) for x in (qr, kr, vr)))
         o, lse = plan.forward(qr[rows], kr[rows], vr[rows])
         check(o.dtype == np.dtype(dtype), "O comes back as %s, not %s" % (o.dtype, np.dtype(dtype)))
-        check(np.array_equal(o.view(np.uint16), o32.astype(dtype).view(np.uint16)), "%s O is not the float32 result rounded once" % np.dtype(dtype))
-        check(np.array_equal(lse, lse32), "%s LSE differs from float32's on the same values" % np.dtype(dtype))
+        if dtype is ml_dtypes.bfloat16 and BF16_PRODUCTS:
+            gap = np.abs(o.astype(np.float32) - o32).max() if len(rows) else 0
+            check(gap < 2e-2, "bf16 products' O is %.3g from float32's" % gap)
+            # LSE sums the bf16-rounded P (the weights P·V multiplies): about 1e-3 from float32's.
+            check(np.allclose(lse, lse32, rtol=0, atol=4e-3), "bf16 products' LSE is %.3g from float32's" % (np.abs(lse - lse32).max() if lse.size else 0))
+        else:
+            check(np.array_equal(o.view(np.uint16), o32.astype(dtype).view(np.uint16)), "%s O is not the float32 result rounded once" % np.dtype(dtype))
+            check(np.array_equal(lse, lse32), "%s LSE differs from float32's on the same values" % np.dtype(dtype))
         ro, _, rdq, rdk, rdv = reference(qr.astype(np.float32), kr.astype(np.float32), vr.astype(np.float32), dor.astype(np.float32), visible(77, True))
         check(relative(o.astype(np.float32), ro[rows]) < tolerance, "%s O against float64" % np.dtype(dtype))
         dq, dk, dv = plan.backward(qr[rows], kr[rows], vr[rows], o, lse, dor[rows])
@@ -181,6 +191,42 @@ def test_sixteen_bit():
     qn, kn, vn = (x[rows].astype(ml_dtypes.bfloat16) for x in (q, k, v))
     on, _ = plan.forward(qn, kn, vn)
     check(o.dtype == torch.bfloat16 and np.array_equal(o.view(torch.int16).numpy().view(np.uint16), on.view(np.uint16)), "torch bf16 differs from NumPy bf16")
+
+
+def test_bf16_against_torch():
+    """seqpar's bf16 (bf16 in and out) is as accurate as PyTorch's bf16 SDPA on the same rounded
+    inputs, against float64 of them (relative RMS error over every rank's rows): O within 2%,
+    and dQ, dK, dV from the same bf16 dO no less accurate."""
+    tokens, heads, kv, dim = 301, 4, 2, 64
+    q, k, v, do = (x.astype(ml_dtypes.bfloat16).astype(np.float32) for x in inputs(tokens, heads, kv, dim, seed=23))
+    ro, _, rdq, rdk, rdv = reference(q, k, v, do, visible(tokens, True))
+    plan = seqpar.Plan(comm, tokens=tokens, heads=heads, kv_heads=kv, head_dim=dim, causal=True, strategy="zigzag", dtype="bfloat16")
+    rows = plan.local_positions
+    b = lambda x: x[rows].astype(ml_dtypes.bfloat16)
+    o, lse = plan.forward(b(q), b(k), b(v))
+    dq, dk, dv = plan.backward(b(q), b(k), b(v), o, lse, b(do))
+    plan.close()
+    # PyTorch on the whole sequence, [1, heads, tokens, d], kv heads repeated for GQA.
+    t = lambda x, h: torch.from_numpy(x).to(torch.bfloat16).reshape(tokens, h, dim).transpose(0, 1).unsqueeze(0).requires_grad_()
+    tq, tk, tv = t(q, heads), t(k, kv), t(v, kv)
+    to = torch.nn.functional.scaled_dot_product_attention(
+        tq, tk.repeat_interleave(heads // kv, dim=1), tv.repeat_interleave(heads // kv, dim=1), is_causal=True)
+    to.backward(t(do, heads).detach())
+    back = lambda x: x.detach().float().squeeze(0).transpose(0, 1).numpy()[rows]
+    # Every rank's squared and largest errors, summed and maxed over the ranks.
+    def errors(mine, ref):
+        diff = (np.asarray(mine, np.float64) - ref[rows]).ravel()
+        totals = comm.allreduce(np.array([np.square(diff).sum(), np.square(ref[rows]).sum()]), op=MPI.SUM)
+        return np.sqrt(totals[0] / totals[1]), comm.allreduce(float(np.abs(diff).max()) if len(diff) else 0.0, op=MPI.MAX)
+    for name, mine, theirs, ref in (("O", o.astype(np.float32), back(to), ro), ("dQ", dq.astype(np.float32), back(tq.grad), rdq),
+                                    ("dK", dk.astype(np.float32), back(tk.grad), rdk), ("dV", dv.astype(np.float32), back(tv.grad), rdv)):
+        (ours, ours_max), (torchs, torchs_max) = errors(mine, ref), errors(theirs, ref)
+        if rank == 0:
+            print("bf16 %s against float64, relative RMS (max abs): seqpar %.3e (%.3e), PyTorch SDPA %.3e (%.3e); %s"
+                  % (name, ours, ours_max, torchs, torchs_max, seqpar.bf16_path()), flush=True)
+        # O's error is mostly the output's own bf16 rounding, which both share: 2% is allowed there
+        # (measured: 0.99 of PyTorch's at one rank, 1.007 at two); the gradients must not exceed it.
+        check(ours <= (1.02 if name == "O" else 1.0) * torchs, "seqpar's bf16 %s relative RMS error %.3e exceeds PyTorch's %.3e" % (name, ours, torchs))
 
 
 def test_strided_rows():
@@ -256,7 +302,7 @@ def test_refusals():
     expect_error(lambda: plan.forward(*good), "closed")
 
 
-tests = [test_strategies, test_sixteen_bit, test_strided_rows, test_autograd, test_refusals]
+tests = [test_strategies, test_sixteen_bit, test_bf16_against_torch, test_strided_rows, test_autograd, test_refusals]
 failed = []
 for test in tests:
     try:

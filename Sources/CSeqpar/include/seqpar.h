@@ -106,6 +106,10 @@ int64_t seqpar_plan_rows(const seqpar_plan *plan);
 int64_t seqpar_plan_range_count(const seqpar_plan *plan);
 int seqpar_plan_range(const seqpar_plan *plan, int64_t index, int64_t *start, int64_t *stop);
 
+/* How this process multiplies bf16: "oneDNN ..." (bf16 products with float32 accumulation, on a
+ * CPU with bf16 units) or "converted to float32 ..." with the reason. Static; never NULL. */
+const char *seqpar_bf16_path(void);
+
 /* The message of the plan's last failed call ("" after a success). Valid until the next call. */
 const char *seqpar_plan_error(const seqpar_plan *plan);
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Plan", "Error", "attention", "library_path"]
+__all__ = ["Plan", "Error", "attention", "library_path", "bf16_path"]
 
 
 class Error(ValueError):
@@ -67,6 +67,8 @@ def _library():
         lib.seqpar_plan_range_count.restype = i64
         lib.seqpar_plan_range.argtypes = [p, i64, ctypes.POINTER(i64), ctypes.POINTER(i64)]
         lib.seqpar_plan_range.restype = i32
+        lib.seqpar_bf16_path.argtypes = []
+        lib.seqpar_bf16_path.restype = ctypes.c_char_p
         lib.seqpar_plan_error.argtypes = [p]
         lib.seqpar_plan_error.restype = ctypes.c_char_p
         lib.seqpar_plan_agree.argtypes = [p, ctypes.c_char_p]
@@ -97,6 +99,12 @@ class _Options(ctypes.Structure):
         ("s2_local", ctypes.c_int64),
         ("s2_stride", ctypes.c_int64),
     ]
+
+
+def bf16_path():
+    """How this process multiplies bf16: 'oneDNN ...' (bf16 products, float32 accumulation, on a CPU
+    with bf16 units) or 'converted to float32 ...' with the reason."""
+    return _library().seqpar_bf16_path().decode()
 
 
 def _dtype_name(dtype):
