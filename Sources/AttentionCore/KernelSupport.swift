@@ -81,7 +81,7 @@ final class PackedKeyValues {
                     if type == .bf16 {
                         into.update(from: at.assumingMemoryBound(to: UInt16.self), count: d)
                     } else {
-                        narrowToBF16(at.assumingMemoryBound(to: Float.self), into: into, count: d, instruction: false)
+                        narrowToBF16(at.assumingMemoryBound(to: Float.self), into: into, count: d)
                     }
                 }
             }

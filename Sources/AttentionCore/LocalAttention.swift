@@ -286,7 +286,7 @@ public final class LocalAttention {
         let bits = products == .bf16 ? bitsScratch[thread].baseAddress : nil
         let queryBits = bits.map { UnsafePointer($0) }, probabilityBits = bits.map { $0 + tiling.queryTile * d }
         if let bits {
-            for r in 0 ..< tq { narrowToBF16(queryRows + r * qStride, into: bits + r * d, count: d, instruction: false) }
+            for r in 0 ..< tq { narrowToBF16(queryRows + r * qStride, into: bits + r * d, count: d) }
         } else {
             for r in 0 ..< tq { (q + r * d).update(from: queryRows + r * qStride, count: d) }
         }

@@ -11,8 +11,16 @@
 // thread, summed at the end. Operands are contiguous as in the forward kernel (K/V packed per kv
 // head, Q and dO tiles packed, dQ head-major). Masks as in the forward: hidden blocks skipped,
 // partial blocks trimmed and clipped; rows that see no key (lse = -inf) get no gradient.
+// With bf16 products (a bf16 job on a CPU with bf16 units) the five products take bf16 operands
+// (Q, K, V, dO as they are; P and dS rounded, as FlashAttention-2 does) through oneDNN and
+// accumulate in float32; P, dP, dS and the gradients are float32 throughout. dQ = dS·K is the one
+// product where dS's rounding shows: its terms have both signs and cancel (each row of dS sums to
+// 0), and with dS rounded once dQ's RMS error against float64 was 1.035 of PyTorch's bf16 SDPA's.
+// So dS goes in as two bf16 parts (high + the low remainder: 16 significant bits) and dQ takes one
+// more product; dK and dV, whose errors were 0.6 of PyTorch's, take dS and P rounded once.
 // What it does not do: the forward (LocalAttention), or know about ranks.
 
+import BlasRuntime
 import Buffers
 import CBLAS
 import Dispatch
@@ -112,23 +120,30 @@ public final class LocalAttentionBackward {
     public let tiling: KernelTiling
     public let slice: HeadSlice
     public let threads: Int
+    /// float32 (sgemm) or bf16 operands with float32 accumulation (oneDNN).
+    public let products: KernelProducts
 
     /// Per thread: P and dP/dS [queryTile, keyBlock], Q and dO tiles [queryTile, headDim],
     /// dK and dV of the block [keyBlock, headDim].
     private let scratch: [OwnedBuffer<Float>]
+    /// bf16 products only, per thread: P's, dS's and dS's low part's bits [queryTile, keyBlock]
+    /// each, Q's and dO's [queryTile, headDim] each; and the thread's oneDNN products.
+    private let bitsScratch: [OwnedBuffer<UInt16>]
+    private let gemms: [BF16Gemm]
     /// dQ of threads other than the calling one, each the size of the accumulator's; grows.
     private var threadDQ: [OwnedBuffer<Float>] = []
     /// K and V of the current call, packed per kv head.
     private let packed = PackedKeyValues()
     private let flopCounts: OwnedBuffer<Double>
 
-    /// FLOPs spent so far: 10·headDim per visible-block score (five products), 2.5 x the forward's.
+    /// FLOPs spent so far: 10·headDim per visible-block score (five products), 2.5 x the forward's; 12·headDim with
+    /// bf16 products (dS·K twice: dS's high and low parts).
     public var computedFlops: Double { flopCounts.buffer.reduce(0, +) }
 
-    /// `tiling`: nil for `KernelTiling.defaults(for: mask)`, as the forward's.
+    /// `tiling`: nil for `KernelTiling.defaults(for: mask)`, as the forward's; `products`: nil for float32.
     public init(
         shape: AttentionShape, mask: AttentionMask, tiling: KernelTiling? = nil, threads: Int = 1,
-        slice: HeadSlice? = nil
+        slice: HeadSlice? = nil, products: KernelProducts? = nil
     ) {
         let tiling = tiling ?? .defaults(for: mask)
         self.shape = shape
@@ -139,7 +154,17 @@ public final class LocalAttentionBackward {
         let (tq, tk, d) = (tiling.queryTile, tiling.keyBlock, shape.headDim)
         let perThread = 2 * tq * tk + 2 * tq * d + 2 * tk * d
         scratch = (0 ..< self.threads).map { _ in OwnedBuffer(repeating: 0, count: perThread) }
+        let products = products ?? .float32
+        self.products = products
+        bitsScratch = (0 ..< self.threads).map { _ in OwnedBuffer(repeating: 0, count: products == .bf16 ? 3 * tq * tk + 2 * tq * d : 0) }
+        gemms = products == .bf16 ? (0 ..< self.threads).map { _ in BF16Gemm() } : []
         flopCounts = OwnedBuffer(repeating: 0, count: self.threads)
+    }
+
+    /// K and V of one call, packed per kv head, in the products' type.
+    private enum Operands {
+        case float32(keys: UnsafePointer<Float>, values: UnsafePointer<Float>)
+        case bf16(keys: UnsafePointer<UInt16>, values: UnsafePointer<UInt16>)
     }
 
     /// Adds the gradients from the keys of `keySegment` and the query rows of `querySegment`:
@@ -178,7 +203,14 @@ public final class LocalAttentionBackward {
         {
             return
         }
-        let (k, v) = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
+        let operands: Operands
+        if products == .bf16 {
+            let (k, v) = packed.packBF16(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
+            operands = .bf16(keys: k, values: v)
+        } else {
+            let (k, v) = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
+            operands = .float32(keys: k, values: v)
+        }
         // Key blocks, cut at the mask's alignment as the forward cuts them.
         var blocks: [Range<Int>] = []
         var start = keySegment.positions.lowerBound
@@ -200,7 +232,7 @@ public final class LocalAttentionBackward {
             let dq = thread == 0 ? gradients.dq.baseAddress! : self.threadDQ[thread - 1].baseAddress
             self.foldBlock(
                 kvHead: item / blocks.count, block: blocks[item % blocks.count], queries: queries, outputGrad: outputGrad,
-                querySegment: querySegment, keys: k, values: v, keySegment: keySegment, gradients: gradients, dq: dq,
+                querySegment: querySegment, operands: operands, keySegment: keySegment, gradients: gradients, dq: dq,
                 keyGrad: keyGrad, valueGrad: valueGrad, thread: thread)
         }
         runInterleaved(items: items, threads: threads, progress: progress, work)
@@ -214,7 +246,7 @@ public final class LocalAttentionBackward {
     /// reads the kv head and every query tile of the segment.
     private func foldBlock(
         kvHead: Int, block: Range<Int>, queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
-        querySegment: ShardSegment, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+        querySegment: ShardSegment, operands: Operands,
         keySegment: ShardSegment, gradients: GradientAccumulator, dq: UnsafeMutablePointer<Float>,
         keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, thread: Int
     ) {
@@ -226,8 +258,11 @@ public final class LocalAttentionBackward {
         let dkBlock = doTile + tqMax * d, dvBlock = dkBlock + tkMax * d
         let blockRow = block.lowerBound - keySegment.positions.lowerBound
         let keyCount = keySegment.positions.count
-        let headKeys = keys + (kvHead * keyCount + blockRow) * d
-        let headValues = values + (kvHead * keyCount + blockRow) * d
+        let headOffset = (kvHead * keyCount + blockRow) * d
+        // bf16 products: P, dS, Q and dO as bits.
+        let bits = products == .bf16 ? bitsScratch[thread].baseAddress : nil
+        let pBits = bits, dsBits = bits.map { $0 + tqMax * tkMax }, dsLowBits = bits.map { $0 + 2 * tqMax * tkMax }
+        let qBits = bits.map { $0 + 3 * tqMax * tkMax }, doBits = bits.map { $0 + 3 * tqMax * tkMax + tqMax * d }
         dkBlock.update(repeating: 0, count: block.count * d)
         dvBlock.update(repeating: 0, count: block.count * d)
         let qStride = slice.heads.count * d
@@ -244,43 +279,85 @@ public final class LocalAttentionBackward {
                 let queryPositions = querySegment.positions.lowerBound + first ..< querySegment.positions.lowerBound + first + tq
                 let relation = mask.relation(queries: queryPositions, keys: block, head: globalHead)
                 if relation == .hidden { continue }
-                let keyPositions = relation == .partial ? mask.visibleSpan(queries: queryPositions, keys: block, head: globalHead) : block
+                var keyPositions = relation == .partial ? mask.visibleSpan(queries: queryPositions, keys: block, head: globalHead) : block
+                if relation == .partial && products == .bf16 {  // widened inside the block, over keys no row sees (as the forward)
+                    let quantum = LocalAttention.bf16KeyQuantum
+                    let wanted = (keyPositions.count + quantum - 1) / quantum * quantum
+                    let upper = min(block.upperBound, keyPositions.lowerBound + wanted)
+                    keyPositions = max(block.lowerBound, upper - wanted) ..< upper
+                }
                 let tk = keyPositions.count
                 let offset = keyPositions.lowerBound - block.lowerBound
-                let k = headKeys + offset * d, v = headValues + offset * d
-                flopCounts[thread] += Double(10 * tq * tk * d)
+                let kv = headOffset + offset * d
+                flopCounts[thread] += Double((products == .bf16 ? 12 : 10) * tq * tk * d)
                 touched = true
 
                 let row = querySegment.localRow + first
-                for r in 0 ..< tq {
-                    (qTile + r * d).update(from: queries + (row + r) * qStride + head * d, count: d)
-                    (doTile + r * d).update(from: outputGrad + (row + r) * qStride + head * d, count: d)
+                if let qBits, let doBits {
+                    for r in 0 ..< tq {
+                        narrowToBF16(queries + (row + r) * qStride + head * d, into: qBits + r * d, count: d)
+                        narrowToBF16(outputGrad + (row + r) * qStride + head * d, into: doBits + r * d, count: d)
+                    }
+                } else {
+                    for r in 0 ..< tq {
+                        (qTile + r * d).update(from: queries + (row + r) * qStride + head * d, count: d)
+                        (doTile + r * d).update(from: outputGrad + (row + r) * qStride + head * d, count: d)
+                    }
                 }
                 let state = head * gradients.rows + row
                 let lse = gradients.lse.baseAddress! + state, delta = gradients.delta.baseAddress! + state
+                guard case .bf16(let keys, let values) = operands, let pBits, let dsBits, let dsLowBits, let qBits, let doBits else {
+                    guard case .float32(let keys, let values) = operands else { preconditionFailure("float32 products on bf16 operands") }
+                    let k = keys + kv, v = values + kv
 
-                // P = exp(scale·Q·Kᵀ − lse), exact: the forward's lse is the row's whole normaliser.
-                cblas_sgemm(
-                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
-                    shape.scale, qTile, Int32(d), k, Int32(d), 0, p, Int32(tk))
+                    // P = exp(scale·Q·Kᵀ − lse), exact: the forward's lse is the row's whole normaliser.
+                    cblas_sgemm(
+                        CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
+                        shape.scale, qTile, Int32(d), k, Int32(d), 0, p, Int32(tk))
+                    if relation == .partial { mask.clipRows(p, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead) }
+                    for r in 0 ..< tq { probabilities(p + r * tk, count: tk, lse: lse[r]) }
+                    // dV += Pᵀ·dO
+                    cblas_sgemm(
+                        CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
+                        1, p, Int32(tk), doTile, Int32(d), 1, dvBlock + offset * d, Int32(d))
+                    // dP = dO·Vᵀ, then dS = P ∘ (dP − D) in place
+                    cblas_sgemm(
+                        CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
+                        1, doTile, Int32(d), v, Int32(d), 0, ds, Int32(tk))
+                    for r in 0 ..< tq { scoreGradient(ds + r * tk, probabilities: p + r * tk, count: tk, delta: delta[r]) }
+                    // dQ += scale·dS·K, dK += scale·dSᵀ·Q
+                    cblas_sgemm(
+                        CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(d), Int32(tk),
+                        shape.scale, ds, Int32(tk), k, Int32(d), 1, dq + state * d, Int32(d))
+                    cblas_sgemm(
+                        CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
+                        shape.scale, ds, Int32(tk), qTile, Int32(d), 1, dkBlock + offset * d, Int32(d))
+                    continue
+                }
+                // The same five products in bf16, accumulating in float32.
+                let k = keys + kv, v = values + kv, gemm = gemms[thread]
+                gemm.multiply(m: tq, n: tk, k: d, alpha: shape.scale, a: qBits, lda: d, b: k, ldb: d, transposedB: true, accumulate: false, c: p, ldc: tk)
                 if relation == .partial { mask.clipRows(p, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead) }
-                for r in 0 ..< tq { probabilities(p + r * tk, count: tk, lse: lse[r]) }
-                // dV += Pᵀ·dO
-                cblas_sgemm(
-                    CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
-                    1, p, Int32(tk), doTile, Int32(d), 1, dvBlock + offset * d, Int32(d))
-                // dP = dO·Vᵀ, then dS = P ∘ (dP − D) in place
-                cblas_sgemm(
-                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
-                    1, doTile, Int32(d), v, Int32(d), 0, ds, Int32(tk))
-                for r in 0 ..< tq { scoreGradient(ds + r * tk, probabilities: p + r * tk, count: tk, delta: delta[r]) }
-                // dQ += scale·dS·K, dK += scale·dSᵀ·Q
-                cblas_sgemm(
-                    CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(d), Int32(tk),
-                    shape.scale, ds, Int32(tk), k, Int32(d), 1, dq + state * d, Int32(d))
-                cblas_sgemm(
-                    CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
-                    shape.scale, ds, Int32(tk), qTile, Int32(d), 1, dkBlock + offset * d, Int32(d))
+                for r in 0 ..< tq {
+                    probabilities(p + r * tk, count: tk, lse: lse[r])
+                    narrowToBF16(p + r * tk, into: pBits + r * tk, count: tk)
+                }
+                gemm.multiply(
+                    m: tk, n: d, k: tq, a: pBits, lda: tk, transposedA: true, b: doBits, ldb: d, transposedB: false, accumulate: true,
+                    c: dvBlock + offset * d, ldc: d)
+                gemm.multiply(m: tq, n: tk, k: d, a: doBits, lda: d, b: v, ldb: d, transposedB: true, accumulate: false, c: ds, ldc: tk)
+                for r in 0 ..< tq {
+                    scoreGradient(ds + r * tk, probabilities: p + r * tk, count: tk, delta: delta[r])
+                }
+                splitToBF16(ds, high: dsBits, low: dsLowBits, count: tq * tk)
+                for part in [dsBits, dsLowBits] {
+                    gemm.multiply(
+                        m: tq, n: d, k: tk, alpha: shape.scale, a: part, lda: tk, b: k, ldb: d, transposedB: false, accumulate: true, c: dq + state * d,
+                        ldc: d)
+                }
+                gemm.multiply(
+                    m: tk, n: d, k: tq, alpha: shape.scale, a: dsBits, lda: tk, transposedA: true, b: qBits, ldb: d, transposedB: false, accumulate: true,
+                    c: dkBlock + offset * d, ldc: d)
             }
         }
         guard touched else { return }

@@ -247,7 +247,7 @@ extension Verification {
                 }
             }
         }
-        let backward = LocalAttentionBackward(shape: job.shape, mask: job.mask, tiling: job.tiling, threads: job.threads)
+        let backward = LocalAttentionBackward(shape: job.shape, mask: job.mask, tiling: job.tiling, threads: job.threads, products: job.products)
         return backward.gradients(q: q, k: k, v: v, forward: accumulator.result(), outputGrad: outputGrad)
     }
 }

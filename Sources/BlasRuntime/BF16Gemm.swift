@@ -39,7 +39,7 @@ public enum BF16Path: Equatable, Sendable, CustomStringConvertible {
 public final class BF16Gemm {
     private struct Shape: Hashable {
         let m, n, k, lda, ldb, ldc: Int
-        let transposedB, accumulate: Bool
+        let transposedA, transposedB, accumulate: Bool
         let alphaBits: UInt32
     }
     private var made: [Shape: OpaquePointer] = [:]
@@ -48,14 +48,17 @@ public final class BF16Gemm {
 
     deinit { for gemm in made.values { seqpar_bf16_gemm_destroy(gemm) } }
 
-    /// c[m, n] (rows ldc apart) = alpha · a[m, k] · B (+ c when `accumulate`): B is b's [k, n]
-    /// rows (ldb apart), or with `transposedB` the transpose of b's [n, k] rows (ldb apart).
+    /// c[m, n] (rows ldc apart) = alpha · A · B (+ c when `accumulate`): A is a's [m, k] rows
+    /// (lda apart), or with `transposedA` the transpose of a's [k, m] rows; B is b's [k, n] rows
+    /// (ldb apart), or with `transposedB` the transpose of b's [n, k] rows.
     @inline(__always)
     public func multiply(
-        m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<UInt16>, lda: Int,
+        m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<UInt16>, lda: Int, transposedA: Bool = false,
         b: UnsafePointer<UInt16>, ldb: Int, transposedB: Bool, accumulate: Bool, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
-        let shape = Shape(m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, transposedB: transposedB, accumulate: accumulate, alphaBits: alpha.bitPattern)
+        let shape = Shape(
+            m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, transposedA: transposedA, transposedB: transposedB, accumulate: accumulate,
+            alphaBits: alpha.bitPattern)
         let gemm: OpaquePointer
         if let known = made[shape] {
             gemm = known
@@ -74,7 +77,8 @@ public final class BF16Gemm {
         var error = [CChar](repeating: 0, count: 256)
         guard
             let gemm = seqpar_bf16_gemm_create(
-                Int64(shape.m), Int64(shape.n), Int64(shape.k), shape.transposedB ? 1 : 0, Int64(shape.lda), Int64(shape.ldb), Int64(shape.ldc),
+                Int64(shape.m), Int64(shape.n), Int64(shape.k), shape.transposedA ? 1 : 0, shape.transposedB ? 1 : 0, Int64(shape.lda), Int64(shape.ldb),
+                Int64(shape.ldc),
                 Float(bitPattern: shape.alphaBits), shape.accumulate ? 1 : 0, &error, error.count)
         else {
             // The path was chosen because oneDNN made and ran a product: a failure now is not
@@ -104,7 +108,7 @@ public final class BF16Gemm {
         let b = (0 ..< n * k).map { ElementType.bf16(Float($0 % 5) - 2) }
         var c = [Float](repeating: 1, count: m * n)
         var error = [CChar](repeating: 0, count: 256)
-        guard let gemm = seqpar_bf16_gemm_create(Int64(m), Int64(n), Int64(k), 1, Int64(k), Int64(k), Int64(n), 1, 1, &error, error.count) else {
+        guard let gemm = seqpar_bf16_gemm_create(Int64(m), Int64(n), Int64(k), 0, 1, Int64(k), Int64(k), Int64(n), 1, 1, &error, error.count) else {
             return .widened(reason: "oneDNN could not make a bf16 matmul: \(message(error))")
         }
         defer { seqpar_bf16_gemm_destroy(gemm) }
@@ -133,8 +137,8 @@ public final class BF16Gemm {
 /// `ElementType.bf16`): by AVX512-BF16's conversion instruction where the CPU has it, else 16 at
 /// a time in integer arithmetic (`instruction: false` takes it on any CPU). The instruction
 /// flushes float32 subnormals (below 2^-126) to zero, as the bf16 dot products themselves treat
-/// subnormal inputs: the kernel uses it for P, which is 0 or at least 2^-125, and the exact path
-/// for Q, K and V.
+/// subnormal inputs (AVX512-BF16's and AMX's products take them as zero), so the kernels use it
+/// for every operand.
 @inline(__always)
 public func narrowToBF16(
     _ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<UInt16>, count: Int, instruction: Bool = BF16Gemm.hasConversionInstruction
@@ -162,4 +166,34 @@ public func narrowToBF16(
 extension BF16Gemm {
     /// Whether this CPU converts float32 to bf16 in one instruction (AVX512-BF16).
     public static let hasConversionInstruction = CPUFeatures.current.avx512bf16 && CPUFeatures.current.avx512vl
+}
+
+/// `source` as the sum of two bf16 values per element, high + low (each rounded to nearest even,
+/// the low part from the high part's remainder): 16 bits of significand instead of 8. The bf16
+/// backward multiplies dS·K in both parts, since dQ sums terms of both signs that cancel.
+/// (By AVX512-BF16's conversion where the CPU has it, subnormals to zero as `narrowToBF16`.)
+@inline(__always)
+public func splitToBF16(_ source: UnsafePointer<Float>, high: UnsafeMutablePointer<UInt16>, low: UnsafeMutablePointer<UInt16>, count: Int) {
+    if BF16Gemm.hasConversionInstruction {
+        seqpar_split_bf16(source, high, low, count)
+        return
+    }
+    typealias Bits = SIMD16<UInt32>
+    @inline(__always) func round(_ bits: Bits) -> Bits { (bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) & 0xFFFF_0000 }
+    var c = 0
+    while c + 16 <= count {
+        let x = UnsafeRawPointer(source + c).loadUnaligned(as: SIMD16<Float>.self)
+        let upper = round(unsafeBitCast(x, to: Bits.self))
+        let rest = x - unsafeBitCast(upper, to: SIMD16<Float>.self)
+        let lower = round(unsafeBitCast(rest, to: Bits.self))
+        UnsafeMutableRawPointer(high + c).storeBytes(of: SIMD16<UInt16>(truncatingIfNeeded: upper &>> 16), as: SIMD16<UInt16>.self)
+        UnsafeMutableRawPointer(low + c).storeBytes(of: SIMD16<UInt16>(truncatingIfNeeded: lower &>> 16), as: SIMD16<UInt16>.self)
+        c += 16
+    }
+    while c < count {
+        let upper = ElementType.bf16(source[c])
+        high[c] = upper
+        low[c] = ElementType.bf16(source[c] - ElementType.float(bf16: upper))
+        c += 1
+    }
 }

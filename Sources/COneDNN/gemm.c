@@ -35,8 +35,8 @@ static void make_engine(void) { engine_status = dnnl_engine_create(&engine, dnnl
         }                                                                                   \
     } while (0)
 
-seqpar_bf16_gemm *seqpar_bf16_gemm_create(int64_t m, int64_t n, int64_t k, int transposed_b, int64_t lda, int64_t ldb, int64_t ldc,
-                                          float alpha, int accumulate, char *error, size_t error_size) {
+seqpar_bf16_gemm *seqpar_bf16_gemm_create(int64_t m, int64_t n, int64_t k, int transposed_a, int transposed_b, int64_t lda, int64_t ldb,
+                                          int64_t ldc, float alpha, int accumulate, char *error, size_t error_size) {
     seqpar_bf16_gemm *gemm = calloc(1, sizeof *gemm);
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t post_ops = NULL;
@@ -48,7 +48,7 @@ seqpar_bf16_gemm *seqpar_bf16_gemm_create(int64_t m, int64_t n, int64_t k, int t
     pthread_once(&engine_once, make_engine);
     CHECK(engine_status, "engine creation");
     dnnl_memory_desc_t a_md, b_md, c_md;
-    dnnl_dims_t a_dims = {m, k}, a_strides = {lda, 1};
+    dnnl_dims_t a_dims = {m, k}, a_strides = {transposed_a ? 1 : lda, transposed_a ? lda : 1};
     dnnl_dims_t b_dims = {k, n}, b_strides = {transposed_b ? 1 : ldb, transposed_b ? ldb : 1};
     dnnl_dims_t c_dims = {m, n}, c_strides = {ldc, 1};
     CHECK(dnnl_memory_desc_init_by_strides(&a_md, 2, a_dims, dnnl_bf16, a_strides), "A's descriptor");

@@ -54,7 +54,7 @@ public struct AttentionJob {
     public func backwardKernel(for slice: HeadSlice? = nil) -> LocalAttentionBackward {
         let slice = slice ?? kernel.slice
         if let made = sliceKernels.backward.first(where: { $0.slice == slice }) { return made }
-        let made = LocalAttentionBackward(shape: shape, mask: mask, tiling: tiling, threads: threads, slice: slice)
+        let made = LocalAttentionBackward(shape: shape, mask: mask, tiling: tiling, threads: threads, slice: slice, products: products)
         sliceKernels.backward.append(made)
         return made
     }

@@ -1,8 +1,8 @@
 // bf16 products (oneDNN): which path a CPU gets, the float-to-bf16 narrowing against
 // ElementType.bf16's bits, BF16Gemm against exact integer products, and the kernel with bf16
 // products against the float64 reference on the bf16-rounded inputs (odd token counts, head dims
-// 32..128, MHA/GQA/MQA, every mask, small tiles, two threads), with bf16 rows and float32 rows of
-// the same values giving the same bits. The tests that multiply need a CPU with bf16 units; on
+// 32..128, MHA/GQA/MQA, every mask, small tiles, two threads), forward and backward, with bf16
+// rows and float32 rows of the same values giving the same bits. The tests that multiply need a CPU with bf16 units; on
 // others they are reported as skipped, and the path's test checks that bf16 is widened there.
 
 import AttentionCore
@@ -56,6 +56,22 @@ struct BF16ProductsTests {
                     )
                 }
                 #expect(out[count] == 0xABCD, "wrote past \(count) values")
+            }
+        }
+    }
+
+    @Test("splitting into high and low bf16 parts: high is the rounded value, high + low within 2^-17 of it")
+    func splitting() {
+        var generator = SystemRandomNumberGenerator()
+        let values = (0 ..< 1000).map { _ in Float.random(in: -3 ... 3, using: &generator) * Float(1 << Int.random(in: 0 ... 20, using: &generator)) / 1024 }
+        for count in [0, 1, 15, 16, 17, 33, values.count] {
+            var high = [UInt16](repeating: 0, count: count), low = [UInt16](repeating: 0, count: count)
+            high.withUnsafeMutableBufferPointer { h in
+                low.withUnsafeMutableBufferPointer { l in splitToBF16(values, high: h.baseAddress!, low: l.baseAddress!, count: count) }
+            }
+            for i in 0 ..< count {
+                let sum = ElementType.float(bf16: high[i]) + ElementType.float(bf16: low[i])
+                #expect(high[i] == ElementType.bf16(values[i]) && abs(sum - values[i]) <= abs(values[i]) / 131_072, "\(values[i]): \(high[i]) + \(low[i]) = \(sum)")
             }
         }
     }
@@ -132,6 +148,35 @@ struct BF16ProductsTests {
             #expect(bf16.output <= 1e-2 && bf16.lse <= 4e-3 * lseScale, "\(tiling), \(threads) threads: \(bf16)")
             // bf16 really ran: P's rounding shows, far above the float32 kernel's error.
             if c.tokens > 1 { #expect(bf16.output > 10 * float32.output, "bf16 \(bf16) against float32 \(float32): were the products float32?") }
+        }
+    }
+
+    /// The backward with bf16 products (P and dS rounded to bf16) from the bf16 forward, against
+    /// the float64 backward of the rounded inputs and dO: within 2e-2 of the largest gradient,
+    /// and visibly coarser than the float32 kernels' (the products really were bf16).
+    @Test("the backward with bf16 products against float64 of the rounded inputs, whole and in small tiles on two threads", .enabled(if: onUnits), arguments: cases)
+    func backwardAgainstFloat64(_ c: Case) throws {
+        let problem = try Self.rounded(c)
+        var dO = BackwardTests.outputGrad(problem)
+        dO.values = dO.values.map(ElementType.bf16.rounded)
+        let reference = ReferenceBackward.compute(
+            q: problem.q, queryPositions: problem.queryPositions, k: problem.k, v: problem.v,
+            keyPositions: problem.keyPositions, outputGrad: dO, shape: problem.shape, mask: problem.mask)
+        let largest = (reference.dq + reference.dk + reference.dv).map(abs).max() ?? 1
+        func errors(_ products: KernelProducts, _ tiling: KernelTiling, _ threads: Int) -> [Double] {
+            let forward = LocalAttention(shape: problem.shape, mask: problem.mask, tiling: tiling, threads: threads, products: products)
+                .attention(q: problem.q, k: problem.k, v: problem.v)
+            let g = LocalAttentionBackward(shape: problem.shape, mask: problem.mask, tiling: tiling, threads: threads, products: products)
+                .gradients(q: problem.q, k: problem.k, v: problem.v, forward: forward, outputGrad: dO)
+            return [maxAbsError(g.dq.values, reference.dq), maxAbsError(g.dk.values, reference.dk), maxAbsError(g.dv.values, reference.dv)]
+        }
+        let float32 = errors(.float32, KernelTiling(), 1)
+        for (tiling, threads) in [(KernelTiling(), 1), (KernelTiling(queryTile: 32, keyBlock: 64), 2), (KernelTiling(queryTile: 48, keyBlock: 80), 1)] {
+            let bf16 = errors(.bf16, tiling, threads)
+            for (name, (error, wide)) in zip(["dQ", "dK", "dV"], zip(bf16, float32)) {
+                #expect(error <= 2e-2 * max(largest, 1e-3), "\(c.testDescription), \(tiling), \(threads) threads: \(name) error \(error) (largest gradient \(largest))")
+                if c.tokens > 1 { #expect(error > 4 * wide, "\(name): bf16 \(error) against float32 \(wide): were the products float32?") }
+            }
         }
     }
 
