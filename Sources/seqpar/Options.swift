@@ -75,8 +75,8 @@ struct ProblemOptions: ParsableArguments {
         help: ArgumentHelp(
             "Element type of the inputs and of O, dQ, dK, dV: \(ElementType.allCases.map(\.rawValue).joined(separator: ", ")) (default: the files' own type; f32 for synthetic inputs).",
             discussion:
-                "Inputs of a wider type are rounded to it, to nearest even (synthetic ones too); bf16 is written as '<V2', as ml_dtypes reads it. LSE stays float32. bf16's forward multiplies bf16 with float32 accumulation (oneDNN) where the CPU has bf16 units (info says), "
-                + "else float32 on the rounded values, as f16 and every backward do."
+                "Inputs of a wider type are rounded to it, to nearest even (synthetic ones too); bf16 is written as '<V2', as ml_dtypes reads it. LSE stays float32. bf16 multiplies in bf16 with float32 accumulation (oneDNN, forward and backward) where the CPU has bf16 "
+                + "units (info says), else in float32 on the rounded values, as f16 does."
         ))
     var dtype: ElementType?
     @Flag(help: "Causal mask: query i sees keys j <= i (global positions).")
