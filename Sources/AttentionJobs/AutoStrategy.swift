@@ -54,6 +54,14 @@ public enum AutoStrategy {
     /// The problem as the cost model sees it: the shapes from the synthetic inputs or the files' headers.
     /// - Throws: `AutoStrategyError` for files that are not 3-dimensional; the shape's own checks.
     public static func problem(_ source: InputSource, mask: AttentionMask, ranks: Int) throws -> AttentionProblem {
+        var problem = try shapes(source, mask: mask, ranks: ranks)
+        let type = try source.elementType()
+        problem.elementBytes = type.byteSize
+        problem.bf16 = type == .bf16
+        return problem
+    }
+
+    private static func shapes(_ source: InputSource, mask: AttentionMask, ranks: Int) throws -> AttentionProblem {
         switch source.origin {
         case let .synthetic(_, tokens, shape):
             return AttentionProblem(tokens: tokens, heads: shape.heads, kvHeads: shape.kvHeads, headDim: shape.headDim, mask: mask, ranks: ranks)

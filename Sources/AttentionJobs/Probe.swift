@@ -73,10 +73,14 @@ public enum Probe {
         }
 
         try communicator.barrier()
-        let sgemm = try communicator.allgather(BlasPeak.measure(threads: threads))
+        let ownSgemm = BlasPeak.measure(threads: threads)
+        let sgemm = try communicator.allgather(ownSgemm)
+        try communicator.barrier()
+        let bf16 = try communicator.allgather(
+            BF16Gemm.path.usesBF16Units ? BlasPeak.measureBF16(m: 1024, n: 1024, k: 1024, threads: threads) : ownSgemm)
         let rankHosts = try communicator.allgather(MPIRuntime.processorName())
         return ProbeFigures(
-            ranks: size, pointToPoint: pointToPoint, allToAll: allToAll, sgemmGflops: sgemm,
+            ranks: size, pointToPoint: pointToPoint, allToAll: allToAll, sgemmGflops: sgemm, bf16Gflops: bf16,
             note: "\(size) ranks on \(Set(rankHosts).sorted().joined(separator: ", ")); \(MPIRuntime.libraryVersion())",
             hosts: rankHosts)
     }

@@ -4,7 +4,9 @@
 // against measured times.
 //
 // Compute: a rank's FLOPs / (its sgemm rate x the kernel's efficiency), where the efficiency is
-// the fused kernel's GFLOP/s over sgemm's on one rank (measured: 0.8, see `defaultKernelEfficiency`).
+// the fused kernel's GFLOP/s over sgemm's on one rank (measured: 0.8, see `defaultKernelEfficiency`);
+// a bf16 job's at the probe's bf16 rate instead (oneDNN's, sgemm's where a rank widens bf16), and its
+// Q/K/V/dO bytes at 2 per element (O, LSE and the merged partials travel in float32).
 // Ring-shaped passes run in lockstep: step s costs the slowest position's max(compute of the
 // block in hand, latency + block bytes / bandwidth), so a contiguous causal ring is paid at its
 // busiest rank and zigzag's balanced work shows. Head all-to-alls are blocking: their time adds.
@@ -24,6 +26,10 @@ public struct AttentionProblem: Equatable, Sendable {
     public var headDim: Int
     public var mask: AttentionMask
     public var ranks: Int
+    /// Bytes per element of what travels in the job's type (Q, K, V, dO): 4, or 2 for bf16/f16.
+    public var elementBytes = 4
+    /// A bf16 job: its products run at the bf16 rate.
+    public var bf16 = false
 
     /// Whether the mask hides later keys (so zigzag layouts balance it).
     public var causal: Bool { mask.isCausal }
@@ -65,6 +71,8 @@ public struct CostModel: Sendable {
 
     /// FLOP/s of the slowest rank's kernel.
     public let computeRate: Double
+    /// The same for bf16 jobs; nil when the figures have no bf16 rate (then `computeRate`).
+    public let bf16ComputeRate: Double?
     public let latency: Double
     public let bandwidth: Double
     public let allToAllLatency: Double
@@ -72,6 +80,7 @@ public struct CostModel: Sendable {
 
     public init(figures: ProbeFigures, kernelEfficiency: Double = defaultKernelEfficiency) {
         computeRate = (figures.sgemmGflops.min() ?? 1) * 1e9 * kernelEfficiency
+        bf16ComputeRate = figures.bf16Gflops.flatMap { $0.min() }.map { $0 * 1e9 * kernelEfficiency }
         let p2p = figures.pointToPoint.sorted { $0.bytes < $1.bytes }
         latency = (p2p.first?.latencyMicroseconds ?? 0) * 1e-6
         let pointToPointBandwidth = p2p.last.map { $0.bandwidthMBps * 1e6 } ?? .infinity
@@ -81,8 +90,11 @@ public struct CostModel: Sendable {
         allToAllBandwidth = a2a.last.map { $0.bandwidthMBps > 0 ? $0.bandwidthMBps * 1e6 : pointToPointBandwidth } ?? pointToPointBandwidth
     }
 
-    public init(computeRate: Double, latency: Double, bandwidth: Double, allToAllLatency: Double, allToAllBandwidth: Double) {
+    public init(
+        computeRate: Double, bf16ComputeRate: Double? = nil, latency: Double, bandwidth: Double, allToAllLatency: Double, allToAllBandwidth: Double
+    ) {
         self.computeRate = computeRate
+        self.bf16ComputeRate = bf16ComputeRate
         self.latency = latency
         self.bandwidth = bandwidth
         self.allToAllLatency = allToAllLatency
@@ -100,6 +112,7 @@ public struct CostModel: Sendable {
     /// Each strategy's descriptor calls it with its own shape (`StrategyRegistry.predictions`).
     public func predict(_ problem: AttentionProblem, headGroup: Int, zigzag: Bool, name: String) -> Prediction {
         let positions = problem.ranks / headGroup, d = Double(problem.headDim)
+        let computeRate = problem.bf16 ? (bf16ComputeRate ?? computeRate) : computeRate, elementBytes = Double(problem.elementBytes)
         // The layout the run would use: zigzag or contiguous chunks, or for packed documents the
         // balanced layout the ring strategies pick (whole documents, head-tail or mixed).
         let partition = TokenPartition.balanced(
@@ -129,7 +142,7 @@ public struct CostModel: Sendable {
             for position in 0 ..< positions {
                 let source = (position - step + positions) % positions
                 let seconds = 4 * d * heads * pairs[step][position] / computeRate
-                let transfer = step < steps - 1 ? pointToPoint(bytes: 2 * Double(rows[source]) * kvHeads * d * 4) : 0
+                let transfer = step < steps - 1 ? pointToPoint(bytes: 2 * Double(rows[source]) * kvHeads * d * elementBytes) : 0
                 slowest = max(slowest, max(seconds, transfer))
                 slowestCompute = max(slowestCompute, seconds)
             }
@@ -138,7 +151,9 @@ public struct CostModel: Sendable {
         }
         if headGroup > 1 {  // scatter Q, K, V; gather O, LSE: each member's rows of the others' heads
             let memberRows = Double(rows.max() ?? 0) / Double(headGroup)
-            let exchanges = [heads * d, kvHeads * d, kvHeads * d, heads * d, heads].map { memberRows * $0 * 4 }
+            let exchanges = zip([heads * d, kvHeads * d, kvHeads * d, heads * d, heads], [elementBytes, elementBytes, elementBytes, 4, 4]).map {
+                memberRows * $0 * $1
+            }
             total += exchanges.reduce(0) { $0 + allToAll(bytesPerPeer: $1, members: headGroup) }
         }
         return Prediction(strategy: name, variant: nil, seconds: total, computeSeconds: compute, communicationSeconds: total - compute)

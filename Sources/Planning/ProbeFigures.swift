@@ -1,5 +1,5 @@
 // What `seqpar probe` measures and the cost model reads: point-to-point one-way time over message
-// sizes, all-to-all time over sizes, and each rank's sgemm GFLOP/s. Kept as plain Codable data
+// sizes, all-to-all time over sizes, and each rank's sgemm (and bf16) GFLOP/s. Kept as plain Codable data
 // so a probe taken once (`--out probe.json`) can feed later predictions (`--probe probe.json`).
 
 import Foundation
@@ -47,12 +47,19 @@ public struct ProbeFigures: Codable, Equatable, Sendable {
     public var allToAll: [AllToAll]
     /// Each rank's sgemm GFLOP/s, measured with every rank busy at once.
     public var sgemmGflops: [Double]
+    /// Each rank's rate for bf16 products the same way: oneDNN's bf16 GEMM where the CPU has bf16
+    /// units, else its sgemm (bf16 is widened there). Absent in probes saved before it was recorded.
+    public var bf16Gflops: [Double]?
     /// Where it was taken: hosts, MPI options; free text.
     public var note: String
     /// The host of each rank (absent in probes saved before it was recorded).
     public var hosts: [String]?
 
-    public init(ranks: Int, pointToPoint: [PointToPoint], allToAll: [AllToAll], sgemmGflops: [Double], note: String = "", hosts: [String]? = nil) {
+    public init(
+        ranks: Int, pointToPoint: [PointToPoint], allToAll: [AllToAll], sgemmGflops: [Double], bf16Gflops: [Double]? = nil, note: String = "",
+        hosts: [String]? = nil
+    ) {
+        self.bf16Gflops = bf16Gflops
         self.hosts = hosts
         self.ranks = ranks
         self.pointToPoint = pointToPoint
@@ -62,7 +69,7 @@ public struct ProbeFigures: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case ranks, pointToPoint = "point_to_point", allToAll = "alltoall", sgemmGflops = "sgemm_gflops", note, hosts
+        case ranks, pointToPoint = "point_to_point", allToAll = "alltoall", sgemmGflops = "sgemm_gflops", bf16Gflops = "bf16_gflops", note, hosts
     }
 
     public func encoded() throws -> Data {
@@ -84,6 +91,9 @@ public struct ProbeFigures: Codable, Equatable, Sendable {
             lines.append(String(format: "%11d %12.1f %11.1f", a.bytesPerPeer, a.microseconds, a.bandwidthMBps))
         }
         lines.append("sgemm GFLOP/s per rank, all ranks at once: " + sgemmGflops.map { String(format: "%.1f", $0) }.joined(separator: ", "))
+        if let bf16Gflops {
+            lines.append("bf16 GEMM GFLOP/s per rank (sgemm's where bf16 is widened): " + bf16Gflops.map { String(format: "%.1f", $0) }.joined(separator: ", "))
+        }
         return lines.joined(separator: "\n")
     }
 }

@@ -27,6 +27,8 @@ extension EndToEnd {
             #expect(a2a.allSatisfy { positive(number($0["time_us"])) && positive(number($0["bandwidth_mb_s"])) })
             let sgemm = perRank(json, "sgemm_gflops")
             #expect(sgemm.count == 2 && sgemm.allSatisfy { positive($0) })
+            let bf16 = perRank(json, "bf16_gflops")
+            #expect(bf16.count == 2 && bf16.allSatisfy { positive($0) }, "bf16_gflops: \(bf16)")
             #expect(array(written, "point_to_point")?.count == p2p.count)
         }
     }

@@ -15,7 +15,7 @@ struct CostModelTests {
         ranks: 4,
         pointToPoint: [.init(bytes: 8, latencyMicroseconds: 1, bandwidthMBps: 8), .init(bytes: 1 << 24, latencyMicroseconds: 8000, bandwidthMBps: 2097)],
         allToAll: [.init(bytesPerPeer: 8, microseconds: 3, bandwidthMBps: 8), .init(bytesPerPeer: 1 << 21, microseconds: 3000, bandwidthMBps: 2097)],
-        sgemmGflops: [90, 95, 92, 94])
+        sgemmGflops: [90, 95, 92, 94], bf16Gflops: [180, 190, 95, 188])
 
     @Test("every prediction is positive and finite; mesh shapes divide the ranks", arguments: [1, 2, 3, 4, 8], [false, true])
     func sane(ranks: Int, causal: Bool) {
@@ -112,11 +112,37 @@ struct CostModelTests {
         #expect(zigzag.computeSeconds < 0.2 * causal.computeSeconds, "\(zigzag.computeSeconds) against \(causal.computeSeconds)")
     }
 
+    /// A bf16 job: the bf16 rate (the slowest rank's: one of them widens bf16), and Q/K/V bytes
+    /// halved; heads' O and LSE stay float32.
+    @Test("bf16 jobs: compute at the probe's bf16 rate, Q/K/V traffic at 2 bytes; a probe without bf16 figures keeps sgemm's")
+    func bf16() {
+        #expect(CostModel(figures: Self.figures).bf16ComputeRate == 95e9 * CostModel.defaultKernelEfficiency)
+        var old = Self.figures
+        old.bf16Gflops = nil
+        #expect(CostModel(figures: old).bf16ComputeRate == nil)
+        let compute = CostModel(computeRate: 1e10, bf16ComputeRate: 2e10, latency: 0, bandwidth: .infinity, allToAllLatency: 0, allToAllBandwidth: .infinity)
+        var problem = AttentionProblem(tokens: 4096, heads: 4, kvHeads: 4, headDim: 64, causal: false, ranks: 1)
+        let f32 = StrategyRegistry.predictions(compute, problem)[0].seconds
+        (problem.bf16, problem.elementBytes) = (true, 2)
+        #expect(abs(StrategyRegistry.predictions(compute, problem)[0].seconds - f32 / 2) < 1e-12)
+        #expect(
+            StrategyRegistry.predictions(CostModel(computeRate: 1e10, latency: 0, bandwidth: .infinity, allToAllLatency: 0, allToAllBandwidth: .infinity), problem)[0].seconds
+                == f32)
+        // Communication alone: compute free, 1 GB/s links.
+        let wire = CostModel(computeRate: 1e30, bf16ComputeRate: 1e30, latency: 0, bandwidth: 1e9, allToAllLatency: 0, allToAllBandwidth: 1e9)
+        let wide = AttentionProblem(tokens: 8192, heads: 8, kvHeads: 8, headDim: 128, causal: false, ranks: 4)
+        var narrow = wide
+        (narrow.bf16, narrow.elementBytes) = (true, 2)
+        let time = { (p: AttentionProblem, name: String) in StrategyRegistry.predictions(wire, p).first { $0.strategy == name }!.communicationSeconds }
+        #expect(abs(time(narrow, "ring") - time(wide, "ring") / 2) <= 1e-9 * time(wide, "ring"))
+        #expect(time(narrow, "heads") > time(wide, "heads") / 2 && time(narrow, "heads") < time(wide, "heads"))
+    }
+
     @Test("probe figures survive JSON")
     func json() throws {
         let data = try Self.figures.encoded()
         let text = String(decoding: data, as: UTF8.self)
-        #expect(text.contains("\"latency_us\"") && text.contains("\"bytes_per_peer\"") && text.contains("\"sgemm_gflops\""))
+        #expect(text.contains("\"latency_us\"") && text.contains("\"bytes_per_peer\"") && text.contains("\"sgemm_gflops\"") && text.contains("\"bf16_gflops\""))
         #expect(try JSONDecoder().decode(ProbeFigures.self, from: data) == Self.figures)
         #expect(Self.figures.table().contains("16777216"))
     }
