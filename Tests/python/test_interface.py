@@ -193,21 +193,22 @@ def test_sixteen_bit():
     check(o.dtype == torch.bfloat16 and np.array_equal(o.view(torch.int16).numpy().view(np.uint16), on.view(np.uint16)), "torch bf16 differs from NumPy bf16")
 
 
-def test_bf16_against_torch():
-    """seqpar's bf16 (bf16 in and out) is as accurate as PyTorch's bf16 SDPA on the same rounded
-    inputs, against float64 of them (relative RMS error over every rank's rows): O within 2%,
-    and dQ, dK, dV from the same bf16 dO no less accurate."""
+def against_torch(type_name):
+    """seqpar in bf16 or f16 (in and out) is as accurate as PyTorch's SDPA in the same type on the
+    same rounded inputs, against float64 of them (relative RMS error over every rank's rows): O
+    within 2%, and dQ, dK, dV from the same rounded dO no less accurate."""
+    numpy_type, torch_type = {"bfloat16": (ml_dtypes.bfloat16, torch.bfloat16), "float16": (np.float16, torch.float16)}[type_name]
     tokens, heads, kv, dim = 301, 4, 2, 64
-    q, k, v, do = (x.astype(ml_dtypes.bfloat16).astype(np.float32) for x in inputs(tokens, heads, kv, dim, seed=23))
+    q, k, v, do = (x.astype(numpy_type).astype(np.float32) for x in inputs(tokens, heads, kv, dim, seed=23))
     ro, _, rdq, rdk, rdv = reference(q, k, v, do, visible(tokens, True))
-    plan = seqpar.Plan(comm, tokens=tokens, heads=heads, kv_heads=kv, head_dim=dim, causal=True, strategy="zigzag", dtype="bfloat16")
+    plan = seqpar.Plan(comm, tokens=tokens, heads=heads, kv_heads=kv, head_dim=dim, causal=True, strategy="zigzag", dtype=type_name)
     rows = plan.local_positions
-    b = lambda x: x[rows].astype(ml_dtypes.bfloat16)
+    b = lambda x: x[rows].astype(numpy_type)
     o, lse = plan.forward(b(q), b(k), b(v))
     dq, dk, dv = plan.backward(b(q), b(k), b(v), o, lse, b(do))
     plan.close()
     # PyTorch on the whole sequence, [1, heads, tokens, d], kv heads repeated for GQA.
-    t = lambda x, h: torch.from_numpy(x).to(torch.bfloat16).reshape(tokens, h, dim).transpose(0, 1).unsqueeze(0).requires_grad_()
+    t = lambda x, h: torch.from_numpy(x).to(torch_type).reshape(tokens, h, dim).transpose(0, 1).unsqueeze(0).requires_grad_()
     tq, tk, tv = t(q, heads), t(k, kv), t(v, kv)
     to = torch.nn.functional.scaled_dot_product_attention(
         tq, tk.repeat_interleave(heads // kv, dim=1), tv.repeat_interleave(heads // kv, dim=1), is_causal=True)
@@ -223,13 +224,22 @@ def test_bf16_against_torch():
                                     ("dK", dk.astype(np.float32), back(tk.grad), rdk), ("dV", dv.astype(np.float32), back(tv.grad), rdv)):
         (ours, ours_max), (torchs, torchs_max) = errors(mine, ref), errors(theirs, ref)
         if rank == 0:
-            print("bf16 %s against float64, relative RMS (max abs): seqpar %.3e (%.3e), PyTorch SDPA %.3e (%.3e); %s"
-                  % (name, ours, ours_max, torchs, torchs_max, seqpar.bf16_path()), flush=True)
+            print("%s %s against float64, relative RMS (max abs): seqpar %.3e (%.3e), PyTorch SDPA %.3e (%.3e); bf16: %s"
+                  % (type_name, name, ours, ours_max, torchs, torchs_max, seqpar.bf16_path()), flush=True)
         found.append((name, ours, torchs))
     for name, ours, torchs in found:
-        # O's error is mostly the output's own bf16 rounding, which both share: 2% is allowed there
-        # (measured: 0.99 of PyTorch's at one rank, 1.007 at two); the gradients must not exceed it.
-        check(ours <= (1.02 if name == "O" else 1.0) * torchs, "seqpar's bf16 %s relative RMS error %.3e exceeds PyTorch's %.3e" % (name, ours, torchs))
+        # O's error is mostly the output's own rounding, which both share: 2% is allowed there (bf16
+        # measured: 0.99 of PyTorch's at one rank, 1.007 at two); the gradients must not exceed it.
+        check(ours <= (1.02 if name == "O" else 1.0) * torchs,
+              "seqpar's %s %s relative RMS error %.3e exceeds PyTorch's %.3e" % (type_name, name, ours, torchs))
+
+
+def test_bf16_against_torch():
+    against_torch("bfloat16")
+
+
+def test_f16_against_torch():
+    against_torch("float16")
 
 
 def test_strided_rows():
@@ -305,7 +315,7 @@ def test_refusals():
     expect_error(lambda: plan.forward(*good), "closed")
 
 
-tests = [test_strategies, test_sixteen_bit, test_bf16_against_torch, test_strided_rows, test_autograd, test_refusals]
+tests = [test_strategies, test_sixteen_bit, test_bf16_against_torch, test_f16_against_torch, test_strided_rows, test_autograd, test_refusals]
 failed = []
 for test in tests:
     try:
