@@ -44,6 +44,28 @@ public enum KernelProducts: Equatable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { self == .bf16 ? "bf16 (oneDNN)" : "float32 (OpenBLAS)" }
+
+    /// bf16 products run on key widths rounded up to this many keys where the block has them,
+    /// so that oneDNN makes few product shapes.
+    static let bf16KeyQuantum = 32
+
+    /// The keys a partial block's products run on, for the keys some row of the tile sees
+    /// (`span`, inside `block`): the span itself for float32; for bf16 widened inside the block to
+    /// a multiple of `bf16KeyQuantum` where it has the keys. The extra keys are hidden from every
+    /// row of the tile, so the mask's clipping zeroes them.
+    func productKeys(_ span: Range<Int>, within block: Range<Int>) -> Range<Int> {
+        guard self == .bf16 else { return span }
+        let wanted = (span.count + Self.bf16KeyQuantum - 1) / Self.bf16KeyQuantum * Self.bf16KeyQuantum
+        let upper = min(block.upperBound, span.lowerBound + wanted)
+        return max(block.lowerBound, upper - wanted) ..< upper
+    }
+}
+
+/// K and V of one call as the kernels multiply them: [kv heads, segment rows, headDim] each, in
+/// the products' type.
+enum PackedOperands {
+    case float32(keys: UnsafePointer<Float>, values: UnsafePointer<Float>)
+    case bf16(keys: UnsafePointer<UInt16>, values: UnsafePointer<UInt16>)
 }
 
 /// K and V of one call, one contiguous [keys, headDim] run per kv head (kv head g at
@@ -55,68 +77,58 @@ final class PackedKeyValues {
     private var keyBits = OwnedBuffer<UInt16>(uninitializedCount: 0)
     private var valueBits = OwnedBuffer<UInt16>(uninitializedCount: 0)
 
-    /// The segment's rows packed per kv head as bf16 bits: bf16 rows of one kv head are read in
-    /// place, float32 rows (holding bf16 values, so exactly) narrowed.
-    func packBF16(
-        _ source: KeyValueRows, segment: ShardSegment, kvHeads: Int, headDim d: Int
-    ) -> (keys: UnsafePointer<UInt16>, values: UnsafePointer<UInt16>) {
-        let rows = segment.positions.count
-        let first = segment.localRow * kvHeads * d
+    /// The segment's rows of a K/V shard packed per kv head in the products' type. Rows of one kv
+    /// head already in that type are returned where they lie; float32 products widen 16-bit rows,
+    /// bf16 products narrow float32 rows (holding bf16 values, so exactly) and copy bf16 bits.
+    func pack(_ source: KeyValueRows, segment: ShardSegment, kvHeads: Int, headDim d: Int, products: KernelProducts) -> PackedOperands {
         let type = source.elementType
-        precondition(type != .f16, "bf16 products take bf16 or float32 rows")
-        if kvHeads == 1 && type == .bf16 {
-            return (source.keys.assumingMemoryBound(to: UInt16.self) + first, source.values.assumingMemoryBound(to: UInt16.self) + first)
-        }
-        let count = rows * kvHeads * d
-        if keyBits.count < count {
-            keyBits = OwnedBuffer(uninitializedCount: count)
-            valueBits = OwnedBuffer(uninitializedCount: count)
-        }
-        let size = type.byteSize
-        for (from, to) in [(source.keys + first * size, keyBits.baseAddress), (source.values + first * size, valueBits.baseAddress)] {
-            for g in 0 ..< kvHeads {
-                for row in 0 ..< rows {
-                    let at = from + ((row * kvHeads + g) * d) * size
-                    let into = to + (g * rows + row) * d
-                    if type == .bf16 {
-                        into.update(from: at.assumingMemoryBound(to: UInt16.self), count: d)
-                    } else {
-                        narrowToBF16(at.assumingMemoryBound(to: Float.self), into: into, count: d)
-                    }
+        switch products {
+        case .float32:
+            let (k, v) = pack(source, segment: segment, kvHeads: kvHeads, headDim: d, inPlace: type == .f32, into: &keys, &values) {
+                type.widen($0, into: $1, count: $2)
+            }
+            return .float32(keys: k, values: v)
+        case .bf16:
+            precondition(type != .f16, "bf16 products take bf16 or float32 rows")
+            let (k, v) = pack(source, segment: segment, kvHeads: kvHeads, headDim: d, inPlace: type == .bf16, into: &keyBits, &valueBits) {
+                if type == .bf16 {
+                    $1.update(from: $0.assumingMemoryBound(to: UInt16.self), count: $2)
+                } else {
+                    narrowToBF16($0.assumingMemoryBound(to: Float.self), into: $1, count: $2)
                 }
             }
+            return .bf16(keys: k, values: v)
         }
-        return (UnsafePointer(keyBits.baseAddress), UnsafePointer(valueBits.baseAddress))
     }
 
-    /// The segment's rows of a K/V shard packed per kv head and widened to float32; float32 rows
-    /// of one kv head already are, and the shard's own rows are returned.
-    func pack(
-        _ source: KeyValueRows, segment: ShardSegment, kvHeads: Int, headDim d: Int
-    ) -> (keys: UnsafePointer<Float>, values: UnsafePointer<Float>) {
+    /// The packing itself: one kv head's rows read in place when `inPlace`, else converted (one
+    /// run for one kv head, row by row into each kv head's run otherwise) into `keys`, `values`.
+    private func pack<Element>(
+        _ source: KeyValueRows, segment: ShardSegment, kvHeads: Int, headDim d: Int, inPlace: Bool,
+        into keys: inout OwnedBuffer<Element>, _ values: inout OwnedBuffer<Element>,
+        convert: (_ from: UnsafeRawPointer, _ to: UnsafeMutablePointer<Element>, _ count: Int) -> Void
+    ) -> (UnsafePointer<Element>, UnsafePointer<Element>) {
         let rows = segment.positions.count
         let first = segment.localRow * kvHeads * d
-        let type = source.elementType
-        if kvHeads == 1 && type == .f32 {
-            return (source.keys.assumingMemoryBound(to: Float.self) + first, source.values.assumingMemoryBound(to: Float.self) + first)
+        if kvHeads == 1 && inPlace {
+            return (source.keys.assumingMemoryBound(to: Element.self) + first, source.values.assumingMemoryBound(to: Element.self) + first)
         }
         let count = rows * kvHeads * d
         if keys.count < count {  // the old buffers go with the last reference to them
             keys = OwnedBuffer(uninitializedCount: count)
             values = OwnedBuffer(uninitializedCount: count)
         }
-        let (packedKeys, packedValues) = (keys.baseAddress, values.baseAddress)
-        let size = type.byteSize
-        for (from, to) in [(source.keys + first * size, packedKeys), (source.values + first * size, packedValues)] {
-            if kvHeads == 1 {  // 16-bit rows of one kv head: widened in one run
-                type.widen(from, into: to, count: count)
+        let size = source.elementType.byteSize
+        for (from, to) in [(source.keys + first * size, keys.baseAddress), (source.values + first * size, values.baseAddress)] {
+            if kvHeads == 1 {
+                convert(from, to, count)
                 continue
             }
             for g in 0 ..< kvHeads {
-                for row in 0 ..< rows { type.widen(from + ((row * kvHeads + g) * d) * size, into: to + (g * rows + row) * d, count: d) }
+                for row in 0 ..< rows { convert(from + ((row * kvHeads + g) * d) * size, to + (g * rows + row) * d, d) }
             }
         }
-        return (UnsafePointer(packedKeys), UnsafePointer(packedValues))
+        return (UnsafePointer(keys.baseAddress), UnsafePointer(values.baseAddress))
     }
 }
 

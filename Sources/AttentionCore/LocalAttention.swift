@@ -211,14 +211,7 @@ public final class LocalAttention {
         }
         guard items > 0 else { return }
         accumulator.maxUnit = baseTwo.unit
-        let operands: TileOperands
-        if products == .bf16 {
-            let (k, v) = packed.packBF16(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
-            operands = .bf16(keys: k, values: v)
-        } else {
-            let (k, v) = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
-            operands = .float32(keys: k, values: v)
-        }
+        let operands = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim, products: products)
         let work = { (thread: Int, item: Int) in
             // Item -> (segment, head, tile): the last segment whose first item is at most `item`.
             var (lo, hi) = (0, seeing.count - 1)
@@ -239,22 +232,12 @@ public final class LocalAttention {
         runInterleaved(items: items, threads: threads, progress: progress, work)
     }
 
-    /// K and V of one call, packed: [kv heads, segment rows, headDim], in the products' type.
-    private enum TileOperands {
-        case float32(keys: UnsafePointer<Float>, values: UnsafePointer<Float>)
-        case bf16(keys: UnsafePointer<UInt16>, values: UnsafePointer<UInt16>)
-    }
-
-    /// bf16 products run on key widths rounded up to this many keys where the block has them
-    /// (the extra keys are hidden and clipped), so that oneDNN makes few product shapes.
-    static let bf16KeyQuantum = 32
-
     /// One head (local to the slice), one query tile (rows relative to the segment), every key
     /// block of the segment.
     @inline(__always)
     private func foldTile(
         head: Int, queries: UnsafePointer<Float>, querySegment: ShardSegment, tileRows: Range<Int>,
-        operands: TileOperands, keySegment: ShardSegment,
+        operands: PackedOperands, keySegment: ShardSegment,
         accumulator: AttentionAccumulator, scratch: UnsafeMutableBufferPointer<Float>, thread: Int
     ) {
         let d = shape.headDim
@@ -306,13 +289,8 @@ public final class LocalAttention {
             let relation = mask.relation(queries: queryPositions, keys: keyPositions, head: globalHead)
             if relation == .hidden { continue }
             if relation == .partial {  // diagonal blocks: skip the keys no row of the tile sees
-                keyPositions = mask.visibleSpan(queries: queryPositions, keys: keyPositions, head: globalHead)
-                if products == .bf16 {  // widened inside the block, over keys no row sees
-                    let quantum = Self.bf16KeyQuantum
-                    let wanted = (keyPositions.count + quantum - 1) / quantum * quantum
-                    let upper = min(blockFirst + blockLength, keyPositions.lowerBound + wanted)
-                    keyPositions = max(blockFirst, upper - wanted) ..< upper
-                }
+                keyPositions = products.productKeys(
+                    mask.visibleSpan(queries: queryPositions, keys: keyPositions, head: globalHead), within: keyPositions)
             }
             let tk = keyPositions.count
             flopCounts[thread] += Double(4 * tq * tk * d)

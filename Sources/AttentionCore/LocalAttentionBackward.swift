@@ -161,12 +161,6 @@ public final class LocalAttentionBackward {
         flopCounts = OwnedBuffer(repeating: 0, count: self.threads)
     }
 
-    /// K and V of one call, packed per kv head, in the products' type.
-    private enum Operands {
-        case float32(keys: UnsafePointer<Float>, values: UnsafePointer<Float>)
-        case bf16(keys: UnsafePointer<UInt16>, values: UnsafePointer<UInt16>)
-    }
-
     /// Adds the gradients from the keys of `keySegment` and the query rows of `querySegment`:
     /// dQ of those rows into `gradients`, dK and dV of the segment's rows into `keyGrad` and
     /// `valueGrad`.
@@ -203,14 +197,7 @@ public final class LocalAttentionBackward {
         {
             return
         }
-        let operands: Operands
-        if products == .bf16 {
-            let (k, v) = packed.packBF16(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
-            operands = .bf16(keys: k, values: v)
-        } else {
-            let (k, v) = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim)
-            operands = .float32(keys: k, values: v)
-        }
+        let operands = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim, products: products)
         // Key blocks, cut at the mask's alignment as the forward cuts them.
         var blocks: [Range<Int>] = []
         var start = keySegment.positions.lowerBound
@@ -246,7 +233,7 @@ public final class LocalAttentionBackward {
     /// reads the kv head and every query tile of the segment.
     private func foldBlock(
         kvHead: Int, block: Range<Int>, queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
-        querySegment: ShardSegment, operands: Operands,
+        querySegment: ShardSegment, operands: PackedOperands,
         keySegment: ShardSegment, gradients: GradientAccumulator, dq: UnsafeMutablePointer<Float>,
         keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, thread: Int
     ) {
@@ -279,13 +266,8 @@ public final class LocalAttentionBackward {
                 let queryPositions = querySegment.positions.lowerBound + first ..< querySegment.positions.lowerBound + first + tq
                 let relation = mask.relation(queries: queryPositions, keys: block, head: globalHead)
                 if relation == .hidden { continue }
-                var keyPositions = relation == .partial ? mask.visibleSpan(queries: queryPositions, keys: block, head: globalHead) : block
-                if relation == .partial && products == .bf16 {  // widened inside the block, over keys no row sees (as the forward)
-                    let quantum = LocalAttention.bf16KeyQuantum
-                    let wanted = (keyPositions.count + quantum - 1) / quantum * quantum
-                    let upper = min(block.upperBound, keyPositions.lowerBound + wanted)
-                    keyPositions = max(block.lowerBound, upper - wanted) ..< upper
-                }
+                let keyPositions =
+                    relation == .partial ? products.productKeys(mask.visibleSpan(queries: queryPositions, keys: block, head: globalHead), within: block) : block
                 let tk = keyPositions.count
                 let offset = keyPositions.lowerBound - block.lowerBound
                 let kv = headOffset + offset * d
@@ -306,10 +288,9 @@ public final class LocalAttentionBackward {
                 }
                 let state = head * gradients.rows + row
                 let lse = gradients.lse.baseAddress! + state, delta = gradients.delta.baseAddress! + state
-                guard case .bf16(let keys, let values) = operands, let pBits, let dsBits, let dsLowBits, let qBits, let doBits else {
-                    guard case .float32(let keys, let values) = operands else { preconditionFailure("float32 products on bf16 operands") }
+                switch operands {
+                case .float32(let keys, let values):
                     let k = keys + kv, v = values + kv
-
                     // P = exp(scale·Q·Kᵀ − lse), exact: the forward's lse is the row's whole normaliser.
                     cblas_sgemm(
                         CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
@@ -332,32 +313,31 @@ public final class LocalAttentionBackward {
                     cblas_sgemm(
                         CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(d), Int32(tq),
                         shape.scale, ds, Int32(tk), qTile, Int32(d), 1, dkBlock + offset * d, Int32(d))
-                    continue
-                }
-                // The same five products in bf16, accumulating in float32.
-                let k = keys + kv, v = values + kv, gemm = gemms[thread]
-                gemm.multiply(m: tq, n: tk, k: d, alpha: shape.scale, a: qBits, lda: d, b: k, ldb: d, transposedB: true, accumulate: false, c: p, ldc: tk)
-                if relation == .partial { mask.clipRows(p, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead) }
-                for r in 0 ..< tq {
-                    probabilities(p + r * tk, count: tk, lse: lse[r])
-                    narrowToBF16(p + r * tk, into: pBits + r * tk, count: tk)
-                }
-                gemm.multiply(
-                    m: tk, n: d, k: tq, a: pBits, lda: tk, transposedA: true, b: doBits, ldb: d, transposedB: false, accumulate: true,
-                    c: dvBlock + offset * d, ldc: d)
-                gemm.multiply(m: tq, n: tk, k: d, a: doBits, lda: d, b: v, ldb: d, transposedB: true, accumulate: false, c: ds, ldc: tk)
-                for r in 0 ..< tq {
-                    scoreGradient(ds + r * tk, probabilities: p + r * tk, count: tk, delta: delta[r])
-                }
-                splitToBF16(ds, high: dsBits, low: dsLowBits, count: tq * tk)
-                for part in [dsBits, dsLowBits] {
+                case .bf16(let keys, let values):
+                    // The same five products in bf16, accumulating in float32 (dS·K twice).
+                    let k = keys + kv, v = values + kv, gemm = gemms[thread]
+                    let (pBits, dsBits, dsLowBits, qBits, doBits) = (pBits!, dsBits!, dsLowBits!, qBits!, doBits!)
+                    gemm.multiply(m: tq, n: tk, k: d, alpha: shape.scale, a: qBits, lda: d, b: k, ldb: d, transposedB: true, accumulate: false, c: p, ldc: tk)
+                    if relation == .partial { mask.clipRows(p, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead) }
+                    for r in 0 ..< tq {
+                        probabilities(p + r * tk, count: tk, lse: lse[r])
+                        narrowToBF16(p + r * tk, into: pBits + r * tk, count: tk)
+                    }
                     gemm.multiply(
-                        m: tq, n: d, k: tk, alpha: shape.scale, a: part, lda: tk, b: k, ldb: d, transposedB: false, accumulate: true, c: dq + state * d,
-                        ldc: d)
+                        m: tk, n: d, k: tq, a: pBits, lda: tk, transposedA: true, b: doBits, ldb: d, transposedB: false, accumulate: true,
+                        c: dvBlock + offset * d, ldc: d)
+                    gemm.multiply(m: tq, n: tk, k: d, a: doBits, lda: d, b: v, ldb: d, transposedB: true, accumulate: false, c: ds, ldc: tk)
+                    for r in 0 ..< tq { scoreGradient(ds + r * tk, probabilities: p + r * tk, count: tk, delta: delta[r]) }
+                    splitToBF16(ds, high: dsBits, low: dsLowBits, count: tq * tk)
+                    for part in [dsBits, dsLowBits] {
+                        gemm.multiply(
+                            m: tq, n: d, k: tk, alpha: shape.scale, a: part, lda: tk, b: k, ldb: d, transposedB: false, accumulate: true,
+                            c: dq + state * d, ldc: d)
+                    }
+                    gemm.multiply(
+                        m: tk, n: d, k: tq, alpha: shape.scale, a: dsBits, lda: tk, transposedA: true, b: qBits, ldb: d, transposedB: false,
+                        accumulate: true, c: dkBlock + offset * d, ldc: d)
                 }
-                gemm.multiply(
-                    m: tk, n: d, k: tq, alpha: shape.scale, a: dsBits, lda: tk, transposedA: true, b: qBits, ldb: d, transposedB: false, accumulate: true,
-                    c: dkBlock + offset * d, ldc: d)
             }
         }
         guard touched else { return }

@@ -2,9 +2,11 @@
 // per-kv-head copy, which is exact, so the forward and backward on 16-bit rows give the same bits
 // as on the float32 rows holding the same (rounded) values: MHA, GQA and MQA (one kv head, where
 // float32 rows are read in place and 16-bit ones must be copied), causal and not, a segment that
-// starts past row 0.
+// starts past row 0. With bf16 products (where the CPU has bf16 units) likewise: float32 rows are
+// narrowed and bf16 rows copied into the same operands.
 
 import AttentionCore
+import BlasRuntime
 import FileFormats
 import Testing
 
@@ -35,13 +37,27 @@ struct SixteenBitRowsTests {
     }
 
     @Test("forward: the same bits as float32 rows of the same values", arguments: cases)
-    func forward(_ c: Case) throws {
+    func forward(_ c: Case) throws { try Self.checkForward(c, products: .float32) }
+
+    @Test("backward: the same dQ, dK and dV bits as float32 rows of the same values", arguments: cases)
+    func backward(_ c: Case) throws { try Self.checkBackward(c, products: .float32) }
+
+    /// bf16 products narrow float32 rows and copy bf16 bits: the same operands, so the same bits.
+    @Test(
+        "bf16 products: forward and backward give the same bits on bf16 rows as on float32 rows", .enabled(if: BF16Gemm.path.usesBF16Units),
+        arguments: cases.filter { $0.type == .bf16 })
+    func bf16Products(_ c: Case) throws {
+        try Self.checkForward(c, products: .bf16)
+        try Self.checkBackward(c, products: .bf16)
+    }
+
+    static func checkForward(_ c: Case, products: KernelProducts) throws {
         let (problem, keys, values) = try Self.problem(c)
         let tiling = KernelTiling(queryTile: 32, keyBlock: 64)
         // Keys 0..<197 in two segments (the second starting at row 90), as a ring folds them.
         let segments = [ShardSegment(positions: 0 ..< 90, localRow: 0), ShardSegment(positions: 90 ..< 197, localRow: 90)]
         func run(_ sixteen: Bool) -> PartialResult {
-            let kernel = LocalAttention(shape: problem.shape, mask: c.mask, tiling: tiling)
+            let kernel = LocalAttention(shape: problem.shape, mask: c.mask, tiling: tiling, products: products)
             let accumulator = AttentionAccumulator(rows: 197, heads: 4, headDim: 48)
             problem.q.values.withUnsafeBufferPointer { q in
                 problem.k.values.withUnsafeBufferPointer { k in
@@ -65,19 +81,18 @@ struct SixteenBitRowsTests {
             return accumulator.result()
         }
         let wide = run(false), narrow = run(true)
-        #expect(bits(narrow) == bits(wide))
+        #expect(bits(narrow) == bits(wide), "\(c.testDescription), \(products) products")
         #expect(wide.output.contains { $0 != 0 })
     }
 
-    @Test("backward: the same dQ, dK and dV bits as float32 rows of the same values", arguments: cases)
-    func backward(_ c: Case) throws {
+    static func checkBackward(_ c: Case, products: KernelProducts) throws {
         let (problem, keys, values) = try Self.problem(c)
         let tiling = KernelTiling(queryTile: 32, keyBlock: 64)
-        let forward = LocalAttention(shape: problem.shape, mask: c.mask, tiling: tiling).attention(q: problem.q, k: problem.k, v: problem.v)
+        let forward = LocalAttention(shape: problem.shape, mask: c.mask, tiling: tiling, products: products).attention(q: problem.q, k: problem.k, v: problem.v)
         let dO = SyntheticInput.tensor(.value, seed: 99, heads: 4, headDim: 48, rows: [0 ..< 197])
         let segment = ShardSegment(positions: 0 ..< 197, localRow: 0)
         func run(_ sixteen: Bool) -> (dq: [Float], dk: [Float], dv: [Float]) {
-            let kernel = LocalAttentionBackward(shape: problem.shape, mask: c.mask, tiling: tiling)
+            let kernel = LocalAttentionBackward(shape: problem.shape, mask: c.mask, tiling: tiling, products: products)
             let accumulator = forward.output.withUnsafeBufferPointer { o in
                 dO.values.withUnsafeBufferPointer { g in
                     forward.lse.withUnsafeBufferPointer { l in
@@ -109,9 +124,9 @@ struct SixteenBitRowsTests {
             return (dq, dk, dv)
         }
         let wide = run(false), narrow = run(true)
-        #expect(narrow.dq.map(\.bitPattern) == wide.dq.map(\.bitPattern))
-        #expect(narrow.dk.map(\.bitPattern) == wide.dk.map(\.bitPattern))
-        #expect(narrow.dv.map(\.bitPattern) == wide.dv.map(\.bitPattern))
+        #expect(narrow.dq.map(\.bitPattern) == wide.dq.map(\.bitPattern), "\(c.testDescription), \(products) products")
+        #expect(narrow.dk.map(\.bitPattern) == wide.dk.map(\.bitPattern), "\(c.testDescription), \(products) products")
+        #expect(narrow.dv.map(\.bitPattern) == wide.dv.map(\.bitPattern), "\(c.testDescription), \(products) products")
         #expect(wide.dk.contains { $0 != 0 })
     }
 }
