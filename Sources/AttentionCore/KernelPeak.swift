@@ -17,14 +17,15 @@ extension BlasPeak {
         -> (scores: Double, values: Double, combined: Double)
     {
         let (rows, keys) = (tiling.queryTile, tiling.keyBlock)
+        let scores: Double, values: Double
         if products == .bf16 {
-            let scores = measureBF16(m: rows, n: keys, k: headDim, transposedB: true, accumulate: true, repeats: repeats, threads: threads)
-            let values = measureBF16(m: rows, n: headDim, k: keys, accumulate: true, repeats: repeats, threads: threads)
-            return (scores, values, 2 / (1 / scores + 1 / values))
-        }
-        let scores = measure(m: rows, n: keys, k: headDim, transposedB: true, repeats: repeats, threads: threads)
-        let values = measure(m: rows, n: headDim, k: keys, repeats: repeats, threads: threads) { p, v, acc in
-            valueProduct.multiplyAdd(rows: rows, keys: keys, headDim: headDim, p: p, ldp: keys, v: v, into: acc)
+            scores = measureBF16(m: rows, n: keys, k: headDim, transposedB: true, accumulate: true, repeats: repeats, threads: threads)
+            values = measureBF16(m: rows, n: headDim, k: keys, accumulate: true, repeats: repeats, threads: threads)
+        } else {
+            scores = measure(m: rows, n: keys, k: headDim, transposedB: true, repeats: repeats, threads: threads)
+            values = measure(m: rows, n: headDim, k: keys, repeats: repeats, threads: threads) { p, v, acc in
+                valueProduct.multiplyAdd(rows: rows, keys: keys, headDim: headDim, p: p, ldp: keys, v: v, into: acc)
+            }
         }
         return (scores, values, 2 / (1 / scores + 1 / values))
     }

@@ -77,7 +77,7 @@ public enum Probe {
         let sgemm = try communicator.allgather(ownSgemm)
         try communicator.barrier()
         let bf16 = try communicator.allgather(
-            BF16Gemm.path.usesBF16Units ? BlasPeak.measureBF16(m: 1024, n: 1024, k: 1024, threads: threads) : ownSgemm)
+            BF16Gemm.path.usesBF16Units ? BlasPeak.measureBF16(threads: threads) : ownSgemm)
         let rankHosts = try communicator.allgather(MPIRuntime.processorName())
         return ProbeFigures(
             ranks: size, pointToPoint: pointToPoint, allToAll: allToAll, sgemmGflops: sgemm, bf16Gflops: bf16,

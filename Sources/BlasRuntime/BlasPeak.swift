@@ -36,6 +36,12 @@ public enum BlasPeak {
         measure(m: m, n: n, k: k, repeats: repeats, threads: threads, operand: { $0 }) { _, a, b, c in product(a, b, c) }
     }
 
+    /// Best-of-`repeats` GFLOP/s of square n×n×n bf16 products on `threads` threads at once (the
+    /// bf16 counterpart of `measure(n:)`).
+    public static func measureBF16(n: Int = 1024, repeats: Int = 5, threads: Int = 1) -> Double {
+        measureBF16(m: n, n: n, k: n, repeats: repeats, threads: threads)
+    }
+
     /// Best-of-`repeats` GFLOP/s of bf16 products (oneDNN, float32 accumulation), C = A·B (or
     /// A·Bᵀ with `transposedB`), adding to C when `accumulate`, on `threads` threads at once,
     /// each with its own `BF16Gemm`. Only where `BF16Gemm.path` uses oneDNN.

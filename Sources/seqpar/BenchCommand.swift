@@ -59,19 +59,20 @@ struct BenchCommand: ParsableCommand {
             let valueProduct = ValueProduct.current(headDim: headDim)
             let shapes = BlasPeak.measureKernelShapes(headDim: headDim, tiling: tile, valueProduct: valueProduct, threads: compute.threads)
             let sums = try world.allreduce([shapes.scores, shapes.values], .sum)
-            let sgemmShapePeaks = [sums[0], sums[1], 2 / (1 / sums[0] + 1 / sums[1])]  // equal FLOPs: the harmonic mean
+            let harmonic = { (a: Double, b: Double) in 2 / (1 / a + 1 / b) }  // the two products do equal FLOPs
+            let sgemmShapePeaks = [sums[0], sums[1], harmonic(sums[0], sums[1])]
             // bf16 products: the same peaks for oneDNN's bf16 matmul, and the ratios are to them.
             let products = KernelProducts.for(try problem.source.elementType())
             let bf16Ranks = Int(try world.allreduce(products == .bf16 ? 1.0 : 0.0, .sum))
             var bf16Peaks: (square: Double, shapes: [Double])?
             if bf16Ranks > 0 {
-                let square = products == .bf16 ? BlasPeak.measureBF16(m: 1024, n: 1024, k: 1024, threads: compute.threads) : ownPeak
+                let square = products == .bf16 ? BlasPeak.measureBF16(threads: compute.threads) : ownPeak
                 let bf16 =
                     products == .bf16
                     ? BlasPeak.measureKernelShapes(headDim: headDim, tiling: tile, valueProduct: valueProduct, products: .bf16, threads: compute.threads)
                     : shapes
                 let sums = try world.allreduce([square, bf16.scores, bf16.values], .sum)
-                bf16Peaks = (sums[0], [sums[1], sums[2], 2 / (1 / sums[1] + 1 / sums[2])])
+                bf16Peaks = (sums[0], [sums[1], sums[2], harmonic(sums[1], sums[2])])
             }
             let (peakOfRatios, shapePeaks) = bf16Peaks.map { ($0.square, $0.shapes) } ?? (peak, sgemmShapePeaks)
             let cores = try world.allgather(BlasCore.current)
