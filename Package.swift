@@ -87,7 +87,7 @@ let package = Package(
         .testTarget(name: "BuffersTests", dependencies: ["Buffers"]),
         .testTarget(name: "AttentionCoreTests", dependencies: ["AttentionCore", "BlasRuntime", "FileFormats", "SeqparTestSupport"]),
         .testTarget(name: "ProfilingTests", dependencies: ["Profiling"]),
-        .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "AttentionJobs", "SequenceParallel", "Planning"]),
+        .testTarget(name: "SequenceParallelTests", dependencies: ["AttentionCore", "AttentionJobs", "FileFormats", "SequenceParallel", "Planning"]),
         .testTarget(
             name: "SeqparEndToEndTests", dependencies: ["seqpar", "sharded-attention-example", "AttentionCore", "FileFormats", "AttentionJobs", "Profiling", "SeqparTestSupport"],
             exclude: ["HelpSnapshots"]),

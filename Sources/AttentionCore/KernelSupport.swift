@@ -30,6 +30,13 @@ public struct KeyValueRows {
         self.values = UnsafeRawPointer(values)
         self.elementType = elementType
     }
+
+    /// K rows at `rows`, V rows `valuesOffset` elements after them (one buffer, K then V).
+    public init(_ rows: ElementRows, valuesOffset: Int) {
+        keys = rows.base
+        values = rows.advanced(by: valuesOffset).base
+        elementType = rows.elementType
+    }
 }
 
 /// The element type of a kernel's products: float32 through OpenBLAS, or bf16 operands with
@@ -61,59 +68,77 @@ public enum KernelProducts: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-/// K and V of one call as the kernels multiply them: [kv heads, segment rows, headDim] each, in
-/// the products' type.
-enum PackedOperands {
-    case float32(keys: UnsafePointer<Float>, values: UnsafePointer<Float>)
-    case bf16(keys: UnsafePointer<UInt16>, values: UnsafePointer<UInt16>)
+/// K and V of some kv heads as the kernels multiply them, in the products' type: kv head g's
+/// row r at `offset(kvHead: g, row: r)`, rows `rowStride` elements apart (the products' leading
+/// dimension), each kv head's rows one contiguous run.
+struct PackedOperands {
+    enum Storage {
+        case float32(keys: UnsafePointer<Float>, values: UnsafePointer<Float>)
+        case bf16(keys: UnsafePointer<UInt16>, values: UnsafePointer<UInt16>)
+    }
+
+    let storage: Storage
+    /// The first kv head packed, and the elements from one kv head's run to the next.
+    var firstKvHead = 0, headStride = 0
+    let rowStride: Int
+
+    @inline(__always)
+    func offset(kvHead: Int, row: Int) -> Int { (kvHead - firstKvHead) * headStride + row * rowStride }
 }
 
-/// K and V of one call, one contiguous [keys, headDim] run per kv head (kv head g at
-/// g·keys·headDim), in buffers that grow as needed and are reused across calls: float32 for
-/// float32 products, bf16 bits for bf16 products.
+/// K and V of some kv heads of one call in the products' type: one contiguous [keys, headDim] run
+/// per kv head. Rows of a single kv head already in that type are read where they lie; the others
+/// are copied (one kv head at a time on one thread, so the copy is 1/kvHeads of the block) into
+/// buffers that grow as needed and are reused across calls: float32 rows widened from 16 bits,
+/// bf16 bits narrowed from float32 (holding bf16 values, so exactly) or copied.
 final class PackedKeyValues {
     private var keys = OwnedBuffer<Float>(uninitializedCount: 0)
     private var values = OwnedBuffer<Float>(uninitializedCount: 0)
     private var keyBits = OwnedBuffer<UInt16>(uninitializedCount: 0)
     private var valueBits = OwnedBuffer<UInt16>(uninitializedCount: 0)
 
-    /// The segment's rows of a K/V shard packed per kv head in the products' type. Rows of one kv
-    /// head already in that type are returned where they lie; float32 products widen 16-bit rows,
-    /// bf16 products narrow float32 rows (holding bf16 values, so exactly) and copy bf16 bits.
-    func pack(_ source: KeyValueRows, segment: ShardSegment, kvHeads: Int, headDim d: Int, products: KernelProducts) -> PackedOperands {
+    /// Kv heads `group` (of `kvHeads` in the rows) of the segment's rows.
+    func pack(_ source: KeyValueRows, segment: ShardSegment, kvHeads group: Range<Int>, of kvHeads: Int, headDim d: Int, products: KernelProducts) -> PackedOperands {
+        let headStride = segment.positions.count * d
         let type = source.elementType
+        let first = segment.localRow * kvHeads * d
         switch products {
         case .float32:
-            let (k, v) = pack(source, segment: segment, kvHeads: kvHeads, headDim: d, inPlace: type == .f32, into: &keys, &values) {
+            if type == .f32 && kvHeads == 1 {
+                let (k, v) = (source.keys.assumingMemoryBound(to: Float.self), source.values.assumingMemoryBound(to: Float.self))
+                return PackedOperands(storage: .float32(keys: k + first, values: v + first), rowStride: d)
+            }
+            let (k, v) = pack(source, segment: segment, kvHeads: group, of: kvHeads, headDim: d, into: &keys, &values) {
                 type.widen($0, into: $1, count: $2)
             }
-            return .float32(keys: k, values: v)
+            return PackedOperands(storage: .float32(keys: k, values: v), firstKvHead: group.lowerBound, headStride: headStride, rowStride: d)
         case .bf16:
             precondition(type != .f16, "bf16 products take bf16 or float32 rows")
-            let (k, v) = pack(source, segment: segment, kvHeads: kvHeads, headDim: d, inPlace: type == .bf16, into: &keyBits, &valueBits) {
+            if type == .bf16 && kvHeads == 1 {
+                let (k, v) = (source.keys.assumingMemoryBound(to: UInt16.self), source.values.assumingMemoryBound(to: UInt16.self))
+                return PackedOperands(storage: .bf16(keys: k + first, values: v + first), rowStride: d)
+            }
+            let (k, v) = pack(source, segment: segment, kvHeads: group, of: kvHeads, headDim: d, into: &keyBits, &valueBits) {
                 if type == .bf16 {
                     $1.update(from: $0.assumingMemoryBound(to: UInt16.self), count: $2)
                 } else {
                     narrowToBF16($0.assumingMemoryBound(to: Float.self), into: $1, count: $2)
                 }
             }
-            return .bf16(keys: k, values: v)
+            return PackedOperands(storage: .bf16(keys: k, values: v), firstKvHead: group.lowerBound, headStride: headStride, rowStride: d)
         }
     }
 
-    /// The packing itself: one kv head's rows read in place when `inPlace`, else converted (one
-    /// run for one kv head, row by row into each kv head's run otherwise) into `keys`, `values`.
+    /// The copy: kv heads `group`'s rows of the segment converted (one run for one kv head, row by
+    /// row otherwise) into `keys`, `values`, one run per kv head.
     private func pack<Element>(
-        _ source: KeyValueRows, segment: ShardSegment, kvHeads: Int, headDim d: Int, inPlace: Bool,
+        _ source: KeyValueRows, segment: ShardSegment, kvHeads group: Range<Int>, of kvHeads: Int, headDim d: Int,
         into keys: inout OwnedBuffer<Element>, _ values: inout OwnedBuffer<Element>,
         convert: (_ from: UnsafeRawPointer, _ to: UnsafeMutablePointer<Element>, _ count: Int) -> Void
     ) -> (UnsafePointer<Element>, UnsafePointer<Element>) {
         let rows = segment.positions.count
         let first = segment.localRow * kvHeads * d
-        if kvHeads == 1 && inPlace {
-            return (source.keys.assumingMemoryBound(to: Element.self) + first, source.values.assumingMemoryBound(to: Element.self) + first)
-        }
-        let count = rows * kvHeads * d
+        let count = rows * group.count * d
         if keys.count < count {  // the old buffers go with the last reference to them
             keys = OwnedBuffer(uninitializedCount: count)
             values = OwnedBuffer(uninitializedCount: count)
@@ -124,11 +149,20 @@ final class PackedKeyValues {
                 convert(from, to, count)
                 continue
             }
-            for g in 0 ..< kvHeads {
-                for row in 0 ..< rows { convert(from + ((row * kvHeads + g) * d) * size, to + (g * rows + row) * d, d) }
+            for (i, g) in group.enumerated() {
+                for row in 0 ..< rows { convert(from + ((row * kvHeads + g) * d) * size, to + (i * rows + row) * d, d) }
             }
         }
         return (UnsafePointer(keys.baseAddress), UnsafePointer(values.baseAddress))
+    }
+}
+
+extension HeadSlice {
+    /// The slice's heads (local indices) that read its local kv head `kvHead`: a contiguous run.
+    func heads(reading kvHead: Int, of shape: AttentionShape) -> Range<Int> {
+        let global = kvHeads.lowerBound + kvHead
+        let first = max(heads.lowerBound, global * shape.groupSize), last = min(heads.upperBound, (global + 1) * shape.groupSize)
+        return (first - heads.lowerBound) ..< (max(first, last) - heads.lowerBound)
     }
 }
 

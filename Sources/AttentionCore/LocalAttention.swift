@@ -180,13 +180,14 @@ public final class LocalAttention {
         into accumulator: AttentionAccumulator, progress: () -> Void = {}
     ) {
         accumulate(
-            queries: queries, querySegments: querySegments, keyValues: KeyValueRows(keys: keys, values: values),
+            queries: ElementRows(queries), querySegments: querySegments, keyValues: KeyValueRows(keys: keys, values: values),
             keySegment: keySegment, into: accumulator, progress: progress)
     }
 
-    /// The same with K and V in the element type they are held or travel in (`KeyValueRows`).
+    /// The same with Q, K and V in the element type they are held or travel in (`ElementRows`,
+    /// `KeyValueRows`).
     public func accumulate<Segments: Collection<ShardSegment>>(
-        queries: UnsafePointer<Float>, querySegments: Segments, keyValues: KeyValueRows, keySegment: ShardSegment,
+        queries: ElementRows, querySegments: Segments, keyValues: KeyValueRows, keySegment: ShardSegment,
         into accumulator: AttentionAccumulator, progress: () -> Void = {}
     ) {
         precondition(accumulator.heads == slice.heads.count && accumulator.headDim == shape.headDim)
@@ -200,43 +201,52 @@ public final class LocalAttention {
                 && (self.mask.keyBlockAlignment != nil
                     || self.mask.relation(queries: segment.positions, keys: keySegment.positions, head: self.slice.heads.lowerBound) != .hidden)
         }
-        // The segments with work, each with its tile count and its first item (segments in
-        // order, each heads x its tiles).
-        var seeing: [(segment: ShardSegment, tiles: Int, firstItem: Int)] = []
-        var items = 0
-        for segment in querySegments where sees(segment) {
-            let tiles = (segment.positions.count + tiling.queryTile - 1) / tiling.queryTile
-            seeing.append((segment, tiles, items))
-            items += slice.heads.count * tiles
-        }
-        guard items > 0 else { return }
+        let tiles = { (segment: ShardSegment) in (segment.positions.count + self.tiling.queryTile - 1) / self.tiling.queryTile }
+        let seen = querySegments.filter(sees)
+        guard !seen.isEmpty else { return }
         accumulator.maxUnit = baseTwo.unit
-        let operands = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim, products: products)
-        let work = { (thread: Int, item: Int) in
-            // Item -> (segment, head, tile): the last segment whose first item is at most `item`.
-            var (lo, hi) = (0, seeing.count - 1)
-            while lo < hi {
-                let mid = (lo + hi + 1) / 2
-                if seeing[mid].firstItem <= item { lo = mid } else { hi = mid - 1 }
+        // On one thread one kv head at a time: its K/V packed (1/kvHeads of the block), then every
+        // tile of every head that reads it. Several threads take every kv head at once, so that
+        // they share out all the tiles.
+        let kvHeads = slice.kvHeads.count
+        for group in stride(from: 0, to: kvHeads, by: threads == 1 ? 1 : kvHeads).map({ $0 ..< (threads == 1 ? $0 + 1 : kvHeads) }) {
+            let heads = slice.heads(reading: group.lowerBound, of: shape).lowerBound ..< slice.heads(reading: group.upperBound - 1, of: shape).upperBound
+            // The segments with work, each with its tile count and its first item (segments in
+            // order, each heads x its tiles).
+            var seeing: [(segment: ShardSegment, tiles: Int, firstItem: Int)] = []
+            var items = 0
+            for segment in seen {
+                seeing.append((segment, tiles(segment), items))
+                items += heads.count * tiles(segment)
             }
-            let (segment, tiles, firstItem) = seeing[lo]
-            let rest = item - firstItem
-            let first = (rest % tiles) * self.tiling.queryTile
-            self.foldTile(
-                head: rest / tiles, queries: queries, querySegment: segment,
-                tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
-                operands: operands, keySegment: keySegment,
-                accumulator: accumulator, scratch: self.scratch[thread].buffer, thread: thread)
+            let operands = packed.pack(
+                keyValues, segment: keySegment, kvHeads: group, of: kvHeads, headDim: shape.headDim, products: products)
+            let work = { (thread: Int, item: Int) in
+                // Item -> (segment, head, tile): the last segment whose first item is at most `item`.
+                var (lo, hi) = (0, seeing.count - 1)
+                while lo < hi {
+                    let mid = (lo + hi + 1) / 2
+                    if seeing[mid].firstItem <= item { lo = mid } else { hi = mid - 1 }
+                }
+                let (segment, tiles, firstItem) = seeing[lo]
+                let rest = item - firstItem
+                let first = (rest % tiles) * self.tiling.queryTile
+                self.foldTile(
+                    head: heads.lowerBound + rest / tiles, queries: queries, querySegment: segment,
+                    tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
+                    operands: operands, keySegment: keySegment,
+                    accumulator: accumulator, scratch: self.scratch[thread].buffer, thread: thread)
+            }
+            // Items write disjoint (head, rows) parts of the accumulator and use their thread's scratch.
+            runInterleaved(items: items, threads: threads, progress: progress, work)
         }
-        // Items write disjoint (head, rows) parts of the accumulator and use their thread's scratch.
-        runInterleaved(items: items, threads: threads, progress: progress, work)
     }
 
     /// One head (local to the slice), one query tile (rows relative to the segment), every key
     /// block of the segment.
     @inline(__always)
     private func foldTile(
-        head: Int, queries: UnsafePointer<Float>, querySegment: ShardSegment, tileRows: Range<Int>,
+        head: Int, queries: ElementRows, querySegment: ShardSegment, tileRows: Range<Int>,
         operands: PackedOperands, keySegment: ShardSegment,
         accumulator: AttentionAccumulator, scratch: UnsafeMutableBufferPointer<Float>, thread: Int
     ) {
@@ -258,21 +268,21 @@ public final class LocalAttention {
         let q = probabilities + tiling.queryTile * tiling.keyBlock
         let alphas = q + tiling.queryTile * d
         let keyCount = keySegment.positions.count
-        let headOffset = kvHead * keyCount * d
         let flopCounts = self.flopCounts.buffer, nonFiniteRows = self.nonFiniteRows.buffer
 
         // A tile that sees no key of the segment (another document's) costs nothing, not even its copy.
         if mask.keyBlockAlignment == nil, mask.relation(queries: queryPositions, keys: keySegment.positions, head: globalHead) == .hidden { return }
 
         // The tile's queries, contiguous: [tq, d] (bf16 bits for bf16 products).
-        let queryRows = queries + (accRow * qStride + head * d)
+        let firstQuery = accRow * qStride + head * d
         let bits = products == .bf16 ? bitsScratch[thread].baseAddress : nil
         let queryBits = bits.map { UnsafePointer($0) }, probabilityBits = bits.map { $0 + tiling.queryTile * d }
         if let bits {
-            for r in 0 ..< tq { narrowToBF16(queryRows + r * qStride, into: bits + r * d, count: d) }
+            for r in 0 ..< tq { queries.loadBF16(firstQuery + r * qStride, count: d, into: bits + r * d) }
         } else {
-            for r in 0 ..< tq { (q + r * d).update(from: queryRows + r * qStride, count: d) }
+            for r in 0 ..< tq { queries.load(firstQuery + r * qStride, count: d, into: q + r * d) }
         }
+        let ldk = operands.rowStride
 
         // S's rows carry their shift into the scores' GEMM (beta 1): row r holds
         // `shift(for: rowMax[r])` in every column a block may use. Filled once per tile, at its
@@ -294,21 +304,21 @@ public final class LocalAttention {
             }
             let tk = keyPositions.count
             flopCounts[thread] += Double(4 * tq * tk * d)
-            let keyOffset = headOffset + (keyPositions.lowerBound - keySegment.positions.lowerBound) * d
+            let keyOffset = operands.offset(kvHead: kvHead, row: keyPositions.lowerBound - keySegment.positions.lowerBound)
             if !filled {
                 for r in 0 ..< tq { (scores + r * ldS).update(repeating: Self.shift(for: rowMax[r]), count: width) }
                 filled = true
             }
 
             // S = scale · Q_tile · K_blockᵀ - m, [tq, tk], rows ldS apart
-            switch operands {
+            switch operands.storage {
             case .float32(let keys, _):
                 cblas_sgemm(
                     CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(d),
                     baseTwo.alpha, q, Int32(d), keys + keyOffset, Int32(d), 1, scores, Int32(ldS))
             case .bf16(let keys, _):
                 gemms[thread].multiply(
-                    m: tq, n: tk, k: d, alpha: baseTwo.alpha, a: queryBits!, lda: d, b: keys + keyOffset, ldb: d,
+                    m: tq, n: tk, k: d, alpha: baseTwo.alpha, a: queryBits!, lda: d, b: keys + keyOffset, ldb: ldk,
                     transposedB: true, accumulate: true, c: scores, ldc: ldS)
             }
             if relation == .partial {
@@ -326,12 +336,12 @@ public final class LocalAttention {
                     alpha = exactSoftmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 }
                 if alpha.isNaN {  // the block's max overflowed the exp: redo the row from its scores
-                    switch operands {
+                    switch operands.storage {
                     case .float32(let keys, _):
                         cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(tk), Int32(d), baseTwo.alpha, keys + keyOffset, Int32(d), q + r * d, 1, 0, row, 1)
                     case .bf16(let keys, _):
                         gemms[thread].multiply(
-                            m: 1, n: tk, k: d, alpha: baseTwo.alpha, a: queryBits! + r * d, lda: d, b: keys + keyOffset, ldb: d,
+                            m: 1, n: tk, k: d, alpha: baseTwo.alpha, a: queryBits! + r * d, lda: d, b: keys + keyOffset, ldb: ldk,
                             transposedB: true, accumulate: false, c: row, ldc: ldS)
                     }
                     if relation == .partial {
@@ -363,12 +373,12 @@ public final class LocalAttention {
             }
             // acc += P · V_block (P rounded to bf16 for bf16 products, as FlashAttention does;
             // the row sums keep P's float32 values)
-            switch operands {
+            switch operands.storage {
             case .float32(_, let values):
                 valueProduct.multiplyAdd(rows: tq, keys: tk, headDim: d, p: probabilities, ldp: tk, v: values + keyOffset, into: acc)
             case .bf16(_, let values):
                 gemms[thread].multiply(
-                    m: tq, n: d, k: tk, a: probabilityBits!, lda: tk, b: values + keyOffset, ldb: d,
+                    m: tq, n: d, k: tk, a: probabilityBits!, lda: tk, b: values + keyOffset, ldb: ldk,
                     transposedB: false, accumulate: true, c: acc, ldc: d)
             }
         }

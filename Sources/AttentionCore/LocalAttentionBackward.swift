@@ -177,13 +177,14 @@ public final class LocalAttentionBackward {
         keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, progress: () -> Void = {}
     ) {
         accumulate(
-            queries: queries, outputGrad: outputGrad, querySegment: querySegment, keyValues: KeyValueRows(keys: keys, values: values),
+            queries: ElementRows(queries), outputGrad: outputGrad, querySegment: querySegment, keyValues: KeyValueRows(keys: keys, values: values),
             keySegment: keySegment, into: gradients, keyGrad: keyGrad, valueGrad: valueGrad, progress: progress)
     }
 
-    /// The same with K and V in the element type they are held or travel in (`KeyValueRows`).
+    /// The same with Q, K and V in the element type they are held or travel in (`ElementRows`,
+    /// `KeyValueRows`; dO is float32).
     public func accumulate(
-        queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>, querySegment: ShardSegment,
+        queries: ElementRows, outputGrad: UnsafePointer<Float>, querySegment: ShardSegment,
         keyValues: KeyValueRows, keySegment: ShardSegment, into gradients: GradientAccumulator,
         keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, progress: () -> Void = {}
     ) {
@@ -197,7 +198,6 @@ public final class LocalAttentionBackward {
         {
             return
         }
-        let operands = packed.pack(keyValues, segment: keySegment, kvHeads: slice.kvHeads.count, headDim: shape.headDim, products: products)
         // Key blocks, cut at the mask's alignment as the forward cuts them.
         var blocks: [Range<Int>] = []
         var start = keySegment.positions.lowerBound
@@ -214,15 +214,20 @@ public final class LocalAttentionBackward {
             }
             threadDQ.forEach { $0.buffer.update(repeating: 0) }
         }
-        let items = slice.kvHeads.count * blocks.count
-        let work = { (thread: Int, item: Int) in
-            let dq = thread == 0 ? gradients.dq.baseAddress! : self.threadDQ[thread - 1].baseAddress
-            self.foldBlock(
-                kvHead: item / blocks.count, block: blocks[item % blocks.count], queries: queries, outputGrad: outputGrad,
-                querySegment: querySegment, operands: operands, keySegment: keySegment, gradients: gradients, dq: dq,
-                keyGrad: keyGrad, valueGrad: valueGrad, thread: thread)
+        // On one thread one kv head at a time, its K/V packed (1/kvHeads of the block); several
+        // threads take every kv head at once, so that they share out all the blocks.
+        let kvHeads = slice.kvHeads.count
+        for group in stride(from: 0, to: kvHeads, by: threads == 1 ? 1 : kvHeads).map({ $0 ..< (threads == 1 ? $0 + 1 : kvHeads) }) {
+            let operands = packed.pack(keyValues, segment: keySegment, kvHeads: group, of: kvHeads, headDim: shape.headDim, products: products)
+            let work = { (thread: Int, item: Int) in
+                let dq = thread == 0 ? gradients.dq.baseAddress! : self.threadDQ[thread - 1].baseAddress
+                self.foldBlock(
+                    kvHead: group.lowerBound + item / blocks.count, block: blocks[item % blocks.count], queries: queries, outputGrad: outputGrad,
+                    querySegment: querySegment, operands: operands, keySegment: keySegment, gradients: gradients, dq: dq,
+                    keyGrad: keyGrad, valueGrad: valueGrad, thread: thread)
+            }
+            runInterleaved(items: group.count * blocks.count, threads: threads, progress: progress, work)
         }
-        runInterleaved(items: items, threads: threads, progress: progress, work)
         for buffer in threadDQ where threads > 1 {
             let dq = gradients.dq.baseAddress!, partial = buffer.baseAddress
             for i in 0 ..< dqCount { dq[i] += partial[i] }
@@ -232,7 +237,7 @@ public final class LocalAttentionBackward {
     /// One kv head (local to the slice), one key block (global positions), every query head that
     /// reads the kv head and every query tile of the segment.
     private func foldBlock(
-        kvHead: Int, block: Range<Int>, queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
+        kvHead: Int, block: Range<Int>, queries: ElementRows, outputGrad: UnsafePointer<Float>,
         querySegment: ShardSegment, operands: PackedOperands,
         keySegment: ShardSegment, gradients: GradientAccumulator, dq: UnsafeMutablePointer<Float>,
         keyGrad: UnsafeMutablePointer<Float>, valueGrad: UnsafeMutablePointer<Float>, thread: Int
@@ -244,8 +249,7 @@ public final class LocalAttentionBackward {
         let qTile = ds + tqMax * tkMax, doTile = qTile + tqMax * d
         let dkBlock = doTile + tqMax * d, dvBlock = dkBlock + tkMax * d
         let blockRow = block.lowerBound - keySegment.positions.lowerBound
-        let keyCount = keySegment.positions.count
-        let headOffset = (kvHead * keyCount + blockRow) * d
+        let ldk = operands.rowStride
         // bf16 products: P, dS, Q and dO as bits.
         let bits = products == .bf16 ? bitsScratch[thread].baseAddress : nil
         let pBits = bits, dsBits = bits.map { $0 + tqMax * tkMax }, dsLowBits = bits.map { $0 + 2 * tqMax * tkMax }
@@ -270,25 +274,25 @@ public final class LocalAttentionBackward {
                     relation == .partial ? products.productKeys(mask.visibleSpan(queries: queryPositions, keys: block, head: globalHead), within: block) : block
                 let tk = keyPositions.count
                 let offset = keyPositions.lowerBound - block.lowerBound
-                let kv = headOffset + offset * d
+                let kv = operands.offset(kvHead: kvHead, row: blockRow + offset)
                 flopCounts[thread] += Double((products == .bf16 ? 12 : 10) * tq * tk * d)
                 touched = true
 
                 let row = querySegment.localRow + first
                 if let qBits, let doBits {
                     for r in 0 ..< tq {
-                        narrowToBF16(queries + (row + r) * qStride + head * d, into: qBits + r * d, count: d)
+                        queries.loadBF16((row + r) * qStride + head * d, count: d, into: qBits + r * d)
                         narrowToBF16(outputGrad + (row + r) * qStride + head * d, into: doBits + r * d, count: d)
                     }
                 } else {
                     for r in 0 ..< tq {
-                        (qTile + r * d).update(from: queries + (row + r) * qStride + head * d, count: d)
+                        queries.load((row + r) * qStride + head * d, count: d, into: qTile + r * d)
                         (doTile + r * d).update(from: outputGrad + (row + r) * qStride + head * d, count: d)
                     }
                 }
                 let state = head * gradients.rows + row
                 let lse = gradients.lse.baseAddress! + state, delta = gradients.delta.baseAddress! + state
-                switch operands {
+                switch operands.storage {
                 case .float32(let keys, let values):
                     let k = keys + kv, v = values + kv
                     // P = exp(scale·Q·Kᵀ − lse), exact: the forward's lse is the row's whole normaliser.
@@ -317,7 +321,7 @@ public final class LocalAttentionBackward {
                     // The same five products in bf16, accumulating in float32 (dS·K twice).
                     let k = keys + kv, v = values + kv, gemm = gemms[thread]
                     let (pBits, dsBits, dsLowBits, qBits, doBits) = (pBits!, dsBits!, dsLowBits!, qBits!, doBits!)
-                    gemm.multiply(m: tq, n: tk, k: d, alpha: shape.scale, a: qBits, lda: d, b: k, ldb: d, transposedB: true, accumulate: false, c: p, ldc: tk)
+                    gemm.multiply(m: tq, n: tk, k: d, alpha: shape.scale, a: qBits, lda: d, b: k, ldb: ldk, transposedB: true, accumulate: false, c: p, ldc: tk)
                     if relation == .partial { mask.clipRows(p, rows: tq, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead) }
                     for r in 0 ..< tq {
                         probabilities(p + r * tk, count: tk, lse: lse[r])
@@ -326,12 +330,12 @@ public final class LocalAttentionBackward {
                     gemm.multiply(
                         m: tk, n: d, k: tq, a: pBits, lda: tk, transposedA: true, b: doBits, ldb: d, transposedB: false, accumulate: true,
                         c: dvBlock + offset * d, ldc: d)
-                    gemm.multiply(m: tq, n: tk, k: d, a: doBits, lda: d, b: v, ldb: d, transposedB: true, accumulate: false, c: ds, ldc: tk)
+                    gemm.multiply(m: tq, n: tk, k: d, a: doBits, lda: d, b: v, ldb: ldk, transposedB: true, accumulate: false, c: ds, ldc: tk)
                     for r in 0 ..< tq { scoreGradient(ds + r * tk, probabilities: p + r * tk, count: tk, delta: delta[r]) }
                     splitToBF16(ds, high: dsBits, low: dsLowBits, count: tq * tk)
                     for part in [dsBits, dsLowBits] {
                         gemm.multiply(
-                            m: tq, n: d, k: tk, alpha: shape.scale, a: part, lda: tk, b: k, ldb: d, transposedB: false, accumulate: true,
+                            m: tq, n: d, k: tk, alpha: shape.scale, a: part, lda: tk, b: k, ldb: ldk, transposedB: false, accumulate: true,
                             c: dq + state * d, ldc: d)
                     }
                     gemm.multiply(

@@ -95,8 +95,8 @@ public enum Verification {
             v.values.withUnsafeBufferPointer { vb in
                 for segment in segments {
                     job.kernel.accumulate(
-                        queries: shard.queries.baseAddress!, querySegment: segment,
-                        keys: kb.baseAddress!, values: vb.baseAddress!, keySegment: whole, into: accumulator)
+                        queries: shard.queryElements, querySegments: CollectionOfOne(segment),
+                        keyValues: KeyValueRows(keys: kb.baseAddress!, values: vb.baseAddress!), keySegment: whole, into: accumulator)
                 }
             }
         }
@@ -126,7 +126,7 @@ public enum Verification {
         let all = positions(segments)
         var q = [Float]()
         q.reserveCapacity(rows.count * shape.queryRowWidth)
-        for row in rows { q += UnsafeBufferPointer(rebasing: shard.queries[row * shape.queryRowWidth ..< (row + 1) * shape.queryRowWidth]) }
+        for row in rows { q += shard.queryStorage.widened(row * shape.queryRowWidth ..< (row + 1) * shape.queryRowWidth) }
         return ReferenceAttention.compute(
             q: TokenTensor(tokens: rows.count, heads: shape.heads, headDim: shape.headDim, values: q),
             queryPositions: rows.map { all[$0] }, k: k, v: v,

@@ -85,10 +85,10 @@ public struct DistributedAttention {
                 description: "rank \(communicator.rank) holds \(rows) rows (\(localRanges)); expected Q of \(rows * shape.queryRowWidth) floats "
                     + "and K, V of \(rows * shape.kvRowWidth) each, got \(q.count), \(k.count), \(v.count)")
         }
-        let shard = LocalShard(shape: shape, partition: partition, rank: communicator.rank)
-        shard.queries.baseAddress!.update(from: q, count: q.count)
-        shard.keys.update(from: k, count: k.count)
-        shard.values.update(from: v, count: v.count)
+        let shard = LocalShard(shape: shape, partition: partition, rank: communicator.rank, elementType: elementType)
+        shard.queryStorage.store(q, at: 0, count: q.count)
+        shard.keyValueStorage.store(k, at: 0, count: k.count)
+        shard.keyValueStorage.store(v, at: k.count, count: v.count)
         return shard
     }
 }
@@ -172,17 +172,25 @@ extension DistributedAttention {
         write(gradients.dv, width: shape.kvRowWidth, into: dv)
     }
 
-    /// The caller's inputs as the strategies take them (widened to float32 once, here; K/V then
-    /// travel narrowed again, exactly, since their values are of `elementType`).
+    /// The caller's inputs as the strategies take them: copied once, row by row, in `elementType`.
     private func shard(q: CallerRows, k: CallerRows, v: CallerRows) throws -> LocalShard {
         let shape = job.shape
         try check([("Q", q, shape.queryRowWidth), ("K", k, shape.kvRowWidth), ("V", v, shape.kvRowWidth)], outputs: false)
-        let shard = LocalShard(shape: shape, partition: partition, rank: communicator.rank)
-        read(q, width: shape.queryRowWidth, into: shard.queries.baseAddress!)
-        read(k, width: shape.kvRowWidth, into: shard.keys)
-        read(v, width: shape.kvRowWidth, into: shard.values)
-        shard.elementType = elementType
+        let shard = LocalShard(shape: shape, partition: partition, rank: communicator.rank, elementType: elementType)
+        let size = elementType.byteSize, kvCount = shard.keyRows * shape.kvRowWidth
+        copy(q, width: shape.queryRowWidth, into: shard.queryStorage.raw)
+        copy(k, width: shape.kvRowWidth, into: shard.keyValueStorage.raw)
+        copy(v, width: shape.kvRowWidth, into: shard.keyValueStorage.raw + kvCount * size)
         return shard
+    }
+
+    /// The caller's rows, each copied as it is (`elementType`), packed `width` elements apart.
+    private func copy(_ rows: CallerRows, width: Int, into destination: UnsafeMutableRawPointer) {
+        guard let base = rows.base else { return }
+        let size = elementType.byteSize
+        for row in 0 ..< rows.rows {
+            (destination + row * width * size).copyMemory(from: base + row * rows.rowStride * size, byteCount: width * size)
+        }
     }
 
     /// Refuses a buffer that is missing, holds other than this rank's rows, or whose stride is

@@ -38,7 +38,7 @@ public enum OutputGradientSource: Sendable {
             }
         }
         values.withUnsafeMutableBufferPointer { elementType.round($0) }
-        let bad = values.withUnsafeBufferPointer { LocalShard.firstNonFinite($0.baseAddress!, count: $0.count) }
+        let bad = values.withUnsafeBufferPointer { ElementStorage.firstNonFinite($0.baseAddress!, count: $0.count) }
         if let bad {
             let row = bad / width
             let segment = segments.first { row >= $0.localRow && row < $0.localRow + $0.positions.count }

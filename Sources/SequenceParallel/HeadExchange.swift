@@ -48,19 +48,19 @@ struct HeadExchange {
     /// First group row of each member.
     private var firstRows: [Int] { Self.offsets((0 ..< communicator.size).map(rows)) }
 
-    /// This member's head shard: Q `[groupRows, slice heads, d]`, K then V `[groupRows, slice kv heads, d]`.
-    /// It owns its buffers: they are freed with the last copy of the shard.
+    /// This member's head shard: Q `[groupRows, slice heads, d]`, K then V `[groupRows, slice kv heads, d]`,
+    /// in the sequence shard's element type. It owns its buffers: they are freed with the last copy of the shard.
     struct HeadShard {
         let slice: HeadSlice
-        private let queryStorage: OwnedBuffer<Float>, keyValueStorage: OwnedBuffer<Float>
-        var queries: UnsafeMutableBufferPointer<Float> { queryStorage.buffer }
-        var keyValues: UnsafeMutableBufferPointer<Float> { keyValueStorage.buffer }
+        let queryStorage: ElementStorage, keyValueStorage: ElementStorage
+        var queries: ElementRows { queryStorage.rows }
+        var keyValues: ElementRows { keyValueStorage.rows }
 
-        /// Zeroed buffers of `queries` and `keyValues` floats.
-        init(slice: HeadSlice, queries: Int, keyValues: Int) {
+        /// Zeroed buffers of `queries` and `keyValues` elements.
+        init(slice: HeadSlice, queries: Int, keyValues: Int, elementType: ElementType) {
             self.slice = slice
-            queryStorage = OwnedBuffer(repeating: 0, count: queries)
-            keyValueStorage = OwnedBuffer(repeating: 0, count: keyValues)
+            queryStorage = ElementStorage(zeroed: queries, elementType: elementType)
+            keyValueStorage = ElementStorage(zeroed: keyValues, elementType: elementType)
         }
     }
 
@@ -70,17 +70,20 @@ struct HeadExchange {
         let mine = slice(of: me), groupRows = self.groupRows
         let myRows = shard.keyRows
         let result = HeadShard(
-            slice: mine, queries: max(1, groupRows * mine.heads.count * d), keyValues: max(1, 2 * groupRows * mine.kvHeads.count * d))
+            slice: mine, queries: groupRows * mine.heads.count * d, keyValues: 2 * groupRows * mine.kvHeads.count * d,
+            elementType: shard.elementType)
 
         // (source tensor, its row width, the head range each member takes, where received rows land)
-        let parts: [(UnsafePointer<Float>, Int, (Int) -> Range<Int>, UnsafeMutablePointer<Float>)] = [
-            (UnsafePointer(shard.queries.baseAddress!), shape.queryRowWidth, { slice(of: $0).heads }, result.queries.baseAddress!),
-            (UnsafePointer(shard.keys), shape.kvRowWidth, { slice(of: $0).kvHeads }, result.keyValues.baseAddress!),
-            (UnsafePointer(shard.values), shape.kvRowWidth, { slice(of: $0).kvHeads }, result.keyValues.baseAddress! + groupRows * mine.kvHeads.count * d),
+        let parts: [(ElementRows, Int, (Int) -> Range<Int>, ElementRows)] = [
+            (shard.queryElements, shape.queryRowWidth, { slice(of: $0).heads }, result.queries),
+            (shard.keyValueStorage.rows, shape.kvRowWidth, { slice(of: $0).kvHeads }, result.keyValues),
+            (
+                shard.keyValueStorage.rows.advanced(by: myRows * shape.kvRowWidth), shape.kvRowWidth, { slice(of: $0).kvHeads },
+                result.keyValues.advanced(by: groupRows * mine.kvHeads.count * d)
+            ),
         ]
         for (source, rowWidth, headsOf, destination) in parts {
-            try scatterRows(
-                source, rows: myRows, rowWidth: rowWidth, width: d, headsOf: headsOf, into: destination, elementType: shard.elementType)
+            try scatterRows(source, rows: myRows, rowWidth: rowWidth, width: d, headsOf: headsOf, into: UnsafeMutableRawPointer(mutating: destination.base))
         }
         return result
     }
@@ -131,9 +134,7 @@ struct HeadExchange {
         into destination: UnsafeMutablePointer<Float>, elementType: ElementType = .f32
     ) throws {
         if elementType == .f32 || communicator.size == 1 {
-            try scatterRows(source, rows: myRows, rowWidth: rowWidth, width: d, headsOf: headsOf, into: destination) { to, from, count in
-                to.update(from: from, count: count)
-            }
+            try scatterRows(ElementRows(source), rows: myRows, rowWidth: rowWidth, width: d, headsOf: headsOf, into: destination)
             return
         }
         let arriving = groupRows * headsOf(communicator.rank).count * d
@@ -144,11 +145,27 @@ struct HeadExchange {
         recording(.merge, on: communicator.recorder) { elementType.widen(received.baseAddress, into: destination, count: arriving) }
     }
 
+    /// `scatterRows` of rows held in their element type (Q, K, V of a 16-bit job in 16 bits):
+    /// what arrives lands at `destination` in the same type.
+    func scatterRows(
+        _ source: ElementRows, rows myRows: Int, rowWidth: Int, width d: Int, headsOf: (Int) -> Range<Int>, into destination: UnsafeMutableRawPointer
+    ) throws {
+        func scatter<Element: MPIScalar>(_: Element.Type) throws {
+            try scatterRows(
+                source.base.assumingMemoryBound(to: Element.self), rows: myRows, rowWidth: rowWidth, width: d, headsOf: headsOf,
+                into: destination.assumingMemoryBound(to: Element.self)
+            ) { to, from, count in
+                to.update(from: from, count: count)
+            }
+        }
+        if source.elementType == .f32 { try scatter(Float.self) } else { try scatter(UInt16.self) }
+    }
+
     /// `scatterRows` with the rows packed into `Element`s by `pack(to, from, count)`.
-    private func scatterRows<Element: MPIScalar>(
-        _ source: UnsafePointer<Float>, rows myRows: Int, rowWidth: Int, width d: Int, headsOf: (Int) -> Range<Int>,
+    private func scatterRows<Source, Element: MPIScalar>(
+        _ source: UnsafePointer<Source>, rows myRows: Int, rowWidth: Int, width d: Int, headsOf: (Int) -> Range<Int>,
         into destination: UnsafeMutablePointer<Element>,
-        packing pack: (UnsafeMutablePointer<Element>, UnsafePointer<Float>, Int) -> Void
+        packing pack: (UnsafeMutablePointer<Element>, UnsafePointer<Source>, Int) -> Void
     ) throws {
         let (members, me) = (communicator.size, communicator.rank)
         let sendCounts = (0 ..< members).map { myRows * headsOf($0).count * d }

@@ -27,7 +27,7 @@ extension LocalAttention {
         keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?, progress: () -> Void = {}
     ) {
         accumulate(
-            queries: queries, querySegments: querySegments, keyValues: KeyValueRows(keys: keys, values: values), keySegment: keySegment,
+            queries: ElementRows(queries), querySegments: querySegments, keyValues: KeyValueRows(keys: keys, values: values), keySegment: keySegment,
             into: accumulator, recorder: recorder, progress: progress)
     }
 
@@ -37,7 +37,7 @@ extension LocalAttention {
     /// rank 0's progress meter per query tile when there is one.
     @inline(__always)
     func accumulate<Segments: Collection<ShardSegment>>(
-        queries: UnsafePointer<Float>, querySegments: Segments, keyValues: KeyValueRows, keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?,
+        queries: ElementRows, querySegments: Segments, keyValues: KeyValueRows, keySegment: ShardSegment, into accumulator: AttentionAccumulator, recorder: EventLog?,
         progress: () -> Void = {}
     ) {
         let meter = ProgressMeter.current

@@ -71,10 +71,10 @@ public struct MeshAttention: SequenceParallelStrategy {
         let pass = RingPass(
             communicator: ringCommunicator,
             blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
-            kvRowWidth: heads.slice.kvHeads.count * job.shape.headDim, buffers: job.exchangeBuffers, elementType: shard.elementType)
+            kvRowWidth: heads.slice.kvHeads.count * job.shape.headDim, buffers: job.exchangeBuffers)
         try pass.run(
-            queries: heads.queries.baseAddress!, querySegments: exchange.groupSegments,
-            keyValues: UnsafeBufferPointer(heads.keyValues), kernel: job.kernel(for: heads.slice), mask: job.mask, into: accumulator)
+            queries: heads.queries, querySegments: exchange.groupSegments,
+            keyValues: heads.keyValues, kernel: job.kernel(for: heads.slice), mask: job.mask, into: accumulator)
         var result = PartialResult(emptyRows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
         try exchange.gather(accumulator.result(), into: &result)
         return result
@@ -138,10 +138,10 @@ extension MeshAttention {
         let pass = RingPass(
             communicator: ringCommunicator,
             blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
-            kvRowWidth: kvWidth, buffers: job.exchangeBuffers, elementType: shard.elementType)
+            kvRowWidth: kvWidth, buffers: job.exchangeBuffers)
         try pass.runBackward(
-            queries: heads.queries.baseAddress!, outputGrad: outputGradHeads.baseAddress,
-            querySegments: exchange.groupSegments, keyValues: UnsafeBufferPointer(heads.keyValues),
+            queries: heads.queries, outputGrad: outputGradHeads.baseAddress,
+            querySegments: exchange.groupSegments, keyValues: heads.keyValues,
             kernel: job.backwardKernel(for: slice), mask: job.mask, gradients: gradients, keyValueGrads: keyValueGrads.buffer)
 
         // Back to sequence shards.

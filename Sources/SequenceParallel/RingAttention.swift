@@ -21,10 +21,10 @@ public struct RingAttention: SequenceParallelStrategy {
         let pass = RingPass(
             communicator: communicator,
             blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
-            kvRowWidth: job.shape.kvRowWidth, buffers: job.exchangeBuffers, elementType: shard.elementType)
+            kvRowWidth: job.shape.kvRowWidth, buffers: job.exchangeBuffers)
         try pass.run(
-            queries: shard.queries.baseAddress!, querySegments: shard.querySegments,
-            keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.kernel, mask: job.mask, into: accumulator)
+            queries: shard.queryElements, querySegments: shard.querySegments,
+            keyValues: shard.keyValueStorage.rows, kernel: job.kernel, mask: job.mask, into: accumulator)
         return accumulator.result()
     }
 }
@@ -44,10 +44,10 @@ extension RingAttention {
         let pass = RingPass(
             communicator: communicator,
             blockSegments: (0 ..< communicator.size).map(shard.partition.stackedSegments),
-            kvRowWidth: shape.kvRowWidth, buffers: job.exchangeBuffers, elementType: shard.elementType)
+            kvRowWidth: shape.kvRowWidth, buffers: job.exchangeBuffers)
         try pass.runBackward(
-            queries: shard.queries.baseAddress!, outputGrad: outputGrad, querySegments: shard.querySegments,
-            keyValues: UnsafeBufferPointer(shard.keyValues), kernel: job.backwardKernel(), mask: job.mask,
+            queries: shard.queryElements, outputGrad: outputGrad, querySegments: shard.querySegments,
+            keyValues: shard.keyValueStorage.rows, kernel: job.backwardKernel(), mask: job.mask,
             gradients: gradients, keyValueGrads: keyValueGrads.buffer)
         return ShardGradients(
             gradients, keyValueGrads: UnsafeMutableBufferPointer(rebasing: keyValueGrads.buffer[0 ..< 2 * shard.keyRows * shape.kvRowWidth]))

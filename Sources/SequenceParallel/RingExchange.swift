@@ -25,8 +25,6 @@ final class ExchangeBuffers {
     enum Purpose: Hashable {
         /// The receive blocks.
         case blocks
-        /// The local block narrowed to the pass's 16-bit element type (the first send).
-        case narrowedLocal
         /// The backward's dK/dV sums.
         case sums
     }
@@ -94,9 +92,6 @@ struct RingPass {
     let kvRowWidth: Int
     /// Where its exchange buffers come from (the job's, so repeated passes reuse them).
     var buffers = ExchangeBuffers()
-    /// The element type the K/V blocks travel in: the job's. The shard holds values already
-    /// rounded to it, so a 16-bit pass narrows them exactly and sends half the bytes of float32.
-    var elementType = ElementType.f32
 
     private func rows(_ rank: Int) -> Int { LocalShard.rows(blockSegments[rank]) }
 
@@ -143,38 +138,30 @@ struct RingPass {
     }
 
     /// Turns the ring for `steps` steps, handing `body` the block that rank `source` started
-    /// with as the kernel reads it. float32 blocks travel as the shard holds them; 16-bit ones
-    /// start from the local block narrowed once (on one rank nothing travels, and the shard's own
-    /// rows are read).
+    /// with as the kernel reads it. Blocks travel in the element type the shard holds them in
+    /// (bf16/f16: half of float32's bytes); on one rank nothing travels.
     private func circulate(
-        _ keyValues: UnsafeBufferPointer<Float>, steps: Int,
+        _ keyValues: ElementRows, steps: Int,
         _ body: (_ source: Int, _ block: KeyValueRows, _ progress: () -> Void) throws -> Void
     ) throws {
         let blockSize = { (rank: Int) in 2 * rows(rank) * kvRowWidth }
         let capacity = (0 ..< communicator.size).map(blockSize).max()!
-        if elementType == .f32 || communicator.size == 1 {
-            let exchange = RingExchange<Float>(communicator: communicator, capacity: capacity, reusing: buffers)
-            try exchange.circulate(keyValues, steps: steps, blockSize: blockSize) { source, block, progress in
-                try withoutActuallyEscaping(progress) { try body(source, KeyValueRows(keys: block, values: block + rows(source) * kvRowWidth), $0) }
-            }
-            return
-        }
-        let local = buffers.take(.narrowedLocal, count: 1, capacity: capacity, of: UInt16.self)[0]
         let own = blockSize(communicator.rank)
-        recording(.merge, on: communicator.recorder) { elementType.narrow(keyValues.baseAddress!, into: local.baseAddress, count: own) }
-        let exchange = RingExchange<UInt16>(communicator: communicator, capacity: capacity, reusing: buffers)
-        try withExtendedLifetime(local) {
-            try exchange.circulate(UnsafeBufferPointer(local.buffer), steps: steps, blockSize: blockSize) { source, block, progress in
+        func turn<Element: MPIScalar>(_: Element.Type) throws {
+            let exchange = RingExchange<Element>(communicator: communicator, capacity: capacity, reusing: buffers)
+            let local = UnsafeBufferPointer(start: keyValues.base.assumingMemoryBound(to: Element.self), count: own)
+            try exchange.circulate(local, steps: steps, blockSize: blockSize) { source, block, progress in
                 try withoutActuallyEscaping(progress) {
-                    try body(source, KeyValueRows(bits: block, values: block + rows(source) * kvRowWidth, elementType: elementType), $0)
+                    try body(source, KeyValueRows(ElementRows(raw: UnsafeRawPointer(block), elementType: keyValues.elementType), valuesOffset: rows(source) * kvRowWidth), $0)
                 }
             }
         }
+        if keyValues.elementType == .f32 { try turn(Float.self) } else { try turn(UInt16.self) }
     }
 
     /// Folds every block the queries see into `accumulator`.
     func run(
-        queries: UnsafePointer<Float>, querySegments: [ShardSegment], keyValues: UnsafeBufferPointer<Float>,
+        queries: ElementRows, querySegments: [ShardSegment], keyValues: ElementRows,
         kernel: LocalAttention, mask: AttentionMask, into accumulator: AttentionAccumulator
     ) throws {
         let steps = steps(mask: mask, heads: kernel.slice.heads)
@@ -208,8 +195,8 @@ extension RingPass {
     /// K/V sends are posted before the compute they overlap (RingExchange); a dK/dV send is
     /// posted after the compute that completes it and overlaps the next step's compute.
     func runBackward(
-        queries: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>, querySegments: [ShardSegment],
-        keyValues: UnsafeBufferPointer<Float>, kernel: LocalAttentionBackward, mask: AttentionMask,
+        queries: ElementRows, outputGrad: UnsafePointer<Float>, querySegments: [ShardSegment],
+        keyValues: ElementRows, kernel: LocalAttentionBackward, mask: AttentionMask,
         gradients: GradientAccumulator, keyValueGrads: UnsafeMutableBufferPointer<Float>
     ) throws {
         let (ranks, me) = (communicator.size, communicator.rank)

@@ -64,7 +64,7 @@ public struct S2Attention: SequenceParallelStrategy {
             for querySegment in shard.querySegments {
                 for keySegment in keys.segments {
                     job.kernel.accumulate(
-                        queries: shard.queries.baseAddress!, querySegment: querySegment, keys: keys.keys, values: keys.values,
+                        queries: shard.queryElements, querySegments: CollectionOfOne(querySegment), keyValues: keys.keyValues,
                         keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: exchange.progress)
                 }
             }
@@ -80,11 +80,10 @@ public struct S2Attention: SequenceParallelStrategy {
     }
 }
 
-/// One rank's keys as the kernel reads them: K and V ([rows, kvHeads, headDim] each) and their
-/// segments.
+/// One rank's keys as the kernel reads them: K and V ([rows, kvHeads, headDim] each, in the job's
+/// element type) and their segments.
 struct KeyValues {
-    let keys: UnsafeMutablePointer<Float>
-    let values: UnsafeMutablePointer<Float>
+    let keyValues: KeyValueRows
     let rows: Int
     let segments: [ShardSegment]
 }
@@ -104,13 +103,9 @@ final class PieceExchange {
     let sends: [[S2Attention.Piece]]
     let receives: [[S2Attention.Piece]]
     private let headDim: Int, kvWidth: Int
-    /// The element type K/V pieces travel in: the job's (the shard's values are already rounded
-    /// to it, so 16-bit pieces are exact and half the bytes of float32).
-    private let elementType: ElementType
-    // Requests point into these until their waits, and the exchange outlives them. The pieces
-    // travel in `sendBuffer`/`receiveBuffer` (float32) or in `sendBits`/`receiveBits` (16-bit).
-    private let sendBuffer: OwnedBuffer<Float>, receiveBuffer: OwnedBuffer<Float>, block: OwnedBuffer<Float>
-    private let sendBits: OwnedBuffer<UInt16>, receiveBits: OwnedBuffer<UInt16>
+    // Requests point into these until their waits, and the exchange outlives them. K/V pieces
+    // travel in the shard's element type (bf16/f16: half of float32's bytes).
+    private let sendBuffer: ElementStorage, receiveBuffer: ElementStorage, block: ElementStorage
     private var send = Request(), receiving = Request()
 
     init(pattern: S2Pattern, shape: AttentionShape, shard: LocalShard, communicator: Communicator) {
@@ -128,24 +123,21 @@ final class PieceExchange {
         }
         self.segments = segments
         rows = segments.map(LocalShard.rows)
-        elementType = shard.elementType
         let (sendCount, receiveCount) = (
             sends.map { S2Attention.floats($0, headDim: shape.headDim) }.max() ?? 0,
             receives.map { S2Attention.floats($0, headDim: shape.headDim) }.max() ?? 0
         )
-        let narrow = elementType != .f32
-        sendBuffer = OwnedBuffer(uninitializedCount: narrow ? 1 : max(1, sendCount))
-        receiveBuffer = OwnedBuffer(uninitializedCount: narrow ? 1 : max(1, receiveCount))
-        sendBits = OwnedBuffer(uninitializedCount: narrow ? max(1, sendCount) : 1)
-        receiveBits = OwnedBuffer(uninitializedCount: narrow ? max(1, receiveCount) : 1)
-        block = OwnedBuffer(repeating: 0, count: max(1, 2 * (rows.max() ?? 0) * kvWidth))
+        let type = shard.elementType
+        sendBuffer = ElementStorage(zeroed: sendCount, elementType: type)
+        receiveBuffer = ElementStorage(zeroed: receiveCount, elementType: type)
+        block = ElementStorage(zeroed: 2 * (rows.max() ?? 0) * kvWidth, elementType: type)
     }
 
     /// The rank that owns the keys received at `step`.
     func owner(_ step: Int) -> Int { (me - step + ranks) % ranks }
 
     /// This rank's own keys.
-    var own: KeyValues { KeyValues(keys: shard.keys, values: shard.values, rows: shard.keyRows, segments: shard.keySegments) }
+    var own: KeyValues { KeyValues(keyValues: shard.keyValueElements, rows: shard.keyRows, segments: shard.keySegments) }
 
     /// Floats of the largest K/V pair a step can receive.
     var blockCount: Int { block.count }
@@ -156,15 +148,15 @@ final class PieceExchange {
     func post(_ step: Int) throws {
         let (to, from) = ((me + step) % ranks, owner(step))
         let (sendCount, receiveCount) = (floats(sends[step]), floats(receives[step]))
-        if elementType == .f32 {
-            copy(sends[step], .pack, tensor: shard.keys, valuesOffset: shard.keyRows * kvWidth, packed: sendBuffer.baseAddress)
-            receiving = try communicator.irecv(UnsafeMutableBufferPointer(rebasing: receiveBuffer.buffer[0 ..< receiveCount]), from: from, tag: step)
-            send = try communicator.isend(UnsafeBufferPointer(rebasing: sendBuffer.buffer[0 ..< sendCount]), to: to, tag: step)
-        } else {
-            narrowPieces(sends[step], from: shard.keys, valuesOffset: shard.keyRows * kvWidth, into: sendBits.baseAddress)
-            receiving = try communicator.irecv(UnsafeMutableBufferPointer(rebasing: receiveBits.buffer[0 ..< receiveCount]), from: from, tag: step)
-            send = try communicator.isend(UnsafeBufferPointer(rebasing: sendBits.buffer[0 ..< sendCount]), to: to, tag: step)
+        func post<Element: MPIScalar>(_: Element.Type) throws {
+            let (sendBuffer, receiveBuffer) = (sendBuffer.raw.assumingMemoryBound(to: Element.self), receiveBuffer.raw.assumingMemoryBound(to: Element.self))
+            copy(
+                sends[step], .pack, tensor: shard.keyValueStorage.raw.assumingMemoryBound(to: Element.self), valuesOffset: shard.keyRows * kvWidth,
+                packed: sendBuffer)
+            receiving = try communicator.irecv(UnsafeMutableBufferPointer(start: receiveBuffer, count: receiveCount), from: from, tag: step)
+            send = try communicator.isend(UnsafeBufferPointer(start: sendBuffer, count: sendCount), to: to, tag: step)
         }
+        if shard.elementType == .f32 { try post(Float.self) } else { try post(UInt16.self) }
     }
 
     /// Waits for step `step`'s exchange and unpacks what arrived: the owner's keys, as far as
@@ -173,14 +165,13 @@ final class PieceExchange {
         try communicator.wait(&send)
         try communicator.wait(&receiving)
         let ownerRows = rows[owner(step)]
-        recording(.merge, on: communicator.recorder) {
-            if elementType == .f32 {
-                copy(receives[step], .unpack, tensor: block.baseAddress, valuesOffset: ownerRows * kvWidth, packed: receiveBuffer.baseAddress)
-            } else {
-                widenPieces(receives[step], from: receiveBits.baseAddress, into: block.baseAddress, valuesOffset: ownerRows * kvWidth)
-            }
+        func unpack<Element>(_: Element.Type) {
+            copy(
+                receives[step], .unpack, tensor: block.raw.assumingMemoryBound(to: Element.self), valuesOffset: ownerRows * kvWidth,
+                packed: receiveBuffer.raw.assumingMemoryBound(to: Element.self))
         }
-        return KeyValues(keys: block.baseAddress, values: block.baseAddress + ownerRows * kvWidth, rows: ownerRows, segments: segments[owner(step)])
+        recording(.merge, on: communicator.recorder) { if shard.elementType == .f32 { unpack(Float.self) } else { unpack(UInt16.self) } }
+        return KeyValues(keyValues: KeyValueRows(block.rows, valuesOffset: ownerRows * kvWidth), rows: ownerRows, segments: segments[owner(step)])
     }
 
     /// Lets MPI progress the posted transfers between query tiles (a failure resurfaces from the waits).
@@ -191,38 +182,12 @@ final class PieceExchange {
 
     enum Direction { case pack, unpack, add }
 
-    /// `copy(.pack)` into 16-bit pieces, each row narrowed to the pass's element type.
-    private func narrowPieces(_ pieces: [S2Attention.Piece], from tensor: UnsafeMutablePointer<Float>, valuesOffset: Int, into packed: UnsafeMutablePointer<UInt16>) {
-        var at = 0
-        for piece in pieces {
-            for half in 0 ..< 2 {
-                for (i, row) in piece.rows.enumerated() {
-                    elementType.narrow(tensor + half * valuesOffset + row * kvWidth + piece.kvHead * headDim, into: packed + at + i * headDim, count: headDim)
-                }
-                at += piece.rows.count * headDim
-            }
-        }
-    }
-
-    /// `copy(.unpack)` from 16-bit pieces, each row widened to float32.
-    private func widenPieces(_ pieces: [S2Attention.Piece], from packed: UnsafeMutablePointer<UInt16>, into tensor: UnsafeMutablePointer<Float>, valuesOffset: Int) {
-        var at = 0
-        for piece in pieces {
-            for half in 0 ..< 2 {
-                for (i, row) in piece.rows.enumerated() {
-                    elementType.widen(packed + at + i * headDim, into: tensor + half * valuesOffset + row * kvWidth + piece.kvHead * headDim, count: headDim)
-                }
-                at += piece.rows.count * headDim
-            }
-        }
-    }
-
     /// Moves `pieces` between a K/V (or dK/dV) pair of [rows, kvHeads, headDim] tensors, the V
-    /// one `valuesOffset` floats after the K one, and the packed form that travels: each piece's
-    /// K rows, then its V rows.
-    func copy(
-        _ pieces: [S2Attention.Piece], _ direction: Direction, tensor: UnsafeMutablePointer<Float>, valuesOffset: Int,
-        packed: UnsafeMutablePointer<Float>
+    /// one `valuesOffset` elements after the K one, and the packed form that travels: each piece's
+    /// K rows, then its V rows. (`.add` is for float32 gradients.)
+    func copy<Element>(
+        _ pieces: [S2Attention.Piece], _ direction: Direction, tensor: UnsafeMutablePointer<Element>, valuesOffset: Int,
+        packed: UnsafeMutablePointer<Element>
     ) {
         let d = headDim
         var at = 0
@@ -234,7 +199,10 @@ final class PieceExchange {
                     switch direction {
                     case .pack: p.update(from: t, count: d)
                     case .unpack: t.update(from: p, count: d)
-                    case .add: for c in 0 ..< d { t[c] += p[c] }
+                    case .add:
+                        let (t, p) = (UnsafeMutableRawPointer(t).assumingMemoryBound(to: Float.self), UnsafeRawPointer(p).assumingMemoryBound(to: Float.self))
+                        precondition(Element.self == Float.self, "only float32 gradients are added")
+                        for c in 0 ..< d { t[c] += p[c] }
                     }
                 }
                 at += piece.rows.count * d
@@ -286,8 +254,8 @@ extension S2Attention {
                 for querySegment in shard.querySegments {
                     for keySegment in keys.segments {
                         kernel.accumulate(
-                            queries: shard.queries.baseAddress!, outputGrad: outputGrad, querySegment: querySegment,
-                            keys: keys.keys, values: keys.values, keySegment: keySegment, into: gradients,
+                            queries: shard.queryElements, outputGrad: outputGrad, querySegment: querySegment,
+                            keyValues: keys.keyValues, keySegment: keySegment, into: gradients,
                             keyGrad: keyGrad, valueGrad: valueGrad, progress: progress)
                     }
                 }

@@ -93,7 +93,8 @@ public enum QuerySelection: Equatable, Sendable {
 }
 
 /// A rank's shard: rows of Q (`[queryRows, heads, headDim]`) and of K and V stored back to back
-/// in one buffer (`[keyRows, kvHeads, headDim]` each), the form in which K/V travel between ranks.
+/// in one buffer (`[keyRows, kvHeads, headDim]` each), the form in which K/V travel between ranks,
+/// held in the job's element type (bf16/f16 jobs in 16 bits: half of float32's memory).
 public final class LocalShard {
     public let shape: AttentionShape
     /// Sequence length (of the keys).
@@ -102,31 +103,47 @@ public final class LocalShard {
     public let rank: Int
     public let querySegments: [ShardSegment]
     public let keySegments: [ShardSegment]
-    /// The element type the inputs were rounded to, and the outputs are written in (`--dtype`).
-    public internal(set) var elementType = ElementType.f32
-    public var queries: UnsafeMutableBufferPointer<Float> { queryStorage.buffer }
-    /// K rows then V rows.
-    public var keyValues: UnsafeMutableBufferPointer<Float> { keyValueStorage.buffer }
-    private let queryStorage: OwnedBuffer<Float>, keyValueStorage: OwnedBuffer<Float>
+    /// The element type the inputs are held in, and the outputs are written in (`--dtype`).
+    public var elementType: ElementType { queryStorage.elementType }
+    /// Q, and K rows then V rows, in `elementType`.
+    public let queryStorage: ElementStorage, keyValueStorage: ElementStorage
 
     public var queryRows: Int { Self.rows(querySegments) }
     public var keyRows: Int { Self.rows(keySegments) }
 
     public static func rows(_ segments: [ShardSegment]) -> Int { segments.last.map { $0.localRow + $0.positions.count } ?? 0 }
 
-    public init(shape: AttentionShape, partition: TokenPartition, rank: Int, querySegments: [ShardSegment]? = nil) {
+    public init(shape: AttentionShape, partition: TokenPartition, rank: Int, querySegments: [ShardSegment]? = nil, elementType: ElementType = .f32) {
         self.shape = shape
         self.tokens = partition.tokens
         self.partition = partition
         self.rank = rank
         keySegments = partition.stackedSegments(of: rank)
         self.querySegments = querySegments ?? keySegments
-        queryStorage = OwnedBuffer(repeating: 0, count: max(1, Self.rows(self.querySegments) * shape.queryRowWidth))
-        keyValueStorage = OwnedBuffer(repeating: 0, count: max(1, 2 * Self.rows(keySegments) * shape.kvRowWidth))
+        queryStorage = ElementStorage(zeroed: Self.rows(self.querySegments) * shape.queryRowWidth, elementType: elementType)
+        keyValueStorage = ElementStorage(zeroed: 2 * Self.rows(keySegments) * shape.kvRowWidth, elementType: elementType)
     }
 
+    /// Q as the kernels read it.
+    public var queryElements: ElementRows { queryStorage.rows }
+    /// K then V as the kernels read them.
+    public var keyValueElements: KeyValueRows { KeyValueRows(keyValueStorage.rows, valuesOffset: keyRows * shape.kvRowWidth) }
+    /// Elements of K then V (the block that travels the ring).
+    public var keyValueCount: Int { 2 * keyRows * shape.kvRowWidth }
+
+    /// Q of an f32 shard.
+    public var queries: UnsafeMutableBufferPointer<Float> { queryStorage.floats }
+    /// K rows then V rows of an f32 shard.
+    public var keyValues: UnsafeMutableBufferPointer<Float> { keyValueStorage.floats }
     public var keys: UnsafeMutablePointer<Float> { keyValues.baseAddress! }
     public var values: UnsafeMutablePointer<Float> { keyValues.baseAddress! + keyRows * shape.kvRowWidth }
+
+    /// Q, K and V widened to float32 (for checks and single-rank references; copies).
+    public func widenedQueries() -> [Float] { queryStorage.widened(0 ..< queryRows * shape.queryRowWidth) }
+    public func widenedKeyValues() -> (keys: [Float], values: [Float]) {
+        let count = keyRows * shape.kvRowWidth
+        return (keyValueStorage.widened(0 ..< count), keyValueStorage.widened(count ..< 2 * count))
+    }
 
     /// Loads this rank's rows. Throws (on this rank only) with a message naming the file.
     /// With packed documents in `balancing`, the rows are laid out as `TokenPartition.balanced`
@@ -143,13 +160,12 @@ public final class LocalShard {
         }
         switch source.origin {
         case let .synthetic(seed, tokens, shape):
-            let elementType = source.requestedElementType ?? .f32
             let partition = partition(tokens)
             let shard = LocalShard(
                 shape: shape, partition: partition, rank: rank,
-                querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: nil))
+                querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: nil),
+                elementType: source.requestedElementType ?? .f32)
             shard.fillSynthetic(seed: seed, queries: rank == 0 || selection == .sameAsKeys)
-            shard.round(to: elementType)
             try shard.checkFinite(q: "synthetic", k: "synthetic", v: "synthetic")
             return shard
         case let .files(qPath, kPath, vPath, scale):
@@ -160,28 +176,45 @@ public final class LocalShard {
             let partition = partition(tokens)
             let shard = LocalShard(
                 shape: shape, partition: partition, rank: rank,
-                querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: q.header.shape[0]))
+                querySegments: try querySegments(selection, tokens: tokens, rank: rank, fileRows: q.header.shape[0]), elementType: elementType)
             // A Q file of the whole sequence is indexed by position; a Q file of just the star
             // queries by row.
             let queryOrigin = q.header.shape[0] == tokens ? 0 : shard.querySegments.first?.positions.lowerBound ?? 0
             for segment in shard.querySegments where selection == .sameAsKeys || rank == 0 {
-                try q.read(
-                    into: shard.queries.baseAddress! + segment.localRow * shape.queryRowWidth,
+                try read(
+                    q, into: shard.queryStorage, at: segment.localRow * shape.queryRowWidth,
                     elementOffset: (segment.positions.lowerBound - queryOrigin) * shape.queryRowWidth,
                     count: segment.positions.count * shape.queryRowWidth)
             }
+            let valuesOffset = shard.keyRows * shape.kvRowWidth
             for segment in shard.keySegments {
                 let (at, from, count) = (
                     segment.localRow * shape.kvRowWidth, segment.positions.lowerBound * shape.kvRowWidth,
                     segment.positions.count * shape.kvRowWidth
                 )
-                try k.read(into: shard.keys + at, elementOffset: from, count: count)
-                try v.read(into: shard.values + at, elementOffset: from, count: count)
+                try read(k, into: shard.keyValueStorage, at: at, elementOffset: from, count: count)
+                try read(v, into: shard.keyValueStorage, at: valuesOffset + at, elementOffset: from, count: count)
             }
-            // Files already of the job's type hold exactly its values: only wider ones are rounded.
-            if [q, k, v].allSatisfy({ $0.elementType == elementType }) { shard.elementType = elementType } else { shard.round(to: elementType) }
             try shard.checkFinite(q: qPath, k: kPath, v: vPath)
             return shard
+        }
+    }
+
+    /// Reads `count` elements of `file` from `elementOffset` into `storage` at `at`: as they are
+    /// when the file holds the storage's type or the storage is f32 (widened), else through
+    /// float32 and rounded to nearest even.
+    static func read(_ file: NpyFile, into storage: ElementStorage, at: Int, elementOffset: Int, count: Int) throws {
+        let type = storage.elementType
+        if type == .f32 { return try file.read(into: storage.floats.baseAddress! + at, elementOffset: elementOffset, count: count) }
+        if file.elementType == type { return try file.readBits(into: storage.bits.baseAddress! + at, elementOffset: elementOffset, count: count) }
+        let chunk = 1 << 16
+        let floats = OwnedBuffer<Float>(uninitializedCount: min(count, chunk))
+        var done = 0
+        while done < count {
+            let n = min(chunk, count - done)
+            try file.read(into: floats.baseAddress, elementOffset: elementOffset + done, count: n)
+            storage.store(floats.baseAddress, at: at + done, count: n)
+            done += n
         }
     }
 
@@ -213,17 +246,18 @@ public final class LocalShard {
     /// rows; names the tensor, its file and the first bad element's global position.
     func checkFinite(q: String, k: String, v: String) throws {
         let kvCount = keyRows * shape.kvRowWidth
-        let tensors: [(name: String, source: String, base: UnsafePointer<Float>, count: Int, width: Int, segments: [ShardSegment])] = [
-            ("Q", q, UnsafePointer(queries.baseAddress!), queryRows * shape.queryRowWidth, shape.queryRowWidth, querySegments),
-            ("K", k, UnsafePointer(keys), kvCount, shape.kvRowWidth, keySegments),
-            ("V", v, UnsafePointer(values), kvCount, shape.kvRowWidth, keySegments),
+        let tensors: [(name: String, source: String, storage: ElementStorage, first: Int, count: Int, width: Int, segments: [ShardSegment])] = [
+            ("Q", q, queryStorage, 0, queryRows * shape.queryRowWidth, shape.queryRowWidth, querySegments),
+            ("K", k, keyValueStorage, 0, kvCount, shape.kvRowWidth, keySegments),
+            ("V", v, keyValueStorage, kvCount, kvCount, shape.kvRowWidth, keySegments),
         ]
         for tensor in tensors {
-            guard let index = Self.firstNonFinite(tensor.base, count: tensor.count) else { continue }
+            guard let bad = tensor.storage.firstNonFinite(tensor.first ..< tensor.first + tensor.count) else { continue }
+            let index = bad - tensor.first
             let row = index / tensor.width, within = index % tensor.width
             let segment = tensor.segments.first { row >= $0.localRow && row < $0.localRow + $0.positions.count }
             let token = segment.map { $0.positions.lowerBound + row - $0.localRow } ?? row
-            let value = tensor.base[index]
+            let value = tensor.storage.value(at: bad)
             let what = value.isNaN ? "NaN" : (value > 0 ? "+inf" : "-inf")
             let source = tensor.source == "synthetic" ? "(synthetic)" : tensor.source
             throw NonFiniteInput(
@@ -232,49 +266,37 @@ public final class LocalShard {
         }
     }
 
-    /// The index of the first NaN or infinity. x - x is 0 for a finite x and NaN otherwise, so
-    /// one vector sum tells whether a block holds any.
-    static func firstNonFinite(_ base: UnsafePointer<Float>, count: Int) -> Int? {
-        let block = 4096
-        var start = 0
-        while start < count {
-            let end = min(count, start + block)
-            var sum = SIMD16<Float>()
-            var i = start
-            while i + 16 <= end {
-                let x = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD16<Float>.self)
-                sum += x - x
-                i += 16
-            }
-            var tail: Float = 0
-            while i < end { tail += base[i] - base[i]; i += 1 }
-            if !(sum.sum() + tail).isFinite || (sum.sum() + tail).isNaN {
-                if let bad = (start ..< end).first(where: { !base[$0].isFinite }) { return bad }
-            }
-            start = end
-        }
-        return nil
-    }
-
-    /// Rounds the rows to `elementType` (inputs made or read wider than the job's type).
-    func round(to elementType: ElementType) {
-        self.elementType = elementType
-        elementType.round(queries)
-        elementType.round(keyValues)
-    }
-
+    /// Makes the synthetic rows, rounded to the element type as they are stored.
     func fillSynthetic(seed: UInt64, queries fillQueries: Bool) {
         let kvCount = keyRows * shape.kvRowWidth
         let keyRanges = keySegments.map(\.positions)
         if fillQueries {
-            SyntheticInput.fill(queries, seed: seed, tensor: .query, rowWidth: shape.queryRowWidth, rows: querySegments.map(\.positions))
+            Self.fill(queryStorage, at: 0, seed: seed, tensor: .query, rowWidth: shape.queryRowWidth, rows: querySegments.map(\.positions))
         }
-        SyntheticInput.fill(
-            UnsafeMutableBufferPointer(rebasing: keyValues[0 ..< kvCount]), seed: seed, tensor: .key,
-            rowWidth: shape.kvRowWidth, rows: keyRanges)
-        SyntheticInput.fill(
-            UnsafeMutableBufferPointer(rebasing: keyValues[kvCount ..< 2 * kvCount]), seed: seed, tensor: .value,
-            rowWidth: shape.kvRowWidth, rows: keyRanges)
+        Self.fill(keyValueStorage, at: 0, seed: seed, tensor: .key, rowWidth: shape.kvRowWidth, rows: keyRanges)
+        Self.fill(keyValueStorage, at: kvCount, seed: seed, tensor: .value, rowWidth: shape.kvRowWidth, rows: keyRanges)
+    }
+
+    /// `SyntheticInput.fill` into `storage` from element `at`: in place for f32, a few rows at a
+    /// time through float32 for 16-bit types.
+    static func fill(_ storage: ElementStorage, at: Int, seed: UInt64, tensor: SyntheticInput.Tensor, rowWidth: Int, rows ranges: [Range<Int>]) {
+        let count = ranges.reduce(0) { $0 + $1.count } * rowWidth
+        if storage.elementType == .f32 {
+            return SyntheticInput.fill(
+                UnsafeMutableBufferPointer(start: storage.floats.baseAddress! + at, count: count), seed: seed, tensor: tensor, rowWidth: rowWidth,
+                rows: ranges)
+        }
+        let chunkRows = max(1, 4096 / max(1, rowWidth))
+        let chunk = OwnedBuffer<Float>(uninitializedCount: chunkRows * rowWidth)
+        var offset = at
+        for range in ranges {
+            for first in stride(from: range.lowerBound, to: range.upperBound, by: chunkRows) {
+                let rows = first ..< min(range.upperBound, first + chunkRows)
+                SyntheticInput.fill(chunk.buffer, seed: seed, tensor: tensor, rowWidth: rowWidth, rows: [rows])
+                storage.store(chunk.baseAddress, at: offset, count: rows.count * rowWidth)
+                offset += rows.count * rowWidth
+            }
+        }
     }
 }
 

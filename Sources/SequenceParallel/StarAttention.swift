@@ -40,8 +40,8 @@ public struct StarAttention: SequenceParallelStrategy {
         let accumulator = AttentionAccumulator(rows: m, heads: shape.heads, headDim: d)
         for keySegment in shard.keySegments {
             job.kernel.accumulate(
-                queries: shard.queries.baseAddress!, querySegment: shard.querySegments[0],
-                keys: shard.keys, values: shard.values, keySegment: keySegment, into: accumulator,
+                queries: shard.queryElements, querySegments: CollectionOfOne(shard.querySegments[0]),
+                keyValues: shard.keyValueElements, keySegment: keySegment, into: accumulator,
                 recorder: communicator.recorder)
         }
         let merged = try SoftmaxMergeReduction(headDim: d).merge(accumulator.result(), root: everyRank ? nil : 0, communicator: communicator)
@@ -50,16 +50,11 @@ public struct StarAttention: SequenceParallelStrategy {
 }
 
 extension StarAttention {
-    /// Rank 0's queries to every rank, in the job's element type (exact: they are already rounded
-    /// to it), so 16-bit queries send half the bytes.
+    /// Rank 0's queries to every rank, in the element type the shard holds them in (16-bit
+    /// queries send half the bytes).
     func broadcastQueries(_ shard: LocalShard, communicator: Communicator) throws {
-        let type = shard.elementType
-        guard type != .f32, communicator.size > 1 else { return try communicator.broadcast(shard.queries, root: 0) }
-        let count = shard.queries.count
-        let bits = OwnedBuffer<UInt16>(uninitializedCount: count)
-        if communicator.rank == 0 { type.narrow(shard.queries.baseAddress!, into: bits.baseAddress, count: count) }
-        try communicator.broadcast(bits.buffer, root: 0)
-        type.widen(bits.baseAddress, into: shard.queries.baseAddress!, count: count)
+        let storage = shard.queryStorage
+        if storage.elementType == .f32 { try communicator.broadcast(storage.floats, root: 0) } else { try communicator.broadcast(storage.bits, root: 0) }
     }
 }
 

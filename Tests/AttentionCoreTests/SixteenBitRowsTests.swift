@@ -1,9 +1,9 @@
-// The kernels read K/V as strategies send them: 16-bit rows (bf16 or f16 bits) are widened in the
-// per-kv-head copy, which is exact, so the forward and backward on 16-bit rows give the same bits
-// as on the float32 rows holding the same (rounded) values: MHA, GQA and MQA (one kv head, where
-// float32 rows are read in place and 16-bit ones must be copied), causal and not, a segment that
-// starts past row 0. With bf16 products (where the CPU has bf16 units) likewise: float32 rows are
-// narrowed and bf16 rows copied into the same operands.
+// The kernels read Q, K and V as a 16-bit job holds them: 16-bit rows (bf16 or f16 bits) are
+// widened in the per-tile and per-kv-head copies, which is exact, so the forward and backward on
+// 16-bit rows give the same bits as on the float32 rows holding the same (rounded) values: MHA,
+// GQA and MQA (one kv head, where float32 rows are read in place and 16-bit ones must be copied),
+// causal and not, a segment that starts past row 0. With bf16 products (where the CPU has bf16
+// units) likewise: float32 rows are narrowed and bf16 rows copied into the same operands.
 
 import AttentionCore
 import BlasRuntime
@@ -28,12 +28,22 @@ struct SixteenBitRowsTests {
         var problem = try Problem(tokens: 197, heads: 4, kvHeads: c.kvHeads, headDim: 48, mask: c.mask)
         problem.k.values = problem.k.values.map(c.type.rounded)
         problem.v.values = problem.v.values.map(c.type.rounded)
-        func bits(_ values: [Float]) -> [UInt16] {
-            var out = [UInt16](repeating: 0, count: values.count)
-            values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { c.type.narrow(v.baseAddress!, into: $0.baseAddress!, count: values.count) } }
-            return out
-        }
-        return (problem, bits(problem.k.values), bits(problem.v.values))
+        problem.q.values = problem.q.values.map(c.type.rounded)
+        return (problem, narrowed(problem.k.values, c.type), narrowed(problem.v.values, c.type))
+    }
+
+    /// `values` as `type`'s bits.
+    static func narrowed(_ values: [Float], _ type: ElementType) -> [UInt16] {
+        var out = [UInt16](repeating: 0, count: values.count)
+        values.withUnsafeBufferPointer { v in out.withUnsafeMutableBytes { type.narrow(v.baseAddress!, into: $0.baseAddress!, count: values.count) } }
+        return out
+    }
+
+    /// `values` held in `type` (16 bits for bf16 and f16).
+    static func storage(_ values: [Float], _ type: ElementType) -> ElementStorage {
+        let storage = ElementStorage(zeroed: values.count, elementType: type)
+        storage.store(values, at: 0, count: values.count)
+        return storage
     }
 
     @Test("forward: the same bits as float32 rows of the same values", arguments: cases)
@@ -56,6 +66,7 @@ struct SixteenBitRowsTests {
         let tiling = KernelTiling(queryTile: 32, keyBlock: 64)
         // Keys 0..<197 in two segments (the second starting at row 90), as a ring folds them.
         let segments = [ShardSegment(positions: 0 ..< 90, localRow: 0), ShardSegment(positions: 90 ..< 197, localRow: 90)]
+        let queries = Self.storage(problem.q.values, c.type)
         func run(_ sixteen: Bool) -> PartialResult {
             let kernel = LocalAttention(shape: problem.shape, mask: c.mask, tiling: tiling, products: products)
             let accumulator = AttentionAccumulator(rows: 197, heads: 4, headDim: 48)
@@ -70,7 +81,8 @@ struct SixteenBitRowsTests {
                                     : KeyValueRows(keys: k.baseAddress!, values: v.baseAddress!)
                                 for segment in segments {
                                     kernel.accumulate(
-                                        queries: q.baseAddress!, querySegments: [ShardSegment(positions: 0 ..< 197, localRow: 0)], keyValues: rows,
+                                        queries: sixteen ? queries.rows : ElementRows(q.baseAddress!), querySegments: [ShardSegment(positions: 0 ..< 197, localRow: 0)],
+                                        keyValues: rows,
                                         keySegment: segment, into: accumulator)
                                 }
                             }
@@ -91,6 +103,7 @@ struct SixteenBitRowsTests {
         let forward = LocalAttention(shape: problem.shape, mask: c.mask, tiling: tiling, products: products).attention(q: problem.q, k: problem.k, v: problem.v)
         let dO = SyntheticInput.tensor(.value, seed: 99, heads: 4, headDim: 48, rows: [0 ..< 197])
         let segment = ShardSegment(positions: 0 ..< 197, localRow: 0)
+        let queries = Self.storage(problem.q.values, c.type)
         func run(_ sixteen: Bool) -> (dq: [Float], dk: [Float], dv: [Float]) {
             let kernel = LocalAttentionBackward(shape: problem.shape, mask: c.mask, tiling: tiling, products: products)
             let accumulator = forward.output.withUnsafeBufferPointer { o in
@@ -112,7 +125,7 @@ struct SixteenBitRowsTests {
                                         ? KeyValueRows(bits: kb.baseAddress!, values: vb.baseAddress!, elementType: c.type)
                                         : KeyValueRows(keys: k.baseAddress!, values: v.baseAddress!)
                                     kernel.accumulate(
-                                        queries: q.baseAddress!, outputGrad: g.baseAddress!, querySegment: segment, keyValues: rows,
+                                        queries: sixteen ? queries.rows : ElementRows(q.baseAddress!), outputGrad: g.baseAddress!, querySegment: segment, keyValues: rows,
                                         keySegment: segment, into: accumulator, keyGrad: &dk, valueGrad: &dv)
                                 }
                             }
