@@ -284,9 +284,10 @@ public final class LocalAttention {
         }
         let ldk = operands.rowStride
 
-        // S's rows carry their shift into the scores' GEMM (beta 1): row r holds
+        // float32 products: S's rows carry their shift into the scores' GEMM (beta 1): row r holds
         // `shift(for: rowMax[r])` in every column a block may use. Filled once per tile, at its
         // first block; each block's softmax stores the row's shift back over the columns it reads.
+        // (bf16 products subtract it in the softmax's pass instead.)
         let width = min(tiling.keyBlock, keyCount)
         var filled = false
         var blockStart = 0
@@ -305,12 +306,14 @@ public final class LocalAttention {
             let tk = keyPositions.count
             flopCounts[thread] += Double(4 * tq * tk * d)
             let keyOffset = operands.offset(kvHead: kvHead, row: keyPositions.lowerBound - keySegment.positions.lowerBound)
-            if !filled {
+            if !filled && products == .float32 {
                 for r in 0 ..< tq { (scores + r * ldS).update(repeating: Self.shift(for: rowMax[r]), count: width) }
                 filled = true
             }
 
-            // S = scale · Q_tile · K_blockᵀ - m, [tq, tk], rows ldS apart
+            // S = scale · Q_tile · K_blockᵀ - m, [tq, tk], rows ldS apart (bf16 products: S =
+            // scale · Q_tile · K_blockᵀ, the shift left to the softmax: oneDNN's sum post-op,
+            // which reads C back, cost more than the subtraction)
             switch operands.storage {
             case .float32(let keys, _):
                 cblas_sgemm(
@@ -319,21 +322,23 @@ public final class LocalAttention {
             case .bf16(let keys, _):
                 gemms[thread].multiply(
                     m: tq, n: tk, k: d, alpha: baseTwo.alpha, a: queryBits!, lda: d, b: keys + keyOffset, ldb: ldk,
-                    transposedB: true, accumulate: true, c: scores, ldc: ldS)
+                    transposedB: true, accumulate: false, c: scores, ldc: ldS)
             }
             if relation == .partial {
                 mask.clipRows(scores, rows: tq, rowStride: ldS, queryPositions: queryPositions, keyPositions: keyPositions, head: globalHead)
             }
             var rescaled = false
             for r in 0 ..< tq {
-                // bf16 products: P's float32 row is one row reused (it stays in L1), narrowed below.
+                // bf16 products: P's float32 row is one row reused, for the rare rescale only.
                 let row = scores + r * ldS, p = probabilityBits == nil ? probabilities + r * tk : probabilities
                 let before = Self.shift(for: rowMax[r])
                 var alpha: Float
+                // bf16 products: the softmax writes P's bits itself, in its exp pass.
+                let bits = probabilityBits.map { $0 + r * tk }
                 if rowMax[r].isFinite {
-                    alpha = softmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                    alpha = softmaxRow(row, into: p, bits: bits, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 } else {  // no max yet (or an overflowed one): S holds the scores themselves
-                    alpha = exactSoftmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                    alpha = exactSoftmaxRow(row, into: p, bits: bits, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 }
                 if alpha.isNaN {  // the block's max overflowed the exp: redo the row from its scores
                     switch operands.storage {
@@ -349,12 +354,12 @@ public final class LocalAttention {
                             row, rows: 1, queryPositions: queryPositions.lowerBound + r ..< queryPositions.lowerBound + r + 1,
                             keyPositions: keyPositions, head: globalHead)
                     }
-                    alpha = exactSoftmaxRow(row, into: p, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
+                    alpha = exactSoftmaxRow(row, into: p, bits: bits, count: tk, rowMax: &rowMax[r], rowSum: &rowSum[r])
                 }
                 // The softmax left the row's shift over its first tk columns; if the max moved,
                 // the columns a wider block would use follow.
                 let after = Self.shift(for: rowMax[r])
-                if after != before && width > tk { (row + tk).update(repeating: after, count: width - tk) }
+                if after != before && width > tk && products == .float32 { (row + tk).update(repeating: after, count: width - tk) }
                 if rowMax[r] == -.infinity && !rowSum[r].isNaN {
                     // Every score -inf: the mask hid this block's keys from the row, or the scores
                     // overflowed (huge inputs or scale). Only the mask may make a row see no key.
@@ -364,7 +369,6 @@ public final class LocalAttention {
                     }
                 }
                 if rowSum[r].isNaN || rowMax[r] == .infinity { nonFiniteRows[thread] += 1 }
-                if let probabilityBits { narrowToBF16(p, into: probabilityBits + r * tk, count: tk) }
                 alphas[r] = alpha
                 rescaled = rescaled || alpha != 1
             }
@@ -392,18 +396,28 @@ public final class LocalAttention {
     /// block's max lies beyond exp's range from m, so the caller must recompute the row's scores.
     @inline(__always)
     private func softmaxRow(
-        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, count: Int, rowMax: inout Float, rowSum: inout Float
+        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, bits: UnsafeMutablePointer<UInt16>?, count: Int,
+        rowMax: inout Float, rowSum: inout Float
     ) -> Float {
         let m = rowMax
-        let (sum, rise) = exp2Pass(row, into: p, count: count, storing: -m, roundingToBF16: products == .bf16) { $0 }
+        // float32 products: S holds s - m already (the GEMM's beta 1 on the row's shift).
+        let (sum, rise) =
+            bits == nil
+            ? exp2Pass(row, into: p, count: count, storing: -m) { $0 } : exp2Pass(row, into: p, bits: bits, count: count, storing: nil) { $0 - FloatVector(repeating: m) }
         if !(rise <= Self.lazyRescaleThreshold) {
             if rise > Self.recomputeThreshold { return .nan }  // P may overflow: recompute
             // Move the row to the new max: P and the running state shrink by 2^-rise.
             let alpha = vectorExp2Scores(FloatVector(repeating: -rise))[0]
-            scaleRow(p, count: count, by: alpha)
+            if let bits {  // rare: P's bits scaled through float32 and rounded again
+                ElementType.bf16.widen(bits, into: p, count: count)
+                scaleRow(p, count: count, by: alpha)
+                narrowToBF16(p, into: bits, count: count)
+            } else {
+                scaleRow(p, count: count, by: alpha)
+            }
             rowSum = (rowSum + sum) * alpha
             rowMax = m + rise
-            row.update(repeating: Self.shift(for: rowMax), count: count)
+            if bits == nil { row.update(repeating: Self.shift(for: rowMax), count: count) }
             return alpha
         }
         rowSum += sum
@@ -411,38 +425,48 @@ public final class LocalAttention {
     }
 
     /// One pass over a row: x = shift(loaded) (the -inf lanes that pad the tail give 0), P = 2^x,
-    /// `storing` over the row; returns the sum of P and the largest x. `roundingToBF16` (bf16
-    /// products) rounds P to bf16's values before it is stored and summed, so the row sum is the
-    /// sum of the very weights P·V multiplies: O is then a weighted mean of V, where summing the
-    /// unrounded P would scale it by their ratio (O's RMS error against float64 was 1.6% above
-    /// PyTorch's bf16 SDPA that way).
+    /// `storing` over the row (where given: the next block's shift); returns the sum of P and the largest x. With `bits` (bf16
+    /// products) P is rounded to bf16 and its bits written there, in the same pass, and the
+    /// rounded values are summed, so the row sum is the sum of the very weights P·V multiplies: O
+    /// is then a weighted mean of V, where summing the unrounded P would scale it by their ratio
+    /// (O's RMS error against float64 was 1.6% above PyTorch's bf16 SDPA that way).
     @inline(__always)
     private func exp2Pass(
-        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, count: Int, storing: Float, roundingToBF16: Bool = false,
+        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, bits: UnsafeMutablePointer<UInt16>? = nil, count: Int, storing: Float?,
         _ shift: (FloatVector) -> FloatVector
     ) -> (sum: Float, max: Float) {
         let width = FloatVector.scalarCount
-        let store = FloatVector(repeating: storing)
+        let store = FloatVector(repeating: storing ?? 0)
         var sums = FloatVector()
         var maxes = FloatVector(repeating: -.infinity)
         var c = 0
         while c + width <= count {
             let x = shift(loadVector(row + c))
-            storeVector(store, row + c)
+            if storing != nil { storeVector(store, row + c) }
             maxes = vectorMax(maxes, x)
-            let e = roundingToBF16 ? roundedToBF16(vectorExp2Scores(x)) : vectorExp2Scores(x)
-            storeVector(e, p + c)
-            sums += e
+            if let bits {
+                let e = roundedToBF16(vectorExp2Scores(x))
+                storeBF16(e, bits + c)
+                sums += e
+            } else {
+                let e = vectorExp2Scores(x)
+                storeVector(e, p + c)
+                sums += e
+            }
             c += width
         }
         if c < count {  // the tail, padded with -inf lanes that give 0
             var tail = FloatVector(repeating: -.infinity)
             for i in 0 ..< count - c { tail[i] = row[c + i] }
-            (row + c).update(repeating: storing, count: count - c)
+            if let storing { (row + c).update(repeating: storing, count: count - c) }
             let x = shift(tail)
             maxes = vectorMax(maxes, x)
-            let e = roundingToBF16 ? roundedToBF16(vectorExp2Scores(x)) : vectorExp2Scores(x)
-            for i in 0 ..< count - c { p[c + i] = e[i] }
+            let e = bits == nil ? vectorExp2Scores(x) : roundedToBF16(vectorExp2Scores(x))
+            if let bits {
+                for i in 0 ..< count - c { bits[c + i] = UInt16(truncatingIfNeeded: e[i].bitPattern >> 16) }
+            } else {
+                for i in 0 ..< count - c { p[c + i] = e[i] }
+            }
             sums += e
         }
         return (horizontalSum(sums), horizontalMax(maxes))
@@ -452,7 +476,8 @@ public final class LocalAttention {
     /// P against max(running max, block max). Stores the new max's shift over the row.
     @inline(__always)
     private func exactSoftmaxRow(
-        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, count: Int, rowMax: inout Float, rowSum: inout Float
+        _ row: UnsafeMutablePointer<Float>, into p: UnsafeMutablePointer<Float>, bits: UnsafeMutablePointer<UInt16>?, count: Int,
+        rowMax: inout Float, rowSum: inout Float
     ) -> Float {
         let width = FloatVector.scalarCount
         var maxes = FloatVector(repeating: -.infinity)
@@ -469,11 +494,11 @@ public final class LocalAttention {
         let newMax = max(rowMax, blockMax)
         let shift = Self.shift(for: newMax)
         if newMax == -.infinity {  // nothing visible to this row yet: P = 0, state unchanged
-            row.update(repeating: shift, count: count)
-            p.update(repeating: 0, count: count)
+            if bits == nil { row.update(repeating: shift, count: count) }
+            if let bits { bits.update(repeating: 0, count: count) } else { p.update(repeating: 0, count: count) }
             return 1
         }
-        let (sum, _) = exp2Pass(row, into: p, count: count, storing: shift, roundingToBF16: products == .bf16) { $0 - FloatVector(repeating: newMax) }
+        let (sum, _) = exp2Pass(row, into: p, bits: bits, count: count, storing: bits == nil ? shift : nil) { $0 - FloatVector(repeating: newMax) }
         let alpha = rowMax == -.infinity ? 1 : vectorExp2Scores(FloatVector(repeating: rowMax - newMax))[0]
         rowSum = rowSum * alpha + sum
         rowMax = newMax

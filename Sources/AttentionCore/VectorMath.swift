@@ -113,3 +113,11 @@ func roundedToBF16(_ x: FloatVector) -> FloatVector {
     let rounded = (bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) & 0xFFFF_0000
     return unsafeBitCast(rounded, to: FloatVector.self).replacing(with: x, where: x .!= x)
 }
+
+/// Stores lanes already rounded to bf16 values (`roundedToBF16`) as their bf16 bits: the upper
+/// halves, exactly.
+@inlinable @inline(__always)
+func storeBF16(_ x: FloatVector, _ p: UnsafeMutablePointer<UInt16>) {
+    let halves = SIMD16<UInt16>(truncatingIfNeeded: unsafeBitCast(x, to: SIMD16<UInt32>.self) &>> 16)
+    UnsafeMutableRawPointer(p).storeBytes(of: halves, as: SIMD16<UInt16>.self)
+}
