@@ -24,7 +24,7 @@ extension BlasPeak {
         } else {
             scores = measure(m: rows, n: keys, k: headDim, transposedB: true, repeats: repeats, threads: threads)
             values = measure(m: rows, n: headDim, k: keys, repeats: repeats, threads: threads) { p, v, acc in
-                valueProduct.multiplyAdd(rows: rows, keys: keys, headDim: headDim, p: p, ldp: keys, v: v, into: acc)
+                valueProduct.multiplyAdd(rows: rows, keys: keys, headDim: headDim, p: p, ldp: keys, v: v, into: acc, ldc: headDim)
             }
         }
         return (scores, values, 2 / (1 / scores + 1 / values))

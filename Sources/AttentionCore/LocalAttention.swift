@@ -209,36 +209,38 @@ public final class LocalAttention {
         // tile of every head that reads it. Several threads take every kv head at once, so that
         // they share out all the tiles.
         let kvHeads = slice.kvHeads.count
-        for group in stride(from: 0, to: kvHeads, by: threads == 1 ? 1 : kvHeads).map({ $0 ..< (threads == 1 ? $0 + 1 : kvHeads) }) {
-            let heads = slice.heads(reading: group.lowerBound, of: shape).lowerBound ..< slice.heads(reading: group.upperBound - 1, of: shape).upperBound
-            // The segments with work, each with its tile count and its first item (segments in
-            // order, each heads x its tiles).
-            var seeing: [(segment: ShardSegment, tiles: Int, firstItem: Int)] = []
-            var items = 0
-            for segment in seen {
-                seeing.append((segment, tiles(segment), items))
-                items += heads.count * tiles(segment)
-            }
-            let operands = packed.pack(
-                keyValues, segment: keySegment, kvHeads: group, of: kvHeads, headDim: shape.headDim, products: products)
-            let work = { (thread: Int, item: Int) in
-                // Item -> (segment, head, tile): the last segment whose first item is at most `item`.
-                var (lo, hi) = (0, seeing.count - 1)
-                while lo < hi {
-                    let mid = (lo + hi + 1) / 2
-                    if seeing[mid].firstItem <= item { lo = mid } else { hi = mid - 1 }
+        accumulator.withSum { sum in
+            for group in stride(from: 0, to: kvHeads, by: threads == 1 ? 1 : kvHeads).map({ $0 ..< (threads == 1 ? $0 + 1 : kvHeads) }) {
+                let heads = slice.heads(reading: group.lowerBound, of: shape).lowerBound ..< slice.heads(reading: group.upperBound - 1, of: shape).upperBound
+                // The segments with work, each with its tile count and its first item (segments in
+                // order, each heads x its tiles).
+                var seeing: [(segment: ShardSegment, tiles: Int, firstItem: Int)] = []
+                var items = 0
+                for segment in seen {
+                    seeing.append((segment, tiles(segment), items))
+                    items += heads.count * tiles(segment)
                 }
-                let (segment, tiles, firstItem) = seeing[lo]
-                let rest = item - firstItem
-                let first = (rest % tiles) * self.tiling.queryTile
-                self.foldTile(
-                    head: heads.lowerBound + rest / tiles, queries: queries, querySegment: segment,
-                    tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
-                    operands: operands, keySegment: keySegment,
-                    accumulator: accumulator, scratch: self.scratch[thread].buffer, thread: thread)
+                let operands = packed.pack(
+                    keyValues, segment: keySegment, kvHeads: group, of: kvHeads, headDim: shape.headDim, products: products)
+                let work = { (thread: Int, item: Int) in
+                    // Item -> (segment, head, tile): the last segment whose first item is at most `item`.
+                    var (lo, hi) = (0, seeing.count - 1)
+                    while lo < hi {
+                        let mid = (lo + hi + 1) / 2
+                        if seeing[mid].firstItem <= item { lo = mid } else { hi = mid - 1 }
+                    }
+                    let (segment, tiles, firstItem) = seeing[lo]
+                    let rest = item - firstItem
+                    let first = (rest % tiles) * self.tiling.queryTile
+                    self.foldTile(
+                        head: heads.lowerBound + rest / tiles, queries: queries, querySegment: segment,
+                        tileRows: first ..< min(segment.positions.count, first + self.tiling.queryTile),
+                        operands: operands, keySegment: keySegment,
+                        accumulator: accumulator, sum: sum, scratch: self.scratch[thread].buffer, thread: thread)
+                }
+                // Items write disjoint (head, rows) parts of the accumulator and use their thread's scratch.
+                runInterleaved(items: items, threads: threads, progress: progress, work)
             }
-            // Items write disjoint (head, rows) parts of the accumulator and use their thread's scratch.
-            runInterleaved(items: items, threads: threads, progress: progress, work)
         }
     }
 
@@ -248,7 +250,7 @@ public final class LocalAttention {
     private func foldTile(
         head: Int, queries: ElementRows, querySegment: ShardSegment, tileRows: Range<Int>,
         operands: PackedOperands, keySegment: ShardSegment,
-        accumulator: AttentionAccumulator, scratch: UnsafeMutableBufferPointer<Float>, thread: Int
+        accumulator: AttentionAccumulator, sum: UnsafeMutablePointer<Float>, scratch: UnsafeMutableBufferPointer<Float>, thread: Int
     ) {
         let d = shape.headDim
         let qStride = slice.heads.count * d
@@ -257,7 +259,9 @@ public final class LocalAttention {
         let tq = tileRows.count
         let queryPositions = (querySegment.positions.lowerBound + tileRows.lowerBound) ..< (querySegment.positions.lowerBound + tileRows.upperBound)
         let accRow = querySegment.localRow + tileRows.lowerBound
-        let acc = accumulator.sum.baseAddress! + (head * accumulator.rows + accRow) * d
+        // The accumulator's rows of this head, ldo apart (O's layout).
+        let ldo = accumulator.rowStride
+        let acc = sum + accRow * ldo + head * d
         let stateBase = head * accumulator.rows + accRow
         let rowMax = accumulator.rowMax.baseAddress! + stateBase
         let rowSum = accumulator.rowSum.baseAddress! + stateBase
@@ -373,17 +377,17 @@ public final class LocalAttention {
                 rescaled = rescaled || alpha != 1
             }
             if rescaled {  // rare: a block raised some row's max a lot
-                for r in 0 ..< tq where alphas[r] != 1 { scaleRow(acc + r * d, count: d, by: alphas[r]) }
+                for r in 0 ..< tq where alphas[r] != 1 { scaleRow(acc + r * ldo, count: d, by: alphas[r]) }
             }
             // acc += P · V_block (P rounded to bf16 for bf16 products, as FlashAttention does;
             // the row sums keep P's float32 values)
             switch operands.storage {
             case .float32(_, let values):
-                valueProduct.multiplyAdd(rows: tq, keys: tk, headDim: d, p: probabilities, ldp: tk, v: values + keyOffset, into: acc)
+                valueProduct.multiplyAdd(rows: tq, keys: tk, headDim: d, p: probabilities, ldp: tk, v: values + keyOffset, into: acc, ldc: ldo)
             case .bf16(_, let values):
                 gemms[thread].multiply(
                     m: tq, n: d, k: tk, a: probabilityBits!, lda: tk, b: values + keyOffset, ldb: ldk,
-                    transposedB: false, accumulate: true, c: acc, ldc: d)
+                    transposedB: false, accumulate: true, c: acc, ldc: ldo)
             }
         }
     }
@@ -524,7 +528,7 @@ extension LocalAttention {
     /// Whole-sequence attention on one rank (positions are row indices): the single-rank result.
     public func attention(q: TokenTensor, k: TokenTensor, v: TokenTensor) -> PartialResult {
         let accumulator = AttentionAccumulator(rows: q.tokens, heads: slice.heads.count, headDim: shape.headDim)
-        guard q.tokens > 0, k.tokens > 0 else { return accumulator.result() }
+        guard q.tokens > 0, k.tokens > 0 else { return accumulator.takeResult() }
         q.values.withUnsafeBufferPointer { qb in
             k.values.withUnsafeBufferPointer { kb in
                 v.values.withUnsafeBufferPointer { vb in
@@ -536,6 +540,6 @@ extension LocalAttention {
                 }
             }
         }
-        return accumulator.result()
+        return accumulator.takeResult()
     }
 }

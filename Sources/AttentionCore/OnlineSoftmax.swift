@@ -99,18 +99,21 @@ public struct PartialResult: Equatable, Sendable {
 /// `sum` holds Σ 2^(s - m)·v, `rowMax` the shift m (the kernel's running max, which may lag the
 /// true max by a bounded amount), `rowSum` Σ 2^(s - m); s and m are in base-2 units (the natural
 /// scores times log2 e), as the kernel computes them.
-/// Storage is allocated once; a kernel folds key blocks in, `finish` normalises.
+/// Storage is allocated once; a kernel folds key blocks in, `finish` normalises. `sum` is laid
+/// out as O itself, so `takeResult` normalises it in place and hands it over: O is never held twice.
 public final class AttentionAccumulator {
     public let rows: Int
     public let heads: Int
     public let headDim: Int
-    /// [heads, rows, headDim]: head-major, so one head's rows are contiguous for the kernel's GEMMs.
-    public var sum: UnsafeMutableBufferPointer<Float> { sumStorage.buffer }
+    /// [rows, heads, headDim], O's layout: a head's row r at (r·heads + h)·headDim, rows
+    /// heads·headDim apart (the kernel's GEMMs take that leading dimension).
+    public var sum: [Float] { sumValues }
     /// [heads, rows]
     public var rowMax: UnsafeMutableBufferPointer<Float> { rowMaxStorage.buffer }
     /// [heads, rows]
     public var rowSum: UnsafeMutableBufferPointer<Float> { rowSumStorage.buffer }
-    private let sumStorage: OwnedBuffer<Float>, rowMaxStorage: OwnedBuffer<Float>, rowSumStorage: OwnedBuffer<Float>
+    private var sumValues: [Float] = []
+    private let rowMaxStorage: OwnedBuffer<Float>, rowSumStorage: OwnedBuffer<Float>
     /// One unit of `rowMax` in natural log: ln 2, or exactly scale / (the kernel's float scale·log2 e),
     /// which the kernel sets, so the LSE carries no error from rounding that product.
     public var maxUnit: Double = M_LN2
@@ -119,15 +122,29 @@ public final class AttentionAccumulator {
         self.rows = rows
         self.heads = heads
         self.headDim = headDim
-        sumStorage = OwnedBuffer(uninitializedCount: max(1, rows * heads * headDim))
         rowMaxStorage = OwnedBuffer(uninitializedCount: max(1, heads * rows))
         rowSumStorage = OwnedBuffer(uninitializedCount: max(1, heads * rows))
         reset()
     }
 
+    /// Elements from one row of `sum` to the next.
+    public var rowStride: Int { heads * headDim }
+
+    /// Runs `body` with `sum`'s storage (the kernel's folds write through it, on any thread,
+    /// while `body` runs).
+    public func withSum<Result>(_ body: (UnsafeMutablePointer<Float>) throws -> Result) rethrows -> Result {
+        if sumValues.isEmpty { sumValues = [Float](repeating: 0, count: max(1, rows * heads * headDim)) }
+        return try sumValues.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
+    }
+
     /// Back to "no keys seen".
     public func reset() {
-        sum.update(repeating: 0)
+        let count = max(1, rows * heads * headDim)
+        if sumValues.count == count {
+            sumValues.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+        } else {
+            sumValues = [Float](repeating: 0, count: count)
+        }
         rowMax.update(repeating: -.infinity)
         rowSum.update(repeating: 0)
     }
@@ -135,17 +152,21 @@ public final class AttentionAccumulator {
     /// Writes the normalised output ([rows, heads, headDim]) and lse ([heads, rows] with row
     /// stride `lseStride`, so a shard can write into a whole-sequence LSE). Rows that saw no key
     /// get O = 0 and lse = -inf; rows whose scores were not finite get NaN, never "no key".
+    /// `output` may be `sum`'s own storage.
     public func finish(output: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, lseStride: Int? = nil) {
-        let stride = lseStride ?? rows
+        withSum { sum in normalise(sum, into: output, lse: lse, lseStride: lseStride ?? rows) }
+    }
+
+    private func normalise(_ sum: UnsafeMutablePointer<Float>, into output: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, lseStride stride: Int) {
         let d = headDim
-        let (sum, rowMax, rowSum) = (self.sum, self.rowMax, self.rowSum)
+        let (rowMax, rowSum) = (self.rowMax, self.rowSum)
         for h in 0 ..< heads {
             for r in 0 ..< rows {
                 let l = rowSum[h * rows + r]
                 let o = output + (r * heads + h) * d
                 if l > 0 {
                     let inv = 1 / l
-                    let s = sum.baseAddress! + (h * rows + r) * d
+                    let s = sum + (r * heads + h) * d
                     for i in 0 ..< d { o[i] = s[i] * inv }
                     lse[h * stride + r] = Float(Double(rowMax[h * rows + r]) * maxUnit + Foundation.log(Double(l)))
                 } else if l == 0 {
@@ -157,6 +178,19 @@ public final class AttentionAccumulator {
                 }
             }
         }
+    }
+
+    /// The normalised result, made in `sum`'s own storage, which it takes: no second copy of O.
+    /// The accumulator is spent until `reset`.
+    public func takeResult() -> PartialResult {
+        var lse = [Float](repeating: 0, count: heads * rows)
+        if rows > 0 && heads > 0 {
+            lse.withUnsafeMutableBufferPointer { l in withSum { normalise($0, into: $0, lse: l.baseAddress!, lseStride: rows) } }
+        }
+        var output = sumValues
+        sumValues = []
+        if output.count != rows * heads * headDim { output = [] }  // the 1-element storage of an empty accumulator
+        return PartialResult(rows: rows, heads: heads, headDim: headDim, output: output, lse: lse)
     }
 
     /// The normalised result as a value.

@@ -54,20 +54,20 @@ public enum ValueProduct: Equatable, Sendable {
     @inline(__always)
     func multiplyAdd(
         rows: Int, keys: Int, headDim d: Int, p: UnsafePointer<Float>, ldp: Int, v: UnsafePointer<Float>,
-        into acc: UnsafeMutablePointer<Float>
+        into acc: UnsafeMutablePointer<Float>, ldc: Int
     ) {
         switch self {
         case .packed:
             cblas_sgemm(
                 CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(d), Int32(keys),
-                1, p, Int32(ldp), v, Int32(d), 1, acc, Int32(d))
+                1, p, Int32(ldp), v, Int32(d), 1, acc, Int32(ldc))
         case .pieces(let pieceRows, let pieceKeys):
             for row in stride(from: 0, to: rows, by: pieceRows) {
                 let m = min(pieceRows, rows - row)
                 for key in stride(from: 0, to: keys, by: pieceKeys) {
                     cblas_sgemm(
                         CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(d), Int32(min(pieceKeys, keys - key)),
-                        1, p + row * ldp + key, Int32(ldp), v + key * d, Int32(d), 1, acc + row * d, Int32(d))
+                        1, p + row * ldp + key, Int32(ldp), v + key * d, Int32(d), 1, acc + row * ldc, Int32(ldc))
                 }
             }
         }

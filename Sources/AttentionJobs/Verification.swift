@@ -100,7 +100,7 @@ public enum Verification {
                 }
             }
         }
-        return accumulator.result()
+        return accumulator.takeResult()
     }
 
     /// Local rows checked against float64: all of them, or an even sample of `sample` rows
@@ -248,7 +248,7 @@ extension Verification {
             }
         }
         let backward = LocalAttentionBackward(shape: job.shape, mask: job.mask, tiling: job.tiling, threads: job.threads, products: job.products)
-        return backward.gradients(q: q, k: k, v: v, forward: accumulator.result(), outputGrad: outputGrad)
+        return backward.gradients(q: q, k: k, v: v, forward: accumulator.takeResult(), outputGrad: outputGrad)
     }
 }
 

@@ -76,7 +76,7 @@ public struct MeshAttention: SequenceParallelStrategy {
             queries: heads.queries, querySegments: exchange.groupSegments,
             keyValues: heads.keyValues, kernel: job.kernel(for: heads.slice), mask: job.mask, into: accumulator)
         var result = PartialResult(emptyRows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
-        try exchange.gather(accumulator.result(), into: &result)
+        try exchange.gather(accumulator.takeResult(), into: &result)
         return result
     }
 }

@@ -25,7 +25,7 @@ public struct RingAttention: SequenceParallelStrategy {
         try pass.run(
             queries: shard.queryElements, querySegments: shard.querySegments,
             keyValues: shard.keyValueStorage.rows, kernel: job.kernel, mask: job.mask, into: accumulator)
-        return accumulator.result()
+        return accumulator.takeResult()
     }
 }
 

@@ -76,7 +76,7 @@ public struct S2Attention: SequenceParallelStrategy {
             if step + 1 < exchange.ranks { try exchange.post(step + 1) }
             fold(received)
         }
-        return accumulator.result()
+        return accumulator.takeResult()
     }
 }
 

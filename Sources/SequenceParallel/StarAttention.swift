@@ -44,7 +44,7 @@ public struct StarAttention: SequenceParallelStrategy {
                 keyValues: shard.keyValueElements, keySegment: keySegment, into: accumulator,
                 recorder: communicator.recorder)
         }
-        let merged = try SoftmaxMergeReduction(headDim: d).merge(accumulator.result(), root: everyRank ? nil : 0, communicator: communicator)
+        let merged = try SoftmaxMergeReduction(headDim: d).merge(accumulator.takeResult(), root: everyRank ? nil : 0, communicator: communicator)
         return merged ?? PartialResult(emptyRows: 0, heads: shape.heads, headDim: d)
     }
 }

@@ -123,5 +123,13 @@ struct AccumulationTests {
         #expect(accumulator.sum.allSatisfy { $0 == 0 })
         fold()
         #expect(bits(accumulator.result()) == bits(first))
+        // takeResult: the same result, normalised in the accumulator's own storage, which it hands
+        // over (O is not held twice); reset makes the accumulator ready again.
+        let taken = accumulator.takeResult()
+        #expect(bits(taken) == bits(first))
+        #expect(accumulator.sum.isEmpty)
+        accumulator.reset()
+        fold()
+        #expect(bits(accumulator.takeResult()) == bits(first))
     }
 }
