@@ -105,8 +105,8 @@ public final class LocalAttention {
     static func shift(for max: Float) -> Float { max.isFinite ? -max : 0 }
 
     /// Per thread: scores [queryTile, keyBlock] (each row holding its shift between blocks), probabilities
-    /// [queryTile, keyBlock], the packed query tile [queryTile, headDim], and row rescale
-    /// factors [queryTile].
+    /// [queryTile, keyBlock], the packed query tile [queryTile, headDim], row rescale factors
+    /// [queryTile], and the tile's running O [queryTile, headDim], contiguous.
     private let scratch: [OwnedBuffer<Float>]
     /// K and V of the current call, packed per kv head.
     private let packed = PackedKeyValues()
@@ -144,7 +144,7 @@ public final class LocalAttention {
         self.tiling = tiling
         self.threads = max(1, threads)
         baseTwo = BaseTwoScores(scale: shape.scale)
-        let perThread = 2 * tiling.queryTile * tiling.keyBlock + tiling.queryTile * shape.headDim + tiling.queryTile
+        let perThread = 2 * tiling.queryTile * tiling.keyBlock + 2 * tiling.queryTile * shape.headDim + tiling.queryTile
         scratch = (0 ..< self.threads).map { _ in OwnedBuffer(repeating: 0, count: perThread) }
         let products = products ?? .float32
         self.products = products
@@ -259,9 +259,10 @@ public final class LocalAttention {
         let tq = tileRows.count
         let queryPositions = (querySegment.positions.lowerBound + tileRows.lowerBound) ..< (querySegment.positions.lowerBound + tileRows.upperBound)
         let accRow = querySegment.localRow + tileRows.lowerBound
-        // The accumulator's rows of this head, ldo apart (O's layout).
+        // The accumulator's rows of this head, ldo apart (O's layout); the tile works on a
+        // contiguous copy (`acc`, rows d apart), so its products keep their leading dimension.
         let ldo = accumulator.rowStride
-        let acc = sum + accRow * ldo + head * d
+        let accumulated = sum + accRow * ldo + head * d
         let stateBase = head * accumulator.rows + accRow
         let rowMax = accumulator.rowMax.baseAddress! + stateBase
         let rowSum = accumulator.rowSum.baseAddress! + stateBase
@@ -271,6 +272,7 @@ public final class LocalAttention {
         let probabilities = scores + tiling.queryTile * tiling.keyBlock
         let q = probabilities + tiling.queryTile * tiling.keyBlock
         let alphas = q + tiling.queryTile * d
+        let acc = alphas + tiling.queryTile
         let keyCount = keySegment.positions.count
         let flopCounts = self.flopCounts.buffer, nonFiniteRows = self.nonFiniteRows.buffer
 
@@ -293,6 +295,7 @@ public final class LocalAttention {
         // first block; each block's softmax stores the row's shift back over the columns it reads.
         // (bf16 products subtract it in the softmax's pass instead.)
         let width = min(tiling.keyBlock, keyCount)
+        for r in 0 ..< tq { (acc + r * d).update(from: accumulated + r * ldo, count: d) }
         var filled = false
         var blockStart = 0
         while blockStart < keyCount {
@@ -377,19 +380,20 @@ public final class LocalAttention {
                 rescaled = rescaled || alpha != 1
             }
             if rescaled {  // rare: a block raised some row's max a lot
-                for r in 0 ..< tq where alphas[r] != 1 { scaleRow(acc + r * ldo, count: d, by: alphas[r]) }
+                for r in 0 ..< tq where alphas[r] != 1 { scaleRow(acc + r * d, count: d, by: alphas[r]) }
             }
             // acc += P · V_block (P rounded to bf16 for bf16 products, as FlashAttention does;
             // the row sums keep P's float32 values)
             switch operands.storage {
             case .float32(_, let values):
-                valueProduct.multiplyAdd(rows: tq, keys: tk, headDim: d, p: probabilities, ldp: tk, v: values + keyOffset, into: acc, ldc: ldo)
+                valueProduct.multiplyAdd(rows: tq, keys: tk, headDim: d, p: probabilities, ldp: tk, v: values + keyOffset, into: acc, ldc: d)
             case .bf16(_, let values):
                 gemms[thread].multiply(
                     m: tq, n: d, k: tk, a: probabilityBits!, lda: tk, b: values + keyOffset, ldb: ldk,
-                    transposedB: false, accumulate: true, c: acc, ldc: ldo)
+                    transposedB: false, accumulate: true, c: acc, ldc: d)
             }
         }
+        for r in 0 ..< tq { (accumulated + r * ldo).update(from: acc + r * d, count: d) }
     }
 
     /// Turns one row of shifted scores, x = s - m (m the row's running max, finite), into
