@@ -115,9 +115,12 @@ func roundedToBF16(_ x: FloatVector) -> FloatVector {
 }
 
 /// Stores lanes already rounded to bf16 values (`roundedToBF16`) as their bf16 bits: the upper
-/// halves, exactly.
+/// halves, exactly: the odd 16-bit lanes on a little-endian CPU, picked by one shuffle.
+/// (`SIMD16<UInt16>(truncatingIfNeeded:)` stayed a generic call, 4% of a bf16 forward's time.)
 @inlinable @inline(__always)
 func storeBF16(_ x: FloatVector, _ p: UnsafeMutablePointer<UInt16>) {
-    let halves = SIMD16<UInt16>(truncatingIfNeeded: unsafeBitCast(x, to: SIMD16<UInt32>.self) &>> 16)
+    let v = unsafeBitCast(x, to: SIMD32<UInt16>.self)
+    let halves = SIMD16<UInt16>(
+        v[1], v[3], v[5], v[7], v[9], v[11], v[13], v[15], v[17], v[19], v[21], v[23], v[25], v[27], v[29], v[31])
     UnsafeMutableRawPointer(p).storeBytes(of: halves, as: SIMD16<UInt16>.self)
 }
