@@ -79,6 +79,7 @@ public final class ElementStorage {
         floatStorage = elementType == .f32 ? OwnedBuffer(uninitializedCount: self.count) : nil
         bitStorage = elementType == .f32 ? nil : OwnedBuffer(uninitializedCount: self.count)
         raw.initializeMemory(as: UInt8.self, repeating: 0, count: self.count * elementType.byteSize)
+        if elementType == .f32 { raw.bindMemory(to: Float.self, capacity: self.count) } else { raw.bindMemory(to: UInt16.self, capacity: self.count) }
     }
 
     public var raw: UnsafeMutableRawPointer {

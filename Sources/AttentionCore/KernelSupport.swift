@@ -8,9 +8,10 @@ import Dispatch
 import FileFormats
 
 /// Rows of K and V as a strategy holds or receives them (`[rows, kv heads, headDim]` each), in the
-/// element type they are stored or travel in: float32, which the kernel reads in place where the
-/// layout allows, or the bits of bf16/f16, which it widens to float32 in the per-kv-head copy it
-/// makes anyway (`PackedKeyValues`). The arithmetic is float32 either way.
+/// element type they are stored or travel in: float32, or the bits of bf16/f16. The kernel reads
+/// them in place where they already are its products' operands (one kv head of the products'
+/// type), else through the per-kv-head copy (`PackedKeyValues`): widened to float32 for float32
+/// products, copied (bf16) or narrowed (float32 rows of bf16 values) for bf16 products.
 public struct KeyValueRows {
     public let keys: UnsafeRawPointer
     public let values: UnsafeRawPointer

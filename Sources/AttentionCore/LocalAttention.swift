@@ -1,18 +1,20 @@
 // The fused local attention kernel, FlashAttention-style, on one rank's CPU cores.
 //
-// For a tile of queries of one head it walks key blocks: S = scale·Q·Kᵀ (cblas_sgemm), clips rows
-// the mask cuts, turns S into P = exp(S - m) in one fused pass that also sums P and finds the
-// block's max, and adds P·V (cblas_sgemm, beta 1, whole or in pieces: `ValueProduct`) straight
-// into the accumulator. Blocks the mask hides are skipped before any arithmetic, and partial
-// blocks are trimmed to the keys the tile sees.
+// For a tile of queries of one head it walks key blocks: S = scale·Q·Kᵀ (cblas_sgemm, or oneDNN's
+// bf16 matmul for bf16 products), clips rows the mask cuts, turns S into P = exp(S - m) in one fused
+// pass that also sums P and finds the block's max, and adds P·V (beta 1; float32 whole or in pieces:
+// `ValueProduct`) into the tile's running O, a contiguous copy of its accumulator rows written back
+// once per tile. Blocks the mask hides are skipped before any arithmetic, and partial blocks are
+// trimmed to the keys the tile sees.
 //
 // Where the time goes, and why the kernel is shaped this way (docs/PERFORMANCE.md has the figures):
 // - The GEMMs run on contiguous operands. Q, K and V rows hold every head, so one head's rows sit
 //   heads·headDim floats apart (4 KiB at 8 x 128), and OpenBLAS's packing of strided rows thrashes
 //   L1 sets; the kernel copies each kv head's keys and values once per call, each query tile once,
-//   and the accumulator is head-major ([heads, rows, headDim]), so every GEMM sees leading
-//   dimension headDim.
-// - S carries the shift. The scores' GEMM adds (beta 1) to an S whose rows hold -m, each row's
+//   and each tile's O rows once, so every GEMM sees leading dimension headDim. (The accumulator
+//   itself is laid out as O, [rows, heads, headDim], so that it becomes O without a copy.)
+// - S carries the shift (float32 products; bf16 ones subtract it in the softmax pass, where
+//   oneDNN's accumulating form cost more). The scores' GEMM adds (beta 1) to an S whose rows hold -m, each row's
 //   running max, so it leaves s - m: OpenBLAS does not clear C first (with beta 0 it does, 2% of
 //   the time at head dim 64) and the softmax subtracts nothing (an eighth of its time). A tile fills
 //   its rows' -m once; the softmax pass, which reads S anyway, writes P to a second tile and
@@ -104,7 +106,7 @@ public final class LocalAttention {
     /// softmax subtracts the max itself.
     static func shift(for max: Float) -> Float { max.isFinite ? -max : 0 }
 
-    /// Per thread: scores [queryTile, keyBlock] (each row holding its shift between blocks), probabilities
+    /// Per thread: scores [queryTile, keyBlock] (float32 products: each row holding its shift between blocks), probabilities
     /// [queryTile, keyBlock], the packed query tile [queryTile, headDim], row rescale factors
     /// [queryTile], and the tile's running O [queryTile, headDim], contiguous.
     private let scratch: [OwnedBuffer<Float>]
@@ -383,7 +385,7 @@ public final class LocalAttention {
                 for r in 0 ..< tq where alphas[r] != 1 { scaleRow(acc + r * d, count: d, by: alphas[r]) }
             }
             // acc += P · V_block (P rounded to bf16 for bf16 products, as FlashAttention does;
-            // the row sums keep P's float32 values)
+            // the row sums are of those rounded values)
             switch operands.storage {
             case .float32(_, let values):
                 valueProduct.multiplyAdd(rows: tq, keys: tk, headDim: d, p: probabilities, ldp: tk, v: values + keyOffset, into: acc, ldc: d)

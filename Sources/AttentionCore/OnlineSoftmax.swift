@@ -99,8 +99,9 @@ public struct PartialResult: Equatable, Sendable {
 /// `sum` holds Σ 2^(s - m)·v, `rowMax` the shift m (the kernel's running max, which may lag the
 /// true max by a bounded amount), `rowSum` Σ 2^(s - m); s and m are in base-2 units (the natural
 /// scores times log2 e), as the kernel computes them.
-/// Storage is allocated once; a kernel folds key blocks in, `finish` normalises. `sum` is laid
-/// out as O itself, so `takeResult` normalises it in place and hands it over: O is never held twice.
+/// A kernel folds key blocks in, `finish` or `result` normalises into new storage. `sum` is laid
+/// out as O itself, so `takeResult` normalises it in place and hands it over: O is never held
+/// twice; the accumulator is then spent until `reset` (which makes `sum` again).
 public final class AttentionAccumulator {
     public let rows: Int
     public let heads: Int
@@ -113,6 +114,8 @@ public final class AttentionAccumulator {
     /// [heads, rows]
     public var rowSum: UnsafeMutableBufferPointer<Float> { rowSumStorage.buffer }
     private var sumValues: [Float] = []
+    /// `takeResult` handed `sum` over; nothing but `reset` may follow.
+    private var spent = false
     private let rowMaxStorage: OwnedBuffer<Float>, rowSumStorage: OwnedBuffer<Float>
     /// One unit of `rowMax` in natural log: ln 2, or exactly scale / (the kernel's float scale·log2 e),
     /// which the kernel sets, so the LSE carries no error from rounding that product.
@@ -133,7 +136,7 @@ public final class AttentionAccumulator {
     /// Runs `body` with `sum`'s storage (the kernel's folds write through it, on any thread,
     /// while `body` runs).
     public func withSum<Result>(_ body: (UnsafeMutablePointer<Float>) throws -> Result) rethrows -> Result {
-        if sumValues.isEmpty { sumValues = [Float](repeating: 0, count: max(1, rows * heads * headDim)) }
+        precondition(!spent, "AttentionAccumulator: its result was taken; reset() before folding or finishing again")
         return try sumValues.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
     }
 
@@ -147,12 +150,12 @@ public final class AttentionAccumulator {
         }
         rowMax.update(repeating: -.infinity)
         rowSum.update(repeating: 0)
+        spent = false
     }
 
     /// Writes the normalised output ([rows, heads, headDim]) and lse ([heads, rows] with row
     /// stride `lseStride`, so a shard can write into a whole-sequence LSE). Rows that saw no key
     /// get O = 0 and lse = -inf; rows whose scores were not finite get NaN, never "no key".
-    /// `output` may be `sum`'s own storage.
     public func finish(output: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, lseStride: Int? = nil) {
         withSum { sum in normalise(sum, into: output, lse: lse, lseStride: lseStride ?? rows) }
     }
@@ -189,6 +192,7 @@ public final class AttentionAccumulator {
         }
         var output = sumValues
         sumValues = []
+        spent = true
         if output.count != rows * heads * headDim { output = [] }  // the 1-element storage of an empty accumulator
         return PartialResult(rows: rows, heads: heads, headDim: headDim, output: output, lse: lse)
     }

@@ -53,7 +53,9 @@ public final class OwnedBuffer<Element: BitwiseCopyable> {
         self.init(uninitializedCount: count, onFree: nil)
         let slots = Swift.max(1, count)
         if withUnsafeBytes(of: value, { $0.allSatisfy { $0 == 0 } }) {
-            UnsafeMutableRawPointer(buffer.baseAddress!).initializeMemory(as: UInt8.self, repeating: 0, count: slots * MemoryLayout<Element>.stride)
+            let raw = UnsafeMutableRawPointer(buffer.baseAddress!)
+            raw.initializeMemory(as: UInt8.self, repeating: 0, count: slots * MemoryLayout<Element>.stride)
+            raw.bindMemory(to: Element.self, capacity: slots)
         } else {
             buffer.baseAddress!.initialize(repeating: value, count: slots)
         }

@@ -350,14 +350,12 @@ public final class NpyFile {
         elementType.widen(raw, into: buffer, count: count)
     }
 
-    /// Reads `count` elements of a bf16 or f16 file starting at element `offset`, as their bits.
+    /// Reads `count` elements of a bf16 or f16 file starting at element `offset`, as their bits
+    /// (little-endian, as the file and seqpar's 16-bit storage hold them).
     public func readBits(into buffer: UnsafeMutablePointer<UInt16>, elementOffset offset: Int, count: Int) throws {
         guard let elementType, elementType.byteSize == 2 else { preconditionFailure("\(path) does not hold 16-bit floats") }
         try checkRange(offset: offset, count: count, operation: "read")
         try readBytes(UnsafeMutableRawBufferPointer(start: buffer, count: count * 2), at: offset * 2)
-        #if _endian(big)
-            for i in 0 ..< count { buffer[i] = UInt16(littleEndian: buffer[i]) }
-        #endif
     }
 
     /// Every element of an int32 or int64 file (opened with those dtypes), as Int.

@@ -54,7 +54,8 @@ public struct DistributedAttention {
     /// Rows this rank holds.
     public var localRows: Int { partition.rowCount(of: communicator.rank) }
 
-    /// O and LSE of this rank's rows.
+    /// O and LSE of this rank's rows. The inputs are rounded to `elementType` (to nearest even) as
+    /// they are copied in, as the files of a job of that type are.
     /// - Parameters:
     ///   - q: `[localRows, heads, headDim]`.
     ///   - k, v: `[localRows, kvHeads, headDim]`.
@@ -63,7 +64,8 @@ public struct DistributedAttention {
     }
 
     /// dQ, dK and dV of this rank's rows, for the output gradient `outputGrad` (`[localRows,
-    /// heads, headDim]`) of `forward`'s result for the same inputs.
+    /// heads, headDim]`) of `forward`'s result for the same inputs; dO is rounded to `elementType` too,
+    /// so every strategy sees the same values (the head strategies move it in that type).
     public func backward(q: [Float], k: [Float], v: [Float], forward: PartialResult, outputGrad: [Float]) throws -> ShardGradients {
         if let why = strategy.backwardRefusal { throw StrategyRefusal(description: why) }
         let shard = try communicator.together {
@@ -72,6 +74,8 @@ public struct DistributedAttention {
             }
             return try self.shard(q: q, k: k, v: v)
         }
+        var outputGrad = outputGrad
+        outputGrad.withUnsafeMutableBufferPointer { elementType.round($0) }
         return try outputGrad.withUnsafeBufferPointer {
             try strategy.backward(shard, forward: forward, outputGrad: $0.baseAddress!, job: job, communicator: communicator)
         }

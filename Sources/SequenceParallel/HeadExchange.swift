@@ -127,8 +127,8 @@ struct HeadExchange {
     /// Sends each member `m` this member's `rows` rows of `source` (`rowWidth` floats each) for the
     /// heads `headsOf(m)` (`width` floats per head); what arrives, `[groupRows, headsOf(me), width]`,
     /// lands at `destination`, member after member. With a 16-bit `elementType` the rows travel
-    /// narrowed to it (exact for values already rounded to it: the inputs and dO, never the
-    /// float32 statistics) and are widened on arrival.
+    /// narrowed to it (exact for values already rounded to it: dO, never the float32 statistics)
+    /// and are widened on arrival. (Q, K and V, held in their type, take the `ElementRows` form.)
     func scatterRows(
         _ source: UnsafePointer<Float>, rows myRows: Int, rowWidth: Int, width d: Int, headsOf: (Int) -> Range<Int>,
         into destination: UnsafeMutablePointer<Float>, elementType: ElementType = .f32

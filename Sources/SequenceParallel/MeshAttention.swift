@@ -72,9 +72,12 @@ public struct MeshAttention: SequenceParallelStrategy {
             communicator: ringCommunicator,
             blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
             kvRowWidth: heads.slice.kvHeads.count * job.shape.headDim, buffers: job.exchangeBuffers)
-        try pass.run(
-            queries: heads.queries, querySegments: exchange.groupSegments,
-            keyValues: heads.keyValues, kernel: job.kernel(for: heads.slice), mask: job.mask, into: accumulator)
+        // The ring's first send points into the head shard's storage: it stays alive until the pass's waits.
+        try withExtendedLifetime(heads) {
+            try pass.run(
+                queries: heads.queries, querySegments: exchange.groupSegments,
+                keyValues: heads.keyValues, kernel: job.kernel(for: heads.slice), mask: job.mask, into: accumulator)
+        }
         var result = PartialResult(emptyRows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
         try exchange.gather(accumulator.takeResult(), into: &result)
         return result
@@ -139,10 +142,12 @@ extension MeshAttention {
             communicator: ringCommunicator,
             blockSegments: (0 ..< ring).map { ShardSegment.stacked(members(of: $0).flatMap { $0 }) },
             kvRowWidth: kvWidth, buffers: job.exchangeBuffers)
-        try pass.runBackward(
-            queries: heads.queries, outputGrad: outputGradHeads.baseAddress,
-            querySegments: exchange.groupSegments, keyValues: heads.keyValues,
-            kernel: job.backwardKernel(for: slice), mask: job.mask, gradients: gradients, keyValueGrads: keyValueGrads.buffer)
+        try withExtendedLifetime(heads) {
+            try pass.runBackward(
+                queries: heads.queries, outputGrad: outputGradHeads.baseAddress,
+                querySegments: exchange.groupSegments, keyValues: heads.keyValues,
+                kernel: job.backwardKernel(for: slice), mask: job.mask, gradients: gradients, keyValueGrads: keyValueGrads.buffer)
+        }
 
         // Back to sequence shards.
         var result = ShardGradients(

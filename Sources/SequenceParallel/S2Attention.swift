@@ -139,7 +139,7 @@ final class PieceExchange {
     /// This rank's own keys.
     var own: KeyValues { KeyValues(keyValues: shard.keyValueElements, rows: shard.keyRows, segments: shard.keySegments) }
 
-    /// Floats of the largest K/V pair a step can receive.
+    /// Elements of the largest K/V pair a step can receive.
     var blockCount: Int { block.count }
 
     func floats(_ pieces: [S2Attention.Piece]) -> Int { S2Attention.floats(pieces, headDim: headDim) }
@@ -212,7 +212,8 @@ final class PieceExchange {
 }
 
 extension S2Attention {
-    /// Floats of `pieces` packed: each piece's K (or dK) rows, then its V (or dV) rows.
+    /// Elements of `pieces` packed (K/V in the job's type, dK/dV float32): each piece's K (or dK)
+    /// rows, then its V (or dV) rows.
     static func floats(_ pieces: [Piece], headDim: Int) -> Int { pieces.reduce(0) { $0 + 2 * $1.rows.count * headDim } }
 
     public var backwardRefusal: String? { nil }

@@ -16,12 +16,15 @@ struct SixteenBitRowsTests {
         let type: ElementType
         let kvHeads: Int
         let mask: AttentionMask
-        var testDescription: String { "\(type), \(kvHeads) kv heads, \(mask)" }
+        /// Kernel threads: 2 packs every kv head at once, 1 one kv head at a time.
+        var threads = 1
+        var testDescription: String { "\(type), \(kvHeads) kv heads, \(mask), \(threads) thread(s)" }
     }
 
-    static let cases: [Case] = [ElementType.bf16, .f16].flatMap { type in
-        [1, 2, 4].flatMap { kv in [AttentionMask.none, .causal].map { Case(type: type, kvHeads: kv, mask: $0) } }
-    }
+    static let cases: [Case] =
+        [ElementType.bf16, .f16].flatMap { type in
+            [1, 2, 4].flatMap { kv in [AttentionMask.none, .causal].map { Case(type: type, kvHeads: kv, mask: $0) } }
+        } + [ElementType.bf16, .f16].map { Case(type: $0, kvHeads: 2, mask: .causal, threads: 2) }
 
     /// The problem with K and V rounded to `type`, and those values as `type`'s bits.
     static func problem(_ c: Case) throws -> (Problem, keys: [UInt16], values: [UInt16]) {
@@ -68,7 +71,7 @@ struct SixteenBitRowsTests {
         let segments = [ShardSegment(positions: 0 ..< 90, localRow: 0), ShardSegment(positions: 90 ..< 197, localRow: 90)]
         let queries = Self.storage(problem.q.values, c.type)
         func run(_ sixteen: Bool) -> PartialResult {
-            let kernel = LocalAttention(shape: problem.shape, mask: c.mask, tiling: tiling, products: products)
+            let kernel = LocalAttention(shape: problem.shape, mask: c.mask, tiling: tiling, threads: c.threads, products: products)
             let accumulator = AttentionAccumulator(rows: 197, heads: 4, headDim: 48)
             problem.q.values.withUnsafeBufferPointer { q in
                 problem.k.values.withUnsafeBufferPointer { k in
@@ -105,7 +108,7 @@ struct SixteenBitRowsTests {
         let segment = ShardSegment(positions: 0 ..< 197, localRow: 0)
         let queries = Self.storage(problem.q.values, c.type)
         func run(_ sixteen: Bool) -> (dq: [Float], dk: [Float], dv: [Float]) {
-            let kernel = LocalAttentionBackward(shape: problem.shape, mask: c.mask, tiling: tiling, products: products)
+            let kernel = LocalAttentionBackward(shape: problem.shape, mask: c.mask, tiling: tiling, threads: c.threads, products: products)
             let accumulator = forward.output.withUnsafeBufferPointer { o in
                 dO.values.withUnsafeBufferPointer { g in
                     forward.lse.withUnsafeBufferPointer { l in
