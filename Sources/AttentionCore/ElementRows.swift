@@ -16,12 +16,6 @@ public struct ElementRows {
         elementType = .f32
     }
 
-    public init(bits: UnsafePointer<UInt16>, elementType: ElementType) {
-        precondition(elementType.byteSize == 2, "16-bit rows must be bf16 or f16")
-        base = UnsafeRawPointer(bits)
-        self.elementType = elementType
-    }
-
     public init(raw: UnsafeRawPointer, elementType: ElementType) {
         base = raw
         self.elementType = elementType
@@ -37,28 +31,14 @@ public struct ElementRows {
     }
 
     /// `count` elements from element `offset` as bf16 bits: float32 values are narrowed (exactly,
-    /// when they hold bf16 values); bf16 bits are copied.
+    /// when they hold bf16 values); bf16 bits are copied. (Only bf16 jobs have bf16 products, so
+    /// f16 rows never come here.)
     @inline(__always)
     public func loadBF16(_ offset: Int, count: Int, into destination: UnsafeMutablePointer<UInt16>) {
         switch elementType {
         case .f32: narrowToBF16(base.assumingMemoryBound(to: Float.self) + offset, into: destination, count: count)
         case .bf16: destination.update(from: base.assumingMemoryBound(to: UInt16.self) + offset, count: count)
-        case .f16: ElementType.bf16.narrowWidened(from: base + 2 * offset, .f16, into: destination, count: count)
-        }
-    }
-}
-
-extension ElementType {
-    /// Converts `count` elements of `source` (of type `from`) to this 16-bit type through float32.
-    func narrowWidened(from source: UnsafeRawPointer, _ from: ElementType, into destination: UnsafeMutablePointer<UInt16>, count: Int) {
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: 256) { chunk in
-            var done = 0
-            while done < count {
-                let n = min(256, count - done)
-                from.widen(source + done * from.byteSize, into: chunk.baseAddress!, count: n)
-                narrow(chunk.baseAddress!, into: destination + done, count: n)
-                done += n
-            }
+        case .f16: preconditionFailure("bf16 products take bf16 or float32 rows")
         }
     }
 }
@@ -75,11 +55,8 @@ public final class ElementStorage {
     public init(zeroed count: Int, elementType: ElementType) {
         self.elementType = elementType
         self.count = max(1, count)
-        // Zeroed with one memset (a generic fill of UInt16 elements ran element by element).
-        floatStorage = elementType == .f32 ? OwnedBuffer(uninitializedCount: self.count) : nil
-        bitStorage = elementType == .f32 ? nil : OwnedBuffer(uninitializedCount: self.count)
-        raw.initializeMemory(as: UInt8.self, repeating: 0, count: self.count * elementType.byteSize)
-        if elementType == .f32 { raw.bindMemory(to: Float.self, capacity: self.count) } else { raw.bindMemory(to: UInt16.self, capacity: self.count) }
+        floatStorage = elementType == .f32 ? OwnedBuffer(repeating: 0, count: self.count) : nil
+        bitStorage = elementType == .f32 ? nil : OwnedBuffer(repeating: 0, count: self.count)
     }
 
     public var raw: UnsafeMutableRawPointer {

@@ -204,6 +204,13 @@ extension AttentionMask {
     }
 }
 
+/// The kv heads a kernel packs and works through together: one at a time on one thread (the
+/// packed copy is then 1/kvHeads of the block), every one at once on several, so that the threads
+/// share out all of the call's items.
+func kvHeadGroups(_ kvHeads: Int, threads: Int) -> [Range<Int>] {
+    threads == 1 ? (0 ..< kvHeads).map { $0 ..< $0 + 1 } : [0 ..< kvHeads]
+}
+
 /// Runs items 0..<items on `threads` threads, thread t taking items t, t + threads, ...: the
 /// calling thread is thread 0 and calls `progress` after each of its items, so MPI is driven from
 /// the thread that called the kernel (MPI_THREAD_FUNNELED) however many threads compute.

@@ -106,6 +106,11 @@ public final class LocalAttention {
     /// softmax subtracts the max itself.
     static func shift(for max: Float) -> Float { max.isFinite ? -max : 0 }
 
+    /// Whether S's rows carry their shift into the scores' product (float32 products); bf16
+    /// products compute the scores alone and the softmax subtracts the shift, with P's bits
+    /// written in the same pass.
+    private var scoresCarryShift: Bool { products == .float32 }
+
     /// Per thread: scores [queryTile, keyBlock] (float32 products: each row holding its shift between blocks), probabilities
     /// [queryTile, keyBlock], the packed query tile [queryTile, headDim], row rescale factors
     /// [queryTile], and the tile's running O [queryTile, headDim], contiguous.
@@ -207,12 +212,10 @@ public final class LocalAttention {
         let seen = querySegments.filter(sees)
         guard !seen.isEmpty else { return }
         accumulator.maxUnit = baseTwo.unit
-        // On one thread one kv head at a time: its K/V packed (1/kvHeads of the block), then every
-        // tile of every head that reads it. Several threads take every kv head at once, so that
-        // they share out all the tiles.
+        // Its K/V packed per kv-head group (`kvHeadGroups`), then every tile of every head that reads it.
         let kvHeads = slice.kvHeads.count
         accumulator.withSum { sum in
-            for group in stride(from: 0, to: kvHeads, by: threads == 1 ? 1 : kvHeads).map({ $0 ..< (threads == 1 ? $0 + 1 : kvHeads) }) {
+            for group in kvHeadGroups(kvHeads, threads: threads) {
                 let heads = slice.heads(reading: group.lowerBound, of: shape).lowerBound ..< slice.heads(reading: group.upperBound - 1, of: shape).upperBound
                 // The segments with work, each with its tile count and its first item (segments in
                 // order, each heads x its tiles).
@@ -315,7 +318,7 @@ public final class LocalAttention {
             let tk = keyPositions.count
             flopCounts[thread] += Double(4 * tq * tk * d)
             let keyOffset = operands.offset(kvHead: kvHead, row: keyPositions.lowerBound - keySegment.positions.lowerBound)
-            if !filled && products == .float32 {
+            if !filled && scoresCarryShift {
                 for r in 0 ..< tq { (scores + r * ldS).update(repeating: Self.shift(for: rowMax[r]), count: width) }
                 filled = true
             }
@@ -368,7 +371,7 @@ public final class LocalAttention {
                 // The softmax left the row's shift over its first tk columns; if the max moved,
                 // the columns a wider block would use follow.
                 let after = Self.shift(for: rowMax[r])
-                if after != before && width > tk && products == .float32 { (row + tk).update(repeating: after, count: width - tk) }
+                if after != before && width > tk && scoresCarryShift { (row + tk).update(repeating: after, count: width - tk) }
                 if rowMax[r] == -.infinity && !rowSum[r].isNaN {
                     // Every score -inf: the mask hid this block's keys from the row, or the scores
                     // overflowed (huge inputs or scale). Only the mask may make a row see no key.
@@ -410,10 +413,10 @@ public final class LocalAttention {
         rowMax: inout Float, rowSum: inout Float
     ) -> Float {
         let m = rowMax
-        // float32 products: S holds s - m already (the GEMM's beta 1 on the row's shift).
         let (sum, rise) =
-            bits == nil
-            ? exp2Pass(row, into: p, count: count, storing: -m) { $0 } : exp2Pass(row, into: p, bits: bits, count: count, storing: nil) { $0 - FloatVector(repeating: m) }
+            scoresCarryShift
+            ? exp2Pass(row, into: p, count: count, storing: -m) { $0 }  // S holds s - m already
+            : exp2Pass(row, into: p, bits: bits, count: count, storing: nil) { $0 - FloatVector(repeating: m) }
         if !(rise <= Self.lazyRescaleThreshold) {
             if rise > Self.recomputeThreshold { return .nan }  // P may overflow: recompute
             // Move the row to the new max: P and the running state shrink by 2^-rise.
@@ -427,7 +430,7 @@ public final class LocalAttention {
             }
             rowSum = (rowSum + sum) * alpha
             rowMax = m + rise
-            if bits == nil { row.update(repeating: Self.shift(for: rowMax), count: count) }
+            if scoresCarryShift { row.update(repeating: Self.shift(for: rowMax), count: count) }
             return alpha
         }
         rowSum += sum
@@ -504,11 +507,11 @@ public final class LocalAttention {
         let newMax = max(rowMax, blockMax)
         let shift = Self.shift(for: newMax)
         if newMax == -.infinity {  // nothing visible to this row yet: P = 0, state unchanged
-            if bits == nil { row.update(repeating: shift, count: count) }
+            if scoresCarryShift { row.update(repeating: shift, count: count) }
             if let bits { bits.update(repeating: 0, count: count) } else { p.update(repeating: 0, count: count) }
             return 1
         }
-        let (sum, _) = exp2Pass(row, into: p, bits: bits, count: count, storing: bits == nil ? shift : nil) { $0 - FloatVector(repeating: newMax) }
+        let (sum, _) = exp2Pass(row, into: p, bits: bits, count: count, storing: scoresCarryShift ? shift : nil) { $0 - FloatVector(repeating: newMax) }
         let alpha = rowMax == -.infinity ? 1 : vectorExp2Scores(FloatVector(repeating: rowMax - newMax))[0]
         rowSum = rowSum * alpha + sum
         rowMax = newMax

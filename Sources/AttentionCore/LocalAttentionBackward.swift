@@ -214,10 +214,9 @@ public final class LocalAttentionBackward {
             }
             threadDQ.forEach { $0.buffer.update(repeating: 0) }
         }
-        // On one thread one kv head at a time, its K/V packed (1/kvHeads of the block); several
-        // threads take every kv head at once, so that they share out all the blocks.
+        // K/V packed per kv-head group (`kvHeadGroups`), then every block of the group.
         let kvHeads = slice.kvHeads.count
-        for group in stride(from: 0, to: kvHeads, by: threads == 1 ? 1 : kvHeads).map({ $0 ..< (threads == 1 ? $0 + 1 : kvHeads) }) {
+        for group in kvHeadGroups(kvHeads, threads: threads) {
             let operands = packed.pack(keyValues, segment: keySegment, kvHeads: group, of: kvHeads, headDim: shape.headDim, products: products)
             let work = { (thread: Int, item: Int) in
                 let dq = thread == 0 ? gradients.dq.baseAddress! : self.threadDQ[thread - 1].baseAddress

@@ -128,15 +128,6 @@ public final class LocalShard {
     public var queryElements: ElementRows { queryStorage.rows }
     /// K then V as the kernels read them.
     public var keyValueElements: KeyValueRows { KeyValueRows(keyValueStorage.rows, valuesOffset: keyRows * shape.kvRowWidth) }
-    /// Elements of K then V (the block that travels the ring).
-    public var keyValueCount: Int { 2 * keyRows * shape.kvRowWidth }
-
-    /// Q of an f32 shard.
-    public var queries: UnsafeMutableBufferPointer<Float> { queryStorage.floats }
-    /// K rows then V rows of an f32 shard.
-    public var keyValues: UnsafeMutableBufferPointer<Float> { keyValueStorage.floats }
-    public var keys: UnsafeMutablePointer<Float> { keyValues.baseAddress! }
-    public var values: UnsafeMutablePointer<Float> { keyValues.baseAddress! + keyRows * shape.kvRowWidth }
 
     /// Q, K and V widened to float32 (for checks and single-rank references; copies).
     public func widenedQueries() -> [Float] { queryStorage.widened(0 ..< queryRows * shape.queryRowWidth) }
