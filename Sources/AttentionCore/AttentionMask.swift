@@ -19,6 +19,8 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
     /// Packed documents: query i sees key j only when both lie in the same document and `inner`
     /// (none, causal or window; never S2 or documents) allows the pair.
     indirect case documents(DocumentBoundaries, within: AttentionMask)
+    /// Any mask, as rectangular slices (MagiAttention's): a pair is visible when a slice shows it.
+    case slices(MaskSlices)
 
     /// How a block of queries relates to a block of keys.
     public enum BlockRelation: Equatable, Sendable { case hidden, partial, full }
@@ -30,6 +32,7 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
         case let .window(w): return "window \(w)"
         case let .s2(p): return "s2 (block \(p.block), local \(p.local), stride \(p.stride))"
         case let .documents(documents, inner): return inner == .none ? "\(documents)" : "\(inner) within \(documents)"
+        case let .slices(slices): return "\(slices)"
         }
     }
 
@@ -39,6 +42,7 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
         case .none: return false
         case .causal, .window, .s2: return true
         case let .documents(_, inner): return inner.isCausal
+        case let .slices(slices): return slices.isCausal
         }
     }
 
@@ -62,11 +66,13 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
         case let .window(w): return j <= i && i - j < w
         case let .s2(p): return j <= i && p.isActive(queryBlock: i / p.block, keyBlock: j / p.block, head: head)
         case let .documents(documents, inner): return documents.range(containing: i).contains(j) && inner.allows(query: i, key: j, head: head)
+        case let .slices(slices): return slices.allows(query: i, key: j)
         }
     }
 
     /// The keys of `keys` that query `i` sees, as an interval (possibly empty). `keys` must not
-    /// straddle a multiple of `keyBlockAlignment`.
+    /// straddle a multiple of `keyBlockAlignment`. Slices: the interval's hull (empty exactly
+    /// when the query sees none; `clipRows` masks the gaps).
     @inlinable
     public func visibleKeys(query i: Int, head: Int, within keys: Range<Int>) -> Range<Int> {
         switch self {
@@ -89,6 +95,8 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
             let seen = inner.visibleKeys(query: i, head: head, within: keys)
             let lo = min(max(seen.lowerBound, document.lowerBound), keys.upperBound)
             return lo ..< max(lo, min(seen.upperBound, document.upperBound))
+        case let .slices(slices):
+            return slices.visibleKeys(query: i, within: keys)
         }
     }
 
@@ -99,6 +107,7 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
     @inlinable
     public func visibleSpan(queries q: Range<Int>, keys k: Range<Int>, head: Int) -> Range<Int> {
         if case .s2 = self { return k }
+        if case let .slices(slices) = self { return slices.visibleSpan(queries: q, keys: k) ?? k }
         let first = visibleKeys(query: q.lowerBound, head: head, within: k)
         let last = visibleKeys(query: q.upperBound - 1, head: head, within: k)
         return first.lowerBound < last.upperBound ? first.lowerBound ..< last.upperBound : k
@@ -119,6 +128,8 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
         case let .documents(documents, inner):
             let first = documents.document(containing: k.lowerBound), last = documents.document(containing: k.upperBound - 1)
             return inner.querySpan(seeing: k).clamped(to: documents.offsets[first] ..< documents.offsets[last + 1])
+        case let .slices(slices):
+            return slices.querySpan(seeing: k)
         }
     }
 
@@ -162,6 +173,8 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
                 return !queries.isEmpty && !keys.isEmpty && inner.relation(queries: queries, keys: keys, head: head) != .hidden
             }
             return sees(first) || sees(last) ? .partial : .hidden
+        case let .slices(slices):
+            return slices.relation(queries: q, keys: k)
         }
     }
 
@@ -184,6 +197,8 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
                 let span = documents.range(of: d).clamped(to: 0 ..< tokens)
                 return total + inner.visiblePairs(tokens: span.count, heads: heads)
             }
+        case let .slices(slices):
+            return slices.visiblePairs(queries: 0 ..< tokens, keys: 0 ..< tokens) * Double(heads)
         }
     }
 
@@ -205,6 +220,7 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
             }
             return pairs * Double(heads)
         }
+        if case let .slices(slices) = self { return slices.visiblePairs(queries: queries, keys: 0 ..< tokens) * Double(heads) }
         var pairs = 0.0
         for h in 0 ..< heads {
             for i in queries {
@@ -212,7 +228,7 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
                 case .none: pairs += Double(tokens)
                 case .causal: pairs += Double(min(i + 1, tokens))
                 case let .window(w): pairs += Double(max(0, min(i + 1, tokens) - max(0, i - w + 1)))
-                case .documents:
+                case .documents, .slices:
                     preconditionFailure("handled above")
                 case let .s2(p):
                     var key = 0
@@ -240,7 +256,7 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
         case .none: return Double(rows.count) * Double(length)
         case .causal: return capped(length)
         case let .window(w): return capped(min(w, length))
-        case .s2, .documents: preconditionFailure("rowPairs is for none, causal and window masks")
+        case .s2, .documents, .slices: preconditionFailure("rowPairs is for none, causal and window masks")
         }
     }
 

@@ -189,10 +189,13 @@ extension AttentionMask {
     /// Sets the scores this mask hides to -inf, row by row: `scores` is [rows, keys] for the
     /// queries from `queryPositions.lowerBound` on and the keys `keyPositions`, rows `rowStride`
     /// floats apart (the number of keys by default).
-    func clipRows(
+    public func clipRows(
         _ scores: UnsafeMutablePointer<Float>, rows: Int, rowStride: Int? = nil, queryPositions: Range<Int>, keyPositions: Range<Int>, head: Int
     ) {
         let columns = keyPositions.count
+        if case let .slices(slices) = self {
+            return slices.clipRows(scores, rows: rows, rowStride: rowStride ?? columns, queryPositions: queryPositions, keyPositions: keyPositions)
+        }
         for r in 0 ..< rows {
             let visible = visibleKeys(query: queryPositions.lowerBound + r, head: head, within: keyPositions)
             let row = scores + r * (rowStride ?? columns)

@@ -15,6 +15,32 @@ public struct ProblemConfiguration: Sendable {
     public var positionMask: AttentionMask
     /// Packed documents, when the sequence holds several.
     public var documents: Documents?
+    /// A mask given as slices (a file, or a family built from its parameters); it replaces
+    /// `positionMask`, and the families that take documents work within `documents`.
+    public var slices: Slices?
+
+    /// Where a slice mask comes from (`MaskSlices`).
+    public enum Slices: Sendable {
+        /// An int32 or int64 `.npy` of shape [n, 5], rows (q_start, q_end, k_start, k_end, kind).
+        case file(path: String)
+        /// The first `prefix` tokens of each document bidirectional, causal after them.
+        case prefixLM(prefix: Int)
+        /// A causal prompt of `lengths[0]` tokens and answers of the other lengths, each seeing
+        /// the prompt and itself; the lengths sum to the tokens.
+        case sharedQuestion(lengths: [Int])
+        /// Blocks of `block` tokens per document, each seeing itself and every earlier block.
+        case blockCausal(block: Int)
+        /// `global` first tokens that see and are seen by all, a causal window of `window` for the rest.
+        case globalWindow(global: Int, window: Int)
+
+        /// Whether the family works within packed documents.
+        public var takesDocuments: Bool {
+            switch self {
+            case .prefixLM, .blockCausal: return true
+            case .file, .sharedQuestion, .globalWindow: return false
+            }
+        }
+    }
 
     /// Where the document boundaries of a packed sequence come from.
     public enum Documents: Sendable {
@@ -26,18 +52,39 @@ public struct ProblemConfiguration: Sendable {
         case random(count: Int, seed: UInt64)
     }
 
-    public init(source: InputSource, positionMask: AttentionMask = .none, documents: Documents? = nil) {
+    public init(source: InputSource, positionMask: AttentionMask = .none, documents: Documents? = nil, slices: Slices? = nil) {
         self.source = source
         self.positionMask = positionMask
         self.documents = documents
+        self.slices = slices
     }
 
     /// The mask, packed documents included. Reads the sequence length from `source` (the K file's
     /// header for file inputs) and, for `.cuSeqlens`, the boundaries file.
     /// - Throws: the file's error, or `DocumentBoundaries`' when the documents do not fit the sequence.
     public func mask() throws -> AttentionMask {
-        guard let documents else { return positionMask }
+        guard documents != nil || slices != nil else { return positionMask }
         let tokens = try source.dimensions(selfAttention: false).tokens
+        let boundaries = try documentBoundaries(tokens: tokens)
+        guard let slices else { return .documents(boundaries!, within: positionMask) }
+        let documents = try boundaries ?? DocumentBoundaries(offsets: [0, tokens], tokens: tokens)
+        switch slices {
+        case let .file(path): return .slices(try MaskSlices.load(path, tokens: tokens))
+        case let .prefixLM(prefix): return .slices(.prefixLM(prefix: prefix, documents: documents))
+        case let .blockCausal(block): return .slices(.blockCausal(block: block, documents: documents))
+        case let .globalWindow(global, window): return .slices(.globalWindow(global: global, window: window, tokens: tokens))
+        case let .sharedQuestion(lengths):
+            let total = lengths.reduce(0, +)
+            guard total == tokens else {
+                throw MaskSlices.Invalid(
+                    description: "--shared-question: the lengths sum to \(total) but the sequence has \(tokens) tokens; the prompt and answers must cover it")
+            }
+            return .slices(.sharedQuestion(lengths: lengths))
+        }
+    }
+
+    private func documentBoundaries(tokens: Int) throws -> DocumentBoundaries? {
+        guard let documents else { return nil }
         let boundaries: DocumentBoundaries
         switch documents {
         case let .cuSeqlens(path): boundaries = try DocumentBoundaries.load(path, tokens: tokens)
@@ -48,7 +95,7 @@ public struct ProblemConfiguration: Sendable {
             }
             boundaries = DocumentBoundaries.random(count: count, tokens: tokens, seed: seed)
         }
-        return .documents(boundaries, within: positionMask)
+        return boundaries
     }
 
     /// The most random documents a sequence of `tokens` tokens takes: one per token (at least one).

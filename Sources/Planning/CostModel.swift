@@ -178,6 +178,7 @@ public func visiblePairs(queries q: Range<Int>, keys k: Range<Int>, mask: Attent
     switch mask {
     case .none: return visiblePairs(queries: q, keys: k, causal: false)
     case .causal: return visiblePairs(queries: q, keys: k, causal: true)
+    case let .slices(slices): return slices.visiblePairs(queries: q, keys: k)
     default:
         guard !q.isEmpty, !k.isEmpty else { return 0 }
         // Keys 0..<k.upperBound minus keys 0..<k.lowerBound, counted row by row; over every head

@@ -101,7 +101,7 @@ struct RingPass {
     func steps(mask: AttentionMask, heads: Range<Int>) -> Int {
         let ranks = communicator.size
         switch mask {
-        case .window, .documents: break
+        case .window, .documents, .slices: break
         case .none, .causal, .s2: return ranks
         }
         var furthest = 0

@@ -103,9 +103,46 @@ struct ProblemOptions: ParsableArguments {
     var documents: String?
     @Option(name: .customLong("random-documents"), parsing: .unconditional, help: "Packed documents: N lengths drawn from --seed (some of 0 to 3 tokens) that sum to the tokens.")
     var randomDocuments: Int?
+    @Option(
+        name: .customLong("mask-slices"), parsing: .unconditional,
+        help: ArgumentHelp(
+            "Any mask, as an int32 or int64 .npy of shape [n, 5]: one row (q_start, q_end, k_start, k_end, kind) per slice, half-open global ranges.",
+            discussion:
+                "With i = q - q_start, j = k - k_start and lq, lk the ranges' lengths, a slice shows key k to query q when both lie in its ranges and kind 0 (full): always; "
+                + "1 (causal, bottom-right aligned): j <= i + lk - lq; 2 (inverse causal, top-left aligned): j >= i; 3 (bi-causal): both. A pair is visible when any slice shows it; slices may overlap. "
+                + "seqpar mask draws a mask's block map and writes its slices."))
+    var maskSlices: String?
+    @Option(
+        name: .customLong("prefix-lm"), parsing: .unconditional,
+        help: "Prefix-LM mask: the first P tokens of each document (of the whole sequence without documents) see each other; every later token sees them and, causally, the tokens before it.")
+    var prefixLM: Int?
+    @Option(
+        name: .customLong("shared-question"), parsing: .unconditional,
+        help: "Shared-question mask from lengths P,A1,A2,...: a causal prompt of P tokens, then answers that each see the whole prompt and themselves (causal), never a sibling; the lengths sum to the tokens (--tokens defaults to their sum).")
+    var sharedQuestion: String?
+    @Option(
+        name: .customLong("block-causal"), parsing: .unconditional,
+        help: "Block-causal mask: blocks of B tokens from each document's start; a token sees its whole block and every earlier block of its document.")
+    var blockCausal: Int?
+    @Option(
+        name: .customLong("global-window"), parsing: .unconditional,
+        help: "Global + window mask G,W: the first G tokens see every token and are seen by all; the others also see a causal sliding window of W tokens.")
+    var globalWindow: String?
+
+    /// The slice mask the options give (checked by `validate`).
+    var slices: ProblemConfiguration.Slices? {
+        if let maskSlices { return .file(path: maskSlices) }
+        if let prefixLM { return .prefixLM(prefix: prefixLM) }
+        if let lengths = sharedQuestion.flatMap(Self.documentLengths) { return .sharedQuestion(lengths: lengths) }
+        if let blockCausal { return .blockCausal(block: blockCausal) }
+        if let pair = globalWindow.flatMap(Self.documentLengths), pair.count == 2 { return .globalWindow(global: pair[0], window: pair[1]) }
+        return nil
+    }
 
     func validate() throws {
-        for (option, path) in [("--q", q), ("--k", k), ("--v", v), ("--cu-seqlens", cuSeqlens)] { try OutputCheck.notAnOption(path, option: option) }
+        for (option, path) in [("--q", q), ("--k", k), ("--v", v), ("--cu-seqlens", cuSeqlens), ("--mask-slices", maskSlices)] {
+            try OutputCheck.notAnOption(path, option: option)
+        }
         if let documents, documents.hasPrefix("--") {
             throw ValidationError("--documents needs lengths separated by commas, such as 100,2000,37, but got the option \(documents).")
         }
@@ -151,6 +188,7 @@ struct ProblemOptions: ParsableArguments {
         if !documentOptions.isEmpty, !s2.isEmpty {
             throw ValidationError("\(documentOptions[0]) and the S2 pattern do not combine: S2 is a mask of its own; use --causal or --window with documents.")
         }
+        try validateSlices(documentOptions: documentOptions, s2: !s2.isEmpty, files: !files.isEmpty)
         if let randomDocuments, randomDocuments < 1 { throw ValidationError("--random-documents must be at least 1 (got \(randomDocuments)).") }
         if let randomDocuments, files.isEmpty, randomDocuments > ProblemConfiguration.randomDocumentLimit(tokens: tokens ?? Self.defaultTokens) {
             throw ValidationError(ProblemConfiguration.tooManyRandomDocuments(randomDocuments, tokens: tokens ?? Self.defaultTokens) + ".")
@@ -164,6 +202,41 @@ struct ProblemOptions: ParsableArguments {
                 throw ValidationError("--documents lengths sum to \(total) but --tokens is \(tokens); they must agree (or leave --tokens out).")
             }
             if tokens == nil, files.isEmpty, total < 1 { throw ValidationError("--documents lengths sum to 0; a sequence has at least 1 token.") }
+        }
+    }
+
+    /// The slice options: one at most, alone (no --causal, --window or S2), documents only with
+    /// the families that work within them, parameters in range.
+    private func validateSlices(documentOptions: [String], s2: Bool, files: Bool) throws {
+        let given = [
+            ("--mask-slices", maskSlices != nil), ("--prefix-lm", prefixLM != nil), ("--shared-question", sharedQuestion != nil),
+            ("--block-causal", blockCausal != nil), ("--global-window", globalWindow != nil),
+        ].filter(\.1).map(\.0)
+        guard let option = given.first else { return }
+        guard given.count == 1 else { throw ValidationError("\(given.joined(separator: " and ")) each give the whole mask: give one of them.") }
+        let others = [("--causal", causal), ("--window", window != nil), ("the S2 pattern", s2)].filter(\.1).map(\.0)
+        if let other = others.first {
+            throw ValidationError("\(option) is a mask of its own and does not combine with \(other); write what you need as slices (--mask-slices) instead.")
+        }
+        if let documents = documentOptions.first, !slices!.takesDocuments {
+            throw ValidationError("\(option) does not work within packed documents (\(documents)); --prefix-lm and --block-causal do, or write the slices per document (--mask-slices).")
+        }
+        if let prefixLM, prefixLM < 0 { throw ValidationError("--prefix-lm must be 0 or more (got \(prefixLM)).") }
+        if let blockCausal, blockCausal < 1 { throw ValidationError("--block-causal must be at least 1 (got \(blockCausal)).") }
+        if let globalWindow {
+            guard let pair = Self.documentLengths(globalWindow), pair.count == 2, pair[1] >= 1 else {
+                throw ValidationError("--global-window takes G,W: G global tokens (0 or more) and a window of W >= 1 tokens, such as 64,1024 (got '\(globalWindow)').")
+            }
+        }
+        if let sharedQuestion {
+            guard let lengths = Self.documentLengths(sharedQuestion) else {
+                throw ValidationError("--shared-question takes lengths separated by commas, the prompt's first, such as 512,256,256 (got '\(sharedQuestion)').")
+            }
+            let total = lengths.reduce(0, +)
+            if let tokens, tokens != total {
+                throw ValidationError("--shared-question lengths sum to \(total) but --tokens is \(tokens); they must agree (or leave --tokens out).")
+            }
+            if tokens == nil, !files, total < 1 { throw ValidationError("--shared-question lengths sum to 0; a sequence has at least 1 token.") }
         }
     }
 
@@ -182,7 +255,9 @@ struct ProblemOptions: ParsableArguments {
 
     /// The input files with the options that name them.
     var inputFiles: [(option: String, path: String)] {
-        [("--q", q), ("--k", k), ("--v", v), ("--cu-seqlens", cuSeqlens)].compactMap { option, path in path.map { (option: option, path: $0) } }
+        [("--q", q), ("--k", k), ("--v", v), ("--cu-seqlens", cuSeqlens), ("--mask-slices", maskSlices)].compactMap { option, path in
+            path.map { (option: option, path: $0) }
+        }
     }
 
     func syntheticShape() throws -> AttentionShape {
@@ -210,12 +285,12 @@ struct ProblemOptions: ParsableArguments {
         } else if let randomDocuments {
             documents = .random(count: randomDocuments, seed: seed)
         }
-        return ProblemConfiguration(source: source, positionMask: positionMask, documents: documents)
+        return ProblemConfiguration(source: source, positionMask: positionMask, documents: documents, slices: slices)
     }
 
     var source: InputSource {
         if let q, let k, let v { return .files(q: q, k: k, v: v, scale: scale, elementType: dtype) }
-        let documentTokens = documents.flatMap(Self.documentLengths).map { $0.reduce(0, +) }
+        let documentTokens = (documents ?? sharedQuestion).flatMap(Self.documentLengths).map { $0.reduce(0, +) }
         return .synthetic(
             seed: seed, tokens: tokens ?? documentTokens ?? Self.defaultTokens, shape: try! syntheticShape(), elementType: dtype)  // validated
     }
