@@ -259,7 +259,9 @@ public struct MaskSlices: Equatable, Sendable, CustomStringConvertible {
     /// row's slices give intervals; the gaps between their union and the block are cleared.
     func clipRows(_ scores: UnsafeMutablePointer<Float>, rows: Int, rowStride: Int, queryPositions: Range<Int>, keyPositions: Range<Int>) {
         var near: [MaskSlice] = []
-        forEach(queries: queryPositions.lowerBound ..< queryPositions.lowerBound + rows, keys: keyPositions) { near.append($0); return true }
+        forEach(queries: queryPositions.lowerBound ..< queryPositions.lowerBound + rows, keys: keyPositions) {
+            near.append($0); return true
+        }
         var intervals: [Range<Int>] = []
         intervals.reserveCapacity(near.count)
         for r in 0 ..< rows {

@@ -159,6 +159,9 @@ extension TokenPartition {
         documentLayout: DocumentLayout? = nil, tiling: KernelTiling = KernelTiling()
     ) -> TokenPartition {
         let own = TokenPartition(tokens: tokens, ranks: ranks, layout: layout, groupSize: groupSize)
+        if case let .slices(slices) = mask, slices.tokens == tokens, ranks > 1 {
+            return balanced(slices: slices, own: own, mask: mask, documentLayout: documentLayout, tiling: tiling)
+        }
         guard let documents = mask.documents, documents.tokens == tokens else { return own }
         let laid = (documentLayout.map { [$0] } ?? DocumentLayout.allCases).compactMap {
             TokenPartition(documents: documents, ranks: ranks, layout: layout, groupSize: groupSize, documentLayout: $0, mask: mask, tiling: tiling)
@@ -170,6 +173,34 @@ extension TokenPartition {
             if let near = scored.first(where: { $0.partition.documentLayout == layout && $0.imbalance <= best.imbalance * margin }) { return near.partition }
         }
         return best.partition
+    }
+
+    /// Mask slices: the strategy's own layout, or the sequence cut into pieces (about 16 per
+    /// position, whole query tiles, cut also where a slice's queries start or end, so that a
+    /// piece's rows see alike) laid out as documents are, whichever gives the lowest max/mean
+    /// kernel work; the own layout wins within 1% (its two large segments per rank).
+    private static func balanced(
+        slices: MaskSlices, own: TokenPartition, mask: AttentionMask, documentLayout: DocumentLayout?, tiling: KernelTiling
+    ) -> TokenPartition {
+        let (tokens, n) = (own.tokens, own.positions)
+        let step = max(tiling.queryTile, (tokens / (16 * n)) / tiling.queryTile * tiling.queryTile)
+        var cuts = Set(stride(from: 0, through: tokens, by: step)).union([tokens])
+        for slice in slices.slices where !slice.queries.isEmpty { cuts.formUnion([slice.queries.lowerBound, slice.queries.upperBound]) }
+        // Cuts within half a tile of the one kept before are dropped (tiny pieces cost the
+        // kernel more than they balance); the end always stays.
+        var offsets = [0]
+        for cut in cuts.sorted() where cut - offsets.last! >= tiling.queryTile / 2 { offsets.append(cut) }
+        if offsets.last! < tokens {
+            if offsets.count == 1 { offsets.append(tokens) } else { offsets[offsets.count - 1] = tokens }
+        }
+        guard let pieces = try? DocumentBoundaries(offsets: offsets, tokens: tokens, source: "slice pieces") else { return own }
+        let laid = (documentLayout.map { [$0] } ?? [.whole, .mixed]).compactMap {
+            TokenPartition(documents: pieces, ranks: own.ranks, layout: own.layout, groupSize: own.groupSize, documentLayout: $0, mask: mask, tiling: tiling)
+        }
+        let ownImbalance = own.imbalance(mask: mask, tiling: tiling)
+        let best = laid.map { ($0, $0.imbalance(mask: mask, tiling: tiling)) }.min { $0.1 < $1.1 }
+        guard let best, documentLayout != nil || best.1 < ownImbalance / 1.01 else { return own }
+        return best.0
     }
 
     /// Visible (query, key) pairs of the queries `rank` holds, per head: its share of the work.

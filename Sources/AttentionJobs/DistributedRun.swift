@@ -145,9 +145,11 @@ public struct DistributedRun {
 
     /// Packed documents: how the rows are laid out, and the max/mean kernel work over ranks that gives.
     public var documentLayout: (name: String, imbalance: Double)? {
-        guard job.mask.documents != nil, strategy.balancesDocuments else { return nil }
+        var slices = false
+        if case .slices = job.mask { slices = true }
+        guard job.mask.documents != nil || slices, strategy.balancesDocuments else { return nil }
         let partition = shard.partition
-        let name = partition.documentLayout.map { "\($0.rawValue) documents" } ?? partition.layout.rawValue
+        let name = partition.documentLayout.map { "\($0.rawValue) \(slices ? "pieces" : "documents")" } ?? partition.layout.rawValue
         return (name, partition.imbalance(mask: job.mask, tiling: job.tiling))
     }
 

@@ -114,11 +114,15 @@ struct ProblemOptions: ParsableArguments {
     var maskSlices: String?
     @Option(
         name: .customLong("prefix-lm"), parsing: .unconditional,
-        help: "Prefix-LM mask: the first P tokens of each document (of the whole sequence without documents) see each other; every later token sees them and, causally, the tokens before it.")
+        help:
+            "Prefix-LM mask: the first P tokens of each document (of the whole sequence without documents) see each other; every later token sees them and, causally, the tokens before it."
+    )
     var prefixLM: Int?
     @Option(
         name: .customLong("shared-question"), parsing: .unconditional,
-        help: "Shared-question mask from lengths P,A1,A2,...: a causal prompt of P tokens, then answers that each see the whole prompt and themselves (causal), never a sibling; the lengths sum to the tokens (--tokens defaults to their sum).")
+        help:
+            "Shared-question mask from lengths P,A1,A2,...: a causal prompt of P tokens, then answers that each see the whole prompt and themselves (causal), never a sibling; the lengths sum to the tokens (--tokens defaults to their sum)."
+    )
     var sharedQuestion: String?
     @Option(
         name: .customLong("block-causal"), parsing: .unconditional,
@@ -219,7 +223,8 @@ struct ProblemOptions: ParsableArguments {
             throw ValidationError("\(option) is a mask of its own and does not combine with \(other); write what you need as slices (--mask-slices) instead.")
         }
         if let documents = documentOptions.first, !slices!.takesDocuments {
-            throw ValidationError("\(option) does not work within packed documents (\(documents)); --prefix-lm and --block-causal do, or write the slices per document (--mask-slices).")
+            throw ValidationError(
+                "\(option) does not work within packed documents (\(documents)); --prefix-lm and --block-causal do, or write the slices per document (--mask-slices).")
         }
         if let prefixLM, prefixLM < 0 { throw ValidationError("--prefix-lm must be 0 or more (got \(prefixLM)).") }
         if let blockCausal, blockCausal < 1 { throw ValidationError("--block-causal must be at least 1 (got \(blockCausal)).") }

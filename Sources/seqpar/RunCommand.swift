@@ -92,7 +92,10 @@ struct RunCommand: ParsableCommand {
             } else {
                 Session.say(world, figures.text(ranks: world.size, threads: compute.threads))
                 if let layout = run.documentLayout {
-                    Session.say(world, "documents laid out as \(layout.name): predicted kernel work per rank max/mean \(String(format: "%.3f", layout.imbalance))")
+                    Session.say(
+                        world,
+                        "\(run.job.mask.documents != nil ? "documents" : "rows") laid out as \(layout.name): predicted kernel work per rank max/mean \(String(format: "%.3f", layout.imbalance))"
+                    )
                 }
                 if let out { Session.say(world, "wrote O to \(out)") }
                 if let lse { Session.say(world, "wrote LSE to \(lse)") }

@@ -104,11 +104,13 @@ struct MaskSliceTests {
         }
     }
 
-    @Test("none, causal, window and documents written as slices show the same pairs", arguments: [
-        AttentionMask.none, .causal, .window(1), .window(7), .window(100),
-        .documents(boundaries([0, 3, 1, 20, 0, 9, 17]), within: .causal), .documents(boundaries([5, 0, 40, 5]), within: .window(6)),
-        .documents(boundaries([12, 1, 37]), within: .none),
-    ])
+    @Test(
+        "none, causal, window and documents written as slices show the same pairs",
+        arguments: [
+            AttentionMask.none, .causal, .window(1), .window(7), .window(100),
+            .documents(boundaries([0, 3, 1, 20, 0, 9, 17]), within: .causal), .documents(boundaries([5, 0, 40, 5]), within: .window(6)),
+            .documents(boundaries([12, 1, 37]), within: .none),
+        ])
     func equivalents(_ mask: AttentionMask) throws {
         let tokens = mask.documents?.tokens ?? 50
         let slices = try #require(MaskSlices.equivalent(to: mask, tokens: tokens))
@@ -194,7 +196,9 @@ struct MaskSliceTests {
         let slices = randomSlices(count: 300, tokens: tokens, seed: 7)
         for (q, k) in [(0 ..< 64, 0 ..< tokens), (5000 ..< 90000, 300 ..< 301), (tokens - 1 ..< tokens, 0 ..< tokens)] {
             var found: [MaskSlice] = []
-            slices.forEach(queries: q, keys: k) { found.append($0); return true }
+            slices.forEach(queries: q, keys: k) {
+                found.append($0); return true
+            }
             let expected = slices.slices.filter { $0.queries.overlaps(q) && $0.keys.overlaps(k) }
             #expect(found.count == expected.count)
             #expect(Set(found.map(\.description)) == Set(expected.map(\.description)))

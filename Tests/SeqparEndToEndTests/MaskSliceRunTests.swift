@@ -1,0 +1,185 @@
+// Mask slices end to end: `verify` at 1-4 ranks for ring, zigzag, heads, mesh and star with every
+// family and a file of random overlapping slices, over uneven token counts, GQA and head dims
+// 32-128; `verify --backward` for the strategies with gradients; causal and packed documents
+// written as slices giving the same output files as the masks themselves; the balance `run`
+// reports for every family at 4 ranks; bad slice files and options refused on every rank.
+
+import AttentionCore
+import AttentionJobs
+import FileFormats
+import Foundation
+import Testing
+
+/// A slice file of `rows` (five integers each) as int32 or int64.
+func writeSlices(_ path: String, _ rows: [Int], dtype: String = "<i8", shape: [Int]? = nil) throws {
+    try writeCuSeqlens(path, rows, dtype: dtype, shape: shape ?? [rows.count / 5, 5])
+}
+
+/// A mask as the command line gives it, with the token count it needs.
+struct SliceVariant: Sendable, CustomTestStringConvertible {
+    let name: String
+    let options: [String]
+    let tokens: Int
+    /// Random slices (seeded) written to a file instead of options.
+    var randomSlices: UInt64?
+
+    static let all = [
+        SliceVariant(name: "prefix-LM per document", options: ["--prefix-lm", "20", "--documents", "0,90,3,1,120"], tokens: 214),
+        SliceVariant(name: "shared question", options: ["--shared-question", "61,40,1,0,57"], tokens: 159),
+        SliceVariant(name: "block-causal", options: ["--block-causal", "37", "--tokens", "203"], tokens: 203),
+        SliceVariant(name: "global + window", options: ["--global-window", "3,29", "--tokens", "181"], tokens: 181),
+        SliceVariant(name: "random slices", options: ["--tokens", "197"], tokens: 197, randomSlices: 21),
+    ]
+
+    func arguments(in dir: ScratchDirectory) throws -> [String] {
+        guard let seed = randomSlices else { return options }
+        let path = dir.path("slices-\(seed).npy")
+        try writeSlices(path, AttentionCoreSlices.random(count: 25, tokens: tokens, seed: seed).rows)
+        return options + ["--mask-slices", path]
+    }
+
+    var testDescription: String { name }
+}
+
+/// Random overlapping slices, as the kernel tests draw them (kept here so the end-to-end suite
+/// does not depend on the unit tests' target).
+enum AttentionCoreSlices {
+    static func random(count: Int, tokens: Int, seed: UInt64) -> MaskSlices {
+        var state = seed
+        func next(_ bound: Int) -> Int {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Int(state >> 33) % bound
+        }
+        func range() -> Range<Int> {
+            let start = next(tokens + 1)
+            return start ..< min(tokens, start + (next(4) == 0 ? next(3) : next(tokens - start + 1)))
+        }
+        return try! MaskSlices((0 ..< count).map { _ in MaskSlice(queries: range(), keys: range(), kind: MaskSlice.Kind(rawValue: next(4))!) }, tokens: tokens)
+    }
+}
+
+extension EndToEnd {
+    @Suite("mask slices")
+    struct MaskSliceRuns {
+        static let shapes = [["--heads", "4", "--kv-heads", "2", "--head-dim", "32"], ["--heads", "2", "--kv-heads", "1", "--head-dim", "128"]]
+
+        @Test("verify at 1-4 ranks, every strategy but s2", arguments: [1, 2, 3, 4], SliceVariant.all)
+        func verify(ranks: Int, variant: SliceVariant) async throws {
+            let dir = try ScratchDirectory()
+            let strategies = ["ring", "zigzag", "heads", "mesh", "star"]
+            // Each rank count takes the strategies in a different order, so every pair is run.
+            for (n, strategy) in strategies.enumerated() where (n + ranks) % 2 == 0 || strategy == "zigzag" {
+                let shape = Self.shapes[(n + ranks) % 2]
+                if strategy == "heads" && ranks == 3 { continue }  // 4 heads over 3 ranks: heads refuses it
+                let result = try await launch(
+                    ranks: ranks,
+                    arguments: ["verify", "--json", "--strategy", strategy] + shape + (try variant.arguments(in: dir))
+                        + (strategy == "star" ? ["--queries", "7"] : []))
+                if strategy == "star" {
+                    #expect(result.status == 0, "\(strategy)\n\(result)")
+                    #expect(try result.report(VerifyJSON.self).passed, "\(result)")
+                } else {
+                    try expectVerified(result, ranks: ranks, tokens: variant.tokens)
+                }
+                #expect(try result.report(VerifyJSON.self).mask.hasSuffix("mask slices"), "\(result)")
+            }
+        }
+
+        @Test("verify --backward at 2 and 3 ranks", arguments: ["ring", "zigzag", "heads", "mesh"], [2, 3])
+        func backward(strategy: String, ranks: Int) async throws {
+            let dir = try ScratchDirectory()
+            for variant in SliceVariant.all where variant.randomSlices != nil || variant.name == "prefix-LM per document" || variant.name == "global + window" {
+                let heads = strategy == "heads" ? ["--heads", "\(ranks * 2)", "--kv-heads", "\(ranks)", "--head-dim", "64"] : Self.shapes[ranks % 2]
+                let result = try await launch(
+                    ranks: ranks, arguments: ["verify", "--json", "--backward", "--strategy", strategy] + heads + (try variant.arguments(in: dir)))
+                try expectGradientsVerified(result, ranks: ranks, tokens: variant.tokens)
+            }
+        }
+
+        @Test("causal and packed documents as slices write the same O and LSE as the masks themselves", arguments: ["ring", "zigzag", "heads"])
+        func sameAsTheMasks(strategy: String) async throws {
+            let dir = try ScratchDirectory()
+            let tokens = 301
+            try writeSlices(dir.path("causal.npy"), [0, tokens, 0, tokens, 1], dtype: "<i4")
+            let lengths = [0, 100, 1, 200]
+            var rows: [Int] = [], start = 0
+            for length in lengths where length > 0 {
+                rows += [start, start + length, start, start + length, 1]
+                start += length
+            }
+            try writeSlices(dir.path("documents.npy"), rows)
+            for (name, mask, slices) in [
+                ("causal", ["--causal"], ["--mask-slices", dir.path("causal.npy")]),
+                ("documents", ["--causal", "--documents", "0,100,1,200"], ["--mask-slices", dir.path("documents.npy")]),
+            ] {
+                var outputs: [[Float]] = []
+                for (n, options) in [mask, slices].enumerated() {
+                    let (o, lse) = (dir.path("\(name)-\(n)-o.npy"), dir.path("\(name)-\(n)-lse.npy"))
+                    let result = try await launch(
+                        ranks: 3,
+                        arguments: [
+                            "run", "--strategy", strategy, "--tokens", "\(tokens)", "--heads", "3", "--kv-heads", "3", "--head-dim", "64",
+                            "--out", o, "--lse", lse,
+                        ] + options)
+                    #expect(result.status == 0, "\(result)")
+                    outputs.append(try NpyFile.load(o).values + NpyFile.load(lse).values)
+                }
+                #expect(outputs[0].count == outputs[1].count && !outputs[0].isEmpty)
+                let largest = zip(outputs[0], outputs[1]).map { $0 == $1 ? 0 : abs($0 - $1) }.max() ?? .infinity
+                #expect(largest <= 1e-6, "\(name) as slices differs by \(largest)")
+            }
+        }
+
+        @Test(
+            "run balances every family's kernel work at 4 ranks within 5%, as it predicts",
+            arguments: [
+                ["--prefix-lm", "256", "--random-documents", "6"], ["--shared-question", "2048,1536,1536,1536,1536"], ["--block-causal", "512"],
+                ["--global-window", "64,1024"],
+            ])
+        func balance(_ family: [String]) async throws {
+            let tokens = family[0] == "--shared-question" ? [] : ["--tokens", "8192"]
+            let result = try await launch(
+                ranks: 4, arguments: ["run", "--json", "--strategy", "zigzag", "--heads", "1", "--kv-heads", "1", "--head-dim", "16"] + tokens + family)
+            #expect(result.status == 0, "\(result)")
+            let json = try result.report(RunReport.self)
+            let predicted = try #require(json.predictedImbalance, "\(result)")
+            #expect(abs(json.imbalance - predicted) <= 1e-9, "predicted \(predicted), measured \(json.imbalance)\n\(result)")
+            #expect(json.imbalance <= 1.05, "\(family): max/mean kernel work \(json.imbalance)\n\(result)")
+        }
+
+        @Test(
+            "bad slice files are refused on every rank with one message naming the row",
+            arguments: [
+                ([0, 10, 0, 10, 1, 5, 250, 0, 5, 0], "<i8", nil, "row 1 (5, 250, 0, 5, 0): q_start..q_end 5..<250 lies outside the sequence's 0..<200"),
+                ([0, 10, 7, 3, 1], "<i4", nil, "row 0 (0, 10, 7, 3, 1): k_start 7 is after k_end 3"),
+                ([0, 10, 0, 10, 9], "<i4", nil, "row 0 (0, 10, 0, 10, 9): kind 9 is unknown"),
+                ([0, 10, 0, 10], "<i4", [2, 2], "shape (2, 2); expected [n, 5]"),
+            ] as [([Int], String, [Int]?, String)])
+        func badFiles(_ rows: [Int], dtype: String, shape: [Int]?, message: String) async throws {
+            let dir = try ScratchDirectory()
+            let path = dir.path("slices.npy")
+            try writeSlices(path, rows, dtype: dtype, shape: shape)
+            let result = try await launch(ranks: 3, arguments: ["verify", "--tokens", "200", "--mask-slices", path], timeout: 60)
+            #expect(result.status != 0, "\(result)")
+            #expect(occurrences(of: message, in: result.seqparStderr) == 1, "'\(message)' not printed exactly once\n\(result)")
+            #expect(occurrences(of: "--mask-slices \(path)", in: result.seqparStderr) == 1, "\(result)")
+        }
+
+        @Test(
+            "slice options that cannot combine are refused before any work",
+            arguments: [
+                (["--block-causal", "8", "--causal"], "--block-causal is a mask of its own and does not combine with --causal"),
+                (["--prefix-lm", "8", "--global-window", "1,4"], "--prefix-lm and --global-window each give the whole mask"),
+                (["--global-window", "4", "--tokens", "50"], "--global-window takes G,W"),
+                (["--shared-question", "10,10", "--tokens", "30"], "--shared-question lengths sum to 20 but --tokens is 30"),
+                (["--shared-question", "10,10", "--documents", "10,10"], "--shared-question does not work within packed documents (--documents)"),
+                (["--block-causal", "0"], "--block-causal must be at least 1"),
+                (["--prefix-lm", "4", "--window", "3"], "--prefix-lm is a mask of its own and does not combine with --window"),
+            ])
+        func refusedArguments(_ arguments: [String], message: String) async throws {
+            let result = try await launch(ranks: 2, arguments: ["run"] + arguments, timeout: 60)
+            #expect(result.status == 64, "\(result)")
+            #expect(occurrences(of: message, in: result.seqparStderr) == 1, "\(result)")
+        }
+    }
+}
