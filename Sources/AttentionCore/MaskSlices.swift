@@ -105,6 +105,8 @@ public struct MaskSlice: Equatable, Sendable, CustomStringConvertible {
 public struct MaskSlices: Equatable, Sendable, CustomStringConvertible {
     public let slices: [MaskSlice]
     public let tokens: Int
+    /// The family the slices were built as ("block-causal 4096"), for descriptions; nil for a file.
+    public let name: String?
     /// Slices by the query (key) positions they cover, 2^shift positions per bucket: bucket b's
     /// slices are `byQuery.indices[byQuery.offsets[b] ..< byQuery.offsets[b + 1]]`.
     @usableFromInline let byQuery: BucketIndex
@@ -128,16 +130,20 @@ public struct MaskSlices: Equatable, Sendable, CustomStringConvertible {
     }
 
     /// Slices already known to fit the sequence.
-    init(checked slices: [MaskSlice], tokens: Int) {
+    init(checked slices: [MaskSlice], tokens: Int, name: String? = nil) {
         self.slices = slices
         self.tokens = tokens
+        self.name = name
         byQuery = BucketIndex(slices.map(\.queries), tokens: tokens)
         byKey = BucketIndex(slices.map(\.keys), tokens: tokens)
     }
 
     public static func == (a: MaskSlices, b: MaskSlices) -> Bool { a.tokens == b.tokens && a.slices == b.slices }
 
-    public var description: String { "\(slices.count) mask slice\(slices.count == 1 ? "" : "s")" }
+    public var description: String {
+        let count = "\(slices.count) mask slice\(slices.count == 1 ? "" : "s")"
+        return name.map { "\($0) (\(count))" } ?? count
+    }
 
     /// Reads a slice file: int32 or int64 .npy of shape [n, 5], rows (q_start, q_end, k_start,
     /// k_end, kind), and checks every row against `tokens`.
@@ -404,7 +410,7 @@ extension MaskSlices {
             // Bottom-right aligned: query cut + i sees keys up to cut + i.
             if cut < span.upperBound { made.append(MaskSlice(queries: cut ..< span.upperBound, keys: span, kind: .causal)) }
         }
-        return MaskSlices(checked: made, tokens: documents.tokens)
+        return MaskSlices(checked: made, tokens: documents.tokens, name: "prefix-LM \(prefix)\(documents.count > 1 ? " per document" : "")")
     }
 
     /// Shared question: a prompt of `lengths[0]` tokens (causal), then answers of the other
@@ -420,7 +426,7 @@ extension MaskSlices {
             made.append(MaskSlice(queries: answer, keys: answer, kind: .causal))
             start += length
         }
-        return MaskSlices(checked: made, tokens: start)
+        return MaskSlices(checked: made, tokens: start, name: "shared question (\(lengths.count - 1) answers)")
     }
 
     /// Block-causal per document: blocks of `block` tokens from each document's start; every
@@ -435,7 +441,7 @@ extension MaskSlices {
                 made.append(MaskSlice(queries: start ..< end, keys: span.lowerBound ..< end, kind: .full))
             }
         }
-        return MaskSlices(checked: made, tokens: documents.tokens)
+        return MaskSlices(checked: made, tokens: documents.tokens, name: "block-causal \(block)\(documents.count > 1 ? " per document" : "")")
     }
 
     /// Global + window: the first `global` tokens see every token and every token sees them;
@@ -449,6 +455,6 @@ extension MaskSlices {
             if g < tokens { made.append(MaskSlice(queries: g ..< tokens, keys: 0 ..< g, kind: .full)) }
         }
         made += window(w, over: g ..< tokens)
-        return MaskSlices(checked: made, tokens: tokens)
+        return MaskSlices(checked: made, tokens: tokens, name: "global \(global) + window \(w)")
     }
 }

@@ -19,7 +19,7 @@ struct Seqpar: ParsableCommand {
             LSE [heads, tokens]; all float32 .npy in C order.
             """,
         version: BuildInfo.line,
-        subcommands: [RunCommand.self, VerifyCommand.self, BenchCommand.self, ProfileCommand.self, ProbeCommand.self, InfoCommand.self, ClusterPlanCommand.self]
+        subcommands: [RunCommand.self, VerifyCommand.self, BenchCommand.self, ProfileCommand.self, ProbeCommand.self, InfoCommand.self, ClusterPlanCommand.self, MaskCommand.self]
     )
 }
 

@@ -12,7 +12,7 @@ extension EndToEnd {
     @Suite("help snapshots")
     struct HelpSnapshots {
         static let folder = packageRoot.appendingPathComponent("Tests/SeqparEndToEndTests/HelpSnapshots")
-        static let commands = ["", "run", "verify", "bench", "profile", "probe", "info", "cluster-plan"]
+        static let commands = ["", "run", "verify", "bench", "profile", "probe", "info", "cluster-plan", "mask"]
 
         @Test("each command's help is its snapshot", arguments: commands)
         func help(_ command: String) throws {

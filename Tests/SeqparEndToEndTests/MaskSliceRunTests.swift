@@ -81,7 +81,8 @@ extension EndToEnd {
                 } else {
                     try expectVerified(result, ranks: ranks, tokens: variant.tokens)
                 }
-                #expect(try result.report(VerifyJSON.self).mask.hasSuffix("mask slices"), "\(result)")
+                let mask = try result.report(VerifyJSON.self).mask
+                #expect(variant.randomSlices == nil ? mask.hasSuffix(" mask slices)") : mask == "25 mask slices", "\(mask)\n\(result)")
             }
         }
 
@@ -182,4 +183,47 @@ extension EndToEnd {
             #expect(occurrences(of: message, in: result.seqparStderr) == 1, "\(result)")
         }
     }
+}
+
+extension EndToEnd {
+    @Suite("seqpar mask")
+    struct MaskCommandRuns {
+        @Test("describes a family, draws its block map and writes slices that run reads back as the same mask")
+        func drawsAndWrites() async throws {
+            let dir = try ScratchDirectory()
+            let (svg, out) = (dir.path("map.svg"), dir.path("slices.npy"))
+            let family = ["--tokens", "1000", "--block-causal", "250"]
+            let described = try await runSeqpar(["mask", "--json", "--svg", svg, "--out", out, "--cells", "8"] + family)
+            #expect(described.status == 0, "\(described)")
+            let json = try JSONSerialization.jsonObject(with: Data(described.stdout.utf8)) as? [String: Any]
+            // Blocks 0..3 of 250 tokens: 250² · (1 + 2 + 3 + 4) pairs of 1000².
+            #expect(json?["density"] as? Double == 0.625, "\(described)")
+            #expect(json?["slices"] as? Int == 4, "\(described)")
+            let picture = try String(contentsOfFile: svg, encoding: .utf8)
+            #expect(picture.hasPrefix("<svg") && picture.contains("density 0.6250"))
+            // 8 x 8 cells of 125 tokens, two to a block: the 2 · (2 + 4 + 6 + 8) cells of the block
+            // staircase are shaded, each fully, and no other.
+            #expect(picture.components(separatedBy: "fill=\"rgb(0,0,0)\"").count - 1 == 40, "\(picture)")
+            #expect(picture.components(separatedBy: "fill=\"rgb(").count - 1 == 40, "\(picture)")
+            let slices = try MaskSlices.load(out, tokens: 1000)
+            #expect(slices.slices == MaskSlices.blockCausal(block: 250, documents: try DocumentBoundaries(offsets: [0, 1000], tokens: 1000)).slices)
+            let again = try await launch(
+                ranks: 2, arguments: ["verify", "--json", "--tokens", "1000", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--mask-slices", out])
+            try expectVerified(again, ranks: 2, tokens: 1000)
+        }
+
+        @Test("S2 has no slice file: refused, naming the option")
+        func s2Refused() async throws {
+            let dir = try ScratchDirectory()
+            let result = try await runSeqpar(["mask", "--tokens", "256", "--s2-block", "16", "--s2-local", "1", "--s2-stride", "2", "--out", dir.path("s.npy")])
+            #expect(result.status == 1, "\(result)")
+            #expect(result.stderr.contains("--out: the S2 pattern differs by head and has no slice file"), "\(result)")
+            #expect(!FileManager.default.fileExists(atPath: dir.path("s.npy")))
+        }
+    }
+}
+
+/// The seqpar binary run once, as one process (no mpirun): commands that start no MPI.
+func runSeqpar(_ arguments: [String]) async throws -> ProcessResult {
+    try await runProcess(URL(fileURLWithPath: try seqparBinary()), arguments, timeout: 60)
 }
