@@ -249,6 +249,42 @@ extension TokenPartition {
         return work
     }
 
+    /// Key positions that some query `rank` holds sees and `rank` does not hold: what it must
+    /// receive, at the kernel's granularity (a tile's visible span within each block of
+    /// `tiling.keyBlock` keys, so a partial block's trimmed keys count as it computes them).
+    public func keysNeeded(by rank: Int, mask: AttentionMask, tiling: KernelTiling = KernelTiling()) -> Int {
+        guard tokens > 0 else { return 0 }
+        var seen: [Range<Int>] = []
+        for querySegment in segments(of: rank) {
+            for start in stride(from: querySegment.lowerBound, to: querySegment.upperBound, by: tiling.queryTile) {
+                let tile = start ..< min(start + tiling.queryTile, querySegment.upperBound)
+                guard mask.relation(queries: tile, keys: 0 ..< tokens, head: 0) != .hidden else { continue }
+                let hull = mask.visibleSpan(queries: tile, keys: 0 ..< tokens, head: 0)
+                for blockStart in stride(from: hull.lowerBound / tiling.keyBlock * tiling.keyBlock, to: hull.upperBound, by: tiling.keyBlock) {
+                    let block = max(blockStart, hull.lowerBound) ..< min(blockStart + tiling.keyBlock, hull.upperBound)
+                    switch mask.relation(queries: tile, keys: block, head: 0) {
+                    case .hidden: break
+                    case .full: seen.append(block)
+                    case .partial: seen.append(mask.visibleSpan(queries: tile, keys: block, head: 0))
+                    }
+                }
+            }
+        }
+        // The union of what is seen, less what the rank holds (both sorted and disjoint).
+        var union: [Range<Int>] = []
+        for range in seen.sorted(by: { $0.lowerBound < $1.lowerBound }) where !range.isEmpty {
+            if let last = union.last, last.upperBound >= range.lowerBound {
+                union[union.count - 1] = last.lowerBound ..< max(last.upperBound, range.upperBound)
+            } else {
+                union.append(range)
+            }
+        }
+        let held = Self.merged(segments(of: rank))
+        return union.reduce(0) { total, range in
+            total + range.count - held.reduce(0) { $0 + range.clamped(to: $1).count }
+        }
+    }
+
     /// Max over mean of the ranks' kernel work (`kernelWork`; 1 when there is none).
     public func imbalance(mask: AttentionMask, tiling: KernelTiling = KernelTiling()) -> Double {
         let keys = (0 ..< ranks).flatMap(segments(of:)).sorted { $0.lowerBound < $1.lowerBound }

@@ -49,6 +49,9 @@ public struct RunReport: Codable {
     /// The element type of the inputs and outputs (`--dtype`): f32, bf16 or f16.
     public var dtype = "f32"
     public var predictedImbalance: Double?
+    /// Ring strategies: the K/V bytes each rank's queries read that it does not hold (at the
+    /// kernel's block granularity), beside `bytesReceived`.
+    public var bytesNeeded: [Int64]?
     public var profile: ProfileFigures?
     public var backward: BackwardFigures?
 

@@ -22,6 +22,9 @@ public struct RunFigures {
     public let imbalance: Double
     /// The backward pass's figures, when it ran.
     public let backward: RunReport.BackwardFigures?
+    /// Ring strategies (those that lay tokens out by mask): the K/V bytes each rank's queries
+    /// read that it does not hold, under the layout used (`TokenPartition.keysNeeded`).
+    public let bytesNeeded: [Int64]?
 
     /// Gathers the figures from every rank; called by every rank alike after `run` (and `backward`).
     /// - Throws: `CollectiveFailure` when a collective fails.
@@ -30,6 +33,13 @@ public struct RunFigures {
         memory = try world.allgather(Int64(peakResidentBytes())).map(Double.init)
         (sent, received) = (try world.allgather(Int64(run.bytesSent)), try world.allgather(Int64(run.bytesReceived)))
         kernelFlops = try world.allgather(run.kernelFlops)
+        if run.strategy.balancesDocuments, run.strategy.querySelection == .sameAsKeys {
+            let rowBytes = 2 * run.job.shape.kvRowWidth * run.shard.elementType.byteSize
+            let keys = run.shard.partition.keysNeeded(by: world.rank, mask: run.job.mask, tiling: run.job.tiling)
+            bytesNeeded = try world.allgather(Int64(keys * rowBytes))
+        } else {
+            bytesNeeded = nil
+        }
         gflops = run.flops / run.seconds / 1e9
         let meanFlops = kernelFlops.reduce(0, +) / Double(kernelFlops.count)
         imbalance = meanFlops > 0 ? kernelFlops.max()! / meanFlops : 1
@@ -53,6 +63,7 @@ public struct RunFigures {
         report.layout = run.documentLayout?.name
         report.dtype = run.shard.elementType.rawValue
         report.predictedImbalance = run.documentLayout?.imbalance
+        report.bytesNeeded = bytesNeeded
         report.profile = profile
         report.backward = backward
         return report
@@ -64,7 +75,9 @@ public struct RunFigures {
             seqpar run: \(run.name.rawValue), \(ranks) rank(s) x \(threads) thread(s), \(Format.problem(run))
             time \(String(format: "%.4f", run.seconds)) s, \(String(format: "%.1f", gflops)) GFLOP/s
             peak memory per rank: \(memory.map(Format.bytes).joined(separator: ", "))
-            sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))
+            sent per rank: \(sent.map { Format.bytes(Double($0)) }.joined(separator: ", "))\(bytesNeeded.map { needed in
+                "\nK/V read but not held, per rank: \(needed.map { Format.bytes(Double($0)) }.joined(separator: ", ")) (received: \(received.map { Format.bytes(Double($0)) }.joined(separator: ", ")))"
+            } ?? "")
             kernel GFLOP per rank: \(kernelFlops.map { String(format: "%.2f", $0 / 1e9) }.joined(separator: ", ")) (imbalance, max/mean: \(String(format: "%.3f", imbalance)))
             """
         if let backward {

@@ -190,6 +190,22 @@ struct MaskSliceTests {
         }
     }
 
+    @Test("the keys a rank needs: what its queries see that it does not hold")
+    func keysNeeded() throws {
+        let tiling = KernelTiling(queryTile: 16, keyBlock: 32)
+        let causal = TokenPartition(tokens: 100, ranks: 2, layout: .contiguous)
+        #expect(causal.keysNeeded(by: 0, mask: .causal, tiling: tiling) == 0)
+        #expect(causal.keysNeeded(by: 1, mask: .causal, tiling: tiling) == 50)
+        // Blocks of 25 as slices: rank 1 (tokens 50..<100) reads 0..<50 too; a window of 10
+        // reads only the 9 keys before its first query.
+        let blocks = MaskSlices.blockCausal(block: 25, documents: boundaries([100]))
+        #expect(causal.keysNeeded(by: 1, mask: .slices(blocks), tiling: tiling) == 50)
+        #expect(causal.keysNeeded(by: 1, mask: .window(10), tiling: tiling) == 9)
+        let globalWindow = MaskSlices.globalWindow(global: 3, window: 10, tokens: 100)
+        #expect(causal.keysNeeded(by: 1, mask: .slices(globalWindow), tiling: tiling) == 12)
+        #expect(causal.keysNeeded(by: 0, mask: .slices(globalWindow), tiling: tiling) == 50)
+    }
+
     @Test("the bucket index finds every slice near a block, once, on long sequences")
     func bucketIndex() throws {
         let tokens = 1 << 20

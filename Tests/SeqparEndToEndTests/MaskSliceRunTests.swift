@@ -146,6 +146,10 @@ extension EndToEnd {
             let predicted = try #require(json.predictedImbalance, "\(result)")
             #expect(abs(json.imbalance - predicted) <= 1e-9, "predicted \(predicted), measured \(json.imbalance)\n\(result)")
             #expect(json.imbalance <= 1.05, "\(family): max/mean kernel work \(json.imbalance)\n\(result)")
+            // What the queries read but their rank does not hold: never more than the ring brings.
+            let needed = try #require(json.bytesNeeded, "\(result)")
+            #expect(needed.count == 4 && needed.reduce(0, +) > 0, "\(result)")
+            for (n, r) in zip(needed, json.bytesReceived) { #expect(n <= r, "needed \(needed), received \(json.bytesReceived)") }
         }
 
         @Test(
