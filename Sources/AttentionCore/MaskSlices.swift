@@ -426,7 +426,7 @@ extension MaskSlices {
             made.append(MaskSlice(queries: answer, keys: answer, kind: .causal))
             start += length
         }
-        return MaskSlices(checked: made, tokens: start, name: "shared question (\(lengths.count - 1) answers)")
+        return MaskSlices(checked: made, tokens: start, name: "shared question, \(lengths.count - 1) answers")
     }
 
     /// Block-causal per document: blocks of `block` tokens from each document's start; every
