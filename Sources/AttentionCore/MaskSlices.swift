@@ -122,8 +122,8 @@ public struct MaskSlices: Equatable, Sendable, CustomStringConvertible {
     public init(_ slices: [MaskSlice], tokens: Int, source: String = "mask slices") throws {
         for (row, slice) in slices.enumerated() {
             func refuse(_ what: String) -> Invalid { Invalid(description: "\(source): row \(row) \(slice): \(what)") }
-            for (name, range) in [("q", slice.queries), ("k", slice.keys)] where range.upperBound > tokens {
-                throw refuse("\(name)_end \(range.upperBound) lies past the sequence's \(tokens) tokens; ranges are half-open within 0..<\(tokens)")
+            for (name, range) in [("q", slice.queries), ("k", slice.keys)] where range.lowerBound < 0 || range.upperBound > tokens {
+                throw refuse("\(name) range \(range) lies outside the sequence's 0..<\(tokens); ranges are half-open within it")
             }
         }
         self.init(checked: slices, tokens: tokens)

@@ -190,6 +190,16 @@ struct MaskSliceTests {
         }
     }
 
+    @Test("slices built in Swift are checked against the sequence too")
+    func checkedInSwift() throws {
+        let past = try #require(throws: MaskSlices.Invalid.self) {
+            try MaskSlices([MaskSlice(queries: 0 ..< 4, keys: 0 ..< 4, kind: .full), MaskSlice(queries: 2 ..< 11, keys: 0 ..< 3, kind: .causal)], tokens: 10)
+        }
+        #expect(past.description.contains("row 1 (2, 11, 0, 3, 1): q range 2..<11 lies outside the sequence's 0..<10"), "\(past)")
+        let before = try #require(throws: MaskSlices.Invalid.self) { try MaskSlices([MaskSlice(queries: 0 ..< 4, keys: -2 ..< 3, kind: .full)], tokens: 10) }
+        #expect(before.description.contains("k range -2..<3 lies outside"), "\(before)")
+    }
+
     @Test("the keys a rank needs: what its queries see that it does not hold")
     func keysNeeded() throws {
         let tiling = KernelTiling(queryTile: 16, keyBlock: 32)

@@ -86,6 +86,14 @@ extension EndToEnd {
             }
         }
 
+        @Test("--strategy auto picks a strategy for slices, and it verifies")
+        func auto() async throws {
+            let result = try await launch(
+                ranks: 3, arguments: ["verify", "--json", "--strategy", "auto", "--block-causal", "64", "--tokens", "500", "--heads", "3", "--kv-heads", "1", "--head-dim", "32"])
+            try expectVerified(result, ranks: 3, tokens: 500)
+            #expect(["ring", "zigzag", "heads", "mesh"].contains(try result.report(VerifyJSON.self).strategy), "\(result)")
+        }
+
         @Test("verify --backward at 2 and 3 ranks", arguments: ["ring", "zigzag", "heads", "mesh"], [2, 3])
         func backward(strategy: String, ranks: Int) async throws {
             let dir = try ScratchDirectory()
