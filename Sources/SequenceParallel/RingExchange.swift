@@ -27,6 +27,8 @@ final class ExchangeBuffers {
         case blocks
         /// The backward's dK/dV sums.
         case sums
+        /// The forward's packed pieces of the local block, for the rank they go to.
+        case pieces
     }
     private var held: [Purpose: [AnyObject]] = [:]
 
@@ -159,20 +161,100 @@ struct RingPass {
         if keyValues.elementType == .f32 { try turn(Float.self) } else { try turn(UInt16.self) }
     }
 
-    /// Folds every block the queries see into `accumulator`.
+    /// Folds every block the queries see into `accumulator`. The forward sends each block
+    /// straight from its owner (step d: to rank r + d, from rank r - d), and only the rows of it
+    /// the receiver's queries may see (`neededRows`), so a rank receives what it reads rather
+    /// than every block the ring carries past it; the schedule, the overlap (sends and receives
+    /// posted a step ahead of the compute) and the two receive buffers are the ring's.
     func run(
         queries: ElementRows, querySegments: [ShardSegment], keyValues: ElementRows,
         kernel: LocalAttention, mask: AttentionMask, into accumulator: AttentionAccumulator
     ) throws {
         let steps = steps(mask: mask, heads: kernel.slice.heads)
-        let pairs = pairs(querySegments, mask: mask, steps: steps)
-        try circulate(keyValues, steps: steps) { source, block, progress in
-            for (keySegment, seeing) in pairs[source] {  // every query segment that may see it at once: K/V packed once
-                kernel.accumulate(
-                    queries: queries, querySegments: seeing, keyValues: block,
-                    keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
-            }
+        let (ranks, me) = (communicator.size, communicator.rank)
+        let heads = kernel.slice.heads
+        // What arrives at each step (step 0: the whole local block) and what leaves for the rank d ahead.
+        let arriving = (0 ..< steps).map { step in
+            step == 0 ? blockSegments[me] : ShardSegment.stacked(neededRows(of: (me - step + ranks) % ranks, by: me, mask: mask, heads: heads))
         }
+        let leaving = (0 ..< steps).map { step in step == 0 ? [] : neededRows(of: me, by: (me + step) % ranks, mask: mask, heads: heads) }
+        let index = SegmentIndex(querySegments)
+        let width = kvRowWidth
+        func turn<Element: MPIScalar>(_: Element.Type) throws {
+            let local = keyValues.base.assumingMemoryBound(to: Element.self)
+            let ownRows = rows(me)
+            let sizes = arriving.map { 2 * LocalShard.rows($0) * width }
+            let receiveBlocks = buffers.take(.blocks, count: 2, capacity: sizes.dropFirst().max() ?? 0, of: Element.self)
+            let pieces = buffers.take(.pieces, count: 1, capacity: leaving.map { 2 * $0.reduce(0) { $0 + $1.count } * width }.max() ?? 0, of: Element.self)[0]
+            /// Packs the rows `ranges` of the local block (K rows, then V rows) into `pieces`.
+            func pack(_ ranges: [Range<Int>]) -> Int {
+                let count = ranges.reduce(0) { $0 + $1.count }
+                var row = 0
+                for range in ranges {
+                    let segment = blockSegments[me].first { $0.positions.contains(range.lowerBound) }!
+                    let from = segment.localRow + range.lowerBound - segment.positions.lowerBound
+                    (pieces.baseAddress + row * width).update(from: local + from * width, count: range.count * width)
+                    (pieces.baseAddress + (count + row) * width).update(from: local + (ownRows + from) * width, count: range.count * width)
+                    row += range.count
+                }
+                return 2 * count * width
+            }
+            var send = Request(), receive = Request()
+            for step in 0 ..< steps {
+                let block = step == 0 ? UnsafePointer(local) : UnsafePointer(receiveBlocks[step % 2].baseAddress)
+                if step + 1 < steps {  // the next step's exchange, posted before this step's compute
+                    let next = step + 1
+                    if sizes[next] > 0 {
+                        receive = try communicator.irecv(
+                            UnsafeMutableBufferPointer(rebasing: receiveBlocks[next % 2].buffer[0 ..< sizes[next]]), from: (me - next + ranks) % ranks, tag: next)
+                    }
+                    if !leaving[next].isEmpty {
+                        let size = pack(leaving[next])
+                        send = try communicator.isend(UnsafeBufferPointer(rebasing: pieces.buffer[0 ..< size]), to: (me + next) % ranks, tag: next)
+                    }
+                }
+                let rows = LocalShard.rows(arriving[step])
+                let keyValueRows = KeyValueRows(ElementRows(raw: UnsafeRawPointer(block), elementType: keyValues.elementType), valuesOffset: rows * width)
+                let progress = {
+                    // Progress only: a failure here resurfaces from the waits below.
+                    _ = try? communicator.test(&send)
+                    _ = try? communicator.test(&receive)
+                }
+                for keySegment in arriving[step] {
+                    let seeing = index.seeing(keySegment.positions, mask: mask)
+                    if seeing.isEmpty { continue }
+                    // Every query segment that may see it at once: K/V packed once.
+                    kernel.accumulate(
+                        queries: queries, querySegments: seeing, keyValues: keyValueRows,
+                        keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
+                }
+                try communicator.wait(&send)
+                try communicator.wait(&receive)
+            }
+            withExtendedLifetime((receiveBlocks, pieces)) {}
+        }
+        if keyValues.elementType == .f32 { try turn(Float.self) } else { try turn(UInt16.self) }
+    }
+
+    /// The rows of `source`'s block that some query of `receiver`'s block may see: for each of
+    /// its segments, the hull of the keys the receiver's segments that see it see (the mask's
+    /// span of the segment pair, over the heads where S2 makes it differ), in the block's order.
+    func neededRows(of source: Int, by receiver: Int, mask: AttentionMask, heads: Range<Int>) -> [Range<Int>] {
+        let queries = SegmentIndex(blockSegments[receiver])
+        var perHead = heads.lowerBound ..< heads.lowerBound + 1
+        if case .s2 = mask { perHead = heads }
+        var needed: [Range<Int>] = []
+        for keys in blockSegments[source] {
+            var (lo, hi) = (Int.max, Int.min)
+            for q in queries.seeing(keys.positions, mask: mask) {
+                for head in perHead where mask.relation(queries: q.positions, keys: keys.positions, head: head) != .hidden {
+                    let span = mask.visibleSpan(queries: q.positions, keys: keys.positions, head: head)
+                    (lo, hi) = (min(lo, span.lowerBound), max(hi, span.upperBound))
+                }
+            }
+            if lo < hi { needed.append(lo ..< hi) }
+        }
+        return needed
     }
 }
 

@@ -86,6 +86,23 @@ extension EndToEnd {
             }
         }
 
+        /// Contiguous ring: rank r's block goes to the 3 - r ranks after it (6 of 12 blocks); zigzag:
+        /// a rank's early chunk to all 3 others, its late chunk to the r ranks whose late chunks follow it.
+        @Test("a causal ring forward sends 1/2 (ring) and 3/4 (zigzag, mesh) of what passing every block on would, at 4 ranks", arguments: ["ring", "zigzag", "mesh"])
+        func causalBytes(strategy: String) async throws {
+            let result = try await launch(
+                ranks: 4,
+                arguments: ["run", "--json", "--strategy", strategy, "--causal", "--tokens", "4096", "--heads", "4", "--kv-heads", "4", "--head-dim", "16"]
+                    + (strategy == "mesh" ? ["--mesh", "1x4"] : []))
+            #expect(result.status == 0, "\(result)")
+            let json = try result.report(RunReport.self)
+            // Passing every block on: each rank sends 3 blocks of 1024 rows x 2 x 4 x 16 floats.
+            let blockBytes = 1024 * 2 * 4 * 16 * 4
+            let ring = Double(4 * 3 * blockBytes)
+            #expect(Double(json.bytesSent.reduce(0, +)) == (strategy == "ring" ? 0.5 : 0.75) * ring, "\(json.bytesSent)")
+            #expect(json.bytesNeeded == json.bytesReceived, "\(result)")
+        }
+
         @Test("--strategy auto picks a strategy for slices, and it verifies")
         func auto() async throws {
             let result = try await launch(
@@ -157,7 +174,8 @@ extension EndToEnd {
             // What the queries read but their rank does not hold: never more than the ring brings.
             let needed = try #require(json.bytesNeeded, "\(result)")
             #expect(needed.count == 4 && needed.reduce(0, +) > 0, "\(result)")
-            for (n, r) in zip(needed, json.bytesReceived) { #expect(n <= r, "needed \(needed), received \(json.bytesReceived)") }
+            // The forward sends each rank only what its queries read: exactly what is needed.
+            #expect(needed == json.bytesReceived, "needed \(needed), received \(json.bytesReceived)")
         }
 
         @Test(

@@ -138,10 +138,11 @@ extension EndToEnd {
             #expect(maxAbsDifference(try NpyFile.load(l).values, lses[0]) <= 1e-5)
         }
 
-        /// Byte counters against the analytic volumes: a ring pass sends each rank's K/V block on
-        /// P-1 times (the blocks of ranks r, r-1, ..., r-P+2); a window that only reaches the
-        /// previous rank stops after one step, so each rank sends just its own block.
-        @Test("ring bytes equal the analytic volumes, and a window cuts the pass short", arguments: [2, 3, 4])
+        /// Byte counters against the analytic volumes: the forward sends each rank only the rows
+        /// of a block its queries read, straight from the owner, so under a causal mask rank r's
+        /// block goes to the P-1-r ranks after it, and a window of 100 sends the next rank just the
+        /// 99 rows its first queries reach back to (the last rank sends nothing).
+        @Test("ring bytes equal the analytic volumes of what each rank reads, and a window cuts them short", arguments: [2, 3, 4])
         func ringBytes(ranks: Int) async throws {
             let (tokens, kvHeads, headDim) = (1001, 2, 32)
             let blocks = (0 ..< ranks).map { 2 * TokenPartition.chunk($0, of: ranks, tokens: tokens).count * kvHeads * headDim * 4 }
@@ -156,8 +157,7 @@ extension EndToEnd {
                 #expect(result.status == 0, "\(result)")
                 let report = try result.report(RunReport.self)
                 let sent = report.bytesSent.map(Double.init), received = report.bytesReceived.map(Double.init)
-                let steps = window == nil ? ranks - 1 : min(1, ranks - 1)
-                let expected = (0 ..< ranks).map { r in (0 ..< steps).reduce(0) { $0 + blocks[(r - $1 + ranks) % ranks] } }
+                let expected = (0 ..< ranks).map { r in window == nil ? (ranks - 1 - r) * blocks[r] : (r < ranks - 1 ? 2 * 99 * kvHeads * headDim * 4 : 0) }
                 #expect(sent == expected.map(Double.init), "window \(window ?? "none"): sent \(sent), expected \(expected)")
                 #expect(received.reduce(0, +) == sent.reduce(0, +))
             }
