@@ -52,6 +52,12 @@ public enum AttentionMask: Equatable, Sendable, CustomStringConvertible {
         return nil
     }
 
+    /// The S2 pattern, when the mask is one.
+    public var s2Pattern: S2Pattern? {
+        if case let .s2(pattern) = self { return pattern }
+        return nil
+    }
+
     /// Key blocks must not straddle a multiple of this (global positions); nil: any cut works.
     public var keyBlockAlignment: Int? {
         if case let .s2(p) = self { return p.block }

@@ -258,14 +258,22 @@ extension TokenPartition {
         for querySegment in segments(of: rank) {
             for start in stride(from: querySegment.lowerBound, to: querySegment.upperBound, by: tiling.queryTile) {
                 let tile = start ..< min(start + tiling.queryTile, querySegment.upperBound)
-                guard mask.relation(queries: tile, keys: 0 ..< tokens, head: 0) != .hidden else { continue }
+                // S2 answers for keys within one of its blocks only (and differs by head): its
+                // blocks are cut at its alignment, and a block any head sees counts.
+                let alignment = mask.keyBlockAlignment
+                let heads = alignment == nil ? 1 : (mask.s2Pattern?.stride ?? 1)
+                guard alignment != nil || mask.relation(queries: tile, keys: 0 ..< tokens, head: 0) != .hidden else { continue }
                 let hull = mask.visibleSpan(queries: tile, keys: 0 ..< tokens, head: 0)
-                for blockStart in stride(from: hull.lowerBound / tiling.keyBlock * tiling.keyBlock, to: hull.upperBound, by: tiling.keyBlock) {
-                    let block = max(blockStart, hull.lowerBound) ..< min(blockStart + tiling.keyBlock, hull.upperBound)
-                    switch mask.relation(queries: tile, keys: block, head: 0) {
-                    case .hidden: break
-                    case .full: seen.append(block)
-                    case .partial: seen.append(mask.visibleSpan(queries: tile, keys: block, head: 0))
+                var blockStart = hull.lowerBound
+                while blockStart < hull.upperBound {
+                    var end = min(blockStart + tiling.keyBlock, hull.upperBound)
+                    if let alignment { end = min(end, (blockStart / alignment + 1) * alignment) }
+                    let block = blockStart ..< end
+                    blockStart = end
+                    for head in 0 ..< heads {
+                        let relation = mask.relation(queries: tile, keys: block, head: head)
+                        if relation == .full || (relation == .partial && alignment != nil) { seen.append(block); break }
+                        if relation == .partial { seen.append(mask.visibleSpan(queries: tile, keys: block, head: head)); break }
                     }
                 }
             }

@@ -185,40 +185,65 @@ struct RingPass {
             let ownRows = rows(me)
             let sizes = arriving.map { 2 * LocalShard.rows($0) * width }
             let receiveBlocks = buffers.take(.blocks, count: 2, capacity: sizes.dropFirst().max() ?? 0, of: Element.self)
-            let pieces = buffers.take(.pieces, count: 1, capacity: leaving.map { 2 * $0.reduce(0) { $0 + $1.count } * width }.max() ?? 0, of: Element.self)[0]
-            /// Packs the rows `ranges` of the local block (K rows, then V rows) into `pieces`.
-            func pack(_ ranges: [Range<Int>]) -> Int {
-                let count = ranges.reduce(0) { $0 + $1.count }
-                var row = 0
-                for range in ranges {
-                    let segment = blockSegments[me].first { $0.positions.contains(range.lowerBound) }!
-                    let from = segment.localRow + range.lowerBound - segment.positions.lowerBound
-                    (pieces.baseAddress + row * width).update(from: local + from * width, count: range.count * width)
-                    (pieces.baseAddress + (count + row) * width).update(from: local + (ownRows + from) * width, count: range.count * width)
-                    row += range.count
-                }
-                return 2 * count * width
+            // A few ranges go as they lie in the local block (a K and a V message each), in the
+            // order the receiver stacks them, so no copy is made; many (packed documents) are
+            // packed into one message.
+            let packs = leaving.map { $0.count > Self.directRanges }
+            let packedRows = zip(leaving, packs).map { $1 ? $0.reduce(0) { $0 + $1.count } : 0 }.max() ?? 0
+            let pieces = packedRows > 0 ? buffers.take(.pieces, count: 1, capacity: 2 * packedRows * width, of: Element.self)[0] : nil
+            /// Where rows `range` of the local block start (its local row).
+            func localRow(_ range: Range<Int>) -> Int {
+                let segment = blockSegments[me].first { $0.positions.contains(range.lowerBound) }!
+                return segment.localRow + range.lowerBound - segment.positions.lowerBound
             }
-            var send = Request(), receive = Request()
+            /// The messages that carry `ranges` of the local block: (start, count) in elements.
+            func sends(_ ranges: [Range<Int>], packed: Bool) -> [UnsafeBufferPointer<Element>] {
+                let count = ranges.reduce(0) { $0 + $1.count }
+                if packed, let pieces {
+                    var row = 0
+                    for range in ranges {
+                        let from = localRow(range)
+                        (pieces.baseAddress + row * width).update(from: local + from * width, count: range.count * width)
+                        (pieces.baseAddress + (count + row) * width).update(from: local + (ownRows + from) * width, count: range.count * width)
+                        row += range.count
+                    }
+                    return [UnsafeBufferPointer(start: pieces.baseAddress, count: 2 * count * width)]
+                }
+                let keys = ranges.map { UnsafeBufferPointer(start: local + localRow($0) * width, count: $0.count * width) }
+                let values = ranges.map { UnsafeBufferPointer(start: local + (ownRows + localRow($0)) * width, count: $0.count * width) }
+                return keys + values
+            }
+            /// The receive buffers for a block of `segments` (stacked) sent with `packed` as above.
+            func receives(_ segments: [ShardSegment], into block: UnsafeMutablePointer<Element>, packed: Bool) -> [UnsafeMutableBufferPointer<Element>] {
+                let count = LocalShard.rows(segments)
+                if packed { return [UnsafeMutableBufferPointer(start: block, count: 2 * count * width)] }
+                let keys = segments.map { UnsafeMutableBufferPointer(start: block + $0.localRow * width, count: $0.positions.count * width) }
+                let values = segments.map { UnsafeMutableBufferPointer(start: block + (count + $0.localRow) * width, count: $0.positions.count * width) }
+                return keys + values
+            }
+            var sent: [Request] = [], received: [Request] = []
             for step in 0 ..< steps {
                 let block = step == 0 ? UnsafePointer(local) : UnsafePointer(receiveBlocks[step % 2].baseAddress)
                 if step + 1 < steps {  // the next step's exchange, posted before this step's compute
                     let next = step + 1
+                    let from = (me - next + ranks) % ranks, to = (me + next) % ranks
+                    // The sender packs when it sends many ranges; the receiver knows it from their count.
+                    let packedIn = arriving[next].count > Self.directRanges
                     if sizes[next] > 0 {
-                        receive = try communicator.irecv(
-                            UnsafeMutableBufferPointer(rebasing: receiveBlocks[next % 2].buffer[0 ..< sizes[next]]), from: (me - next + ranks) % ranks, tag: next)
+                        for buffer in receives(arriving[next], into: receiveBlocks[next % 2].baseAddress, packed: packedIn) {
+                            received.append(try communicator.irecv(buffer, from: from, tag: next))
+                        }
                     }
                     if !leaving[next].isEmpty {
-                        let size = pack(leaving[next])
-                        send = try communicator.isend(UnsafeBufferPointer(rebasing: pieces.buffer[0 ..< size]), to: (me + next) % ranks, tag: next)
+                        for buffer in sends(leaving[next], packed: packs[next]) { sent.append(try communicator.isend(buffer, to: to, tag: next)) }
                     }
                 }
                 let rows = LocalShard.rows(arriving[step])
                 let keyValueRows = KeyValueRows(ElementRows(raw: UnsafeRawPointer(block), elementType: keyValues.elementType), valuesOffset: rows * width)
                 let progress = {
                     // Progress only: a failure here resurfaces from the waits below.
-                    _ = try? communicator.test(&send)
-                    _ = try? communicator.test(&receive)
+                    for i in sent.indices { _ = try? communicator.test(&sent[i]) }
+                    for i in received.indices { _ = try? communicator.test(&received[i]) }
                 }
                 for keySegment in arriving[step] {
                     let seeing = index.seeing(keySegment.positions, mask: mask)
@@ -228,25 +253,35 @@ struct RingPass {
                         queries: queries, querySegments: seeing, keyValues: keyValueRows,
                         keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
                 }
-                try communicator.wait(&send)
-                try communicator.wait(&receive)
+                for i in sent.indices { try communicator.wait(&sent[i]) }
+                for i in received.indices { try communicator.wait(&received[i]) }
+                (sent, received) = ([], [])
             }
             withExtendedLifetime((receiveBlocks, pieces)) {}
         }
         if keyValues.elementType == .f32 { try turn(Float.self) } else { try turn(UInt16.self) }
     }
 
+    /// Ranges of a block sent as they lie (two messages each) up to this many; more are packed.
+    static let directRanges = 4
+
     /// The rows of `source`'s block that some query of `receiver`'s block may see: for each of
     /// its segments, the hull of the keys the receiver's segments that see it see (the mask's
-    /// span of the segment pair, over the heads where S2 makes it differ), in the block's order.
+    /// span of the segment pair; S2: the whole segment), in the block's order.
     func neededRows(of source: Int, by receiver: Int, mask: AttentionMask, heads: Range<Int>) -> [Range<Int>] {
         let queries = SegmentIndex(blockSegments[receiver])
-        var perHead = heads.lowerBound ..< heads.lowerBound + 1
-        if case .s2 = mask { perHead = heads }
+        let perHead = heads.lowerBound ..< heads.lowerBound + 1  // only S2's relation differs by head
         var needed: [Range<Int>] = []
         for keys in blockSegments[source] {
+            let seeing = queries.seeing(keys.positions, mask: mask)
+            // S2 answers for keys within one of its blocks only: a segment that some query
+            // segment may see goes whole (S2 runs on its own exchange; mesh and ring send this).
+            if mask.keyBlockAlignment != nil {
+                if !seeing.isEmpty { needed.append(keys.positions) }
+                continue
+            }
             var (lo, hi) = (Int.max, Int.min)
-            for q in queries.seeing(keys.positions, mask: mask) {
+            for q in seeing {
                 for head in perHead where mask.relation(queries: q.positions, keys: keys.positions, head: head) != .hidden {
                     let span = mask.visibleSpan(queries: q.positions, keys: keys.positions, head: head)
                     (lo, hi) = (min(lo, span.lowerBound), max(hi, span.upperBound))

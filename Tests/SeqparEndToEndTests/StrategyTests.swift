@@ -72,11 +72,12 @@ extension EndToEnd {
             }
         }
 
-        /// S2 with the stride at most the head count (the union covers every block pair) and above it.
+        /// S2 with the stride at most the head count (the union covers every block pair) and above it;
+        /// the ring strategies too, whose forward sends whole segments under S2.
         @Test("s2 at 1-4 ranks, stride below and above the head count", arguments: [1, 2, 3, 4])
         func s2(ranks: Int) async throws {
             for (heads, kvHeads, block, local, stride) in [(8, 2, 16, 2, 4), (4, 4, 8, 1, 8), (4, 1, 13, 3, 6)] {
-                for strategy in ["s2", "zigzag"] {
+                for strategy in ["s2", "zigzag", "ring", "mesh"] {
                     let result = try await launch(
                         ranks: ranks,
                         arguments: [
