@@ -358,6 +358,24 @@ public struct BucketIndex: Sendable {
     }
 }
 
+extension MaskSlices {
+    /// `count` slices drawn from `seed` over `tokens` tokens: every kind, ranges of every length
+    /// (a quarter of them 0 to 2 tokens), overlapping one another. For tests and benchmarks.
+    public static func random(count: Int, tokens: Int, seed: UInt64) -> MaskSlices {
+        var draws: UInt64 = 0
+        func next(_ bound: Int) -> Int {
+            draws += 1
+            return Int(SyntheticInput.mix(SyntheticInput.mix(seed ^ 0x511C_E000) ^ draws) % UInt64(bound))
+        }
+        func range() -> Range<Int> {
+            let start = next(tokens + 1)
+            return start ..< min(tokens, start + (next(4) == 0 ? next(3) : next(tokens - start + 1)))
+        }
+        let slices = (0 ..< count).map { _ in MaskSlice(queries: range(), keys: range(), kind: MaskSlice.Kind(rawValue: next(4))!) }
+        return MaskSlices(checked: slices, tokens: tokens)
+    }
+}
+
 // The families, as slices. Each takes the packed documents it works within where that makes
 // sense (one document: the whole sequence).
 extension MaskSlices {

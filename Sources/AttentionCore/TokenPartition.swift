@@ -287,10 +287,19 @@ extension TokenPartition {
                 union.append(range)
             }
         }
+        // Both sorted and disjoint: one sweep subtracts what is held.
         let held = Self.merged(segments(of: rank))
-        return union.reduce(0) { total, range in
-            total + range.count - held.reduce(0) { $0 + range.clamped(to: $1).count }
+        var (needed, h) = (0, 0)
+        for range in union {
+            needed += range.count
+            while h < held.count && held[h].upperBound <= range.lowerBound { h += 1 }
+            var k = h
+            while k < held.count && held[k].lowerBound < range.upperBound {
+                needed -= range.clamped(to: held[k]).count
+                k += 1
+            }
         }
+        return needed
     }
 
     /// Max over mean of the ranks' kernel work (`kernelWork`; 1 when there is none).

@@ -175,10 +175,18 @@ struct RingPass {
         let heads = kernel.slice.heads
         // What arrives at each step (step 0: the whole local block) and what leaves for the rank d ahead.
         let arriving = (0 ..< steps).map { step in
-            step == 0 ? blockSegments[me] : ShardSegment.stacked(neededRows(of: (me - step + ranks) % ranks, by: me, mask: mask, heads: heads))
+            step == 0 ? blockSegments[me] : ShardSegment.stacked(neededRows(of: (me - step + ranks) % ranks, by: me, mask: mask, heads: heads).map(\.positions))
         }
         let leaving = (0 ..< steps).map { step in step == 0 ? [] : neededRows(of: me, by: (me + step) % ranks, mask: mask, heads: heads) }
+        // Each arriving key segment with the query segments that may see it: worked out before
+        // the exchange starts, so no step searches or allocates for it.
         let index = SegmentIndex(querySegments)
+        let pairs = arriving.map { segments in
+            segments.compactMap { keys in
+                let seeing = index.seeing(keys.positions, mask: mask)
+                return seeing.isEmpty ? nil : (keys: keys, queries: seeing)
+            }
+        }
         let width = kvRowWidth
         func turn<Element: MPIScalar>(_: Element.Type) throws {
             let local = keyValues.base.assumingMemoryBound(to: Element.self)
@@ -189,28 +197,23 @@ struct RingPass {
             // order the receiver stacks them, so no copy is made; many (packed documents) are
             // packed into one message.
             let packs = leaving.map { $0.count > Self.directRanges }
-            let packedRows = zip(leaving, packs).map { $1 ? $0.reduce(0) { $0 + $1.count } : 0 }.max() ?? 0
+            let packedRows = zip(leaving, packs).map { $1 ? LocalShard.rows(ShardSegment.stacked($0.map(\.positions))) : 0 }.max() ?? 0
             let pieces = packedRows > 0 ? buffers.take(.pieces, count: 1, capacity: 2 * packedRows * width, of: Element.self)[0] : nil
-            /// Where rows `range` of the local block start (its local row).
-            func localRow(_ range: Range<Int>) -> Int {
-                let segment = blockSegments[me].first { $0.positions.contains(range.lowerBound) }!
-                return segment.localRow + range.lowerBound - segment.positions.lowerBound
-            }
-            /// The messages that carry `ranges` of the local block: (start, count) in elements.
-            func sends(_ ranges: [Range<Int>], packed: Bool) -> [UnsafeBufferPointer<Element>] {
-                let count = ranges.reduce(0) { $0 + $1.count }
+            /// The messages that carry `rows` of the local block (each at its local row).
+            func sends(_ rows: [ShardSegment], packed: Bool) -> [UnsafeBufferPointer<Element>] {
                 if packed, let pieces {
+                    let count = rows.reduce(0) { $0 + $1.positions.count }
                     var row = 0
-                    for range in ranges {
-                        let from = localRow(range)
-                        (pieces.baseAddress + row * width).update(from: local + from * width, count: range.count * width)
-                        (pieces.baseAddress + (count + row) * width).update(from: local + (ownRows + from) * width, count: range.count * width)
-                        row += range.count
+                    for piece in rows {
+                        let (from, n) = (piece.localRow, piece.positions.count)
+                        (pieces.baseAddress + row * width).update(from: local + from * width, count: n * width)
+                        (pieces.baseAddress + (count + row) * width).update(from: local + (ownRows + from) * width, count: n * width)
+                        row += n
                     }
                     return [UnsafeBufferPointer(start: pieces.baseAddress, count: 2 * count * width)]
                 }
-                let keys = ranges.map { UnsafeBufferPointer(start: local + localRow($0) * width, count: $0.count * width) }
-                let values = ranges.map { UnsafeBufferPointer(start: local + (ownRows + localRow($0)) * width, count: $0.count * width) }
+                let keys = rows.map { UnsafeBufferPointer(start: local + $0.localRow * width, count: $0.positions.count * width) }
+                let values = rows.map { UnsafeBufferPointer(start: local + (ownRows + $0.localRow) * width, count: $0.positions.count * width) }
                 return keys + values
             }
             /// The receive buffers for a block of `segments` (stacked) sent with `packed` as above.
@@ -245,10 +248,7 @@ struct RingPass {
                     for i in sent.indices { _ = try? communicator.test(&sent[i]) }
                     for i in received.indices { _ = try? communicator.test(&received[i]) }
                 }
-                for keySegment in arriving[step] {
-                    let seeing = index.seeing(keySegment.positions, mask: mask)
-                    if seeing.isEmpty { continue }
-                    // Every query segment that may see it at once: K/V packed once.
+                for (keySegment, seeing) in pairs[step] {  // every query segment that may see it at once: K/V packed once
                     kernel.accumulate(
                         queries: queries, querySegments: seeing, keyValues: keyValueRows,
                         keySegment: keySegment, into: accumulator, recorder: communicator.recorder, progress: progress)
@@ -267,17 +267,18 @@ struct RingPass {
 
     /// The rows of `source`'s block that some query of `receiver`'s block may see: for each of
     /// its segments, the hull of the keys the receiver's segments that see it see (the mask's
-    /// span of the segment pair; S2: the whole segment), in the block's order.
-    func neededRows(of source: Int, by receiver: Int, mask: AttentionMask, heads: Range<Int>) -> [Range<Int>] {
+    /// span of the segment pair; S2: the whole segment), in the block's order, each with the
+    /// row it starts at in `source`'s block.
+    func neededRows(of source: Int, by receiver: Int, mask: AttentionMask, heads: Range<Int>) -> [ShardSegment] {
         let queries = SegmentIndex(blockSegments[receiver])
         let perHead = heads.lowerBound ..< heads.lowerBound + 1  // only S2's relation differs by head
-        var needed: [Range<Int>] = []
+        var needed: [ShardSegment] = []
         for keys in blockSegments[source] {
             let seeing = queries.seeing(keys.positions, mask: mask)
             // S2 answers for keys within one of its blocks only: a segment that some query
             // segment may see goes whole (S2 runs on its own exchange; mesh and ring send this).
             if mask.keyBlockAlignment != nil {
-                if !seeing.isEmpty { needed.append(keys.positions) }
+                if !seeing.isEmpty { needed.append(keys) }
                 continue
             }
             var (lo, hi) = (Int.max, Int.min)
@@ -287,7 +288,7 @@ struct RingPass {
                     (lo, hi) = (min(lo, span.lowerBound), max(hi, span.upperBound))
                 }
             }
-            if lo < hi { needed.append(lo ..< hi) }
+            if lo < hi { needed.append(ShardSegment(positions: lo ..< hi, localRow: keys.localRow + lo - keys.positions.lowerBound)) }
         }
         return needed
     }

@@ -10,22 +10,7 @@ import FileFormats
 import Foundation
 import Testing
 
-/// `count` random slices over `tokens` tokens from `seed`: every kind, ranges of every length
-/// (empty and one-token ones too), overlapping one another.
-func randomSlices(count: Int, tokens: Int, seed: UInt64) -> MaskSlices {
-    var state = seed
-    func next(_ bound: Int) -> Int {
-        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-        return Int(state >> 33) % bound
-    }
-    func range() -> Range<Int> {
-        let start = next(tokens + 1)
-        let length = next(4) == 0 ? next(3) : next(tokens - start + 1)
-        return start ..< min(tokens, start + length)
-    }
-    let slices = (0 ..< count).map { _ in MaskSlice(queries: range(), keys: range(), kind: MaskSlice.Kind(rawValue: next(4))!) }
-    return try! MaskSlices(slices, tokens: tokens)
-}
+func randomSlices(count: Int, tokens: Int, seed: UInt64) -> MaskSlices { .random(count: count, tokens: tokens, seed: seed) }
 
 @Suite("Mask slices")
 struct MaskSliceTests {

@@ -34,28 +34,11 @@ struct SliceVariant: Sendable, CustomTestStringConvertible {
     func arguments(in dir: ScratchDirectory) throws -> [String] {
         guard let seed = randomSlices else { return options }
         let path = dir.path("slices-\(seed).npy")
-        try writeSlices(path, AttentionCoreSlices.random(count: 25, tokens: tokens, seed: seed).rows)
+        try writeSlices(path, MaskSlices.random(count: 25, tokens: tokens, seed: seed).rows)
         return options + ["--mask-slices", path]
     }
 
     var testDescription: String { name }
-}
-
-/// Random overlapping slices, as the kernel tests draw them (kept here so the end-to-end suite
-/// does not depend on the unit tests' target).
-enum AttentionCoreSlices {
-    static func random(count: Int, tokens: Int, seed: UInt64) -> MaskSlices {
-        var state = seed
-        func next(_ bound: Int) -> Int {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return Int(state >> 33) % bound
-        }
-        func range() -> Range<Int> {
-            let start = next(tokens + 1)
-            return start ..< min(tokens, start + (next(4) == 0 ? next(3) : next(tokens - start + 1)))
-        }
-        return try! MaskSlices((0 ..< count).map { _ in MaskSlice(queries: range(), keys: range(), kind: MaskSlice.Kind(rawValue: next(4))!) }, tokens: tokens)
-    }
 }
 
 extension EndToEnd {
