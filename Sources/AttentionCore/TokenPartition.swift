@@ -417,4 +417,27 @@ public struct SegmentIndex: Sendable {
     public func seeing(_ keys: Range<Int>, mask: AttentionMask) -> [ShardSegment] {
         keys.isEmpty ? [] : overlapping(mask.querySpan(seeing: keys))
     }
+
+    /// The rows of `keys` (a block's segments) that some query of these segments may see: for
+    /// each key segment, the hull of the keys the query segments that see it see (the mask's
+    /// span of each segment pair), with the row it starts at in the block, in the block's
+    /// order. S2 answers for keys within one of its blocks only (and differs by head): a
+    /// segment that some query segment may see is read whole.
+    public func keysRead(from keys: [ShardSegment], mask: AttentionMask) -> [ShardSegment] {
+        var read: [ShardSegment] = []
+        for segment in keys {
+            let queries = seeing(segment.positions, mask: mask)
+            if mask.keyBlockAlignment != nil {
+                if !queries.isEmpty { read.append(segment) }
+                continue
+            }
+            var (lo, hi) = (Int.max, Int.min)
+            for q in queries where mask.relation(queries: q.positions, keys: segment.positions, head: 0) != .hidden {
+                let span = mask.visibleSpan(queries: q.positions, keys: segment.positions, head: 0)
+                (lo, hi) = (min(lo, span.lowerBound), max(hi, span.upperBound))
+            }
+            if lo < hi { read.append(ShardSegment(positions: lo ..< hi, localRow: segment.localRow + lo - segment.positions.lowerBound)) }
+        }
+        return read
+    }
 }

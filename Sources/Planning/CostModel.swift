@@ -8,8 +8,8 @@
 // a bf16 job's at the probe's bf16 rate instead (oneDNN's, sgemm's where a rank widens bf16), and its
 // Q/K/V/dO bytes at 2 per element (O, LSE and the merged partials travel in float32).
 // Ring-shaped passes run in lockstep: step s costs the slowest position's max(compute of the
-// block in hand, latency + block bytes / bandwidth), so a contiguous causal ring is paid at its
-// busiest rank and zigzag's balanced work shows. Head all-to-alls are blocking: their time adds.
+// block in hand, latency + bytes of the next block's rows it reads / bandwidth), so a contiguous
+// causal ring is paid at its busiest rank and zigzag's balanced work shows. Head all-to-alls are blocking: their time adds.
 // Point to point: t(b) = latency + b / bandwidth, latency from the smallest probed message and
 // bandwidth from the largest. All-to-all among m ranks: latency + (m-1) b / bandwidth, likewise.
 // Every mask is modelled by its visible pairs (AttentionMask: none and causal in closed form,
@@ -136,13 +136,20 @@ public struct CostModel: Sendable {
             }
         }
         let steps = 1 + ((1 ..< positions).last { step in pairs[step].contains { $0 > 0 } } ?? 0)
+        // The forward sends each block's rows that a position's queries may read straight to it
+        // (RingPass.run): during step s a position receives what it reads at step s + 1.
+        let stacked = segments.map(ShardSegment.stacked)
+        let indexes = stacked.map(SegmentIndex.init)
+        func rowsRead(at step: Int, by position: Int) -> Int {
+            let source = (position - step + positions) % positions
+            return indexes[position].keysRead(from: stacked[source], mask: problem.mask).reduce(0) { $0 + $1.positions.count }
+        }
         var compute = 0.0, total = 0.0
         for step in 0 ..< steps {
             var slowest = 0.0, slowestCompute = 0.0
             for position in 0 ..< positions {
-                let source = (position - step + positions) % positions
                 let seconds = 4 * d * heads * pairs[step][position] / computeRate
-                let transfer = step < steps - 1 ? pointToPoint(bytes: 2 * Double(rows[source]) * kvHeads * d * elementBytes) : 0
+                let transfer = step < steps - 1 ? pointToPoint(bytes: 2 * Double(rowsRead(at: step + 1, by: position)) * kvHeads * d * elementBytes) : 0
                 slowest = max(slowest, max(seconds, transfer))
                 slowestCompute = max(slowestCompute, seconds)
             }

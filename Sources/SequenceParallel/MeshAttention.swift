@@ -1,7 +1,7 @@
 // 2D attention (USP-style): P = Ph x Pr ranks. Ranks in groups of Ph share one position of a
 // ring of Pr (zigzag when causal); inside a group, the heads all-to-all gives each member every
-// token of the group for its heads; across groups, members with the same heads pass their K/V
-// around the ring; a final all-to-all returns rows to their owners. Ph = P is heads, Ph = 1 is ring.
+// token of the group for its heads; across groups, members with the same heads exchange the K/V
+// rows their queries read in ring order (RingPass); a final all-to-all returns rows to their owners. Ph = P is heads, Ph = 1 is ring.
 
 import AttentionCore
 import Buffers

@@ -1,6 +1,7 @@
 // Ring self-attention (Sequence Parallelism, RSA). Rank r holds its query rows and its K/V block;
-// the K/V blocks travel the ring, and at each step the rank folds the block in hand into its
-// running online-softmax state while the next block is in flight. Key blocks the mask hides
+// at step d it receives from rank r - d the rows of that rank's block its queries read (RingPass:
+// straight from the owner, not passed on), and folds the block in hand into its running
+// online-softmax state while the next one is in flight. Key blocks the mask hides
 // (causal: everything after the rank's last query) are skipped by the kernel before any work,
 // and a sliding window ends the pass once no rank sees the blocks still to come.
 
@@ -8,8 +9,8 @@ import AttentionCore
 import Buffers
 import MPIBinding
 
-/// Ring attention: K/V blocks travel the ring while each rank folds the block in hand into its queries'
-/// online-softmax state; key blocks the mask hides are skipped.
+/// Ring attention: each rank receives the K/V rows its queries read, rank r - d's at step d, while it
+/// folds the block in hand into its queries' online-softmax state; key blocks the mask hides are skipped.
 public struct RingAttention: SequenceParallelStrategy {
     public let inputLayout: TokenLayout
     public var balancesDocuments: Bool { true }
@@ -32,8 +33,8 @@ public struct RingAttention: SequenceParallelStrategy {
 extension RingAttention {
     public var backwardRefusal: String? { nil }
 
-    /// The ring backward (RingPass.runBackward): dQ stays with its queries, dK/dV travel with
-    /// their K/V blocks and arrive back at their owner after the pass.
+    /// The ring backward (RingPass.runBackward): dQ stays with its queries, K/V rows arrive as in
+    /// the forward, and their dK/dV go straight back to their owner.
     public func backward(
         _ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
         communicator: Communicator
@@ -58,7 +59,7 @@ extension RingAttention {
     public var label: String { inputLayout == .zigzag ? "zigzag" : "ring" }
 
     public static let descriptor = StrategyDescriptor(
-        name: "ring", summary: "contiguous chunk per rank; K/V blocks travel the ring, overlapped with compute",
+        name: "ring", summary: "contiguous chunk per rank; at step d a rank gets the K/V rows its queries read from rank r - d, overlapped with compute",
         make: { _ in RingAttention(layout: .contiguous) },
         predictions: { model, problem in [model.predict(problem, headGroup: 1, zigzag: false, name: "ring")] })
 }

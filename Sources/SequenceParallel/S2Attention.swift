@@ -1,9 +1,12 @@
-// S2-Attention across ranks. Queries stay where they are (zigzag shards, since the pattern is
-// causal); each rank receives, from every other rank, only the pieces (a key block's rows for one
-// kv head) that its queries' heads read under the pattern — the local band's neighbours and the
-// heads' vertical strides — point to point, rank r+s and r-s at step s, the next exchange posted
-// before the current block is computed. The kernel computes only the active block pairs, so
-// FLOPs and bytes both fall with the pattern's density.
+// S2-Attention across ranks, and point-to-point attention for any mask. Queries stay where they
+// are (zigzag shards, since the pattern is causal); each rank receives, from every other rank, only
+// the pieces (a key block's rows for one kv head) that its queries' heads read under the pattern —
+// the local band's neighbours and the heads' vertical strides — point to point, rank r+s and r-s at
+// step s, the next exchange posted before the current block is computed, and the backward returns
+// their dK/dV the same way. The kernel computes only the active block pairs, so FLOPs and bytes
+// both fall with the pattern's density. Any other mask is the same exchange with every kv head at
+// once, which the ring pass does (RingPass: the rows each rank's queries read, straight from their
+// owner, and their dK/dV straight back), over zigzag shards or the layout that balances the mask.
 
 import AttentionCore
 import Buffers
@@ -12,19 +15,13 @@ import MPIBinding
 import Profiling
 
 /// S2-Attention across zigzag shards: each rank receives, point to point, only the K/V pieces its queries'
-/// heads read under the S2 pattern, and the kernel computes only the active block pairs.
+/// heads read under the S2 pattern, and the kernel computes only the active block pairs. Any other
+/// mask: the zigzag ring's exchange, which is point to point too (only the rows each rank reads).
 public struct S2Attention: SequenceParallelStrategy {
     public var inputLayout: TokenLayout { .zigzag }
-    public let pattern: S2Pattern?
+    public var balancesDocuments: Bool { true }
 
-    /// - Parameter pattern: nil when the mask is not an S2 pattern, which `check` refuses.
-    public init(pattern: S2Pattern?) { self.pattern = pattern }
-
-    public func check(heads: Int, ranks: Int) throws {
-        guard pattern != nil else {
-            throw StrategyRefusal(description: "the s2 strategy computes the S2 pattern: give --s2-block, --s2-local and --s2-stride")
-        }
-    }
+    public init() {}
 
     /// A key block's rows (local to its owner's shard) for one kv head.
     struct Piece {
@@ -57,7 +54,7 @@ public struct S2Attention: SequenceParallelStrategy {
     }
 
     public func attend(_ shard: LocalShard, job: AttentionJob, communicator: Communicator) throws -> PartialResult {
-        guard case let .s2(pattern) = job.mask else { preconditionFailure("check() refuses s2 without its pattern") }
+        guard case let .s2(pattern) = job.mask else { return try RingAttention(layout: .zigzag).attend(shard, job: job, communicator: communicator) }
         let exchange = PieceExchange(pattern: pattern, shape: job.shape, shard: shard, communicator: communicator)
         let accumulator = AttentionAccumulator(rows: shard.queryRows, heads: job.shape.heads, headDim: job.shape.headDim)
         func fold(_ keys: KeyValues) {
@@ -227,7 +224,9 @@ extension S2Attention {
         _ shard: LocalShard, forward: PartialResult, outputGrad: UnsafePointer<Float>, job: AttentionJob,
         communicator: Communicator
     ) throws -> ShardGradients {
-        guard case let .s2(pattern) = job.mask else { preconditionFailure("check() refuses s2 without its pattern") }
+        guard case let .s2(pattern) = job.mask else {
+            return try RingAttention(layout: .zigzag).backward(shard, forward: forward, outputGrad: outputGrad, job: job, communicator: communicator)
+        }
         let exchange = PieceExchange(pattern: pattern, shape: job.shape, shard: shard, communicator: communicator)
         let (ranks, me, kvWidth) = (exchange.ranks, communicator.rank, job.shape.kvRowWidth)
         let gradients = GradientAccumulator(forward: forward, outputGrad: outputGrad)
@@ -303,10 +302,8 @@ extension S2Attention {
     public var label: String { "s2" }
 
     public static let descriptor = StrategyDescriptor(
-        name: "s2", summary: "S2 block-sparse pattern: only active blocks computed, only the K/V blocks each head reads are sent",
+        name: "s2",
+        summary: "point to point: each rank gets only the K/V each head reads under the S2 pattern (per kv head); any other mask as zigzag does",
         // Its --s2-* pattern is a mask, which every strategy takes: no options of its own.
-        make: { request in
-            if case let .s2(pattern) = request.mask { return S2Attention(pattern: pattern) }
-            return S2Attention(pattern: nil)
-        })
+        make: { _ in S2Attention() })
 }

@@ -46,12 +46,13 @@ extension EndToEnd {
     struct MaskSliceRuns {
         static let shapes = [["--heads", "4", "--kv-heads", "2", "--head-dim", "32"], ["--heads", "2", "--kv-heads", "1", "--head-dim", "128"]]
 
-        @Test("verify at 1-4 ranks, every strategy but s2", arguments: [1, 2, 3, 4], SliceVariant.all)
+        @Test("verify at 1-4 ranks, every strategy", arguments: [1, 2, 3, 4], SliceVariant.all)
         func verify(ranks: Int, variant: SliceVariant) async throws {
             let dir = try ScratchDirectory()
-            let strategies = ["ring", "zigzag", "heads", "mesh", "star"]
-            // Each rank count takes the strategies in a different order, so every pair is run.
-            for (n, strategy) in strategies.enumerated() where (n + ranks) % 2 == 0 || strategy == "zigzag" {
+            let strategies = ["ring", "zigzag", "heads", "mesh", "star", "s2"]
+            // Each rank count takes the strategies in a different order, so every pair is run;
+            // zigzag and s2 (each its own exchange) at every count.
+            for (n, strategy) in strategies.enumerated() where (n + ranks) % 2 == 0 || strategy == "zigzag" || strategy == "s2" {
                 let shape = Self.shapes[(n + ranks) % 2]
                 if strategy == "heads" && ranks == 3 { continue }  // 4 heads over 3 ranks: heads refuses it
                 let result = try await launch(
@@ -71,7 +72,9 @@ extension EndToEnd {
 
         /// Contiguous ring: rank r's block goes to the 3 - r ranks after it (6 of 12 blocks); zigzag:
         /// a rank's early chunk to all 3 others, its late chunk to the r ranks whose late chunks follow it.
-        @Test("a causal ring forward sends 1/2 (ring) and 3/4 (zigzag, mesh) of what passing every block on would, at 4 ranks", arguments: ["ring", "zigzag", "mesh"])
+        @Test(
+            "a causal forward sends 1/2 (ring) and 3/4 (zigzag, mesh, s2) of what passing every block on would, at 4 ranks",
+            arguments: ["ring", "zigzag", "mesh", "s2"])
         func causalBytes(strategy: String) async throws {
             let result = try await launch(
                 ranks: 4,
@@ -86,6 +89,33 @@ extension EndToEnd {
             #expect(json.bytesNeeded == json.bytesReceived, "\(result)")
         }
 
+        /// The ring-shaped backward receives the K/V rows a rank reads (as the forward does) and
+        /// returns their dK/dV (float32, as K/V are here) straight to their owner: a rank sends
+        /// what its forward sent and what its forward received, twice the forward's bytes in all
+        /// (passing blocks and their sums around the ring sent every block on, and every sum home).
+        @Test(
+            "the backward moves only what is read, at 4 ranks",
+            arguments: ["ring", "zigzag", "mesh"], [["--causal"], ["--global-window", "16,256"], ["--shared-question", "1024,768,768,768,768"]])
+        func backwardBytes(strategy: String, mask: [String]) async throws {
+            let problem = ["run", "--json", "--backward", "--tokens", "4096", "--heads", "2", "--kv-heads", "2", "--head-dim", "16", "--strategy", strategy]
+            let result = try await launch(ranks: 4, arguments: problem + mask + (strategy == "mesh" ? ["--mesh", "1x4"] : []))
+            #expect(result.status == 0, "\(result)")
+            let json = try result.report(RunReport.self)
+            let backward = try #require(json.backward)
+            // bytes_needed counts at the kernel's block granularity, the rows sent at the mask's spans.
+            let needed = try #require(json.bytesNeeded)
+            #expect(zip(json.bytesReceived, needed).allSatisfy { $0 <= $1 }, "\(json.bytesReceived) \(needed)")
+            let expected = zip(json.bytesSent, json.bytesReceived).map { $0 + $1 }
+            #expect(backward.bytesSent == expected, "backward \(backward.bytesSent), forward sent + received \(expected)")
+            #expect(backward.bytesReceived == expected, "backward \(backward.bytesReceived), forward sent + received \(expected)")
+            if mask == ["--causal"] {  // the forward's 1/2 or 3/4 of every block (causalBytes), twice
+                let blockBytes: Int = 1024 * 2 * 2 * 16 * 4  // 1024 rows of K and V, 2 heads x 16, float32
+                let share: Double = strategy == "ring" ? 0.5 : 0.75
+                let total = Double(backward.bytesSent.reduce(0, +))
+                #expect(total == 2 * share * Double(4 * 3 * blockBytes), "\(backward.bytesSent)")
+            }
+        }
+
         @Test("--strategy auto picks a strategy for slices, and it verifies")
         func auto() async throws {
             let result = try await launch(
@@ -94,7 +124,7 @@ extension EndToEnd {
             #expect(["ring", "zigzag", "heads", "mesh"].contains(try result.report(VerifyJSON.self).strategy), "\(result)")
         }
 
-        @Test("verify --backward at 2 and 3 ranks", arguments: ["ring", "zigzag", "heads", "mesh"], [2, 3])
+        @Test("verify --backward at 2 and 3 ranks", arguments: ["ring", "zigzag", "heads", "mesh", "s2"], [2, 3])
         func backward(strategy: String, ranks: Int) async throws {
             let dir = try ScratchDirectory()
             for variant in SliceVariant.all where variant.randomSlices != nil || variant.name == "prefix-LM per document" || variant.name == "global + window" {

@@ -1,5 +1,5 @@
-// The strategies' plans, in process, at 1 to 5 ranks, without MPI: where the backward's dK/dV
-// sums travel, which (key block, kv head) pieces S2 sends, and how the head exchange splits heads
+// The strategies' plans, in process, at 1 to 5 ranks, without MPI: which rows the ring pass sends
+// (and the backward returns dK/dV for), which (key block, kv head) pieces S2 sends, and how the head exchange splits heads
 // and lays rows out. A mistake here would otherwise cost an mpirun launch to find, or pass at the
 // rank counts the end-to-end tests happen to use.
 
@@ -10,37 +10,47 @@ import Testing
 
 @Suite("plans of the strategies, in process")
 struct PlanningTests {
-    /// Simulates every rank's sends and receives of the dK/dV sums, step by step, for every ring
-    /// size and every pass length (a window ends passes early): each block's sum must gather
-    /// exactly the ranks that computed on it, each once, what a rank receives must be the sum of
-    /// the block it computes next, and every sum must end at its owner.
-    @Test("ring backward: every dK/dV sum visits each rank that sees its block once, and ends at its owner", arguments: 1 ... 5)
-    func gradientRoutes(ranks: Int) {
-        for steps in 1 ... ranks {
-            // sums[r]: the owner of the sum rank r holds and the ranks that added to it.
-            var holding: [(owner: Int, contributors: [Int])?] = Array(repeating: nil, count: ranks)
-            for step in 0 ..< steps {
-                var arriving: [(owner: Int, contributors: [Int])?] = Array(repeating: nil, count: ranks)
-                for rank in 0 ..< ranks {
-                    let route = RingPass.gradientRoute(rank: rank, ranks: ranks, steps: steps, step: step)
-                    #expect(route.source == ((rank - step) % ranks + ranks) % ranks)
-                    var sum = step == 0 ? (owner: rank, contributors: []) : holding[rank]!
-                    #expect(sum.owner == route.source, "P=\(ranks) steps=\(steps) step \(step): rank \(rank) holds block \(sum.owner)'s sum, computes on \(route.source)'s")
-                    sum.contributors.append(rank)
-                    #expect(arriving[route.to] == nil, "two sums sent to rank \(route.to) at step \(step)")
-                    arriving[route.to] = sum
-                    // The sender must be who the receiver expects, carrying the block it expects.
-                    let receiver = RingPass.gradientRoute(rank: route.to, ranks: ranks, steps: steps, step: step)
-                    #expect(
-                        receiver.from == rank && receiver.arriving == sum.owner,
-                        "P=\(ranks) steps=\(steps) step \(step): rank \(route.to) expects block \(receiver.arriving) from \(receiver.from), gets \(sum.owner) from \(rank)")
+    /// What a ring pass moves from one rank to another (both sides work it out alike:
+    /// `SegmentIndex.keysRead` of the owner's segments by the receiver's): every key some query of
+    /// the receiver may see is in it, each row once, in the owner's order; S2 segments go whole.
+    /// The backward returns dK/dV for the same rows, so this is its route as well.
+    @Test("ring: the rows a rank receives hold every key its queries read, under every kind of mask", arguments: 1 ... 4)
+    func rowsRead(ranks: Int) throws {
+        for tokens in [5, 61, 100] {
+            let masks: [AttentionMask] = [
+                .s2(try S2Pattern(block: 8, local: 2, stride: 3)), .none, .causal, .window(7),
+                .documents(DocumentBoundaries.random(count: 4, tokens: tokens, seed: 3), within: .causal),
+                .slices(MaskSlices.random(count: 9, tokens: tokens, seed: UInt64(tokens))),
+            ]
+            for mask in masks {
+                let partition = TokenPartition.balanced(tokens: tokens, ranks: ranks, layout: .zigzag, groupSize: 1, mask: mask)
+                for owner in 0 ..< ranks {
+                    let ownerSegments = partition.stackedSegments(of: owner)
+                    for receiver in 0 ..< ranks {
+                        let queries = partition.stackedSegments(of: receiver)
+                        let read = SegmentIndex(queries).keysRead(from: ownerSegments, mask: mask)
+                        let context = "\(mask) T=\(tokens) P=\(ranks): rank \(receiver) from rank \(owner)"
+                        var rows = Set<Int>()
+                        for segment in read {
+                            // At its owner's row, within one owner segment.
+                            let home = ownerSegments.first { $0.positions.contains(segment.positions.lowerBound) }
+                            #expect(
+                                home.map {
+                                    $0.positions.upperBound >= segment.positions.upperBound
+                                        && $0.localRow + segment.positions.lowerBound - $0.positions.lowerBound == segment.localRow
+                                } == true, "\(context): \(segment)")
+                            for row in segment.localRow ..< segment.localRow + segment.positions.count { #expect(rows.insert(row).inserted, "\(context): row \(row) twice") }
+                        }
+                        #expect(zip(read, read.dropFirst()).allSatisfy { $0.localRow < $1.localRow }, "\(context): out of the owner's order")
+                        let positions = queries.flatMap { Array($0.positions) }
+                        for segment in ownerSegments {
+                            for (i, key) in segment.positions.enumerated() {
+                                let seen = positions.contains { q in (0 ..< 3).contains { mask.allows(query: q, key: key, head: $0) } }
+                                if seen { #expect(rows.contains(segment.localRow + i), "\(context): key \(key) is read, never sent") }
+                            }
+                        }
+                    }
                 }
-                holding = arriving
-            }
-            for rank in 0 ..< ranks {
-                let final = holding[rank]!
-                #expect(final.owner == rank, "P=\(ranks) steps=\(steps): rank \(rank) ends with block \(final.owner)'s dK/dV")
-                #expect(final.contributors == (0 ..< steps).map { (rank + $0) % ranks }, "P=\(ranks) steps=\(steps): contributors \(final.contributors)")
             }
         }
     }
