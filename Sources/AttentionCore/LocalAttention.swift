@@ -416,7 +416,8 @@ public final class LocalAttention {
         let (sum, rise) =
             scoresCarryShift
             ? exp2Pass(row, into: p, count: count, storing: -m) { $0 }  // S holds s - m already
-            : exp2Pass(row, into: p, bits: bits, count: count, storing: nil) { $0 - FloatVector(repeating: m) }
+            : bits.map { exp2PassBF16(row, bits: $0, count: count, minus: m) }
+                ?? exp2Pass(row, into: p, count: count, storing: nil) { $0 - FloatVector(repeating: m) }
         if !(rise <= Self.lazyRescaleThreshold) {
             if rise > Self.recomputeThreshold { return .nan }  // P may overflow: recompute
             // Move the row to the new max: P and the running state shrink by 2^-rise.
@@ -458,7 +459,7 @@ public final class LocalAttention {
             if storing != nil { storeVector(store, row + c) }
             maxes = vectorMax(maxes, x)
             if let bits {
-                let e = roundedToBF16(vectorExp2Scores(x))
+                let e = roundedToBF16(vectorExp2ScoresForBF16(x))
                 storeBF16(e, bits + c)
                 sums += e
             } else {
@@ -474,7 +475,7 @@ public final class LocalAttention {
             if let storing { (row + c).update(repeating: storing, count: count - c) }
             let x = shift(tail)
             maxes = vectorMax(maxes, x)
-            let e = bits == nil ? vectorExp2Scores(x) : roundedToBF16(vectorExp2Scores(x))
+            let e = bits == nil ? vectorExp2Scores(x) : roundedToBF16(vectorExp2ScoresForBF16(x))
             if let bits {
                 for i in 0 ..< count - c { bits[c + i] = UInt16(truncatingIfNeeded: e[i].bitPattern >> 16) }
             } else {
@@ -483,6 +484,14 @@ public final class LocalAttention {
             sums += e
         }
         return (horizontalSum(sums), horizontalMax(maxes))
+    }
+
+    /// `exp2Pass` for bf16 weights (no shift stored: bf16 products' scores never carry it): by the
+    /// CPU's conversion instruction where it has one (`exp2RowToBF16`), else in Swift.
+    @inline(__always)
+    private func exp2PassBF16(_ row: UnsafeMutablePointer<Float>, bits: UnsafeMutablePointer<UInt16>, count: Int, minus m: Float) -> (sum: Float, max: Float) {
+        if BF16Gemm.hasConversionInstruction { return exp2RowToBF16(row, minus: m, bits: bits, count: count) }
+        return exp2Pass(row, into: row, bits: bits, count: count, storing: nil) { $0 - FloatVector(repeating: m) }
     }
 
     /// The two-pass form, on a row that holds the scores themselves: the block's max first, then
@@ -511,7 +520,9 @@ public final class LocalAttention {
             if let bits { bits.update(repeating: 0, count: count) } else { p.update(repeating: 0, count: count) }
             return 1
         }
-        let (sum, _) = exp2Pass(row, into: p, bits: bits, count: count, storing: scoresCarryShift ? shift : nil) { $0 - FloatVector(repeating: newMax) }
+        let (sum, _) =
+            bits.map { exp2PassBF16(row, bits: $0, count: count, minus: newMax) }
+            ?? exp2Pass(row, into: p, count: count, storing: scoresCarryShift ? shift : nil) { $0 - FloatVector(repeating: newMax) }
         let alpha = rowMax == -.infinity ? 1 : vectorExp2Scores(FloatVector(repeating: rowMax - newMax))[0]
         rowSum = rowSum * alpha + sum
         rowMax = newMax

@@ -163,6 +163,17 @@ public func narrowToBF16(
     }
 }
 
+/// One row of the bf16 forward's softmax by AVX512-BF16's conversion (only where
+/// `BF16Gemm.hasConversionInstruction`): e = 2^(row - shift) for `count` scores in base-2 units,
+/// its bf16 bits written to `bits`; returns the sum of the rounded weights and the largest
+/// row - shift. The kernel's own exp2 pass computes the same in Swift on other CPUs.
+@inline(__always)
+public func exp2RowToBF16(_ row: UnsafePointer<Float>, minus shift: Float, bits: UnsafeMutablePointer<UInt16>, count: Int) -> (sum: Float, max: Float) {
+    var (sum, max): (Float, Float) = (0, 0)
+    seqpar_exp2_row_bf16(row, shift, bits, count, &sum, &max)
+    return (sum, max)
+}
+
 extension BF16Gemm {
     /// Whether this CPU converts float32 to bf16 in one instruction (AVX512-BF16).
     public static let hasConversionInstruction = CPUFeatures.current.avx512bf16 && CPUFeatures.current.avx512vl

@@ -77,6 +77,48 @@ struct BF16ProductsTests {
         }
     }
 
+    @Test("the bf16 weights' exp2 (degree 4) is within 3e-6 of 2^x over the kernel's range, exactly 0 below -125 and for -inf, exactly 1 at 0")
+    func exp2ForBF16() {
+        var worst = 0.0
+        for i in 0 ... 1 << 16 {  // [-125, 12]: the kernel's scores lie below its recompute threshold
+            let x = -125 + 137 * Float(i) / Float(1 << 16)
+            let y = vectorExp2ScoresForBF16(FloatVector(repeating: x))[0]
+            worst = max(worst, abs(Double(y) / Foundation.exp2(Double(x)) - 1))
+        }
+        #expect(worst <= 3e-6, "max relative error \(worst)")
+        let special = vectorExp2ScoresForBF16(FloatVector(repeating: -.infinity)), tiny = vectorExp2ScoresForBF16(FloatVector(repeating: -125.5))
+        #expect(special == FloatVector(repeating: 0) && tiny == FloatVector(repeating: 0))
+        #expect(vectorExp2ScoresForBF16(FloatVector(repeating: 0)) == FloatVector(repeating: 1))
+    }
+
+    /// The row pass the bf16 forward runs (AVX512-BF16's two-register conversion) against the
+    /// formula it implements, written in Swift: bits, sum of the rounded weights and max alike.
+    @Test(
+        "the bf16 softmax row by the conversion instruction: the bits of roundedToBF16(2^(s - m)), their sum, the max, every tail length",
+        .enabled(if: BF16Gemm.hasConversionInstruction, "needs AVX512-BF16"))
+    func exp2Row() {
+        var generator = SystemRandomNumberGenerator()
+        for count in [0, 1, 15, 16, 17, 31, 32, 33, 48, 63, 64, 100, 512, 513] {
+            // Scores in base-2 units around a running max of 3, some masked (-inf), some past it.
+            let row = (0 ..< count).map { i in i % 7 == 3 ? -Float.infinity : Float.random(in: -40 ... 5, using: &generator) }
+            let m: Float = 3
+            var bits = [UInt16](repeating: 0xFFFF, count: count + 1)  // one past the end: must stay
+            let (sum, max) = row.withUnsafeBufferPointer { r in
+                bits.withUnsafeMutableBufferPointer { exp2RowToBF16(r.baseAddress!, minus: m, bits: $0.baseAddress!, count: count) }
+            }
+            var (expectedSum, expectedMax) = (0.0, -Double.infinity)
+            for (i, s) in row.enumerated() {
+                let e = vectorExp2ScoresForBF16(FloatVector(repeating: s - m))[0]
+                #expect(bits[i] == ElementType.bf16(e), "count \(count), score \(s): bits \(bits[i]), expected \(ElementType.bf16(e))")
+                expectedSum += Double(ElementType.float(bf16: ElementType.bf16(e)))
+                expectedMax = Swift.max(expectedMax, Double(s - m))
+            }
+            #expect(bits[count] == 0xFFFF, "count \(count): wrote past the end")
+            #expect(abs(Double(sum) - expectedSum) <= 1e-6 * Swift.max(1, expectedSum), "count \(count): sum \(sum), expected \(expectedSum)")
+            #expect(Double(max) == expectedMax, "count \(count): max \(max), expected \(expectedMax)")
+        }
+    }
+
     @Test("BF16Gemm: exact on small integers, for the products the kernel makes (Bᵀ, accumulate, alpha, strides, tails)", .enabled(if: onUnits))
     func products() {
         let gemm = BF16Gemm()

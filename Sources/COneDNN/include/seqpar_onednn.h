@@ -32,6 +32,11 @@ void seqpar_narrow_bf16(const float *source, uint16_t *destination, size_t count
 /* The same as high + low: high the bf16 bits of each float, low those of the remainder. */
 void seqpar_split_bf16(const float *source, uint16_t *high, uint16_t *low, size_t count);
 
+/* One row of the bf16 forward's softmax: e = 2^(row[i] - shift) (scores in base-2 units; 0 below
+ * -125), written as bf16 bits into bits[0..<count] by AVX512-BF16's conversion; *sum is the sum of
+ * the rounded weights, *max the largest row[i] - shift. Only on a CPU that has AVX512-BF16. */
+void seqpar_exp2_row_bf16(const float *row, float shift, uint16_t *bits, size_t count, float *sum, float *max);
+
 /* oneDNN's version, "2.6.3". */
 const char *seqpar_onednn_version(void);
 
