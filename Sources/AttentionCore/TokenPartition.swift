@@ -421,7 +421,8 @@ public struct SegmentIndex: Sendable {
     /// The rows of `keys` (a block's segments) that some query of these segments may see: for
     /// each key segment, the hull of the keys the query segments that see it see (the mask's
     /// span of each segment pair), with the row it starts at in the block, in the block's
-    /// order. S2 answers for keys within one of its blocks only (and differs by head): a
+    /// order. A hull: keys hidden from every query but lying between seen ones in the same key
+    /// segment (a global prefix and a far window) are included. S2 answers for keys within one of its blocks only (and differs by head): a
     /// segment that some query segment may see is read whole.
     public func keysRead(from keys: [ShardSegment], mask: AttentionMask) -> [ShardSegment] {
         var read: [ShardSegment] = []

@@ -43,7 +43,8 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) void seqpar_split_bf16(co
 
 // 2^x for scores in base-2 units, for weights rounded to bf16 next: the range reduction of the
 // Swift kernel's vectorExp2Scores and its degree-4 polynomial (vectorExp2ScoresForBF16: the same
-// constants, the same fused multiply-adds, so the same floats); 0 below -125 and for -inf.
+// constants and fused multiply-adds, so the same floats where the Swift build fuses them, as
+// Launch/setup's AVX2 and AVX-512 builds do); 0 below -125 and for -inf.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static inline __m512 exp2_for_bf16(__m512 x) {
     const __m512 shifter = _mm512_set1_ps(12582912.0f + 127.0f);
     __m512 shifted = _mm512_add_ps(x, shifter);

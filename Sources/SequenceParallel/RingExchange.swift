@@ -21,8 +21,8 @@ import Profiling
 /// dK/dV scratch and returns), so a repeated pass neither allocates them nor faults their
 /// pages in again: at 2 ranks x 4096 tokens x 8 heads x 128, zeroing fresh receive blocks cost 5%
 /// of a forward pass. A set is replaced only when a pass needs more or larger buffers. Never
-/// zeroed: every block is written by its message, and every sum by its first step, before it is
-/// read. Held by the job, so they live as long as it does (memory: blocks of tokens / ranks).
+/// zeroed here: every block and every return is written by its message before it is read, and the
+/// backward zeroes its dK/dV scratch at each step. Held by the job, so they live as long as it does (memory: blocks of tokens / ranks).
 final class ExchangeBuffers {
     enum Purpose: Hashable {
         /// The receive blocks.
