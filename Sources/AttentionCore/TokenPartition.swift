@@ -418,13 +418,15 @@ public struct SegmentIndex: Sendable {
         keys.isEmpty ? [] : overlapping(mask.querySpan(seeing: keys))
     }
 
-    /// The rows of `keys` (a block's segments) that some query of these segments may see: for
-    /// each key segment, the hull of the keys the query segments that see it see (the mask's
-    /// span of each segment pair), with the row it starts at in the block, in the block's
-    /// order. A hull: keys hidden from every query but lying between seen ones in the same key
-    /// segment (a global prefix and a far window) are included. S2 answers for keys within one of its blocks only (and differs by head): a
-    /// segment that some query segment may see is read whole.
-    public func keysRead(from keys: [ShardSegment], mask: AttentionMask) -> [ShardSegment] {
+    /// The rows of `keys` (a block's segments) that some query of these segments may see, each
+    /// with the row it starts at in the block, in the block's order: per `chunk` positions of a
+    /// key segment (cut at multiples of `chunk`), the hull of the mask's spans over the query
+    /// segments that see it, adjacent hulls joined, so keys no query sees stay home when they
+    /// fill a chunk (a global prefix and a far window in one segment travel as two ranges).
+    /// S2 answers for keys within one of its blocks only (and differs by head): a segment that
+    /// some query segment may see is read whole.
+    public func keysRead(from keys: [ShardSegment], mask: AttentionMask, chunk: Int = 256) -> [ShardSegment] {
+        precondition(chunk > 0)
         var read: [ShardSegment] = []
         for segment in keys {
             let queries = seeing(segment.positions, mask: mask)
@@ -432,12 +434,27 @@ public struct SegmentIndex: Sendable {
                 if !queries.isEmpty { read.append(segment) }
                 continue
             }
-            var (lo, hi) = (Int.max, Int.min)
-            for q in queries where mask.relation(queries: q.positions, keys: segment.positions, head: 0) != .hidden {
-                let span = mask.visibleSpan(queries: q.positions, keys: segment.positions, head: 0)
-                (lo, hi) = (min(lo, span.lowerBound), max(hi, span.upperBound))
+            guard !queries.isEmpty else { continue }
+            var spans: [Range<Int>] = []
+            var start = segment.positions.lowerBound
+            while start < segment.positions.upperBound {
+                let piece = start ..< min(segment.positions.upperBound, (start / chunk + 1) * chunk)
+                start = piece.upperBound
+                var (lo, hi) = (Int.max, Int.min)
+                for q in queries where mask.relation(queries: q.positions, keys: piece, head: 0) != .hidden {
+                    let span = mask.visibleSpan(queries: q.positions, keys: piece, head: 0)
+                    (lo, hi) = (min(lo, span.lowerBound), max(hi, span.upperBound))
+                }
+                guard lo < hi else { continue }
+                if let last = spans.last, last.upperBound >= lo {
+                    spans[spans.count - 1] = last.lowerBound ..< max(last.upperBound, hi)
+                } else {
+                    spans.append(lo ..< hi)
+                }
             }
-            if lo < hi { read.append(ShardSegment(positions: lo ..< hi, localRow: segment.localRow + lo - segment.positions.lowerBound)) }
+            for span in spans {
+                read.append(ShardSegment(positions: span, localRow: segment.localRow + span.lowerBound - segment.positions.lowerBound))
+            }
         }
         return read
     }
