@@ -71,19 +71,14 @@ func storeVector(_ v: FloatVector, _ p: UnsafeMutablePointer<Float>) {
 /// 127 (the kernel keeps them below its recompute threshold).
 @inlinable @inline(__always)
 public func vectorExp2Scores(_ x: FloatVector) -> FloatVector {
-    // round(x) + 127 lands in the low mantissa bits of `shifted` (1.5·2^23 makes the sum's ulp 1).
-    let shifter = FloatVector(repeating: 12_582_912 + 127)
-    let shifted = x + shifter
-    let r = x - (shifted - shifter)
-    // 2^r = 1 + r·(c1 + r·(c2 + ... + r·c6)), fitted (Lawson's minimax) with c0 fixed at 1.
-    var q = FloatVector(repeating: 1.339_887_501_7e-3).plusProduct(r, 1.535_335_031_8e-4)
-    q = FloatVector(repeating: 9.618_437_848_9e-3).plusProduct(q, r)
-    q = FloatVector(repeating: 5.550_332_367_4e-2).plusProduct(q, r)
-    q = FloatVector(repeating: 2.402_264_773_8e-1).plusProduct(q, r)
-    q = FloatVector(repeating: 6.931_471_824_6e-1).plusProduct(q, r)
-    let p = FloatVector(repeating: 1).plusProduct(q, r)
-    let twoToN = unsafeBitCast(unsafeBitCast(shifted, to: SIMD16<Int32>.self) &<< 23, to: FloatVector.self)
-    return (p * twoToN).replacing(with: 0, where: x .< -125)
+    exp2Scores(x) { r in
+        // 2^r = 1 + r·(c1 + r·(c2 + ... + r·c6)), fitted (Lawson's minimax) with c0 fixed at 1.
+        var q = FloatVector(repeating: 1.339_887_501_7e-3).plusProduct(r, 1.535_335_031_8e-4)
+        q = FloatVector(repeating: 9.618_437_848_9e-3).plusProduct(q, r)
+        q = FloatVector(repeating: 5.550_332_367_4e-2).plusProduct(q, r)
+        q = FloatVector(repeating: 2.402_264_773_8e-1).plusProduct(q, r)
+        return FloatVector(repeating: 6.931_471_824_6e-1).plusProduct(q, r)
+    }
 }
 
 /// `vectorExp2Scores` for weights rounded to bf16 next (bf16 products' P): 2^r by a degree-4
@@ -93,13 +88,22 @@ public func vectorExp2Scores(_ x: FloatVector) -> FloatVector {
 /// Same range reduction, limits and special values as `vectorExp2Scores`.
 @inlinable @inline(__always)
 public func vectorExp2ScoresForBF16(_ x: FloatVector) -> FloatVector {
+    exp2Scores(x) { r in
+        var q = FloatVector(repeating: 5.590_637_028_8e-2).plusProduct(r, 9.582_818_421_6e-3)
+        q = FloatVector(repeating: 2.402_409_886_6e-1).plusProduct(q, r)
+        return FloatVector(repeating: 6.931_241_998_3e-1).plusProduct(q, r)
+    }
+}
+
+/// The base-2 exponentials' shared frame: n = round(x), r = x - n (exact), 2^x = (1 + r·q(r))·2^n
+/// with `q` the polynomial's part after its constant 1, 2^n from the exponent bits; 0 below -125.
+@inlinable @inline(__always)
+func exp2Scores(_ x: FloatVector, _ q: (FloatVector) -> FloatVector) -> FloatVector {
+    // round(x) + 127 lands in the low mantissa bits of `shifted` (1.5·2^23 makes the sum's ulp 1).
     let shifter = FloatVector(repeating: 12_582_912 + 127)
     let shifted = x + shifter
     let r = x - (shifted - shifter)
-    var q = FloatVector(repeating: 5.590_637_028_8e-2).plusProduct(r, 9.582_818_421_6e-3)
-    q = FloatVector(repeating: 2.402_409_886_6e-1).plusProduct(q, r)
-    q = FloatVector(repeating: 6.931_241_998_3e-1).plusProduct(q, r)
-    let p = FloatVector(repeating: 1).plusProduct(q, r)
+    let p = FloatVector(repeating: 1).plusProduct(q(r), r)
     let twoToN = unsafeBitCast(unsafeBitCast(shifted, to: SIMD16<Int32>.self) &<< 23, to: FloatVector.self)
     return (p * twoToN).replacing(with: 0, where: x .< -125)
 }
